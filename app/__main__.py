@@ -1,0 +1,35 @@
+"""``python -m app``: validate the configuration, then serve the app factory with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from app.settings import ConfigError, load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        "app.app:app_factory",
+        factory=True,
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers,
+        loop="auto",
+        http="auto",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""create_app(settings) -> Litestar: wiring only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+
+from app.chat.service import ChatService
+from app.http_errors import EXCEPTION_HANDLERS
+from app.lifespan import services_lifespan
+from app.log import configure_logging
+from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.routes.chat import ChatController
+from app.routes.health import live, ready
+from app.routes.page import chat_page
+from app.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    configure_logging(settings.server.log_level)
+
+    def provide_settings() -> Settings:
+        return settings
+
+    def provide_chat(state: State) -> ChatService:
+        chat: ChatService = state.chat
+        return chat
+
+    cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
+    app = Litestar(
+        route_handlers=[ChatController, live, ready, chat_page],
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "chat": Provide(provide_chat, sync_to_thread=False),
+        },
+        lifespan=[services_lifespan(settings)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[DefineMiddleware(RequestIdMiddleware), DefineMiddleware(JsonCompressionMiddleware)],
+        cors_config=cors,
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Chat Gateway",
+            version="0.1.0",
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )
+    app.state.settings = settings
+    return app
+
+
+def app_factory() -> Any:
+    """uvicorn --factory entry point."""
+    return create_app()

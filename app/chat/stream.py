@@ -1,0 +1,185 @@
+"""One chat stream: an upstream reader task that yields numbered events, and one handle to end it.
+
+The reader applies the first-chunk and idle deadlines and turns every failure into an error event;
+consumers (the SSE and WebSocket framers) read events, get heartbeat ticks while the upstream is
+silent, and end the stream through ``close(outcome)``, which cancels the upstream call at once.
+Sequence numbers are assigned here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from app.providers.base import Chunk, Usage
+
+COMPLETED: Final = "completed"
+CLIENT_DISCONNECTED: Final = "client_disconnected"
+CANCELLED: Final = "cancelled"
+UPSTREAM_ERROR: Final = "upstream_error"
+TIMEOUT: Final = "timeout"
+
+
+class StreamEvent:
+    """A numbered event: a chunk, an error, or (both None) the end of the stream."""
+
+    __slots__ = ("seq", "chunk", "error")
+
+    def __init__(self, seq: int, chunk: Chunk | None = None, error: GatewayError | None = None) -> None:
+        self.seq = seq
+        self.chunk = chunk
+        self.error = error
+
+    @property
+    def is_done(self) -> bool:
+        return self.chunk is None and self.error is None
+
+
+class Deadlines:
+    __slots__ = ("first_chunk_s", "idle_s", "heartbeat_s")
+
+    def __init__(self, first_chunk_s: float, idle_s: float, heartbeat_s: float) -> None:
+        self.first_chunk_s = first_chunk_s
+        self.idle_s = idle_s
+        self.heartbeat_s = heartbeat_s
+
+
+class ChatStream:
+    def __init__(
+        self,
+        stream_id: str,
+        model: str,
+        transport: str,
+        source: AsyncIterator[Chunk],
+        deadlines: Deadlines,
+        *,
+        queue_size: int = 256,
+        started_at: float | None = None,
+        on_close: Callable[[ChatStream], None] | None = None,
+    ) -> None:
+        self.id = stream_id
+        self.model = model
+        self.transport = transport
+        self.deadlines = deadlines
+        self.started_at = time.perf_counter() if started_at is None else started_at
+        self.upstream_started_at = 0.0
+        self.first_token_at: float | None = None
+        self.first_byte_at: float | None = None
+        self.ended_at: float | None = None
+        self.chunks = 0
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.error: GatewayError | None = None
+        self.outcome: str | None = None
+        self._source = source
+        self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=queue_size)
+        self._on_close = on_close
+        self._task: asyncio.Task[None] | None = None
+        self._held: StreamEvent | None = None
+
+    def start(self) -> ChatStream:
+        self.upstream_started_at = time.perf_counter()
+        self._task = asyncio.create_task(self._read_upstream(), name=f"upstream:{self.id}")
+        return self
+
+    async def _read_upstream(self) -> None:
+        source = self._source
+        seq = 0
+        deadline = self.deadlines.first_chunk_s
+        error: GatewayError | None = None
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(deadline):
+                        chunk = await anext(source)
+                except StopAsyncIteration:
+                    break
+                deadline = self.deadlines.idle_s
+                if chunk.has_content and self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                if chunk.finish_reason is not None:
+                    self.finish_reason = chunk.finish_reason
+                seq += 1
+                await self._queue.put(StreamEvent(seq, chunk))
+        except TimeoutError:
+            error = UpstreamTimeout(
+                "The provider sent no first chunk in time."
+                if seq == 0
+                else "The provider went silent mid-stream for longer than the idle timeout."
+            )
+        except GatewayError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a provider bug must still end the stream in the contract's shape
+            error = UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}")
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001 - the stream is over either way
+                    pass
+        self.error = error
+        await self._queue.put(StreamEvent(seq + 1, error=error))
+
+    async def first_event(self, timeout: float) -> StreamEvent | None:
+        """Wait up to ``timeout`` for the first event and keep it for ``events``; None if none came."""
+        if self._held is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    self._held = await self._queue.get()
+            except TimeoutError:
+                return None
+        return self._held
+
+    async def events(self) -> AsyncIterator[StreamEvent | None]:
+        """Events until the last one (done or error); None is a heartbeat tick during silence."""
+        queue = self._queue
+        heartbeat = self.deadlines.heartbeat_s
+        if self._held is not None:
+            event, self._held = self._held, None
+        else:
+            event = None
+        while True:
+            if event is None:
+                if queue.empty():
+                    try:
+                        async with asyncio.timeout(heartbeat):
+                            event = await queue.get()
+                    except TimeoutError:
+                        yield None
+                        continue
+                else:
+                    event = queue.get_nowait()
+            if event.chunk is not None:
+                self.chunks += 1
+            yield event
+            if event.chunk is None:
+                return
+            event = None
+
+    def mark_first_byte(self) -> None:
+        if self.first_byte_at is None:
+            self.first_byte_at = time.perf_counter()
+
+    def close(self, outcome: str) -> None:
+        """End the stream once: cancel the upstream call if it still runs and report the outcome."""
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self.ended_at = time.perf_counter()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def outcome_of(self, event: StreamEvent) -> str:
+        if event.error is None:
+            return COMPLETED
+        return event.error.outcome

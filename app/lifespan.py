@@ -1,0 +1,52 @@
+"""Shared services, built when the app starts and closed when it stops; handlers get them injected."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from litestar import Litestar
+
+from app.chat.service import ChatService
+from app.chat.stream import ChatStream
+from app.providers.base import Provider
+from app.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    provider: Provider
+    chat: ChatService
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+
+def build_services(settings: Settings, environ: Mapping[str, str] | None = None) -> Services:
+    # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
+    from app.providers.litellm_provider import LiteLLMProvider, build_router
+
+    environ = os.environ if environ is None else environ
+    provider = LiteLLMProvider(build_router(settings, environ))
+    listeners: list[Callable[[ChatStream], None]] = []
+    chat = ChatService(settings, provider, on_stream_closed=listeners)
+    return Services(settings=settings, provider=provider, chat=chat, closers=[provider.aclose])
+
+
+def services_lifespan(settings: Settings) -> Callable[[Litestar], Any]:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        app.state.chat = services.chat
+        try:
+            yield
+        finally:
+            for close in reversed(services.closers):
+                result = close()
+                if hasattr(result, "__await__"):
+                    await result
+
+    return lifespan

@@ -1,0 +1,140 @@
+"""Raw ASGI middleware: request ids and the one summary log line, and compression for JSON only.
+
+Raw ASGI rather than framework middleware because both sit on every response, streams included,
+and must not add per-chunk work beyond a type check.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = structlog.get_logger("chat.access")
+
+RequestObserver = Callable[[Scope, int, float], None]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestIdMiddleware:
+    """Every response carries X-Request-ID; every HTTP request ends with one summary log line."""
+
+    def __init__(self, app: ASGIApp, observers: list[RequestObserver] | None = None) -> None:
+        self.app = app
+        self.observers = observers or []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        encoded_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", encoded_id))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - started
+            for observer in self.observers:
+                observer(scope, status, duration)
+            _log_request(scope, state, request_id, status, duration)
+
+
+def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: int, duration: float) -> None:
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "method": scope.get("method"),
+        "route": scope.get("path_template") or scope.get("path"),
+        "status": status,
+        "duration_ms": round(duration * 1000, 2),
+    }
+    stream = state.get("stream")
+    if stream is not None:
+        fields.update(
+            transport=stream.transport,
+            model=stream.model,
+            stream_id=stream.id,
+            outcome=stream.outcome,
+            chunks=stream.chunks,
+            ttfb_ms=round((stream.first_byte_at - stream.started_at) * 1000, 2) if stream.first_byte_at else None,
+        )
+    elif "outcome" in state:
+        fields["outcome"] = state["outcome"]
+    if "model" in state:
+        fields.setdefault("model", state["model"])
+    logger.info("request", **fields)
+
+
+class JsonCompressionMiddleware:
+    """gzip for whole JSON bodies of at least ``minimum_size`` bytes; streams pass untouched.
+
+    A response that announces ``more_body`` is a stream and is never compressed or buffered,
+    which is what keeps SSE flushing token by token.
+    """
+
+    def __init__(self, app: ASGIApp, minimum_size: int = 1024) -> None:
+        self.app = app
+        self.minimum_size = minimum_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "gzip" not in (_header(scope, b"accept-encoding") or "").lower():
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+
+        async def send_maybe_compressed(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if start is None:
+                await send(message)
+                return
+            pending, start = start, None
+            body = message.get("body", b"")
+            headers = MutableScopeHeaders(pending)
+            content_type = (headers.get("content-type") or "").lower()
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and content_type.startswith("application/json")
+                and len(body) >= self.minimum_size
+                and "content-encoding" not in headers
+            ):
+                body = gzip.compress(body, compresslevel=5)
+                headers["Content-Encoding"] = "gzip"
+                headers["Content-Length"] = str(len(body))
+                headers.extend_header_value("Vary", "Accept-Encoding")
+                message = {**message, "body": body}
+            await send(pending)
+            await send(message)
+
+        await self.app(scope, receive, send_maybe_compressed)

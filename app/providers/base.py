@@ -1,0 +1,56 @@
+"""What the chat domain needs from a provider, and the chunk it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import msgspec
+
+from app.protocol.openai import ChatCompletionInput
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Chunk(msgspec.Struct, frozen=True):
+    """One ``chat.completion.chunk``: its JSON bytes, ready to frame, plus what the gateway reads of it.
+
+    Keeping the encoded bytes lets SSE and WebSocket framers (and the relay fast path) forward
+    the provider's chunk without decoding and re-encoding it.
+    """
+
+    raw: bytes
+    has_content: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class Completion(msgspec.Struct, frozen=True):
+    """A whole ``chat.completion`` object, already encoded."""
+
+    raw: bytes
+    usage: Usage | None = None
+
+
+class Provider(Protocol):
+    async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
+        """One non-streaming completion; raises ``GatewayError``."""
+        ...
+
+    def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
+        """An async iterator of chunks; raises ``GatewayError``; closing it closes the upstream call."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def usage_of(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+    )

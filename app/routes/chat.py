@@ -1,0 +1,71 @@
+"""Chat completions over HTTP: negotiate JSON or SSE and hand the work to the chat service."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from app.chat.service import ChatService
+from app.chat.stream import CLIENT_DISCONNECTED
+from app.errors import UnsupportedMediaType
+from app.protocol.openai import parse_chat_body
+from app.settings import Settings
+from app.streaming.disconnect import ClientGone, unless_disconnected
+from app.streaming.intent import wants_stream
+from app.streaming.sse import SSE_HEADERS, sse_body
+
+CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
+CLIENT_CLOSED_REQUEST = 499
+
+
+def check_content_type(value: str | None) -> None:
+    if value is None:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, got {media or 'an empty value'!r}.", param="Content-Type"
+        )
+
+
+class ChatController(Controller):
+    path = ""
+    tags = ["chat"]
+
+    @post(path=CHAT_PATHS, status_code=200, summary="Create a chat completion (JSON or SSE)")
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        chat: NamedDependency[ChatService],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        started = time.perf_counter()
+        check_content_type(request.headers.get("content-type"))
+        body = parse_chat_body(await request.body())
+        if not wants_stream(body.request.stream, request.headers.get("accept")):
+            try:
+                completion = await unless_disconnected(chat.complete(body), request.receive)
+            except ClientGone:
+                request.state.outcome = CLIENT_DISCONNECTED
+                return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+            return Response(content=completion.raw, media_type="application/json")
+
+        stream = chat.open_stream(body, "sse", started_at=started)
+        request.state.stream = stream
+        try:
+            first = await unless_disconnected(stream.first_event(settings.streaming.status_window_s), request.receive)
+        except ClientGone:
+            stream.close(CLIENT_DISCONNECTED)
+            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+        if first is not None and first.error is not None:
+            stream.close(first.error.outcome)
+            raise first.error
+        return Stream(
+            sse_body(stream),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, "X-Stream-ID": stream.id},
+        )

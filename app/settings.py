@@ -1,0 +1,251 @@
+"""Configuration: msgspec Structs, loaded from one TOML file plus ``CHAT_<SECTION>__<KEY>`` overrides.
+
+Every problem is collected (not just the first) so that one start-up attempt names every key
+that is wrong; ``load_settings`` raises ``ConfigError`` carrying one line per problem.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+ENV_PREFIX = "CHAT_"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    env: Literal["development", "production"] = "development"
+    max_body_bytes: PositiveInt = 1_048_576
+    api_keys_env: str = ""
+    """Names an environment variable holding comma-separated gateway keys; empty = no auth."""
+    cors_origins: list[str] = []
+    log_bodies: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    workers: PositiveInt = 1
+
+
+class StreamingSettings(_Section):
+    heartbeat_s: PositiveFloat = 15.0
+    status_window_s: NonNegFloat = 1.0
+    first_token_timeout_s: PositiveFloat = 60.0
+    idle_timeout_s: PositiveFloat = 60.0
+    resume_ttl_s: PositiveFloat = 300.0
+    detach_grace_s: NonNegFloat = 0.0
+    queue_chunks: PositiveInt = 256
+    """Chunks buffered between the upstream reader and a slow client before the upstream read pauses."""
+
+
+class WebSocketSettings(_Section):
+    ping_s: PositiveFloat = 20.0
+    max_inflight: PositiveInt = 8
+    max_frame_bytes: PositiveInt = 1_048_576
+    send_queue_frames: PositiveInt = 1024
+
+
+class CacheSettings(_Section):
+    enabled: bool = False
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = ""
+    ttl_s: PositiveFloat = 3600.0
+    max_entries: PositiveInt = 10_000
+    op_timeout_s: PositiveFloat = 0.25
+
+
+class RateLimitSettings(_Section):
+    requests_per_minute: NonNegInt = 0
+    concurrent_streams: NonNegInt = 0
+
+
+class ModelInfoOverride(_Section):
+    """Metadata for models LiteLLM does not know (local models); each value wins over LiteLLM's."""
+
+    mode: str | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    input_cost_per_mtok: float | None = None
+    output_cost_per_mtok: float | None = None
+    capabilities: list[str] | None = None
+    owned_by: str | None = None
+
+
+class DeploymentSettings(_Section):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    litellm_model: Annotated[str, msgspec.Meta(min_length=1)]
+    api_base: str = ""
+    api_key_env: str = ""
+    timeout_s: PositiveFloat = 600.0
+    fallbacks: list[str] = []
+    num_retries: NonNegInt = 0
+    fast_path: bool = True
+    """Relay OpenAI-wire providers' streams directly; false forces the full LiteLLM path."""
+    info: ModelInfoOverride = ModelInfoOverride()
+
+
+class ModelsSettings(_Section):
+    refresh_s: PositiveFloat = 300.0
+    cooldown_s: NonNegFloat = 0.0
+    """LiteLLM router cooldown after failures; 0 disables cooldowns so a provider error is never a 429."""
+    deployments: list[DeploymentSettings] = []
+
+
+class Settings(_Section):
+    server: ServerSettings = ServerSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
+    cache: CacheSettings = CacheSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    models: ModelsSettings = ModelsSettings()
+
+    @property
+    def production(self) -> bool:
+        return self.server.env == "production"
+
+    def deployment(self, name: str) -> DeploymentSettings | None:
+        for dep in self.models.deployments:
+            if dep.name == name:
+                return dep
+        return None
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` holds one human line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _parse_env_value(raw: str) -> Any:
+    # TOML syntax for values lets `CHAT_SERVER__PORT=9000` be an int and `["a"]` a list,
+    # while a bare word such as `redis://...` stays a string.
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            problems.append(f"{name}: expected CHAT_<SECTION>__<KEY>")
+            continue
+        section, key = parts
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            problems.append(f"{section}: expected a table")
+            continue
+        target[key] = _parse_env_value(raw)
+    return problems
+
+
+def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: list[str]) -> None:
+    """Check every key of one table on its own, so that all bad keys are reported together."""
+    if not isinstance(data, dict):
+        problems.append(f"{path or 'config'}: expected a table, got {type(data).__name__}")
+        return
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        field = fields.get(key)
+        if field is None:
+            problems.append(f"{where}: unknown key")
+            continue
+        nested = _struct_type(field.type)
+        if nested is not None:
+            _check_fields(value, nested, where, problems)
+        elif key == "deployments" and isinstance(value, list):
+            for i, item in enumerate(value):
+                _check_fields(item, DeploymentSettings, f"{where}[{i}]", problems)
+        else:
+            try:
+                msgspec.convert(value, field.type)
+            except msgspec.ValidationError as exc:
+                problems.append(f"{where}: {exc}")
+    for name, field in fields.items():
+        if field.required and name not in data:
+            problems.append(f"{path}.{name}: required key missing")
+
+
+def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
+    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    names = [d.name for d in settings.models.deployments]
+    if not names:
+        problems.append("models.deployments: at least one deployment is required")
+    seen: set[str] = set()
+    for i, dep in enumerate(settings.models.deployments):
+        where = f"models.deployments[{i}]"
+        if dep.name in seen:
+            problems.append(f"{where}.name: duplicate deployment name {dep.name!r}")
+        seen.add(dep.name)
+        for fb in dep.fallbacks:
+            if fb not in names:
+                problems.append(f"{where}.fallbacks: {fb!r} is not a configured deployment name")
+            elif fb == dep.name:
+                problems.append(f"{where}.fallbacks: a deployment cannot fall back to itself")
+        if "/" not in dep.litellm_model:
+            problems.append(f"{where}.litellm_model: expected '<provider>/<model>', got {dep.litellm_model!r}")
+        if dep.api_key_env and dep.api_key_env not in environ:
+            problems.append(f"{where}.api_key_env: environment variable {dep.api_key_env} is not set")
+    if settings.cache.backend == "redis" and not settings.cache.redis_url:
+        problems.append("cache.redis_url: required when cache.backend is 'redis'")
+    if settings.cache.redis_url and not settings.cache.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("cache.redis_url: expected a redis:// or rediss:// URL")
+    if settings.server.api_keys_env and not environ.get(settings.server.api_keys_env):
+        problems.append(f"server.api_keys_env: environment variable {settings.server.api_keys_env} is not set or empty")
+    if settings.streaming.heartbeat_s >= settings.streaming.idle_timeout_s:
+        problems.append("streaming.heartbeat_s: must be shorter than streaming.idle_timeout_s")
+    return problems
+
+
+def settings_from_dict(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    problems = apply_env_overrides(data, environ)
+    _check_fields(data, Settings, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:  # pragma: no cover - _check_fields reports these first
+        raise ConfigError([f"config: {exc}"]) from exc
+    problems = _cross_checks(settings, environ)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    config_path = Path(path or environ.get("CHAT_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"CHAT_CONFIG: cannot read {config_path}: {exc.strerror or exc}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from exc
+    return settings_from_dict(data, environ)

@@ -1,0 +1,154 @@
+"""Shared fixtures: one fake provider and one gateway under real uvicorn per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+
+from app.app import create_app
+from app.settings import Settings, settings_from_dict
+from tests.fake_provider import FakeProvider, builtin_behaviours
+
+T = TypeVar("T")
+
+#: Short deadlines keep the suite fast; the fake provider's behaviours are tuned against them.
+TEST_STREAMING = {
+    "heartbeat_s": 0.2,
+    "status_window_s": 0.3,
+    "first_token_timeout_s": 1.5,
+    "idle_timeout_s": 1.5,
+    "resume_ttl_s": 5,
+}
+#: Behaviours that the fast path and the full LiteLLM path must serve identically.
+FAKE_MODELS = sorted(builtin_behaviours()) + ["silent_long"]
+
+
+def settings_dict(fake_base_url: str, **sections: dict[str, Any]) -> dict[str, Any]:
+    deployments: list[dict[str, Any]] = [
+        {"name": "demo", "litellm_model": "demo/demo"},
+    ]
+    for name in FAKE_MODELS:
+        deployments.append(
+            {
+                "name": name,
+                "litellm_model": f"openai/{name}",
+                "api_base": fake_base_url,
+                "timeout_s": 1.5 if name.startswith("hang") else 30,
+            }
+        )
+    deployments.append(
+        {"name": "with_fallback", "litellm_model": "openai/server_error", "api_base": fake_base_url,
+         "fallbacks": ["normal"]}
+    )
+    data: dict[str, Any] = {
+        "server": {"env": "development", "max_body_bytes": 65536, "log_level": "warning"},
+        "streaming": dict(TEST_STREAMING),
+        "websocket": {"ping_s": 5, "max_inflight": 4, "max_frame_bytes": 65536},
+        "models": {"deployments": deployments},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return data
+
+
+def make_settings(fake_base_url: str, **sections: dict[str, Any]) -> Settings:
+    return settings_from_dict(settings_dict(fake_base_url, **sections), environ={})
+
+
+class ServerThread:
+    """The gateway under real uvicorn in a thread with its own loop (TestClient buffers whole bodies)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, loop="asyncio", http="httptools", ws="websockets-sansio", lifespan="on",
+            log_level="warning", log_config=None, access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"gateway:{self.port}", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        started = threading.Event()
+
+        def wait() -> None:
+            while not self.server.started and self._thread.is_alive():
+                started.wait(0.01)
+            started.set()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        if not started.wait(timeout) or not self.server.started:
+            raise RuntimeError("the gateway did not start")
+        return self
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run a coroutine on the server's loop (to inspect its tasks or state)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    provider = FakeProvider()
+    behaviours = builtin_behaviours()
+    provider.start()
+    from tests.fake_provider import Behaviour
+
+    provider.set_behaviour("silent_long", Behaviour(silence_after=2, silence_s=3.0))
+    assert behaviours
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def fake(fake_provider: FakeProvider) -> FakeProvider:
+    fake_provider.reset()
+    return fake_provider
+
+
+@pytest.fixture(scope="session")
+def gateway(fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    server = ServerThread(make_settings(fake_provider.base_url)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(gateway: ServerThread) -> Any:
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as c:
+        yield c
