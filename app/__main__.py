@@ -6,6 +6,7 @@ import sys
 
 import uvicorn
 
+from app.serve import uvicorn_options
 from app.settings import ConfigError, load_settings
 
 
@@ -25,8 +26,7 @@ def main() -> int:
         loop="auto",
         http="auto",
         log_level="warning",
-        access_log=False,
-        proxy_headers=False,
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -12,12 +13,14 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
+from app.access.keys import Caller, GatewayKeys
 from app.chat.service import ChatService
 from app.http_errors import EXCEPTION_HANDLERS
 from app.lifespan import services_lifespan
 from app.log import configure_logging
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
 from app.routes.chat import ChatController
+from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.page import chat_page
 from app.settings import Settings, load_settings
@@ -30,16 +33,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def provide_settings() -> Settings:
         return settings
 
+    keys = GatewayKeys.from_env(settings.server.api_keys_env, os.environ)
+
     def provide_chat(state: State) -> ChatService:
         chat: ChatService = state.chat
         return chat
 
+    def provide_keys() -> GatewayKeys:
+        return keys
+
+    def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+        return keys.from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     app = Litestar(
-        route_handlers=[ChatController, live, ready, chat_page],
+        route_handlers=[ChatController, chat_socket, live, ready, chat_page],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
+            "keys": Provide(provide_keys, sync_to_thread=False),
+            "caller": Provide(provide_caller, sync_to_thread=False),
         },
         lifespan=[services_lifespan(settings)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -17,8 +17,9 @@ import pytest
 import uvicorn
 
 from app.app import create_app
+from app.serve import uvicorn_options
 from app.settings import Settings, settings_from_dict
-from tests.fake_provider import FakeProvider, builtin_behaviours
+from tests.fake_provider import Behaviour, FakeProvider, builtin_behaviours
 
 T = TypeVar("T")
 
@@ -31,7 +32,14 @@ TEST_STREAMING = {
     "resume_ttl_s": 5,
 }
 #: Behaviours that the fast path and the full LiteLLM path must serve identically.
-FAKE_MODELS = sorted(builtin_behaviours()) + ["silent_long"]
+EXTRA_BEHAVIOURS = {
+    "silent_long": Behaviour(silence_after=2, silence_s=3.0),  # longer than the idle timeout
+    "paced": Behaviour(gap_s=0.05),  # spaced widely enough to tell a flushed stream from a burst
+    "slow_gap": Behaviour(gap_s=0.3),
+    "long": Behaviour(content=[f" token{i}" for i in range(400)], gap_s=0.0),
+    "fast": Behaviour(gap_s=0.0),
+}
+FAKE_MODELS = sorted(builtin_behaviours()) + sorted(EXTRA_BEHAVIOURS)
 
 
 def settings_dict(fake_base_url: str, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +85,8 @@ class ServerThread:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, loop="asyncio", http="httptools", ws="websockets-sansio", lifespan="on",
-            log_level="warning", log_config=None, access_log=False,
+            self.app, loop="asyncio", http="httptools", lifespan="on", log_level="warning", log_config=None,
+            **uvicorn_options(settings),
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -125,12 +133,9 @@ class ServerThread:
 @pytest.fixture(scope="session")
 def fake_provider() -> Iterator[FakeProvider]:
     provider = FakeProvider()
-    behaviours = builtin_behaviours()
     provider.start()
-    from tests.fake_provider import Behaviour
-
-    provider.set_behaviour("silent_long", Behaviour(silence_after=2, silence_s=3.0))
-    assert behaviours
+    for name, behaviour in EXTRA_BEHAVIOURS.items():
+        provider.set_behaviour(name, behaviour)
     yield provider
     provider.stop()
 

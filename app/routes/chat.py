@@ -9,6 +9,7 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.response import Stream
 
+from app.access.keys import Caller
 from app.chat.service import ChatService
 from app.chat.stream import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
@@ -42,6 +43,7 @@ class ChatController(Controller):
         request: Request[Any, Any, Any],
         chat: NamedDependency[ChatService],
         settings: NamedDependency[Settings],
+        caller: NamedDependency[Caller],
     ) -> Response[Any]:
         started = time.perf_counter()
         check_content_type(request.headers.get("content-type"))

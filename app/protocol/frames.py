@@ -1,0 +1,87 @@
+"""WebSocket frames (API.md 2): a tagged union decoded by one typed decoder, and the server's frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app.errors import ErrorObject, GatewayError
+from app.providers.base import Usage
+
+
+class CreateFrame(msgspec.Struct, tag="chat.completion.create", tag_field="type", forbid_unknown_fields=False):
+    id: str
+    request: dict[str, Any]
+
+
+class CancelFrame(msgspec.Struct, tag="chat.completion.cancel", tag_field="type"):
+    id: str
+
+
+ClientFrame = CreateFrame | CancelFrame
+
+
+class DoneFrame(msgspec.Struct, tag="chat.completion.done", tag_field="type"):
+    id: str
+    finish_reason: str | None
+    usage: dict[str, int] | None
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="type"):
+    id: str | None
+    status: int
+    error: ErrorObject
+
+
+class FrameError(Exception):
+    """A frame that cannot be read; ``frame_id`` is the client's id when one could be recovered."""
+
+    def __init__(self, message: str, frame_id: str | None) -> None:
+        super().__init__(message)
+        self.frame_id = frame_id
+
+
+_client_decoder = msgspec.json.Decoder(ClientFrame)
+_loose_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def decode_client_frame(data: str | bytes) -> ClientFrame:
+    try:
+        return _client_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        frame_id: str | None = None
+        try:
+            loose = _loose_decoder.decode(data)
+        except msgspec.DecodeError:
+            raise FrameError(f"The frame is not valid JSON: {exc}", None) from exc
+        if isinstance(loose, dict) and isinstance(loose.get("id"), str):
+            frame_id = loose["id"]
+        raise FrameError(f"Invalid frame: {exc}", frame_id) from exc
+
+
+def chunk_frame(frame_id: bytes, raw_chunk: bytes) -> bytes:
+    """``frame_id`` is the JSON-encoded client id; the chunk's bytes are embedded without re-encoding."""
+    return b'{"type":"chat.completion.chunk","id":%b,"chunk":%b}' % (frame_id, raw_chunk)
+
+
+def encode_id(frame_id: str) -> bytes:
+    return _encoder.encode(frame_id)
+
+
+def done_frame(frame_id: str, finish_reason: str | None, usage: Usage | None) -> bytes:
+    usage_obj = (
+        {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }
+        if usage is not None
+        else None
+    )
+    return _encoder.encode(DoneFrame(id=frame_id, finish_reason=finish_reason, usage=usage_obj))
+
+
+def error_frame(frame_id: str | None, error: GatewayError) -> bytes:
+    return _encoder.encode(ErrorFrame(id=frame_id, status=error.status, error=error.body().error))

@@ -1,0 +1,24 @@
+"""Chat completions over WebSocket on the same paths as the POST handler (API.md 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
+
+from app.access.keys import GatewayKeys
+from app.chat.service import ChatService
+from app.routes.chat import CHAT_PATHS
+from app.settings import Settings
+from app.streaming.ws_session import ChatSocketSession
+
+
+@websocket(path=CHAT_PATHS)
+async def chat_socket(
+    socket: WebSocket[Any, Any, Any],
+    chat: NamedDependency[ChatService],
+    settings: NamedDependency[Settings],
+    keys: NamedDependency[GatewayKeys],
+) -> None:
+    await ChatSocketSession(socket, chat, settings, keys).run()

@@ -1,0 +1,243 @@
+"""One session per WebSocket: its receive loop, its in-flight requests, its send queue and its cleanup.
+
+Each request runs the same ``ChatStream`` pipeline as SSE and ends with exactly one ``done`` or
+one ``error`` frame. Sends go through one bounded queue drained by one sender task, so a
+consumer that cannot keep up is closed with 1013 instead of growing memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from litestar import WebSocket
+
+from app.access.keys import SUBPROTOCOL, GatewayKeys
+from app.chat.service import ChatService
+from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream
+from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
+from app.protocol.frames import (
+    CancelFrame,
+    CreateFrame,
+    FrameError,
+    chunk_frame,
+    decode_client_frame,
+    done_frame,
+    encode_id,
+    error_frame,
+)
+from app.protocol.openai import validate_chat_body
+from app.settings import Settings
+
+logger = structlog.get_logger("chat.websocket")
+
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class _InFlight:
+    __slots__ = ("task", "stream", "cancelled")
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+        self.stream: ChatStream | None = None
+        self.cancelled = False
+
+
+class SlowConsumer(Exception):
+    pass
+
+
+class ChatSocketSession:
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        chat: ChatService,
+        settings: Settings,
+        keys: GatewayKeys,
+        *,
+        on_open: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.socket = socket
+        self.chat = chat
+        self.settings = settings
+        self.keys = keys
+        self.inflight: dict[str, _InFlight] = {}
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=settings.websocket.send_queue_frames)
+        self._closing = False
+        self._close_code: int | None = None
+        self._on_open = on_open
+        self._on_close = on_close
+        self.request_id = socket.scope.get("state", {}).get("request_id")
+
+    async def run(self) -> None:
+        offered: list[str] = list(self.socket.scope.get("subprotocols") or [])
+        await self.socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if self._on_open is not None:
+            self._on_open()
+        try:
+            try:
+                self.keys.from_websocket(offered, self.socket.headers.get("authorization"))
+            except GatewayError as exc:
+                # Browsers cannot read a refused handshake's status, so refuse after accepting.
+                await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
+                return
+            sender = asyncio.create_task(self._send_loop(), name="ws-sender")
+            try:
+                await self._receive_loop()
+            finally:
+                self._closing = True
+                for entry in list(self.inflight.values()):
+                    entry.task.cancel()
+                if self.inflight:
+                    await asyncio.gather(*(e.task for e in self.inflight.values()), return_exceptions=True)
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+                if self._close_code is not None:
+                    with contextlib.suppress(Exception):
+                        await self.socket.close(code=self._close_code)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    async def _receive_loop(self) -> None:
+        max_bytes = self.settings.websocket.max_frame_bytes
+        while not self._closing:
+            message = await self.socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            size = len(data.encode()) if isinstance(data, str) else len(data)
+            if size > max_bytes:
+                self._close_code = CLOSE_TOO_BIG
+                return
+            try:
+                self._handle_frame(data)
+            except SlowConsumer:
+                return
+
+    def _handle_frame(self, data: str | bytes) -> None:
+        try:
+            frame = decode_client_frame(data)
+        except FrameError as exc:
+            self._send(error_frame(exc.frame_id, InvalidRequest(str(exc))))
+            return
+        match frame:
+            case CreateFrame(id=frame_id, request=body):
+                self._create(frame_id, body)
+            case CancelFrame(id=frame_id):
+                self._cancel(frame_id)
+
+    def _create(self, frame_id: str, body: dict[str, Any]) -> None:
+        if frame_id in self.inflight:
+            self._send(error_frame(frame_id, InvalidRequest(f"A request with id {frame_id!r} is already in flight.",
+                                                            code="duplicate_id", param="id")))
+            return
+        if len(self.inflight) >= self.settings.websocket.max_inflight:
+            limit = self.settings.websocket.max_inflight
+            self._send(error_frame(frame_id, RateLimited(f"At most {limit} requests may run at once on one socket.")))
+            return
+        try:
+            request = validate_chat_body(body)
+            stream = self.chat.open_stream(request, "websocket", started_at=time.perf_counter())
+        except GatewayError as exc:
+            self._send(error_frame(frame_id, exc))
+            return
+        task = asyncio.create_task(self._relay(frame_id, stream), name=f"ws-request:{frame_id}")
+        entry = _InFlight(task)
+        entry.stream = stream
+        self.inflight[frame_id] = entry
+
+    def _cancel(self, frame_id: str) -> None:
+        entry = self.inflight.get(frame_id)
+        if entry is None:
+            return  # already finished: its done frame is on its way, a cancel is a no-op
+        entry.cancelled = True
+        entry.task.cancel()
+
+    async def _relay(self, frame_id: str, stream: ChatStream) -> None:
+        encoded_id = encode_id(frame_id)
+        outcome = CLIENT_DISCONNECTED
+        ended = False  # a done or error frame went out: exactly one per request
+        try:
+            async for event in stream.events():
+                if event is None:
+                    continue  # the socket has its own pings; heartbeats are an SSE concern
+                stream.mark_first_byte()
+                if event.chunk is not None:
+                    self._send(chunk_frame(encoded_id, event.chunk.raw))
+                elif event.error is not None:
+                    outcome, ended = event.error.outcome, True
+                    self._send(error_frame(frame_id, event.error))
+                else:
+                    outcome, ended = COMPLETED, True
+                    self._send(done_frame(frame_id, stream.finish_reason, stream.usage))
+        except asyncio.CancelledError:
+            entry = self.inflight.get(frame_id)
+            if entry is not None and entry.cancelled and not self._closing and not ended:
+                outcome = CANCELLED
+                stream.close(CANCELLED)
+                self._send(done_frame(frame_id, "cancelled", stream.usage))
+            else:
+                raise
+        except SlowConsumer:
+            outcome = CLIENT_DISCONNECTED
+        except Exception as exc:  # noqa: BLE001 - one request's failure must not take the socket down
+            outcome = UPSTREAM_ERROR
+            error = public_error(exc, production=self.settings.production)
+            logger.error("ws_request_failed", request_id=self.request_id, id=frame_id, exc_info=exc)
+            with contextlib.suppress(SlowConsumer):
+                self._send(error_frame(frame_id, error))
+        finally:
+            stream.close(outcome)
+            self.inflight.pop(frame_id, None)
+            _log_stream(self.request_id, frame_id, stream)
+
+    def _send(self, frame: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._close_code = CLOSE_TRY_AGAIN_LATER
+            self._closing = True
+            # Wake the receive loop's owner: closing the socket ends the session.
+            asyncio.get_running_loop().create_task(self._close_slow())
+            raise SlowConsumer from None
+
+    async def _close_slow(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.socket.close(code=CLOSE_TRY_AGAIN_LATER, reason="consumer too slow")
+
+    async def _send_loop(self) -> None:
+        queue = self._queue
+        send = self.socket.send
+        while True:
+            frame = await queue.get()
+            if frame is None:
+                return
+            await send({"type": "websocket.send", "text": frame.decode()})
+
+
+def _log_stream(request_id: str | None, frame_id: str, stream: ChatStream) -> None:
+    logger.info(
+        "ws_request",
+        request_id=request_id,
+        id=frame_id,
+        transport="websocket",
+        model=stream.model,
+        stream_id=stream.id,
+        outcome=stream.outcome,
+        chunks=stream.chunks,
+        ttfb_ms=round((stream.first_byte_at - stream.started_at) * 1000, 2) if stream.first_byte_at else None,
+        duration_ms=round(((stream.ended_at or time.perf_counter()) - stream.started_at) * 1000, 2),
+    )

@@ -1,0 +1,86 @@
+"""A small SSE reader for tests: parses events as they arrive and stamps each with its arrival time."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Event:
+    at: float
+    id: str | None = None
+    event: str | None = None
+    data: str | None = None
+    comment: str | None = None
+
+    def json(self) -> Any:
+        assert self.data is not None
+        return json.loads(self.data)
+
+
+@dataclass
+class SSEResult:
+    status: int
+    headers: httpx.Headers
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def data_events(self) -> list[Event]:
+        return [e for e in self.events if e.data is not None]
+
+    @property
+    def comments(self) -> list[Event]:
+        return [e for e in self.events if e.comment is not None]
+
+    def content(self) -> str:
+        text = ""
+        for e in self.data_events:
+            if e.event is None and e.data != "[DONE]":
+                for choice in e.json().get("choices", []):
+                    text += choice.get("delta", {}).get("content") or ""
+        return text
+
+
+async def read_events(response: httpx.Response) -> list[Event]:
+    events: list[Event] = []
+    current: Event | None = None
+    async for line in response.aiter_lines():
+        now = time.monotonic()
+        if line == "":
+            if current is not None:
+                events.append(current)
+            current = None
+            continue
+        current = current or Event(at=now)
+        if line.startswith(":"):
+            current.comment = line[1:].strip()
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            current.data = value if current.data is None else current.data + "\n" + value
+        elif name == "id":
+            current.id = value
+        elif name == "event":
+            current.event = value
+    if current is not None:
+        events.append(current)
+    return events
+
+
+async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any], **kwargs: Any) -> SSEResult:
+    headers = {"Accept": "text/event-stream", **kwargs.pop("headers", {})}
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers, **kwargs) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            await response.aread()
+            return SSEResult(response.status_code, response.headers, [Event(at=time.monotonic(), data=response.text)])
+        return SSEResult(response.status_code, response.headers, await read_events(response))
+
+
+def chat_body(model: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}

@@ -1,0 +1,96 @@
+"""A client that leaves closes the upstream call at once: before the first token, mid-stream, mid-JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ServerThread
+from tests.fake_provider import FakeProvider
+from tests.sse import chat_body
+
+#: The issue's target: the provider sees its connection closed within 100 ms of the client leaving.
+CLOSE_WITHIN_S = 0.1
+
+
+async def _cancel_after_upstream_started(client: httpx.AsyncClient, fake: FakeProvider, body: dict) -> float:
+    request = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+    record = await fake.await_request(1, timeout=5)
+    assert record.disconnected_at is None
+    left_at = time.monotonic()
+    request.cancel()  # httpx closes the connection of a cancelled request
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    return closed_at - left_at
+
+
+async def _streams_open(gateway: ServerThread) -> int:
+    async def count() -> int:
+        return sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("upstream:"))
+
+    return gateway.call(count())
+
+
+async def test_disconnect_before_first_token_within_status_window(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    delay = await _cancel_after_upstream_started(client, fake, chat_body("hang", stream=True))
+    assert delay < CLOSE_WITHIN_S, delay
+
+
+async def test_disconnect_before_first_token_after_headers(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body("hang", stream=True)) as response:
+        assert response.status_code == 200  # the status window (0.3 s) passed: headers are out
+        record = await fake.await_request(1, timeout=5)
+        left_at = time.monotonic()
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+
+
+async def test_disconnect_mid_stream(client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread) -> None:
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True)) as response:
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("data:"):
+                break
+        record = fake.requests[0]
+        left_at = time.monotonic()
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+    assert record.completed_at is None
+
+
+async def test_disconnect_during_silence(client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread) -> None:
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body("silent", stream=True)) as response:
+        async for line in response.aiter_lines():
+            if line.startswith(": keep-alive"):
+                break
+        record = fake.requests[0]
+        left_at = time.monotonic()
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+
+
+async def test_disconnect_during_json_call(client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread) -> None:
+    delay = await _cancel_after_upstream_started(client, fake, chat_body("hang"))
+    assert delay < CLOSE_WITHIN_S, delay
+
+
+async def test_no_upstream_task_left_after_disconnects(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    for _ in range(5):
+        async with client.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True)) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    break
+    deadline = time.monotonic() + 3
+    while await _streams_open(gateway) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert await _streams_open(gateway) == 0

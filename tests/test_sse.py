@@ -1,0 +1,211 @@
+"""SSE streaming under real uvicorn: framing, flushing, heartbeats, status window, in-band errors."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.fake_provider import FakeProvider
+from tests.sse import chat_body, stream_chat
+
+pytestmark = pytest.mark.usefixtures("gateway")
+
+
+async def test_sse_framing_ids_and_done(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("normal", stream=True))
+    assert result.status == 200
+    assert result.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert result.headers["cache-control"] == "no-cache"
+    assert result.headers["x-accel-buffering"] == "no"
+    assert "content-encoding" not in result.headers
+    stream_id = result.headers["x-stream-id"]
+    events = result.data_events
+    assert [e.id for e in events] == [f"{stream_id}:{i}" for i in range(1, len(events) + 1)]
+    assert events[-1].data == "[DONE]"
+    assert all(e.json()["object"] == "chat.completion.chunk" for e in events[:-1])
+    assert result.content() == "Hello, world! This is the fake provider."
+    assert fake.calls("normal") == 1
+
+
+async def test_events_flush_one_at_a_time(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    # The fake sends a chunk every 50 ms; a buffering relay would deliver them in one burst.
+    result = await stream_chat(client, chat_body("paced", stream=True))
+    times = [e.at for e in result.data_events if e.data != "[DONE]"]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(gaps) >= 9
+    assert sum(1 for g in gaps if g >= 0.025) >= len(gaps) - 3, gaps
+    assert times[-1] - times[0] >= 0.3
+
+
+async def test_no_compression_on_sse_even_when_asked(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("long", stream=True), headers={"Accept-Encoding": "gzip, br"})
+    assert result.status == 200
+    assert "content-encoding" not in result.headers
+    assert result.data_events[-1].data == "[DONE]"
+
+
+async def test_large_json_is_compressed(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    response = await client.post(
+        "/v1/chat/completions", json=chat_body("long"), headers={"Accept-Encoding": "gzip, br"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.json()["object"] == "chat.completion"
+    small = await client.post("/v1/chat/completions", json=chat_body("normal"), headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers
+
+
+@pytest.mark.parametrize(
+    ("body_stream", "accept", "expect_sse"),
+    [
+        (True, None, True),
+        (None, "text/event-stream", True),
+        (None, "application/json, text/event-stream;q=0.5", True),
+        (None, "text/event-stream;q=0", False),
+        (False, "text/event-stream", False),
+        (None, None, False),
+        (None, "application/json", False),
+    ],
+)
+async def test_streaming_intent(
+    client: httpx.AsyncClient, fake: FakeProvider, body_stream: bool | None, accept: str | None, expect_sse: bool
+) -> None:
+    body = chat_body("normal")
+    if body_stream is not None:
+        body["stream"] = body_stream
+    headers = {"Accept": accept} if accept else {}
+    response = await client.post("/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200
+    if expect_sse:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.text.rstrip().endswith("data: [DONE]")
+    else:
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["object"] == "chat.completion"
+
+
+async def test_api_alias_path_streams(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    async with client.stream("POST", "/api/chat/completions", json=chat_body("normal", stream=True)) as response:
+        assert response.status_code == 200
+        text = (await response.aread()).decode()
+    assert text.rstrip().endswith("data: [DONE]")
+
+
+async def test_usage_chunk_with_include_usage(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("normal", stream=True, stream_options={"include_usage": True}))
+    last_chunk = result.data_events[-2].json()
+    assert last_chunk["usage"]["prompt_tokens"] == 7
+    assert last_chunk["usage"]["completion_tokens"] == 10
+    assert fake.requests[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_unknown_fields_pass_through(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(
+        client, chat_body("normal", stream=True, temperature=0.3, seed=42, vendor_x={"a": 1}, top_k=5)
+    )
+    assert result.status == 200
+    seen = fake.requests[0].body
+    assert seen["temperature"] == 0.3
+    assert seen["seed"] == 42
+    assert seen["vendor_x"] == {"a": 1}
+    assert seen["top_k"] == 5
+
+
+async def test_heartbeats_during_upstream_silence(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    # `silent` pauses 1.0 s after two chunks; heartbeat_s is 0.2 in the test config.
+    result = await stream_chat(client, chat_body("silent", stream=True))
+    assert result.status == 200
+    assert len(result.comments) >= 3
+    assert all(c.comment == "keep-alive" and c.data is None for c in result.comments)
+    assert result.data_events[-1].data == "[DONE]"
+    assert result.content() == "Hello, world! This is the fake provider."
+
+
+async def test_slow_first_token_past_status_window(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    # 0.5 s to the first chunk, status window 0.3 s: headers go out first, heartbeats fill the wait.
+    result = await stream_chat(client, chat_body("slow_first", stream=True))
+    assert result.status == 200
+    assert result.events[0].comment == "keep-alive"
+    assert result.data_events[-1].data == "[DONE]"
+
+
+ERRORS_BEFORE_FIRST_CHUNK = [
+    ("context_length", 400, "invalid_request_error", "context_length_exceeded"),
+    ("bad_request", 400, "invalid_request_error", "invalid_value"),
+    ("unauthorized", 502, "upstream_error", "upstream_authentication"),
+    ("not_found", 502, "upstream_error", "upstream_model_not_found"),
+    ("rate_limited", 429, "rate_limit_error", "rate_limit_exceeded"),
+    ("server_error", 503, "upstream_error", "upstream_overloaded"),
+    ("overloaded", 503, "upstream_error", "upstream_overloaded"),
+]
+
+
+@pytest.mark.parametrize(("model", "status", "type_", "code"), ERRORS_BEFORE_FIRST_CHUNK)
+@pytest.mark.parametrize("stream", [True, False])
+async def test_provider_errors_before_first_chunk_get_real_status(
+    client: httpx.AsyncClient, fake: FakeProvider, model: str, status: int, type_: str, code: str, stream: bool
+) -> None:
+    response = await client.post("/v1/chat/completions", json=chat_body(model, stream=stream))
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == (type_, code)
+    assert set(error) == {"message", "type", "param", "code"}
+    assert response.headers["x-request-id"]
+    if status == 429:
+        assert response.headers["retry-after"] == "7"
+
+
+async def test_drop_mid_stream_is_in_band_error(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("drop", stream=True))
+    assert result.status == 200
+    last = result.data_events[-1]
+    assert last.event == "error"
+    assert last.json()["error"]["code"] == "upstream_unavailable"
+    assert all(e.data != "[DONE]" for e in result.data_events)
+    assert result.content() == "Hello,"
+
+
+async def test_hang_gives_heartbeats_then_timeout_error(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("hang", stream=True))
+    assert result.status == 200
+    assert len(result.comments) >= 3
+    last = result.data_events[-1]
+    assert last.event == "error"
+    assert last.json()["error"]["type"] == "timeout_error"
+    assert last.json()["error"]["code"] == "upstream_timeout"
+    assert all(e.data != "[DONE]" for e in result.data_events)
+
+
+async def test_idle_timeout_mid_stream(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("silent_long", stream=True))
+    assert result.status == 200
+    assert result.content() == "Hello,"
+    last = result.data_events[-1]
+    assert last.event == "error"
+    assert last.json()["error"]["code"] == "upstream_timeout"
+    # The idle deadline closed the upstream call rather than leaving it running.
+    record = fake.requests[0]
+    await fake.await_end(record, timeout=3)
+    assert record.completed_at is None or record.disconnected_at is not None
+
+
+async def test_json_whole_call_deadline(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    response = await client.post("/v1/chat/completions", json=chat_body("hang"))
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+async def test_fallback_deployment_serves_when_primary_fails(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    response = await client.post("/v1/chat/completions", json=chat_body("with_fallback"))
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "Hello, world! This is the fake provider."
+
+
+async def test_demo_model_streams_offline(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    result = await stream_chat(client, chat_body("demo", "ping", stream=True))
+    assert result.status == 200
+    assert "demo model" in result.content()
+    assert result.content().endswith("You said: ping")
+    assert len(result.data_events) > 20
+    assert fake.calls() == 0
