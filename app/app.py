@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
 from app.access.keys import Caller, GatewayKeys
+from app.chat.catalogue import Catalogue
 from app.chat.service import ChatService
 from app.http_errors import EXCEPTION_HANDLERS
 from app.lifespan import services_lifespan
@@ -21,6 +22,7 @@ from app.log import configure_logging
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
 from app.routes.chat import ChatController
 from app.routes.chat_socket import chat_socket
+from app.routes.models import ModelsController
 from app.routes.health import live, ready
 from app.routes.page import chat_page
 from app.settings import Settings, load_settings
@@ -39,6 +41,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         chat: ChatService = state.chat
         return chat
 
+    def provide_catalogue(state: State) -> Catalogue:
+        catalogue: Catalogue = state.catalogue
+        return catalogue
+
     def provide_keys() -> GatewayKeys:
         return keys
 
@@ -47,10 +53,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     app = Litestar(
-        route_handlers=[ChatController, chat_socket, live, ready, chat_page],
+        route_handlers=[ChatController, chat_socket, ModelsController, live, ready, chat_page],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
+            "catalogue": Provide(provide_catalogue, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
         },

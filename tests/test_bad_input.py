@@ -105,7 +105,9 @@ async def test_empty_body(client: httpx.AsyncClient, fake: FakeProvider) -> None
 
 @pytest.mark.parametrize("payload", [[chat_body()], "normal", 42, None], ids=["array", "string", "number", "null"])
 async def test_json_that_is_not_an_object(client: httpx.AsyncClient, fake: FakeProvider, payload: Any) -> None:
-    response = await client.post(CHAT, content=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    response = await client.post(
+        CHAT, content=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     assert_error(response, 400, code="invalid_request")
     assert fake.calls() == 0
 

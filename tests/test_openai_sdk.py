@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 
 from tests.conftest import ServerThread
 from tests.fake_provider import TOOL_NAME, FakeProvider
@@ -145,9 +145,10 @@ async def test_tool_call_json(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
     completion = await sdk.chat.completions.create(model="tools", messages=MESSAGES, tools=[WEATHER_TOOL])
     tool_calls = completion.choices[0].message.tool_calls
     assert tool_calls is not None and len(tool_calls) == 1
-    function = getattr(tool_calls[0], "function")  # noqa: B009 - union of tool-call types in the SDK
-    assert function.name == TOOL_NAME
-    assert function.arguments == '{"city": "Paris"}'
+    tool_call = tool_calls[0]
+    assert isinstance(tool_call, ChatCompletionMessageFunctionToolCall)
+    assert tool_call.function.name == TOOL_NAME
+    assert tool_call.function.arguments == '{"city": "Paris"}'
     assert completion.choices[0].finish_reason == "tool_calls"
 
 

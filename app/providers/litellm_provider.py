@@ -15,6 +15,7 @@ from app.errors import GatewayError, from_litellm
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, usage_of
 from app.providers.demo import register_demo_provider
+from app.providers.litellm_metadata import model_metadata as _shipped_metadata  # noqa: F401 - copy the map before any Router
 from app.providers.litellm_setup import import_litellm
 from app.settings import DeploymentSettings, Settings
 
