@@ -19,11 +19,13 @@ from app.chat.service import ChatService
 from app.http_errors import EXCEPTION_HANDLERS
 from app.lifespan import services_lifespan
 from app.log import configure_logging
+from app.metrics import Metrics
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
 from app.routes.chat import ChatController
 from app.routes.chat_socket import chat_socket
-from app.routes.models import ModelsController
 from app.routes.health import live, ready
+from app.routes.metrics import metrics_endpoint
+from app.routes.models import ModelsController
 from app.routes.page import chat_page
 from app.settings import Settings, load_settings
 
@@ -31,6 +33,7 @@ from app.settings import Settings, load_settings
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings.server.log_level)
+    metrics = Metrics()
 
     def provide_settings() -> Settings:
         return settings
@@ -45,6 +48,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         catalogue: Catalogue = state.catalogue
         return catalogue
 
+    def provide_metrics() -> Metrics:
+        return metrics
+
     def provide_keys() -> GatewayKeys:
         return keys
 
@@ -53,17 +59,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     app = Litestar(
-        route_handlers=[ChatController, chat_socket, ModelsController, live, ready, chat_page],
+        route_handlers=[ChatController, chat_socket, ModelsController, live, ready, metrics_endpoint, chat_page],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
             "catalogue": Provide(provide_catalogue, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
+            "metrics": Provide(provide_metrics, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
         },
-        lifespan=[services_lifespan(settings)],
+        lifespan=[services_lifespan(settings, metrics)],
+        on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(RequestIdMiddleware), DefineMiddleware(JsonCompressionMiddleware)],
+        middleware=[DefineMiddleware(JsonCompressionMiddleware)],
         cors_config=cors,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -75,6 +83,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
+    # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
+    app.asgi_handler = RequestIdMiddleware(app.asgi_handler, observers=[metrics.http_request])
     return app
 
 

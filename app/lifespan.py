@@ -12,7 +12,7 @@ from litestar import Litestar
 
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
-from app.chat.stream import ChatStream
+from app.metrics import Metrics
 from app.providers.base import Provider
 from app.settings import Settings
 
@@ -26,7 +26,9 @@ class Services:
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
 
-def build_services(settings: Settings, environ: Mapping[str, str] | None = None) -> Services:
+def build_services(
+    settings: Settings, metrics: Metrics | None = None, environ: Mapping[str, str] | None = None
+) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.providers.litellm_metadata import model_metadata, provider_of
     from app.providers.litellm_provider import LiteLLMProvider, build_router
@@ -43,15 +45,14 @@ def build_services(settings: Settings, environ: Mapping[str, str] | None = None)
         snapshot = catalogue.current()
         return snapshot.names if snapshot is not None else frozenset()
 
-    listeners: list[Callable[[ChatStream], None]] = []
-    chat = ChatService(settings, provider, model_names=model_names, on_stream_closed=listeners)
+    chat = ChatService(settings, provider, model_names=model_names, observer=metrics)
     return Services(settings=settings, provider=provider, catalogue=catalogue, chat=chat, closers=[provider.aclose])
 
 
-def services_lifespan(settings: Settings) -> Callable[[Litestar], Any]:
+def services_lifespan(settings: Settings, metrics: Metrics) -> Callable[[Litestar], Any]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings)
+        services = build_services(settings, metrics)
         await services.catalogue.get()
         app.state.services = services
         app.state.chat = services.chat

@@ -10,7 +10,7 @@ import gzip
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from litestar.datastructures import MutableScopeHeaders
@@ -18,7 +18,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = structlog.get_logger("chat.access")
 
-RequestObserver = Callable[[Scope, int, float], None]
+RequestObserver = Callable[[Any, int, float], None]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -119,8 +119,8 @@ class JsonCompressionMiddleware:
                 await send(message)
                 return
             pending, start = start, None
-            body = message.get("body", b"")
-            headers = MutableScopeHeaders(pending)
+            body = cast(bytes, message.get("body", b""))
+            headers = MutableScopeHeaders(cast(Any, pending))
             content_type = (headers.get("content-type") or "").lower()
             if (
                 message["type"] == "http.response.body"

@@ -6,6 +6,7 @@ that is wrong; ``load_settings`` raises ``ConfigError`` carrying one line per pr
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "defau
 ENV_PREFIX = "CHAT_"
 
 
-class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
@@ -94,7 +95,7 @@ class DeploymentSettings(_Section):
     num_retries: NonNegInt = 0
     fast_path: bool = True
     """Relay OpenAI-wire providers' streams directly; false forces the full LiteLLM path."""
-    info: ModelInfoOverride = ModelInfoOverride()
+    info: ModelInfoOverride = msgspec.field(default_factory=ModelInfoOverride)
 
 
 class ModelsSettings(_Section):
@@ -105,12 +106,12 @@ class ModelsSettings(_Section):
 
 
 class Settings(_Section):
-    server: ServerSettings = ServerSettings()
-    streaming: StreamingSettings = StreamingSettings()
-    websocket: WebSocketSettings = WebSocketSettings()
-    cache: CacheSettings = CacheSettings()
-    rate_limit: RateLimitSettings = RateLimitSettings()
-    models: ModelsSettings = ModelsSettings()
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    streaming: StreamingSettings = msgspec.field(default_factory=StreamingSettings)
+    websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
 
     @property
     def production(self) -> bool:
@@ -158,32 +159,46 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> lis
     return problems
 
 
-def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: list[str]) -> None:
-    """Check every key of one table on its own, so that all bad keys are reported together."""
+def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: list[str]) -> bool:
+    """Check every key of one table on its own, so that all bad keys are reported together.
+
+    Bad keys are removed from ``data`` (a private copy) so that the cross-field checks can still
+    run on what is left; returns False when the table itself is unusable.
+    """
     if not isinstance(data, dict):
         problems.append(f"{path or 'config'}: expected a table, got {type(data).__name__}")
-        return
+        return False
+    usable = True
     fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
-    for key, value in data.items():
+    for key, value in list(data.items()):
         where = f"{path}.{key}" if path else key
         field = fields.get(key)
         if field is None:
             problems.append(f"{where}: unknown key")
+            del data[key]
             continue
         nested = _struct_type(field.type)
         if nested is not None:
-            _check_fields(value, nested, where, problems)
+            if not _check_fields(value, nested, where, problems):
+                del data[key]
         elif key == "deployments" and isinstance(value, list):
-            for i, item in enumerate(value):
-                _check_fields(item, DeploymentSettings, f"{where}[{i}]", problems)
+            value[:] = [
+                item
+                for i, item in enumerate(value)
+                if _check_fields(item, DeploymentSettings, f"{where}[{i}]", problems)
+            ]
         else:
             try:
                 msgspec.convert(value, field.type)
             except msgspec.ValidationError as exc:
                 problems.append(f"{where}: {exc}")
+                del data[key]
+                usable = usable and not field.required
     for name, field in fields.items():
         if field.required and name not in data:
             problems.append(f"{path}.{name}: required key missing")
+            usable = False
+    return usable
 
 
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
@@ -223,15 +238,15 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
 
 def settings_from_dict(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
+    data = copy.deepcopy(data)
     problems = apply_env_overrides(data, environ)
     _check_fields(data, Settings, "", problems)
-    if problems:
-        raise ConfigError(problems)
     try:
         settings = msgspec.convert(data, Settings)
-    except msgspec.ValidationError as exc:  # pragma: no cover - _check_fields reports these first
-        raise ConfigError([f"config: {exc}"]) from exc
-    problems = _cross_checks(settings, environ)
+    except msgspec.ValidationError as exc:
+        # Something unusable is left (a deployment without its name, say): report what we have.
+        raise ConfigError(problems or [f"config: {exc}"]) from exc
+    problems += _cross_checks(settings, environ)
     if problems:
         raise ConfigError(problems)
     return settings

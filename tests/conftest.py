@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
+import uvloop
 
 from app.app import create_app
 from app.serve import uvicorn_options
@@ -56,8 +57,12 @@ def settings_dict(fake_base_url: str, **sections: dict[str, Any]) -> dict[str, A
             }
         )
     deployments.append(
-        {"name": "with_fallback", "litellm_model": "openai/server_error", "api_base": fake_base_url,
-         "fallbacks": ["normal"]}
+        {
+            "name": "with_fallback",
+            "litellm_model": "openai/server_error",
+            "api_base": fake_base_url,
+            "fallbacks": ["normal"],
+        }
     )
     data: dict[str, Any] = {
         "server": {"env": "development", "max_body_bytes": 65536, "log_level": "warning"},
@@ -80,12 +85,19 @@ class ServerThread:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP given explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
+        # listener says TCP, and without it Nagle + delayed ACK add 40 ms to every response.
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, loop="asyncio", http="httptools", lifespan="on", log_level="warning", log_config=None,
+            self.app,
+            loop="asyncio",
+            http="httptools",
+            lifespan="on",
+            log_level="warning",
+            log_config=None,
             **uvicorn_options(settings),
         )
         self.server = uvicorn.Server(config)
@@ -101,7 +113,7 @@ class ServerThread:
         return f"ws://127.0.0.1:{self.port}/v1/chat/completions"
 
     def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # what uvicorn picks in production (loop="auto")
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
 

@@ -161,7 +161,9 @@ class FakeProvider:
             raise RuntimeError("FakeProvider already started")
         # Bind and listen before the thread starts: the port is known and
         # connectable immediately, with no free_port() race.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )  # proto set: asyncio then sets TCP_NODELAY on accepted sockets
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         self.port = int(sock.getsockname()[1])

@@ -79,11 +79,6 @@ async def test_non_json_body(client: httpx.AsyncClient, fake: FakeProvider, path
     assert fake.calls() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/protocol/openai.py parse_chat_body (line 69) catches only msgspec.DecodeError; invalid UTF-8 "
-    "inside a JSON string raises UnicodeDecodeError, which becomes a 500 internal_error instead of a 400",
-)
 async def test_invalid_utf8_in_a_json_string(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     payload = b'{"model": "normal", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
     response = await client.post(CHAT, content=payload, headers={"Content-Type": "application/json"})
@@ -137,11 +132,6 @@ async def test_message_without_role(client: httpx.AsyncClient, fake: FakeProvide
     assert fake.calls() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/protocol/openai.py validate_chat_body (lines 80-83) takes msgspec's path, which for a missing "
-    "nested field is the parent (`$.messages[0]`), so param/code say `messages[0]` instead of `messages[0].role`",
-)
 async def test_message_without_role_names_the_field(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     response = await client.post(CHAT, json={"model": "normal", "messages": [{"content": "hi"}]})
     assert_error(response, 400, code="messages[0].role", param="messages[0].role")
@@ -295,11 +285,6 @@ async def test_overlong_client_request_id_is_replaced(client: httpx.AsyncClient)
     assert response.headers["x-request-id"] != "r" * 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/app.py registers RequestIdMiddleware as Litestar middleware, which only wraps matched routes; "
-    "router-level 404s (and 405s) are answered before it runs, so they carry no X-Request-ID",
-)
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("GET", "/nope", 404), ("POST", "/v1/chat/completion", 404), ("DELETE", CHAT, 405)],

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Dialog, Page, expect
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
-from playwright.async_api import async_playwright
 
 from tests.conftest import ServerThread
 from tests.fake_provider import DEFAULT_CONTENT, FakeProvider
@@ -44,9 +43,13 @@ ASSISTANT = ".msg.assistant"
 CONTENT = ".msg.assistant .content"
 
 
+def chromium_installed() -> bool:
+    return os.path.exists(CHROMIUM)
+
+
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if not os.path.exists(CHROMIUM):
+    if not chromium_installed():
         pytest.skip(SKIP_REASON)
     async with async_playwright() as p:
         try:

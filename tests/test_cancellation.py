@@ -77,7 +77,9 @@ async def test_disconnect_during_silence(client: httpx.AsyncClient, fake: FakePr
     assert closed_at - left_at < CLOSE_WITHIN_S
 
 
-async def test_disconnect_during_json_call(client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread) -> None:
+async def test_disconnect_during_json_call(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
     delay = await _cancel_after_upstream_started(client, fake, chat_body("hang"))
     assert delay < CLOSE_WITHIN_S, delay
 

@@ -26,8 +26,15 @@ REAL = [
     dep("embed", "openai/text-embedding-3-small"),
     dep("sonnet", "anthropic/claude-sonnet-4-5"),
     dep("flash", "gemini/gemini-2.5-flash"),
-    dep("local", "ollama_chat/llama3.1", mode="chat", max_input_tokens=131072, capabilities=["tools"],
-        input_cost_per_mtok=0.0, output_cost_per_mtok=0.0),
+    dep(
+        "local",
+        "ollama_chat/llama3.1",
+        mode="chat",
+        max_input_tokens=131072,
+        capabilities=["tools"],
+        input_cost_per_mtok=0.0,
+        output_cost_per_mtok=0.0,
+    ),
     dep("mystery", "hosted_vllm/unknown-model"),
 ]
 
@@ -69,8 +76,9 @@ def test_overrides_and_unknown_values(snapshot: Snapshot) -> None:
 
 
 def test_override_wins_over_litellm() -> None:
-    snap = build_snapshot([dep("mini", "openai/gpt-4o-mini", max_input_tokens=1000, capabilities=["tools"])],
-                          model_metadata, provider_of)
+    snap = build_snapshot(
+        [dep("mini", "openai/gpt-4o-mini", max_input_tokens=1000, capabilities=["tools"])], model_metadata, provider_of
+    )
     assert snap.by_id["mini"].max_input_tokens == 1000
     assert snap.by_id["mini"].capabilities == ["tools"]
 
@@ -142,8 +150,17 @@ async def test_models_endpoints_share_the_configured_names(client: httpx.AsyncCl
     names = sorted(d.name for d in gateway.settings.models.deployments)
     info = (await client.get("/api/models")).json()["data"]
     assert sorted(m["id"] for m in info) == names
-    keys = {"id", "provider", "mode", "max_input_tokens", "max_output_tokens", "input_cost_per_mtok",
-            "output_cost_per_mtok", "capabilities", "categories"}
+    keys = {
+        "id",
+        "provider",
+        "mode",
+        "max_input_tokens",
+        "max_output_tokens",
+        "input_cost_per_mtok",
+        "output_cost_per_mtok",
+        "capabilities",
+        "categories",
+    }
     assert all(set(m) == keys for m in info)
     cats = (await client.get("/api/models/categories")).json()["categories"]
     assert set().union(*cats.values()) <= set(names)

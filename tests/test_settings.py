@@ -301,11 +301,6 @@ def test_several_cross_check_problems_are_all_reported() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app/settings.py settings_from_dict raises after the per-field pass and never runs _cross_checks, "
-    "so a file with a type error hides its bad fallback / unset api_key_env until the next start-up",
-)
 def test_field_and_cross_check_problems_are_reported_together() -> None:
     data = minimal()
     data["server"] = {"port": "x"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 
@@ -31,7 +33,7 @@ async def test_events_flush_one_at_a_time(client: httpx.AsyncClient, fake: FakeP
     # The fake sends a chunk every 50 ms; a buffering relay would deliver them in one burst.
     result = await stream_chat(client, chat_body("paced", stream=True))
     times = [e.at for e in result.data_events if e.data != "[DONE]"]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 9
     assert sum(1 for g in gaps if g >= 0.025) >= len(gaps) - 3, gaps
     assert times[-1] - times[0] >= 0.3

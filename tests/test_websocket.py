@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -91,7 +92,7 @@ async def test_two_concurrent_requests_interleave(ws: ClientConnection, fake: Fa
         order.append(frame["id"])
         if frame["type"] == "chat.completion.done":
             ended.add(frame["id"])
-    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(order) if a != b)
     assert switches >= 4, order
 
 
@@ -226,7 +227,9 @@ async def _task_count(gateway: ServerThread) -> int:
     return gateway.call(count())
 
 
-async def test_sequential_requests_leave_no_tasks(ws: ClientConnection, fake: FakeProvider, gateway: ServerThread) -> None:
+async def test_sequential_requests_leave_no_tasks(
+    ws: ClientConnection, fake: FakeProvider, gateway: ServerThread
+) -> None:
     await ws.send(create("warm", "fast"))
     await until_end(ws, "warm")
     before = await _task_count(gateway)

@@ -45,7 +45,9 @@ def model_info(dep: DeploymentSettings, metadata: Mapping[str, Any] | None, prov
     mode = o.mode if o.mode is not None else meta.get("mode")
     max_in = o.max_input_tokens if o.max_input_tokens is not None else _int_or_none(meta.get("max_input_tokens"))
     max_out = o.max_output_tokens if o.max_output_tokens is not None else _int_or_none(meta.get("max_output_tokens"))
-    cost_in = o.input_cost_per_mtok if o.input_cost_per_mtok is not None else _per_mtok(meta.get("input_cost_per_token"))
+    cost_in = (
+        o.input_cost_per_mtok if o.input_cost_per_mtok is not None else _per_mtok(meta.get("input_cost_per_token"))
+    )
     cost_out = (
         o.output_cost_per_mtok if o.output_cost_per_mtok is not None else _per_mtok(meta.get("output_cost_per_token"))
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Final
+from collections.abc import AsyncIterator
+from typing import Any, Final, Protocol
 
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import Chunk, Usage
@@ -26,7 +26,7 @@ TIMEOUT: Final = "timeout"
 class StreamEvent:
     """A numbered event: a chunk, an error, or (both None) the end of the stream."""
 
-    __slots__ = ("seq", "chunk", "error")
+    __slots__ = ("chunk", "error", "seq")
 
     def __init__(self, seq: int, chunk: Chunk | None = None, error: GatewayError | None = None) -> None:
         self.seq = seq
@@ -39,12 +39,21 @@ class StreamEvent:
 
 
 class Deadlines:
-    __slots__ = ("first_chunk_s", "idle_s", "heartbeat_s")
+    __slots__ = ("first_chunk_s", "heartbeat_s", "idle_s")
 
     def __init__(self, first_chunk_s: float, idle_s: float, heartbeat_s: float) -> None:
         self.first_chunk_s = first_chunk_s
         self.idle_s = idle_s
         self.heartbeat_s = heartbeat_s
+
+
+class StreamObserver(Protocol):
+    """Told about each stream's milestones (metrics); never per chunk."""
+
+    def stream_opened(self, stream: ChatStream) -> None: ...
+    def stream_first_byte(self, stream: ChatStream) -> None: ...
+    def stream_first_token(self, stream: ChatStream) -> None: ...
+    def stream_closed(self, stream: ChatStream) -> None: ...
 
 
 class ChatStream:
@@ -58,7 +67,8 @@ class ChatStream:
         *,
         queue_size: int = 256,
         started_at: float | None = None,
-        on_close: Callable[[ChatStream], None] | None = None,
+        observer: StreamObserver | None = None,
+        include_usage: bool = True,
     ) -> None:
         self.id = stream_id
         self.model = model
@@ -76,13 +86,17 @@ class ChatStream:
         self.outcome: str | None = None
         self._source = source
         self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=queue_size)
-        self._on_close = on_close
+        self._observer = observer
+        self._include_usage = include_usage
         self._task: asyncio.Task[None] | None = None
         self._held: StreamEvent | None = None
+        self.metric_attrs: dict[str, Any] = {}
 
     def start(self) -> ChatStream:
         self.upstream_started_at = time.perf_counter()
         self._task = asyncio.create_task(self._read_upstream(), name=f"upstream:{self.id}")
+        if self._observer is not None:
+            self._observer.stream_opened(self)
         return self
 
     async def _read_upstream(self) -> None:
@@ -100,10 +114,16 @@ class ChatStream:
                 deadline = self.deadlines.idle_s
                 if chunk.has_content and self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
-                if chunk.usage is not None:
-                    self.usage = chunk.usage
+                    if self._observer is not None:
+                        self._observer.stream_first_token(self)
                 if chunk.finish_reason is not None:
                     self.finish_reason = chunk.finish_reason
+                if chunk.usage is not None:
+                    self.usage = chunk.usage
+                    # The gateway always asks for usage (for token metrics); a client that did not
+                    # ask does not get the usage-only chunk.
+                    if chunk.usage_only and not self._include_usage:
+                        continue
                 seq += 1
                 await self._queue.put(StreamEvent(seq, chunk))
         except TimeoutError:
@@ -123,7 +143,7 @@ class ChatStream:
             if aclose is not None:
                 try:
                     await aclose()
-                except Exception:  # noqa: BLE001 - the stream is over either way
+                except Exception:
                     pass
         self.error = error
         await self._queue.put(StreamEvent(seq + 1, error=error))
@@ -167,6 +187,8 @@ class ChatStream:
     def mark_first_byte(self) -> None:
         if self.first_byte_at is None:
             self.first_byte_at = time.perf_counter()
+            if self._observer is not None:
+                self._observer.stream_first_byte(self)
 
     def close(self, outcome: str) -> None:
         """End the stream once: cancel the upstream call if it still runs and report the outcome."""
@@ -176,8 +198,8 @@ class ChatStream:
         self.ended_at = time.perf_counter()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        if self._on_close is not None:
-            self._on_close(self)
+        if self._observer is not None:
+            self._observer.stream_closed(self)
 
     def outcome_of(self, event: StreamEvent) -> str:
         if event.error is None:

@@ -55,18 +55,25 @@ _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")
 _decoder = msgspec.json.Decoder()
 
 
+_MISSING_RE = re.compile(r"missing required field `([^`]*)`")
+
+
 def _param_of(exc: msgspec.ValidationError) -> str | None:
-    match = _FIELD_RE.search(str(exc))
-    if not match or not match.group(1):
-        return None
-    # `$.messages[0].role` -> `messages[0].role`, the shape OpenAI uses for `param`.
-    return match.group(1)
+    """`... - at `$.messages[0]`` -> `messages[0]`, plus the missing field's name when one is missing."""
+    text = str(exc)
+    match = _FIELD_RE.search(text)
+    path = match.group(1) if match else ""
+    missing = _MISSING_RE.search(text)
+    if missing:
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return path or None
 
 
 def parse_chat_body(raw: bytes) -> ChatCompletionInput:
     try:
         body = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError for invalid UTF-8 inside a string: still the client's body.
         raise InvalidRequest(f"The body is not valid JSON: {exc}") from exc
     return validate_chat_body(body)
 
@@ -78,8 +85,5 @@ def validate_chat_body(body: Any) -> ChatCompletionInput:
         request = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:
         param = _param_of(exc)
-        message = str(exc)
-        if param is None and "missing required field" in message:
-            param = message.split("`")[1] if "`" in message else None
-        raise InvalidRequest(f"Invalid request: {message}", code=param or "invalid_request", param=param) from exc
+        raise InvalidRequest(f"Invalid request: {exc}", code=param or "invalid_request", param=param) from exc
     return ChatCompletionInput(request=request, body=body)

@@ -26,6 +26,8 @@ class Chunk(msgspec.Struct, frozen=True):
     has_content: bool = False
     finish_reason: str | None = None
     usage: Usage | None = None
+    #: A chunk with no choices that only carries usage (the `include_usage` chunk).
+    usage_only: bool = False
 
 
 class Completion(msgspec.Struct, frozen=True):

@@ -55,15 +55,20 @@ class DemoLLM(CustomLLM):
         response.choices[0].message.content = "".join(tokens)  # type: ignore[union-attr]
         response.choices[0].finish_reason = "stop"
         response.model = kwargs.get("model", "demo")
-        response.usage = litellm.Usage(prompt_tokens=_prompt_tokens(kwargs), completion_tokens=len(tokens),
-                                       total_tokens=_prompt_tokens(kwargs) + len(tokens))
+        response.usage = litellm.Usage(  # type: ignore[attr-defined]
+            prompt_tokens=_prompt_tokens(kwargs),
+            completion_tokens=len(tokens),
+            total_tokens=_prompt_tokens(kwargs) + len(tokens),
+        )
         response.created = int(time.time())
         return response
 
     def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:  # pragma: no cover - sync path unused
         raise NotImplementedError("the gateway only uses the async path")
 
-    async def astreaming(self, *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:
+    async def astreaming(  # type: ignore[override]
+        self, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
         tokens = demo_reply(kwargs.get("messages") or [])
         prompt = _prompt_tokens(kwargs)
         for i, token in enumerate(tokens):
@@ -87,7 +92,11 @@ def _prompt_tokens(kwargs: dict[str, Any]) -> int:
 
 def register_demo_provider(interval_s: float = TOKEN_INTERVAL_S) -> None:
     """Register (or re-register) the demo handler in LiteLLM's provider map."""
-    litellm.custom_provider_map = [p for p in litellm.custom_provider_map if p["provider"] != PROVIDER]
+    litellm.custom_provider_map = [  # type: ignore[attr-defined]
+        p
+        for p in litellm.custom_provider_map
+        if p["provider"] != PROVIDER  # type: ignore[attr-defined]
+    ]
     litellm.custom_provider_map.append({"provider": PROVIDER, "custom_handler": DemoLLM(interval_s)})
     from litellm.utils import custom_llm_setup
 

@@ -17,7 +17,7 @@ _SHIPPED: dict[str, Mapping[str, Any]] = dict(litellm.model_cost)
 def provider_of(litellm_model: str) -> str | None:
     try:
         return str(litellm.get_llm_provider(model=litellm_model)[1])
-    except Exception:  # noqa: BLE001 - custom providers (demo) are unknown to this lookup
+    except Exception:
         prefix, sep, _ = litellm_model.partition("/")
         return prefix if sep else None
 

@@ -52,9 +52,7 @@ def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -
     deployments = settings.models.deployments
     fallbacks = [{dep.name: list(dep.fallbacks)} for dep in deployments if dep.fallbacks]
     cooldowns: dict[str, Any] = (
-        {"cooldown_time": settings.models.cooldown_s}
-        if settings.models.cooldown_s > 0
-        else {"disable_cooldowns": True}
+        {"cooldown_time": settings.models.cooldown_s} if settings.models.cooldown_s > 0 else {"disable_cooldowns": True}
     )
     return litellm.Router(
         model_list=router_model_list(deployments, environ),
@@ -65,8 +63,13 @@ def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -
     )
 
 
-def _passthrough(request: ChatCompletionInput) -> dict[str, Any]:
-    return {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
+def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[str, Any]:
+    fields = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
+    if stream:
+        # Always ask for usage so token metrics are honest; the stream drops the usage chunk for
+        # clients that did not ask for it.
+        fields["stream_options"] = {**(fields.get("stream_options") or {}), "include_usage": True}
+    return fields
 
 
 def chunk_from_litellm(obj: Any) -> Chunk:
@@ -78,11 +81,13 @@ def chunk_from_litellm(obj: Any) -> Chunk:
         if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
             has_content = True
         finish_reason = choice.get("finish_reason") or finish_reason
+    usage = usage_of(data.get("usage"))
     return Chunk(
         raw=_encoder.encode(data),
         has_content=has_content,
         finish_reason=finish_reason,
-        usage=usage_of(data.get("usage")),
+        usage=usage,
+        usage_only=usage is not None and not data.get("choices"),
     )
 
 
@@ -105,7 +110,7 @@ class LiteLLMProvider:
     async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
         try:
             upstream = await self._router.acompletion(
-                model=deployment, messages=request.body["messages"], stream=True, **_passthrough(request)
+                model=deployment, messages=request.body["messages"], stream=True, **_passthrough(request, stream=True)
             )
         except Exception as exc:
             raise from_litellm(exc) from exc

@@ -50,7 +50,7 @@ class ChatController(Controller):
         body = parse_chat_body(await request.body())
         if not wants_stream(body.request.stream, request.headers.get("accept")):
             try:
-                completion = await unless_disconnected(chat.complete(body), request.receive)
+                completion = await unless_disconnected(chat.complete(body, started_at=started), request.receive)
             except ClientGone:
                 request.state.outcome = CLIENT_DISCONNECTED
                 return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
@@ -64,6 +64,7 @@ class ChatController(Controller):
             stream.close(CLIENT_DISCONNECTED)
             return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
         if first is not None and first.error is not None:
+            stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
             stream.close(first.error.outcome)
             raise first.error
         return Stream(

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 
 from app.access.keys import GatewayKeys
 from app.chat.service import ChatService
+from app.metrics import Metrics
 from app.routes.chat import CHAT_PATHS
 from app.settings import Settings
 from app.streaming.ws_session import ChatSocketSession
@@ -20,5 +21,9 @@ async def chat_socket(
     chat: NamedDependency[ChatService],
     settings: NamedDependency[Settings],
     keys: NamedDependency[GatewayKeys],
+    metrics: NamedDependency[Metrics],
 ) -> None:
-    await ChatSocketSession(socket, chat, settings, keys).run()
+    session = ChatSocketSession(
+        socket, chat, settings, keys, on_open=metrics.socket_opened, on_close=metrics.socket_closed
+    )
+    await session.run()

@@ -35,13 +35,16 @@ def parse_criteria(params: dict[str, list[str]]) -> Criteria:
         raise InvalidRequest(f"Unknown query parameter `{unknown[0]}`.", param=unknown[0], code="invalid_parameter")
     for name, values in params.items():
         if name != "capability" and len(values) > 1:
-            raise InvalidRequest(f"Query parameter `{name}` given more than once.", param=name, code="invalid_parameter")
+            raise InvalidRequest(
+                f"Query parameter `{name}` given more than once.", param=name, code="invalid_parameter"
+            )
     caps = tuple(c.strip() for v in params.get("capability", []) for c in v.split(",") if c.strip())
     bad = [c for c in caps if c not in KNOWN_CAPABILITIES]
     if bad:
         raise InvalidRequest(
             f"Unknown capability {bad[0]!r}; known: {', '.join(sorted(KNOWN_CAPABILITIES))}.",
-            param="capability", code="invalid_parameter",
+            param="capability",
+            code="invalid_parameter",
         )
 
     def one(name: str) -> str | None:
@@ -69,7 +72,9 @@ class ModelsController(Controller):
     tags = ["models"]
 
     @get("/v1/models", summary="OpenAI-compatible model list")
-    async def list_openai(self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]) -> OpenAIModelList:
+    async def list_openai(
+        self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
+    ) -> OpenAIModelList:
         snap = await catalogue.get()
         created = int(snap.built_at)
         return OpenAIModelList(

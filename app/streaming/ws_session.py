@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from litestar import WebSocket
@@ -41,7 +41,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class _InFlight:
-    __slots__ = ("task", "stream", "cancelled")
+    __slots__ = ("cancelled", "stream", "task")
 
     def __init__(self, task: asyncio.Task[None]) -> None:
         self.task = task
@@ -113,9 +113,9 @@ class ChatSocketSession:
             message = await self.socket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("text")
+            data = cast("str | bytes | None", message.get("text"))
             if data is None:
-                data = message.get("bytes") or b""
+                data = cast(bytes, message.get("bytes") or b"")
             size = len(data.encode()) if isinstance(data, str) else len(data)
             if size > max_bytes:
                 self._close_code = CLOSE_TOO_BIG
@@ -139,8 +139,14 @@ class ChatSocketSession:
 
     def _create(self, frame_id: str, body: dict[str, Any]) -> None:
         if frame_id in self.inflight:
-            self._send(error_frame(frame_id, InvalidRequest(f"A request with id {frame_id!r} is already in flight.",
-                                                            code="duplicate_id", param="id")))
+            self._send(
+                error_frame(
+                    frame_id,
+                    InvalidRequest(
+                        f"A request with id {frame_id!r} is already in flight.", code="duplicate_id", param="id"
+                    ),
+                )
+            )
             return
         if len(self.inflight) >= self.settings.websocket.max_inflight:
             limit = self.settings.websocket.max_inflight
@@ -156,6 +162,19 @@ class ChatSocketSession:
         entry = _InFlight(task)
         entry.stream = stream
         self.inflight[frame_id] = entry
+        task.add_done_callback(lambda _t: self._never_ran(frame_id, entry))
+
+    def _never_ran(self, frame_id: str, entry: _InFlight) -> None:
+        """A task cancelled before its first step never runs its body, so its cleanup happens here."""
+        if self.inflight.get(frame_id) is not entry:
+            return  # the relay ran and cleaned up after itself
+        del self.inflight[frame_id]
+        assert entry.stream is not None
+        if entry.cancelled and not self._closing:
+            entry.stream.mark_first_byte()
+            with contextlib.suppress(SlowConsumer):
+                self._send(done_frame(frame_id, "cancelled", None))
+        entry.stream.close(CANCELLED if entry.cancelled else CLIENT_DISCONNECTED)
 
     def _cancel(self, frame_id: str) -> None:
         entry = self.inflight.get(frame_id)
@@ -185,13 +204,14 @@ class ChatSocketSession:
             entry = self.inflight.get(frame_id)
             if entry is not None and entry.cancelled and not self._closing and not ended:
                 outcome = CANCELLED
+                stream.mark_first_byte()
                 stream.close(CANCELLED)
                 self._send(done_frame(frame_id, "cancelled", stream.usage))
             else:
                 raise
         except SlowConsumer:
             outcome = CLIENT_DISCONNECTED
-        except Exception as exc:  # noqa: BLE001 - one request's failure must not take the socket down
+        except Exception as exc:
             outcome = UPSTREAM_ERROR
             error = public_error(exc, production=self.settings.production)
             logger.error("ws_request_failed", request_id=self.request_id, id=frame_id, exc_info=exc)
@@ -225,7 +245,7 @@ class ChatSocketSession:
             frame = await queue.get()
             if frame is None:
                 return
-            await send({"type": "websocket.send", "text": frame.decode()})
+            await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
 
 
 def _log_stream(request_id: str | None, frame_id: str, stream: ChatStream) -> None:
