@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Litestar
 
+from app.cache.backends import build_backend
+from app.cache.chat_cache import ChatCache
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
 from app.metrics import Metrics
@@ -23,6 +25,9 @@ class Services:
     provider: Provider
     catalogue: Catalogue
     chat: ChatService
+    cache: ChatCache | None = None
+    #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
+    ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
 
@@ -45,8 +50,26 @@ def build_services(
         snapshot = catalogue.current()
         return snapshot.names if snapshot is not None else frozenset()
 
-    chat = ChatService(settings, provider, model_names=model_names, observer=metrics)
-    return Services(settings=settings, provider=provider, catalogue=catalogue, chat=chat, closers=[provider.aclose])
+    cache = None
+    ready_checks: dict[str, Callable[[], Awaitable[bool]]] = {}
+    closers: list[Callable[[], Any]] = [provider.aclose]
+    if settings.cache.enabled:
+        cache = ChatCache(
+            build_backend(settings.cache), settings.cache, on_result=metrics.cache_result if metrics else None
+        )
+        closers.append(cache.close)
+        if settings.cache.backend == "redis":
+            ready_checks["cache"] = cache.health
+    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache)
+    return Services(
+        settings=settings,
+        provider=provider,
+        catalogue=catalogue,
+        chat=chat,
+        cache=cache,
+        ready_checks=ready_checks,
+        closers=closers,
+    )
 
 
 def services_lifespan(settings: Settings, metrics: Metrics) -> Callable[[Litestar], Any]:
@@ -57,6 +80,7 @@ def services_lifespan(settings: Settings, metrics: Metrics) -> Callable[[Litesta
         app.state.services = services
         app.state.chat = services.chat
         app.state.catalogue = services.catalogue
+        app.state.ready_checks = services.ready_checks
         try:
             yield
         finally:

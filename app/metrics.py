@@ -94,6 +94,8 @@ class Metrics:
 
     def stream_first_token(self, stream: ChatStream) -> None:
         assert stream.first_token_at is not None
+        if stream.cache_status == "HIT":
+            return  # a replay never called the provider
         self.ttft.record(stream.first_token_at - stream.upstream_started_at, stream.metric_attrs)
 
     def stream_closed(self, stream: ChatStream) -> None:
@@ -125,7 +127,7 @@ class Metrics:
         attrs = {"transport": "json", "model": model}
         if responded:
             self.ttfb.record(ended_at - started_at, attrs)
-        if outcome == "completed":
+        if outcome == "completed" and upstream_started_at >= 0:
             self.ttft.record(ended_at - upstream_started_at, attrs)
         outcome_attrs = {**attrs, "outcome": outcome}
         self.outcomes.add(1, outcome_attrs)

@@ -9,6 +9,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -169,3 +170,77 @@ def gateway(fake_provider: FakeProvider) -> Iterator[ServerThread]:
 async def client(gateway: ServerThread) -> Any:
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as c:
         yield c
+
+
+# -- Redis ---------------------------------------------------------------------------------------
+
+REDIS_TEST_DB = 13  # a dedicated DB: tests flush only this one
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A private redis-server on a spare port, for tests that must stop and restart it."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import shutil
+        import subprocess
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: install it (apt-get install redis-server) or run .ci/run, "
+                "which installs it; these tests need a real Redis"
+            )
+        self._binary = binary
+        self._subprocess = subprocess
+        self.port = port or _free_port()
+        self.proc: Any = None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.proc = self._subprocess.Popen(
+            [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=self._subprocess.DEVNULL,
+            stderr=self._subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not redis_answers(self.port):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/{REDIS_TEST_DB}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The machine's Redis at 127.0.0.1:6379 if it answers, else a private redis-server."""
+    if redis_answers(6379):
+        yield f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

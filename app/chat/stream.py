@@ -91,6 +91,7 @@ class ChatStream:
         self._task: asyncio.Task[None] | None = None
         self._held: StreamEvent | None = None
         self.metric_attrs: dict[str, Any] = {}
+        self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
 
     def start(self) -> ChatStream:
         self.upstream_started_at = time.perf_counter()

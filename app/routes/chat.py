@@ -48,15 +48,28 @@ class ChatController(Controller):
         started = time.perf_counter()
         check_content_type(request.headers.get("content-type"))
         body = parse_chat_body(await request.body())
+        cache_control = request.headers.get("cache-control")
+        request.state.model = body.model
         if not wants_stream(body.request.stream, request.headers.get("accept")):
             try:
-                completion = await unless_disconnected(chat.complete(body, started_at=started), request.receive)
+                completion, cache_status = await unless_disconnected(
+                    chat.complete(body, started_at=started, caller=caller, cache_control=cache_control),
+                    request.receive,
+                )
             except ClientGone:
                 request.state.outcome = CLIENT_DISCONNECTED
                 return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
-            return Response(content=completion.raw, media_type="application/json")
+            headers = {"X-Cache": cache_status} if cache_status else None
+            return Response(content=completion.raw, media_type="application/json", headers=headers)
 
-        stream = chat.open_stream(body, "sse", started_at=started)
+        try:
+            stream = await unless_disconnected(
+                chat.open_stream(body, "sse", started_at=started, caller=caller, cache_control=cache_control),
+                request.receive,
+            )
+        except ClientGone:
+            request.state.outcome = CLIENT_DISCONNECTED
+            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
         request.state.stream = stream
         try:
             first = await unless_disconnected(stream.first_event(settings.streaming.status_window_s), request.receive)
@@ -70,5 +83,6 @@ class ChatController(Controller):
         return Stream(
             sse_body(stream),
             media_type="text/event-stream",
-            headers={**SSE_HEADERS, "X-Stream-ID": stream.id},
+            headers={**SSE_HEADERS, "X-Stream-ID": stream.id}
+            | ({"X-Cache": stream.cache_status} if stream.cache_status else {}),
         )

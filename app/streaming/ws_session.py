@@ -16,7 +16,7 @@ from typing import Any, cast
 import structlog
 from litestar import WebSocket
 
-from app.access.keys import SUBPROTOCOL, GatewayKeys
+from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.chat.service import ChatService
 from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
@@ -30,7 +30,7 @@ from app.protocol.frames import (
     encode_id,
     error_frame,
 )
-from app.protocol.openai import validate_chat_body
+from app.protocol.openai import ChatCompletionInput, validate_chat_body
 from app.settings import Settings
 
 logger = structlog.get_logger("chat.websocket")
@@ -41,12 +41,13 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class _InFlight:
-    __slots__ = ("cancelled", "stream", "task")
+    __slots__ = ("cancelled", "started", "stream", "task")
 
     def __init__(self, task: asyncio.Task[None]) -> None:
         self.task = task
         self.stream: ChatStream | None = None
         self.cancelled = False
+        self.started = False
 
 
 class SlowConsumer(Exception):
@@ -75,6 +76,7 @@ class ChatSocketSession:
         self._on_open = on_open
         self._on_close = on_close
         self.request_id = socket.scope.get("state", {}).get("request_id")
+        self.caller = ANONYMOUS
 
     async def run(self) -> None:
         offered: list[str] = list(self.socket.scope.get("subprotocols") or [])
@@ -83,7 +85,7 @@ class ChatSocketSession:
             self._on_open()
         try:
             try:
-                self.keys.from_websocket(offered, self.socket.headers.get("authorization"))
+                self.caller = self.keys.from_websocket(offered, self.socket.headers.get("authorization"))
             except GatewayError as exc:
                 # Browsers cannot read a refused handshake's status, so refuse after accepting.
                 await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
@@ -154,13 +156,11 @@ class ChatSocketSession:
             return
         try:
             request = validate_chat_body(body)
-            stream = self.chat.open_stream(request, "websocket", started_at=time.perf_counter())
         except GatewayError as exc:
             self._send(error_frame(frame_id, exc))
             return
-        task = asyncio.create_task(self._relay(frame_id, stream), name=f"ws-request:{frame_id}")
+        task = asyncio.create_task(self._run_request(frame_id, request), name=f"ws-request:{frame_id}")
         entry = _InFlight(task)
-        entry.stream = stream
         self.inflight[frame_id] = entry
         task.add_done_callback(lambda _t: self._never_ran(frame_id, entry))
 
@@ -169,19 +169,48 @@ class ChatSocketSession:
         if self.inflight.get(frame_id) is not entry:
             return  # the relay ran and cleaned up after itself
         del self.inflight[frame_id]
-        assert entry.stream is not None
         if entry.cancelled and not self._closing:
-            entry.stream.mark_first_byte()
+            if entry.stream is not None:
+                entry.stream.mark_first_byte()
             with contextlib.suppress(SlowConsumer):
                 self._send(done_frame(frame_id, "cancelled", None))
-        entry.stream.close(CANCELLED if entry.cancelled else CLIENT_DISCONNECTED)
+        if entry.stream is not None:
+            entry.stream.close(CANCELLED if entry.cancelled else CLIENT_DISCONNECTED)
 
     def _cancel(self, frame_id: str) -> None:
         entry = self.inflight.get(frame_id)
         if entry is None:
             return  # already finished: its done frame is on its way, a cancel is a no-op
         entry.cancelled = True
-        entry.task.cancel()
+        if entry.started:
+            entry.task.cancel()
+        # else: the task has not run yet; it sees the flag first thing and ends the request itself.
+
+    async def _run_request(self, frame_id: str, request: ChatCompletionInput) -> None:
+        entry = self.inflight.get(frame_id)
+        if entry is not None:
+            entry.started = True
+        try:
+            stream = await self.chat.open_stream(
+                request, "websocket", started_at=time.perf_counter(), caller=self.caller
+            )
+        except GatewayError as exc:
+            self.inflight.pop(frame_id, None)
+            with contextlib.suppress(SlowConsumer):
+                self._send(error_frame(frame_id, exc))
+            return
+        if entry is not None:
+            entry.stream = stream
+            if entry.cancelled:
+                # Cancelled before it ran: the upstream task is cancelled before its first step, so
+                # no provider call is made, and the request still ends with its one done frame.
+                self.inflight.pop(frame_id, None)
+                stream.mark_first_byte()
+                with contextlib.suppress(SlowConsumer):
+                    self._send(done_frame(frame_id, "cancelled", None))
+                stream.close(CANCELLED)
+                return
+        await self._relay(frame_id, stream)
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         encoded_id = encode_id(frame_id)

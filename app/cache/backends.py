@@ -1,0 +1,142 @@
+"""Cache backends on aiocache, chosen by configuration alone: in-memory LRU or Redis.
+
+Values cross the Redis boundary as msgpack (msgspec), never pickle: nothing read from Redis is
+ever unpickled, and bytes that do not decode are a miss, not a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import msgspec
+from aiocache import RedisCache, SimpleMemoryCache
+from aiocache.serializers import BaseSerializer, NullSerializer
+
+from app.cache.answer import CachedAnswer
+from app.settings import CacheSettings
+
+
+class CacheBackend(Protocol):
+    async def get(self, key: str) -> CachedAnswer | None: ...
+    async def set(self, key: str, value: CachedAnswer, ttl: float) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def health(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class MsgpackSerializer(BaseSerializer):  # type: ignore[misc]
+    DEFAULT_ENCODING = None  # bytes in, bytes out
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(CachedAnswer)
+
+    def dumps(self, value: CachedAnswer) -> bytes:
+        return self._encoder.encode(value)
+
+    def loads(self, value: bytes | None) -> CachedAnswer | None:
+        if value is None:
+            return None
+        return self._decoder.decode(value)
+
+
+class _LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
+    """aiocache's memory cache plus an entry bound with least-recently-used eviction.
+
+    aiocache keeps entries in ``self._cache`` and expiry timers in ``self._handlers``; making the
+    dict ordered and trimming it on set is all an LRU needs.
+    """
+
+    def __init__(self, max_entries: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._max_entries = max_entries
+
+    async def _get(self, key: str, encoding: str | None = "utf-8", _conn: Any = None) -> Any:
+        value = self._cache.get(key)
+        if value is not None:
+            self._cache.move_to_end(key)
+        return value
+
+    async def _set(self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None) -> bool:
+        result: bool = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_entries:
+            oldest, _ = self._cache.popitem(last=False)
+            handle = self._handlers.pop(oldest, None)
+            if handle is not None:
+                handle.cancel()
+        return result
+
+
+class MemoryBackend:
+    def __init__(self, max_entries: int) -> None:
+        self._cache = _LRUMemoryCache(max_entries, serializer=NullSerializer(), timeout=None)
+
+    def __len__(self) -> int:
+        return len(self._cache._cache)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        value = await self._cache.get(key)
+        return value if isinstance(value, CachedAnswer) else None
+
+    async def set(self, key: str, value: CachedAnswer, ttl: float) -> None:
+        await self._cache.set(key, value, ttl=ttl)
+
+    async def delete(self, key: str) -> None:
+        await self._cache.delete(key)
+
+    async def health(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        await self._cache.clear()
+
+
+class RedisBackend:
+    def __init__(self, url: str, op_timeout_s: float) -> None:
+        parsed = urlparse(url)
+        db = (parsed.path or "/0").lstrip("/") or "0"
+        self._timeout = op_timeout_s
+        self._cache = RedisCache(
+            serializer=MsgpackSerializer(),
+            endpoint=parsed.hostname or "127.0.0.1",
+            port=parsed.port or 6379,
+            db=int(db),
+            password=unquote(parsed.password) if parsed.password else None,
+            ssl=parsed.scheme == "rediss",
+            create_connection_timeout=op_timeout_s,
+            timeout=op_timeout_s,
+            connection_pool_kwargs={"socket_timeout": op_timeout_s},
+        )
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        value: CachedAnswer | None = await self._cache.get(key)
+        return value
+
+    async def set(self, key: str, value: CachedAnswer, ttl: float) -> None:
+        await self._cache.set(key, value, ttl=max(1, int(ttl)))
+
+    async def delete(self, key: str) -> None:
+        await self._cache.delete(key)
+
+    async def health(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return bool(await self._cache.client.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self._cache.close()
+        await self._cache.client.aclose()
+
+
+def build_backend(settings: CacheSettings) -> CacheBackend:
+    if settings.backend == "redis":
+        return RedisBackend(settings.redis_url, settings.op_timeout_s)
+    return MemoryBackend(settings.max_entries)

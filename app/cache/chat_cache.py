@@ -1,0 +1,170 @@
+"""The response cache around chat calls: keys, bounded lookups, single-flight, recording streams.
+
+Degraded, never down: every backend call is bounded by ``cache.op_timeout_s``; a failure is
+logged, counted as ``error`` and treated as a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from app.cache.answer import CachedAnswer, assemble
+from app.cache.backends import CacheBackend
+from app.providers.base import Chunk, Usage
+from app.settings import CacheSettings, DeploymentSettings
+
+logger = structlog.get_logger("chat.cache")
+
+#: Bump when the key material or the stored value changes shape: old entries simply stop matching.
+KEY_VERSION: Final = "v1"
+#: Request fields that do not change the answer.
+NOT_IN_KEY: Final = frozenset({"model", "stream", "stream_options", "user"})
+
+HIT, MISS, BYPASS, ERROR = "hit", "miss", "bypass", "error"
+
+
+def cache_key(body: dict[str, Any], deployment: DeploymentSettings, scope: str) -> str:
+    """SHA-256 over a canonical encoding (sorted keys, compact) of what changes the answer."""
+    material = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
+    # The resolved deployment, not the public name: re-pointing a name at another model changes keys.
+    material["\x00deployment"] = [deployment.litellm_model, deployment.api_base]
+    digest = hashlib.sha256(msgspec.json.encode(material, order="sorted")).hexdigest()
+    return f"chat:{KEY_VERSION}:{scope}:{digest}"
+
+
+class CachePolicy(msgspec.Struct, frozen=True):
+    read: bool
+    write: bool
+
+    @property
+    def bypassed(self) -> bool:
+        return not (self.read and self.write)
+
+
+def policy_from(cache_control: str | None) -> CachePolicy:
+    directives = {d.strip().lower().split("=", 1)[0] for d in (cache_control or "").split(",")}
+    return CachePolicy(
+        read="no-cache" not in directives and "no-store" not in directives, write="no-store" not in directives
+    )
+
+
+class ChatCache:
+    def __init__(
+        self, backend: CacheBackend, settings: CacheSettings, on_result: Callable[[str], None] | None = None
+    ) -> None:
+        self.backend = backend
+        self._ttl = settings.ttl_s
+        self._timeout = settings.op_timeout_s
+        self._on_result = on_result or (lambda _r: None)
+        self._flights: dict[str, asyncio.Future[CachedAnswer | None]] = {}
+        self._writes: set[asyncio.Task[None]] = set()
+
+    def count(self, result: str) -> None:
+        self._on_result(result)
+
+    async def lookup(self, key: str) -> tuple[CachedAnswer | None, bool]:
+        """(answer, ok): ok is False when the backend failed or held garbage (then it is a miss)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self.backend.get(key), True
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            logger.warning("cache_value_unreadable", key=key[-16:], error=str(exc)[:200])
+            self._spawn(self._delete(key))
+            return None, False
+        except Exception as exc:
+            logger.warning("cache_unavailable", op="get", error=f"{type(exc).__name__}: {exc}"[:200])
+            return None, False
+
+    def flight(self, key: str) -> asyncio.Future[CachedAnswer | None] | None:
+        return self._flights.get(key)
+
+    def lead(self, key: str) -> asyncio.Future[CachedAnswer | None]:
+        future: asyncio.Future[CachedAnswer | None] = asyncio.get_running_loop().create_future()
+        self._flights[key] = future
+        return future
+
+    def land(self, key: str, future: asyncio.Future[CachedAnswer | None], answer: CachedAnswer | None) -> None:
+        if not future.done():
+            future.set_result(answer)
+        if answer is None:
+            self._forget(key, future)
+        else:
+            # The landed flight keeps answering until the backend has the entry, so that a request
+            # whose lookup raced the write does not call the provider again.
+            self._spawn(self._store(key, answer, future))
+
+    def _forget(self, key: str, future: asyncio.Future[CachedAnswer | None]) -> None:
+        if self._flights.get(key) is future:
+            del self._flights[key]
+
+    async def follow(self, future: asyncio.Future[CachedAnswer | None], timeout: float) -> CachedAnswer | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            return None
+
+    async def recording(
+        self, key: str, future: asyncio.Future[CachedAnswer | None], source: AsyncIterator[Chunk]
+    ) -> AsyncIterator[Chunk]:
+        """Relay ``source`` and, if it completes, store the assembled answer; errors and partials never."""
+        chunks: list[bytes] = []
+        usage: Usage | None = None
+        answer: CachedAnswer | None = None
+        try:
+            async for chunk in source:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.usage_only:
+                    chunks.append(chunk.raw)
+                yield chunk
+            answer = answer_from_chunks(chunks, usage)
+        finally:
+            self.land(key, future, answer)
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None and answer is None:
+                await aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _store(self, key: str, answer: CachedAnswer, future: asyncio.Future[CachedAnswer | None]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.backend.set(key, answer, self._ttl)
+        except Exception as exc:  # the answer was served; only the next hit is lost
+            logger.warning("cache_unavailable", op="set", error=f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            self._forget(key, future)
+
+    async def _delete(self, key: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.backend.delete(key)
+        except Exception:
+            pass
+
+    async def health(self) -> bool:
+        return await self.backend.health()
+
+    async def close(self) -> None:
+        for task in list(self._writes):
+            task.cancel()
+        await self.backend.close()
+
+
+def answer_from_chunks(chunks: list[bytes], usage: Usage | None) -> CachedAnswer:
+    return CachedAnswer(
+        completion=assemble(chunks, usage),
+        chunks=chunks,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+    )

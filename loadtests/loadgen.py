@@ -1,0 +1,1077 @@
+"""Load generator for the chat gateway (and for the fake upstream directly).
+
+    python -m loadtests.loadgen --url http://127.0.0.1:8000 --mode sse --model fast \\
+        --concurrency 256 --requests 2000 --duration 30 --pid <gateway pid>
+
+Modes: ``sse`` (POST, ``Accept: text/event-stream``, ``"stream": true``), ``ws`` (one WebSocket
+per virtual user, subprotocol ``chat.v1``, sequential ``chat.completion.create`` requests on it)
+and ``json`` (plain POST). ``--idle N`` instead opens N SSE streams against a slow model, samples
+the server's RSS with all of them open and reports the memory each open stream costs.
+
+Every run is bounded: no request starts after ``--duration`` seconds or once ``--requests`` have
+started, every request is bounded by ``--timeout``, and the whole run by duration + timeout + 10 s.
+
+The client is a raw ``asyncio.Protocol`` (HTTP/1.1 keep-alive, chunked bodies, incremental SSE
+parsing, a minimal RFC 6455 client) on uvloop: no per-event coroutine, no per-event JSON decode.
+A chunk counts as a *content chunk* when its JSON has a non-empty ``"content"`` string.
+
+Measured per request: TTFB (request written -> first content chunk; for JSON, -> response
+headers), the gaps between consecutive content chunks, and the total time. The summary has
+p50/p95/p99 of each, req/s, chunks/s and errors by kind (``http_<status>``, ``sse_error``,
+``ws_error_<status>``, ``timeout``, ``no_done``, ``conn_closed``, ``connect``...). With ``--pid``
+the server's CPU (``/proc/<pid>/stat`` utime+stime) is read before and after and its RSS
+(``/proc/<pid>/status`` VmRSS) is sampled during the run (max reported).
+
+Output: one JSON line (the summary, for ``run_matrix``) then one human line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+CONTENT_RE = re.compile(rb'"content"\s*:\s*"[^"]')
+WS_TYPE_RE = re.compile(rb'"type"\s*:\s*"(chat\.completion\.chunk|chat\.completion\.done|error)"')
+STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODES = ("sse", "ws", "json")
+
+# HTTP response parser states
+_HEAD, _CL, _CSIZE, _CDATA, _CCRLF, _TRAILER, _EOF, _WS = range(8)
+_MAX_HEAD = 64 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc sampling
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit as far as the hard limit allows; return (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of a process, in seconds (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples VmRSS of a pid every ``interval`` seconds in a task; keeps the max and the last."""
+
+    def __init__(self, pid: int | None, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.max_mb: float | None = None
+        self.last_mb: float | None = None
+        self.first_mb: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> float | None:
+        if self.pid is None:
+            return None
+        v = proc_rss_mb(self.pid)
+        if v is not None:
+            self.last_mb = v
+            if self.first_mb is None:
+                self.first_mb = v
+            if self.max_mb is None or v > self.max_mb:
+                self.max_mb = v
+        return v
+
+    def reset_max(self) -> None:
+        self.max_mb = None
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self.pid is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.sample()
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def percentile(sorted_values: Any, q: float) -> float | None:
+    n = len(sorted_values)
+    if n == 0:
+        return None
+    return float(sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))])
+
+
+def _dist_ms(values: Any) -> dict[str, float | None]:
+    s = sorted(values)
+    out: dict[str, float | None] = {}
+    for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
+        v = percentile(s, q)
+        out[name] = None if v is None else round(v * 1000.0, 3)
+    out["mean"] = round(sum(s) / len(s) * 1000.0, 3) if s else None
+    out["max"] = round(s[-1] * 1000.0, 3) if s else None
+    out["n"] = len(s)
+    return out
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.ttfb: array[float] = array("d")
+        self.gaps: array[float] = array("d")
+        self.totals: array[float] = array("d")
+        self.chunks = 0
+        self.ok = 0
+        self.started = 0
+        self.cut = 0
+        self.errors: Counter[str] = Counter()
+        self.error_samples: list[str] = []
+        self.chunks_per_request: Counter[int] = Counter()
+        self.last_done = 0.0
+
+    def error(self, kind: str, detail: str = "") -> None:
+        self.errors[kind] += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(f"{kind}: {detail[:200]}" if detail else kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# the client protocol
+
+
+class ConnectError(Exception):
+    pass
+
+
+def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
+    """A masked client frame (RFC 6455 5.3)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    mask = os.urandom(4)
+    if n:
+        key = (mask * (n // 4 + 1))[:n]
+        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+    return head + mask + payload
+
+
+class Client(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 (or WebSocket) connection running one request at a time."""
+
+    def __init__(self, stats: Stats, mode: str, idle: bool = False) -> None:
+        self.stats = stats
+        self.mode = mode
+        self.idle = idle
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.buf = bytearray()
+        self.state = _HEAD
+        self.remaining = 0
+        self.conn_close = False
+        self.fut: asyncio.Future[None] | None = None
+        self.head_fut: asyncio.Future[int] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.now = 0.0
+        self._reset_request()
+        self.ws_frag = bytearray()
+        self.ws_frag_op = 0
+
+    def _reset_request(self) -> None:
+        self.t_sent = 0.0
+        self.t_head: float | None = None
+        self.t_first: float | None = None
+        self.t_last = 0.0
+        self.chunks = 0
+        self.req_gaps: list[float] = []
+        self.status = 0
+        self.done = False
+        self.err: str | None = None
+        self.err_detail = ""
+        self.body = bytearray()
+        self.sse = bytearray()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head_fut is not None and not self.head_fut.done():
+            self.head_fut.set_result(0)
+        if self.fut is not None and not self.fut.done():
+            if self.state == _EOF and self.mode != "ws":
+                self._complete()
+            else:
+                self._fail("conn_closed", repr(exc) if exc else "closed by peer")
+
+    def data_received(self, data: bytes) -> None:
+        self.now = time.perf_counter()
+        self.buf += data
+        if self.state == _WS:
+            self._ws_parse()
+        else:
+            self._http_parse()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def request(self, data: bytes, timeout: float) -> asyncio.Future[None]:
+        assert self.transport is not None
+        self._reset_request()
+        fut = self.loop.create_future()
+        self.fut = fut
+        self.stats.started += 1
+        self.timer = self.loop.call_later(timeout, self._on_timeout)
+        self.transport.write(data)
+        self.t_sent = time.perf_counter()
+        return fut
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.fut is not None and not self.fut.done():
+            detail = f"{'headers' if self.t_head else 'no headers'}, done={self.done}, chunks={self.chunks}"
+            if self.mode == "ws":
+                detail = f"ws, done={self.done}, chunks={self.chunks}"
+            elif self.mode == "json":
+                detail = f"{'headers' if self.t_head else 'no headers'}, status={self.status}"
+            self._fail("timeout", detail)
+
+    def cut(self) -> None:
+        """The run's time cap: abort an in-flight request without judging it (counted as ``cut``)."""
+        if self.fut is not None and not self.fut.done():
+            self.stats.cut += 1
+            self._finish()
+        self.close(abort=True)
+
+    def _fail(self, kind: str, detail: str = "") -> None:
+        self.stats.error(kind, detail)
+        self._finish()
+        self.close(abort=True)
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        fut, self.fut = self.fut, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def close(self, abort: bool = False) -> None:
+        self.closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def _complete(self) -> None:
+        """The response (or WS request) has ended: judge it and record it."""
+        st = self.stats
+        now = self.now or time.perf_counter()
+        if self.mode == "json":
+            if self.status != 200:
+                st.error(f"http_{self.status}", bytes(self.body[:200]).decode("utf-8", "replace"))
+            elif not CONTENT_RE.search(self.body):
+                st.error("no_content", bytes(self.body[:200]).decode("utf-8", "replace"))
+            else:
+                st.ok += 1
+                if self.t_head is not None:
+                    st.ttfb.append(self.t_head - self.t_sent)
+                st.totals.append(now - self.t_sent)
+        else:
+            if self.mode == "sse" and self.status != 200:
+                st.error(f"http_{self.status}", bytes(self.body[:200] or self.sse[:200]).decode("utf-8", "replace"))
+            elif self.err is not None:
+                st.error(self.err, self.err_detail)
+            elif not self.done:
+                st.error("no_done", f"chunks={self.chunks}")
+            else:
+                st.ok += 1
+                if self.t_first is not None:
+                    st.ttfb.append(self.t_first - self.t_sent)
+                st.totals.append(now - self.t_sent)
+                st.gaps.extend(self.req_gaps)
+                st.chunks += self.chunks
+                st.chunks_per_request[self.chunks] += 1
+        st.last_done = now
+        self._finish()
+        if self.conn_close and self.mode != "ws":
+            self.close()
+
+    # -- HTTP response parsing -----------------------------------------------------------
+
+    def _http_parse(self) -> None:
+        buf = self.buf
+        while buf:
+            st = self.state
+            if st == _HEAD:
+                i = buf.find(b"\r\n\r\n")
+                if i < 0:
+                    if len(buf) > _MAX_HEAD:
+                        self._fail("bad_response", "header too large")
+                    return
+                head = bytes(buf[:i]).decode("latin-1").split("\r\n")
+                del buf[: i + 4]
+                if self.t_head is None:
+                    self.t_head = self.now
+                try:
+                    self.status = int(head[0].split(" ", 2)[1])
+                except (IndexError, ValueError):
+                    self._fail("bad_response", head[0])
+                    return
+                length: int | None = None
+                chunked = False
+                self.conn_close = head[0].startswith("HTTP/1.0")
+                for line in head[1:]:
+                    name, _, value = line.partition(":")
+                    name = name.strip().lower()
+                    if name == "content-length":
+                        length = int(value.strip())
+                    elif name == "transfer-encoding":
+                        chunked = "chunked" in value.lower()
+                    elif name == "connection":
+                        self.conn_close = value.strip().lower() == "close"
+                if self.status == 101:
+                    self.state = _WS
+                    if self.head_fut is not None and not self.head_fut.done():
+                        self.head_fut.set_result(101)
+                    if buf:
+                        self._ws_parse()
+                    return
+                if self.head_fut is not None and not self.head_fut.done():
+                    self.head_fut.set_result(self.status)
+                if self.fut is None and not self.idle:
+                    self._fail("bad_response", "response without a request")
+                    return
+                if chunked:
+                    self.state = _CSIZE
+                elif length is not None:
+                    self.remaining = length
+                    self.state = _CL
+                    if length == 0:
+                        self.state = _HEAD
+                        self._end_of_body()
+                else:
+                    self.state = _EOF
+            elif st == _CL:
+                n = min(self.remaining, len(buf))
+                self._body(buf[:n])
+                del buf[:n]
+                self.remaining -= n
+                if self.remaining == 0:
+                    self.state = _HEAD
+                    self._end_of_body()
+            elif st == _CSIZE:
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    return
+                try:
+                    size = int(bytes(buf[:i]).split(b";", 1)[0], 16)
+                except ValueError:
+                    self._fail("bad_response", "bad chunk size")
+                    return
+                del buf[: i + 2]
+                if size == 0:
+                    self.state = _TRAILER
+                else:
+                    self.remaining = size
+                    self.state = _CDATA
+            elif st == _CDATA:
+                n = min(self.remaining, len(buf))
+                self._body(buf[:n])
+                del buf[:n]
+                self.remaining -= n
+                if self.remaining == 0:
+                    self.state = _CCRLF
+            elif st == _CCRLF:
+                if len(buf) < 2:
+                    return
+                del buf[:2]
+                self.state = _CSIZE
+            elif st == _TRAILER:
+                i = buf.find(b"\r\n")
+                if i < 0:
+                    return
+                del buf[: i + 2]
+                if i == 0:
+                    self.state = _HEAD
+                    self._end_of_body()
+            elif st == _EOF:
+                self._body(buf)
+                buf.clear()
+                return
+            else:  # pragma: no cover
+                return
+            if self.closed:
+                return
+
+    def _end_of_body(self) -> None:
+        if self.idle:
+            return
+        if self.fut is not None:
+            self._complete()
+
+    def _body(self, data: bytearray) -> None:
+        if self.idle:
+            return
+        if self.mode == "json" or self.status != 200:
+            self.body += data
+            return
+        sse = self.sse
+        sse += data
+        if b"\r" in data:
+            sse[:] = sse.replace(b"\r\n", b"\n")
+        while True:
+            j = sse.find(b"\n\n")
+            if j < 0:
+                return
+            block = bytes(sse[:j])
+            del sse[: j + 2]
+            self._sse_event(block)
+
+    def _sse_event(self, block: bytes) -> None:
+        if block.startswith(b":"):
+            return  # comment (heartbeat)
+        data: bytes | None = None
+        is_error = False
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                d = line[6:] if line[5:6] == b" " else line[5:]
+                data = d if data is None else data + b"\n" + d
+            elif line.startswith(b"event:") and line[6:].strip() == b"error":
+                is_error = True
+        if data is None:
+            return
+        if is_error:
+            self.err = "sse_error"
+            self.err_detail = data[:200].decode("utf-8", "replace")
+        elif data == b"[DONE]":
+            self.done = True
+        elif CONTENT_RE.search(data):
+            self._content_chunk()
+
+    def _content_chunk(self) -> None:
+        now = self.now
+        if self.t_first is None:
+            self.t_first = now
+        else:
+            self.req_gaps.append(now - self.t_last)
+        self.t_last = now
+        self.chunks += 1
+
+    # -- WebSocket -----------------------------------------------------------------------
+
+    def _ws_parse(self) -> None:
+        buf = self.buf
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            op = b0 & 0x0F
+            n = b1 & 0x7F
+            pos = 2
+            if n == 126:
+                if len(buf) < 4:
+                    return
+                n = int.from_bytes(buf[2:4], "big")
+                pos = 4
+            elif n == 127:
+                if len(buf) < 10:
+                    return
+                n = int.from_bytes(buf[2:10], "big")
+                pos = 10
+            mask = b""
+            if b1 & 0x80:
+                if len(buf) < pos + 4:
+                    return
+                mask = bytes(buf[pos : pos + 4])
+                pos += 4
+            if len(buf) < pos + n:
+                return
+            payload = bytes(buf[pos : pos + n])
+            del buf[: pos + n]
+            if mask and n:
+                key = (mask * (n // 4 + 1))[:n]
+                payload = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+            if op == 9:  # ping
+                if self.transport is not None and not self.closed:
+                    self.transport.write(ws_frame(payload, 10))
+                continue
+            if op == 10:
+                continue
+            if op == 8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                if self.transport is not None and not self.closed:
+                    self.transport.write(ws_frame(payload[:2], 8))
+                if self.fut is not None and not self.fut.done():
+                    self._fail("ws_closed", f"close code {code} {payload[2:100]!r}")
+                else:
+                    self.close()
+                return
+            fin = b0 & 0x80
+            if op == 0:
+                self.ws_frag += payload
+                if not fin:
+                    continue
+                payload = bytes(self.ws_frag)
+                self.ws_frag.clear()
+            elif not fin:
+                self.ws_frag[:] = payload
+                self.ws_frag_op = op
+                continue
+            self._ws_message(payload)
+            if self.closed:
+                return
+
+    def _ws_message(self, msg: bytes) -> None:
+        if self.fut is None:
+            return  # a late frame for a request that timed out
+        m = WS_TYPE_RE.search(msg)
+        kind = m.group(1) if m else None
+        if kind == b"chat.completion.chunk":
+            if CONTENT_RE.search(msg):
+                self._content_chunk()
+        elif kind == b"chat.completion.done":
+            self.done = True
+            self._complete()
+        elif kind == b"error":
+            s = STATUS_RE.search(msg)
+            self.err = f"ws_error_{s.group(1).decode() if s else 'unknown'}"
+            self.err_detail = msg[:200].decode("utf-8", "replace")
+            self._complete()
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class LoadConfig:
+    url: str
+    mode: str = "sse"
+    model: str = "fast"
+    concurrency: int = 1
+    requests: int = 100
+    duration: float = 30.0
+    timeout: float = 30.0
+    drain: float | None = None
+    path: str = "/v1/chat/completions"
+    pid: int | None = None
+    upstream_pid: int | None = None
+    include_usage: bool = False
+    prompt: str = "Say hello."
+    connect_parallel: int = 256
+    sample_interval: float = 0.25
+    headers: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+def _target(url: str, path: str) -> tuple[str, int, str]:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    if host not in LOOPBACK:
+        raise ValueError(f"loopback only: {host!r}")
+    port = parts.port or 80
+    full = (parts.path or "").rstrip("/") + path
+    return host, port, full
+
+
+def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": cfg.model, "messages": [{"role": "user", "content": cfg.prompt}]}
+    if stream is not None:
+        body["stream"] = stream
+    if cfg.include_usage and stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def http_request_bytes(cfg: LoadConfig, host: str, port: int, path: str, stream: bool) -> bytes:
+    payload = json.dumps(_body(cfg, stream), separators=(",", ":")).encode()
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "User-Agent: chat-gateway-loadgen",
+        "Content-Type: application/json",
+        f"Content-Length: {len(payload)}",
+        f"Accept: {'text/event-stream' if stream else 'application/json'}",
+    ]
+    lines += [f"{k}: {v}" for k, v in cfg.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+class LoadRun:
+    def __init__(self, cfg: LoadConfig) -> None:
+        if cfg.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.cfg = cfg
+        self.host, self.port, self.path = _target(cfg.url, cfg.path)
+        self.stats = Stats()
+        self.remaining = cfg.requests
+        self.deadline = 0.0
+        self.conns: set[Client] = set()
+        self.connect_sem = asyncio.Semaphore(cfg.connect_parallel)
+        self.req_bytes = http_request_bytes(cfg, self.host, self.port, self.path, stream=cfg.mode == "sse")
+        self.ws_prefix = b'{"type":"chat.completion.create","id":"'
+        self.ws_suffix = b'","request":' + json.dumps(_body(cfg, True), separators=(",", ":")).encode() + b"}"
+        self.ws_seq = 0
+
+    def take(self) -> bool:
+        if self.remaining <= 0 or time.monotonic() >= self.deadline:
+            return False
+        self.remaining -= 1
+        return True
+
+    async def connect(self, idle: bool = False) -> Client:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        mode = "sse" if idle else cfg.mode
+        async with self.connect_sem:
+            try:
+                _, client = await asyncio.wait_for(
+                    loop.create_connection(lambda: Client(self.stats, mode, idle), self.host, self.port),
+                    min(cfg.timeout, 15.0),
+                )
+            except (OSError, TimeoutError) as exc:
+                raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        self.conns.add(client)
+        if mode == "ws":
+            await self._ws_handshake(client)
+        return client
+
+    async def _ws_handshake(self, client: Client) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Protocol: chat.v1",
+            "User-Agent: chat-gateway-loadgen",
+        ]
+        lines += [f"{k}: {v}" for k, v in self.cfg.headers.items()]
+        client.head_fut = asyncio.get_running_loop().create_future()
+        assert client.transport is not None
+        client.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            status = await asyncio.wait_for(client.head_fut, min(self.cfg.timeout, 15.0))
+        except TimeoutError as exc:
+            client.close(abort=True)
+            raise ConnectError("websocket handshake timed out") from exc
+        finally:
+            client.head_fut = None
+        if status != 101:
+            client.close(abort=True)
+            raise ConnectError(f"websocket handshake answered {status}")
+
+    def _next_request(self) -> bytes:
+        if self.cfg.mode != "ws":
+            return self.req_bytes
+        self.ws_seq += 1
+        return ws_frame(self.ws_prefix + b"r%d" % self.ws_seq + self.ws_suffix)
+
+    async def user(self) -> None:
+        conn: Client | None = None
+        try:
+            while self.take():
+                if conn is None or conn.closed:
+                    try:
+                        conn = await self.connect()
+                    except ConnectError as exc:
+                        self.stats.started += 1
+                        self.stats.error("connect", str(exc))
+                        conn = None
+                        await asyncio.sleep(0.05)
+                        continue
+                await conn.request(self._next_request(), self.cfg.timeout)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    async def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        nofile = raise_nofile_limit()
+        server = RssSampler(cfg.pid, cfg.sample_interval)
+        upstream = RssSampler(cfg.upstream_pid, cfg.sample_interval)
+        cpu0 = proc_cpu_s(cfg.pid) if cfg.pid else None
+        ucpu0 = proc_cpu_s(cfg.upstream_pid) if cfg.upstream_pid else None
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        server.start()
+        upstream.start()
+        t0 = time.perf_counter()
+        self.deadline = time.monotonic() + cfg.duration
+        tasks = [asyncio.ensure_future(self.user()) for _ in range(cfg.concurrency)]
+        drain = cfg.timeout if cfg.drain is None else min(cfg.drain, cfg.timeout)
+        _, pending = await asyncio.wait(tasks, timeout=cfg.duration + drain + 0.5)
+        if pending:
+            # Past the cap and its drain time: abort what is still in flight (reported as "cut", not
+            # judged) and stop users that are still connecting.
+            self.remaining = 0
+            for c in list(self.conns):
+                c.cut()
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=5)
+            if pending:
+                self.stats.error("hard_stop", f"{len(pending)} users did not stop")
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                self.stats.error("loadgen_bug", repr(t.exception()))
+        for c in list(self.conns):
+            c.close(abort=True)
+        t_end = time.perf_counter()
+        await server.stop()
+        await upstream.stop()
+        cpu1 = proc_cpu_s(cfg.pid) if cfg.pid else None
+        ucpu1 = proc_cpu_s(cfg.upstream_pid) if cfg.upstream_pid else None
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        return self.summary(t0, t_end, cpu0, cpu1, ucpu0, ucpu1, ru0, ru1, server, upstream, nofile)
+
+    def summary(
+        self,
+        t0: float,
+        t_end: float,
+        cpu0: float | None,
+        cpu1: float | None,
+        ucpu0: float | None,
+        ucpu1: float | None,
+        ru0: Any,
+        ru1: Any,
+        server: RssSampler,
+        upstream: RssSampler,
+        nofile: tuple[int, int],
+    ) -> dict[str, Any]:
+        cfg, st = self.cfg, self.stats
+        elapsed = max(1e-9, (st.last_done or t_end) - t0)
+        wall = t_end - t0
+        per_req = st.chunks_per_request
+        errors = sum(st.errors.values())
+
+        def proc(cpu_a: float | None, cpu_b: float | None, rss: RssSampler, pid: int | None) -> dict[str, Any] | None:
+            if pid is None:
+                return None
+            cpu = None if cpu_a is None or cpu_b is None else round(cpu_b - cpu_a, 3)
+            return {
+                "pid": pid,
+                "cpu_s": cpu,
+                "cpu_util": None if cpu is None else round(cpu / wall, 3),
+                "cpu_s_per_1k_chunks": None if cpu is None or not st.chunks else round(cpu / st.chunks * 1000, 4),
+                "cpu_ms_per_request": None if cpu is None or not st.ok else round(cpu / st.ok * 1000, 3),
+                "rss_mb_max": None if rss.max_mb is None else round(rss.max_mb, 1),
+                "rss_mb_start": None if rss.first_mb is None else round(rss.first_mb, 1),
+            }
+
+        lg_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        return {
+            "kind": "load",
+            "label": cfg.label,
+            "mode": cfg.mode,
+            "url": cfg.url,
+            "model": cfg.model,
+            "concurrency": cfg.concurrency,
+            "requests": st.started,
+            "ok": st.ok,
+            "errors": errors,
+            "cut": st.cut,
+            "error_kinds": dict(st.errors),
+            "error_samples": st.error_samples,
+            "elapsed_s": round(elapsed, 3),
+            "req_per_s": round(st.ok / elapsed, 2),
+            "chunks": st.chunks,
+            "chunks_per_s": round(st.chunks / elapsed, 1),
+            "chunks_per_request": {str(k): v for k, v in sorted(per_req.items())},
+            "ttfb_ms": _dist_ms(st.ttfb),
+            "gap_ms": _dist_ms(st.gaps),
+            "total_ms": _dist_ms(st.totals),
+            "server": proc(cpu0, cpu1, server, cfg.pid),
+            "upstream": proc(ucpu0, ucpu1, upstream, cfg.upstream_pid),
+            "loadgen": {"cpu_s": round(lg_cpu, 3), "cpu_util": round(lg_cpu / wall, 3)},
+            "nofile": list(nofile),
+        }
+
+
+async def run_load(cfg: LoadConfig) -> dict[str, Any]:
+    """Run one bounded load and return its summary (the function tests import)."""
+    return await LoadRun(cfg).run()
+
+
+# ---------------------------------------------------------------------------------------------
+# idle streams
+
+
+async def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """A bounded one-shot GET (``Connection: close``); returns (status, body). Loopback only."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    if host not in LOOPBACK:
+        raise ValueError(f"loopback only: {host!r}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    async def go() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, parts.port or 80)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            raw = await reader.read(-1)
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if b"transfer-encoding: chunked" in head.lower():
+            out, rest = bytearray(), body
+            while rest:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0] or b"0", 16)
+                if size == 0:
+                    break
+                out += rest[:size]
+                rest = rest[size + 2 :]
+            body = bytes(out)
+        return status, body
+
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def _upstream_active(url: str | None) -> int | None:
+    if not url:
+        return None
+    try:
+        status, body = await http_get(url.rstrip("/") + "/stats", 2.0)
+        return int(json.loads(body)["active_streams"]) if status == 200 else None
+    except (OSError, TimeoutError, ValueError, KeyError, IndexError):
+        return None
+
+
+async def run_idle(cfg: LoadConfig, n: int, upstream_url: str | None = None, settle_s: float = 3.0) -> dict[str, Any]:
+    """Open ``n`` SSE streams (against a slow model), measure the server RSS they cost, close them."""
+    nofile = raise_nofile_limit()
+    run = LoadRun(LoadConfig(**{**cfg.__dict__, "mode": "sse"}))
+    sampler = RssSampler(cfg.pid, 0.2)
+    base_samples = []
+    for _ in range(5):
+        v = sampler.sample()
+        if v is not None:
+            base_samples.append(v)
+        await asyncio.sleep(0.2)
+    base = min(base_samples) if base_samples else None
+    up_before = await _upstream_active(upstream_url)
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    deadline = loop.time() + cfg.timeout
+    clients: list[Client] = []
+
+    async def open_one() -> int:
+        try:
+            c = await run.connect(idle=True)
+        except ConnectError as exc:
+            run.stats.error("connect", str(exc))
+            return 0
+        clients.append(c)
+        c.head_fut = loop.create_future()
+        assert c.transport is not None
+        c.transport.write(run.req_bytes)
+        try:
+            status = await asyncio.wait_for(c.head_fut, max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            run.stats.error("timeout", "no response headers")
+            return 0
+        if status != 200:
+            run.stats.error(f"http_{status}" if status else "conn_closed")
+        return status
+
+    sampler.start()
+    tasks = [asyncio.ensure_future(open_one()) for _ in range(n)]
+    done, pending = await asyncio.wait(tasks, timeout=cfg.timeout + 5)
+    for t in pending:
+        t.cancel()
+    opened = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result() == 200)
+    open_s = time.perf_counter() - t0
+    # Let the server finish opening its upstream calls; take the RSS plateau from here on.
+    sampler.reset_max()
+    settle_end = loop.time() + max(settle_s, 1.0)
+    up_active = await _upstream_active(upstream_url)
+    stable_since = loop.time()
+    while loop.time() < settle_end + 7.0:
+        await asyncio.sleep(0.5)
+        now_active = await _upstream_active(upstream_url)
+        if now_active != up_active:
+            up_active, stable_since = now_active, loop.time()
+        if loop.time() >= settle_end and loop.time() - stable_since >= 1.0:
+            break
+    sampler.sample()
+    plateau = sampler.max_mb
+    still_open = sum(1 for c in clients if not c.closed)
+    for c in clients:
+        c.close(abort=True)
+    await asyncio.sleep(2.0)
+    await sampler.stop()
+    after = proc_rss_mb(cfg.pid) if cfg.pid else None
+    per_stream_kb = None
+    if base is not None and plateau is not None and opened:
+        per_stream_kb = round((plateau - base) * 1024.0 / opened, 1)
+    return {
+        "kind": "idle",
+        "label": cfg.label,
+        "url": cfg.url,
+        "model": cfg.model,
+        "requested": n,
+        "opened": opened,
+        "still_open_at_sample": still_open,
+        "errors": sum(run.stats.errors.values()),
+        "error_kinds": dict(run.stats.errors),
+        "error_samples": run.stats.error_samples,
+        "open_s": round(open_s, 2),
+        "base_rss_mb": None if base is None else round(base, 1),
+        "open_rss_mb": None if plateau is None else round(plateau, 1),
+        "after_close_rss_mb": None if after is None else round(after, 1),
+        "rss_kb_per_stream": per_stream_kb,
+        "upstream_active_before": up_before,
+        "upstream_active_open": up_active,
+        "nofile": list(nofile),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def _f(v: Any, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def human_line(s: dict[str, Any]) -> str:
+    if s.get("kind") == "idle":
+        return (
+            f"idle {s['model']}: {s['opened']}/{s['requested']} streams open in {s['open_s']} s, "
+            f"server RSS {_f(s['base_rss_mb'])} -> {_f(s['open_rss_mb'])} MB "
+            f"({_f(s['rss_kb_per_stream'])} KB/stream), after close {_f(s['after_close_rss_mb'])} MB, "
+            f"upstream active {s['upstream_active_open']}, errors {s['errors']} {s['error_kinds'] or ''}"
+        )
+    t, g, tot = s["ttfb_ms"], s["gap_ms"], s["total_ms"]
+    line = (
+        f"{s['mode']} c={s['concurrency']} {s['model']}: {s['ok']}/{s['requests']} ok, {s['errors']} errors"
+        f"{' ' + str(s['error_kinds']) if s['error_kinds'] else ''}, {s['cut']} cut at the cap, "
+        f"{s['req_per_s']} req/s, {s['chunks_per_s']} chunks/s, "
+        f"TTFB p50/p95/p99 {_f(t['p50'])}/{_f(t['p95'])}/{_f(t['p99'])} ms, gap p99 {_f(g['p99'])} ms, "
+        f"total p50 {_f(tot['p50'])} ms"
+    )
+    srv = s.get("server")
+    if srv:
+        line += f", server {_f(srv['cpu_s_per_1k_chunks'], '{:.3f}')} CPU s/1k chunks, RSS {_f(srv['rss_mb_max'])} MB"
+    line += f", loadgen CPU {s['loadgen']['cpu_util'] * 100:.0f}%"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Bounded load generator for the chat gateway (loopback only).")
+    p.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--path", default="/v1/chat/completions")
+    p.add_argument("--mode", choices=MODES, default="sse")
+    p.add_argument("--model", default="fast")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--requests", type=int, default=100, help="total requests (a cap)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds after which no request starts")
+    p.add_argument("--timeout", type=float, default=30.0, help="per request (idle: for opening all streams)")
+    p.add_argument(
+        "--drain",
+        type=float,
+        help="seconds in-flight requests may still run after --duration (default: --timeout); "
+        "then they are aborted and reported as 'cut', not as errors",
+    )
+    p.add_argument("--pid", type=int, help="server pid: CPU from /proc/P/stat, RSS from /proc/P/status")
+    p.add_argument("--upstream-pid", type=int, help="upstream pid, measured the same way")
+    p.add_argument("--upstream-url", help="idle mode: the fake upstream, to read its /stats")
+    p.add_argument("--include-usage", action="store_true", help="send stream_options.include_usage")
+    p.add_argument("--header", action="append", default=[], help="extra header 'Name: value' (repeatable)")
+    p.add_argument("--idle", type=int, default=0, help="open N idle SSE streams and report RSS per stream")
+    p.add_argument("--settle", type=float, default=3.0, help="idle mode: seconds to let the server settle")
+    p.add_argument("--label", default="")
+    a = p.parse_args(argv)
+    headers = {}
+    for h in a.header:
+        k, _, v = h.partition(":")
+        headers[k.strip()] = v.strip()
+    cfg = LoadConfig(
+        url=a.url,
+        mode=a.mode,
+        model=a.model,
+        concurrency=max(1, a.concurrency),
+        requests=max(0, a.requests),
+        duration=a.duration,
+        timeout=a.timeout,
+        drain=a.drain,
+        path=a.path,
+        pid=a.pid,
+        upstream_pid=a.upstream_pid,
+        include_usage=a.include_usage,
+        headers=headers,
+        label=a.label,
+    )
+    try:
+        _target(cfg.url, cfg.path)
+    except ValueError as exc:
+        p.error(str(exc))
+    import uvloop
+
+    if a.idle > 0:
+        summary = uvloop.run(run_idle(cfg, a.idle, a.upstream_url, a.settle))
+    else:
+        summary = uvloop.run(run_load(cfg))
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
+    print(human_line(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""A fast fake OpenAI-compatible upstream for load tests.
+
+``python -m loadtests.upstream --port 0`` prints ``READY <port>`` once it listens on 127.0.0.1.
+
+It is a raw ``asyncio.Protocol`` HTTP/1.1 server on uvloop (keep-alive, ``Content-Length``
+request bodies, chunked transfer encoding for SSE) so that it is never the bottleneck:
+
+- every byte it sends is encoded once per model name and reused (``Payload``);
+- all streams share one timer wheel with 1 ms buckets: streams due in the same millisecond are
+  served by one timer callback, so 1000 streams cost one timer handle, not 1000;
+- a request costs one ``json.loads`` of its (small) body and nothing else per chunk.
+
+Behaviour is chosen by the requested model name:
+
+- anything -> first chunk after ``--first-ms``, then one content chunk every ``--gap-ms``,
+  ``--chunks`` content chunks, a finish chunk, a usage chunk when
+  ``stream_options.include_usage`` is true, then ``data: [DONE]``.
+  A non-streaming request gets one ``chat.completion`` after the same total time
+  (first-ms + chunks * gap-ms).
+- a name starting with ``slow`` -> the first chunk comes after ``--slow-first-ms`` (default
+  600000 = 10 minutes): response headers go out at once, then silence. For idle-stream tests.
+- tokens ``-f<ms>``, ``-g<ms>``, ``-n<count>`` anywhere in the name override first-ms, gap-ms
+  and chunks for that model, e.g. ``fast-n100-g5``.
+
+Other routes: ``GET /v1/models`` (and ``/models``), ``GET /health``, ``GET /stats`` (active
+streams, peak since the last ``/stats?reset=1``, totals) so a runner can see how many upstream
+streams the gateway really holds open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+_OVERRIDE = re.compile(r"-([fgn])(\d+)")
+_MAX_CACHED_MODELS = 256
+_CREATED = int(time.time())
+_HEADER_END = b"\r\n\r\n"
+_MAX_HEADER = 64 * 1024
+_MAX_BODY = 16 * 1024 * 1024
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"\r\n"
+)
+CHUNKED_END = b"0\r\n\r\n"
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the (soft, hard) now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _response(status: int, reason: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b" % (
+        status,
+        reason.encode(),
+        content_type,
+        len(body),
+        body,
+    )
+
+
+def _error(status: int, reason: str, message: str, code: str | None = None) -> bytes:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return _response(status, reason, _json(body))
+
+
+class Payload:
+    """Everything one model name sends, encoded once."""
+
+    __slots__ = ("chunks", "first_s", "gap_s", "json_response", "model", "sse_frames", "tail", "tail_usage")
+
+    def __init__(self, model: str, first_ms: float, gap_ms: float, chunks: int) -> None:
+        self.model = model
+        self.first_s = first_ms / 1000.0
+        self.gap_s = gap_ms / 1000.0
+        self.chunks = chunks
+        base = {"id": f"chatcmpl-lt-{model}", "object": "chat.completion.chunk", "created": _CREATED, "model": model}
+        words = [f" w{i}" for i in range(chunks)]
+
+        def sse(obj: Any) -> bytes:
+            return _http_chunk(b"data: " + _json(obj) + b"\n\n")
+
+        frames = []
+        for i, word in enumerate(words):
+            delta: dict[str, Any] = {"role": "assistant", "content": word} if i == 0 else {"content": word}
+            frames.append(sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+        self.sse_frames = frames
+        finish = sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}
+        usage_frame = sse({**base, "choices": [], "usage": usage})
+        done = _http_chunk(b"data: [DONE]\n\n") + CHUNKED_END
+        self.tail = finish + done
+        self.tail_usage = finish + usage_frame + done
+        body = {
+            "id": f"chatcmpl-lt-{model}",
+            "object": "chat.completion",
+            "created": _CREATED,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}
+            ],
+            "usage": usage,
+        }
+        self.json_response = _response(200, "OK", _json(body))
+
+    @property
+    def total_s(self) -> float:
+        return self.first_s + self.chunks * self.gap_s
+
+
+class Upstream:
+    """Shared state: payload cache, the 1 ms timer wheel, counters."""
+
+    def __init__(self, first_ms: float, gap_ms: float, chunks: int, slow_first_ms: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.first_ms = first_ms
+        self.gap_ms = gap_ms
+        self.chunks = chunks
+        self.slow_first_ms = slow_first_ms
+        self._payloads: dict[str, Payload] = {}
+        self._buckets: dict[int, list[Conn]] = {}
+        self.active = 0
+        self.peak = 0
+        self.requests = 0
+        self.streams = 0
+        self.completed = 0
+        self.cancelled = 0
+        self.connections = 0
+        self.open_connections = 0
+
+    def payload(self, model: str) -> Payload:
+        p = self._payloads.get(model)
+        if p is None:
+            first, gap, n = self.first_ms, self.gap_ms, self.chunks
+            if model.startswith("slow"):
+                first = self.slow_first_ms
+            for key, value in _OVERRIDE.findall(model):
+                if key == "f":
+                    first = float(value)
+                elif key == "g":
+                    gap = float(value)
+                else:
+                    n = max(1, int(value))
+            p = Payload(model, first, gap, n)
+            if len(self._payloads) >= _MAX_CACHED_MODELS:
+                self._payloads.clear()
+            self._payloads[model] = p
+        return p
+
+    def schedule(self, conn: Conn, when: float) -> None:
+        key = int(when * 1000.0) + 1  # the first 1 ms tick at or after `when`
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = [conn]
+            self.loop.call_at(key / 1000.0, self._fire, key)
+        else:
+            bucket.append(conn)
+
+    def _fire(self, key: int) -> None:
+        for conn in self._buckets.pop(key, ()):
+            conn.tick()
+
+    def stream_started(self) -> None:
+        self.active += 1
+        if self.active > self.peak:
+            self.peak = self.active
+
+    def stats(self, reset: bool) -> bytes:
+        body = _json(
+            {
+                "active_streams": self.active,
+                "peak_streams": self.peak,
+                "requests": self.requests,
+                "streams": self.streams,
+                "completed": self.completed,
+                "cancelled": self.cancelled,
+                "connections": self.connections,
+                "open_connections": self.open_connections,
+            }
+        )
+        if reset:
+            self.peak = self.active
+        return _response(200, "OK", body)
+
+
+class Conn(asyncio.Protocol):
+    """One client connection; requests are served one after another (pipelined ones wait)."""
+
+    __slots__ = (
+        "buf",
+        "busy",
+        "close_after",
+        "closed",
+        "due",
+        "index",
+        "payload",
+        "stream",
+        "transport",
+        "up",
+        "usage",
+    )
+
+    def __init__(self, up: Upstream) -> None:
+        self.up = up
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+        self.closed = False
+        self.close_after = False
+        self.payload: Payload | None = None
+        self.stream = False
+        self.usage = False
+        self.index = 0
+        self.due = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.up.connections += 1
+        self.up.open_connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.up.open_connections -= 1
+        if self.busy and self.payload is not None:
+            self.busy = False
+            if self.stream:
+                self.up.active -= 1
+            self.up.cancelled += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.busy:
+            self._next_request()
+
+    # -- requests --------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        while not self.busy and not self.closed:
+            end = self.buf.find(_HEADER_END)
+            if end < 0:
+                if len(self.buf) > _MAX_HEADER:
+                    self._finish_write(_error(431, "Request Header Fields Too Large", "header too large"), close=True)
+                return
+            head = bytes(self.buf[:end]).decode("latin-1")
+            lines = head.split("\r\n")
+            try:
+                method, target, version = lines[0].split(" ", 2)
+            except ValueError:
+                self._finish_write(_error(400, "Bad Request", "bad request line"), close=True)
+                return
+            length = 0
+            keep_alive = version != "HTTP/1.0"
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    try:
+                        length = int(value.strip())
+                    except ValueError:
+                        self._finish_write(_error(400, "Bad Request", "bad content-length"), close=True)
+                        return
+                elif name == "transfer-encoding" and "chunked" in value.lower():
+                    self._finish_write(_error(411, "Length Required", "send Content-Length"), close=True)
+                    return
+                elif name == "connection":
+                    v = value.strip().lower()
+                    if v == "close":
+                        keep_alive = False
+                    elif v == "keep-alive":
+                        keep_alive = True
+            if length > _MAX_BODY:
+                self._finish_write(_error(413, "Payload Too Large", "body too large"), close=True)
+                return
+            start = end + 4
+            if len(self.buf) < start + length:
+                return  # wait for the rest of the body
+            body = bytes(self.buf[start : start + length])
+            del self.buf[: start + length]
+            self.close_after = not keep_alive
+            self._dispatch(method, target, body)
+
+    def _dispatch(self, method: str, target: str, body: bytes) -> None:
+        up = self.up
+        up.requests += 1
+        path, _, query = target.partition("?")
+        path = path.rstrip("/")
+        if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
+            self._chat(body)
+        elif method == "GET" and path in ("/v1/models", "/models"):
+            names = ["fast", "full", "slow"]
+            data = [{"id": n, "object": "model", "created": _CREATED, "owned_by": "loadtest"} for n in names]
+            self._finish_write(_response(200, "OK", _json({"object": "list", "data": data})))
+        elif method == "GET" and path == "/health":
+            self._finish_write(_response(200, "OK", b'{"status":"ok"}'))
+        elif method == "GET" and path == "/stats":
+            self._finish_write(up.stats(reset="reset=1" in query))
+        else:
+            self._finish_write(_error(404, "Not Found", f"Unknown route {method} {path}", "unknown_url"))
+
+    def _chat(self, body: bytes) -> None:
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("body must be a JSON object")
+        except ValueError as exc:
+            self._finish_write(_error(400, "Bad Request", f"Invalid JSON body: {exc}"))
+            return
+        up = self.up
+        payload = up.payload(str(req.get("model", "")))
+        self.payload = payload
+        self.busy = True
+        now = up.loop.time()
+        if req.get("stream") is True:
+            opts = req.get("stream_options")
+            self.usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            self.stream = True
+            self.index = 0
+            up.streams += 1
+            up.stream_started()
+            assert self.transport is not None
+            self.transport.write(SSE_HEAD)
+            self.due = now + payload.first_s
+            up.schedule(self, self.due)
+        else:
+            self.stream = False
+            self.due = now + payload.total_s
+            up.schedule(self, self.due)
+
+    def tick(self) -> None:
+        if self.closed or not self.busy or self.payload is None:
+            return
+        p = self.payload
+        transport = self.transport
+        assert transport is not None
+        if not self.stream:
+            self.busy = False
+            self.up.completed += 1
+            self._finish_write(p.json_response)
+            if self.buf and not self.closed:
+                self._next_request()
+            return
+        i = self.index
+        frame = p.sse_frames[i]
+        i += 1
+        self.index = i
+        if i >= len(p.sse_frames):
+            transport.write(frame + (p.tail_usage if self.usage else p.tail))
+            self.busy = False
+            self.up.active -= 1
+            self.up.completed += 1
+            if self.close_after:
+                transport.close()
+                return
+            if self.buf:
+                self._next_request()
+            return
+        transport.write(frame)
+        self.due += p.gap_s
+        self.up.schedule(self, self.due)
+
+    def _finish_write(self, data: bytes, close: bool = False) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if close or self.close_after:
+            self.closed = True
+            self.transport.close()
+
+
+async def serve(host: str, port: int, args: argparse.Namespace) -> None:
+    up = Upstream(args.first_ms, args.gap_ms, args.chunks, args.slow_first_ms)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = await loop.create_server(lambda: Conn(up), sock=sock, backlog=args.backlog)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY {sock.getsockname()[1]}", flush=True)
+    try:
+        if args.max_seconds > 0:
+            await asyncio.wait_for(stop.wait(), args.max_seconds)
+        else:
+            await stop.wait()
+    except TimeoutError:
+        print("upstream: --max-seconds reached, exiting", file=sys.stderr, flush=True)
+    finally:
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Fast fake OpenAI-compatible upstream (loopback only).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed as READY <port>)")
+    parser.add_argument("--first-ms", type=float, default=50.0, help="delay before the first chunk")
+    parser.add_argument("--gap-ms", type=float, default=10.0, help="delay between content chunks")
+    parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
+    parser.add_argument("--slow-first-ms", type=float, default=600_000.0, help="first-chunk delay of slow* models")
+    parser.add_argument("--backlog", type=int, default=8192)
+    parser.add_argument("--max-seconds", type=float, default=0.0, help="exit by itself after this long (0 = never)")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("loopback only")
+    raise_nofile_limit()
+    import uvloop
+
+    uvloop.run(serve(args.host, args.port, args))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
