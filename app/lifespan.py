@@ -37,9 +37,12 @@ def build_services(
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.providers.litellm_metadata import model_metadata, provider_of
     from app.providers.litellm_provider import LiteLLMProvider, build_router
+    from app.providers.relay import Relay, resolve_target
+    from app.providers.routing import RoutingProvider
 
     environ = os.environ if environ is None else environ
-    provider = LiteLLMProvider(build_router(settings, environ))
+    targets = {d.name: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
+    provider = RoutingProvider(Relay(targets), LiteLLMProvider(build_router(settings, environ)))
 
     async def build() -> Snapshot:
         return build_snapshot(settings.models.deployments, model_metadata, provider_of)

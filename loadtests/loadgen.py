@@ -612,6 +612,7 @@ class LoadConfig:
     include_usage: bool = False
     prompt: str = "Say hello."
     connect_parallel: int = 256
+    idle_parallel: int = 64
     sample_interval: float = 0.25
     headers: dict[str, str] = field(default_factory=dict)
     label: str = ""
@@ -911,23 +912,28 @@ async def run_idle(cfg: LoadConfig, n: int, upstream_url: str | None = None, set
     deadline = loop.time() + cfg.timeout
     clients: list[Client] = []
 
+    # At most `idle_parallel` streams are being opened (connect + request + headers) at once, so the
+    # opening pace follows the server's: a connect storm would only overflow its accept queue.
+    opening = asyncio.Semaphore(max(1, cfg.idle_parallel))
+
     async def open_one() -> int:
-        try:
-            c = await run.connect(idle=True)
-        except ConnectError as exc:
-            run.stats.error("connect", str(exc))
-            return 0
-        clients.append(c)
-        c.head_fut = loop.create_future()
-        assert c.transport is not None
-        c.transport.write(run.req_bytes)
-        try:
-            status = await asyncio.wait_for(c.head_fut, max(0.1, deadline - loop.time()))
-        except TimeoutError:
-            run.stats.error("timeout", "no response headers")
-            return 0
+        async with opening:
+            try:
+                c = await run.connect(idle=True)
+            except ConnectError as exc:
+                run.stats.error("connect", str(exc))
+                return 0
+            clients.append(c)
+            c.head_fut = loop.create_future()
+            assert c.transport is not None
+            c.transport.write(run.req_bytes)
+            try:
+                status = await asyncio.wait_for(c.head_fut, max(0.1, deadline - loop.time()))
+            except TimeoutError:
+                run.stats.error("timeout", "no response headers")
+                return 0
         if status != 200:
-            run.stats.error(f"http_{status}" if status else "conn_closed")
+            run.stats.error(f"http_{status}" if status else "conn_closed", "closed before response headers")
         return status
 
     sampler.start()
@@ -1036,6 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--header", action="append", default=[], help="extra header 'Name: value' (repeatable)")
     p.add_argument("--idle", type=int, default=0, help="open N idle SSE streams and report RSS per stream")
     p.add_argument("--settle", type=float, default=3.0, help="idle mode: seconds to let the server settle")
+    p.add_argument("--idle-parallel", type=int, default=64, help="idle mode: streams being opened at once")
     p.add_argument("--label", default="")
     a = p.parse_args(argv)
     headers = {}
@@ -1057,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
         include_usage=a.include_usage,
         headers=headers,
         label=a.label,
+        idle_parallel=a.idle_parallel,
     )
     try:
         _target(cfg.url, cfg.path)

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -279,9 +280,7 @@ class Matrix:
                 if status == 200:
                     break
             if time.perf_counter() > deadline:
-                raise RuntimeError(
-                    f"gateway not ready after {self.args.startup_timeout} s:\n{tail(self.gateway_log)}"
-                )
+                raise RuntimeError(f"gateway not ready after {self.args.startup_timeout} s:\n{tail(self.gateway_log)}")
             await asyncio.sleep(0.05)
         startup = time.perf_counter() - t0
         self.startups.append(startup)
@@ -419,7 +418,8 @@ class Matrix:
 def _short(s: dict[str, Any]) -> str:
     t = s.get("ttfb_ms", {})
     return (
-        f"{s.get('ok')}/{s.get('requests')} ok, {s.get('errors')} err {s.get('error_kinds') or ''}, "
+        f"{s.get('ok')}/{s.get('requests')} ok, {s.get('errors')} errors {s.get('error_kinds') or ''}, "
+        f"{s.get('cut', 0)} cut, "
         f"{s.get('req_per_s')} req/s, {s.get('chunks_per_s')} chunks/s, TTFB p50/p99 {t.get('p50')}/{t.get('p99')} ms"
     )
 
@@ -506,6 +506,9 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
     for c in m.cells:
         if c.target == "direct" and c.summary and not c.summary.get("failed"):
             direct[(c.mode, c.concurrency)] = c.summary
+    restarts = ""
+    if m.startups[1:]:
+        restarts = f" (fresh gateways for the idle tests: {', '.join(f'{x:.2f}' for x in m.startups[1:])} s)"
     lines = [
         "# Load test results",
         "",
@@ -530,93 +533,94 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
         f"- Cells: requests = max({a.min_requests}, {a.requests_factor} x concurrency), duration cap {a.duration:g} s, "
         f"per-request timeout {a.timeout:g} s. `fast` = `fast_path = true`, `full` = `fast_path = false` "
         "(the full LiteLLM path).",
-        f"- **Gateway start-up (spawn -> /health/ready 200): {_fmt(m.startup_s, 2)} s**"
-        + (f" (restarts for the idle tests: {', '.join(f'{x:.2f}' for x in m.startups[1:])} s)" if m.startups[1:] else ""),
+        f"- **Gateway start-up (spawn -> /health/ready 200): {_fmt(m.startup_s, 2)} s**" + restarts,
     ]
     if a.gateway_env:
         lines.append(f"- Extra gateway environment: `{' '.join(a.gateway_env)}`")
-    lines += [
-        "",
-        "## Throughput and latency",
-        "",
-        "Times in ms. *ok / sent*: requests that ended correctly / requests sent. *errors*: non-200, error "
-        "events or frames, timeouts, missing `[DONE]`, failed connects. *cut*: still in flight when the cell's "
-        f"duration cap + {a.drain:g} s drain ran out, aborted and not judged (a sign of overload). "
-        "*+TTFB* = gateway minus direct upstream at the same concurrency (WebSocket cells are compared with direct "
-        "SSE). *x direct* = chunks/s over the direct run's (req/s for JSON). *CPU/1k* = CPU seconds per 1000 content "
-        "chunks received (ms per request for JSON); *CPU %* = CPU time over wall time (100% = one core). "
-        "*up peak* = most upstream streams open at once.",
-        "",
-        "| target | mode | model | conc | ok / sent | errors | cut | req/s | chunks/s | x direct "
-        "| TTFB p50 / p95 / p99 | +TTFB p50 / p95 / p99 | gap p99 | total p50 "
-        "| gw CPU/1k | gw CPU % | gw RSS MB | up CPU/1k | up CPU % | up peak | loadgen CPU % |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
     error_notes: list[str] = []
-    for c in m.cells:
-        s = c.summary or {}
-        if s.get("failed"):
-            lines.append(f"| {c.target} | {c.mode} | {c.model} | {c.concurrency} | - | **failed** | " + "- | " * 15)
-            error_notes.append(f"- {c.name}: {s['failed']}")
-            continue
-        is_json = c.mode == "json"
-        base = direct.get(("json" if is_json else "sse", c.concurrency)) if c.target == "gateway" else None
-        ratio = "-"
-        if base:
-            num, den = (
-                (s.get("req_per_s"), base.get("req_per_s"))
-                if is_json
-                else (
-                    s.get("chunks_per_s"),
-                    base.get("chunks_per_s"),
+    if m.cells:
+        lines += [
+            "",
+            "## Throughput and latency",
+            "",
+            "Times in ms. *ok / sent*: requests that ended correctly / requests sent. *errors*: non-200, error "
+            "events or frames, timeouts, missing `[DONE]`, failed connects. *cut*: still in flight when the cell's "
+            f"duration cap + {a.drain:g} s drain ran out, aborted and not judged (a sign of overload). "
+            "*+TTFB* = gateway minus direct upstream at the same concurrency (WebSocket cells are compared with "
+            "direct SSE). *x direct* = chunks/s over the direct run's (req/s for JSON). *CPU/1k* = CPU seconds per "
+            "1000 content chunks received (ms per request for JSON); *CPU %* = CPU time over wall time (100% = one "
+            "core). "
+            "*up peak* = most upstream chat calls (streams or JSON) open at once.",
+            "",
+            "| target | mode | model | conc | ok / sent | errors | cut | req/s | chunks/s | x direct "
+            "| TTFB p50 / p95 / p99 | +TTFB p50 / p95 / p99 | gap p99 | total p50 "
+            "| gw CPU/1k | gw CPU % | gw RSS MB | up CPU/1k | up CPU % | up peak | loadgen CPU % |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in m.cells:
+            s = c.summary or {}
+            if s.get("failed"):
+                lines.append(f"| {c.target} | {c.mode} | {c.model} | {c.concurrency} | - | **failed** | " + "- | " * 15)
+                error_notes.append(f"- {c.name}: {s['failed']}")
+                continue
+            is_json = c.mode == "json"
+            base = direct.get(("json" if is_json else "sse", c.concurrency)) if c.target == "gateway" else None
+            ratio = "-"
+            if base:
+                num, den = (
+                    (s.get("req_per_s"), base.get("req_per_s"))
+                    if is_json
+                    else (
+                        s.get("chunks_per_s"),
+                        base.get("chunks_per_s"),
+                    )
                 )
-            )
-            if num is not None and den:
-                ratio = f"{num / den:.2f}"
-        gw = s.get("server") or {}
-        up = s.get("upstream") or {}
-        gw_cpu = gw.get("cpu_ms_per_request") if is_json else gw.get("cpu_s_per_1k_chunks")
-        up_cpu = up.get("cpu_ms_per_request") if is_json else up.get("cpu_s_per_1k_chunks")
-        lg = (s.get("loadgen") or {}).get("cpu_util")
+                if num is not None and den:
+                    ratio = f"{num / den:.2f}"
+            gw = s.get("server") or {}
+            up = s.get("upstream") or {}
+            gw_cpu = gw.get("cpu_ms_per_request") if is_json else gw.get("cpu_s_per_1k_chunks")
+            up_cpu = up.get("cpu_ms_per_request") if is_json else up.get("cpu_s_per_1k_chunks")
+            lg = (s.get("loadgen") or {}).get("cpu_util")
 
-        def pct(x: float | None) -> str:
-            return "-" if x is None else f"{x * 100:.0f}%"
+            def pct(x: float | None) -> str:
+                return "-" if x is None else f"{x * 100:.0f}%"
 
-        errors = s.get("errors", 0)
-        err_cell = str(errors) if not errors else f"**{errors}**"
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    c.target,
-                    c.mode,
-                    c.model,
-                    str(c.concurrency),
-                    f"{s.get('ok')} / {s.get('requests')}",
-                    err_cell,
-                    str(s.get("cut", 0)),
-                    _fmt(s.get("req_per_s")),
-                    "-" if is_json else _fmt(s.get("chunks_per_s"), 0),
-                    ratio,
-                    _triple(s.get("ttfb_ms")),
-                    _minus(s.get("ttfb_ms"), base.get("ttfb_ms")) if base else "-",
-                    "-" if is_json else _fmt((s.get("gap_ms") or {}).get("p99")),
-                    _fmt((s.get("total_ms") or {}).get("p50"), 0),
-                    _fmt(gw_cpu, 1 if is_json else 3) + (" ms/req" if is_json and gw_cpu is not None else ""),
-                    pct(gw.get("cpu_util")),
-                    _fmt(gw.get("rss_mb_max"), 0),
-                    _fmt(up_cpu, 2 if is_json else 4) + (" ms/req" if is_json and up_cpu is not None else ""),
-                    pct(up.get("cpu_util")),
-                    _fmt(c.upstream_peak),
-                    pct(lg),
-                ]
+            errors = s.get("errors", 0)
+            err_cell = str(errors) if not errors else f"**{errors}**"
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        c.target,
+                        c.mode,
+                        c.model,
+                        str(c.concurrency),
+                        f"{s.get('ok')} / {s.get('requests')}",
+                        err_cell,
+                        str(s.get("cut", 0)),
+                        _fmt(s.get("req_per_s")),
+                        "-" if is_json else _fmt(s.get("chunks_per_s"), 0),
+                        ratio,
+                        _triple(s.get("ttfb_ms")),
+                        _minus(s.get("ttfb_ms"), base.get("ttfb_ms")) if base else "-",
+                        "-" if is_json else _fmt((s.get("gap_ms") or {}).get("p99")),
+                        _fmt((s.get("total_ms") or {}).get("p50"), 0),
+                        _fmt(gw_cpu, 1 if is_json else 3) + (" ms/req" if is_json and gw_cpu is not None else ""),
+                        pct(gw.get("cpu_util")),
+                        _fmt(gw.get("rss_mb_max"), 0),
+                        _fmt(up_cpu, 2 if is_json else 4) + (" ms/req" if is_json and up_cpu is not None else ""),
+                        pct(up.get("cpu_util")),
+                        _fmt(c.upstream_peak),
+                        pct(lg),
+                    ]
+                )
+                + " |"
             )
-            + " |"
-        )
-        if errors:
-            error_notes.append(f"- {c.name}: {s.get('error_kinds')}; e.g. {s.get('error_samples', [])[:2]}")
-        if c.note:
-            error_notes.append(f"- {c.name}: {c.note}")
+            if errors:
+                error_notes.append(f"- {c.name}: {s.get('error_kinds')}; e.g. {s.get('error_samples', [])[:2]}")
+            if c.note:
+                error_notes.append(f"- {c.name}: {c.note}")
     if m.idle:
         lines += [
             "",
@@ -730,6 +734,10 @@ async def amain(args: argparse.Namespace) -> int:
         rc = 130
     finally:
         await asyncio.shield(m.children.stop_all())
+    if m.problems or any((c.summary or {}).get("failed") for c in m.cells):
+        print(f"child logs kept in {m.tmp}", flush=True)
+    else:
+        shutil.rmtree(m.tmp, ignore_errors=True)
     if m.cells or m.idle or m.problems:
         report = render(m, machine, time.perf_counter() - t0)
         args.out.write_text(report)

@@ -22,9 +22,10 @@ Behaviour is chosen by the requested model name:
 - tokens ``-f<ms>``, ``-g<ms>``, ``-n<count>`` anywhere in the name override first-ms, gap-ms
   and chunks for that model, e.g. ``fast-n100-g5``.
 
-Other routes: ``GET /v1/models`` (and ``/models``), ``GET /health``, ``GET /stats`` (active
-streams, peak since the last ``/stats?reset=1``, totals) so a runner can see how many upstream
-streams the gateway really holds open.
+Other routes: ``GET /v1/models`` (and ``/models``), ``GET /health``, ``GET /stats``
+(``active_streams``: chat calls in progress, streaming or not; ``peak_streams``: the most at once
+since the last ``/stats?reset=1``; totals) so a runner can see how many upstream calls the gateway
+really holds open.
 """
 
 from __future__ import annotations
@@ -254,8 +255,7 @@ class Conn(asyncio.Protocol):
         self.up.open_connections -= 1
         if self.busy and self.payload is not None:
             self.busy = False
-            if self.stream:
-                self.up.active -= 1
+            self.up.active -= 1
             self.up.cancelled += 1
 
     def data_received(self, data: bytes) -> None:
@@ -354,6 +354,7 @@ class Conn(asyncio.Protocol):
             up.schedule(self, self.due)
         else:
             self.stream = False
+            up.stream_started()
             self.due = now + payload.total_s
             up.schedule(self, self.due)
 
@@ -365,6 +366,7 @@ class Conn(asyncio.Protocol):
         assert transport is not None
         if not self.stream:
             self.busy = False
+            self.up.active -= 1
             self.up.completed += 1
             self._finish_write(p.json_response)
             if self.buf and not self.closed:

@@ -44,7 +44,7 @@ EXTRA_BEHAVIOURS = {
 FAKE_MODELS = sorted(builtin_behaviours()) + sorted(EXTRA_BEHAVIOURS)
 
 
-def settings_dict(fake_base_url: str, **sections: dict[str, Any]) -> dict[str, Any]:
+def settings_dict(fake_base_url: str, *, fast_path: bool = True, **sections: dict[str, Any]) -> dict[str, Any]:
     deployments: list[dict[str, Any]] = [
         {"name": "demo", "litellm_model": "demo/demo"},
     ]
@@ -55,6 +55,7 @@ def settings_dict(fake_base_url: str, **sections: dict[str, Any]) -> dict[str, A
                 "litellm_model": f"openai/{name}",
                 "api_base": fake_base_url,
                 "timeout_s": 1.5 if name.startswith("hang") else 30,
+                "fast_path": fast_path,
             }
         )
     deployments.append(
@@ -76,8 +77,8 @@ def settings_dict(fake_base_url: str, **sections: dict[str, Any]) -> dict[str, A
     return data
 
 
-def make_settings(fake_base_url: str, **sections: dict[str, Any]) -> Settings:
-    return settings_from_dict(settings_dict(fake_base_url, **sections), environ={})
+def make_settings(fake_base_url: str, *, fast_path: bool = True, **sections: dict[str, Any]) -> Settings:
+    return settings_from_dict(settings_dict(fake_base_url, fast_path=fast_path, **sections), environ={})
 
 
 class ServerThread:
@@ -159,9 +160,10 @@ def fake(fake_provider: FakeProvider) -> FakeProvider:
     return fake_provider
 
 
-@pytest.fixture(scope="session")
-def gateway(fake_provider: FakeProvider) -> Iterator[ServerThread]:
-    server = ServerThread(make_settings(fake_provider.base_url)).start()
+@pytest.fixture(scope="session", params=["fast", "full"])
+def gateway(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    """The chat suite runs twice: through the relay fast path and through the full LiteLLM path."""
+    server = ServerThread(make_settings(fake_provider.base_url, fast_path=request.param == "fast")).start()
     yield server
     server.stop()
 

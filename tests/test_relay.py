@@ -1,0 +1,85 @@
+"""The relay fast path: which deployments take it, and how it reads an upstream's SSE."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
+from app.providers.relay import _data_of, _error_from_body, chunk_from_event, resolve_target
+from app.settings import DeploymentSettings
+from tests.conftest import ServerThread
+
+
+@pytest.mark.parametrize(
+    ("litellm_model", "api_base", "fast"),
+    [
+        ("openai/gpt-4o-mini", "", True),
+        ("hosted_vllm/llama", "http://127.0.0.1:8001/v1", True),
+        ("groq/llama3-8b", "", True),
+        ("deepseek/deepseek-chat", "", True),
+        ("anthropic/claude-sonnet-4-5", "", False),
+        ("gemini/gemini-2.5-flash", "", False),
+        ("ollama_chat/llama3.1", "http://127.0.0.1:11434", False),
+        ("demo/demo", "", False),
+    ],
+)
+def test_fast_path_is_chosen_from_litellm_provider_config(litellm_model: str, api_base: str, fast: bool) -> None:
+    dep = DeploymentSettings(name="m", litellm_model=litellm_model, api_base=api_base)
+    assert (resolve_target(dep, {}) is not None) is fast
+
+
+def test_config_forces_full_path_and_router_features_keep_it() -> None:
+    base = {"name": "m", "litellm_model": "openai/gpt-4o-mini"}
+    assert resolve_target(DeploymentSettings(**base, fast_path=False), {}) is None
+    assert resolve_target(DeploymentSettings(**base, fallbacks=["x"]), {}) is None
+    assert resolve_target(DeploymentSettings(**base, num_retries=2), {}) is None
+
+
+def test_resolved_target_uses_litellm_url_and_key() -> None:
+    dep = DeploymentSettings(name="m", litellm_model="openai/gpt-4o-mini", api_key_env="K")
+    target = resolve_target(dep, {"K": "sk-test"})
+    assert target is not None
+    assert target.url == "https://api.openai.com/v1/chat/completions"
+    assert target.headers["Authorization"] == "Bearer sk-test"
+    assert target.model == "gpt-4o-mini"
+
+
+def test_sse_event_parsing() -> None:
+    assert _data_of(b'data: {"a":1}') == b'{"a":1}'
+    assert _data_of(b'data: {"a":1}\r') == b'{"a":1}'
+    assert _data_of(b": keep-alive") is None
+    assert _data_of(b"event: x\ndata: [DONE]") == b"[DONE]"
+    assert _data_of(b"data: line1\ndata: line2") == b"line1\nline2"
+
+
+def test_chunk_view_reads_only_what_it_needs() -> None:
+    raw = b'{"id":"x","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"extra":{"a":[1]}}'
+    chunk = chunk_from_event(raw)
+    assert chunk.raw is raw  # forwarded without re-encoding
+    assert chunk.has_content and chunk.finish_reason is None and chunk.usage is None
+    usage = chunk_from_event(b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}')
+    assert usage.usage_only and usage.usage is not None and usage.usage.completion_tokens == 4
+    tool = chunk_from_event(b'{"choices":[{"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}]}')
+    assert tool.has_content
+    multi = chunk_from_event(b'{"choices":\n[]}')
+    assert b"\n" not in multi.raw and json.loads(multi.raw) == {"choices": []}
+
+
+def test_error_event_and_error_replies() -> None:
+    with pytest.raises(UpstreamUnavailable):
+        chunk_from_event(b'{"error":{"message":"boom","type":"server_error"}}')
+    body = b'{"error":{"message":"This model\'s maximum context length is 10","code":"context_length_exceeded"}}'
+    assert isinstance(_error_from_body(400, body, {}), ContextLengthExceeded)
+    limited = _error_from_body(429, b'{"error":{"message":"slow down"}}', {"retry-after": "2.5"})
+    assert isinstance(limited, RateLimited) and limited.retry_after == 3
+    assert isinstance(_error_from_body(502, b"<html>bad gateway</html>", {}), Exception)
+
+
+def test_test_gateway_takes_the_path_it_says(gateway: ServerThread) -> None:
+    provider = gateway.app.state.services.provider
+    expected = "fast" if gateway.settings.models.deployments[1].fast_path else "full"
+    assert provider.path_of("normal") == expected
+    assert provider.path_of("demo") == "full"
+    assert provider.path_of("with_fallback") == "full"
