@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 if TYPE_CHECKING:
@@ -32,7 +32,9 @@ class Metrics:
         self._reader = PrometheusMetricReader(
             registry=self.registry, disable_target_info=True, scope_info_enabled=False
         )
-        self._provider = MeterProvider(metric_readers=[self._reader])
+        # Exemplars sample trace context on every record; the gateway exports no exemplars, so the
+        # filter is switched off rather than paid for on every observation.
+        self._provider = MeterProvider(metric_readers=[self._reader], exemplar_filter=AlwaysOffExemplarFilter())
         meter = self._provider.get_meter("chat-gateway")
         self.http_duration = meter.create_histogram(
             "http.server.request.duration",

@@ -1,0 +1,99 @@
+"""In-process micro-benchmarks quoted in the issues' closing notes.
+
+    .venv/bin/python -m loadtests.bench_micro
+
+- cache key: SHA-256 over a canonical msgspec encoding vs a JSON-dump key (the origin's approach)
+- metrics: the recording cost of one stream and one HTTP request, with and without instruments
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+from app.cache.chat_cache import cache_key
+from app.chat.stream import ChatStream, Deadlines
+from app.metrics import Metrics
+from app.providers.base import Usage
+from app.settings import DeploymentSettings
+
+
+def per_call_us(fn: Callable[[], object], n: int = 20000, repeat: int = 5) -> float:
+    best = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best.append((time.perf_counter() - t) / n * 1e6)
+    return statistics.median(best)
+
+
+def bench_keys() -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. " * 10},
+            {"role": "user", "content": "Summarise the plot of Hamlet in three sentences, please. " * 5},
+            {"role": "assistant", "content": "Hamlet is a tragedy ... " * 20},
+            {"role": "user", "content": "And Macbeth?"},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 300,
+        "stream": True,
+        "seed": 7,
+    }
+    dep = DeploymentSettings(name="gpt-4o-mini", litellm_model="openai/gpt-4o-mini")
+    ours = per_call_us(lambda: cache_key(body, dep, "anonymous"))
+    dump = per_call_us(lambda: "chat:" + json.dumps(body, sort_keys=True))
+    print(f"cache key, SHA-256 over canonical msgspec: {ours:.2f} us/request")
+    print(f"cache key, json.dumps(sort_keys=True) dump: {dump:.2f} us/request (key length {len(json.dumps(body))} B)")
+
+
+async def _nothing() -> None:
+    return None
+
+
+def bench_metrics() -> None:
+    metrics = Metrics()
+    deadlines = Deadlines(60, 60, 15)
+
+    def one_stream(observer: Metrics | None) -> None:
+        stream = ChatStream("s", "gpt-4o-mini", "sse", _aiter(), deadlines, observer=observer)
+        stream.metric_attrs = {}
+        if observer is not None:
+            observer.stream_opened(stream)
+        stream.first_byte_at = stream.first_token_at = time.perf_counter()
+        stream.chunks, stream.usage, stream.outcome, stream.ended_at = 20, Usage(12, 20), "completed", time.perf_counter()
+        if observer is not None:
+            observer.stream_first_byte(stream)
+            observer.stream_first_token(stream)
+            observer.stream_closed(stream)
+
+    scope = {"type": "http", "method": "POST", "path_template": "/v1/chat/completions"}
+    with_stream = per_call_us(lambda: one_stream(metrics), n=5000)
+    without_stream = per_call_us(lambda: one_stream(None), n=5000)
+    http = per_call_us(lambda: metrics.http_request(scope, 200, 0.01))
+    print(f"metrics per stream (open, first byte, first token, close): {with_stream - without_stream:.2f} us "
+          f"({with_stream:.2f} with instruments vs {without_stream:.2f} without)")
+    print(f"metrics per HTTP request (duration histogram): {http:.2f} us")
+    metrics.shutdown()
+
+
+async def _agen():  # type: ignore[no-untyped-def]
+    if False:
+        yield None
+
+
+def _aiter():  # type: ignore[no-untyped-def]
+    return _agen()
+
+
+if __name__ == "__main__":
+    bench_keys()
+    bench_metrics()
