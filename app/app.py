@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from litestar import Litestar, Request
@@ -30,15 +31,17 @@ from app.routes.page import chat_page
 from app.settings import Settings, load_settings
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
+def create_app(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:
+    """The app for ``settings``; ``environ`` (default: the process environment) holds the keys it names."""
+    environ = os.environ if environ is None else environ
+    settings = settings or load_settings(environ=environ)
     configure_logging(settings.server.log_level)
     metrics = Metrics()
 
     def provide_settings() -> Settings:
         return settings
 
-    keys = GatewayKeys.from_env(settings.server.api_keys_env, os.environ)
+    keys = GatewayKeys.from_env(settings.server.api_keys_env, environ)
 
     def provide_chat(state: State) -> ChatService:
         chat: ChatService = state.chat
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "metrics": Provide(provide_metrics, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
         },
-        lifespan=[services_lifespan(settings, metrics)],
+        lifespan=[services_lifespan(settings, metrics, environ)],
         on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(JsonCompressionMiddleware)],

@@ -42,7 +42,9 @@ def build_services(
 
     environ = os.environ if environ is None else environ
     targets = {d.name: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
-    provider = RoutingProvider(Relay(targets), LiteLLMProvider(build_router(settings, environ)))
+    relay = Relay(targets)
+    relay.open_sessions()  # one pooled client per upstream host, before the first request
+    provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ)))
 
     async def build() -> Snapshot:
         return build_snapshot(settings.models.deployments, model_metadata, provider_of)
@@ -75,10 +77,12 @@ def build_services(
     )
 
 
-def services_lifespan(settings: Settings, metrics: Metrics) -> Callable[[Litestar], Any]:
+def services_lifespan(
+    settings: Settings, metrics: Metrics, environ: Mapping[str, str] | None = None
+) -> Callable[[Litestar], Any]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings, metrics)
+        services = build_services(settings, metrics, environ)
         await services.catalogue.get()
         app.state.services = services
         app.state.chat = services.chat

@@ -90,6 +90,8 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
         fields["outcome"] = state["outcome"]
     if "model" in state:
         fields.setdefault("model", state["model"])
+    if "prompt" in state:  # only with server.log_bodies on
+        fields["prompt"] = state["prompt"]
     logger.info("request", **fields)
 
 

@@ -20,13 +20,11 @@ import os
 import resource
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
@@ -48,7 +46,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 def fmt_ms(values: list[float]) -> str:
-    return f"p50 {pct(values, 50) * 1000:.2f} ms, p95 {pct(values, 95) * 1000:.2f} ms, p99 {pct(values, 99) * 1000:.2f} ms (n={len(values)})"
+    p50, p95, p99 = (pct(values, p) * 1000 for p in (50, 95, 99))
+    return f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms (n={len(values)})"
 
 
 def rss_kib(pid: int) -> int:
@@ -84,8 +83,14 @@ max_inflight = 64
 {deployments}
 """)
         env = {**os.environ, "CHAT_CONFIG": str(self.config), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -203,7 +208,7 @@ async def idle_sockets(gw: Gateway, n: int) -> tuple[int, float]:
 
 
 async def main() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     fake = FakeProvider().start()
     fake.set_behaviour("bench", Behaviour(content=[f" t{i}" for i in range(50)], gap_s=0.01))
@@ -220,14 +225,18 @@ async def main() -> None:
         print(f"idle WebSockets held by one worker: {held}/{n}, RSS {per:.1f} KiB per socket")
     finally:
         gw.stop()
-    for backend, extra in (("memory", '[cache]\nenabled = true\nbackend = "memory"'),
-                           ("redis", '[cache]\nenabled = true\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379/14"')):
+    for backend, extra in (
+        ("memory", '[cache]\nenabled = true\nbackend = "memory"'),
+        ("redis", '[cache]\nenabled = true\nbackend = "redis"\nredis_url = "redis://127.0.0.1:6379/14"'),
+    ):
         fake.set_behaviour("bench", Behaviour(content=[f" t{i}" for i in range(20)], gap_s=0.0))
         gw = Gateway(fake.base_url, extra)
         try:
             miss, hit = await cache_latency(gw)
-            print(f"[cache {backend}] miss: {fmt_ms(miss)}; hit: {fmt_ms(hit)}; "
-                  f"hit saves {(pct(miss, 50) - pct(hit, 50)) * 1000:.2f} ms at p50")
+            print(
+                f"[cache {backend}] miss: {fmt_ms(miss)}; hit: {fmt_ms(hit)}; "
+                f"hit saves {(pct(miss, 50) - pct(hit, 50)) * 1000:.2f} ms at p50"
+            )
         finally:
             gw.stop()
     fake.stop()

@@ -69,7 +69,12 @@ def bench_metrics() -> None:
         if observer is not None:
             observer.stream_opened(stream)
         stream.first_byte_at = stream.first_token_at = time.perf_counter()
-        stream.chunks, stream.usage, stream.outcome, stream.ended_at = 20, Usage(12, 20), "completed", time.perf_counter()
+        stream.chunks, stream.usage, stream.outcome, stream.ended_at = (
+            20,
+            Usage(12, 20),
+            "completed",
+            time.perf_counter(),
+        )
         if observer is not None:
             observer.stream_first_byte(stream)
             observer.stream_first_token(stream)
@@ -79,8 +84,10 @@ def bench_metrics() -> None:
     with_stream = per_call_us(lambda: one_stream(metrics), n=5000)
     without_stream = per_call_us(lambda: one_stream(None), n=5000)
     http = per_call_us(lambda: metrics.http_request(scope, 200, 0.01))
-    print(f"metrics per stream (open, first byte, first token, close): {with_stream - without_stream:.2f} us "
-          f"({with_stream:.2f} with instruments vs {without_stream:.2f} without)")
+    print(
+        f"metrics per stream (open, first byte, first token, close): {with_stream - without_stream:.2f} us "
+        f"({with_stream:.2f} with instruments vs {without_stream:.2f} without)"
+    )
     print(f"metrics per HTTP request (duration histogram): {http:.2f} us")
     metrics.shutdown()
 

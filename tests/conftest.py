@@ -84,9 +84,9 @@ def make_settings(fake_base_url: str, *, fast_path: bool = True, **sections: dic
 class ServerThread:
     """The gateway under real uvicorn in a thread with its own loop (TestClient buffers whole bodies)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, environ: dict[str, str] | None = None) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, environ=environ or {})
         # IPPROTO_TCP given explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose
         # listener says TCP, and without it Nagle + delayed ACK add 40 ms to every response.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

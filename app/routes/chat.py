@@ -50,6 +50,8 @@ class ChatController(Controller):
         body = parse_chat_body(await request.body())
         cache_control = request.headers.get("cache-control")
         request.state.model = body.model
+        if settings.server.log_bodies:
+            request.state.prompt = body.body["messages"]
         if not wants_stream(body.request.stream, request.headers.get("accept")):
             try:
                 completion, cache_status = await unless_disconnected(
