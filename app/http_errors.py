@@ -11,7 +11,6 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from app.errors import (
     GatewayError,
-    InternalError,
     InvalidRequest,
     PayloadTooLarge,
     public_error,
@@ -63,10 +62,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         route=request.scope.get("path_template"),
         exc_info=exc,
     )
-    error = public_error(exc, production=_production(request))
-    if not isinstance(error, InternalError):  # pragma: no cover - GatewayErrors have their own handler
-        return error_response(error)
-    return error_response(error)
+    return error_response(public_error(exc, production=_production(request)))
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

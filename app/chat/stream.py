@@ -201,8 +201,3 @@ class ChatStream:
             self._task.cancel()
         if self._observer is not None:
             self._observer.stream_closed(self)
-
-    def outcome_of(self, event: StreamEvent) -> str:
-        if event.error is None:
-            return COMPLETED
-        return event.error.outcome
