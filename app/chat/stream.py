@@ -38,6 +38,9 @@ class StreamEvent:
         return self.chunk is None and self.error is None
 
 
+_HEARTBEAT = StreamEvent(0)  # put in the queue by the heartbeat timer, never numbered or sent as an event
+
+
 class Deadlines:
     __slots__ = ("first_chunk_s", "heartbeat_s", "idle_s")
 
@@ -91,6 +94,12 @@ class ChatStream:
         self._task: asyncio.Task[None] | None = None
         self._held: StreamEvent | None = None
         self.metric_attrs: dict[str, Any] = {}
+        self._deadline_at = 0.0
+        self._awaiting_upstream = False
+        self._timed_out = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_event_at = 0.0
+        self._heartbeat: asyncio.TimerHandle | None = None
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
 
     def start(self) -> ChatStream:
@@ -100,19 +109,37 @@ class ChatStream:
             self._observer.stream_opened(self)
         return self
 
+    # Deadlines and heartbeats are watchdog timers that re-arm themselves once per period, rather than
+    # a timeout context per chunk: per chunk the hot path only stores a timestamp.
+
+    def _watch_upstream(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self.outcome is not None:
+            return  # finished, or closed by its consumer (which cancelled the task itself)
+        now = loop.time()
+        if self._awaiting_upstream and now >= self._deadline_at:
+            self._timed_out = True
+            self._task.cancel()
+            return
+        self._watchdog = loop.call_at(max(self._deadline_at, now + 0.001), self._watch_upstream)
+
     async def _read_upstream(self) -> None:
+        loop = asyncio.get_running_loop()
         source = self._source
         seq = 0
-        deadline = self.deadlines.first_chunk_s
         error: GatewayError | None = None
+        idle = self.deadlines.idle_s
+        self._deadline_at = loop.time() + self.deadlines.first_chunk_s
+        self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
         try:
             while True:
+                self._awaiting_upstream = True
                 try:
-                    async with asyncio.timeout(deadline):
-                        chunk = await anext(source)
+                    chunk = await anext(source)
                 except StopAsyncIteration:
                     break
-                deadline = self.deadlines.idle_s
+                finally:
+                    self._awaiting_upstream = False
                 if chunk.has_content and self.first_token_at is None:
                     self.first_token_at = time.perf_counter()
                     if self._observer is not None:
@@ -127,19 +154,25 @@ class ChatStream:
                         continue
                 seq += 1
                 await self._queue.put(StreamEvent(seq, chunk))
-        except TimeoutError:
+                # The idle deadline runs from when the gateway waits for the provider again, so
+                # time spent waiting on a slow client never counts against the provider.
+                self._deadline_at = loop.time() + idle
+        except GatewayError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            if not self._timed_out or self.outcome is not None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
             error = UpstreamTimeout(
                 "The provider sent no first chunk in time."
                 if seq == 0
                 else "The provider went silent mid-stream for longer than the idle timeout."
             )
-        except GatewayError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # a provider bug must still end the stream in the contract's shape
             error = UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}")
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 try:
@@ -159,31 +192,43 @@ class ChatStream:
                 return None
         return self._held
 
+    def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._last_event_at >= self.deadlines.heartbeat_s and self._queue.empty():
+            self._queue.put_nowait(_HEARTBEAT)
+            self._last_event_at = now
+        self._heartbeat = loop.call_at(self._last_event_at + self.deadlines.heartbeat_s, self._beat)
+
     async def events(self) -> AsyncIterator[StreamEvent | None]:
         """Events until the last one (done or error); None is a heartbeat tick during silence."""
+        loop = asyncio.get_running_loop()
         queue = self._queue
-        heartbeat = self.deadlines.heartbeat_s
-        if self._held is not None:
-            event, self._held = self._held, None
-        else:
-            event = None
-        while True:
-            if event is None:
-                if queue.empty():
-                    try:
-                        async with asyncio.timeout(heartbeat):
-                            event = await queue.get()
-                    except TimeoutError:
-                        yield None
-                        continue
-                else:
-                    event = queue.get_nowait()
-            if event.chunk is not None:
-                self.chunks += 1
-            yield event
-            if event.chunk is None:
-                return
-            event = None
+        self._last_event_at = loop.time()
+        self._heartbeat = loop.call_at(self._last_event_at + self.deadlines.heartbeat_s, self._beat)
+        try:
+            if self._held is not None:
+                event: StreamEvent | None = self._held
+                self._held = None
+            else:
+                event = None
+            while True:
+                if event is None:
+                    event = await queue.get()
+                if event is _HEARTBEAT:
+                    yield None
+                    event = None
+                    continue
+                self._last_event_at = loop.time()
+                if event.chunk is not None:
+                    self.chunks += 1
+                yield event
+                if event.chunk is None:
+                    return
+                event = None
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
 
     def mark_first_byte(self) -> None:
         if self.first_byte_at is None:
