@@ -16,7 +16,9 @@ parsing, a minimal RFC 6455 client) on uvloop: no per-event coroutine, no per-ev
 A chunk counts as a *content chunk* when its JSON has a non-empty ``"content"`` string.
 
 Measured per request: TTFB (request written -> first content chunk; for JSON, -> response
-headers), the gaps between consecutive content chunks, and the total time. The summary has
+headers), the gaps between consecutive content chunks, the tail (last content chunk -> ``[DONE]``
+or the ``done`` frame) and the total time; per connection, the connect time (TCP connect, plus
+the handshake for WebSocket: a new SSE connection's accept wait shows in its first TTFB instead). The summary has
 p50/p95/p99 of each, req/s, chunks/s and errors by kind (``http_<status>``, ``sse_error``,
 ``ws_error_<status>``, ``timeout``, ``no_done``, ``conn_closed``, ``connect``...). With ``--pid``
 the server's CPU (``/proc/<pid>/stat`` utime+stime) is read before and after and its RSS
@@ -168,6 +170,8 @@ class Stats:
         self.ttfb: array[float] = array("d")
         self.gaps: array[float] = array("d")
         self.totals: array[float] = array("d")
+        self.tails: array[float] = array("d")
+        self.connects: array[float] = array("d")
         self.chunks = 0
         self.ok = 0
         self.started = 0
@@ -344,6 +348,8 @@ class Client(asyncio.Protocol):
                     st.ttfb.append(self.t_first - self.t_sent)
                 st.totals.append(now - self.t_sent)
                 st.gaps.extend(self.req_gaps)
+                if self.t_first is not None:
+                    st.tails.append(now - self.t_last)
                 st.chunks += self.chunks
                 st.chunks_per_request[self.chunks] += 1
         st.last_done = now
@@ -678,6 +684,7 @@ class LoadRun:
         cfg = self.cfg
         mode = "sse" if idle else cfg.mode
         async with self.connect_sem:
+            t0 = time.perf_counter()
             try:
                 _, client = await asyncio.wait_for(
                     loop.create_connection(lambda: Client(self.stats, mode, idle), self.host, self.port),
@@ -688,6 +695,8 @@ class LoadRun:
         self.conns.add(client)
         if mode == "ws":
             await self._ws_handshake(client)
+        if not idle:
+            self.stats.connects.append(time.perf_counter() - t0)
         return client
 
     async def _ws_handshake(self, client: Client) -> None:
@@ -836,6 +845,8 @@ class LoadRun:
             "ttfb_ms": _dist_ms(st.ttfb),
             "gap_ms": _dist_ms(st.gaps),
             "total_ms": _dist_ms(st.totals),
+            "tail_ms": _dist_ms(st.tails),
+            "connect_ms": _dist_ms(st.connects),
             "server": proc(cpu0, cpu1, server, cfg.pid),
             "upstream": proc(ucpu0, ucpu1, upstream, cfg.upstream_pid),
             "loadgen": {"cpu_s": round(lg_cpu, 3), "cpu_util": round(lg_cpu / wall, 3)},

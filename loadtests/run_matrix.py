@@ -104,9 +104,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tail(path: Path, lines: int = 30) -> str:
+def tail(path: Path, lines: int = 30, width: int = 400) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(line[:width] for line in path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
@@ -215,6 +215,7 @@ class Matrix:
         self.gateway_port = 0
         self.startup_s: float | None = None
         self.startups: list[float] = []
+        self.restarts = 0
         self.gateway_log = self.tmp / "gateway.log"
         self.cells: list[Cell] = []
         self.idle: list[dict[str, Any]] = []
@@ -238,7 +239,9 @@ class Matrix:
     async def start_upstream(self) -> None:
         a = self.args
         log = self._log("upstream.log")
-        argv = [PY, "-m", "loadtests.upstream", "--port", "0", "--first-ms", str(a.first_ms)]
+        # A restarted upstream takes the same port, so the gateway's configuration stays valid.
+        port = str(self.upstream_port)
+        argv = [PY, "-m", "loadtests.upstream", "--port", port, "--first-ms", str(a.first_ms)]
         argv += ["--gap-ms", str(a.gap_ms), "--chunks", str(a.chunks), "--max-seconds", str(a.max_minutes * 60 + 60)]
         self.upstream = await self.children.spawn(
             argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL
@@ -293,8 +296,51 @@ class Matrix:
             await self.children.stop(self.gateway)
         await self.start_gateway()
 
+    def upstream_alive(self) -> bool:
+        return self.upstream is not None and self.upstream.returncode is None
+
+    async def ensure_upstream(self, before: str) -> bool:
+        """Restart an upstream that died (same port; shares the restart budget), noting it."""
+        if self.upstream_alive():
+            return True
+        self.problems.append(f"the upstream was found dead ({_exit(self.upstream)}) before {before}")
+        print(f"upstream died ({_exit(self.upstream)}) before {before}", flush=True)
+        if self.restarts >= self.args.max_restarts:
+            return False
+        self.restarts += 1
+        try:
+            await self.start_upstream()
+        except RuntimeError as exc:
+            self.problems.append(f"restarting the upstream failed: {exc}")
+            return False
+        self.problems.append(f"restarted the upstream (restart {self.restarts} of at most {self.args.max_restarts})")
+        return True
+
     def gateway_alive(self) -> bool:
         return self.gateway is not None and self.gateway.returncode is None
+
+    def gateway_exit(self) -> str:
+        return _exit(self.gateway)
+
+    async def ensure_gateway(self, before: str) -> bool:
+        """Restart a gateway that died (at most --max-restarts times), noting it in the report."""
+        if self.gateway_alive():
+            return True
+        log = tail(self.gateway_log, 8)
+        self.problems.append(f"the gateway was found dead ({self.gateway_exit()}) before {before}; log tail:\n{log}")
+        print(f"gateway died ({self.gateway_exit()}) before {before}", flush=True)
+        if self.restarts >= self.args.max_restarts:
+            return False
+        self.restarts += 1
+        try:
+            await self.restart_gateway()
+        except RuntimeError as exc:
+            self.problems.append(f"restarting the gateway failed: {exc}")
+            return False
+        self.problems.append(f"restarted the gateway (restart {self.restarts} of at most {self.args.max_restarts})")
+        if not self.args.no_warmup:
+            await self.warmup()
+        return self.gateway_alive()
 
     async def upstream_stats(self, reset: bool = False) -> dict[str, Any] | None:
         try:
@@ -344,7 +390,9 @@ class Matrix:
         cell.upstream_peak = stats.get("peak_streams") if stats else None
         cell.summary = summary
         if cell.target == "gateway" and not self.gateway_alive():
-            cell.note = f"gateway died (exit {self.gateway.returncode if self.gateway else '?'})"
+            cell.note = f"the gateway died during this cell ({self.gateway_exit()})"
+        if not self.upstream_alive():
+            cell.note += f"{'; ' if cell.note else ''}the upstream died during this cell ({_exit(self.upstream)})"
 
     async def warmup(self) -> None:
         for dep in self.args.deployments:
@@ -360,6 +408,9 @@ class Matrix:
 
     async def run_idle(self, model: str, n: int) -> None:
         """On a fresh gateway (a heap full of freed memory would hide what streams cost), warmed up."""
+        if not await self.ensure_upstream(f"idle {model}"):
+            self.idle.append({"failed": "upstream not running", "model": model, "requested": n})
+            return
         try:
             await self.restart_gateway()
         except RuntimeError as exc:
@@ -394,25 +445,43 @@ class Matrix:
         plan = build_plan(a)
         total = len(plan) + (len(a.idle_models) if a.idle > 0 else 0)
         for i, cell in enumerate(plan, 1):
-            if cell.target == "gateway" and not self.gateway_alive():
-                cell.summary = {"failed": "gateway not running"}
-                self.cells.append(cell)
-                continue
-            await self.run_cell(cell)
+            for attempt in (1, 2):
+                if not await self.ensure_upstream(cell.name):
+                    cell.summary = {"failed": "upstream not running"}
+                    break
+                if cell.target == "gateway" and not await self.ensure_gateway(cell.name):
+                    cell.summary = {"failed": "gateway not running"}
+                    break
+                await self.run_cell(cell)
+                if not cell.note or attempt == 2 or self.restarts >= a.max_restarts:
+                    break
+                # A process was killed under the cell: its numbers mean nothing; run it once more.
+                self.problems.append(f"{cell.name}: {cell.note}; the cell was run again")
+                cell.note = ""
             self.cells.append(cell)
             s = cell.summary or {}
             line = s.get("failed") or _short(s)
             print(f"[{i}/{total}] {cell.name}: {line}", flush=True)
             await asyncio.sleep(a.pause)
         if not self.gateway_alive():
-            self.problems.append(f"the gateway exited during the cells; log tail:\n{tail(self.gateway_log)}")
+            self.problems.append(f"the gateway died during the cells ({self.gateway_exit()})")
         if a.idle > 0:
             for j, model in enumerate(a.idle_models, len(plan) + 1):
                 await self.run_idle(model, a.idle)
                 s = self.idle[-1]
                 print(f"[{j}/{total}] idle {model} x{a.idle}: {s.get('failed') or _short_idle(s)}", flush=True)
         if not self.gateway_alive():
-            self.problems.append(f"the gateway exited during the run; log tail:\n{tail(self.gateway_log)}")
+            self.problems.append(f"the gateway died during the idle test ({self.gateway_exit()})")
+
+
+def _exit(proc: asyncio.subprocess.Process | None) -> str:
+    rc = proc.returncode if proc is not None else None
+    if proc is None or rc is None:
+        return "running"
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-rc).name}, not sent by this runner"
+    return f"exit status {rc}"
 
 
 def _short(s: dict[str, Any]) -> str:
@@ -458,6 +527,56 @@ def _minus(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
         x, y = a.get(k), b.get(k)
         out.append("-" if x is None or y is None else f"{x - y:+.1f}")
     return " / ".join(out)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.0f}%"
+
+
+def _cell_rows(c: Cell, s: dict[str, Any], direct: dict[tuple[str, int], dict[str, Any]]) -> tuple[str, str]:
+    """The latency row and the throughput/resources row of one cell (after the key columns)."""
+    is_json = c.mode == "json"
+    base = direct.get(("json" if is_json else "sse", c.concurrency)) if c.target == "gateway" else None
+    ratio = "-"
+    if base:
+        metric = "req_per_s" if is_json else "chunks_per_s"
+        num, den = s.get(metric), base.get(metric)
+        if num is not None and den:
+            ratio = f"{num / den:.2f}"
+    gw = s.get("server") or {}
+    up = s.get("upstream") or {}
+    unit = " ms/req" if is_json else ""
+    gw_cpu = gw.get("cpu_ms_per_request") if is_json else gw.get("cpu_s_per_1k_chunks")
+    up_cpu = up.get("cpu_ms_per_request") if is_json else up.get("cpu_s_per_1k_chunks")
+    errors = s.get("errors", 0)
+    err_cell = str(errors) if not errors else f"**{errors}**"
+    ok = f"{s.get('ok')} / {s.get('requests')}"
+    lat = [
+        _triple(s.get("ttfb_ms")),
+        _minus(s.get("ttfb_ms"), base.get("ttfb_ms")) if base else "-",
+        "-" if is_json else _fmt((s.get("gap_ms") or {}).get("p99")),
+        "-" if is_json else _fmt((s.get("tail_ms") or {}).get("p99")),
+        _fmt((s.get("total_ms") or {}).get("p50"), 0),
+        _fmt((s.get("connect_ms") or {}).get("p99")),
+        ok,
+        err_cell,
+    ]
+    res = [
+        ok,
+        err_cell,
+        str(s.get("cut", 0)),
+        _fmt(s.get("req_per_s")),
+        "-" if is_json else _fmt(s.get("chunks_per_s"), 0),
+        ratio,
+        "-" if gw_cpu is None else _fmt(gw_cpu, 1 if is_json else 3) + unit,
+        _pct(gw.get("cpu_util")),
+        _fmt(gw.get("rss_mb_max"), 0),
+        "-" if up_cpu is None else _fmt(up_cpu, 2 if is_json else 4) + unit,
+        _pct(up.get("cpu_util")),
+        _fmt(c.upstream_peak),
+        _pct((s.get("loadgen") or {}).get("cpu_util")),
+    ]
+    return " " + " | ".join(lat) + " |", " " + " | ".join(res) + " |"
 
 
 def machine_info() -> dict[str, str]:
@@ -539,88 +658,53 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
         lines.append(f"- Extra gateway environment: `{' '.join(a.gateway_env)}`")
     error_notes: list[str] = []
     if m.cells:
-        lines += [
-            "",
-            "## Throughput and latency",
-            "",
-            "Times in ms. *ok / sent*: requests that ended correctly / requests sent. *errors*: non-200, error "
-            "events or frames, timeouts, missing `[DONE]`, failed connects. *cut*: still in flight when the cell's "
-            f"duration cap + {a.drain:g} s drain ran out, aborted and not judged (a sign of overload). "
-            "*+TTFB* = gateway minus direct upstream at the same concurrency (WebSocket cells are compared with "
-            "direct SSE). *x direct* = chunks/s over the direct run's (req/s for JSON). *CPU/1k* = CPU seconds per "
-            "1000 content chunks received (ms per request for JSON); *CPU %* = CPU time over wall time (100% = one "
-            "core). "
-            "*up peak* = most upstream chat calls (streams or JSON) open at once.",
-            "",
-            "| target | mode | model | conc | ok / sent | errors | cut | req/s | chunks/s | x direct "
-            "| TTFB p50 / p95 / p99 | +TTFB p50 / p95 / p99 | gap p99 | total p50 "
-            "| gw CPU/1k | gw CPU % | gw RSS MB | up CPU/1k | up CPU % | up peak | loadgen CPU % |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+        lat_rows: list[str] = []
+        res_rows: list[str] = []
         for c in m.cells:
             s = c.summary or {}
+            key = f"| {c.target} | {c.mode} | {c.model} | {c.concurrency} |"
             if s.get("failed"):
-                lines.append(f"| {c.target} | {c.mode} | {c.model} | {c.concurrency} | - | **failed** | " + "- | " * 15)
+                lat_rows.append(key + " **failed** |" + " - |" * 7)
+                res_rows.append(key + " **failed** |" + " - |" * 13)
                 error_notes.append(f"- {c.name}: {s['failed']}")
                 continue
-            is_json = c.mode == "json"
-            base = direct.get(("json" if is_json else "sse", c.concurrency)) if c.target == "gateway" else None
-            ratio = "-"
-            if base:
-                num, den = (
-                    (s.get("req_per_s"), base.get("req_per_s"))
-                    if is_json
-                    else (
-                        s.get("chunks_per_s"),
-                        base.get("chunks_per_s"),
-                    )
-                )
-                if num is not None and den:
-                    ratio = f"{num / den:.2f}"
-            gw = s.get("server") or {}
-            up = s.get("upstream") or {}
-            gw_cpu = gw.get("cpu_ms_per_request") if is_json else gw.get("cpu_s_per_1k_chunks")
-            up_cpu = up.get("cpu_ms_per_request") if is_json else up.get("cpu_s_per_1k_chunks")
-            lg = (s.get("loadgen") or {}).get("cpu_util")
-
-            def pct(x: float | None) -> str:
-                return "-" if x is None else f"{x * 100:.0f}%"
-
-            errors = s.get("errors", 0)
-            err_cell = str(errors) if not errors else f"**{errors}**"
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        c.target,
-                        c.mode,
-                        c.model,
-                        str(c.concurrency),
-                        f"{s.get('ok')} / {s.get('requests')}",
-                        err_cell,
-                        str(s.get("cut", 0)),
-                        _fmt(s.get("req_per_s")),
-                        "-" if is_json else _fmt(s.get("chunks_per_s"), 0),
-                        ratio,
-                        _triple(s.get("ttfb_ms")),
-                        _minus(s.get("ttfb_ms"), base.get("ttfb_ms")) if base else "-",
-                        "-" if is_json else _fmt((s.get("gap_ms") or {}).get("p99")),
-                        _fmt((s.get("total_ms") or {}).get("p50"), 0),
-                        _fmt(gw_cpu, 1 if is_json else 3) + (" ms/req" if is_json and gw_cpu is not None else ""),
-                        pct(gw.get("cpu_util")),
-                        _fmt(gw.get("rss_mb_max"), 0),
-                        _fmt(up_cpu, 2 if is_json else 4) + (" ms/req" if is_json and up_cpu is not None else ""),
-                        pct(up.get("cpu_util")),
-                        _fmt(c.upstream_peak),
-                        pct(lg),
-                    ]
-                )
-                + " |"
-            )
-            if errors:
+            lat, res = _cell_rows(c, s, direct)
+            lat_rows.append(key + lat)
+            res_rows.append(key + res)
+            if s.get("errors"):
                 error_notes.append(f"- {c.name}: {s.get('error_kinds')}; e.g. {s.get('error_samples', [])[:2]}")
             if c.note:
                 error_notes.append(f"- {c.name}: {c.note}")
+        lines += [
+            "",
+            "## Latency",
+            "",
+            "Milliseconds. *TTFB*: request written -> first content chunk (JSON: -> response headers); for a new "
+            "SSE connection it includes waiting to be accepted. *+TTFB*: gateway minus direct upstream at the same "
+            "concurrency, percentile by percentile (WebSocket cells are compared with direct SSE). *gap p99*: "
+            "between consecutive content chunks (the upstream sends one every "
+            f"{a.gap_ms:g} ms). *end p99*: last content chunk -> `[DONE]` / done frame. *total p50*: request -> "
+            "end. *connect p99*: TCP connect (+ WebSocket handshake).",
+            "",
+            "| target | mode | model | conc | TTFB p50 / p95 / p99 | +TTFB p50 / p95 / p99 | gap p99 | end p99 "
+            "| total p50 | connect p99 | ok / sent | errors |",
+            "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+            *lat_rows,
+            "",
+            "## Throughput and resources",
+            "",
+            "*errors*: non-200, error events or frames, timeouts, missing `[DONE]`, failed connects or handshakes "
+            "(kinds below). *cut*: still in flight when the cell's duration cap + "
+            f"{a.drain:g} s drain ran out, aborted and not judged (overload). *x direct*: chunks/s over the direct "
+            "run's at the same concurrency (req/s for JSON). *CPU/1k*: CPU seconds per 1000 content chunks "
+            "delivered (ms per request for JSON); *CPU %*: CPU time / wall time, 100% = one core. *RSS*: max "
+            "sampled. *up peak*: most upstream calls open at once.",
+            "",
+            "| target | mode | model | conc | ok / sent | errors | cut | req/s | chunks/s | x direct "
+            "| gw CPU/1k | gw CPU % | gw RSS MB | up CPU/1k | up CPU % | up peak | loadgen CPU % |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *res_rows,
+        ]
     if m.idle:
         lines += [
             "",
@@ -686,6 +770,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway (repeatable)")
     p.add_argument("--startup-timeout", type=float, default=120.0)
+    p.add_argument(
+        "--max-restarts", type=int, default=4, help="restart a gateway or upstream that died at most this often"
+    )
     p.add_argument("--max-minutes", type=float, help="hard cap on the whole run")
     p.add_argument("--out", type=Path, default=HERE / "results.md")
     p.add_argument("--json-out", type=Path, help="also write every raw summary as JSON")

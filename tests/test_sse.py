@@ -124,8 +124,8 @@ async def test_heartbeats_during_upstream_silence(client: httpx.AsyncClient, fak
 
 
 async def test_slow_first_token_past_status_window(client: httpx.AsyncClient, fake: FakeProvider) -> None:
-    # 0.5 s to the first chunk, status window 0.3 s: headers go out first, heartbeats fill the wait.
-    result = await stream_chat(client, chat_body("slow_first", stream=True))
+    # 0.8 s to the first chunk, status window 0.3 s: headers go out first, heartbeats fill the wait.
+    result = await stream_chat(client, chat_body("slower_first", stream=True))
     assert result.status == 200
     assert result.events[0].comment == "keep-alive"
     assert result.data_events[-1].data == "[DONE]"

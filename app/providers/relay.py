@@ -245,7 +245,11 @@ def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: b
 class Relay:
     """Streams and completes through one pooled aiohttp session per upstream host."""
 
-    def __init__(self, targets: dict[str, RelayTarget], *, pool_size: int = 1024) -> None:
+    #: Connections per upstream host. One open stream holds one connection, so this bounds how many
+    #: streams a worker relays at once per host; streams beyond it wait (with heartbeats) for a slot.
+    POOL_SIZE = 10_000
+
+    def __init__(self, targets: dict[str, RelayTarget], *, pool_size: int = POOL_SIZE) -> None:
         self.targets = targets
         self._pool_size = pool_size
         self._sessions: dict[str, aiohttp.ClientSession] = {}
@@ -278,7 +282,11 @@ class Relay:
                 data=body,
                 headers=target.headers,
                 timeout=aiohttp.ClientTimeout(
-                    total=None if stream else target.timeout_s, sock_connect=10, sock_read=target.timeout_s
+                    # Streams get no read timeout here: the stream's own first-chunk and idle
+                    # deadlines apply, without a timer re-armed on every read.
+                    total=None if stream else target.timeout_s,
+                    sock_connect=10,
+                    sock_read=None if stream else target.timeout_s,
                 ),
             )
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors (some also ClientErrors)

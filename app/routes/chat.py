@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
+from litestar.exceptions import InternalServerException
 from litestar.response import Stream
 
 from app.access.keys import Caller
@@ -47,7 +48,13 @@ class ChatController(Controller):
     ) -> Response[Any]:
         started = time.perf_counter()
         check_content_type(request.headers.get("content-type"))
-        body = parse_chat_body(await request.body())
+        try:
+            raw = await request.body()
+        except InternalServerException:
+            # Litestar's way of saying the client left while its body was being read: not our 500.
+            request.state.outcome = CLIENT_DISCONNECTED
+            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+        body = parse_chat_body(raw)
         cache_control = request.headers.get("cache-control")
         request.state.model = body.model
         if settings.server.log_bodies:
