@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ from litestar.response import Stream
 
 from app.access.keys import Caller
 from app.chat.service import ChatService
-from app.chat.stream import CLIENT_DISCONNECTED
+from app.chat.stream import CLIENT_DISCONNECTED, ChatStream, StreamEvent
 from app.errors import UnsupportedMediaType
 from app.protocol.openai import parse_chat_body
 from app.settings import Settings
@@ -34,6 +35,12 @@ def check_content_type(value: str | None) -> None:
         )
 
 
+def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
+    """The client left before a response started: nothing to send, the log line says why."""
+    request.state.outcome = CLIENT_DISCONNECTED
+    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+
+
 class ChatController(Controller):
     path = ""
     tags = ["chat"]
@@ -52,8 +59,7 @@ class ChatController(Controller):
             raw = await request.body()
         except InternalServerException:
             # Litestar's way of saying the client left while its body was being read: not our 500.
-            request.state.outcome = CLIENT_DISCONNECTED
-            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+            return _client_gone(request)
         body = parse_chat_body(raw)
         cache_control = request.headers.get("cache-control")
         request.state.model = body.model
@@ -66,25 +72,24 @@ class ChatController(Controller):
                     request.receive,
                 )
             except ClientGone:
-                request.state.outcome = CLIENT_DISCONNECTED
-                return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+                return _client_gone(request)
             headers = {"X-Cache": cache_status} if cache_status else None
             return Response(content=completion.raw, media_type="application/json", headers=headers)
 
+        async def open_and_wait() -> tuple[ChatStream, StreamEvent | None]:
+            stream = await chat.open_stream(body, "sse", started_at=started, caller=caller, cache_control=cache_control)
+            request.state.stream = stream
+            try:
+                # The status window: errors the provider reports at once still get a real status.
+                return stream, await stream.first_event(settings.streaming.status_window_s)
+            except asyncio.CancelledError:
+                stream.close(CLIENT_DISCONNECTED)
+                raise
+
         try:
-            stream = await unless_disconnected(
-                chat.open_stream(body, "sse", started_at=started, caller=caller, cache_control=cache_control),
-                request.receive,
-            )
+            stream, first = await unless_disconnected(open_and_wait(), request.receive)
         except ClientGone:
-            request.state.outcome = CLIENT_DISCONNECTED
-            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
-        request.state.stream = stream
-        try:
-            first = await unless_disconnected(stream.first_event(settings.streaming.status_window_s), request.receive)
-        except ClientGone:
-            stream.close(CLIENT_DISCONNECTED)
-            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+            return _client_gone(request)
         if first is not None and first.error is not None:
             stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
             stream.close(first.error.outcome)
