@@ -131,8 +131,14 @@ class ChatStream:
         idle = self.deadlines.idle_s
         self._deadline_at = loop.time() + self.deadlines.first_chunk_s
         self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
+        waited = False
         try:
             while True:
+                if waited:
+                    # The idle deadline runs from when the gateway waits for the provider again, so
+                    # time spent waiting on a slow client never counts against the provider.
+                    self._deadline_at = loop.time() + idle
+                waited = True
                 self._awaiting_upstream = True
                 try:
                     chunk = await anext(source)
@@ -154,9 +160,6 @@ class ChatStream:
                         continue
                 seq += 1
                 await self._queue.put(StreamEvent(seq, chunk))
-                # The idle deadline runs from when the gateway waits for the provider again, so
-                # time spent waiting on a slow client never counts against the provider.
-                self._deadline_at = loop.time() + idle
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError:
