@@ -180,6 +180,34 @@ def _provider_message(exc: Any) -> str:
     return message.split("\n", 1)[0][:2000]
 
 
+def _seconds(value: str | None) -> int | None:
+    try:
+        return max(0, math.ceil(float(value))) if value else None
+    except ValueError:
+        return None
+
+
+def from_provider_reply(
+    status: int, message: str, code: str | None, retry_after: str | None, *, in_stream: bool = False
+) -> GatewayError:
+    """A provider's HTTP error reply -> the most specific GatewayError (the fast path's mapping,
+    and the full path's fallback where LiteLLM's exception class says no more than a status)."""
+    lowered = message.lower()
+    if code == "context_length_exceeded" or "context length" in lowered or "maximum context" in lowered:
+        return ContextLengthExceeded(message)
+    if status in (401, 403):
+        return UpstreamAuthentication("The provider rejected the gateway's credentials.")
+    if status == 404:
+        return UpstreamModelNotFound(f"The provider does not know the configured model: {message}")
+    if status == 429:
+        return RateLimited(message or "The provider's rate limit was reached.", retry_after=_seconds(retry_after))
+    if 400 <= status < 500:
+        return ProviderRejected(message or f"The provider rejected the request ({status}).", code=code)
+    if status >= 500 and not in_stream:
+        return UpstreamOverloaded(f"The provider failed: {message or status}")
+    return UpstreamUnavailable(f"The provider's stream reported an error: {message or status}")
+
+
 def from_litellm(exc: BaseException) -> GatewayError:
     """Translate a LiteLLM (or openai SDK) exception into the most specific GatewayError."""
     # The provider layer has imported LiteLLM already; importing here keeps this module light.
@@ -210,11 +238,9 @@ def from_litellm(exc: BaseException) -> GatewayError:
     if isinstance(exc, litellm.APIConnectionError):
         return UpstreamUnavailable(f"The provider could not be reached or its answer broke off: {message}")
     status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        if status == 429:
-            return RateLimited(message, retry_after=_retry_after(exc))
-        if status >= 500:
-            return UpstreamOverloaded(f"The provider failed: {message}")
+    if isinstance(status, int) and (status == 429 or status >= 500):
+        retry_after = _retry_after(exc)
+        return from_provider_reply(status, message, None, str(retry_after) if retry_after is not None else None)
     if isinstance(exc, litellm.APIError | litellm.ServiceUnavailableError | litellm.InternalServerError):
         return UpstreamOverloaded(f"The provider failed: {message}")
     return UpstreamUnavailable(f"The provider's answer could not be read: {message}")

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from app.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
-from app.providers.relay import _data_of, _error_from_body, chunk_from_event, resolve_target
+from app.providers.chunks import error_from_reply, read_chunk
+from app.providers.relay import _data_of, resolve_target
 from app.settings import DeploymentSettings
 from tests.conftest import ServerThread
 
@@ -56,25 +57,25 @@ def test_sse_event_parsing() -> None:
 
 def test_chunk_view_reads_only_what_it_needs() -> None:
     raw = b'{"id":"x","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"extra":{"a":[1]}}'
-    chunk = chunk_from_event(raw)
+    chunk = read_chunk(raw)
     assert chunk.raw is raw  # forwarded without re-encoding
     assert chunk.has_content and chunk.finish_reason is None and chunk.usage is None
-    usage = chunk_from_event(b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}')
+    usage = read_chunk(b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}')
     assert usage.usage_only and usage.usage is not None and usage.usage.completion_tokens == 4
-    tool = chunk_from_event(b'{"choices":[{"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}]}')
+    tool = read_chunk(b'{"choices":[{"delta":{"tool_calls":[{"index":0}]},"finish_reason":null}]}')
     assert tool.has_content
-    multi = chunk_from_event(b'{"choices":\n[]}')
+    multi = read_chunk(b'{"choices":\n[]}')
     assert b"\n" not in multi.raw and json.loads(multi.raw) == {"choices": []}
 
 
 def test_error_event_and_error_replies() -> None:
     with pytest.raises(UpstreamUnavailable):
-        chunk_from_event(b'{"error":{"message":"boom","type":"server_error"}}')
+        read_chunk(b'{"error":{"message":"boom","type":"server_error"}}')
     body = b'{"error":{"message":"This model\'s maximum context length is 10","code":"context_length_exceeded"}}'
-    assert isinstance(_error_from_body(400, body, {}), ContextLengthExceeded)
-    limited = _error_from_body(429, b'{"error":{"message":"slow down"}}', {"retry-after": "2.5"})
+    assert isinstance(error_from_reply(400, body, {}), ContextLengthExceeded)
+    limited = error_from_reply(429, b'{"error":{"message":"slow down"}}', {"retry-after": "2.5"})
     assert isinstance(limited, RateLimited) and limited.retry_after == 3
-    assert isinstance(_error_from_body(502, b"<html>bad gateway</html>", {}), Exception)
+    assert isinstance(error_from_reply(502, b"<html>bad gateway</html>", {}), Exception)
 
 
 def test_test_gateway_takes_the_path_it_says(gateway: ServerThread) -> None:

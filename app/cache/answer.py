@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from app.providers.base import Chunk, Usage
+from app.providers.chunks import read_chunk
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -107,18 +108,7 @@ def usage_dict(usage: Usage) -> dict[str, int]:
 
 def replay_chunks(answer: CachedAnswer) -> list[Chunk]:
     """The chunks a stream replays, as the pipeline's Chunk (usage-only chunk last, when known)."""
-    out: list[Chunk] = []
-    for raw in answer.chunks:
-        data = _decode(raw)
-        finish = None
-        has_content = False
-        for choice in data.get("choices") or ():
-            delta = choice.get("delta") or {}
-            has_content = has_content or bool(
-                delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
-            )
-            finish = choice.get("finish_reason") or finish
-        out.append(Chunk(raw=raw, has_content=has_content, finish_reason=finish))
+    out = [read_chunk(raw) for raw in answer.chunks]
     usage = answer.usage
     if usage is not None and answer.chunks:
         head = _decode(answer.chunks[0])

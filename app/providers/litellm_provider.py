@@ -14,6 +14,7 @@ import msgspec
 from app.errors import GatewayError, from_litellm
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, usage_of
+from app.providers.chunks import read_chunk
 from app.providers.demo import register_demo_provider
 from app.providers.litellm_metadata import model_metadata as _shipped_metadata  # noqa: F401 - copy the map before any Router
 from app.providers.litellm_setup import import_litellm
@@ -73,22 +74,7 @@ def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[
 
 
 def chunk_from_litellm(obj: Any) -> Chunk:
-    data = obj.model_dump(exclude_none=True)
-    has_content = False
-    finish_reason = None
-    for choice in data.get("choices") or ():
-        delta = choice.get("delta") or {}
-        if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
-            has_content = True
-        finish_reason = choice.get("finish_reason") or finish_reason
-    usage = usage_of(data.get("usage"))
-    return Chunk(
-        raw=_encoder.encode(data),
-        has_content=has_content,
-        finish_reason=finish_reason,
-        usage=usage,
-        usage_only=usage is not None and not data.get("choices"),
-    )
+    return read_chunk(_encoder.encode(obj.model_dump(exclude_none=True)))
 
 
 class LiteLLMProvider:

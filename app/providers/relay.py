@@ -11,7 +11,6 @@ point of this path. HTTP/1.1 keep-alive, one pooled session per upstream host.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,147 +19,17 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 
-from app.errors import (
-    ContextLengthExceeded,
-    GatewayError,
-    ProviderRejected,
-    RateLimited,
-    UpstreamAuthentication,
-    UpstreamModelNotFound,
-    UpstreamOverloaded,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from app.errors import ProviderRejected, UpstreamTimeout, UpstreamUnavailable
 from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, Usage
+from app.providers.base import Chunk, Completion
+from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.litellm_setup import import_litellm
 from app.settings import DeploymentSettings
 
 litellm = import_litellm()
 
 _OWN_FIELDS = frozenset({"model", "messages"})
-
-
-# -- the part of a chunk the gateway reads; msgspec skips everything else ------------------------
-
-
-_NO_RAW = msgspec.Raw(b"")
-
-
-def _present(raw: msgspec.Raw) -> bool:
-    # msgspec.Raw cannot sit in a union with None, so "absent" is an empty Raw and JSON null is b"null".
-    return len(raw) > 0 and bytes(raw) != b"null"
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: msgspec.Raw = _NO_RAW  # never decoded: only its presence matters
-
-
-class _Choice(msgspec.Struct):
-    delta: _Delta | None = None
-    finish_reason: str | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int | None = 0
-    completion_tokens: int | None = 0
-
-
-class _ChunkView(msgspec.Struct):
-    choices: list[_Choice] | None = None
-    usage: _Usage | None = None
-    error: msgspec.Raw = _NO_RAW
-
-
-class _CompletionView(msgspec.Struct):
-    usage: _Usage | None = None
-
-
-class _ErrorBody(msgspec.Struct):
-    message: str | None = None
-    code: str | int | None = None
-    type: str | None = None
-
-
-class _ErrorEnvelope(msgspec.Struct):
-    error: _ErrorBody | str | None = None
-
-
-_chunk_view = msgspec.json.Decoder(_ChunkView)
-_completion_view = msgspec.json.Decoder(_CompletionView)
-_error_view = msgspec.json.Decoder(_ErrorEnvelope)
-_loose = msgspec.json.Decoder()
 _encode = msgspec.json.encode
-
-
-def _usage(u: _Usage | None) -> Usage | None:
-    if u is None:
-        return None
-    return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0)
-
-
-def chunk_from_event(data: bytes) -> Chunk:
-    view = _chunk_view.decode(data)
-    if _present(view.error):
-        raise _error_from_body(502, bytes(view.error), {}, wrapped=False)
-    has_content = False
-    finish = None
-    for choice in view.choices or ():
-        d = choice.delta
-        if d is not None and (d.content or d.reasoning_content or _present(d.tool_calls)):
-            has_content = True
-        if choice.finish_reason:
-            finish = choice.finish_reason
-    usage = _usage(view.usage)
-    if b"\n" in data:
-        data = _encode(_loose.decode(data))  # SSE framing needs one line; providers almost never do this
-    return Chunk(
-        raw=data,
-        has_content=has_content,
-        finish_reason=finish,
-        usage=usage,
-        usage_only=usage is not None and not view.choices,
-    )
-
-
-def _error_from_body(status: int, body: bytes, headers: Mapping[str, str], *, wrapped: bool = True) -> GatewayError:
-    """The provider's error reply -> the gateway error of API.md 4 (the same mapping as the full path)."""
-    message, code = "", None
-    try:
-        envelope = (
-            _error_view.decode(body) if wrapped else _ErrorEnvelope(error=msgspec.json.decode(body, type=_ErrorBody))
-        )
-        if isinstance(envelope.error, _ErrorBody):
-            message = envelope.error.message or ""
-            code = str(envelope.error.code) if envelope.error.code is not None else None
-        elif isinstance(envelope.error, str):
-            message = envelope.error
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        message = body[:500].decode("utf-8", "replace")
-    lowered = message.lower()
-    if code == "context_length_exceeded" or "context length" in lowered or "maximum context" in lowered:
-        return ContextLengthExceeded(message)
-    if status in (401, 403):
-        return UpstreamAuthentication("The provider rejected the gateway's credentials.")
-    if status == 404:
-        return UpstreamModelNotFound(f"The provider does not know the configured model: {message}")
-    if status == 429:
-        return RateLimited(message or "The provider's rate limit was reached.", retry_after=_retry_after(headers))
-    if 400 <= status < 500:
-        return ProviderRejected(message or f"The provider rejected the request ({status}).", code=code)
-    if status >= 500 and wrapped:
-        return UpstreamOverloaded(f"The provider failed: {message or status}")
-    return UpstreamUnavailable(f"The provider's stream reported an error: {message or status}")
-
-
-def _retry_after(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("retry-after") or headers.get("Retry-After")
-    try:
-        return max(0, math.ceil(float(value))) if value else None
-    except ValueError:
-        return None
 
 
 # -- deciding and resolving -------------------------------------------------------------------
@@ -300,7 +169,7 @@ class Relay:
                 error_body = b""
             finally:
                 response.release()
-            raise _error_from_body(response.status, error_body, response.headers)
+            raise error_from_reply(response.status, error_body, response.headers)
         return response
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
@@ -316,10 +185,10 @@ class Relay:
             raise UpstreamUnavailable("The provider's answer broke off.") from exc
         response.release()
         try:
-            view = _completion_view.decode(raw)
+            usage = completion_usage(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise UpstreamUnavailable("The provider's answer was not valid JSON.") from exc
-        return Completion(raw=raw, usage=_usage(view.usage))
+        return Completion(raw=raw, usage=usage)
 
     async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
         target = self.targets[deployment]
@@ -341,7 +210,7 @@ class Relay:
                         finished = True
                         return
                     try:
-                        yield chunk_from_event(payload)
+                        yield read_chunk(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         raise UpstreamUnavailable("The provider sent an unreadable chunk.") from exc
             # The body ended without [DONE]: the provider broke off.
