@@ -138,24 +138,18 @@ def public_error(exc: BaseException, *, production: bool) -> GatewayError:
     return InternalError(f"{type(exc).__name__}: {exc}")
 
 
-def _retry_after(exc: Any) -> int | None:
+def _retry_after_header(exc: Any) -> str | None:
+    """The provider's Retry-After, wherever LiteLLM or the openai SDK kept the response headers."""
     headers: Any = None
     response = getattr(exc, "response", None)
     if response is not None:
         headers = getattr(response, "headers", None)
     headers = headers or getattr(exc, "litellm_response_headers", None) or getattr(exc, "headers", None)
-    if not headers:
-        return None
     try:
-        value = headers.get("retry-after") or headers.get("Retry-After")
+        value = headers.get("retry-after") or headers.get("Retry-After") if headers else None
     except AttributeError:
         return None
-    if value is None:
-        return None
-    try:
-        return max(0, math.ceil(float(value)))
-    except ValueError:
-        return None
+    return str(value) if value is not None else None
 
 
 def _provider_code(exc: Any) -> str | None:
@@ -230,7 +224,7 @@ def from_litellm(exc: BaseException) -> GatewayError:
     if isinstance(exc, litellm.NotFoundError):
         return UpstreamModelNotFound(f"The provider does not know the configured model: {message}")
     if isinstance(exc, litellm.RateLimitError):
-        return RateLimited(message, retry_after=_retry_after(exc))
+        return RateLimited(message, retry_after=_seconds(_retry_after_header(exc)))
     if isinstance(exc, litellm.Timeout):
         return UpstreamTimeout("The provider did not answer in time.")
     if isinstance(exc, litellm.BadRequestError | litellm.UnprocessableEntityError):
@@ -239,8 +233,7 @@ def from_litellm(exc: BaseException) -> GatewayError:
         return UpstreamUnavailable(f"The provider could not be reached or its answer broke off: {message}")
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and (status == 429 or status >= 500):
-        retry_after = _retry_after(exc)
-        return from_provider_reply(status, message, None, str(retry_after) if retry_after is not None else None)
+        return from_provider_reply(status, message, None, _retry_after_header(exc))
     if isinstance(exc, litellm.APIError | litellm.ServiceUnavailableError | litellm.InternalServerError):
         return UpstreamOverloaded(f"The provider failed: {message}")
     return UpstreamUnavailable(f"The provider's answer could not be read: {message}")
