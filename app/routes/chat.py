@@ -9,7 +9,6 @@ from typing import Any
 from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
-from litestar.response import Stream
 
 from app.access.keys import Caller
 from app.chat.service import ChatService
@@ -19,6 +18,7 @@ from app.protocol.openai import parse_chat_body
 from app.settings import Settings
 from app.streaming.disconnect import ClientGone, unless_disconnected
 from app.streaming.intent import wants_stream
+from app.streaming.response import EventStream
 from app.streaming.sse import SSE_HEADERS, sse_body
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
@@ -94,7 +94,7 @@ class ChatController(Controller):
             stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
             stream.close(first.error.outcome)
             raise first.error
-        return Stream(
+        return EventStream(
             sse_body(stream),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, "X-Stream-ID": stream.id}
