@@ -42,7 +42,7 @@ EXTRA_BEHAVIOURS = {
     "fast": Behaviour(gap_s=0.0),
     # First chunk well past the status window (0.3 s) plus a heartbeat (0.2 s), so a heartbeat must come first.
     "slower_first": Behaviour(first_delay_s=0.8),
-    "firehose": Behaviour(content=["x" * 400] * 3000, gap_s=0.0),  # more than any socket buffer holds
+    "firehose": Behaviour(content=["x" * 4000] * 3000, gap_s=0.0),  # 12 MB: more than socket buffers hold
 }
 FAKE_MODELS = sorted(builtin_behaviours()) + sorted(EXTRA_BEHAVIOURS)
 
