@@ -7,6 +7,7 @@ import itertools
 import httpx
 import pytest
 
+from tests.conftest import ServerThread
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body, stream_chat
 
@@ -101,9 +102,11 @@ async def test_usage_chunk_with_include_usage(client: httpx.AsyncClient, fake: F
     assert fake.requests[0].body["stream_options"] == {"include_usage": True}
 
 
-async def test_unknown_fields_pass_through(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+async def test_unknown_fields_pass_through(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
     result = await stream_chat(
-        client, chat_body("normal", stream=True, temperature=0.3, seed=42, vendor_x={"a": 1}, top_k=5)
+        client, chat_body("normal", stream=True, temperature=0.3, seed=42, vendor_x={"a": 1}, top_k=5, user="u-1")
     )
     assert result.status == 200
     seen = fake.requests[0].body
@@ -111,6 +114,8 @@ async def test_unknown_fields_pass_through(client: httpx.AsyncClient, fake: Fake
     assert seen["seed"] == 42
     assert seen["vendor_x"] == {"a": 1}
     assert seen["top_k"] == 5
+    if gateway.app.state.services.provider.path_of("normal") == "fast":
+        assert seen["user"] == "u-1"  # LiteLLM's full path drops `user`; the relay keeps it
 
 
 async def test_heartbeats_during_upstream_silence(client: httpx.AsyncClient, fake: FakeProvider) -> None:
