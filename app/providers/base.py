@@ -49,6 +49,12 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def asking_for_usage(stream_options: Any) -> dict[str, Any]:
+    """The upstream's ``stream_options``: the gateway always asks for usage (its token metrics are
+    honest that way); the stream drops the usage-only chunk for clients that did not ask."""
+    return {**(stream_options if isinstance(stream_options, dict) else {}), "include_usage": True}
+
+
 def usage_of(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None

@@ -13,7 +13,7 @@ import msgspec
 
 from app.errors import GatewayError, from_litellm
 from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, usage_of
+from app.providers.base import Chunk, Completion, asking_for_usage, usage_of
 from app.providers.chunks import read_chunk
 from app.providers.demo import register_demo_provider
 from app.providers.litellm_metadata import model_metadata as _shipped_metadata  # noqa: F401 - copy the map before any Router
@@ -67,9 +67,7 @@ def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -
 def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[str, Any]:
     fields = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
     if stream:
-        # Always ask for usage so token metrics are honest; the stream drops the usage chunk for
-        # clients that did not ask for it.
-        fields["stream_options"] = {**(fields.get("stream_options") or {}), "include_usage": True}
+        fields["stream_options"] = asking_for_usage(fields.get("stream_options"))
     return fields
 
 

@@ -21,7 +21,7 @@ import msgspec
 
 from app.errors import ProviderRejected, UpstreamTimeout, UpstreamUnavailable
 from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion
+from app.providers.base import Chunk, Completion, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.litellm_setup import import_litellm
 from app.settings import DeploymentSettings
@@ -87,7 +87,7 @@ def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: b
     params = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
     params["stream"] = stream
     if stream:
-        params["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
+        params["stream_options"] = asking_for_usage(params.get("stream_options"))
     else:
         params.pop("stream_options", None)
     known = {k: v for k, v in params.items() if k in target.supported}

@@ -15,7 +15,7 @@ class ClientGone(Exception):
     """The client closed the connection before the response started."""
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def wait_disconnect(receive: Receive) -> None:
     # The body has been read, so the next message the server delivers is the disconnect;
     # the loop bound is the connection's own life.
     while (await receive())["type"] != "http.disconnect":
@@ -25,7 +25,7 @@ async def _wait_disconnect(receive: Receive) -> None:
 async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     """Await ``work``; if the client disconnects first, cancel it and raise ``ClientGone``."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watcher = asyncio.ensure_future(wait_disconnect(receive))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:

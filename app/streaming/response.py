@@ -15,6 +15,8 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
+from app.streaming.disconnect import wait_disconnect
+
 
 class _EventStreamASGIResponse(ASGIStreamingResponse):
     __slots__ = ()
@@ -26,8 +28,7 @@ class _EventStreamASGIResponse(ASGIStreamingResponse):
 
         async def watch() -> None:
             nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await wait_disconnect(receive)
             gone = True
             task.cancel()
 

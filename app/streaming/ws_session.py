@@ -170,12 +170,18 @@ class ChatSocketSession:
             return  # the relay ran and cleaned up after itself
         del self.inflight[frame_id]
         if entry.cancelled and not self._closing:
-            if entry.stream is not None:
-                entry.stream.mark_first_byte()
-            with contextlib.suppress(SlowConsumer):
-                self._send(done_frame(frame_id, "cancelled", None))
-        if entry.stream is not None:
+            self._answer_cancelled(frame_id, entry.stream)
+        elif entry.stream is not None:
             entry.stream.close(CANCELLED if entry.cancelled else CLIENT_DISCONNECTED)
+
+    def _answer_cancelled(self, frame_id: str, stream: ChatStream | None) -> None:
+        """End a cancelled request: its one done frame (the stream's first byte) and its outcome."""
+        if stream is not None:
+            stream.mark_first_byte()
+        with contextlib.suppress(SlowConsumer):
+            self._send(done_frame(frame_id, "cancelled", stream.usage if stream is not None else None))
+        if stream is not None:
+            stream.close(CANCELLED)
 
     def _cancel(self, frame_id: str) -> None:
         entry = self.inflight.get(frame_id)
@@ -205,10 +211,7 @@ class ChatSocketSession:
                 # Cancelled before it ran: the upstream task is cancelled before its first step, so
                 # no provider call is made, and the request still ends with its one done frame.
                 self.inflight.pop(frame_id, None)
-                stream.mark_first_byte()
-                with contextlib.suppress(SlowConsumer):
-                    self._send(done_frame(frame_id, "cancelled", None))
-                stream.close(CANCELLED)
+                self._answer_cancelled(frame_id, stream)
                 return
         await self._relay(frame_id, stream)
 
@@ -233,9 +236,7 @@ class ChatSocketSession:
             entry = self.inflight.get(frame_id)
             if entry is not None and entry.cancelled and not self._closing and not ended:
                 outcome = CANCELLED
-                stream.mark_first_byte()
-                stream.close(CANCELLED)
-                self._send(done_frame(frame_id, "cancelled", stream.usage))
+                self._answer_cancelled(frame_id, stream)
             else:
                 raise
         except SlowConsumer:
