@@ -22,7 +22,7 @@ from app.lifespan import services_lifespan
 from app.log import configure_logging
 from app.metrics import Metrics
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
-from app.routes.chat import ChatController
+from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
@@ -42,6 +42,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         return settings
 
     keys = GatewayKeys.from_env(settings.server.api_keys_env, environ)
+
+    def provide_chat_context(request: Request[Any, Any, Any], state: State) -> ChatContext:
+        return ChatContext(state.chat, settings, provide_caller(request))
 
     def provide_chat(state: State) -> ChatService:
         chat: ChatService = state.chat
@@ -70,6 +73,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "keys": Provide(provide_keys, sync_to_thread=False),
             "metrics": Provide(provide_metrics, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
+            "chat_context": Provide(provide_chat_context, sync_to_thread=False),
         },
         lifespan=[services_lifespan(settings, metrics, environ)],
         on_shutdown=[lambda: metrics.shutdown()],

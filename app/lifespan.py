@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -77,6 +78,20 @@ def build_services(
     )
 
 
+def settle_heap() -> None:
+    """Move everything start-up allocated out of the cyclic garbage collector's sight.
+
+    LiteLLM's import leaves a heap of a few million long-lived objects (its model map, pydantic
+    models, provider tables). Without this, every full collection walks all of them: a pause of a
+    few hundred milliseconds in the middle of live streams, measured as TTFB p95 jumping from ~70 ms
+    to ~300 ms on a plain relay that merely imported LiteLLM. Frozen objects are still freed by
+    reference counting; only cycles among them would never be collected, and start-up state lives
+    as long as the process anyway.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def services_lifespan(
     settings: Settings, metrics: Metrics, environ: Mapping[str, str] | None = None
 ) -> Callable[[Litestar], Any]:
@@ -88,6 +103,7 @@ def services_lifespan(
         app.state.chat = services.chat
         app.state.catalogue = services.catalogue
         app.state.ready_checks = services.ready_checks
+        settle_heap()
         try:
             yield
         finally:

@@ -7,8 +7,8 @@ and must not add per-chunk work beyond a type check.
 from __future__ import annotations
 
 import gzip
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -40,7 +40,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         if scope["type"] == "websocket":

@@ -48,8 +48,6 @@ class StreamingSettings(_Section):
     idle_timeout_s: PositiveFloat = 60.0
     resume_ttl_s: PositiveFloat = 300.0
     detach_grace_s: NonNegFloat = 0.0
-    queue_chunks: PositiveInt = 256
-    """Chunks buffered between the upstream reader and a slow client before the upstream read pauses."""
 
 
 class WebSocketSettings(_Section):

@@ -4,8 +4,8 @@ complete a call."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -120,12 +120,11 @@ class ChatService:
             if decision.flight is not None and self._cache is not None:
                 source = self._cache.recording(decision.key, decision.flight, source)
         stream = ChatStream(
-            stream_id=uuid.uuid4().hex,
+            stream_id=os.urandom(16).hex(),
             model=deployment,
             transport=transport,
             source=source,
             deadlines=self._deadlines,
-            queue_size=self._settings.streaming.queue_chunks,
             started_at=started_at,
             observer=self._observer,
             include_usage=request.include_usage(),

@@ -1,16 +1,19 @@
-"""One chat stream: an upstream reader task that yields numbered events, and one handle to end it.
+"""One chat stream: numbered events pulled from the upstream, its deadlines, and one handle to end it.
 
-The reader applies the first-chunk and idle deadlines and turns every failure into an error event;
-consumers (the SSE and WebSocket framers) read events, get heartbeat ticks while the upstream is
-silent, and end the stream through ``close(outcome)``, which cancels the upstream call at once.
-Sequence numbers are assigned here and nowhere else.
+The consumer (the SSE response or a WebSocket request) pulls events in its own task; there is no
+reader task and no queue in between, because on a gateway that relays thousands of chunks a second
+that hop cost a task wake-up and two queue operations per chunk. The first-chunk and idle deadlines
+are a watchdog timer that cancels whichever task is waiting on the provider; every failure becomes
+an error event; ``close(outcome)`` ends the stream once and closes the upstream call at once.
+Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business:
+``last_event_at`` says when the stream last produced something.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Final, Protocol
 
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
@@ -36,9 +39,6 @@ class StreamEvent:
     @property
     def is_done(self) -> bool:
         return self.chunk is None and self.error is None
-
-
-_HEARTBEAT = StreamEvent(0)  # put in the queue by the heartbeat timer, never numbered or sent as an event
 
 
 class Deadlines:
@@ -68,7 +68,6 @@ class ChatStream:
         source: AsyncIterator[Chunk],
         deadlines: Deadlines,
         *,
-        queue_size: int = 256,
         started_at: float | None = None,
         observer: StreamObserver | None = None,
         include_usage: bool = True,
@@ -82,156 +81,134 @@ class ChatStream:
         self.first_token_at: float | None = None
         self.first_byte_at: float | None = None
         self.ended_at: float | None = None
+        self.last_event_at = 0.0  # loop time of the last event handed out (heartbeats key on it)
         self.chunks = 0
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.error: GatewayError | None = None
         self.outcome: str | None = None
         self._source = source
-        self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=queue_size)
         self._observer = observer
         self._include_usage = include_usage
-        self._task: asyncio.Task[None] | None = None
-        self._held: StreamEvent | None = None
-        self.metric_attrs: dict[str, Any] = {}
+        self._seq = 0
+        self._finished = False  # the last event (done or error) has been produced
+        self._first: asyncio.Task[StreamEvent] | None = None  # the status window's pull, when one ran
+        self._puller: asyncio.Task[Any] | None = None  # the task waiting on the provider, if one is
         self._deadline_at = 0.0
-        self._awaiting_upstream = False
         self._timed_out = False
         self._watchdog: asyncio.TimerHandle | None = None
-        self._last_event_at = 0.0
-        self._heartbeat: asyncio.TimerHandle | None = None
+        self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
 
     def start(self) -> ChatStream:
+        loop = asyncio.get_running_loop()
         self.upstream_started_at = time.perf_counter()
-        self._task = asyncio.create_task(self._read_upstream(), name=f"upstream:{self.id}")
+        self.last_event_at = loop.time()
+        self._deadline_at = loop.time() + self.deadlines.first_chunk_s
+        self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
         if self._observer is not None:
             self._observer.stream_opened(self)
         return self
 
-    # Deadlines and heartbeats are watchdog timers that re-arm themselves once per period, rather than
-    # a timeout context per chunk: per chunk the hot path only stores a timestamp.
+    # The deadlines are one watchdog timer that re-arms itself once per period, rather than a timeout
+    # context per chunk: per chunk the hot path only stores a timestamp.
 
     def _watch_upstream(self) -> None:
+        if self._finished or self.outcome is not None:
+            return
         loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self.outcome is not None:
-            return  # finished, or closed by its consumer (which cancelled the task itself)
         now = loop.time()
-        if self._awaiting_upstream and now >= self._deadline_at:
+        if self._puller is not None and now >= self._deadline_at:
             self._timed_out = True
-            self._task.cancel()
+            self._puller.cancel()
             return
         self._watchdog = loop.call_at(max(self._deadline_at, now + 0.001), self._watch_upstream)
 
-    async def _read_upstream(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _pull(self) -> StreamEvent:
+        """The next event from the provider, in the calling task; never raises for provider failures."""
         source = self._source
-        seq = 0
-        error: GatewayError | None = None
-        idle = self.deadlines.idle_s
-        self._deadline_at = loop.time() + self.deadlines.first_chunk_s
-        self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
-        waited = False
-        try:
-            while True:
-                if waited:
-                    # The idle deadline runs from when the gateway waits for the provider again, so
-                    # time spent waiting on a slow client never counts against the provider.
-                    self._deadline_at = loop.time() + idle
-                waited = True
-                self._awaiting_upstream = True
-                try:
-                    chunk = await anext(source)
-                except StopAsyncIteration:
-                    break
-                finally:
-                    self._awaiting_upstream = False
-                if chunk.has_content and self.first_token_at is None:
-                    self.first_token_at = time.perf_counter()
-                    if self._observer is not None:
-                        self._observer.stream_first_token(self)
-                if chunk.finish_reason is not None:
-                    self.finish_reason = chunk.finish_reason
-                if chunk.usage is not None:
-                    self.usage = chunk.usage
-                    # The gateway always asks for usage (for token metrics); a client that did not
-                    # ask does not get the usage-only chunk.
-                    if chunk.usage_only and not self._include_usage:
-                        continue
-                seq += 1
-                await self._queue.put(StreamEvent(seq, chunk))
-        except GatewayError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            if not self._timed_out or self.outcome is not None:
-                raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            error = UpstreamTimeout(
-                "The provider sent no first chunk in time."
-                if seq == 0
-                else "The provider went silent mid-stream for longer than the idle timeout."
-            )
-        except Exception as exc:  # a provider bug must still end the stream in the contract's shape
-            error = UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}")
-        finally:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    pass
+        while True:
+            if self._seq:
+                # The idle deadline runs from when the gateway waits for the provider again, so
+                # time spent waiting on a slow client never counts against the provider.
+                self._deadline_at = asyncio.get_running_loop().time() + self.deadlines.idle_s
+            self._puller = asyncio.current_task()
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                return self._last(None)
+            except GatewayError as exc:
+                return self._last(exc)
+            except asyncio.CancelledError:
+                if not self._timed_out or self.outcome is not None:
+                    raise
+                self._timed_out = False
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return self._last(
+                    UpstreamTimeout(
+                        "The provider sent no first chunk in time."
+                        if self._seq == 0
+                        else "The provider went silent mid-stream for longer than the idle timeout."
+                    )
+                )
+            except Exception as exc:  # a provider bug must still end the stream in the contract's shape
+                return self._last(UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}"))
+            finally:
+                self._puller = None
+            if chunk.has_content and self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+                if self._observer is not None:
+                    self._observer.stream_first_token(self)
+            if chunk.finish_reason is not None:
+                self.finish_reason = chunk.finish_reason
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+                # The gateway always asks for usage (for token metrics); a client that did not
+                # ask does not get the usage-only chunk.
+                if chunk.usage_only and not self._include_usage:
+                    continue
+            self._seq += 1
+            return StreamEvent(self._seq, chunk)
+
+    def _last(self, error: GatewayError | None) -> StreamEvent:
+        self._finished = True
         self.error = error
-        await self._queue.put(StreamEvent(seq + 1, error=error))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if error is not None:
+            self._close_source()  # a provider that failed mid-stream may still hold a connection
+        self._seq += 1
+        return StreamEvent(self._seq, error=error)
 
     async def first_event(self, timeout: float) -> StreamEvent | None:
-        """Wait up to ``timeout`` for the first event and keep it for ``events``; None if none came."""
-        if self._held is None:
-            try:
-                async with asyncio.timeout(timeout):
-                    self._held = await self._queue.get()
-            except TimeoutError:
-                return None
-        return self._held
+        """Wait up to ``timeout`` for the first event and keep it for ``events``; None if none came.
 
-    def _beat(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now - self._last_event_at >= self.deadlines.heartbeat_s and self._queue.empty():
-            self._queue.put_nowait(_HEARTBEAT)
-            self._last_event_at = now
-        self._heartbeat = loop.call_at(self._last_event_at + self.deadlines.heartbeat_s, self._beat)
+        The wait runs in its own task so that the window can end without cancelling the provider's
+        stream, which keeps going and is picked up by ``events``.
+        """
+        if timeout <= 0:
+            return None
+        if self._first is None:
+            self._first = asyncio.get_running_loop().create_task(self._pull(), name=f"first-event:{self.id}")
+        done, _ = await asyncio.wait((self._first,), timeout=timeout)
+        return self._first.result() if done else None
 
-    async def events(self) -> AsyncIterator[StreamEvent | None]:
-        """Events until the last one (done or error); None is a heartbeat tick during silence."""
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """Events until the last one (done or error), pulled in the caller's task."""
         loop = asyncio.get_running_loop()
-        queue = self._queue
-        self._last_event_at = loop.time()
-        self._heartbeat = loop.call_at(self._last_event_at + self.deadlines.heartbeat_s, self._beat)
-        try:
-            if self._held is not None:
-                event: StreamEvent | None = self._held
-                self._held = None
-            else:
-                event = None
-            while True:
-                if event is None:
-                    event = await queue.get()
-                if event is _HEARTBEAT:
-                    yield None
-                    event = None
-                    continue
-                self._last_event_at = loop.time()
-                if event.chunk is not None:
-                    self.chunks += 1
+        if self._first is not None:
+            event = await self._first
+            self._first = None
+        else:
+            event = await self._pull()
+        while True:
+            self.last_event_at = loop.time()
+            if event.chunk is None:
                 yield event
-                if event.chunk is None:
-                    return
-                event = None
-        finally:
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
+                return
+            self.chunks += 1
+            yield event
+            event = await self._pull()
 
     def mark_first_byte(self) -> None:
         if self.first_byte_at is None:
@@ -239,13 +216,41 @@ class ChatStream:
             if self._observer is not None:
                 self._observer.stream_first_byte(self)
 
+    def _close_source(self) -> None:
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is None or getattr(self._source, "ag_frame", True) is None:
+            return  # not a generator, or one that has already run its cleanup
+        # Nobody is pulling (a puller would have been cancelled instead), so the generator is
+        # suspended: its cleanup (closing the provider's connection) runs on the next loop turn.
+        task = asyncio.get_running_loop().create_task(_quietly(aclose()))
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
     def close(self, outcome: str) -> None:
-        """End the stream once: cancel the upstream call if it still runs and report the outcome."""
+        """End the stream once: stop the upstream call if it still runs and report the outcome."""
         if self.outcome is not None:
             return
         self.outcome = outcome
         self.ended_at = time.perf_counter()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if not self._finished:
+            puller = self._puller
+            if self._first is not None and not self._first.done():
+                self._first.cancel()  # the status window's pull: cancelling it closes the provider's stream
+            elif puller is not None and puller is not asyncio.current_task():
+                puller.cancel()
+            elif puller is None:
+                self._close_source()
         if self._observer is not None:
             self._observer.stream_closed(self)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()  # keeps scheduled cleanups alive until they ran
+
+
+async def _quietly(closing: Awaitable[Any]) -> None:
+    try:
+        await closing
+    except Exception:  # a provider's cleanup failing must not surface as an unretrieved task error
+        pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -12,14 +11,14 @@ from litestar.exceptions import InternalServerException
 
 from app.access.keys import Caller
 from app.chat.service import ChatService
-from app.chat.stream import CLIENT_DISCONNECTED, ChatStream, StreamEvent
+from app.chat.stream import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
 from app.protocol.openai import parse_chat_body
 from app.settings import Settings
-from app.streaming.disconnect import ClientGone, unless_disconnected
+from app.streaming.disconnect import ClientGone, DisconnectWatch
 from app.streaming.intent import wants_stream
 from app.streaming.response import EventStream
-from app.streaming.sse import SSE_HEADERS, sse_body
+from app.streaming.sse import SSE_HEADERS, SseBody
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
 CLIENT_CLOSED_REQUEST = 499
@@ -41,19 +40,28 @@ def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
+class ChatContext:
+    """What the chat handler needs, as one dependency: Litestar resolves several dependencies of one
+    handler in an anyio task group, which cost more than the rest of the handler's set-up."""
+
+    __slots__ = ("caller", "chat", "settings")
+
+    def __init__(self, chat: ChatService, settings: Settings, caller: Caller) -> None:
+        self.chat = chat
+        self.settings = settings
+        self.caller = caller
+
+
 class ChatController(Controller):
     path = ""
     tags = ["chat"]
 
     @post(path=CHAT_PATHS, status_code=200, summary="Create a chat completion (JSON or SSE)")
     async def create(
-        self,
-        request: Request[Any, Any, Any],
-        chat: NamedDependency[ChatService],
-        settings: NamedDependency[Settings],
-        caller: NamedDependency[Caller],
+        self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
         started = time.perf_counter()
+        chat, settings, caller = chat_context.chat, chat_context.settings, chat_context.caller
         check_content_type(request.headers.get("content-type"))
         try:
             raw = await request.body()
@@ -65,37 +73,42 @@ class ChatController(Controller):
         request.state.model = body.model
         if settings.server.log_bodies:
             request.state.prompt = body.body["messages"]
-        if not wants_stream(body.request.stream, request.headers.get("accept")):
-            try:
-                completion, cache_status = await unless_disconnected(
-                    chat.complete(body, started_at=started, caller=caller, cache_control=cache_control),
-                    request.receive,
-                )
-            except ClientGone:
-                return _client_gone(request)
-            headers = {"X-Cache": cache_status} if cache_status else None
-            return Response(content=completion.raw, media_type="application/json", headers=headers)
-
-        async def open_and_wait() -> tuple[ChatStream, StreamEvent | None]:
-            stream = await chat.open_stream(body, "sse", started_at=started, caller=caller, cache_control=cache_control)
-            request.state.stream = stream
-            try:
-                # The status window: errors the provider reports at once still get a real status.
-                return stream, await stream.first_event(settings.streaming.status_window_s)
-            except asyncio.CancelledError:
-                stream.close(CLIENT_DISCONNECTED)
-                raise
-
+        streaming = wants_stream(body.request.stream, request.headers.get("accept"))
+        watch = DisconnectWatch(request.receive)
         try:
-            stream, first = await unless_disconnected(open_and_wait(), request.receive)
+            if not streaming:
+                with watch.guard():
+                    completion, cache_status = await chat.complete(
+                        body, started_at=started, caller=caller, cache_control=cache_control
+                    )
+                watch.stop()
+                headers = {"X-Cache": cache_status} if cache_status else None
+                return Response(content=completion.raw, media_type="application/json", headers=headers)
+            with watch.guard():
+                stream = await chat.open_stream(
+                    body, "sse", started_at=started, caller=caller, cache_control=cache_control
+                )
+                request.state.stream = stream
+                try:
+                    # The status window: errors the provider reports at once still get a real status.
+                    first = await stream.first_event(settings.streaming.status_window_s)
+                except BaseException:
+                    stream.close(CLIENT_DISCONNECTED)
+                    raise
         except ClientGone:
+            watch.stop()
             return _client_gone(request)
+        except BaseException:
+            watch.stop()
+            raise
         if first is not None and first.error is not None:
+            watch.stop()
             stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
             stream.close(first.error.outcome)
             raise first.error
+        # From here the response owns the watch: it stops it when the body ends.
         return EventStream(
-            sse_body(stream),
+            SseBody(stream, watch),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, "X-Stream-ID": stream.id}
             | ({"X-Cache": stream.cache_status} if stream.cache_status else {}),

@@ -1,39 +1,73 @@
-"""Racing work against the client going away, for the time before a response starts."""
+"""Noticing the client leave an HTTP request, with one watcher task for the request's whole life.
+
+The watcher reads ``receive`` (the body has been read, so the next message is the disconnect) and,
+when the client has gone, cancels the request's own task, but only while that task waits inside a
+``watch.guard()`` block. Outside those blocks it just records that the client left, and the next
+``guard()`` raises ``ClientGone`` at once. Cancelling only at awaits inside a guard means the
+cancellation always lands where it is expected and turns into ``ClientGone``, never somewhere in the
+framework between the handler and the response body.
+
+One task instead of a task per phase: the handler's upstream call, its status window and the
+response body share it, which matters on a gateway where every request is a short stream.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+from types import TracebackType
 
 from litestar.types import Receive
 
-T = TypeVar("T")
-
 
 class ClientGone(Exception):
-    """The client closed the connection before the response started."""
+    """The client closed the connection."""
 
 
 async def wait_disconnect(receive: Receive) -> None:
-    # The body has been read, so the next message the server delivers is the disconnect;
-    # the loop bound is the connection's own life.
+    # The body has been read, so the next message the server delivers is the disconnect (uvicorn
+    # also delivers it once the response is complete): the loop is bounded by the request's life.
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise ``ClientGone``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_disconnect(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
-        raise
-    if task.done():
-        watcher.cancel()
-        return task.result()
-    task.cancel()
-    raise ClientGone
+class DisconnectWatch:
+    """Create in the request's task after its body was read; ``stop()`` when the response is done."""
+
+    __slots__ = ("_armed", "_cancelled", "_owner", "_task", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        owner = asyncio.current_task()
+        assert owner is not None, "a DisconnectWatch belongs to the task that serves the request"
+        self._owner = owner
+        self._armed = False
+        self._cancelled = False
+        self.gone = False
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        await wait_disconnect(receive)
+        self.gone = True
+        if self._armed:
+            self._cancelled = True
+            self._owner.cancel()
+
+    def guard(self) -> DisconnectWatch:
+        return self
+
+    def __enter__(self) -> None:
+        if self.gone:
+            raise ClientGone
+        self._armed = True
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._armed = False
+        if self._cancelled:
+            # Our own cancellation, for a client that left (not the server shutting the task down),
+            # whatever the guarded code turned it into.
+            self._cancelled = False
+            self._owner.uncancel()
+            raise ClientGone from None
+
+    def stop(self) -> None:
+        self._armed = False
+        self._task.cancel()

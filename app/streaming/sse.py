@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
 from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED, ChatStream
 from app.errors import GatewayError
+from app.streaming.disconnect import DisconnectWatch
 
 HEARTBEAT: bytes = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -26,15 +27,12 @@ def error_frame(stream_id: bytes, seq: int, error: GatewayError) -> bytes:
     return b"id: %b:%d\nevent: error\ndata: %b\n\n" % (stream_id, seq, _encode(error.body()))
 
 
-async def sse_body(stream: ChatStream) -> AsyncIterator[bytes]:
-    """The response body; whatever ends it (end of stream, error, client gone) closes the stream."""
+async def sse_frames(stream: ChatStream) -> AsyncGenerator[bytes, None]:
+    """The response body's frames; whatever ends them (end of stream, error, client gone) closes the stream."""
     sid = stream.id.encode()
     outcome = CLIENT_DISCONNECTED
     try:
         async for event in stream.events():
-            if event is None:
-                yield HEARTBEAT
-                continue
             stream.mark_first_byte()
             if event.chunk is not None:
                 yield chunk_frame(sid, event.seq, event.chunk.raw)
@@ -48,3 +46,17 @@ async def sse_body(stream: ChatStream) -> AsyncIterator[bytes]:
         # Synchronous on purpose: when the client has gone this runs inside a cancelled scope,
         # where any await would be cancelled again before the upstream call is closed.
         stream.close(outcome)
+
+
+class SseBody:
+    """An SSE response body: the stream, its frames, and the watch that notices the client leave."""
+
+    __slots__ = ("frames", "stream", "watch")
+
+    def __init__(self, stream: ChatStream, watch: DisconnectWatch) -> None:
+        self.stream = stream
+        self.frames = sse_frames(stream)
+        self.watch = watch
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.frames

@@ -221,8 +221,6 @@ class ChatSocketSession:
         ended = False  # a done or error frame went out: exactly one per request
         try:
             async for event in stream.events():
-                if event is None:
-                    continue  # the socket has its own pings; heartbeats are an SSE concern
                 stream.mark_first_byte()
                 if event.chunk is not None:
                     self._send(chunk_frame(encoded_id, event.chunk.raw))
