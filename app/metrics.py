@@ -3,13 +3,21 @@
 Instruments are created once per app (two apps in one process never share counters). Nothing is
 recorded per chunk: a stream records at open, first byte, first token and close, with attribute
 sets built once per stream.
+
+Histograms go through the SDK on every observation. Counts (streams open, outcomes, chunks, tokens,
+cache results) are tallied in plain dicts and handed to observable instruments when /metrics is
+scraped: the exported series are the same, and a stream's bookkeeping costs a few dict updates
+instead of six SDK calls (each validates and hashes its attributes).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -60,22 +68,40 @@ class Metrics:
             description="Stream duration by outcome",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.chunks = meter.create_counter("chat.stream.chunks", description="Chunks relayed to clients")
-        self.active = meter.create_up_down_counter("chat.streams.active", description="Streams open now")
-        self.outcomes = meter.create_counter("chat.stream.outcomes", description="Streams ended, by outcome")
-        self.tokens = meter.create_counter("chat.tokens", description="Tokens from provider usage")
+        # Tallies keyed by label values, in the order of the label names beside them.
+        self.active: Counter[tuple[str, ...]] = Counter()
+        self.outcomes: Counter[tuple[str, ...]] = Counter()
+        self.chunks: Counter[tuple[str, ...]] = Counter()
+        self.tokens: Counter[tuple[str, ...]] = Counter()
+        self.cache_requests: Counter[tuple[str, ...]] = Counter()
+        # Known label sets start at zero, so dashboards and rate() see the series before the first event.
+        for result in ("hit", "miss", "bypass", "error"):
+            self.cache_requests[(result,)] = 0
+        for transport in ("sse", "websocket"):
+            self.active[(transport,)] = 0
+        meter.create_observable_up_down_counter(
+            "chat.streams.active", [_observe(self.active, ("transport",))], description="Streams open now"
+        )
+        meter.create_observable_counter(
+            "chat.stream.outcomes",
+            [_observe(self.outcomes, ("transport", "model", "outcome"))],
+            description="Streams ended, by outcome",
+        )
+        meter.create_observable_counter(
+            "chat.stream.chunks",
+            [_observe(self.chunks, ("transport", "model"))],
+            description="Chunks relayed to clients",
+        )
+        meter.create_observable_counter(
+            "chat.tokens", [_observe(self.tokens, ("model", "direction"))], description="Tokens from provider usage"
+        )
+        meter.create_observable_counter(
+            "chat.cache.requests", [_observe(self.cache_requests, ("result",))], description="Cache lookups by result"
+        )
         self.upstream_errors = meter.create_counter("chat.upstream.errors", description="Provider errors by code")
-        self.cache_requests = meter.create_counter("chat.cache.requests", description="Cache lookups by result")
         self.sockets = meter.create_up_down_counter(
             "chat.websocket.connections.active", description="WebSocket connections open now"
         )
-        self._transport_attrs: dict[str, dict[str, str]] = {}
-        self._cache_attrs = {r: {"result": r} for r in ("hit", "miss", "bypass", "error")}
-        # Known label sets start at zero, so dashboards and rate() see the series before the first event.
-        for attrs in self._cache_attrs.values():
-            self.cache_requests.add(0, attrs)
-        for transport in ("sse", "websocket"):
-            self.active.add(0, self._transport(transport))
         self.sockets.add(0)
 
     def render(self) -> bytes:
@@ -88,7 +114,7 @@ class Metrics:
 
     def stream_opened(self, stream: ChatStream) -> None:
         stream.metric_attrs = {"transport": stream.transport, "model": stream.model}
-        self.active.add(1, self._transport(stream.transport))
+        self.active[(stream.transport,)] += 1
 
     def stream_first_byte(self, stream: ChatStream) -> None:
         assert stream.first_byte_at is not None
@@ -102,12 +128,12 @@ class Metrics:
 
     def stream_closed(self, stream: ChatStream) -> None:
         attrs = stream.metric_attrs
-        outcome_attrs = {**attrs, "outcome": stream.outcome or "completed"}
-        self.active.add(-1, self._transport(stream.transport))
-        self.outcomes.add(1, outcome_attrs)
-        self.duration.record((stream.ended_at or stream.started_at) - stream.started_at, outcome_attrs)
+        outcome = stream.outcome or "completed"
+        self.active[(stream.transport,)] -= 1
+        self.outcomes[(stream.transport, stream.model, outcome)] += 1
+        self.duration.record((stream.ended_at or stream.started_at) - stream.started_at, {**attrs, "outcome": outcome})
         if stream.chunks:
-            self.chunks.add(stream.chunks, attrs)
+            self.chunks[(stream.transport, stream.model)] += stream.chunks
         self._usage(stream.model, stream.usage)
         if stream.error is not None:
             self.upstream_error(stream.model, stream.error)
@@ -131,9 +157,8 @@ class Metrics:
             self.ttfb.record(ended_at - started_at, attrs)
         if outcome == "completed" and upstream_started_at >= 0:
             self.ttft.record(ended_at - upstream_started_at, attrs)
-        outcome_attrs = {**attrs, "outcome": outcome}
-        self.outcomes.add(1, outcome_attrs)
-        self.duration.record(ended_at - started_at, outcome_attrs)
+        self.outcomes[("json", model, outcome)] += 1
+        self.duration.record(ended_at - started_at, {**attrs, "outcome": outcome})
         self._usage(model, usage)
         if error is not None:
             self.upstream_error(model, error)
@@ -146,9 +171,9 @@ class Metrics:
         if usage is None:
             return
         if usage.prompt_tokens:
-            self.tokens.add(usage.prompt_tokens, {"model": model, "direction": "input"})
+            self.tokens[(model, "input")] += usage.prompt_tokens
         if usage.completion_tokens:
-            self.tokens.add(usage.completion_tokens, {"model": model, "direction": "output"})
+            self.tokens[(model, "output")] += usage.completion_tokens
 
     # -- HTTP, cache, sockets -------------------------------------------------------------------
 
@@ -167,7 +192,7 @@ class Metrics:
         )
 
     def cache_result(self, result: str) -> None:
-        self.cache_requests.add(1, self._cache_attrs[result])
+        self.cache_requests[(result,)] += 1
 
     def socket_opened(self) -> None:
         self.sockets.add(1)
@@ -175,8 +200,14 @@ class Metrics:
     def socket_closed(self) -> None:
         self.sockets.add(-1)
 
-    def _transport(self, transport: str) -> dict[str, str]:
-        attrs = self._transport_attrs.get(transport)
-        if attrs is None:
-            attrs = self._transport_attrs[transport] = {"transport": transport}
-        return attrs
+
+def _observe(
+    tally: Counter[tuple[str, ...]], names: tuple[str, ...]
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """An observable instrument's callback: one observation per label set in ``tally``."""
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        # A copy: the scrape must not see the dict change size under it.
+        return [Observation(value, dict(zip(names, key, strict=True))) for key, value in list(tally.items())]
+
+    return observe

@@ -42,7 +42,7 @@ def test_resolved_target_uses_litellm_url_and_key() -> None:
     dep = DeploymentSettings(name="m", litellm_model="openai/gpt-4o-mini", api_key_env="K")
     target = resolve_target(dep, {"K": "sk-test"})
     assert target is not None
-    assert target.url == "https://api.openai.com/v1/chat/completions"
+    assert str(target.url) == "https://api.openai.com/v1/chat/completions"
     assert target.headers["Authorization"] == "Bearer sk-test"
     assert target.model == "gpt-4o-mini"
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from app.errors import ProviderRejected, UpstreamTimeout, UpstreamUnavailable
 from app.protocol.openai import ChatCompletionInput
@@ -39,12 +39,16 @@ _encode = msgspec.json.encode
 class RelayTarget:
     """What LiteLLM resolved for one deployment, once."""
 
-    url: str
+    url: URL
+    origin: str  # scheme://host:port: one pooled session each
     headers: dict[str, str]
     model: str
     config: Any  # LiteLLM's provider chat config: maps request parameters per request
     supported: frozenset[str]
     timeout_s: float
+    #: What LiteLLM's own call path hands the config's transform_request (provider-specific rules,
+    #: e.g. whether prompt-cache marks survive, depend on the provider and the endpoint).
+    litellm_params: dict[str, Any]
 
 
 def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> RelayTarget | None:
@@ -79,7 +83,14 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
     headers = {**headers, "Accept-Encoding": "identity"}  # a compressed stream would buffer upstream
     supported = frozenset(config.get_supported_openai_params(model))
     return RelayTarget(
-        url=url, headers=headers, model=model, config=config, supported=supported, timeout_s=dep.timeout_s
+        url=URL(url),
+        origin=str(URL(url).origin()),
+        headers=headers,
+        model=model,
+        config=config,
+        supported=supported,
+        timeout_s=dep.timeout_s,
+        litellm_params={"custom_llm_provider": provider, "api_base": base},
     )
 
 
@@ -95,7 +106,9 @@ def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: b
         optional = target.config.map_openai_params(
             non_default_params=known, optional_params={}, model=target.model, drop_params=False
         )
-        body = target.config.transform_request(target.model, request.body["messages"], optional, {}, {})
+        body = target.config.transform_request(
+            target.model, request.body["messages"], optional, dict(target.litellm_params), {}
+        )
     except Exception as exc:  # LiteLLM refuses parameters the provider cannot take
         raise ProviderRejected(
             str(getattr(exc, "message", exc)).split("\n", 1)[0], code="unsupported_parameter"
@@ -123,9 +136,8 @@ class Relay:
         self._pool_size = pool_size
         self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def _session(self, url: str) -> aiohttp.ClientSession:
-        parts = urlsplit(url)
-        host = f"{parts.scheme}://{parts.netloc}"
+    def _session(self, target: RelayTarget) -> aiohttp.ClientSession:
+        host = target.origin
         session = self._sessions.get(host)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(
@@ -135,6 +147,7 @@ class Relay:
                 connector=connector,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # an API relay keeps no cookies between callers
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             )
             self._sessions[host] = session
@@ -142,11 +155,11 @@ class Relay:
 
     def open_sessions(self) -> None:
         for target in self.targets.values():
-            self._session(target.url)
+            self._session(target)
 
     async def _post(self, target: RelayTarget, body: bytes, *, stream: bool) -> aiohttp.ClientResponse:
         try:
-            response = await self._session(target.url).post(
+            response = await self._session(target).post(
                 target.url,
                 data=body,
                 headers=target.headers,
