@@ -90,6 +90,10 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    # Young collections scan whatever is alive at that moment: with hundreds of streams in flight that
+    # is a lot, every 700 allocations by default. Ten thousand keeps the same bound on garbage cycles
+    # (a few MB) and cuts the collections by an order of magnitude.
+    gc.set_threshold(10_000, 10, 10)
 
 
 def services_lifespan(

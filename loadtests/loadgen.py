@@ -622,6 +622,9 @@ class LoadConfig:
     sample_interval: float = 0.25
     headers: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    #: Seconds over which the users start, evenly spaced (user i waits i x ramp / concurrency):
+    #: concurrency N in steady state rather than N requests arriving within the same millisecond.
+    ramp: float = 0.0
 
 
 def _target(url: str, path: str) -> tuple[str, int, str]:
@@ -732,8 +735,10 @@ class LoadRun:
         self.ws_seq += 1
         return ws_frame(self.ws_prefix + b"r%d" % self.ws_seq + self.ws_suffix)
 
-    async def user(self) -> None:
+    async def user(self, index: int = 0) -> None:
         conn: Client | None = None
+        if self.cfg.ramp > 0 and index:
+            await asyncio.sleep(index * self.cfg.ramp / self.cfg.concurrency)
         try:
             while self.take():
                 if conn is None or conn.closed:
@@ -762,7 +767,7 @@ class LoadRun:
         upstream.start()
         t0 = time.perf_counter()
         self.deadline = time.monotonic() + cfg.duration
-        tasks = [asyncio.ensure_future(self.user()) for _ in range(cfg.concurrency)]
+        tasks = [asyncio.ensure_future(self.user(i)) for i in range(cfg.concurrency)]
         drain = cfg.timeout if cfg.drain is None else min(cfg.drain, cfg.timeout)
         _, pending = await asyncio.wait(tasks, timeout=cfg.duration + drain + 0.5)
         if pending:
@@ -1055,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=3.0, help="idle mode: seconds to let the server settle")
     p.add_argument("--idle-parallel", type=int, default=64, help="idle mode: streams being opened at once")
     p.add_argument("--label", default="")
+    p.add_argument("--ramp", type=float, default=0.0, help="seconds over which the users start (0: all at once)")
     a = p.parse_args(argv)
     headers = {}
     for h in a.header:
@@ -1076,6 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
         headers=headers,
         label=a.label,
         idle_parallel=a.idle_parallel,
+        ramp=max(0.0, a.ramp),
     )
     try:
         _target(cfg.url, cfg.path)

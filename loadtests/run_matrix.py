@@ -378,12 +378,18 @@ class Matrix:
             argv += ["--pid", str(self.gateway.pid)]
         return argv
 
+    def ramp_s(self) -> float:
+        a = self.args
+        if a.ramp is not None:
+            return float(a.ramp)
+        return (a.first_ms + (a.chunks - 1) * a.gap_ms) / 1000  # users start over one stream's length
+
     async def run_cell(self, cell: Cell) -> None:
         url = self.upstream_url if cell.target == "direct" else self.gateway_url
         argv = self._common(url, cell.mode, cell.model)
         argv += ["--concurrency", str(cell.concurrency), "--requests", str(cell.requests)]
         argv += ["--duration", str(cell.duration), "--timeout", str(cell.timeout), "--label", cell.name]
-        argv += ["--drain", str(self.args.drain)]
+        argv += ["--drain", str(self.args.drain), "--ramp", str(self.ramp_s())]
         await self.upstream_stats(reset=True)
         summary = await self.loadgen(argv, cell.duration + min(self.args.drain, cell.timeout) + 40)
         stats = await self.upstream_stats()
@@ -652,6 +658,9 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
         f"- Cells: requests = max({a.min_requests}, {a.requests_factor} x concurrency), duration cap {a.duration:g} s, "
         f"per-request timeout {a.timeout:g} s. `fast` = `fast_path = true`, `full` = `fast_path = false` "
         "(the full LiteLLM path).",
+        f"- Ramp: the users of a cell start evenly spread over {m.ramp_s():g} s (direct and gateway alike), so "
+        "that concurrency N is N streams in flight, not N requests arriving in the same millisecond"
+        + (" (`--ramp 0`: all at once)." if m.ramp_s() == 0 else "; `--ramp 0` measures that burst instead."),
         f"- **Gateway start-up (spawn -> /health/ready 200): {_fmt(m.startup_s, 2)} s**" + restarts,
     ]
     if a.gateway_env:
@@ -766,6 +775,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gap-ms", type=float, default=10.0)
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--pause", type=float, default=0.5, help="seconds between cells")
+    p.add_argument(
+        "--ramp", type=float, help="seconds over which a cell's users start (default: one stream's length; 0: at once)"
+    )
     p.add_argument("--no-direct", action="store_true", help="skip the direct-to-upstream baseline")
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway (repeatable)")
