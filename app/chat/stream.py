@@ -193,22 +193,21 @@ class ChatStream:
         done, _ = await asyncio.wait((self._first,), timeout=timeout)
         return self._first.result() if done else None
 
-    async def events(self) -> AsyncIterator[StreamEvent]:
-        """Events until the last one (done or error), pulled in the caller's task."""
-        loop = asyncio.get_running_loop()
+    async def next_event(self) -> StreamEvent:
+        """The next event, pulled in the caller's task; the last one is a done or error event.
+
+        A coroutine rather than an async generator: the consumers' loops call it once per chunk,
+        and every generator layer between the provider and the socket costs on every chunk.
+        """
         if self._first is not None:
-            event = await self._first
-            self._first = None
+            first, self._first = self._first, None
+            event = await first
         else:
             event = await self._pull()
-        while True:
-            self.last_event_at = loop.time()
-            if event.chunk is None:
-                yield event
-                return
+        self.last_event_at = asyncio.get_running_loop().time()
+        if event.chunk is not None:
             self.chunks += 1
-            yield event
-            event = await self._pull()
+        return event
 
     def mark_first_byte(self) -> None:
         if self.first_byte_at is None:

@@ -3,9 +3,9 @@ lets the request's ``DisconnectWatch`` end it early.
 
 Litestar's ``Stream`` opens an anyio task group per response to watch for the client leaving; here
 the request's one watch (started by the handler) does that job. The watch is armed only while the
-frames generator waits for the next event, so a client that leaves cancels the wait inside the
-generator, whose ``finally`` closes the chat stream (and the upstream call) at once. A client that
-leaves while a frame is being written is noticed at the next frame.
+body waits for the stream's next event, so a client that leaves cancels that wait (and with it the
+provider's stream) and the body's ``finally`` closes the chat stream at once. A client that leaves
+while a frame is being written is noticed at the next event.
 
 Heartbeats come from a timer that re-arms itself once per period (never per chunk) and, when the
 stream has produced nothing for ``heartbeat_s`` and no frame is being written, writes the comment
@@ -23,10 +23,10 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import HTTPResponseBodyEvent, Receive, Send
 
+from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED
 from app.streaming.disconnect import ClientGone
-from app.streaming.sse import HEARTBEAT, SseBody
+from app.streaming.sse import HEARTBEAT, SseBody, chunk_frame, event_frame
 
-_END: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
 _BEAT: HTTPResponseBodyEvent = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
 
 
@@ -72,28 +72,39 @@ class _EventStreamASGIResponse(ASGIStreamingResponse):
 
     async def send_body(self, send: Send, receive: Receive) -> None:
         body = cast(SseBody, self.iterator)
-        frames, watch = body.frames, body.watch
+        stream, watch = body.stream, body.watch
+        sid = stream.id.encode()
         heartbeat = _Heartbeat(body, send)
+        outcome = CLIENT_DISCONNECTED
         try:
             while True:
-                try:
-                    with watch.guard():
-                        frame = await anext(frames)
-                except StopAsyncIteration:
-                    break
+                with watch.guard():
+                    event = await stream.next_event()
+                if stream.first_byte_at is None:
+                    stream.mark_first_byte()
                 heartbeat.writing = True
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-                heartbeat.writing = False
-            heartbeat.stop()
-            await send(_END)
+                if event.chunk is not None:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": chunk_frame(sid, event.seq, event.chunk.raw),
+                            "more_body": True,
+                        }
+                    )
+                    heartbeat.writing = False
+                    continue
+                heartbeat.stop()
+                outcome = COMPLETED if event.error is None else event.error.outcome
+                await send({"type": "http.response.body", "body": event_frame(sid, event), "more_body": False})
+                return
         except ClientGone:
             pass
         finally:
             heartbeat.stop()
             watch.stop()
-            # A no-op when the frames ended; when the client left between frames, or a send failed,
-            # this runs the generator's finally (which closes the chat stream) now, not at GC.
-            await frames.aclose()
+            # Synchronous: when the client has gone this runs in a task whose cancellation is
+            # still being unwound; closing cancels or schedules the upstream call's end at once.
+            stream.close(outcome)
 
 
 class EventStream(Stream):

@@ -220,8 +220,10 @@ class ChatSocketSession:
         outcome = CLIENT_DISCONNECTED
         ended = False  # a done or error frame went out: exactly one per request
         try:
-            async for event in stream.events():
-                stream.mark_first_byte()
+            while not ended:
+                event = await stream.next_event()
+                if stream.first_byte_at is None:
+                    stream.mark_first_byte()
                 if event.chunk is not None:
                     self._send(chunk_frame(encoded_id, event.chunk.raw))
                 elif event.error is not None:
