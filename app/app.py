@@ -43,8 +43,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
 
     keys = GatewayKeys.from_env(settings.server.api_keys_env, environ)
 
-    def provide_chat_context(request: Request[Any, Any, Any], state: State) -> ChatContext:
-        return ChatContext(state.chat, settings, provide_caller(request))
+    def provide_chat_context(request: Request[Any, Any, Any]) -> ChatContext:
+        # request.app.state, not a `state` parameter: Litestar builds a State copy per request for that.
+        return ChatContext(request.app.state.chat, settings, provide_caller(request))
 
     def provide_chat(state: State) -> ChatService:
         chat: ChatService = state.chat
