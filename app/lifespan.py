@@ -44,7 +44,7 @@ def build_services(
     environ = os.environ if environ is None else environ
     targets = {d.name: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
     relay = Relay(targets)
-    relay.open_sessions()  # one pooled client per upstream host, before the first request
+    relay.open_pools()  # one connection pool per upstream origin, before the first request
     provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ)))
 
     async def build() -> Snapshot:

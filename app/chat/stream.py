@@ -181,15 +181,18 @@ class ChatStream:
         return StreamEvent(self._seq, error=error)
 
     async def first_event(self, timeout: float) -> StreamEvent | None:
-        """Wait up to ``timeout`` for the first event and keep it for ``events``; None if none came.
+        """Wait up to ``timeout`` for the first event and keep it for ``next_event``; None if none came.
 
         The wait runs in its own task so that the window can end without cancelling the provider's
-        stream, which keeps going and is picked up by ``events``.
+        stream, which keeps going and is picked up by ``next_event``.
         """
-        if timeout <= 0:
-            return None
         if self._first is None:
             self._first = asyncio.get_running_loop().create_task(self._pull(), name=f"first-event:{self.id}")
+        if timeout <= 0:
+            # No window, but the provider call still goes out now, before the response is built and
+            # its headers written: that work then overlaps the provider's time to first chunk.
+            await asyncio.sleep(0)
+            return self._first.result() if self._first.done() else None
         done, _ = await asyncio.wait((self._first,), timeout=timeout)
         return self._first.result() if done else None
 

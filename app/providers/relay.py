@@ -5,8 +5,8 @@ at start-up and per request; the stream itself is relayed event by event: the up
 into events, each decoded by msgspec only as far as the gateway needs (content present? finish?
 usage? error?), and the provider's JSON bytes are handed on untouched for SSE and WebSocket framing.
 
-aiohttp's client, not httpx: per relayed chunk it costs a fraction of httpx's CPU, which is the
-point of this path. HTTP/1.1 keep-alive, one pooled session per upstream host.
+The HTTP client is the relay's own (``upstream_http``): HTTP/1.1 keep-alive, one pool per upstream
+origin, a request written in one piece; see that module for why not aiohttp or httpx.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import msgspec
 from yarl import URL
 
@@ -24,6 +23,7 @@ from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.litellm_setup import import_litellm
+from app.providers.upstream_http import UpstreamConnectionError, UpstreamPool, UpstreamResponse, request_head, with_body
 from app.settings import DeploymentSettings
 
 litellm = import_litellm()
@@ -40,8 +40,8 @@ class RelayTarget:
     """What LiteLLM resolved for one deployment, once."""
 
     url: URL
-    origin: str  # scheme://host:port: one pooled session each
-    headers: dict[str, str]
+    origin: str  # scheme://host:port: one connection pool each
+    head: bytes  # the request line and headers, but Content-Length
     model: str
     config: Any  # LiteLLM's provider chat config: maps request parameters per request
     supported: frozenset[str]
@@ -82,10 +82,11 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
     )
     headers = {**headers, "Accept-Encoding": "identity"}  # a compressed stream would buffer upstream
     supported = frozenset(config.get_supported_openai_params(model))
+    parsed = URL(url)
     return RelayTarget(
-        url=URL(url),
-        origin=str(URL(url).origin()),
-        headers=headers,
+        url=parsed,
+        origin=str(parsed.origin()),
+        head=request_head(parsed, headers),
         model=model,
         config=config,
         supported=supported,
@@ -125,60 +126,38 @@ def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: b
 
 
 class Relay:
-    """Streams and completes through one pooled aiohttp session per upstream host."""
+    """Streams and completes through one keep-alive connection pool per upstream origin."""
 
-    #: Connections per upstream host. One open stream holds one connection, so this bounds how many
-    #: streams a worker relays at once per host; streams beyond it wait (with heartbeats) for a slot.
+    #: Connections per upstream origin. One open stream holds one connection, so this bounds how many
+    #: streams a worker relays at once per origin; streams beyond it wait (with heartbeats) for a slot.
     POOL_SIZE = 10_000
 
     def __init__(self, targets: dict[str, RelayTarget], *, pool_size: int = POOL_SIZE) -> None:
         self.targets = targets
         self._pool_size = pool_size
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, UpstreamPool] = {}
 
-    def _session(self, target: RelayTarget) -> aiohttp.ClientSession:
-        host = target.origin
-        session = self._sessions.get(host)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._pool_size, limit_per_host=self._pool_size, keepalive_timeout=30, ttl_dns_cache=300
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                cookie_jar=aiohttp.DummyCookieJar(),  # an API relay keeps no cookies between callers
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            )
-            self._sessions[host] = session
-        return session
+    def _pool(self, target: RelayTarget) -> UpstreamPool:
+        pool = self._pools.get(target.origin)
+        if pool is None:
+            pool = self._pools[target.origin] = UpstreamPool(target.url, limit=self._pool_size)
+        return pool
 
-    def open_sessions(self) -> None:
+    def open_pools(self) -> None:
         for target in self.targets.values():
-            self._session(target)
+            self._pool(target)
 
-    async def _post(self, target: RelayTarget, body: bytes, *, stream: bool) -> aiohttp.ClientResponse:
+    async def _post(self, target: RelayTarget, body: bytes) -> UpstreamResponse:
         try:
-            response = await self._session(target).post(
-                target.url,
-                data=body,
-                headers=target.headers,
-                timeout=aiohttp.ClientTimeout(
-                    # Streams get no read timeout here: the stream's own first-chunk and idle
-                    # deadlines apply, without a timer re-armed on every read.
-                    total=None if stream else target.timeout_s,
-                    sock_connect=10,
-                    sock_read=None if stream else target.timeout_s,
-                ),
-            )
-        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors (some also ClientErrors)
-            raise UpstreamTimeout("The provider did not answer in time.") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+            response = await self._pool(target).post(with_body(target.head, body))
+        except TimeoutError as exc:  # connecting took longer than the pool's connect timeout
+            raise UpstreamTimeout("The provider could not be reached in time.") from exc
+        except (UpstreamConnectionError, OSError) as exc:
             raise UpstreamUnavailable(f"The provider could not be reached: {type(exc).__name__}") from exc
         if response.status != 200:
             try:
-                error_body = await response.read()
-            except (aiohttp.ClientError, OSError):
+                error_body = await response.read(limit=65_536)
+            except (UpstreamConnectionError, OSError):
                 error_body = b""
             finally:
                 response.release()
@@ -187,15 +166,15 @@ class Relay:
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
         target = self.targets[deployment]
-        response = await self._post(target, request_body(target, request, stream=False), stream=False)
+        response = await self._post(target, request_body(target, request, stream=False))
         try:
             raw = await response.read()
-        except TimeoutError as exc:
-            response.close()
-            raise UpstreamTimeout("The provider did not complete the call in time.") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamConnectionError, OSError) as exc:
             response.close()
             raise UpstreamUnavailable("The provider's answer broke off.") from exc
+        except BaseException:  # cancelled (the call's deadline, the client leaving): drop the connection
+            response.close()
+            raise
         response.release()
         try:
             usage = completion_usage(raw)
@@ -205,11 +184,11 @@ class Relay:
 
     async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
         target = self.targets[deployment]
-        response = await self._post(target, request_body(target, request, stream=True), stream=True)
+        response = await self._post(target, request_body(target, request, stream=True))
         finished = False
         try:
             buffer = b""
-            async for data in response.content.iter_any():
+            while data := await response.read_some():
                 buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
                 while True:
                     end = buffer.find(b"\n\n")
@@ -228,20 +207,18 @@ class Relay:
                         raise UpstreamUnavailable("The provider sent an unreadable chunk.") from exc
             # The body ended without [DONE]: the provider broke off.
             raise UpstreamUnavailable("The provider's stream broke off before it finished.")
-        except TimeoutError as exc:
-            raise UpstreamTimeout("The provider went silent for longer than the deployment's timeout.") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamConnectionError, OSError) as exc:
             raise UpstreamUnavailable(f"The provider's stream broke off: {type(exc).__name__}") from exc
         finally:
             if finished:
-                response.release()  # read to the end: the connection goes back to the pool
+                response.release()  # back to the pool when the body has ended, else closed
             else:
                 response.close()  # closes the socket at once: the provider sees the client leave
 
     async def aclose(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()
 
 
 def _data_of(event: bytes) -> bytes | None:

@@ -1,0 +1,307 @@
+"""The relay's HTTP/1.1 client against real sockets on 127.0.0.1: framing, keep-alive, failures, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trustme
+from yarl import URL
+
+from app.providers.upstream_http import (
+    UpstreamConnectionError,
+    UpstreamPool,
+    request_head,
+    with_body,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+
+
+class Server:
+    """A scripted HTTP server: counts connections, records requests, answers with ``handler``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await reader.readexactly(length)
+        self.requests.append(head + body)
+        return head + body
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> URL:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl_context)
+        port = self.server.sockets[0].getsockname()[1]
+        return URL(f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}/v1/chat/completions")
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, URL]]]]:
+    servers: list[Server] = []
+
+    async def start(handler: Handler) -> tuple[Server, URL]:
+        server = Server(handler)
+        servers.append(server)
+        return server, await server.start()
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+def post_bytes(url: URL, body: bytes = b'{"x":1}') -> bytes:
+    return with_body(request_head(url, {"Content-Type": "application/json"}), body)
+
+
+async def test_keep_alive_reuses_one_connection_for_sequential_calls(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(OK_HEAD + b"Content-Length: 5\r\n\r\nhello")
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    for _ in range(5):
+        response = await pool.post(post_bytes(url))
+        assert response.status == 200
+        assert await response.read() == b"hello"
+        response.release()
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert server.requests[0].endswith(b'Content-Length: 7\r\n\r\n{"x":1}')
+    await pool.aclose()
+
+
+async def test_chunked_body_arrives_piece_by_piece(serve) -> None:  # type: ignore[no-untyped-def]
+    step = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await step.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await reader.read()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(post_bytes(url))
+    assert await asyncio.wait_for(response.read_some(), 5) == b"first"
+    step.set()
+    assert await asyncio.wait_for(response.read_some(), 5) == b"second"
+    assert await asyncio.wait_for(response.read_some(), 5) == b""
+    response.release()
+    assert pool.idle_connections == 1
+    await pool.aclose()
+
+
+async def test_body_delimited_by_connection_close(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+        await writer.drain()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(post_bytes(url))
+    assert await asyncio.wait_for(response.read(), 5) == b"until the end"
+    response.release()
+    assert pool.open_connections == 0  # not kept: the provider closed it
+    await pool.aclose()
+
+
+async def test_provider_dropping_mid_body_is_an_error(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Content-Length: 100\r\n\r\nonly part")
+        await writer.drain()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(post_bytes(url))
+    with pytest.raises(UpstreamConnectionError):
+        await asyncio.wait_for(response.read(), 5)
+    response.close()
+    assert pool.open_connections == 0
+    await pool.aclose()
+
+
+async def test_not_http_is_an_error(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await reader.read()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    with pytest.raises(UpstreamConnectionError, match="not valid HTTP"):
+        await asyncio.wait_for(pool.post(post_bytes(url)), 5)
+    assert pool.open_connections == 0
+    await pool.aclose()
+
+
+async def test_connection_refused_is_an_error() -> None:
+    # A port that was just free: nothing listens on it.
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    pool = UpstreamPool(URL(f"http://127.0.0.1:{port}"))
+    with pytest.raises(OSError):
+        await asyncio.wait_for(pool.post(post_bytes(URL(f"http://127.0.0.1:{port}/x"))), 5)
+    assert pool.open_connections == 0
+    await pool.aclose()
+
+
+async def test_idle_connection_closed_by_provider_is_retried_on_a_fresh_one(serve) -> None:  # type: ignore[no-untyped-def]
+    # The race a keep-alive pool must survive: the provider closes an idle connection just as the next
+    # request is written on it. It closes without a byte of reply, so the request is retried once on a
+    # fresh connection (the provider never handled it) instead of failing the caller.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first_connection = server.connections == 1
+        answered = 0
+        while await server.read_request(reader) is not None:
+            if first_connection and answered == 1:
+                return  # close without answering the second request
+            writer.write(OK_HEAD + b"Content-Length: 2\r\n\r\nok")
+            answered += 1
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    first = await pool.post(post_bytes(url))
+    assert await first.read() == b"ok"
+    first.release()
+    assert pool.idle_connections == 1
+    second = await asyncio.wait_for(pool.post(post_bytes(url)), 5)
+    assert await second.read() == b"ok"
+    second.release()
+    assert server.connections == 2
+    assert len(server.requests) == 3  # the second request was written twice: once on each connection
+    await pool.aclose()
+
+
+async def test_a_released_stream_goes_back_when_its_last_bytes_arrive(serve) -> None:  # type: ignore[no-untyped-def]
+    # The relay stops reading at [DONE]; the chunked terminator may come a moment later.
+    terminator = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n4\r\nDONE\r\n")
+            await terminator.wait()
+            writer.write(b"0\r\n\r\n")
+            terminator.clear()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(post_bytes(url))
+    assert await asyncio.wait_for(response.read_some(), 5) == b"DONE"
+    response.release()
+    assert pool.idle_connections == 0
+    terminator.set()
+    for _ in range(200):
+        if pool.idle_connections == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert pool.idle_connections == 1
+    assert pool.open_connections == 1
+    await pool.aclose()
+
+
+async def test_pool_limit_makes_callers_wait_for_a_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(OK_HEAD + b"Content-Length: 2\r\n\r\nok")
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin(), limit=1)
+    held = await pool.post(post_bytes(url))
+    waiting = asyncio.ensure_future(pool.post(post_bytes(url)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert await held.read() == b"ok"
+    held.release()
+    second = await asyncio.wait_for(waiting, 5)
+    assert await second.read() == b"ok"
+    second.release()
+    assert server.connections == 1
+    await pool.aclose()
+
+
+async def test_close_drops_the_connection_at_once(serve) -> None:  # type: ignore[no-untyped-def]
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\none\r\n")
+        await reader.read()  # returns when the client closes
+        closed.set()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(post_bytes(url))
+    assert await asyncio.wait_for(response.read_some(), 5) == b"one"
+    response.close()
+    await asyncio.wait_for(closed.wait(), 5)
+    assert pool.open_connections == 0
+    await pool.aclose()
+
+
+async def test_tls_origin(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(OK_HEAD + b"Content-Length: 6\r\n\r\nsecure")
+
+    server = Server(handler)
+    url = await server.start(server_ctx)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        response = await asyncio.wait_for(pool.post(post_bytes(url)), 5)
+        assert await response.read() == b"secure"
+        response.release()
+        await pool.aclose()
+        # Without the CA the certificate is refused.
+        untrusting = UpstreamPool(url.origin())
+        with pytest.raises(ssl.SSLError):
+            await asyncio.wait_for(untrusting.post(post_bytes(url)), 5)
+        assert untrusting.open_connections == 0
+        await untrusting.aclose()
+    finally:
+        await server.stop()
+
+
+def test_request_head_refuses_line_breaks_in_headers() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        request_head(URL("http://h/v1"), {"Authorization": "Bearer x\r\nX-Evil: 1"})
+    head = request_head(URL("https://api.example.com/v1/chat/completions?v=1"), {"Host": "spoofed", "A": "b"})
+    assert head == b"POST /v1/chat/completions?v=1 HTTP/1.1\r\nHost: api.example.com\r\nA: b\r\n"
