@@ -86,9 +86,9 @@ def settle_heap() -> None:
     few hundred milliseconds in the middle of live streams, measured as TTFB p95 jumping from ~70 ms
     to ~300 ms on a plain relay that merely imported LiteLLM. Frozen objects are still freed by
     reference counting; only cycles among them would never be collected, and start-up state lives
-    as long as the process anyway.
+    as long as the process anyway. No collection first: the import's automatic collections leave
+    nothing to find (measured: 0 unreachable objects) and a full pass costs 0.2 s of start-up.
     """
-    gc.collect()
     gc.freeze()
     # Young collections scan whatever is alive at that moment: with hundreds of streams in flight that
     # is a lot, every 700 allocations by default. Ten thousand keeps the same bound on garbage cycles
