@@ -118,11 +118,15 @@ class ChatStream:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._puller is not None and now >= self._deadline_at:
+        if now < self._deadline_at:
+            self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
+        elif self._puller is not None:
             self._timed_out = True
             self._puller.cancel()
-            return
-        self._watchdog = loop.call_at(max(self._deadline_at, now + 0.001), self._watch_upstream)
+        else:
+            # Past the deadline but nobody waits on the provider: the client is being written to, and
+            # the next wait sets a fresh deadline. Look again later rather than spin.
+            self._watchdog = loop.call_at(now + min(1.0, self.deadlines.idle_s), self._watch_upstream)
 
     async def _pull(self) -> StreamEvent:
         """The next event from the provider, in the calling task; never raises for provider failures."""
