@@ -43,6 +43,8 @@ EXTRA_BEHAVIOURS = {
     # First chunk well past the status window (0.3 s) plus a heartbeat (0.2 s), so a heartbeat must come first.
     "slower_first": Behaviour(first_delay_s=0.8),
     "firehose": Behaviour(content=["x" * 4000] * 3000, gap_s=0.0),  # 12 MB: more than socket buffers hold
+    # The same size with no two chunks alike (LiteLLM's full path ends streams that repeat a chunk).
+    "firehose_varied": Behaviour(content=[f"{i:05d}" + "y" * 4000 for i in range(3000)], gap_s=0.0),
 }
 FAKE_MODELS = sorted(builtin_behaviours()) + sorted(EXTRA_BEHAVIOURS)
 

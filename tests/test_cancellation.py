@@ -28,9 +28,11 @@ async def _cancel_after_upstream_started(client: httpx.AsyncClient, fake: FakePr
     return closed_at - left_at
 
 
-async def _streams_open(gateway: ServerThread) -> int:
-    async def count() -> int:
-        return sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("upstream:"))
+async def _open_streams_and_tasks(gateway: ServerThread) -> tuple[int, int]:
+    """Streams the gateway counts as open, and tasks alive on its loop (besides the one asking)."""
+
+    async def count() -> tuple[int, int]:
+        return sum(gateway.app.state.metrics.active.values()), len(asyncio.all_tasks()) - 1
 
     return gateway.call(count())
 
@@ -84,15 +86,20 @@ async def test_disconnect_during_json_call(
     assert delay < CLOSE_WITHIN_S, delay
 
 
-async def test_no_upstream_task_left_after_disconnects(
+async def test_nothing_left_open_after_disconnects(
     client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
 ) -> None:
+    _, tasks_before = await _open_streams_and_tasks(gateway)
+    fake.reset()
     for _ in range(5):
         async with client.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True)) as r:
             async for line in r.aiter_lines():
                 if line.startswith("data:"):
                     break
+    assert len(fake.requests) == 5
+    for record in fake.requests:
+        await fake.await_disconnect(record, timeout=3)  # every provider call was closed
     deadline = time.monotonic() + 3
-    while await _streams_open(gateway) and time.monotonic() < deadline:
+    while await _open_streams_and_tasks(gateway) != (0, tasks_before) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert await _streams_open(gateway) == 0
+    assert await _open_streams_and_tasks(gateway) == (0, tasks_before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import httpx
@@ -195,6 +196,29 @@ async def test_idle_timeout_mid_stream(client: httpx.AsyncClient, fake: FakeProv
     record = fake.requests[0]
     await fake.await_end(record, timeout=3)
     assert record.completed_at is None or record.disconnected_at is not None
+
+
+async def test_a_client_that_stops_reading_is_not_an_idle_provider(gateway: ServerThread) -> None:
+    # 12 MB of stream, more than socket buffers hold: while the client does not read, the gateway
+    # cannot write, stops reading the provider (back-pressure), and that time is not the provider's
+    # silence. After a pause longer than the idle timeout (1.5 s) the stream still ends intact.
+    body = b'{"model": "firehose_varied", "stream": true, "messages": [{"role": "user", "content": "go"}]}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    received = await asyncio.wait_for(reader.read(65536), 5)
+    assert received.startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(2.5)  # the scenario itself: a client that reads nothing for a while
+    async with asyncio.timeout(60):
+        while b"data: [DONE]" not in received[-200:]:
+            data = await reader.read(1 << 20)
+            assert data, f"the stream ended without [DONE]: {received[received.rfind(b'event: error') :][:600]!r}"
+            received += data
+    writer.close()
+    assert b"event: error" not in received
+    assert received.count(b"y" * 4000) == 3000
 
 
 async def test_json_whole_call_deadline(client: httpx.AsyncClient, fake: FakeProvider) -> None:
