@@ -43,7 +43,7 @@ def test_resolved_target_uses_litellm_url_and_key() -> None:
     target = resolve_target(dep, {"K": "sk-test"})
     assert target is not None
     assert str(target.url) == "https://api.openai.com/v1/chat/completions"
-    head = target.head.decode("latin-1").split("\r\n")
+    head = target.request.head.decode("latin-1").split("\r\n")
     assert head[0] == "POST /v1/chat/completions HTTP/1.1"
     assert "Host: api.openai.com" in head
     assert "Authorization: Bearer sk-test" in head

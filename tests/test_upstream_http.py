@@ -10,12 +10,7 @@ import pytest
 import trustme
 from yarl import URL
 
-from app.providers.upstream_http import (
-    UpstreamConnectionError,
-    UpstreamPool,
-    request_head,
-    with_body,
-)
+from app.providers.upstream_http import RequestTemplate, UpstreamConnectionError, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -76,8 +71,11 @@ async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, U
         await server.stop()
 
 
-def post_bytes(url: URL, body: bytes = b'{"x":1}') -> bytes:
-    return with_body(request_head(url, {"Content-Type": "application/json"}), body)
+BODY = b'{"x":1}'
+
+
+def template(url: URL) -> RequestTemplate:
+    return RequestTemplate(url, {"Content-Type": "application/json"})
 
 
 async def test_keep_alive_reuses_one_connection_for_sequential_calls(serve) -> None:  # type: ignore[no-untyped-def]
@@ -88,7 +86,7 @@ async def test_keep_alive_reuses_one_connection_for_sequential_calls(serve) -> N
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
     for _ in range(5):
-        response = await pool.post(post_bytes(url))
+        response = await pool.post(template(url), BODY)
         assert response.status == 200
         assert await response.read() == b"hello"
         response.release()
@@ -110,7 +108,7 @@ async def test_chunked_body_arrives_piece_by_piece(serve) -> None:  # type: igno
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    response = await pool.post(post_bytes(url))
+    response = await pool.post(template(url), BODY)
     assert await asyncio.wait_for(response.read_some(), 5) == b"first"
     step.set()
     assert await asyncio.wait_for(response.read_some(), 5) == b"second"
@@ -128,7 +126,7 @@ async def test_body_delimited_by_connection_close(serve) -> None:  # type: ignor
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    response = await pool.post(post_bytes(url))
+    response = await pool.post(template(url), BODY)
     assert await asyncio.wait_for(response.read(), 5) == b"until the end"
     response.release()
     assert pool.open_connections == 0  # not kept: the provider closed it
@@ -143,7 +141,7 @@ async def test_provider_dropping_mid_body_is_an_error(serve) -> None:  # type: i
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    response = await pool.post(post_bytes(url))
+    response = await pool.post(template(url), BODY)
     with pytest.raises(UpstreamConnectionError):
         await asyncio.wait_for(response.read(), 5)
     response.close()
@@ -160,7 +158,7 @@ async def test_not_http_is_an_error(serve) -> None:  # type: ignore[no-untyped-d
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
     with pytest.raises(UpstreamConnectionError, match="not valid HTTP"):
-        await asyncio.wait_for(pool.post(post_bytes(url)), 5)
+        await asyncio.wait_for(pool.post(template(url), BODY), 5)
     assert pool.open_connections == 0
     await pool.aclose()
 
@@ -173,7 +171,7 @@ async def test_connection_refused_is_an_error() -> None:
     await probe.wait_closed()
     pool = UpstreamPool(URL(f"http://127.0.0.1:{port}"))
     with pytest.raises(OSError):
-        await asyncio.wait_for(pool.post(post_bytes(URL(f"http://127.0.0.1:{port}/x"))), 5)
+        await asyncio.wait_for(pool.post(template(URL(f"http://127.0.0.1:{port}/x")), BODY), 5)
     assert pool.open_connections == 0
     await pool.aclose()
 
@@ -193,11 +191,11 @@ async def test_idle_connection_closed_by_provider_is_retried_on_a_fresh_one(serv
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    first = await pool.post(post_bytes(url))
+    first = await pool.post(template(url), BODY)
     assert await first.read() == b"ok"
     first.release()
     assert pool.idle_connections == 1
-    second = await asyncio.wait_for(pool.post(post_bytes(url)), 5)
+    second = await asyncio.wait_for(pool.post(template(url), BODY), 5)
     assert await second.read() == b"ok"
     second.release()
     assert server.connections == 2
@@ -218,7 +216,7 @@ async def test_a_released_stream_goes_back_when_its_last_bytes_arrive(serve) -> 
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    response = await pool.post(post_bytes(url))
+    response = await pool.post(template(url), BODY)
     assert await asyncio.wait_for(response.read_some(), 5) == b"DONE"
     response.release()
     assert pool.idle_connections == 0
@@ -239,8 +237,8 @@ async def test_pool_limit_makes_callers_wait_for_a_connection(serve) -> None:  #
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin(), limit=1)
-    held = await pool.post(post_bytes(url))
-    waiting = asyncio.ensure_future(pool.post(post_bytes(url)))
+    held = await pool.post(template(url), BODY)
+    waiting = asyncio.ensure_future(pool.post(template(url), BODY))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     assert await held.read() == b"ok"
@@ -263,7 +261,7 @@ async def test_close_drops_the_connection_at_once(serve) -> None:  # type: ignor
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    response = await pool.post(post_bytes(url))
+    response = await pool.post(template(url), BODY)
     assert await asyncio.wait_for(response.read_some(), 5) == b"one"
     response.close()
     await asyncio.wait_for(closed.wait(), 5)
@@ -286,22 +284,215 @@ async def test_tls_origin(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = await server.start(server_ctx)
     try:
         pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
-        response = await asyncio.wait_for(pool.post(post_bytes(url)), 5)
+        response = await asyncio.wait_for(pool.post(template(url), BODY), 5)
         assert await response.read() == b"secure"
         response.release()
         await pool.aclose()
         # Without the CA the certificate is refused.
         untrusting = UpstreamPool(url.origin())
         with pytest.raises(ssl.SSLError):
-            await asyncio.wait_for(untrusting.post(post_bytes(url)), 5)
+            await asyncio.wait_for(untrusting.post(template(url), BODY), 5)
         assert untrusting.open_connections == 0
         await untrusting.aclose()
     finally:
         await server.stop()
 
 
-def test_request_head_refuses_line_breaks_in_headers() -> None:
+def test_request_template_refuses_line_breaks_in_headers() -> None:
     with pytest.raises(ValueError, match="line break"):
-        request_head(URL("http://h/v1"), {"Authorization": "Bearer x\r\nX-Evil: 1"})
-    head = request_head(URL("https://api.example.com/v1/chat/completions?v=1"), {"Host": "spoofed", "A": "b"})
-    assert head == b"POST /v1/chat/completions?v=1 HTTP/1.1\r\nHost: api.example.com\r\nA: b\r\n"
+        RequestTemplate(URL("http://h/v1"), {"Authorization": "Bearer x\r\nX-Evil: 1"})
+    request = RequestTemplate(URL("https://api.example.com/v1/chat/completions?v=1"), {"Host": "spoofed", "A": "b"})
+    assert request.head == b"POST /v1/chat/completions?v=1 HTTP/1.1\r\nHost: api.example.com\r\nA: b\r\n"
+    assert request.h1(b"{}").endswith(b"A: b\r\nContent-Length: 2\r\n\r\n{}")
+    assert request.h2(b"{}") == [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", b"api.example.com"),
+        (b":path", b"/v1/chat/completions?v=1"),
+        (b"a", b"b"),
+        (b"content-length", b"2"),
+    ]
+
+
+# -- HTTP/2 -----------------------------------------------------------------------------------
+
+
+class H2Log:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.bodies: dict[int, bytes] = {}
+        self.resets: list[int] = []
+        self.most_open = 0
+        self.changed = asyncio.Event()
+
+
+class H2Server(asyncio.Protocol):
+    """An HTTP/2 server (h2, over TLS with ALPN) answering each request with ``answer``."""
+
+    def __init__(self, log: H2Log, answer: Callable[[H2Server, int], Awaitable[None]]) -> None:
+        import h2.config
+        import h2.connection
+
+        self.log = log
+        self.answer = answer
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.open: set[int] = set()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.log.connections += 1
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                self.log.bodies[event.stream_id] = b""
+                self.open.add(event.stream_id)
+                self.log.most_open = max(self.log.most_open, len(self.open))
+            elif isinstance(event, h2.events.DataReceived):
+                self.log.bodies[event.stream_id] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                asyncio.get_running_loop().create_task(self.answer(self, event.stream_id))
+            elif isinstance(event, h2.events.StreamReset):
+                self.open.discard(event.stream_id)
+                self.log.resets.append(event.stream_id)
+            self.log.changed.set()
+        self.flush()
+
+    def respond(self, stream_id: int, *parts: bytes, end: bool = True) -> None:
+        if stream_id not in self.conn.streams or self.conn.streams[stream_id].closed:
+            return
+        stream = self.conn.streams[stream_id]
+        if not stream.state_machine.headers_sent:
+            self.conn.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"text/plain")])
+        for part in parts:
+            self.conn.send_data(stream_id, part)
+        if end:
+            self.conn.end_stream(stream_id)
+            self.open.discard(stream_id)
+        self.flush()
+
+
+async def _h2_origin(
+    answer: Callable[[H2Server, int], Awaitable[None]],
+) -> tuple[H2Log, asyncio.Server, URL, ssl.SSLContext]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server_ctx.set_alpn_protocols(["h2"])
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    log = H2Log()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: H2Server(log, answer), "127.0.0.1", 0, ssl=server_ctx
+    )
+    port = server.sockets[0].getsockname()[1]
+    return log, server, URL(f"https://127.0.0.1:{port}/v1/chat/completions"), client_ctx
+
+
+async def test_h2_is_used_when_the_origin_offers_it_and_carries_calls_side_by_side() -> None:
+    both_in = asyncio.Event()
+
+    async def answer(server: H2Server, stream_id: int) -> None:
+        if len(server.log.bodies) >= 2:
+            both_in.set()
+        await asyncio.wait_for(both_in.wait(), 5)  # answer only once both calls are open at once
+        server.respond(stream_id, b"part one, ", b"part two")
+
+    log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        first, second = await asyncio.wait_for(
+            asyncio.gather(pool.post(template(url), BODY), pool.post(template(url), b'{"y":2}')), 5
+        )
+        assert first.stream_id and second.stream_id and first.stream_id != second.stream_id
+        assert (first.status, second.status) == (200, 200)
+        assert await asyncio.wait_for(first.read(), 5) == b"part one, part two"
+        assert await asyncio.wait_for(second.read(), 5) == b"part one, part two"
+        first.release()
+        second.release()
+        assert log.connections == 1
+        assert log.most_open == 2
+        assert sorted(log.bodies.values()) == sorted([BODY, b'{"y":2}'])
+        assert log.resets == []
+        await pool.aclose()
+    finally:
+        server.close()
+
+
+async def test_h2_request_larger_than_the_flow_control_window() -> None:
+    async def answer(server: H2Server, stream_id: int) -> None:
+        server.respond(stream_id, str(len(server.log.bodies[stream_id])).encode())
+
+    _log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        big = b"z" * 300_000  # the initial window is 65,535 bytes: the rest waits for WINDOW_UPDATEs
+        response = await asyncio.wait_for(pool.post(template(url), big), 5)
+        assert await asyncio.wait_for(response.read(), 5) == b"300000"
+        response.release()
+        await pool.aclose()
+    finally:
+        server.close()
+
+
+async def test_h2_close_resets_only_that_stream() -> None:
+    async def answer(server: H2Server, stream_id: int) -> None:
+        if stream_id == 1:
+            server.respond(stream_id, b"first chunk", end=False)  # and then nothing: a long stream
+        else:
+            server.respond(stream_id, b"next call")
+
+    log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        streaming = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert await asyncio.wait_for(streaming.read_some(), 5) == b"first chunk"
+        streaming.close()  # the client left: the provider sees this stream cancelled at once
+        async with asyncio.timeout(5):
+            while streaming.stream_id not in log.resets:
+                log.changed.clear()
+                await log.changed.wait()
+        following = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert await asyncio.wait_for(following.read(), 5) == b"next call"
+        following.release()
+        assert log.connections == 1  # the connection itself carried on
+        await pool.aclose()
+    finally:
+        server.close()
+
+
+async def test_h2_goaway_before_a_call_was_handled_sends_it_again_on_a_fresh_connection() -> None:
+    # An HTTP/2 origin that is shutting a connection down (GOAWAY, last stream 1) never handled the
+    # call on stream 3: it goes out again on a new connection instead of failing.
+    async def answer(server: H2Server, stream_id: int) -> None:
+        if server.log.connections == 1 and stream_id == 3:
+            server.conn.close_connection(last_stream_id=1)
+            server.flush()
+            assert server.transport is not None
+            server.transport.close()
+        else:
+            server.respond(stream_id, b"answered")
+
+    log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        first = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert await asyncio.wait_for(first.read(), 5) == b"answered"
+        first.release()
+        second = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert await asyncio.wait_for(second.read(), 5) == b"answered"
+        second.release()
+        assert log.connections == 2
+        await pool.aclose()
+    finally:
+        server.close()

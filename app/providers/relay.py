@@ -23,7 +23,7 @@ from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.litellm_setup import import_litellm
-from app.providers.upstream_http import UpstreamConnectionError, UpstreamPool, UpstreamResponse, request_head, with_body
+from app.providers.upstream_http import RequestTemplate, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 from app.settings import DeploymentSettings
 
 litellm = import_litellm()
@@ -41,7 +41,7 @@ class RelayTarget:
 
     url: URL
     origin: str  # scheme://host:port: one connection pool each
-    head: bytes  # the request line and headers, but Content-Length
+    request: RequestTemplate  # the POST, prepared but for its body
     model: str
     config: Any  # LiteLLM's provider chat config: maps request parameters per request
     supported: frozenset[str]
@@ -86,7 +86,7 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
     return RelayTarget(
         url=parsed,
         origin=str(parsed.origin()),
-        head=request_head(parsed, headers),
+        request=RequestTemplate(parsed, headers),
         model=model,
         config=config,
         supported=supported,
@@ -149,7 +149,7 @@ class Relay:
 
     async def _post(self, target: RelayTarget, body: bytes) -> UpstreamResponse:
         try:
-            response = await self._pool(target).post(with_body(target.head, body))
+            response = await self._pool(target).post(target.request, body)
         except TimeoutError as exc:  # connecting took longer than the pool's connect timeout
             raise UpstreamTimeout("The provider could not be reached in time.") from exc
         except (UpstreamConnectionError, OSError) as exc:

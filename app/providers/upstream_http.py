@@ -9,6 +9,11 @@ body bytes go from the protocol callback to the reader with one future wake-up. 
 by httptools, the parser uvicorn serves with. TLS is asyncio's (``ssl.create_default_context()``, the
 system's trust store, as aiohttp uses); there is no proxy, redirect or cookie support, which an API
 relay does not use.
+
+HTTP/2 where the upstream offers it: TLS connections offer ``h2`` by ALPN, and an origin that picks
+it gets one connection carrying up to its ``MAX_CONCURRENT_STREAMS`` calls at once (framing, HPACK
+and flow control by the ``h2`` library, the one httpx uses). Each call's received bytes are
+acknowledged as the relay reads them, so a slow reader holds back its own stream, not the others.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ import ssl
 from collections import deque
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
 import httptools
 from yarl import URL
 
@@ -30,7 +40,45 @@ class UpstreamConnectionError(Exception):
 
 
 class _StaleConnection(UpstreamConnectionError):
-    """A reused keep-alive connection closed before any byte of the reply: safe to retry once."""
+    """The provider never handled the request (a kept-alive connection it had closed, a refused
+    HTTP/2 stream): safe to send once more."""
+
+
+class RequestTemplate:
+    """One deployment's POST, prepared once: everything but the body and its length."""
+
+    __slots__ = ("_h1_head", "_h2_headers")
+
+    def __init__(self, url: URL, headers: dict[str, Any]) -> None:
+        default_port = 443 if url.scheme == "https" else 80
+        host = url.host if url.port in (None, default_port) else f"{url.host}:{url.port}"
+        lines = [f"POST {url.raw_path_qs} HTTP/1.1", f"Host: {host}"]
+        h2_headers = [
+            (":method", "POST"),
+            (":scheme", url.scheme),
+            (":authority", str(host)),
+            (":path", url.raw_path_qs),
+        ]
+        for name, value in headers.items():
+            text = f"{name}: {value}"
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"header {name!r} holds a line break")
+            if name.lower() not in ("host", "content-length", "transfer-encoding", "connection"):
+                lines.append(text)
+                h2_headers.append((name.lower(), str(value)))
+        self._h1_head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self._h2_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h2_headers]
+
+    @property
+    def head(self) -> bytes:
+        """The HTTP/1.1 request line and headers, up to (not including) Content-Length."""
+        return self._h1_head
+
+    def h1(self, body: bytes) -> bytes:
+        return b"%bContent-Length: %d\r\n\r\n%b" % (self._h1_head, len(body), body)
+
+    def h2(self, body: bytes) -> list[tuple[bytes, bytes]]:
+        return [*self._h2_headers, (b"content-length", str(len(body)).encode())]
 
 
 class UpstreamResponse:
@@ -51,11 +99,13 @@ class UpstreamResponse:
         "headers",
         "keep_alive",
         "status",
+        "stream_id",
     )
 
     def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
         self._pool = pool
         self._conn = conn
+        self.stream_id = 0  # an HTTP/2 stream's id; 0 on HTTP/1.1
         self.status = 0
         self.headers: dict[str, str] = {}
         self.keep_alive = False
@@ -85,7 +135,7 @@ class UpstreamResponse:
     def _on_body(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH_WATER:
+        if self._buffered > HIGH_WATER and not self.stream_id:
             self._conn.pause()
         self._wake()
 
@@ -129,7 +179,9 @@ class UpstreamResponse:
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
-        if self._buffered > HIGH_WATER:
+        if self.stream_id:
+            self._conn.consumed(self.stream_id, self._buffered)  # HTTP/2: let the provider send more
+        elif self._buffered > HIGH_WATER:
             self._conn.resume()
         self._buffered = 0
         return data
@@ -149,11 +201,15 @@ class UpstreamResponse:
         """Done with the response: a keep-alive connection goes back to the pool once its body has ended.
 
         A stream's reader stops at ``[DONE]``, often before the body's closing bytes have arrived;
-        the connection goes back when they do, or is closed if they take more than a second.
+        an HTTP/1.1 connection goes back when they do, or is closed if they take more than a second.
+        An HTTP/2 stream that has not ended is reset; the connection carries on.
         """
         if self._finished:
             return
         self._finished = True
+        if self.stream_id:
+            self._conn.end_stream(self)
+            return
         if self._done or self._error is not None or not self.keep_alive:
             self._pool._give_back(self._conn, reusable=self._done and self.keep_alive and self._error is None)
             return
@@ -164,21 +220,149 @@ class UpstreamResponse:
         self._pool._give_back(self._conn, reusable=False)
 
     def close(self) -> None:
-        """Drop the connection now: the upstream sees it close (a client that left, a cancelled call)."""
+        """Stop now: the provider sees the connection close (HTTP/2: the stream reset) at once."""
         if self._finished:
             return
         self._finished = True
-        self._pool._give_back(self._conn, reusable=False)
+        if self.stream_id:
+            self._conn.end_stream(self)
+        else:
+            self._pool._give_back(self._conn, reusable=False)
+
+
+class _H2:
+    """The HTTP/2 side of a connection: its streams, their flow control, its GOAWAY."""
+
+    __slots__ = ("conn", "going_away", "h2", "streams", "window_open")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=False)
+        )
+        self.streams: dict[int, UpstreamResponse] = {}
+        self.going_away = False
+        self.window_open = asyncio.Event()
+        self.h2.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.conn.transport is not None and not self.conn.closed:
+            self.conn.transport.write(data)
+
+    def has_room(self) -> bool:
+        return not self.going_away and len(self.streams) < self.h2.remote_settings.max_concurrent_streams
+
+    async def send(self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        try:
+            stream_id = self.h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError as exc:
+            self.going_away = True
+            raise _StaleConnection("the connection has used up its stream ids") from exc
+        response.stream_id = stream_id
+        self.streams[stream_id] = response
+        self.h2.send_headers(stream_id, headers, end_stream=not body)
+        self.flush()
+        view = memoryview(body)
+        while view:
+            if response._error is not None:
+                raise response._error
+            room = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+            if room <= 0:
+                # The provider's flow-control window is full: wait for it to open (bounded by the
+                # caller's own deadline, which cancels this).
+                self.window_open.clear()
+                await self.window_open.wait()
+                continue
+            self.h2.send_data(stream_id, bytes(view[:room]), end_stream=room >= len(view))
+            view = view[room:]
+            self.flush()
+
+    def received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.fail_all(UpstreamConnectionError(f"The provider broke the HTTP/2 protocol: {exc}"))
+            self.conn.abort()
+            return
+        for event in events:
+            response = self.streams.get(getattr(event, "stream_id", 0) or 0)
+            if isinstance(event, h2.events.ResponseReceived) and response is not None:
+                response._received = True
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+                status = int(headers.pop(":status", "0"))
+                response.headers.update(headers)
+                response._on_headers(status, True)
+            elif isinstance(event, h2.events.DataReceived):
+                padding = event.flow_controlled_length - len(event.data)
+                if response is None:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    continue
+                if padding:
+                    self.h2.acknowledge_received_data(padding, event.stream_id)
+                response._received = True
+                if event.data:
+                    response._on_body(event.data)
+            elif isinstance(event, h2.events.StreamEnded) and response is not None:
+                self.streams.pop(event.stream_id, None)
+                response._on_complete()
+            elif isinstance(event, h2.events.StreamReset) and response is not None:
+                self.streams.pop(event.stream_id, None)
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM and not response._received
+                error_type = _StaleConnection if refused else UpstreamConnectionError
+                response._on_lost(error_type(f"The provider reset the stream ({event.error_code!r})"))
+            elif isinstance(event, h2.events.WindowUpdated):
+                self.window_open.set()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.going_away = True
+                last = event.last_stream_id if event.last_stream_id is not None else 0
+                for stream_id, waiting in list(self.streams.items()):
+                    if stream_id > last:  # never processed: safe to send again elsewhere
+                        self.streams.pop(stream_id)
+                        waiting._on_lost(_StaleConnection("the provider is closing the connection (GOAWAY)"))
+                self.window_open.set()
+        self.flush()
+        if self.going_away and not self.streams:
+            self.conn.abort()
+
+    def consumed(self, stream_id: int, nbytes: int) -> None:
+        if (nbytes and stream_id in self.streams) or self.h2.streams.get(stream_id) is not None:
+            try:
+                self.h2.acknowledge_received_data(nbytes, stream_id)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+                return
+            self.flush()
+
+    def end(self, response: UpstreamResponse) -> None:
+        """The relay is done with a stream: reset it unless it had ended."""
+        stream_id = response.stream_id
+        if self.streams.pop(stream_id, None) is not None and not response._done:
+            try:
+                self.h2.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.CANCEL)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+            self.flush()
+        self.conn.pool._stream_ended(self.conn)
+        if self.going_away and not self.streams:
+            self.conn.abort()
+
+    def fail_all(self, error: Exception) -> None:
+        streams, self.streams = self.streams, {}
+        for response in streams.values():
+            response._on_lost(error)
+        self.window_open.set()
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_paused", "closed", "idle_since", "parser", "pool", "response", "transport")
+    __slots__ = ("_paused", "closed", "h2", "idle_since", "parser", "pool", "response", "transport")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
+        self.h2: _H2 | None = None
         self.closed = False
         self.idle_since = 0.0
         self._paused = False
@@ -187,8 +371,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self.h2 = _H2(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.h2 is not None:
+            self.h2.received(data)
+            return
         response = self.response
         if response is None:
             self.abort()  # bytes nobody asked for: this connection's state is unknown
@@ -205,6 +395,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.h2 is not None:
+            self.h2.fail_all(UpstreamConnectionError("the provider closed the connection mid-reply"))
+            self.pool._lost(self)
+            return
         response = self.response
         if response is not None:
             if not response._done and response.status and not self._framed(response):
@@ -236,7 +430,7 @@ class _Connection(asyncio.Protocol):
         assert self.response is not None
         self.response._on_complete()
 
-    # flow control and teardown
+    # flow control, HTTP/2 streams and teardown
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None and not self.closed:
@@ -248,6 +442,14 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
+    def consumed(self, stream_id: int, nbytes: int) -> None:
+        if self.h2 is not None:
+            self.h2.consumed(stream_id, nbytes)
+
+    def end_stream(self, response: UpstreamResponse) -> None:
+        if self.h2 is not None:
+            self.h2.end(response)
+
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
@@ -255,7 +457,8 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    """Keep-alive connections to one origin, at most ``limit`` of them open at once."""
+    """Connections to one origin, at most ``limit`` open at once: kept-alive HTTP/1.1 connections
+    carry one call at a time, an HTTP/2 connection as many as the provider allows."""
 
     def __init__(
         self,
@@ -270,11 +473,17 @@ class UpstreamPool:
             raise ValueError(f"not an http(s) origin: {origin}")
         self.host = origin.host
         self.port = origin.port or (443 if origin.scheme == "https" else 80)
-        self._ssl = (ssl_context or ssl.create_default_context()) if origin.scheme == "https" else None
+        self._ssl: ssl.SSLContext | None = None
+        if origin.scheme == "https":
+            self._ssl = ssl_context or ssl.create_default_context()
+            self._ssl.set_alpn_protocols(["h2", "http/1.1"])
         self._limit = limit
         self._keepalive_s = keepalive_s
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
+        self._h2: list[_Connection] = []  # HTTP/2 connections, shared by their calls
+        self._speaks_h2: bool | None = None if self._ssl else False  # learnt from the first TLS connection
+        self._connecting: asyncio.Future[None] | None = None  # a TLS connect others may share if it is h2
         self._open: set[_Connection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -287,19 +496,22 @@ class UpstreamPool:
     def idle_connections(self) -> int:
         return len(self._idle)
 
-    async def post(self, request: bytes) -> UpstreamResponse:
-        """Write ``request`` (head and body) and return the response once its headers are in.
+    async def post(self, request: RequestTemplate, body: bytes) -> UpstreamResponse:
+        """Send ``request`` with ``body`` and return the response once its headers are in.
 
-        A reused connection that turns out to have been closed by the provider while idle, before
-        any byte of the reply, is retried once on a fresh one: the provider never saw the request.
+        A call the provider never handled (a kept-alive connection it had closed, before any byte of
+        the reply; an HTTP/2 stream refused or cut by GOAWAY) is sent once more, on a fresh connection.
         """
         for attempt in range(2):
             conn = await self._acquire()
             response = UpstreamResponse(self, conn)
-            conn.response = response
-            assert conn.transport is not None
-            conn.transport.write(request)
             try:
+                if conn.h2 is not None:
+                    await conn.h2.send(response, request.h2(body), body)
+                else:
+                    conn.response = response
+                    assert conn.transport is not None
+                    conn.transport.write(request.h1(body))
                 await response._wait_headers()
             except _StaleConnection:
                 response.close()
@@ -317,12 +529,20 @@ class UpstreamPool:
             raise UpstreamConnectionError("the relay is shutting down")
         loop = asyncio.get_running_loop()
         while True:
+            for shared in self._h2:
+                if not shared.closed and shared.h2 is not None and shared.h2.has_room():
+                    return shared
             now = loop.time()
             while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely to be stale
                 if not conn.closed and now - conn.idle_since < self._keepalive_s:
                     return conn
                 self._discard(conn)
+            if self._connecting is not None and self._speaks_h2 is not False:
+                # A connection that may turn out to be HTTP/2 is being opened: wait for it rather
+                # than open one per waiting call (an HTTP/2 origin gets one connection, not a burst).
+                await asyncio.shield(self._connecting)
+                continue
             if len(self._open) < self._limit:
                 break
             # Every connection is busy: wait for one to come back or close. Bounded by the caller's
@@ -336,6 +556,9 @@ class UpstreamPool:
                     self._waiters.remove(waiter)
         conn = _Connection(self)
         self._open.add(conn)
+        connecting = None
+        if self._speaks_h2 is not False:
+            connecting = self._connecting = loop.create_future()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 await loop.create_connection(
@@ -344,6 +567,14 @@ class UpstreamPool:
         except BaseException:
             self._discard(conn)
             raise
+        finally:
+            if connecting is not None:
+                self._connecting = None
+                connecting.set_result(None)
+        if self._ssl is not None:
+            self._speaks_h2 = conn.h2 is not None
+        if conn.h2 is not None:
+            self._h2.append(conn)
         return conn
 
     def _wake_one(self) -> None:
@@ -363,14 +594,20 @@ class UpstreamPool:
         else:
             self._discard(conn)
 
+    def _stream_ended(self, conn: _Connection) -> None:
+        self._wake_one()  # an HTTP/2 connection has room for one more call
+
     def _discard(self, conn: _Connection) -> None:
         conn.abort()
+        if conn in self._h2:
+            self._h2.remove(conn)
         if conn in self._open:
             self._open.discard(conn)
             self._wake_one()
 
     def _lost(self, conn: _Connection) -> None:
-        if conn.response is None:  # idle (or never used): in-use connections are given back by their owner
+        if conn.h2 is not None or conn.response is None:
+            # HTTP/2, or idle HTTP/1.1: in-use HTTP/1.1 connections are given back by their owner
             if conn in self._idle:
                 self._idle.remove(conn)
             self._discard(conn)
@@ -378,27 +615,12 @@ class UpstreamPool:
     async def aclose(self) -> None:
         self._closed = True
         for conn in list(self._open):
+            if conn.h2 is not None:
+                conn.h2.fail_all(UpstreamConnectionError("the relay is shutting down"))
             conn.abort()
         self._idle.clear()
+        self._h2.clear()
         self._open.clear()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(UpstreamConnectionError("the relay is shutting down"))
-
-
-def request_head(url: URL, headers: dict[str, Any]) -> bytes:
-    """The request line and headers of a POST to ``url``, up to (not including) Content-Length."""
-    default_port = 443 if url.scheme == "https" else 80
-    host = url.host if url.port in (None, default_port) else f"{url.host}:{url.port}"
-    lines = [f"POST {url.raw_path_qs} HTTP/1.1", f"Host: {host}"]
-    for name, value in headers.items():
-        text = f"{name}: {value}"
-        if "\r" in text or "\n" in text:
-            raise ValueError(f"header {name!r} holds a line break")
-        if name.lower() not in ("host", "content-length", "transfer-encoding", "connection"):
-            lines.append(text)
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
-
-
-def with_body(head: bytes, body: bytes) -> bytes:
-    return b"%bContent-Length: %d\r\n\r\n%b" % (head, len(body), body)
