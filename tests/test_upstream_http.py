@@ -323,6 +323,7 @@ class H2Log:
         self.bodies: dict[int, bytes] = {}
         self.resets: list[int] = []
         self.most_open = 0
+        self.ended_everything = False  # every stream the server answered has ended
         self.changed = asyncio.Event()
 
 
@@ -379,6 +380,8 @@ class H2Server(asyncio.Protocol):
         if end:
             self.conn.end_stream(stream_id)
             self.open.discard(stream_id)
+            self.log.ended_everything = not self.open
+            self.log.changed.set()
         self.flush()
 
 
@@ -496,3 +499,32 @@ async def test_h2_goaway_before_a_call_was_handled_sends_it_again_on_a_fresh_con
         await pool.aclose()
     finally:
         server.close()
+
+
+async def test_h2_stream_released_at_done_is_not_reset_when_it_ends_soon_after() -> None:
+    end_now = asyncio.Event()
+
+    async def answer(server: H2Server, stream_id: int) -> None:
+        server.respond(stream_id, b"data: [DONE]\n\n", end=False)
+        await asyncio.wait_for(end_now.wait(), 5)
+        server.respond(stream_id)  # END_STREAM a moment after the reader has stopped
+
+    log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        response = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert await asyncio.wait_for(response.read_some(), 5) == b"data: [DONE]\n\n"
+        response.release()
+        end_now.set()
+        async with asyncio.timeout(5):
+            while server_streams_open(log):
+                log.changed.clear()
+                await log.changed.wait()
+        assert log.resets == []
+        await pool.aclose()
+    finally:
+        server.close()
+
+
+def server_streams_open(log: H2Log) -> bool:
+    return log.most_open > 0 and not log.ended_everything

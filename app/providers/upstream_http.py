@@ -33,6 +33,8 @@ from yarl import URL
 
 #: Body bytes buffered for a reader that is behind before the socket stops being read.
 HIGH_WATER = 256 * 1024
+#: An HTTP/2 connection's receive window on top of the protocol's 64 KB.
+CONNECTION_WINDOW = 16 * 1024 * 1024
 
 
 class UpstreamConnectionError(Exception):
@@ -133,6 +135,10 @@ class UpstreamResponse:
             self._headers_ready.set_result(None)
 
     def _on_body(self, data: bytes) -> None:
+        if self._finished:  # released before the body's end: nobody will read these bytes
+            if self.stream_id:
+                self._conn.consumed(self.stream_id, len(data))
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER and not self.stream_id:
@@ -143,7 +149,7 @@ class UpstreamResponse:
         self._done = True
         if self._release_timer is not None:  # released early: now the connection can go back
             self._release_timer.cancel()
-            self._pool._give_back(self._conn, reusable=self.keep_alive)
+            self._let_go(reusable=self.keep_alive)
             return
         self._wake()
 
@@ -152,7 +158,7 @@ class UpstreamResponse:
             return
         if self._release_timer is not None:
             self._release_timer.cancel()
-            self._pool._give_back(self._conn, reusable=False)
+            self._let_go(reusable=False)
             return
         self._error = error
         if not self._headers_ready.done():
@@ -198,36 +204,36 @@ class UpstreamResponse:
         return b"".join(parts)[:limit] if limit is not None else b"".join(parts)
 
     def release(self) -> None:
-        """Done with the response: a keep-alive connection goes back to the pool once its body has ended.
+        """Done with the response: the connection is free for the next call once the body has ended.
 
-        A stream's reader stops at ``[DONE]``, often before the body's closing bytes have arrived;
-        an HTTP/1.1 connection goes back when they do, or is closed if they take more than a second.
-        An HTTP/2 stream that has not ended is reset; the connection carries on.
+        A stream's reader stops at ``[DONE]``, often before the body's closing bytes (HTTP/1.1's last
+        chunk, HTTP/2's END_STREAM) have arrived: the connection is let go when they do, or, if they
+        take more than a second, the HTTP/1.1 connection is closed and the HTTP/2 stream reset.
         """
         if self._finished:
             return
         self._finished = True
-        if self.stream_id:
-            self._conn.end_stream(self)
-            return
         if self._done or self._error is not None or not self.keep_alive:
-            self._pool._give_back(self._conn, reusable=self._done and self.keep_alive and self._error is None)
+            self._let_go(reusable=self._done and self.keep_alive and self._error is None)
             return
         self._release_timer = asyncio.get_running_loop().call_later(1.0, self._abandon)
 
     def _abandon(self) -> None:
         self._release_timer = None
-        self._pool._give_back(self._conn, reusable=False)
+        self._let_go(reusable=False)
 
     def close(self) -> None:
         """Stop now: the provider sees the connection close (HTTP/2: the stream reset) at once."""
         if self._finished:
             return
         self._finished = True
+        self._let_go(reusable=False)
+
+    def _let_go(self, *, reusable: bool) -> None:
         if self.stream_id:
-            self._conn.end_stream(self)
+            self._conn.end_stream(self)  # resets the stream unless it has ended
         else:
-            self._pool._give_back(self._conn, reusable=False)
+            self._pool._give_back(self._conn, reusable=reusable)
 
 
 class _H2:
@@ -244,6 +250,9 @@ class _H2:
         self.going_away = False
         self.window_open = asyncio.Event()
         self.h2.initiate_connection()
+        # Each stream keeps the default 64 KB window (a slow reader holds back its own stream); the
+        # connection's window is made large so one such stream cannot stall all the others.
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW)
         self.flush()
 
     def flush(self) -> None:
