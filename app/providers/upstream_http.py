@@ -305,11 +305,11 @@ class _H2:
                 response._on_headers(status, True)
             elif isinstance(event, h2.events.DataReceived):
                 padding = event.flow_controlled_length - len(event.data)
-                if response is None:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if response is None:  # a stream the relay has let go: keep the connection's window open
+                    self.consumed(event.stream_id, event.flow_controlled_length)
                     continue
                 if padding:
-                    self.h2.acknowledge_received_data(padding, event.stream_id)
+                    self.consumed(event.stream_id, padding)
                 response._received = True
                 if event.data:
                     response._on_body(event.data)
@@ -336,12 +336,14 @@ class _H2:
             self.conn.abort()
 
     def consumed(self, stream_id: int, nbytes: int) -> None:
-        if (nbytes and stream_id in self.streams) or self.h2.streams.get(stream_id) is not None:
-            try:
-                self.h2.acknowledge_received_data(nbytes, stream_id)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-                return
-            self.flush()
+        """Acknowledge ``nbytes`` read from a stream, so that the provider may send that much more."""
+        if not nbytes or self.conn.closed:
+            return
+        try:
+            self.h2.acknowledge_received_data(nbytes, stream_id)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return  # the stream is gone; nothing left to let through
+        self.flush()
 
     def end(self, response: UpstreamResponse) -> None:
         """The relay is done with a stream: reset it unless it had ended."""
