@@ -517,14 +517,10 @@ async def test_h2_stream_released_at_done_is_not_reset_when_it_ends_soon_after()
         response.release()
         end_now.set()
         async with asyncio.timeout(5):
-            while server_streams_open(log):
+            while not log.ended_everything:
                 log.changed.clear()
                 await log.changed.wait()
         assert log.resets == []
         await pool.aclose()
     finally:
         server.close()
-
-
-def server_streams_open(log: H2Log) -> bool:
-    return log.most_open > 0 and not log.ended_everything

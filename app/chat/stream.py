@@ -179,8 +179,6 @@ class ChatStream:
         self.error = error
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if error is not None:
-            self._close_source()  # a provider that failed mid-stream may still hold a connection
         self._seq += 1
         return StreamEvent(self._seq, error=error)
 

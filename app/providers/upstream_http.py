@@ -354,7 +354,7 @@ class _H2:
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 pass
             self.flush()
-        self.conn.pool._stream_ended(self.conn)
+        self.conn.pool._stream_ended()
         if self.going_away and not self.streams:
             self.conn.abort()
 
@@ -605,7 +605,7 @@ class UpstreamPool:
         else:
             self._discard(conn)
 
-    def _stream_ended(self, conn: _Connection) -> None:
+    def _stream_ended(self) -> None:
         self._wake_one()  # an HTTP/2 connection has room for one more call
 
     def _discard(self, conn: _Connection) -> None:

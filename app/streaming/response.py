@@ -25,7 +25,7 @@ from litestar.types import HTTPResponseBodyEvent, Receive, Send
 
 from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED
 from app.streaming.disconnect import ClientGone
-from app.streaming.sse import HEARTBEAT, SseBody, chunk_frame, event_frame
+from app.streaming.sse import HEARTBEAT, SseBody, chunk_frame, end_frame
 
 _BEAT: HTTPResponseBodyEvent = {"type": "http.response.body", "body": HEARTBEAT, "more_body": True}
 
@@ -95,7 +95,7 @@ class _EventStreamASGIResponse(ASGIStreamingResponse):
                     continue
                 heartbeat.stop()
                 outcome = COMPLETED if event.error is None else event.error.outcome
-                await send({"type": "http.response.body", "body": event_frame(sid, event), "more_body": False})
+                await send({"type": "http.response.body", "body": end_frame(sid, event), "more_body": False})
                 return
         except ClientGone:
             pass

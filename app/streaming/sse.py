@@ -27,9 +27,8 @@ def error_frame(stream_id: bytes, seq: int, error: GatewayError) -> bytes:
     return b"id: %b:%d\nevent: error\ndata: %b\n\n" % (stream_id, seq, _encode(error.body()))
 
 
-def event_frame(stream_id: bytes, event: StreamEvent) -> bytes:
-    if event.chunk is not None:
-        return chunk_frame(stream_id, event.seq, event.chunk.raw)
+def end_frame(stream_id: bytes, event: StreamEvent) -> bytes:
+    """The frame of a stream's last event: its error, or [DONE]."""
     if event.error is not None:
         return error_frame(stream_id, event.seq, event.error)
     return done_frame(stream_id, event.seq)
