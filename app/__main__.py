@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
-from app.serve import uvicorn_options
+from app.serve import serve
 from app.settings import ConfigError, load_settings
 
 
@@ -17,17 +15,7 @@ def main() -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "app.app:app_factory",
-        factory=True,
-        host=settings.server.host,
-        port=settings.server.port,
-        workers=settings.server.workers,
-        loop="auto",
-        http="auto",
-        log_level="warning",
-        **uvicorn_options(settings),
-    )
+    serve(settings)
     return 0
 
 

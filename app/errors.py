@@ -59,6 +59,10 @@ class GatewayError(Exception):
         self.code = code or self.default_code
         self.param = param
         self.retry_after = retry_after
+        #: The provider's own (redacted) words, for the log when the message shown is ours.
+        self.detail: str | None = None
+        #: Set once the provider boundary has made the message safe to show (providers/quoting.py).
+        self.quoted = False
 
     def body(self) -> ErrorBody:
         return ErrorBody(ErrorObject(message=self.message, type=self.type, param=self.param, code=self.code))
@@ -219,6 +223,10 @@ def from_litellm(exc: BaseException) -> GatewayError:
     message = _provider_message(exc)
     if isinstance(exc, litellm.ContextWindowExceededError):
         return ContextLengthExceeded(message)
+    status = getattr(exc, "status_code", None)
+    if status in (401, 403):
+        # Whatever class LiteLLM picked (a 403 can arrive as a plain APIError): the provider refused our key.
+        return UpstreamAuthentication("The provider rejected the gateway's credentials.")
     if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
         return UpstreamAuthentication("The provider rejected the gateway's credentials.")
     if isinstance(exc, litellm.NotFoundError):
@@ -231,7 +239,6 @@ def from_litellm(exc: BaseException) -> GatewayError:
         return ProviderRejected(message, code=_provider_code(exc))
     if isinstance(exc, litellm.APIConnectionError):
         return UpstreamUnavailable(f"The provider could not be reached or its answer broke off: {message}")
-    status = getattr(exc, "status_code", None)
     if isinstance(status, int) and (status == 429 or status >= 500):
         return from_provider_reply(status, message, None, _retry_after_header(exc))
     if isinstance(exc, litellm.APIError | litellm.ServiceUnavailableError | litellm.InternalServerError):

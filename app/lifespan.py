@@ -17,6 +17,7 @@ from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
 from app.metrics import Metrics
 from app.providers.base import Provider
+from app.providers.quoting import ProviderText
 from app.settings import Settings
 
 
@@ -42,10 +43,11 @@ def build_services(
     from app.providers.routing import RoutingProvider
 
     environ = os.environ if environ is None else environ
+    quote = ProviderText(configured_secrets(settings, environ), production=settings.production)
     targets = {d.name: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
-    relay = Relay(targets)
+    relay = Relay(targets, quote=quote)
     relay.open_pools()  # one connection pool per upstream origin, before the first request
-    provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ)))
+    provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ), quote))
 
     async def build() -> Snapshot:
         return build_snapshot(settings.models.deployments, model_metadata, provider_of)
@@ -76,6 +78,15 @@ def build_services(
         ready_checks=ready_checks,
         closers=closers,
     )
+
+
+def configured_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """Every credential the configuration points at: provider keys and gateway keys, to redact."""
+    names = [d.api_key_env for d in settings.models.deployments if d.api_key_env]
+    secrets = [environ.get(name, "") for name in names]
+    if settings.server.api_keys_env:
+        secrets += [k.strip() for k in environ.get(settings.server.api_keys_env, "").split(",")]
+    return [s for s in secrets if s]
 
 
 def settle_heap() -> None:

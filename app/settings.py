@@ -39,6 +39,15 @@ class ServerSettings(_Section):
     log_bodies: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: PositiveInt = 1
+    header_timeout_s: PositiveFloat = 10.0
+    """From a connection's first moment (or a kept-alive request's first byte) to its headers' end."""
+    body_timeout_s: PositiveFloat = 30.0
+    """Longest pause while a request body arrives."""
+    keepalive_s: PositiveFloat = 15.0
+    """Idle time allowed between two requests on one connection."""
+    max_connections: PositiveInt = 4096
+    """Open connections (HTTP and WebSocket) per worker; past it, a new one gets a 503. Capped by the
+    process's file-descriptor limit, which start-up raises to its hard limit."""
 
 
 class StreamingSettings(_Section):
@@ -46,6 +55,8 @@ class StreamingSettings(_Section):
     status_window_s: NonNegFloat = 1.0
     first_token_timeout_s: PositiveFloat = 60.0
     idle_timeout_s: PositiveFloat = 60.0
+    write_timeout_s: PositiveFloat = 30.0
+    """A client whose socket accepts nothing for this long is dropped (and its upstream call cancelled)."""
     resume_ttl_s: PositiveFloat = 300.0
     detach_grace_s: NonNegFloat = 0.0
 

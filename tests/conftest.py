@@ -19,7 +19,7 @@ import uvicorn
 import uvloop
 
 from app.app import create_app
-from app.serve import uvicorn_options
+from app.serve import gateway_config
 from app.settings import Settings, settings_from_dict
 from tests.fake_provider import Behaviour, FakeProvider, builtin_behaviours
 
@@ -98,14 +98,8 @@ class ServerThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            loop="asyncio",
-            http="httptools",
-            lifespan="on",
-            log_level="warning",
-            log_config=None,
-            **uvicorn_options(settings),
+        config = gateway_config(
+            settings, self.app, loop="asyncio", lifespan="on", log_level="warning", log_config=None
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None

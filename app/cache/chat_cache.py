@@ -110,26 +110,11 @@ class ChatCache:
         except TimeoutError:
             return None
 
-    async def recording(
+    def recording(
         self, key: str, future: asyncio.Future[CachedAnswer | None], source: AsyncIterator[Chunk]
     ) -> AsyncIterator[Chunk]:
         """Relay ``source`` and, if it completes, store the assembled answer; errors and partials never."""
-        chunks: list[bytes] = []
-        usage: Usage | None = None
-        answer: CachedAnswer | None = None
-        try:
-            async for chunk in source:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if not chunk.usage_only:
-                    chunks.append(chunk.raw)
-                yield chunk
-            answer = answer_from_chunks(chunks, usage)
-        finally:
-            self.land(key, future, answer)
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None and answer is None:
-                await aclose()
+        return _Recording(self, key, future, source)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -168,3 +153,56 @@ def answer_from_chunks(chunks: list[bytes], usage: Usage | None) -> CachedAnswer
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
     )
+
+
+class _Recording:
+    """A stream's chunks on their way to the client, recorded for the cache.
+
+    A class rather than an async generator: a generator that is closed before its first step never
+    runs its ``finally``, so a stream cancelled before it started (a WebSocket create followed at
+    once by its cancel) would never land its flight, and every identical request after it would
+    wait for an answer that cannot come. ``aclose`` lands the flight on every path.
+    """
+
+    __slots__ = ("_cache", "_chunks", "_future", "_key", "_landed", "_source", "_usage")
+
+    def __init__(
+        self, cache: ChatCache, key: str, future: asyncio.Future[CachedAnswer | None], source: AsyncIterator[Chunk]
+    ) -> None:
+        self._cache = cache
+        self._key = key
+        self._future = future
+        self._source = source
+        self._chunks: list[bytes] = []
+        self._usage: Usage | None = None
+        self._landed = False
+
+    def __aiter__(self) -> _Recording:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        try:
+            chunk = await anext(self._source)
+        except StopAsyncIteration:
+            self._land(answer_from_chunks(self._chunks, self._usage))
+            raise
+        except BaseException:
+            self._land(None)
+            raise
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if not chunk.usage_only:
+            self._chunks.append(chunk.raw)
+        return chunk
+
+    def _land(self, answer: CachedAnswer | None) -> None:
+        if not self._landed:
+            self._landed = True
+            self._cache.land(self._key, self._future, answer)
+
+    async def aclose(self) -> None:
+        completed = self._landed and self._future.done() and self._future.result() is not None
+        self._land(None)
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None and not completed:
+            await aclose()

@@ -80,7 +80,13 @@ class ChatService:
         return model
 
     async def _consult_cache(
-        self, request: ChatCompletionInput, deployment: str, caller: Caller, cache_control: str | None
+        self,
+        request: ChatCompletionInput,
+        deployment: str,
+        caller: Caller,
+        cache_control: str | None,
+        *,
+        wait_s: float,
     ) -> CacheDecision:
         cache = self._cache
         if cache is None:
@@ -92,8 +98,9 @@ class ChatService:
             return CacheDecision(status="BYPASS", key=key, flight=cache.lead(key) if policy.write else None)
         answer, ok = await cache.lookup(key)
         if answer is None and (flight := cache.flight(key)) is not None:
-            # Someone on this replica is already asking the provider: wait for their answer.
-            answer = await cache.follow(flight, self._deployments[deployment].timeout_s)
+            # Someone on this replica is already asking the provider: wait for their answer, but no
+            # longer than this request would wait for the provider itself.
+            answer = await cache.follow(flight, wait_s)
         if answer is not None:
             cache.count(HIT)
             return CacheDecision(status="HIT", answer=answer, key=key)
@@ -111,13 +118,15 @@ class ChatService:
         cache_control: str | None = None,
     ) -> ChatStream:
         deployment = self.resolve(request.model)
-        decision = await self._consult_cache(request, deployment, caller, cache_control)
+        wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
+        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s=wait_s)
         source: AsyncIterator[Chunk]
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
         else:
             source = self._provider.stream(request, deployment)
             if decision.flight is not None and self._cache is not None:
+                # From here the stream owns the flight: closing the stream, on any path, lands it.
                 source = self._cache.recording(decision.key, decision.flight, source)
         stream = ChatStream(
             stream_id=os.urandom(16).hex(),
@@ -143,7 +152,8 @@ class ChatService:
         """One whole completion under the deployment's deadline, and its X-Cache status."""
         deployment = self.resolve(request.model)
         started = time.perf_counter() if started_at is None else started_at
-        decision = await self._consult_cache(request, deployment, caller, cache_control)
+        wait_s = self._deployments[deployment].timeout_s
+        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s=wait_s)
         if decision.answer is not None:
             completion = Completion(raw=decision.answer.completion, usage=decision.answer.usage)
             self._record_call(deployment, started, started, COMPLETED, completion.usage, None, from_cache=True)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from app.errors import ErrorObject, GatewayError
+from app.errors import ErrorObject, GatewayError, InvalidRequest
+from app.protocol.openai import check_depth
 from app.providers.base import Usage
+
+FrameId = Annotated[str, msgspec.Meta(max_length=256)]
 
 
 class CreateFrame(msgspec.Struct, tag="chat.completion.create", tag_field="type", forbid_unknown_fields=False):
-    id: str
+    id: FrameId
     request: dict[str, Any]
 
 
 class CancelFrame(msgspec.Struct, tag="chat.completion.cancel", tag_field="type"):
-    id: str
+    id: FrameId
 
 
 ClientFrame = CreateFrame | CancelFrame
@@ -48,17 +51,23 @@ _encoder = msgspec.json.Encoder()
 
 
 def decode_client_frame(data: str | bytes) -> ClientFrame:
+    raw = data.encode() if isinstance(data, str) else data
     try:
-        return _client_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+        check_depth(raw, "frame")
+        return _client_decoder.decode(raw)
+    except InvalidRequest as exc:
+        raise FrameError(exc.message, None) from exc
+    except RecursionError as exc:
+        raise FrameError("The frame is nested too deeply.", None) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         frame_id: str | None = None
         try:
-            loose = _loose_decoder.decode(data)
-        except msgspec.DecodeError:
-            raise FrameError(f"The frame is not valid JSON: {exc}", None) from exc
-        if isinstance(loose, dict) and isinstance(loose.get("id"), str):
+            loose = _loose_decoder.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise FrameError(f"The frame is not valid JSON: {str(exc)[:200]}", None) from exc
+        if isinstance(loose, dict) and isinstance(loose.get("id"), str) and len(loose["id"]) <= 256:
             frame_id = loose["id"]
-        raise FrameError(f"Invalid frame: {exc}", frame_id) from exc
+        raise FrameError(f"Invalid frame: {str(exc)[:300]}", frame_id) from exc
 
 
 def chunk_frame(frame_id: bytes, raw_chunk: bytes) -> bytes:

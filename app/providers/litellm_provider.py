@@ -18,6 +18,7 @@ from app.providers.chunks import read_chunk
 from app.providers.demo import register_demo_provider
 from app.providers.litellm_metadata import model_metadata as _shipped_metadata  # noqa: F401 - copy the map before any Router
 from app.providers.litellm_setup import import_litellm
+from app.providers.quoting import ProviderText
 from app.settings import DeploymentSettings, Settings
 
 litellm = import_litellm()
@@ -64,10 +65,25 @@ def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -
     )
 
 
+#: OpenAI fields that are LiteLLM arguments of its own as well: passed as body fields, so that
+#: LiteLLM never reads the client's value as its own (``metadata`` is its logging metadata).
+_AMBIGUOUS_FIELDS = frozenset({"metadata"})
+
+
 def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[str, Any]:
-    fields = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
+    """The keyword arguments for ``Router.acompletion``: OpenAI's own fields as parameters (LiteLLM
+    maps them per provider), everything else only as ``extra_body``, never as an argument."""
+    fields = request.openai_params(exclude=_OWN_FIELDS | _AMBIGUOUS_FIELDS)
     if stream:
         fields["stream_options"] = asking_for_usage(fields.get("stream_options"))
+    else:
+        fields.pop("stream_options", None)
+    extra = request.extra_fields()
+    for name in _AMBIGUOUS_FIELDS:
+        if name in request.body:
+            extra[name] = request.body[name]
+    if extra:
+        fields["extra_body"] = extra
     return fields
 
 
@@ -76,18 +92,22 @@ def chunk_from_litellm(obj: Any) -> Chunk:
 
 
 class LiteLLMProvider:
-    def __init__(self, router: Any) -> None:
+    def __init__(self, router: Any, quote: ProviderText | None = None) -> None:
         self._router = router
+        self._quote = quote or ProviderText()
+
+    def _error(self, exc: BaseException) -> GatewayError:
+        return self._quote.quote(from_litellm(exc))
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
         try:
             response = await self._router.acompletion(
                 model=deployment, messages=request.body["messages"], stream=False, **_passthrough(request)
             )
-        except GatewayError:
-            raise
+        except GatewayError as exc:
+            raise self._quote.quote(exc) from None
         except Exception as exc:
-            raise from_litellm(exc) from exc
+            raise self._error(exc) from None  # the cause holds the provider's unredacted text
         data = response.model_dump(exclude_none=True)
         return Completion(raw=_encoder.encode(data), usage=usage_of(data.get("usage")))
 
@@ -97,14 +117,14 @@ class LiteLLMProvider:
                 model=deployment, messages=request.body["messages"], stream=True, **_passthrough(request, stream=True)
             )
         except Exception as exc:
-            raise from_litellm(exc) from exc
+            raise self._error(exc) from None  # the cause holds the provider's unredacted text
         try:
             async for item in upstream:
                 yield chunk_from_litellm(item)
-        except GatewayError:
-            raise
+        except GatewayError as exc:
+            raise self._quote.quote(exc) from None
         except Exception as exc:
-            raise from_litellm(exc) from exc
+            raise self._error(exc) from None  # the cause holds the provider's unredacted text
         finally:
             # Closing the wrapper closes the provider's HTTP response at once; this is what makes
             # a client disconnect reach the provider.

@@ -18,11 +18,12 @@ from typing import Any
 import msgspec
 from yarl import URL
 
-from app.errors import ProviderRejected, UpstreamTimeout, UpstreamUnavailable
+from app.errors import GatewayError, ProviderRejected, UpstreamTimeout, UpstreamUnavailable
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.litellm_setup import import_litellm
+from app.providers.quoting import ProviderText
 from app.providers.upstream_http import RequestTemplate, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 from app.settings import DeploymentSettings
 
@@ -132,8 +133,11 @@ class Relay:
     #: streams a worker relays at once per origin; streams beyond it wait (with heartbeats) for a slot.
     POOL_SIZE = 10_000
 
-    def __init__(self, targets: dict[str, RelayTarget], *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(
+        self, targets: dict[str, RelayTarget], *, pool_size: int = POOL_SIZE, quote: ProviderText | None = None
+    ) -> None:
         self.targets = targets
+        self._quote = quote or ProviderText()
         self._pool_size = pool_size
         self._pools: dict[str, UpstreamPool] = {}
 
@@ -161,7 +165,7 @@ class Relay:
                 error_body = b""
             finally:
                 response.release()
-            raise error_from_reply(response.status, error_body, response.headers)
+            raise self._quote.quote(error_from_reply(response.status, error_body, response.headers))
         return response
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
@@ -202,9 +206,12 @@ class Relay:
                         finished = True
                         return
                     try:
-                        yield read_chunk(payload)
+                        chunk = read_chunk(payload)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         raise UpstreamUnavailable("The provider sent an unreadable chunk.") from exc
+                    except GatewayError as exc:  # the provider reported an error in the stream
+                        raise self._quote.quote(exc) from None
+                    yield chunk
             # The body ended without [DONE]: the provider broke off.
             raise UpstreamUnavailable("The provider's stream broke off before it finished.")
         except (UpstreamConnectionError, OSError) as exc:

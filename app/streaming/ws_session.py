@@ -17,6 +17,7 @@ import structlog
 from litestar import WebSocket
 
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
+from app.access.origins import OriginPolicy
 from app.chat.service import ChatService
 from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
@@ -62,6 +63,7 @@ class ChatSocketSession:
         settings: Settings,
         keys: GatewayKeys,
         *,
+        origins: OriginPolicy | None = None,
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -69,6 +71,7 @@ class ChatSocketSession:
         self.chat = chat
         self.settings = settings
         self.keys = keys
+        self.origins = origins or OriginPolicy(settings.server.cors_origins)
         self.inflight: dict[str, _InFlight] = {}
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=settings.websocket.send_queue_frames)
         self._closing = False
@@ -80,6 +83,12 @@ class ChatSocketSession:
 
     async def run(self) -> None:
         offered: list[str] = list(self.socket.scope.get("subprotocols") or [])
+        origin = self.socket.headers.get("origin")
+        if not self.origins.allows(origin, self.socket.headers.get("host"), self.socket.scope.get("scheme", "ws")):
+            # Closing before accepting refuses the handshake with a 403: a cross-site page gets nothing.
+            logger.warning("ws_origin_refused", request_id=self.request_id, origin=(origin or "")[:200])
+            await self.socket.close(code=CLOSE_POLICY_VIOLATION)
+            return
         await self.socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         if self._on_open is not None:
             self._on_open()
@@ -126,6 +135,12 @@ class ChatSocketSession:
                 self._handle_frame(data)
             except SlowConsumer:
                 return
+            except Exception as exc:  # a frame must never take the socket (and its other requests) down
+                logger.error("ws_frame_failed", request_id=self.request_id, exc_info=exc)
+                try:
+                    self._send(error_frame(None, public_error(exc, production=self.settings.production)))
+                except SlowConsumer:
+                    return
 
     def _handle_frame(self, data: str | bytes) -> None:
         try:

@@ -1,0 +1,241 @@
+"""uvicorn's HTTP and WebSocket protocols with the bounds a public server needs.
+
+uvicorn bounds none of these: a connection that never sends a byte, or sends its headers one byte a
+second (slowloris), or stops sending its body, stays open for ever; a client that stops reading
+holds its response (and the provider call behind it) for ever; and connections are accepted until
+file descriptors run out, when every other request starts failing with nothing logged. Here:
+
+- ``header_timeout_s``: from the connection's first moment (or a kept-alive request's first byte)
+  to the end of the request's headers;
+- ``body_timeout_s``: longest pause while a request body arrives (never counted while the app has
+  paused reading);
+- ``keepalive_s``: idle time between requests (uvicorn's own ``timeout_keep_alive``);
+- ``max_connections``: past it a new connection gets one 503 and is closed, before it can use
+  the descriptors that the open streams (and their provider connections) need;
+- ``write_timeout_s``: longest time the socket's send buffer may stay full; then the connection is
+  aborted, which the app sees as the client leaving (the stream's provider call is cancelled).
+
+Every timer is armed per phase, never per chunk: the hot path is untouched. Closures are logged,
+at most one line per kind every ``LOG_EVERY_S`` seconds, with counts, so a flood cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Final
+
+import msgspec
+import structlog
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+logger = structlog.get_logger("chat.connections")
+
+LOG_EVERY_S: Final = 10.0
+
+
+class ConnectionLimits(msgspec.Struct, frozen=True):
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    write_timeout_s: float = 30.0
+    max_connections: int = 4096
+
+
+class GatewayConfig(uvicorn.Config):
+    """uvicorn's Config plus the limits the guarded protocols read (it is what they are handed)."""
+
+    def __init__(self, app: Any, *, connection_limits: ConnectionLimits, **kwargs: Any) -> None:
+        kwargs.setdefault("http", GuardedHttpProtocol)
+        kwargs.setdefault("ws", GuardedWebSocketProtocol)
+        super().__init__(app, **kwargs)
+        self.connection_limits = connection_limits
+
+
+class _ClosureLog:
+    """Counts closures per reason and logs them at most once per period."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+
+    def closed(self, reason: str, **fields: Any) -> None:
+        self._counts[reason] = self._counts.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last[reason] = now
+            count, self._counts[reason] = self._counts[reason], 0
+            logger.warning("connection_closed", reason=reason, count=count, **fields)
+
+
+def _limits(config: Any) -> ConnectionLimits:
+    limits = getattr(config, "connection_limits", None)
+    return limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
+
+
+def _closure_log(server_state: Any) -> _ClosureLog:
+    # One per server (shared by its connections), kept on uvicorn's server state object.
+    log = getattr(server_state, "chat_closure_log", None)
+    if log is None:
+        log = _ClosureLog()
+        server_state.chat_closure_log = log
+    return log
+
+
+_OVERLOADED: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b"
+)
+_OVERLOADED_BODY: Final = (
+    b'{"error":{"message":"The server has too many open connections; try again shortly.",'
+    b'"type":"server_error","param":null,"code":"too_many_connections"}}'
+)
+
+
+class _WriteWatch:
+    """Aborts a transport whose send buffer stays full for ``timeout_s`` (the peer stopped reading)."""
+
+    __slots__ = ("_log", "_loop", "_timeout", "_timer", "_transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, log: _ClosureLog) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._log = log
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def paused(self, transport: asyncio.BaseTransport) -> None:
+        if self._timer is None:
+            self._transport = transport
+            self._timer = self._loop.call_later(self._timeout, self._expired)
+
+    def resumed(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            self._log.closed("write_timeout", timeout_s=self._timeout)
+            # abort, not close: close would wait to flush a buffer the peer never drains.
+            transport.abort()  # type: ignore[attr-defined]
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._limits = _limits(config)
+        self._log = _closure_log(server_state)
+        self._phase_timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._writes = _WriteWatch(self.loop, self._limits.write_timeout_s, self._log)
+        self._refused = False
+
+    # -- admission --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self._limits.max_connections:
+            self._refused = True
+            self.transport = transport
+            transport.write(_OVERLOADED % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
+            transport.close()
+            self._log.closed("too_many_connections", limit=self._limits.max_connections)
+            return
+        super().connection_made(transport)
+        self._arm(self._limits.header_timeout_s, self._header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._last_read = self.loop.time()
+        super().data_received(data)
+
+    # -- per-phase deadlines ----------------------------------------------------------------
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        if self._phase_timer is not None:
+            self._phase_timer.cancel()
+        self._phase_timer = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._phase_timer is not None:
+            self._phase_timer.cancel()
+            self._phase_timer = None
+
+    def _header_timeout(self) -> None:
+        self._phase_timer = None
+        if not self.transport.is_closing():
+            self._log.closed("header_timeout", timeout_s=self._limits.header_timeout_s)
+            self.transport.close()
+
+    def _body_timeout(self) -> None:
+        self._phase_timer = None
+        if self.transport.is_closing():
+            return
+        quiet = self.loop.time() - self._last_read
+        if self.flow.read_paused or quiet < self._limits.body_timeout_s:
+            # The app has not read what arrived (not the client's fault), or bytes came meanwhile.
+            self._arm(max(0.05, self._limits.body_timeout_s - quiet), self._body_timeout)
+            return
+        self._log.closed("body_timeout", timeout_s=self._limits.body_timeout_s)
+        self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._phase_timer is None:  # a kept-alive connection's next request: its headers' deadline
+            self._arm(self._limits.header_timeout_s, self._header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        if not (self.parser.should_upgrade() and self._should_upgrade()):
+            self._arm(self._limits.body_timeout_s, self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        self._writes.resumed()
+        super().handle_websocket_upgrade()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._writes.resumed()
+        if self._refused:
+            return
+        super().connection_lost(exc)
+
+    # -- clients that stop reading ----------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writes.paused(self.transport)
+
+    def resume_writing(self) -> None:
+        self._writes.resumed()
+        super().resume_writing()
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with the write timeout (pings already drop dead peers)."""
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._writes = _WriteWatch(self.loop, _limits(config).write_timeout_s, _closure_log(server_state))
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writes.paused(self.transport)
+
+    def resume_writing(self) -> None:
+        self._writes.resumed()
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._writes.resumed()
+        super().connection_lost(exc)
