@@ -39,6 +39,7 @@ def _production(request: Request[Any, Any, Any]) -> bool:
 
 
 def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
+    request.scope.setdefault("state", {})["error"] = exc  # for the request's log line
     return error_response(exc)
 
 

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+#: Longest string value a log line carries per field: a 500 KB model name or header is logged as a
+#: prefix and its length, never whole.
+MAX_FIELD_CHARS = 512
+_UNCAPPED = frozenset({"exception", "prompt"})  # tracebacks, and prompts only logged when asked for
+
+
+def cap_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS and key not in _UNCAPPED:
+            event[key] = f"{value[:MAX_FIELD_CHARS]}... ({len(value)} chars)"
+    return event
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -19,6 +33,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            cap_fields,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

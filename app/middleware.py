@@ -88,6 +88,11 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
         )
     elif "outcome" in state:
         fields["outcome"] = state["outcome"]
+    error = stream.error if stream is not None else state.get("error")
+    if error is not None:
+        fields["error_code"] = error.code
+        # The provider's own (redacted) words where the client was shown ours, else the message.
+        fields["error_detail"] = error.detail if error.detail is not None else error.message
     if "model" in state:
         fields.setdefault("model", state["model"])
     if "prompt" in state:  # only with server.log_bodies on

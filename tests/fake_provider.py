@@ -28,7 +28,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Header = tuple[bytes, bytes]
 
-KINDS = frozenset({"stream", "error", "hang", "hang_after_headers", "drop"})
+KINDS = frozenset({"stream", "error", "hang", "hang_after_headers", "drop", "stream_error"})
 DEFAULT_CONTENT = ["Hello", ",", " world", "!", " This", " is", " the", " fake", " provider", "."]
 TOOL_NAME = "get_weather"
 # Split so that clients must concatenate argument deltas to get valid JSON.
@@ -61,6 +61,10 @@ class Behaviour:
     reasoning: list[str] | None = None
     # None means (7, len(content)); computed lazily so dataclasses.replace() stays correct.
     usage: tuple[int, int] | None = None
+    # Errors repeat the request's credentials back, as some providers and proxies do.
+    echo_credentials: bool = False
+    # The error body is plain text, not JSON.
+    plain_error: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -373,8 +377,10 @@ class FakeProvider:
         if b.kind == "error":
             await asyncio.sleep(b.first_delay_s)
             extra = [(b"retry-after", b.retry_after.encode())] if b.retry_after is not None else []
-            body = _error_body(b.error_message, b.error_type, b.error_code)
-            await self._send_recorded(record, send, b.status, _json_bytes(body), extra)
+            message = _echoed(b, record)
+            error = _error_body(message, b.error_type, b.error_code)
+            payload = message.encode() if b.plain_error else _json_bytes(error)
+            await self._send_recorded(record, send, b.status, payload, extra)
             return
         if not record.stream:
             await self._respond_json(record, b, send, n)
@@ -403,6 +409,11 @@ class FakeProvider:
                 await asyncio.sleep(b.gap_s)
             if b.kind == "drop" and i == b.drop_after:
                 self._abort(record)
+            if b.kind == "stream_error" and i == b.drop_after:
+                error = _error_body(_echoed(b, record), b.error_type, b.error_code)
+                await self._body(record, send, _sse(error))
+                await self._body(record, send, b"", more=False)
+                return
             await self._body(record, send, chunk(delta))
         if b.kind == "drop":  # fewer tokens than drop_after: still never finish cleanly
             self._abort(record)
@@ -495,6 +506,17 @@ def _token_deltas(b: Behaviour, n: int) -> list[dict[str, Any]]:
 def _usage(b: Behaviour) -> dict[str, int]:
     prompt, completion = b.usage_counts()
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _echoed(b: Behaviour, record: RequestRecord) -> str:
+    if not b.echo_credentials:
+        return b.error_message
+    auth = record.headers.get("authorization", "")
+    bare = auth.partition(" ")[2]
+    return (
+        f"{b.error_message} Incorrect API key provided: {bare}. "
+        f"Request headers: authorization: {auth}; x-api-key={record.headers.get('x-api-key', bare)}"
+    )
 
 
 def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:

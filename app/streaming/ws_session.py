@@ -305,4 +305,6 @@ def _log_stream(request_id: str | None, frame_id: str, stream: ChatStream) -> No
         chunks=stream.chunks,
         ttfb_ms=round((stream.first_byte_at - stream.started_at) * 1000, 2) if stream.first_byte_at else None,
         duration_ms=round(((stream.ended_at or time.perf_counter()) - stream.started_at) * 1000, 2),
+        error_code=stream.error.code if stream.error is not None else None,
+        error_detail=(stream.error.detail or stream.error.message) if stream.error is not None else None,
     )
