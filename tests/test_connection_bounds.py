@@ -5,12 +5,14 @@ Raw sockets against real uvicorn running the guarded protocols (app/transport/gu
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from app.serve import connection_limits
 from app.settings import settings_from_dict
@@ -131,28 +133,50 @@ def capped(fake_provider: FakeProvider) -> Iterator[ServerThread]:
     server.stop()
 
 
-def test_connections_over_the_cap_get_a_503_and_the_server_stays_up(capped: ServerThread) -> None:
-    idle = [_connect(capped) for _ in range(20)]
+def test_idle_connections_are_evicted_to_serve_a_request_at_the_cap(capped: ServerThread) -> None:
+    idle = [_connect(capped) for _ in range(40)]
     try:
         time.sleep(0.2)  # let the server accept them all
-        with _connect(capped) as extra:
-            extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-            extra.settimeout(5)
-            reply = extra.recv(65536)
-        assert reply.startswith(b"HTTP/1.1 503"), reply
-        assert b"too_many_connections" in reply
+        with httpx.Client(base_url=capped.base_url, timeout=5) as client:
+            assert client.get("/health/live").status_code == 200
+        open_ones = 0
+        for sock in idle:
+            sock.setblocking(False)
+            try:
+                open_ones += sock.recv(1) != b""
+            except BlockingIOError:
+                open_ones += 1
+            except OSError:
+                pass
+        assert open_ones <= 20, f"{open_ones} idle connections held past a cap of 20"
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_connections_over_the_cap_get_a_503_when_every_one_is_busy(capped: ServerThread) -> None:
+    with contextlib.ExitStack() as stack:
+        for _ in range(20):
+            stack.enter_context(ws_connect(capped.ws_url, subprotocols=["chat.v1"], open_timeout=5))  # type: ignore[list-item]
+        _assert_refused(capped)
     deadline = time.monotonic() + 5
-    while True:  # the idle ones are gone: the server serves again
+    while True:  # the sockets are gone: the server serves again
         try:
             if httpx.get(f"{capped.base_url}/health/live", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
-        assert time.monotonic() < deadline, "the server did not recover after the idle connections left"
+        assert time.monotonic() < deadline, "the server did not recover after the sockets left"
         time.sleep(0.05)
+
+
+def _assert_refused(capped: ServerThread) -> None:
+    with _connect(capped) as extra:
+        extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        extra.settimeout(5)
+        reply = extra.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 503"), reply
+    assert b"too_many_connections" in reply
 
 
 def test_max_connections_is_capped_by_the_descriptor_limit(fake_provider: FakeProvider) -> None:

@@ -10,8 +10,9 @@ file descriptors run out, when every other request starts failing with nothing l
 - ``body_timeout_s``: longest pause while a request body arrives (never counted while the app has
   paused reading);
 - ``keepalive_s``: idle time between requests (uvicorn's own ``timeout_keep_alive``);
-- ``max_connections``: past it a new connection gets one 503 and is closed, before it can use
-  the descriptors that the open streams (and their provider connections) need;
+- ``max_connections``: at the cap, the connection idle the longest (no request in progress) is
+  closed to make room; only when every connection is busy does a new one get one 503 and close,
+  before it can use the descriptors that open streams (and their provider connections) need;
 - ``write_timeout_s``: longest time the socket's send buffer may stay full; then the connection is
   aborted, which the app sees as the client leaving (the stream's provider call is cancelled).
 
@@ -83,6 +84,15 @@ def _closure_log(server_state: Any) -> _ClosureLog:
     return log
 
 
+def _idle_connections(server_state: Any) -> dict[Any, None]:
+    """The server's connections waiting for a request, oldest first (a dict keeps insertion order)."""
+    idle = getattr(server_state, "chat_idle_connections", None)
+    if idle is None:
+        idle = {}
+        server_state.chat_idle_connections = idle
+    return idle
+
+
 _OVERLOADED: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b"
@@ -133,11 +143,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._last_read = 0.0
         self._writes = _WriteWatch(self.loop, self._limits.write_timeout_s, self._log)
         self._refused = False
+        self._idle = _idle_connections(server_state)
 
     # -- admission --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self._limits.max_connections:
+        if len(self.connections) >= self._limits.max_connections and not self._evict_idle():
             self._refused = True
             self.transport = transport
             transport.write(_OVERLOADED % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
@@ -145,7 +156,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._log.closed("too_many_connections", limit=self._limits.max_connections)
             return
         super().connection_made(transport)
+        self._idle[self] = None
         self._arm(self._limits.header_timeout_s, self._header_timeout)
+
+    def _evict_idle(self) -> bool:
+        """Make room by closing the connection idle the longest (waiting for a request), as nginx
+        reuses kept-alive connections: idle sockets cannot lock out a client with a request to make."""
+        while self._idle:
+            victim = next(iter(self._idle))
+            del self._idle[victim]
+            if not victim.transport.is_closing():
+                victim.transport.close()
+                self._log.closed("evicted_idle", limit=self._limits.max_connections)
+                return True
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -190,6 +214,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._idle.pop(self, None)  # a request in progress is never evicted
         super().on_headers_complete()
         if not (self.parser.should_upgrade() and self._should_upgrade()):
             self._arm(self._limits.body_timeout_s, self._body_timeout)
@@ -197,6 +222,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._idle[self] = None  # kept alive, waiting for its next request: evictable again
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()
@@ -206,6 +236,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._writes.resumed()
+        self._idle.pop(self, None)
         if self._refused:
             return
         super().connection_lost(exc)
