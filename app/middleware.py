@@ -9,12 +9,14 @@ from __future__ import annotations
 import gzip
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.streaming.sse import RAW_SEND
 
 logger = structlog.get_logger("chat.access")
 
@@ -49,15 +51,19 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500
         encoded_id = request_id.encode("latin-1")
+        # Streaming responses write their body messages straight to the server's send: every layer
+        # in between only needs the response start (sse.py, RAW_SEND).
+        state[RAW_SEND] = send
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # A plain function returning send's awaitable: no coroutine frame of its own per message.
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", encoded_id))
                 message = {**message, "headers": headers}
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
@@ -78,21 +84,15 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
     }
     stream = state.get("stream")
     if stream is not None:
-        fields.update(
-            transport=stream.transport,
-            model=stream.model,
-            stream_id=stream.id,
-            outcome=stream.outcome,
-            chunks=stream.chunks,
-            ttfb_ms=round((stream.first_byte_at - stream.started_at) * 1000, 2) if stream.first_byte_at else None,
-        )
-    elif "outcome" in state:
-        fields["outcome"] = state["outcome"]
-    error = stream.error if stream is not None else state.get("error")
-    if error is not None:
-        fields["error_code"] = error.code
-        # The provider's own (redacted) words where the client was shown ours, else the message.
-        fields["error_detail"] = error.detail if error.detail is not None else error.message
+        fields.update(stream.log_fields())
+    else:
+        if "outcome" in state:
+            fields["outcome"] = state["outcome"]
+        error = state.get("error")
+        if error is not None:
+            fields["error_code"] = error.code
+            # The provider's own (redacted) words where the client was shown ours, else the message.
+            fields["error_detail"] = error.detail if error.detail is not None else error.message
     if "model" in state:
         fields.setdefault("model", state["model"])
     if "prompt" in state:  # only with server.log_bodies on
@@ -120,6 +120,12 @@ class JsonCompressionMiddleware:
         async def send_maybe_compressed(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
+                content_type = MutableScopeHeaders(cast(Any, message)).get("content-type") or ""
+                if not content_type.lower().startswith("application/json"):
+                    # Not JSON (an SSE stream, the page): nothing to compress, and a stream's body
+                    # may not even come back through here (sse.py, RAW_SEND).
+                    await send(message)
+                    return
                 start = message
                 return
             if start is None:

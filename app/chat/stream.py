@@ -1,4 +1,6 @@
-"""One chat stream: numbered events pulled from the upstream, its deadlines, and one handle to end it.
+"""One chat stream, owned from open to close by one object: numbered events pulled from the
+upstream, its deadlines, its first byte and first token, the pump that hands events to a
+transport's writer, its outcome, its close, its metrics observation and its log fields.
 
 The consumer (the SSE response or a WebSocket request) pulls events in its own task; there is no
 reader task and no queue in between, because on a gateway that relays thousands of chunks a second
@@ -7,6 +9,10 @@ are a watchdog timer that cancels whichever task is waiting on the provider; eve
 an error event; ``close(outcome)`` ends the stream once and closes the upstream call at once.
 Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business:
 ``last_event_at`` says when the stream last produced something.
+
+Transports are thin writers (``StreamWriter``): ``pump`` drives them, so the pull -> first byte ->
+frame -> outcome -> close sequence exists once. A later stream log or a second reader attaches to
+the pump, and a drain ends a stream through ``close`` like any other end.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol
 
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
@@ -39,6 +46,37 @@ class StreamEvent:
     @property
     def is_done(self) -> bool:
         return self.chunk is None and self.error is None
+
+
+class ClientLeft(Exception):
+    """The reader went away (disconnected, or too slow to keep): the stream ends as theirs."""
+
+
+class StreamWriter(Protocol):
+    """A transport's framing of a stream's events; ``pump`` calls it, nothing else does."""
+
+    async def chunk(self, seq: int, raw: bytes) -> None: ...
+
+    async def end(self, event: StreamEvent) -> None:
+        """The last event: done (``event.is_done``) or an error."""
+        ...
+
+    def cancelled(self, stream: ChatStream) -> None:
+        """The stream was cancelled by its client before its last event (best effort, synchronous)."""
+        ...
+
+
+class _NoGuard:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+NO_GUARD: Final = _NoGuard()
 
 
 class Deadlines:
@@ -99,6 +137,7 @@ class ChatStream:
         self._watchdog: asyncio.TimerHandle | None = None
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
+        self._cancel_requested = False
 
     def start(self) -> ChatStream:
         loop = asyncio.get_running_loop()
@@ -213,6 +252,57 @@ class ChatStream:
         if event.chunk is not None:
             self.chunks += 1
         return event
+
+    async def pump(self, writer: StreamWriter, guard: AbstractContextManager[Any] = NO_GUARD) -> None:
+        """Hand every event to ``writer`` until the last one, then close the stream with its outcome.
+
+        ``guard`` wraps each wait for the provider (the SSE request's disconnect watch). A client
+        that leaves ends the stream as ``client_disconnected``; one that asked to cancel (``cancel``)
+        as ``cancelled``, with the writer told first.
+        """
+        outcome = CLIENT_DISCONNECTED
+        try:
+            while True:
+                with guard:
+                    event = await self.next_event()
+                if self.first_byte_at is None:
+                    self.mark_first_byte()
+                if event.chunk is not None:
+                    await writer.chunk(event.seq, event.chunk.raw)
+                    continue
+                outcome = COMPLETED if event.error is None else event.error.outcome
+                await writer.end(event)
+                return
+        except (ClientLeft, asyncio.CancelledError):
+            if self._cancel_requested and outcome == CLIENT_DISCONNECTED:
+                outcome = CANCELLED
+                self.mark_first_byte()  # the cancellation's answer is this stream's first byte if none was
+                writer.cancelled(self)
+            raise
+        except Exception:
+            outcome = UPSTREAM_ERROR  # a failure of ours while relaying: not the client's doing
+            raise
+        finally:
+            self.close(outcome)
+
+    def request_cancel(self) -> None:
+        """The client asked to stop: the next interruption of ``pump`` ends the stream as cancelled."""
+        self._cancel_requested = True
+
+    def log_fields(self) -> dict[str, Any]:
+        """The stream's part of its request's log line."""
+        fields: dict[str, Any] = {
+            "transport": self.transport,
+            "model": self.model,
+            "stream_id": self.id,
+            "outcome": self.outcome,
+            "chunks": self.chunks,
+            "ttfb_ms": round((self.first_byte_at - self.started_at) * 1000, 2) if self.first_byte_at else None,
+        }
+        if self.error is not None:
+            fields["error_code"] = self.error.code
+            fields["error_detail"] = self.error.detail if self.error.detail is not None else self.error.message
+        return fields
 
     def mark_first_byte(self) -> None:
         if self.first_byte_at is None:

@@ -17,8 +17,7 @@ from app.protocol.openai import parse_chat_body
 from app.settings import Settings
 from app.streaming.disconnect import ClientGone, DisconnectWatch
 from app.streaming.intent import wants_stream
-from app.streaming.response import EventStream
-from app.streaming.sse import SSE_HEADERS, SseBody
+from app.streaming.sse import SSE_HEADERS, SseResponse
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
 CLIENT_CLOSED_REQUEST = 499
@@ -76,40 +75,35 @@ class ChatController(Controller):
         streaming = wants_stream(body.request.stream, request.headers.get("accept"))
         watch = DisconnectWatch(request.receive)
         try:
-            if not streaming:
-                with watch.guard():
+            with watch.guard():
+                if not streaming:
                     completion, cache_status = await chat.complete(
                         body, started_at=started, caller=caller, cache_control=cache_control
                     )
-                watch.stop()
-                headers = {"X-Cache": cache_status} if cache_status else None
-                return Response(content=completion.raw, media_type="application/json", headers=headers)
-            with watch.guard():
+                    watch.stop()
+                    headers = {"X-Cache": cache_status} if cache_status else None
+                    return Response(content=completion.raw, media_type="application/json", headers=headers)
                 stream = await chat.open_stream(
                     body, "sse", started_at=started, caller=caller, cache_control=cache_control
                 )
                 request.state.stream = stream
-                try:
-                    # The status window: errors the provider reports at once still get a real status.
-                    first = await stream.first_event(settings.streaming.status_window_s)
-                except BaseException:
-                    stream.close(CLIENT_DISCONNECTED)
-                    raise
-        except ClientGone:
+                # The status window: errors the provider reports at once still get a real status.
+                first = await stream.first_event(settings.streaming.status_window_s)
+        except BaseException as exc:
             watch.stop()
-            return _client_gone(request)
-        except BaseException:
-            watch.stop()
+            opened = request.state.get("stream")
+            if opened is not None:
+                opened.close(CLIENT_DISCONNECTED)  # stops the provider call; a no-op if it ended already
+            if isinstance(exc, ClientGone):
+                return _client_gone(request)
             raise
         if first is not None and first.error is not None:
             watch.stop()
             stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
             stream.close(first.error.outcome)
             raise first.error
-        # From here the response owns the watch: it stops it when the body ends.
-        return EventStream(
-            SseBody(stream, watch),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, "X-Stream-ID": stream.id}
-            | ({"X-Cache": stream.cache_status} if stream.cache_status else {}),
-        )
+        # From here the response owns the watch and drives the stream.
+        headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
+        if stream.cache_status:
+            headers["X-Cache"] = stream.cache_status
+        return SseResponse(stream, watch, headers)

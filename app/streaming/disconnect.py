@@ -18,8 +18,10 @@ from types import TracebackType
 
 from litestar.types import Receive
 
+from app.chat.stream import ClientLeft
 
-class ClientGone(Exception):
+
+class ClientGone(ClientLeft):
     """The client closed the connection."""
 
 

@@ -1,17 +1,37 @@
-"""SSE framing of a chat stream's events (API.md 1.1)."""
+"""SSE framing of a chat stream (API.md 1.1), and the response that writes it.
+
+``SseResponse`` is a response type of our own: Litestar's ``Stream`` would open a task group per
+response to watch for the client leaving and route every chunk through its iterator machinery,
+where here the request's one ``DisconnectWatch`` does that job and the stream's ``pump`` drives an
+``SseWriter``. The response start goes through the middleware chain (request id, compression,
+CORS and the framework all see it); every body message after it goes straight to the server's
+``send`` (``RAW_SEND``, published by the outermost middleware), so a chunk costs one Python-level
+send and no middleware frame. Nothing but the response start is of interest to those layers.
+
+Heartbeats come from a timer that re-arms itself once per period (never per chunk) and, when the
+stream has produced nothing for ``heartbeat_s`` and no frame is being written, writes the comment
+from a short task of its own: every write is one whole SSE event, so a heartbeat can only ever land
+between two events.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from typing import Any, Final
 
 import msgspec
+from litestar import Response
+from litestar.types import Message, Receive, Scope, Send
 
-from app.chat.stream import ChatStream, StreamEvent
+from app.chat.stream import ChatStream, ClientLeft, StreamEvent
 from app.errors import GatewayError
 from app.streaming.disconnect import DisconnectWatch
 
 HEARTBEAT: bytes = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: Where the outermost middleware leaves the server's own ``send`` for responses that bypass the
+#: chain after their start (see the module docstring).
+RAW_SEND: Final = "chat.raw_send"
 _encode = msgspec.json.encode
 
 
@@ -34,14 +54,107 @@ def end_frame(stream_id: bytes, event: StreamEvent) -> bytes:
     return done_frame(stream_id, event.seq)
 
 
-class SseBody:
-    """An SSE response body: the stream and the watch that notices the client leave."""
+class _Heartbeat:
+    """Writes ``: keep-alive`` after ``period`` seconds in which the stream produced no event."""
 
-    __slots__ = ("stream", "watch")
+    __slots__ = ("_beating", "_last", "_loop", "_period", "_send", "_stream", "_timer", "writing")
 
-    def __init__(self, stream: ChatStream, watch: DisconnectWatch) -> None:
-        self.stream = stream
-        self.watch = watch
+    def __init__(self, stream: ChatStream, send: Send) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stream = stream
+        self._send = send
+        self._period = stream.deadlines.heartbeat_s
+        self._last = self._loop.time()
+        self._beating: asyncio.Task[None] | None = None
+        self.writing = False  # set by the writer around each frame's write
+        self._timer = self._loop.call_at(self._last + self._period, self._check)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        raise TypeError("an SseBody is written by EventStream, which also owns its disconnect watch")
+    def _check(self) -> None:
+        quiet_since = max(self._stream.last_event_at, self._last)
+        now = self._loop.time()
+        if now - quiet_since >= self._period and not self.writing and self._beating is None:
+            self._last = quiet_since = now
+            self._beating = self._loop.create_task(self._beat())
+        self._timer = self._loop.call_at(quiet_since + self._period, self._check)
+
+    async def _beat(self) -> None:
+        try:
+            await self._send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+        except Exception:  # the client is gone: the pump finds out on its own
+            pass
+        finally:
+            self._beating = None
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._beating is not None:
+            self._beating.cancel()
+
+
+class SseWriter:
+    """Frames a stream's events as SSE and writes each with one ``send``."""
+
+    __slots__ = ("_heartbeat", "_send", "_sid")
+
+    def __init__(self, stream: ChatStream, send: Send) -> None:
+        self._sid = stream.id.encode()
+        self._send = send
+        self._heartbeat = _Heartbeat(stream, send)
+
+    async def chunk(self, seq: int, raw: bytes) -> None:
+        heartbeat = self._heartbeat
+        heartbeat.writing = True
+        await self._send({"type": "http.response.body", "body": chunk_frame(self._sid, seq, raw), "more_body": True})
+        heartbeat.writing = False
+
+    async def end(self, event: StreamEvent) -> None:
+        self._heartbeat.stop()
+        await self._send({"type": "http.response.body", "body": end_frame(self._sid, event), "more_body": False})
+
+    def cancelled(self, stream: ChatStream) -> None:
+        return None  # an SSE stream is only cancelled by its client leaving: nothing left to tell
+
+    def stop(self) -> None:
+        self._heartbeat.stop()
+
+
+class _SseASGI:
+    __slots__ = ("_headers", "_stream", "_watch")
+
+    def __init__(self, stream: ChatStream, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]]) -> None:
+        self._stream = stream
+        self._watch = watch
+        self._headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream, watch = self._stream, self._watch
+        try:
+            start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
+            await send(start)
+            raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
+            writer = SseWriter(stream, raw_send)
+            try:
+                await stream.pump(writer, watch.guard())
+            except ClientLeft:
+                return  # nothing more to send; the pump has closed the stream as the client's
+            finally:
+                writer.stop()
+        except BaseException:
+            stream.close("client_disconnected")  # no-op when the pump closed it already
+            raise
+        finally:
+            watch.stop()
+
+
+class SseResponse(Response[Any]):
+    """The SSE response for an open chat stream; its request's disconnect watch comes with it."""
+
+    def __init__(self, stream: ChatStream, watch: DisconnectWatch, headers: dict[str, str]) -> None:
+        super().__init__(content=None, media_type="text/event-stream")
+        self._stream = stream
+        self._watch = watch
+        self._raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        self._raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
+        return _SseASGI(self._stream, self._watch, self._raw_headers)

@@ -19,7 +19,7 @@ from litestar import WebSocket
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
 from app.chat.service import ChatService
-from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream
+from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, ChatStream, ClientLeft, StreamEvent
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
 from app.protocol.frames import (
     CancelFrame,
@@ -51,8 +51,33 @@ class _InFlight:
         self.started = False
 
 
-class SlowConsumer(Exception):
-    pass
+class SlowConsumer(ClientLeft):
+    """The socket's send queue is full: the consumer is closed with 1013."""
+
+
+class _RequestWriter:
+    """One request's frames on the socket (API.md 2): chunks, then one done or error frame."""
+
+    __slots__ = ("_encoded_id", "_frame_id", "_session", "_stream")
+
+    def __init__(self, session: ChatSocketSession, frame_id: str, stream: ChatStream) -> None:
+        self._session = session
+        self._frame_id = frame_id
+        self._encoded_id = encode_id(frame_id)
+        self._stream = stream
+
+    async def chunk(self, seq: int, raw: bytes) -> None:
+        self._session._send(chunk_frame(self._encoded_id, raw))
+
+    async def end(self, event: StreamEvent) -> None:
+        if event.error is not None:
+            self._session._send(error_frame(self._frame_id, event.error))
+        else:
+            self._session._send(done_frame(self._frame_id, self._stream.finish_reason, self._stream.usage))
+
+    def cancelled(self, stream: ChatStream) -> None:
+        with contextlib.suppress(SlowConsumer):
+            self._session._send(done_frame(self._frame_id, "cancelled", stream.usage))
 
 
 class ChatSocketSession:
@@ -203,6 +228,8 @@ class ChatSocketSession:
         if entry is None:
             return  # already finished: its done frame is on its way, a cancel is a no-op
         entry.cancelled = True
+        if entry.stream is not None:
+            entry.stream.request_cancel()
         if entry.started:
             entry.task.cancel()
         # else: the task has not run yet; it sees the flag first thing and ends the request itself.
@@ -231,41 +258,23 @@ class ChatSocketSession:
         await self._relay(frame_id, stream)
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
-        encoded_id = encode_id(frame_id)
-        outcome = CLIENT_DISCONNECTED
-        ended = False  # a done or error frame went out: exactly one per request
         try:
-            while not ended:
-                event = await stream.next_event()
-                if stream.first_byte_at is None:
-                    stream.mark_first_byte()
-                if event.chunk is not None:
-                    self._send(chunk_frame(encoded_id, event.chunk.raw))
-                elif event.error is not None:
-                    outcome, ended = event.error.outcome, True
-                    self._send(error_frame(frame_id, event.error))
-                else:
-                    outcome, ended = COMPLETED, True
-                    self._send(done_frame(frame_id, stream.finish_reason, stream.usage))
+            await stream.pump(_RequestWriter(self, frame_id, stream))
         except asyncio.CancelledError:
             entry = self.inflight.get(frame_id)
-            if entry is not None and entry.cancelled and not self._closing and not ended:
-                outcome = CANCELLED
-                self._answer_cancelled(frame_id, stream)
-            else:
+            if entry is None or not entry.cancelled or self._closing:
                 raise
+            # The client's cancel: the pump answered it (done frame "cancelled"); the task ends here.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except SlowConsumer:
-            outcome = CLIENT_DISCONNECTED
+            pass  # the socket is being closed with 1013; the stream ended as the client's
         except Exception as exc:
-            outcome = UPSTREAM_ERROR
-            error = public_error(exc, production=self.settings.production)
             logger.error("ws_request_failed", request_id=self.request_id, id=frame_id, exc_info=exc)
             with contextlib.suppress(SlowConsumer):
-                self._send(error_frame(frame_id, error))
+                self._send(error_frame(frame_id, public_error(exc, production=self.settings.production)))
         finally:
-            stream.close(outcome)
             self.inflight.pop(frame_id, None)
-            _log_stream(self.request_id, frame_id, stream)
+            logger.info("ws_request", request_id=self.request_id, id=frame_id, **stream.log_fields())
 
     def _send(self, frame: bytes) -> None:
         if self._closing:
@@ -291,20 +300,3 @@ class ChatSocketSession:
             if frame is None:
                 return
             await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
-
-
-def _log_stream(request_id: str | None, frame_id: str, stream: ChatStream) -> None:
-    logger.info(
-        "ws_request",
-        request_id=request_id,
-        id=frame_id,
-        transport="websocket",
-        model=stream.model,
-        stream_id=stream.id,
-        outcome=stream.outcome,
-        chunks=stream.chunks,
-        ttfb_ms=round((stream.first_byte_at - stream.started_at) * 1000, 2) if stream.first_byte_at else None,
-        duration_ms=round(((stream.ended_at or time.perf_counter()) - stream.started_at) * 1000, 2),
-        error_code=stream.error.code if stream.error is not None else None,
-        error_detail=(stream.error.detail or stream.error.message) if stream.error is not None else None,
-    )
