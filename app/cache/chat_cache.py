@@ -14,9 +14,9 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from app.cache.answer import CachedAnswer, assemble
+from app.cache.answer import CachedAnswer, assemble, split
 from app.cache.backends import CacheBackend
-from app.providers.base import Chunk, Usage
+from app.providers.base import Chunk, Completion, Usage
 from app.settings import CacheSettings, DeploymentSettings
 
 logger = structlog.get_logger("chat.cache")
@@ -54,6 +54,34 @@ def policy_from(cache_control: str | None) -> CachePolicy:
     )
 
 
+class CacheDecision(msgspec.Struct):
+    """What the cache said about one request: a stored answer, or the flight this request leads.
+
+    A request that leads a flight must land it on every path: ``record`` hands that duty to the
+    stream it wraps (closing the stream lands it), ``land_completion`` does it for a JSON call.
+    """
+
+    status: str | None  # the X-Cache header: HIT, MISS, BYPASS; None when caching is off
+    answer: CachedAnswer | None = None
+    key: str = ""
+    flight: asyncio.Future[CachedAnswer | None] | None = None
+    cache: Any = None  # the ChatCache that made the decision, when it leads a flight
+
+    def record(self, source: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        """``source``, recorded into this request's flight if it leads one."""
+        if self.flight is None or self.cache is None:
+            return source
+        return self.cache.recording(self.key, self.flight, source)
+
+    def land_completion(self, completion: Completion | None) -> None:
+        """Land this request's flight with a JSON call's result (None: it failed)."""
+        if self.flight is not None and self.cache is not None:
+            self.cache.land(self.key, self.flight, answer_from_completion(completion) if completion else None)
+
+
+NO_CACHE: Final = CacheDecision(status=None)
+
+
 class ChatCache:
     def __init__(
         self, backend: CacheBackend, settings: CacheSettings, on_result: Callable[[str], None] | None = None
@@ -67,6 +95,27 @@ class ChatCache:
 
     def count(self, result: str) -> None:
         self._on_result(result)
+
+    async def consult(self, key: str, cache_control: str | None, wait_s: float) -> CacheDecision:
+        """The one call per request: a stored answer, an identical call in flight on this replica
+        (followed for at most ``wait_s``), or the duty to lead the call and land its answer."""
+        policy = policy_from(cache_control)
+        if not policy.read:
+            self.count(BYPASS)
+            return self._decision("BYPASS", key, lead=policy.write)
+        answer, ok = await self.lookup(key)
+        if answer is None and (flight := self.flight(key)) is not None:
+            answer = await self.follow(flight, wait_s)
+        if answer is not None:
+            self.count(HIT)
+            return CacheDecision(status="HIT", answer=answer, key=key)
+        self.count(MISS if ok else ERROR)
+        return self._decision("MISS" if policy.write else "BYPASS", key, lead=policy.write)
+
+    def _decision(self, status: str, key: str, *, lead: bool) -> CacheDecision:
+        if not lead:
+            return CacheDecision(status=status, key=key)
+        return CacheDecision(status=status, key=key, flight=self.lead(key), cache=self)
 
     async def lookup(self, key: str) -> tuple[CachedAnswer | None, bool]:
         """(answer, ok): ok is False when the backend failed or held garbage (then it is a miss)."""
@@ -144,6 +193,16 @@ class ChatCache:
         for task in list(self._writes):
             task.cancel()
         await self.backend.close()
+
+
+def answer_from_completion(completion: Completion) -> CachedAnswer:
+    usage = completion.usage
+    return CachedAnswer(
+        completion=completion.raw,
+        chunks=split(completion.raw),
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+    )
 
 
 def answer_from_chunks(chunks: list[bytes], usage: Usage | None) -> CachedAnswer:

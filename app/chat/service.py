@@ -9,11 +9,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-import msgspec
-
 from app.access.keys import ANONYMOUS, Caller
-from app.cache.answer import CachedAnswer, replay_chunks, split
-from app.cache.chat_cache import BYPASS, ERROR, HIT, MISS, ChatCache, cache_key, policy_from
+from app.cache.answer import replay_chunks
+from app.cache.chat_cache import NO_CACHE, CacheDecision, ChatCache, cache_key
 from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream, Deadlines, StreamObserver
 from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
 from app.protocol.openai import ChatCompletionInput
@@ -34,18 +32,6 @@ class CallObserver(StreamObserver, Protocol):
         error: GatewayError | None,
         responded: bool,
     ) -> None: ...
-
-
-class CacheDecision(msgspec.Struct):
-    """What the cache said about one request: a stored answer, or whether to lead the upstream call."""
-
-    status: str | None  # the X-Cache header: HIT, MISS, BYPASS; None when caching is off
-    answer: CachedAnswer | None = None
-    key: str = ""
-    flight: asyncio.Future[CachedAnswer | None] | None = None
-
-
-NO_CACHE = CacheDecision(status=None)
 
 
 async def _replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
@@ -80,33 +66,12 @@ class ChatService:
         return model
 
     async def _consult_cache(
-        self,
-        request: ChatCompletionInput,
-        deployment: str,
-        caller: Caller,
-        cache_control: str | None,
-        *,
-        wait_s: float,
+        self, request: ChatCompletionInput, deployment: str, caller: Caller, cache_control: str | None, wait_s: float
     ) -> CacheDecision:
-        cache = self._cache
-        if cache is None:
+        if self._cache is None:
             return NO_CACHE
-        policy = policy_from(cache_control)
         key = cache_key(request.body, self._deployments[deployment], caller.scope)
-        if not policy.read:
-            cache.count(BYPASS)
-            return CacheDecision(status="BYPASS", key=key, flight=cache.lead(key) if policy.write else None)
-        answer, ok = await cache.lookup(key)
-        if answer is None and (flight := cache.flight(key)) is not None:
-            # Someone on this replica is already asking the provider: wait for their answer, but no
-            # longer than this request would wait for the provider itself.
-            answer = await cache.follow(flight, wait_s)
-        if answer is not None:
-            cache.count(HIT)
-            return CacheDecision(status="HIT", answer=answer, key=key)
-        cache.count(MISS if ok else ERROR)
-        status = "MISS" if policy.write else "BYPASS"
-        return CacheDecision(status=status, key=key, flight=cache.lead(key) if policy.write else None)
+        return await self._cache.consult(key, cache_control, wait_s)
 
     async def open_stream(
         self,
@@ -119,15 +84,13 @@ class ChatService:
     ) -> ChatStream:
         deployment = self.resolve(request.model)
         wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
-        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s=wait_s)
+        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
         source: AsyncIterator[Chunk]
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
         else:
-            source = self._provider.stream(request, deployment)
-            if decision.flight is not None and self._cache is not None:
-                # From here the stream owns the flight: closing the stream, on any path, lands it.
-                source = self._cache.recording(decision.key, decision.flight, source)
+            # From here the stream owns the flight this request may lead: closing it, on any path, lands it.
+            source = decision.record(self._provider.stream(request, deployment))
         stream = ChatStream(
             stream_id=os.urandom(16).hex(),
             model=deployment,
@@ -153,7 +116,7 @@ class ChatService:
         deployment = self.resolve(request.model)
         started = time.perf_counter() if started_at is None else started_at
         wait_s = self._deployments[deployment].timeout_s
-        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s=wait_s)
+        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
         if decision.answer is not None:
             completion = Completion(raw=decision.answer.completion, usage=decision.answer.usage)
             self._record_call(deployment, started, started, COMPLETED, completion.usage, None, from_cache=True)
@@ -178,17 +141,7 @@ class ChatService:
             outcome = UPSTREAM_ERROR
             raise
         finally:
-            if decision.flight is not None and self._cache is not None:
-                answer = None
-                if completion_or_none is not None:
-                    usage = completion_or_none.usage
-                    answer = CachedAnswer(
-                        completion=completion_or_none.raw,
-                        chunks=split(completion_or_none.raw),
-                        prompt_tokens=usage.prompt_tokens if usage else None,
-                        completion_tokens=usage.completion_tokens if usage else None,
-                    )
-                self._cache.land(decision.key, decision.flight, answer)
+            decision.land_completion(completion_or_none)
             usage = completion_or_none.usage if completion_or_none is not None else None
             self._record_call(deployment, started, upstream_started, outcome, usage, error)
 

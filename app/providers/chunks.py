@@ -10,8 +10,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from app.errors import GatewayError, from_provider_reply
+from app.errors import GatewayError
 from app.providers.base import Chunk, Usage
+from app.providers.translate import from_provider_reply
 
 _NO_RAW = msgspec.Raw(b"")
 
