@@ -17,6 +17,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from app.access.keys import Caller, GatewayKeys
 from app.chat.catalogue import Catalogue
 from app.chat.service import ChatService
+from app.drain import Drain
 from app.http_errors import EXCEPTION_HANDLERS
 from app.lifespan import services_lifespan
 from app.log import configure_logging
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         return settings
 
     keys = GatewayKeys.from_env(settings.server.api_keys_env, environ)
+    drain = Drain(settings.server.shutdown_delay_s, settings.server.drain_s)
 
     def provide_chat_context(request: Request[Any, Any, Any]) -> ChatContext:
         # request.app.state, not a `state` parameter: Litestar builds a State copy per request for that.
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),
         },
-        lifespan=[services_lifespan(settings, metrics, environ)],
+        lifespan=[services_lifespan(settings, metrics, environ, drain)],
         on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(JsonCompressionMiddleware)],
@@ -92,8 +94,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.drain = drain
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
-    app.asgi_handler = RequestIdMiddleware(app.asgi_handler, observers=[metrics.http_request])
+    app.asgi_handler = RequestIdMiddleware(app.asgi_handler, observers=[metrics.http_request], drain=drain)
     return app
 
 

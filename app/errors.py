@@ -14,6 +14,7 @@
     ├── UpstreamUnavailable            502     upstream_error          upstream_unavailable
     ├── UpstreamOverloaded             503     upstream_error          upstream_overloaded
     ├── UpstreamTimeout                504     timeout_error           upstream_timeout
+    ├── ServerShuttingDown             503     server_error            server_shutting_down
     └── InternalError                  500     server_error            internal_error
 
 Provider replies and LiteLLM's exception classes are translated into this tree at the provider
@@ -126,6 +127,10 @@ class UpstreamOverloaded(UpstreamError):
 
 class UpstreamTimeout(GatewayError):
     status, type, default_code, outcome = 504, "timeout_error", "upstream_timeout", "timeout"
+
+
+class ServerShuttingDown(GatewayError):
+    status, type, default_code, outcome = 503, "server_error", "server_shutting_down", "shutdown"
 
 
 class InternalError(GatewayError):

@@ -15,6 +15,7 @@ from app.cache.backends import build_backend
 from app.cache.chat_cache import ChatCache
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
+from app.drain import Drain
 from app.metrics import Metrics
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
@@ -34,7 +35,10 @@ class Services:
 
 
 def build_services(
-    settings: Settings, metrics: Metrics | None = None, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    environ: Mapping[str, str] | None = None,
+    drain: Drain | None = None,
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.providers.litellm_metadata import model_metadata, provider_of
@@ -68,7 +72,7 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
-    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache)
+    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache, drain=drain)
     return Services(
         settings=settings,
         provider=provider,
@@ -108,17 +112,19 @@ def settle_heap() -> None:
 
 
 def services_lifespan(
-    settings: Settings, metrics: Metrics, environ: Mapping[str, str] | None = None
+    settings: Settings, metrics: Metrics, environ: Mapping[str, str] | None = None, drain: Drain | None = None
 ) -> Callable[[Litestar], Any]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings, metrics, environ)
+        services = build_services(settings, metrics, environ, drain)
         await services.catalogue.get()
         app.state.services = services
         app.state.chat = services.chat
         app.state.catalogue = services.catalogue
         app.state.ready_checks = services.ready_checks
         settle_heap()
+        if drain is not None:
+            drain.install_signal_handlers()  # after uvicorn's own: the first signal drains
         try:
             yield
         finally:

@@ -12,10 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import msgspec
 import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.drain import Drain
+from app.errors import GatewayError
 from app.streaming.sse import RAW_SEND
 
 logger = structlog.get_logger("chat.access")
@@ -33,9 +36,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class RequestIdMiddleware:
     """Every response carries X-Request-ID; every HTTP request ends with one summary log line."""
 
-    def __init__(self, app: ASGIApp, observers: list[RequestObserver] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, observers: list[RequestObserver] | None = None, drain: Drain | None = None
+    ) -> None:
         self.app = app
         self.observers = observers or []
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -66,12 +72,27 @@ class RequestIdMiddleware:
             return send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if self.drain is not None and self.drain.refusing:
+                # A request that arrived after the listener closed (a kept-alive connection): 503.
+                await _refuse(send_with_id, self.drain.refusal())
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
             for observer in self.observers:
                 observer(scope, status, duration)
             _log_request(scope, state, request_id, status, duration)
+
+
+async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayError) -> None:
+    body = msgspec.json.encode(error.body())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: int, duration: float) -> None:

@@ -28,6 +28,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_timeout": ws.ping_s,
         "ws_max_size": ws.max_frame_bytes,
         "timeout_keep_alive": settings.server.keepalive_s,
+        # After the drain (app/drain.py) has ended everything, uvicorn's own wait has nothing left to
+        # wait for; this bounds it anyway.
+        "timeout_graceful_shutdown": 5,
         "access_log": False,
         "proxy_headers": False,
         "server_header": False,

@@ -45,6 +45,11 @@ class ServerSettings(_Section):
     """Longest pause while a request body arrives."""
     keepalive_s: PositiveFloat = 15.0
     """Idle time allowed between two requests on one connection."""
+    drain_s: NonNegFloat = 30.0
+    """On SIGTERM/SIGINT, how long in-flight requests and streams get to finish once the listener closed."""
+    shutdown_delay_s: NonNegFloat = 0.0
+    """On SIGTERM/SIGINT, how long the server keeps accepting (readiness already 503) before it closes
+    its listener, so that load balancers notice first."""
     max_connections: PositiveInt = 4096
     """Open connections (HTTP and WebSocket) per worker; past it, a new one gets a 503. Capped by the
     process's file-descriptor limit, which start-up raises to its hard limit."""

@@ -7,12 +7,14 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import nullcontext
 from typing import Protocol
 
 from app.access.keys import ANONYMOUS, Caller
 from app.cache.answer import replay_chunks
 from app.cache.chat_cache import NO_CACHE, CacheDecision, ChatCache, cache_key
 from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream, Deadlines, StreamObserver
+from app.drain import Drain
 from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Provider, Usage
@@ -48,6 +50,7 @@ class ChatService:
         model_names: Callable[[], frozenset[str]] | None = None,
         observer: CallObserver | None = None,
         cache: ChatCache | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._settings = settings
         self._provider = provider
@@ -56,6 +59,7 @@ class ChatService:
         self._deployments = {d.name: d for d in settings.models.deployments}
         self._observer = observer
         self._cache = cache
+        self._drain = drain
         s = settings.streaming
         self._deadlines = Deadlines(s.first_token_timeout_s, s.idle_timeout_s, s.heartbeat_s)
 
@@ -102,6 +106,9 @@ class ChatService:
             include_usage=request.include_usage(),
         )
         stream.cache_status = decision.status
+        if self._drain is not None:
+            stream.on_close = self._drain.stream_closed
+            self._drain.track_stream(stream)
         return stream.start()
 
     async def complete(
@@ -126,8 +133,15 @@ class ChatService:
         error: GatewayError | None = None
         completion_or_none: Completion | None = None
         try:
-            async with asyncio.timeout(self._deployments[deployment].timeout_s):
-                completion_or_none = await self._provider.complete(request, deployment)
+            with self._drain.call() if self._drain is not None else nullcontext():
+                try:
+                    async with asyncio.timeout(self._deployments[deployment].timeout_s):
+                        completion_or_none = await self._provider.complete(request, deployment)
+                except asyncio.CancelledError:
+                    if self._drain is None or not self._drain.ending:
+                        raise
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    raise self._drain.refusal() from None  # drain time is up: answered with a 503
             outcome = COMPLETED
             return completion_or_none, decision.status
         except TimeoutError as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol
 
@@ -133,11 +133,13 @@ class ChatStream:
         self._first: asyncio.Task[StreamEvent] | None = None  # the status window's pull, when one ran
         self._puller: asyncio.Task[Any] | None = None  # the task waiting on the provider, if one is
         self._deadline_at = 0.0
-        self._timed_out = False
+        self._ending: GatewayError | None = None  # set when told to end early (deadline, drain)
         self._watchdog: asyncio.TimerHandle | None = None
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
         self._cancel_requested = False
+        #: Told once the stream has closed (the drain's registry); set by whoever registers it.
+        self.on_close: Callable[[ChatStream], None] | None = None
 
     def start(self) -> ChatStream:
         loop = asyncio.get_running_loop()
@@ -160,8 +162,13 @@ class ChatStream:
         if now < self._deadline_at:
             self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
         elif self._puller is not None:
-            self._timed_out = True
-            self._puller.cancel()
+            self._interrupt(
+                UpstreamTimeout(
+                    "The provider sent no first chunk in time."
+                    if self._seq == 0
+                    else "The provider went silent mid-stream for longer than the idle timeout."
+                )
+            )
         else:
             # Past the deadline but nobody waits on the provider: the client is being written to, and
             # the next wait sets a fresh deadline. Look again later rather than spin.
@@ -171,6 +178,8 @@ class ChatStream:
         """The next event from the provider, in the calling task; never raises for provider failures."""
         source = self._source
         while True:
+            if self._ending is not None:  # told to end while nobody was waiting on the provider
+                return self._last(self._ending)
             if self._seq:
                 # The idle deadline runs from when the gateway waits for the provider again, so
                 # time spent waiting on a slow client never counts against the provider.
@@ -183,17 +192,12 @@ class ChatStream:
             except GatewayError as exc:
                 return self._last(exc)
             except asyncio.CancelledError:
-                if not self._timed_out or self.outcome is not None:
+                ending = self._ending
+                if ending is None or self.outcome is not None:
                     raise
-                self._timed_out = False
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                return self._last(
-                    UpstreamTimeout(
-                        "The provider sent no first chunk in time."
-                        if self._seq == 0
-                        else "The provider went silent mid-stream for longer than the idle timeout."
-                    )
-                )
+                await _close_quietly(source)  # the provider's call ends with the stream
+                return self._last(ending)
             except Exception as exc:  # a provider bug must still end the stream in the contract's shape
                 return self._last(UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}"))
             finally:
@@ -212,6 +216,23 @@ class ChatStream:
                     continue
             self._seq += 1
             return StreamEvent(self._seq, chunk)
+
+    def _interrupt(self, error: GatewayError) -> None:
+        """End the stream with ``error`` as its last event: at once if the provider is being waited
+        on (that wait is cancelled and turned into the event), else at the next pull."""
+        if self._finished or self.outcome is not None or self._ending is not None:
+            return
+        self._ending = error
+        puller = self._puller
+        if self._first is not None and not self._first.done():
+            self._first.cancel()
+        elif puller is not None and puller is not asyncio.current_task():
+            puller.cancel()
+
+    def end_with(self, error: GatewayError) -> None:
+        """End the stream in-band with ``error`` (the server draining): its readers get the error as
+        the last event and the outcome is the error's."""
+        self._interrupt(error)
 
     def _last(self, error: GatewayError | None) -> StreamEvent:
         self._finished = True
@@ -338,9 +359,17 @@ class ChatStream:
                 self._close_source()
         if self._observer is not None:
             self._observer.stream_closed(self)
+        if self.on_close is not None:
+            self.on_close(self)
 
 
 _CLOSING: set[asyncio.Task[None]] = set()  # keeps scheduled cleanups alive until they ran
+
+
+async def _close_quietly(source: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await _quietly(aclose())
 
 
 async def _quietly(closing: Awaitable[Any]) -> None:

@@ -24,6 +24,12 @@ async def chat_socket(
     metrics: NamedDependency[Metrics],
 ) -> None:
     session = ChatSocketSession(
-        socket, chat, settings, keys, on_open=metrics.socket_opened, on_close=metrics.socket_closed
+        socket,
+        chat,
+        settings,
+        keys,
+        drain=socket.app.state.drain,
+        on_open=metrics.socket_opened,
+        on_close=metrics.socket_closed,
     )
     await session.run()

@@ -22,6 +22,10 @@ async def ready(request: Request[Any, Any, Any], settings: NamedDependency[Setti
     checks["providers"] = "ok" if services is not None else "starting"
     for name, check in getattr(request.app.state, "ready_checks", {}).items():
         checks[name] = "ok" if await check() else "unavailable"
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        # Draining (API.md 1.4): the load balancer must stop sending, whatever the checks say.
+        return Response({"status": "draining", "checks": checks}, status_code=503)
     healthy = all(v == "ok" for v in checks.values())
     return Response(
         {"status": "ok" if healthy else "unavailable", "checks": checks},

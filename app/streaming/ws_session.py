@@ -20,6 +20,7 @@ from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
 from app.chat.service import ChatService
 from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, ChatStream, ClientLeft, StreamEvent
+from app.drain import Drain
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
 from app.protocol.frames import (
     CancelFrame,
@@ -36,6 +37,7 @@ from app.settings import Settings
 
 logger = structlog.get_logger("chat.websocket")
 
+CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -89,6 +91,7 @@ class ChatSocketSession:
         keys: GatewayKeys,
         *,
         origins: OriginPolicy | None = None,
+        drain: Drain | None = None,
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -97,6 +100,7 @@ class ChatSocketSession:
         self.settings = settings
         self.keys = keys
         self.origins = origins or OriginPolicy(settings.server.cors_origins)
+        self.drain = drain
         self.inflight: dict[str, _InFlight] = {}
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=settings.websocket.send_queue_frames)
         self._closing = False
@@ -125,9 +129,13 @@ class ChatSocketSession:
                 await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
                 return
             sender = asyncio.create_task(self._send_loop(), name="ws-sender")
+            if self.drain is not None:
+                self.drain.track_session(self)
             try:
                 await self._receive_loop()
             finally:
+                if self.drain is not None:
+                    self.drain.session_closed(self)
                 self._closing = True
                 for entry in list(self.inflight.values()):
                     entry.task.cancel()
@@ -179,7 +187,24 @@ class ChatSocketSession:
             case CancelFrame(id=frame_id):
                 self._cancel(frame_id)
 
+    async def close_for_shutdown(self) -> None:
+        """The drain's last phase: once this socket's requests have sent their last frames (the
+        drain ended their streams in-band), close it with 1001 (going away)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        while self.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        # Let the sender flush what the requests queued, within the same bound.
+        while not self._queue.empty() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        self._close_code = CLOSE_GOING_AWAY
+        with contextlib.suppress(Exception):
+            await self.socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+
     def _create(self, frame_id: str, body: dict[str, Any]) -> None:
+        if self.drain is not None and self.drain.refusing:
+            self._send(error_frame(frame_id, self.drain.refusal()))
+            return
         if frame_id in self.inflight:
             self._send(
                 error_frame(

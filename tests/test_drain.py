@@ -1,0 +1,211 @@
+"""Draining on SIGTERM / SIGINT (API.md 1.4), against real `python -m app` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.fake_provider import Behaviour, FakeProvider
+
+SHORT = Behaviour(content=[f" t{i}" for i in range(10)], gap_s=0.2)  # ~2 s
+LONG = Behaviour(content=[f" t{i}" for i in range(300)], gap_s=0.1)  # ~30 s
+# JSON answers come whole after first_delay_s: these hold a JSON call open.
+HOLD_SHORT = Behaviour(first_delay_s=1.5)
+HOLD_LONG = Behaviour(first_delay_s=30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Gateway:
+    def __init__(self, tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float) -> None:
+        self.port = free_port()
+        config = tmp / "gateway.toml"
+        deployments = "".join(
+            f'[[models.deployments]]\nname = "{name}"\nlitellm_model = "openai/{name}"\n'
+            f'api_base = "{fake.base_url}"\nfast_path = {str(fast).lower()}\n\n'
+            for name, fast in [
+                ("drain_short", True),
+                ("drain_long", True),
+                ("drain_long_full", False),
+                ("hold_short", True),
+                ("hold_long", True),
+                ("hold_long_full", False),
+            ]
+        )
+        config.write_text(
+            f'[server]\nport = {self.port}\nlog_level = "info"\ndrain_s = {drain_s}\n'
+            f"shutdown_delay_s = {delay_s}\n\n[streaming]\nstatus_window_s = 0.2\n\n{deployments}"
+        )
+        env = {**os.environ, "CHAT_CONFIG": str(config), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        self.log = tmp / "gateway.log"
+        self._sink = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app"], env=env, stdout=self._sink, stderr=subprocess.STDOUT
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the gateway did not become ready")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._sink.close()
+
+
+@pytest.fixture
+def drain_fake(fake: FakeProvider) -> Iterator[FakeProvider]:
+    fake.set_behaviour("drain_short", SHORT)
+    fake.set_behaviour("drain_long", LONG)
+    fake.set_behaviour("drain_long_full", LONG)
+    fake.set_behaviour("hold_short", HOLD_SHORT)
+    fake.set_behaviour("hold_long", HOLD_LONG)
+    fake.set_behaviour("hold_long_full", HOLD_LONG)
+    yield fake
+
+
+def body(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+async def sse(client: httpx.AsyncClient, model: str) -> str:
+    async with client.stream("POST", "/v1/chat/completions", json=body(model, stream=True)) as response:
+        assert response.status_code == 200
+        return (await response.aread()).decode()
+
+
+async def ws_request(url: str, model: str) -> tuple[list[dict[str, Any]], int | None]:
+    """Frames for one request, and the close code the server sent (None if still open)."""
+    frames: list[dict[str, Any]] = []
+    async with connect(url, subprotocols=["chat.v1"], open_timeout=10) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "chat.completion.create", "id": "w", "request": body(model)}))
+        try:
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 40))
+                frames.append(frame)
+                if frame["type"] in ("chat.completion.done", "error"):
+                    break
+            await asyncio.wait_for(ws.recv(), 5)  # the server closes the socket after the drain
+        except ConnectionClosed as closed:
+            return frames, closed.rcvd.code if closed.rcvd else None
+        except TimeoutError:
+            return frames, None
+    return frames, None
+
+
+async def test_sigterm_lets_streams_finish_and_says_draining(tmp_path: Path, drain_fake: FakeProvider) -> None:
+    gateway = Gateway(tmp_path, drain_fake, drain_s=10, delay_s=1.0)
+    try:
+        gateway.wait_ready()
+        ws_url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
+        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+            streams = [asyncio.create_task(sse(client, "drain_short")) for _ in range(3)]
+            sockets = [asyncio.create_task(ws_request(ws_url, "drain_short")) for _ in range(2)]
+            json_call = asyncio.create_task(client.post("/v1/chat/completions", json=body("hold_short")))
+            await drain_fake.await_request(6, timeout=10)
+            signalled = time.monotonic()
+            gateway.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            # Within shutdown_delay_s: not ready any more, but still serving.
+            async with httpx.AsyncClient(base_url=gateway.base, timeout=5) as fresh:
+                ready = await fresh.get("/health/ready")
+                assert ready.status_code == 503 and ready.json()["status"] == "draining"
+                assert (await fresh.get("/health/live")).status_code == 200
+            texts = await asyncio.gather(*streams)
+            ws_results = await asyncio.gather(*sockets)
+            answer = await json_call
+        for text in texts:
+            assert text.rstrip().endswith("data: [DONE]"), text[-300:]
+            assert "server_shutting_down" not in text
+        for frames, _code in ws_results:
+            assert frames[-1]["type"] == "chat.completion.done", frames[-1]
+        assert answer.status_code == 200
+        exit_code = await asyncio.to_thread(gateway.process.wait, 15)
+        took = time.monotonic() - signalled
+        assert exit_code == 0, gateway.log.read_text()[-2000:]
+        assert took < 1.0 + 2.0 + 5.0, took  # the streams' ~2 s, the delay, and start-up slack
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("model", ["drain_long", "drain_long_full"])
+async def test_sigterm_ends_long_streams_in_band_after_drain_s(
+    tmp_path: Path, drain_fake: FakeProvider, model: str
+) -> None:
+    drain_s = 1.0
+    gateway = Gateway(tmp_path, drain_fake, drain_s=drain_s, delay_s=0)
+    try:
+        gateway.wait_ready()
+        ws_url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
+        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+            stream = asyncio.create_task(sse(client, model))
+            socket_task = asyncio.create_task(ws_request(ws_url, model))
+            hold = model.replace("drain", "hold")
+            json_call = asyncio.create_task(client.post("/v1/chat/completions", json=body(hold)))
+            await drain_fake.await_request(3, timeout=10)
+            await asyncio.sleep(0.5)  # mid-stream
+            signalled = time.monotonic()
+            gateway.process.send_signal(signal.SIGTERM)
+            text = await stream
+            frames, close_code = await socket_task
+            answer = await json_call
+        assert 'event: error' in text and "server_shutting_down" in text, text[-500:]
+        assert "[DONE]" not in text
+        assert frames[-1]["type"] == "error" and frames[-1]["status"] == 503, frames[-1]
+        assert frames[-1]["error"]["code"] == "server_shutting_down"
+        assert close_code == 1001
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_shutting_down"
+        exit_code = await asyncio.to_thread(gateway.process.wait, drain_s + 10)
+        took = time.monotonic() - signalled
+        assert exit_code == 0, gateway.log.read_text()[-2000:]
+        assert took < drain_s + 2.0 + 1.0, took  # drain_s + 2 s, plus the test's own scheduling
+        for record in drain_fake.requests:
+            await drain_fake.await_end(record, timeout=5)
+            assert record.completed_at is None, "the provider saw its call closed, not finished"
+        log = gateway.log.read_text()
+        assert '"outcome": "shutdown"' in log
+    finally:
+        gateway.stop()
+
+
+async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> None:
+    gateway = Gateway(tmp_path, drain_fake, drain_s=5, delay_s=0)
+    try:
+        gateway.wait_ready()
+        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+            stream = asyncio.create_task(sse(client, "drain_short"))
+            await drain_fake.await_request(1, timeout=10)
+            gateway.process.send_signal(signal.SIGINT)
+            text = await stream
+        assert text.rstrip().endswith("data: [DONE]")
+        assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+    finally:
+        gateway.stop()
