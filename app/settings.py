@@ -39,6 +39,12 @@ class ServerSettings(_Section):
     log_bodies: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     workers: PositiveInt = 1
+    drain_s: NonNegFloat = 30.0
+    """On SIGTERM/SIGINT, how long requests and streams in flight may go on after the listener closes
+    before they are ended in-band with ``server_shutting_down`` (API.md 1.4)."""
+    shutdown_delay_s: NonNegFloat = 0.0
+    """On SIGTERM/SIGINT, how long the listener stays open (readiness already 503) so that load
+    balancers stop routing here before connections are refused; match a Kubernetes preStop sleep."""
 
 
 class StreamingSettings(_Section):
