@@ -8,6 +8,7 @@ import uvicorn
 
 from app.serve import uvicorn_options
 from app.settings import ConfigError, load_settings
+from app.worker_metrics import worker_metrics_dir
 
 
 def main() -> int:
@@ -17,17 +18,18 @@ def main() -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        "app.app:app_factory",
-        factory=True,
-        host=settings.server.host,
-        port=settings.server.port,
-        workers=settings.server.workers,
-        loop="auto",
-        http="auto",
-        log_level="warning",
-        **uvicorn_options(settings),
-    )
+    with worker_metrics_dir(settings.server.workers):  # several workers: one /metrics for all
+        uvicorn.run(
+            "app.app:app_factory",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=settings.server.workers,
+            loop="auto",
+            http="auto",
+            log_level="warning",
+            **uvicorn_options(settings),
+        )
     return 0
 
 
