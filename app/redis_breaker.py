@@ -9,7 +9,9 @@ States::
 - **open**: operations are refused at once with ``BackendUnavailable`` (no I/O, no waiting); the
   caller degrades (a cache miss, say). One background task re-tests the backend with ``probe``,
   one probe at a time, waiting ``backoff_s`` before the first and doubling up to
-  ``max_backoff_s`` (each wait jittered by +/-20% so that replicas do not probe in step).
+  ``max_backoff_s`` (each wait jittered by +/-20% so that replicas do not probe in step). The cap
+  is short (2 s) because a probe is one PING per process, and it bounds how long the cache stays
+  unused after Redis is back.
 
 Only outage errors (connection refused or reset, timeouts) open the circuit: an error that Redis
 itself answered (a bad value, a wrong type) proves that Redis is there and passes through as it is.
@@ -56,7 +58,7 @@ class CircuitBreaker:
         op_timeout_s: float,
         target: str = "",
         backoff_s: float = 0.5,
-        max_backoff_s: float = 5.0,
+        max_backoff_s: float = 2.0,
         is_outage: Callable[[BaseException], bool] = is_redis_outage,
         logger: Any = None,
     ) -> None:
