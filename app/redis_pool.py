@@ -20,8 +20,30 @@ import time
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 DEFAULT_IDLE_CLOSE_S = 60.0
+
+
+def pool_options(op_timeout_s: float, idle_close_s: float = DEFAULT_IDLE_CLOSE_S) -> dict[str, Any]:
+    """Keyword arguments for ``IdleClosingPool`` shared by every Redis-backed feature.
+
+    One immediate retry on a connection error: a pooled connection can be dead without anyone
+    knowing (Redis restarted, or its ``timeout`` setting closed an idle client), and the first
+    command on it fails with "Connection closed by server" although Redis is fine; the retry
+    reconnects and the circuit breaker never sees it. A Redis that is really down refuses the
+    reconnect at once, so the retry costs nothing then; timeouts are not retried (the op bound
+    stays the op bound). Commands that must not run twice (a reply lost after the command ran)
+    should pass their own ``retry``.
+    """
+    return {
+        "socket_timeout": op_timeout_s,
+        "socket_connect_timeout": op_timeout_s,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "idle_close_s": idle_close_s,
+    }
 
 
 class IdleClosingPool(ConnectionPool):  # type: ignore[misc]

@@ -18,7 +18,7 @@ from aiocache.serializers import BaseSerializer, NullSerializer
 
 from app.cache.answer import CachedAnswer
 from app.redis_breaker import CircuitBreaker
-from app.redis_pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool
+from app.redis_pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
 from app.settings import CacheSettings
 
 
@@ -111,6 +111,7 @@ class RedisBackend:
         parsed = urlparse(url)
         db = (parsed.path or "/0").lstrip("/") or "0"
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        options = pool_options(op_timeout_s, idle_close_s)
         self._cache = RedisCache(
             serializer=MsgpackSerializer(),
             endpoint=host,
@@ -118,10 +119,10 @@ class RedisBackend:
             db=int(db),
             password=unquote(parsed.password) if parsed.password else None,
             ssl=parsed.scheme == "rediss",
-            create_connection_timeout=op_timeout_s,
+            create_connection_timeout=options.pop("socket_connect_timeout"),  # aiocache passes it itself
             timeout=None,
             connection_pool_class=IdleClosingPool,
-            connection_pool_kwargs={"socket_timeout": op_timeout_s, "idle_close_s": idle_close_s},
+            connection_pool_kwargs=options,
         )
         self.breaker = CircuitBreaker(
             "cache", self._cache.client.ping, op_timeout_s=op_timeout_s, target=f"{host}:{port}/{db}"
