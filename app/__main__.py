@@ -6,6 +6,7 @@ import sys
 
 from app.serve import serve
 from app.settings import ConfigError, load_settings
+from app.worker_metrics import worker_metrics_dir
 
 
 def main() -> int:
@@ -15,7 +16,8 @@ def main() -> int:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
-    serve(settings)
+    with worker_metrics_dir(settings.server.workers):  # several workers: one /metrics for all
+        serve(settings)
     return 0
 
 

@@ -30,6 +30,7 @@ from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page
 from app.settings import Settings, load_settings
+from app.worker_metrics import Scrape, scrape_lifespan
 
 
 def create_app(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:
@@ -60,6 +61,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     def provide_metrics() -> Metrics:
         return metrics
 
+    def provide_scrape(state: State) -> Scrape:
+        scrape: Scrape = state.scrape
+        return scrape
+
     def provide_keys() -> GatewayKeys:
         return keys
 
@@ -75,10 +80,11 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "catalogue": Provide(provide_catalogue, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "metrics": Provide(provide_metrics, sync_to_thread=False),
+            "scrape": Provide(provide_scrape, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),
         },
-        lifespan=[services_lifespan(settings, metrics, environ, drain)],
+        lifespan=[services_lifespan(settings, metrics, environ, drain), scrape_lifespan(settings, metrics, environ)],
         on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(JsonCompressionMiddleware)],

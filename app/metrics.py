@@ -21,6 +21,8 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
+from app.process_metrics import register_process_metrics
+
 if TYPE_CHECKING:
     from app.chat.stream import ChatStream
     from app.errors import GatewayError
@@ -103,6 +105,7 @@ class Metrics:
             "chat.websocket.connections.active", description="WebSocket connections open now"
         )
         self.sockets.add(0)
+        register_process_metrics(meter)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

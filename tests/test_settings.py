@@ -24,7 +24,7 @@ SUBPROCESS_TIMEOUT_S = 30
 
 #: The sections API.md 6 lists, and the keys it names in each.
 CONTRACT_SECTIONS: dict[str, set[str]] = {
-    "server": {"host", "port", "env", "max_body_bytes", "api_keys_env", "cors_origins"},
+    "server": {"host", "port", "env", "max_body_bytes", "api_keys_env", "cors_origins", "drain_s", "shutdown_delay_s"},
     "streaming": {
         "heartbeat_s",
         "status_window_s",
@@ -147,6 +147,8 @@ def test_wrong_type() -> None:
         ("streaming", "status_window_s", -0.5),
         ("server", "port", 70000),
         ("server", "max_body_bytes", 0),
+        ("server", "drain_s", -1),
+        ("server", "shutdown_delay_s", -0.1),
         ("websocket", "max_inflight", 0),
         ("cache", "ttl_s", -5),
         ("rate_limit", "requests_per_minute", -1),

@@ -1,12 +1,13 @@
 """Cache backends on aiocache, chosen by configuration alone: in-memory LRU or Redis.
 
 Values cross the Redis boundary as msgpack (msgspec), never pickle: nothing read from Redis is
-ever unpickled, and bytes that do not decode are a miss, not a crash.
+ever unpickled, and bytes that do not decode are a miss, not a crash. The Redis backend goes
+through a circuit breaker (``app/redis_breaker.py``): while Redis is away its calls raise
+``BackendUnavailable`` at once instead of waiting for a timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
@@ -16,6 +17,8 @@ from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import BaseSerializer, NullSerializer
 
 from app.cache.answer import CachedAnswer
+from app.redis_breaker import CircuitBreaker
+from app.redis_pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
 from app.settings import CacheSettings
 
 
@@ -98,40 +101,48 @@ class MemoryBackend:
 
 
 class RedisBackend:
-    def __init__(self, url: str, op_timeout_s: float) -> None:
+    """The shared cache in Redis, behind a circuit breaker: during an outage every call fails at once.
+
+    ``op_timeout_s`` bounds each call (the breaker's bound; aiocache's own, which wraps every call
+    in a task, is switched off). Idle connections are closed after ``idle_close_s``.
+    """
+
+    def __init__(self, url: str, op_timeout_s: float, *, idle_close_s: float = DEFAULT_IDLE_CLOSE_S) -> None:
         parsed = urlparse(url)
         db = (parsed.path or "/0").lstrip("/") or "0"
-        self._timeout = op_timeout_s
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        options = pool_options(op_timeout_s, idle_close_s)
         self._cache = RedisCache(
             serializer=MsgpackSerializer(),
-            endpoint=parsed.hostname or "127.0.0.1",
-            port=parsed.port or 6379,
+            endpoint=host,
+            port=port,
             db=int(db),
             password=unquote(parsed.password) if parsed.password else None,
             ssl=parsed.scheme == "rediss",
-            create_connection_timeout=op_timeout_s,
-            timeout=op_timeout_s,
-            connection_pool_kwargs={"socket_timeout": op_timeout_s},
+            create_connection_timeout=options.pop("socket_connect_timeout"),  # aiocache passes it itself
+            timeout=None,
+            connection_pool_class=IdleClosingPool,
+            connection_pool_kwargs=options,
+        )
+        self.breaker = CircuitBreaker(
+            "cache", self._cache.client.ping, op_timeout_s=op_timeout_s, target=f"{host}:{port}/{db}"
         )
 
     async def get(self, key: str) -> CachedAnswer | None:
-        value: CachedAnswer | None = await self._cache.get(key)
+        value: CachedAnswer | None = await self.breaker.run(self._cache.get, key)
         return value
 
     async def set(self, key: str, value: CachedAnswer, ttl: float) -> None:
-        await self._cache.set(key, value, ttl=max(1, int(ttl)))
+        await self.breaker.run(self._cache.set, key, value, ttl=max(1, int(ttl)))
 
     async def delete(self, key: str) -> None:
-        await self._cache.delete(key)
+        await self.breaker.run(self._cache.delete, key)
 
     async def health(self) -> bool:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return bool(await self._cache.client.ping())
-        except Exception:
-            return False
+        return await self.breaker.check()
 
     async def close(self) -> None:
+        await self.breaker.aclose()
         await self._cache.close()
         await self._cache.client.aclose()
 

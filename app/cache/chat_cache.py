@@ -1,7 +1,10 @@
 """The response cache around chat calls: keys, bounded lookups, single-flight, recording streams.
 
-Degraded, never down: every backend call is bounded by ``cache.op_timeout_s``; a failure is
-logged, counted as ``error`` and treated as a miss.
+Degraded, never down: every backend call is bounded by ``cache.op_timeout_s`` (the backend's own
+bound: the Redis backend's circuit breaker, which also refuses calls at once during an outage).
+A failed or refused read is a miss and a failed or refused write is a lost entry; both are counted
+as ``error``. Outages are logged by the breaker, once when they start and once when they end;
+only errors that are not outages are logged here.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import structlog
 from app.cache.answer import CachedAnswer, assemble, split
 from app.cache.backends import CacheBackend
 from app.providers.base import Chunk, Completion, Usage
+from app.redis_breaker import BackendUnavailable
 from app.settings import CacheSettings, DeploymentSettings
 
 logger = structlog.get_logger("chat.cache")
@@ -88,7 +92,6 @@ class ChatCache:
     ) -> None:
         self.backend = backend
         self._ttl = settings.ttl_s
-        self._timeout = settings.op_timeout_s
         self._on_result = on_result or (lambda _r: None)
         self._flights: dict[str, asyncio.Future[CachedAnswer | None]] = {}
         self._writes: set[asyncio.Task[None]] = set()
@@ -120,8 +123,9 @@ class ChatCache:
     async def lookup(self, key: str) -> tuple[CachedAnswer | None, bool]:
         """(answer, ok): ok is False when the backend failed or held garbage (then it is a miss)."""
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self.backend.get(key), True
+            return await self.backend.get(key), True
+        except BackendUnavailable:
+            return None, False
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             logger.warning("cache_value_unreadable", key=key[-16:], error=str(exc)[:200])
             self._spawn(self._delete(key))
@@ -171,18 +175,20 @@ class ChatCache:
         task.add_done_callback(self._writes.discard)
 
     async def _store(self, key: str, answer: CachedAnswer, future: asyncio.Future[CachedAnswer | None]) -> None:
+        # The answer was served either way; a failed write only loses the next hit.
         try:
-            async with asyncio.timeout(self._timeout):
-                await self.backend.set(key, answer, self._ttl)
-        except Exception as exc:  # the answer was served; only the next hit is lost
+            await self.backend.set(key, answer, self._ttl)
+        except BackendUnavailable:
+            self.count(ERROR)
+        except Exception as exc:
+            self.count(ERROR)
             logger.warning("cache_unavailable", op="set", error=f"{type(exc).__name__}: {exc}"[:200])
         finally:
             self._forget(key, future)
 
     async def _delete(self, key: str) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
-                await self.backend.delete(key)
+            await self.backend.delete(key)
         except Exception:
             pass
 

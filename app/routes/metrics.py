@@ -1,13 +1,19 @@
-"""Prometheus scrape endpoint (API.md 5)."""
+"""Prometheus scrape endpoint (API.md 5): this worker's metrics, or every worker's merged."""
 
 from __future__ import annotations
 
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from app.metrics import CONTENT_TYPE, Metrics
+from app.metrics import CONTENT_TYPE
+from app.worker_metrics import Scrape, WorkerUnavailable
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
-def metrics_endpoint(metrics: NamedDependency[Metrics]) -> Response[bytes]:
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+@get("/metrics", include_in_schema=False)
+async def metrics_endpoint(scrape: NamedDependency[Scrape]) -> Response[bytes]:
+    try:
+        body = await scrape()
+    except WorkerUnavailable as exc:
+        # A failed scrape, not a partial sum: Prometheus would read the missing worker as a reset.
+        return Response(f"# a worker did not answer: {exc}\n".encode(), status_code=503, media_type=CONTENT_TYPE)
+    return Response(body, media_type=CONTENT_TYPE)
