@@ -11,4 +11,5 @@ PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
 
 @get("/", include_in_schema=False, sync_to_thread=False)
 def chat_page() -> Response[bytes]:
-    return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+    # Litestar appends "; charset=utf-8" to text/* media types itself: naming it here sent it twice.
+    return Response(PAGE.read_bytes(), media_type="text/html", headers={"Cache-Control": "no-cache"})
