@@ -16,6 +16,8 @@ import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.failure_log import upstream_failure
+
 logger = structlog.get_logger("chat.access")
 
 RequestObserver = Callable[[Any, int, float], None]
@@ -90,6 +92,9 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
         fields["outcome"] = state["outcome"]
     if "model" in state:
         fields.setdefault("model", state["model"])
+    error = state.get("error") or (stream.error if stream is not None else None)
+    if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
+        fields.update(upstream_failure(scope, fields.get("model"), error))
     if "prompt" in state:  # only with server.log_bodies on
         fields["prompt"] = state["prompt"]
     logger.info("request", **fields)

@@ -7,6 +7,7 @@ LiteLLM (seconds each), so they are few and each checks several things.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -19,6 +20,7 @@ import tomllib
 from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -29,6 +31,9 @@ QUICK_S = 30
 SLOW_S = 90
 
 DEMO = '[[models.deployments]]\nname = "demo"\nlitellm_model = "demo/demo"\n'
+UNREACHABLE = (
+    '\n[[models.deployments]]\nname = "down"\nlitellm_model = "openai/x"\napi_base = "http://127.0.0.1:{port}/v1"\n'
+)
 TYPO = '[[models.deployments]]\nname = "gpt"\nlitellm_model = "opnai/gpt-4o-mini"\n'
 
 
@@ -54,6 +59,11 @@ def run(*args: str, timeout: float = QUICK_S, **env: str) -> subprocess.Complete
 
 def config_errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("config error: ")]
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound and released: connections to it are refused)."""
+    return free_port()
 
 
 def free_port() -> int:
@@ -229,7 +239,8 @@ class Gateway:
 def gateway_process(tmp_path: Path) -> Iterator[tuple[Gateway, int, Path]]:
     port = free_port()
     path = tmp_path / "gateway.toml"
-    path.write_text(DEMO)
+    # A second deployment whose provider refuses connections: its failure must be logged with its name.
+    path.write_text(DEMO + UNREACHABLE.format(port=closed_port()))
     gateway = Gateway({"CHAT_CONFIG": str(path), "CHAT_SERVER__PORT": str(port), "CHAT_CACHE__ENABLED": "true"})
     try:
         yield gateway, port, path
@@ -246,7 +257,7 @@ def test_banner_then_ready_then_serving(gateway_process: tuple[Gateway, int, Pat
     assert first == f"chat-gateway {project()['version']}"
     assert gateway.wait_for("config ", QUICK_S).split() == ["config", str(path)]
     assert gateway.wait_for("listen ", QUICK_S).split() == ["listen", f"127.0.0.1:{port}"]
-    assert gateway.wait_for("models ", QUICK_S).split() == ["models", "demo", "(demo/demo)"]
+    assert gateway.wait_for("models ", QUICK_S).split() == ["models", "demo", "(demo/demo),", "down", "(openai/x)"]
     assert "memory" in gateway.wait_for("cache ", QUICK_S)
     assert gateway.wait_for("limits ", QUICK_S).split() == ["limits", "none"]
     assert "loading providers" in gateway.wait_for("loading providers", QUICK_S)
@@ -257,6 +268,22 @@ def test_banner_then_ready_then_serving(gateway_process: tuple[Gateway, int, Pat
     # "ready" means it answers now, with no retry loop.
     response = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5)
     assert response.status_code == 200
+
+    # An upstream failure: the client gets the contract's 502, the log line names deployment, host, exception.
+    down = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"model": "down", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert down.status_code == 502 and down.json()["error"]["code"] == "upstream_unavailable"
+    line = json.loads(gateway.wait_for('"status": 502', QUICK_S))
+    api_host = urlsplit(next(p for p in path.read_text().split('"') if p.startswith("http://"))).netloc
+    assert line["deployment"] == "down"
+    assert line["provider_model"] == "openai/x"
+    assert line["upstream_host"] == api_host
+    assert line["error_class"] == "ConnectionRefusedError"
+    assert line["error_chain"].startswith("UpstreamUnavailable <- ")
+
     assert gateway.stop() == 0
     assert not any("Traceback" in line for line in gateway.seen)
 
