@@ -6,6 +6,9 @@ work on a machine with no internet access.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 
 from litestar import Response, Router, get
@@ -21,10 +24,45 @@ FAVICON_LINK = f"<link rel='icon' type='image/svg+xml' href='{STATIC_PATH}/favic
 SWAGGER_UI = f"{STATIC_PATH}/vendor/swagger-ui"
 
 
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+def content_security_policy(page: bytes) -> str:
+    """The page may run its own inline script and style (by hash) and load from this origin only.
+
+    A second line of defence behind the sanitizer: should model output ever reach the DOM as markup,
+    an inline event handler or injected script would still not run, and nothing could be fetched from
+    or sent to another origin.
+    """
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for kind, body in _INLINE.findall(page):
+        hashes[kind].append(f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'")
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' {' '.join(hashes[b'script'])}",
+            f"style-src 'self' {' '.join(hashes[b'style'])}",
+            "img-src 'self' data:",
+            "connect-src 'self'",  # fetch and the WebSocket to this gateway only
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
 @get("/", include_in_schema=False, sync_to_thread=False)
 def chat_page() -> Response[bytes]:
+    page = PAGE.read_bytes()  # read per request: an edited page is served without a restart
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": content_security_policy(page),
+        "Referrer-Policy": "no-referrer",  # links in answers must not learn the page's address (or its ?key=)
+        "X-Content-Type-Options": "nosniff",
+    }
     # Litestar appends "; charset=utf-8" to text/* media types itself: naming it here sent it twice.
-    return Response(PAGE.read_bytes(), media_type="text/html", headers={"Cache-Control": "no-cache"})
+    return Response(page, media_type="text/html", headers=headers)
 
 
 @get("/favicon.ico", include_in_schema=False, sync_to_thread=False)
