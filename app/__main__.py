@@ -1,24 +1,123 @@
-"""``python -m app``: validate the configuration, then serve the app factory with uvicorn."""
+"""``python -m app`` (or ``chat-gateway``): check the configuration, then serve it with uvicorn.
+
+Every configuration problem, including one only LiteLLM can see (a provider prefix it does not
+know), is one ``config error: <key>: <why>`` line on stderr and exit status 2. The server's banner
+goes to stderr too; stdout carries only what was asked for (``--version``, ``--check``'s verdict).
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
-from app.serve import serve
-from app.settings import ConfigError, load_settings
-from app.worker_metrics import worker_metrics_dir
+from app.settings import ConfigError, Settings, config_path, load_settings
+from app.version import version
+
+CONFIG_ERROR = 2
+LISTEN_ERROR = 1
+STARTUP_FAILED = 3
 
 
-def main() -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"config error: {problem}", file=sys.stderr)
-        return 2
-    with worker_metrics_dir(settings.server.workers):  # several workers: one /metrics for all
-        serve(settings)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Chat Gateway: OpenAI-compatible chat completions over JSON, SSE and WebSocket, "
+        "in front of LiteLLM.",
+        epilog="The configuration is one TOML file: config/default.toml, or the file named by --config or "
+        "CHAT_CONFIG (it replaces the default, it is not merged with it). Any single key can be overridden "
+        "with CHAT_<SECTION>__<KEY>, e.g. CHAT_SERVER__PORT=9000. Reference: docs/configuration.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"chat-gateway {version()}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="the TOML configuration file to use (the same as setting CHAT_CONFIG=PATH)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration, including each deployment's provider prefix, and exit: "
+        "0 when it is valid, 2 with one 'config error: <key>: <why>' line per problem; no server is started",
+    )
+    return parser
+
+
+def report(problems: Sequence[str]) -> int:
+    for problem in problems:
+        print(f"config error: {problem}", file=sys.stderr)
+    return CONFIG_ERROR
+
+
+def check(settings: Settings, file: Path) -> int:
+    from app.preflight import provider_problems
+
+    print("checking providers (LiteLLM's import takes a few seconds)...", file=sys.stderr, flush=True)
+    problems = provider_problems(settings, os.environ)
+    if problems:
+        return report(problems)
+    names = sorted({d.name for d in settings.models.deployments})
+    print(f"config ok: {file} ({len(names)} model{'s' * (len(names) != 1)}: {', '.join(names)})")
     return 0
+
+
+def serve(settings: Settings, file: Path, started: float) -> int:
+    from app import banner, launch
+    from app.serve import gateway_config
+    from app.worker_metrics import worker_metrics_dir
+
+    server = settings.server
+    for line in banner.opening_lines(settings, file, version()):
+        print(line, file=sys.stderr, flush=True)
+    try:
+        sock = launch.bind(server.host, server.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"error: cannot listen on {banner.listen_address(settings)}: {reason}", file=sys.stderr)
+        return LISTEN_ERROR
+    from app.preflight import provider_problems
+
+    print(banner.loading_line(), file=sys.stderr, flush=True)
+    problems = provider_problems(settings, os.environ)  # the slow import of LiteLLM happens here
+    if problems:
+        sock.close()
+        return report(problems)
+    launch.watch_ready(
+        sock,
+        lambda: print(banner.ready_line(settings, time.perf_counter() - started), file=sys.stderr, flush=True),
+    )
+    config = gateway_config(
+        settings,
+        "app.startup_guard:app_factory",
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        loop="auto",
+        log_level="warning",
+    )
+    with worker_metrics_dir(server.workers):  # several workers: one /metrics for all
+        return 0 if launch.serve(config, sock) else STARTUP_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    if args.config:
+        # Through the environment rather than an argument: uvicorn's worker processes and the app
+        # factory load the settings again, and they read CHAT_CONFIG.
+        os.environ["CHAT_CONFIG"] = args.config
+    file = config_path(os.environ).resolve()
+    try:
+        settings = load_settings(environ=os.environ)
+    except ConfigError as exc:
+        return report(exc.problems)
+    if args.check:
+        return check(settings, file)
+    return serve(settings, file, started)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 
 from app.access.keys import Caller, GatewayKeys
 from app.chat.catalogue import Catalogue
@@ -28,8 +28,9 @@ from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
-from app.routes.page import chat_page
+from app.routes.page import chat_page, favicon, static_files, swagger_ui
 from app.settings import Settings, load_settings
+from app.version import version
 from app.worker_metrics import Scrape, scrape_lifespan
 
 
@@ -73,7 +74,17 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
 
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     app = Litestar(
-        route_handlers=[ChatController, chat_socket, ModelsController, live, ready, metrics_endpoint, chat_page],
+        route_handlers=[
+            ChatController,
+            chat_socket,
+            ModelsController,
+            live,
+            ready,
+            metrics_endpoint,
+            chat_page,
+            favicon,
+            static_files(),
+        ],
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
@@ -92,9 +103,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Chat Gateway",
-            version="0.1.0",
+            version=version(),
             path="/schema",
-            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), SwaggerRenderPlugin(path="/swagger")],
+            render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), swagger_ui()],
         ),
         debug=False,
     )

@@ -39,7 +39,7 @@ def _production(request: Request[Any, Any, Any]) -> bool:
 
 
 def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-    request.scope.setdefault("state", {})["error"] = exc  # for the request's log line
+    request.state.error = exc  # for the request's log line (app/middleware.py)
     return error_response(exc)
 
 
@@ -57,6 +57,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    request.state.error = exc  # for the request's log line (app/middleware.py)
     logger.error(
         "unhandled_error",
         request_id=request.scope.get("state", {}).get("request_id"),

@@ -19,6 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.drain import Drain
 from app.errors import GatewayError
+from app.failure_log import upstream_failure
 from app.streaming.sse import RAW_SEND
 
 logger = structlog.get_logger("chat.access")
@@ -116,6 +117,9 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
             fields["error_detail"] = error.detail if error.detail is not None else error.message
     if "model" in state:
         fields.setdefault("model", state["model"])
+    error = state.get("error") or (stream.error if stream is not None else None)
+    if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
+        fields.update(upstream_failure(scope, fields.get("model"), error))
     if "prompt" in state:  # only with server.log_bodies on
         fields["prompt"] = state["prompt"]
     logger.info("request", **fields)

@@ -7,8 +7,6 @@ import resource
 from typing import Any
 
 import structlog
-import uvicorn
-from uvicorn.supervisors import Multiprocess
 
 from app.settings import Settings
 from app.transport.guarded import ConnectionLimits, GatewayConfig
@@ -73,22 +71,3 @@ def connection_limits(settings: Settings, fd_limit: int | None = None) -> Connec
 def gateway_config(settings: Settings, app: Any, **kwargs: Any) -> GatewayConfig:
     """uvicorn's Config for ``app`` with the gateway's options and connection limits."""
     return GatewayConfig(app, connection_limits=connection_limits(settings), **{**uvicorn_options(settings), **kwargs})
-
-
-def serve(settings: Settings) -> None:
-    """Run the server in the foreground (``server.workers`` processes when more than one)."""
-    config = gateway_config(
-        settings,
-        "app.app:app_factory",
-        factory=True,
-        host=settings.server.host,
-        port=settings.server.port,
-        workers=settings.server.workers,
-        loop="auto",
-        log_level="warning",
-    )
-    if config.workers > 1:
-        sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        uvicorn.Server(config).run()

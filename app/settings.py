@@ -159,7 +159,11 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+def apply_env_overrides(
+    data: dict[str, Any], environ: Mapping[str, str], origins: dict[str, str] | None = None
+) -> list[str]:
+    """Apply ``CHAT_<SECTION>__<KEY>`` values; ``origins`` learns which variable set which dotted key,
+    so that a problem with an overridden value names the variable the user has to fix."""
     problems: list[str] = []
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
@@ -174,14 +178,20 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> lis
             problems.append(f"{section}: expected a table")
             continue
         target[key] = _parse_env_value(raw)
+        if origins is not None:
+            origins[section] = origins.get(section, name)  # an unknown section is reported by its first variable
+            origins[f"{section}.{key}"] = name
     return problems
 
 
-def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: list[str]) -> bool:
+def _check_fields(
+    data: Any, cls: type[msgspec.Struct], path: str, problems: list[str], origins: Mapping[str, str] = {}
+) -> bool:
     """Check every key of one table on its own, so that all bad keys are reported together.
 
     Bad keys are removed from ``data`` (a private copy) so that the cross-field checks can still
-    run on what is left; returns False when the table itself is unusable.
+    run on what is left; returns False when the table itself is unusable. A key that an environment
+    variable set (``origins``) is reported under the variable's name: that is what the user must fix.
     """
     if not isinstance(data, dict):
         problems.append(f"{path or 'config'}: expected a table, got {type(data).__name__}")
@@ -192,12 +202,14 @@ def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: lis
         where = f"{path}.{key}" if path else key
         field = fields.get(key)
         if field is None:
-            problems.append(f"{where}: unknown key")
+            var = origins.get(where)
+            kind = "key" if path else "section"
+            problems.append(f"{var}: unknown {kind} {where}" if var else f"{where}: unknown key")
             del data[key]
             continue
         nested = _struct_type(field.type)
         if nested is not None:
-            if not _check_fields(value, nested, where, problems):
+            if not _check_fields(value, nested, where, problems, origins):
                 del data[key]
         elif key == "deployments" and isinstance(value, list):
             value[:] = [
@@ -209,7 +221,8 @@ def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: lis
             try:
                 msgspec.convert(value, field.type)
             except msgspec.ValidationError as exc:
-                problems.append(f"{where}: {exc}")
+                var = origins.get(where)
+                problems.append(f"{var}: invalid value for {where}: {exc}" if var else f"{where}: {exc}")
                 del data[key]
                 usable = usable and not field.required
     for name, field in fields.items():
@@ -217,6 +230,12 @@ def _check_fields(data: Any, cls: type[msgspec.Struct], path: str, problems: lis
             problems.append(f"{path}.{name}: required key missing")
             usable = False
     return usable
+
+
+def _mention_variable(line: str, origins: Mapping[str, str]) -> str:
+    """A cross-field problem keeps its key first and says which variable set that key, if one did."""
+    var = origins.get(line.split(":", 1)[0])
+    return f"{line} (set by {var})" if var else line
 
 
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
@@ -257,28 +276,34 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
 def settings_from_dict(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     data = copy.deepcopy(data)
-    problems = apply_env_overrides(data, environ)
-    _check_fields(data, Settings, "", problems)
+    origins: dict[str, str] = {}
+    problems = apply_env_overrides(data, environ, origins)
+    _check_fields(data, Settings, "", problems, origins)
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         # Something unusable is left (a deployment without its name, say): report what we have.
         raise ConfigError(problems or [f"config: {exc}"]) from exc
-    problems += _cross_checks(settings, environ)
+    problems += [_mention_variable(line, origins) for line in _cross_checks(settings, environ)]
     if problems:
         raise ConfigError(problems)
     return settings
 
 
+def config_path(environ: Mapping[str, str]) -> Path:
+    """The file ``load_settings`` reads: ``CHAT_CONFIG`` when set, else the shipped default (never both)."""
+    return Path(environ.get("CHAT_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
-    config_path = Path(path or environ.get("CHAT_CONFIG") or DEFAULT_CONFIG_PATH)
+    file = Path(path) if path else config_path(environ)
     try:
-        text = config_path.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"CHAT_CONFIG: cannot read {config_path}: {exc.strerror or exc}"]) from exc
+        raise ConfigError([f"CHAT_CONFIG: cannot read {file}: {exc.strerror or exc}"]) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from exc
+        raise ConfigError([f"{file}: not valid TOML: {exc}"]) from exc
     return settings_from_dict(data, environ)

@@ -348,16 +348,33 @@ def test_env_override_bool_and_string_values() -> None:
 
 
 def test_env_override_unknown_key_is_reported() -> None:
-    line = assert_one_problem_naming(problems_of(minimal(), environ={"CHAT_SERVER__NOPE": "1"}), "server.nope")
-    assert "unknown" in line
+    # The variable is what the user has to fix, so the line starts with it (and still names the key).
+    line = assert_one_problem_naming(problems_of(minimal(), environ={"CHAT_SERVER__PROT": "1"}), "CHAT_SERVER__PROT")
+    assert line == "CHAT_SERVER__PROT: unknown key server.prot"
 
 
 def test_env_override_unknown_section_is_reported() -> None:
-    assert_one_problem_naming(problems_of(minimal(), environ={"CHAT_NOSECTION__KEY": "1"}), "nosection")
+    problems = problems_of(minimal(), environ={"CHAT_NOSECTION__KEY": "1"})
+    line = assert_one_problem_naming(problems, "CHAT_NOSECTION__KEY")
+    assert line == "CHAT_NOSECTION__KEY: unknown section nosection"
 
 
 def test_env_override_wrong_type_is_reported() -> None:
-    assert_one_problem_naming(problems_of(minimal(), environ={"CHAT_SERVER__PORT": "abc"}), "server.port")
+    line = assert_one_problem_naming(problems_of(minimal(), environ={"CHAT_SERVER__PORT": "abc"}), "CHAT_SERVER__PORT")
+    assert "server.port" in line
+
+
+def test_env_override_cross_check_problem_names_the_variable() -> None:
+    line = assert_one_problem_naming(
+        problems_of(minimal(), environ={"CHAT_STREAMING__HEARTBEAT_S": "100"}), "streaming.heartbeat_s"
+    )
+    assert line.endswith("(set by CHAT_STREAMING__HEARTBEAT_S)")
+
+
+def test_file_problems_do_not_mention_variables() -> None:
+    data = minimal()
+    data["server"] = {"prot": 1}
+    assert problems_of(data, environ={"CHAT_SERVER__PORT": "9000"}) == ["server.prot: unknown key"]
 
 
 def test_env_override_with_too_many_parts_is_reported() -> None:

@@ -13,6 +13,7 @@ from app.access.keys import Caller
 from app.chat.service import ChatService
 from app.chat.stream import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
+from app.openapi import CHAT_RESPONSES, ChatOperation
 from app.protocol.openai import parse_chat_body
 from app.settings import Settings
 from app.streaming.disconnect import ClientGone, DisconnectWatch
@@ -55,7 +56,13 @@ class ChatController(Controller):
     path = ""
     tags = ["chat"]
 
-    @post(path=CHAT_PATHS, status_code=200, summary="Create a chat completion (JSON or SSE)")
+    @post(
+        path=CHAT_PATHS,
+        status_code=200,
+        summary="Create a chat completion (JSON or SSE)",
+        operation_class=ChatOperation,
+        responses=CHAT_RESPONSES,
+    )
     async def create(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:

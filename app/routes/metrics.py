@@ -11,9 +11,12 @@ from app.worker_metrics import Scrape, WorkerUnavailable
 
 @get("/metrics", include_in_schema=False)
 async def metrics_endpoint(scrape: NamedDependency[Scrape]) -> Response[bytes]:
+    # Content-Type as a header, not a media_type: Litestar would append a second "; charset=utf-8".
     try:
         body = await scrape()
     except WorkerUnavailable as exc:
         # A failed scrape, not a partial sum: Prometheus would read the missing worker as a reset.
-        return Response(f"# a worker did not answer: {exc}\n".encode(), status_code=503, media_type=CONTENT_TYPE)
-    return Response(body, media_type=CONTENT_TYPE)
+        return Response(
+            f"# a worker did not answer: {exc}\n".encode(), status_code=503, headers={"Content-Type": CONTENT_TYPE}
+        )
+    return Response(body, headers={"Content-Type": CONTENT_TYPE})

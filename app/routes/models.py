@@ -11,6 +11,7 @@ from app.access.keys import Caller
 from app.chat.catalogue import Catalogue
 from app.chat.classify import KNOWN_CAPABILITIES, Criteria, categories, search
 from app.errors import InvalidRequest
+from app.openapi import SearchOperation, error_responses
 from app.protocol.models import CategoryMap, ModelInfoList, OpenAIModel, OpenAIModelList
 
 SEARCH_PARAMS = frozenset({"capability", "provider", "mode", "category", "min_context", "max_input_cost"})
@@ -71,7 +72,7 @@ class ModelsController(Controller):
     path = ""
     tags = ["models"]
 
-    @get("/v1/models", summary="OpenAI-compatible model list")
+    @get("/v1/models", summary="OpenAI-compatible model list", responses=error_responses(401))
     async def list_openai(
         self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> OpenAIModelList:
@@ -81,17 +82,26 @@ class ModelsController(Controller):
             data=[OpenAIModel(id=m.id, created=created, owned_by=snap.owned_by[m.id]) for m in snap.models]
         )
 
-    @get("/api/models", summary="Every model with its metadata, capabilities and categories")
+    @get(
+        "/api/models",
+        summary="Every model with its metadata, capabilities and categories",
+        responses=error_responses(401),
+    )
     async def list_info(self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]) -> ModelInfoList:
         return ModelInfoList(data=list((await catalogue.get()).models))
 
-    @get("/api/models/categories", summary="Model ids by category")
+    @get("/api/models/categories", summary="Model ids by category", responses=error_responses(401))
     async def list_categories(
         self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> CategoryMap:
         return CategoryMap(categories=categories((await catalogue.get()).models))
 
-    @get("/api/models/search", summary="Models matching every given criterion")
+    @get(
+        "/api/models/search",
+        summary="Models matching every given criterion",
+        operation_class=SearchOperation,
+        responses=error_responses(400, 401),
+    )
     async def search_models(
         self, request: Request[Any, Any, Any], catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> ModelInfoList:

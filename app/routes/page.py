@@ -1,14 +1,89 @@
-"""The built-in browser chat page."""
+"""The built-in browser chat page, its favicon, and the files both it and the API reference load.
+
+Everything a browser needs is served by the gateway itself (no CDN): the page and the Swagger UI
+work on a machine with no internet access.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 
-from litestar import Response, get
+from litestar import Response, Router, get
+from litestar.datastructures import CacheControlHeader
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 
-PAGE = Path(__file__).resolve().parent.parent / "static" / "index.html"
+STATIC = Path(__file__).resolve().parent.parent / "static"
+PAGE = STATIC / "index.html"
+FAVICON = STATIC / "favicon.svg"
+STATIC_PATH = "/static"
+FAVICON_LINK = f"<link rel='icon' type='image/svg+xml' href='{STATIC_PATH}/favicon.svg'>"
+SWAGGER_UI = f"{STATIC_PATH}/vendor/swagger-ui"
+
+
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+def content_security_policy(page: bytes) -> str:
+    """The page may run its own inline script and style (by hash) and load from this origin only.
+
+    A second line of defence behind the sanitizer: should model output ever reach the DOM as markup,
+    an inline event handler or injected script would still not run, and nothing could be fetched from
+    or sent to another origin.
+    """
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for kind, body in _INLINE.findall(page):
+        hashes[kind].append(f"'sha256-{base64.b64encode(hashlib.sha256(body).digest()).decode()}'")
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' {' '.join(hashes[b'script'])}",
+            f"style-src 'self' {' '.join(hashes[b'style'])}",
+            "img-src 'self' data:",
+            "connect-src 'self'",  # fetch and the WebSocket to this gateway only
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 @get("/", include_in_schema=False, sync_to_thread=False)
 def chat_page() -> Response[bytes]:
-    return Response(PAGE.read_bytes(), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+    page = PAGE.read_bytes()  # read per request: an edited page is served without a restart
+    headers = {
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": content_security_policy(page),
+        "Referrer-Policy": "no-referrer",  # links in answers must not learn the page's address (or its ?key=)
+        "X-Content-Type-Options": "nosniff",
+    }
+    # Litestar appends "; charset=utf-8" to text/* media types itself: naming it here sent it twice.
+    return Response(page, media_type="text/html", headers=headers)
+
+
+@get("/favicon.ico", include_in_schema=False, sync_to_thread=False)
+def favicon() -> Response[bytes]:
+    # Pages link the SVG; this answers clients that ask for the conventional path anyway (no 404 in logs).
+    return Response(FAVICON.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
+def static_files() -> Router:
+    # no-cache: browsers revalidate (cheap, by ETag) and see a new vendored version at once.
+    return create_static_files_router(
+        path=STATIC_PATH, directories=[STATIC], cache_control=CacheControlHeader(no_cache=True)
+    )
+
+
+def swagger_ui() -> SwaggerRenderPlugin:
+    """Swagger UI at /schema/swagger, its scripts and styles served by the gateway."""
+    return SwaggerRenderPlugin(
+        path="/swagger",
+        js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+        css_url=f"{SWAGGER_UI}/swagger-ui.css",
+        standalone_preset_js_url=f"{SWAGGER_UI}/swagger-ui-standalone-preset.js",
+        favicon=FAVICON_LINK,
+    )
