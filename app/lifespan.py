@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ from app.metrics import Metrics
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
 from app.settings import Settings
+from app.tracing import Tracing
 
 
 @dataclass
@@ -72,7 +74,13 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
-    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache, drain=drain)
+    tracing = None
+    if settings.tracing.enabled:
+        tracing = Tracing(settings.tracing)
+        closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # its flush waits on the network
+    chat = ChatService(
+        settings, provider, model_names=model_names, observer=metrics, cache=cache, drain=drain, tracing=tracing
+    )
     return Services(
         settings=settings,
         provider=provider,

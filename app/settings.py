@@ -123,6 +123,15 @@ class ModelsSettings(_Section):
     deployments: list[DeploymentSettings] = []
 
 
+class TracingSettings(_Section):
+    enabled: bool = False
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """The OTLP/HTTP traces endpoint of a collector (protobuf over HTTP)."""
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    """Share of new traces recorded; a client's sampled ``traceparent`` is always followed."""
+    service_name: str = "chat-gateway"
+
+
 class Settings(_Section):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     streaming: StreamingSettings = msgspec.field(default_factory=StreamingSettings)
@@ -130,6 +139,7 @@ class Settings(_Section):
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
     @property
     def production(self) -> bool:

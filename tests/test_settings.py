@@ -37,6 +37,7 @@ CONTRACT_SECTIONS: dict[str, set[str]] = {
     "cache": {"enabled", "backend", "redis_url", "ttl_s", "max_entries"},
     "rate_limit": {"requests_per_minute", "concurrent_streams"},
     "models": {"refresh_s", "deployments"},
+    "tracing": {"enabled", "otlp_endpoint", "sample_ratio", "service_name"},
 }
 CONTRACT_DEPLOYMENT_KEYS = {"name", "litellm_model", "api_base", "api_key_env", "timeout_s", "fallbacks"}
 

@@ -5,20 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
 from typing import Protocol
 
+import msgspec
+import structlog
+from opentelemetry.trace import Span
+
 from app.access.keys import ANONYMOUS, Caller
 from app.cache.answer import replay_chunks
 from app.cache.chat_cache import NO_CACHE, CacheDecision, ChatCache, cache_key
-from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream, Deadlines, StreamObserver
+from app.chat.stream import (
+    CLIENT_DISCONNECTED,
+    COMPLETED,
+    UPSTREAM_ERROR,
+    ChatStream,
+    Deadlines,
+    FanOut,
+    StreamObserver,
+)
 from app.drain import Drain
 from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Provider, Usage
 from app.settings import Settings
+from app.tracing import StreamTracer, Tracing
 
 
 class CallObserver(StreamObserver, Protocol):
@@ -51,6 +65,7 @@ class ChatService:
         observer: CallObserver | None = None,
         cache: ChatCache | None = None,
         drain: Drain | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
         self._provider = provider
@@ -60,6 +75,11 @@ class ChatService:
         self._observer = observer
         self._cache = cache
         self._drain = drain
+        self._tracing = tracing
+        # Stream milestones go to the metrics and, with tracing on, to the request's span.
+        self._stream_observer: StreamObserver | None = (
+            FanOut([o for o in (observer, StreamTracer()) if o is not None]) if tracing is not None else observer
+        )
         s = settings.streaming
         self._deadlines = Deadlines(s.first_token_timeout_s, s.idle_timeout_s, s.heartbeat_s)
 
@@ -85,10 +105,12 @@ class ChatService:
         started_at: float | None = None,
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
+        traceparent: str | None = None,
     ) -> ChatStream:
         deployment = self.resolve(request.model)
         wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
         decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        span, request = self._trace(request, deployment, transport, traceparent, started_at)
         source: AsyncIterator[Chunk]
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
@@ -102,9 +124,10 @@ class ChatService:
             source=source,
             deadlines=self._deadlines,
             started_at=started_at,
-            observer=self._observer,
+            observer=self._stream_observer,
             include_usage=request.include_usage(),
         )
+        stream.span = span
         stream.cache_status = decision.status
         if self._drain is not None:
             stream.on_close = self._drain.stream_closed
@@ -118,12 +141,53 @@ class ChatService:
         started_at: float | None = None,
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
+        traceparent: str | None = None,
     ) -> tuple[Completion, str | None]:
         """One whole completion under the deployment's deadline, and its X-Cache status."""
         deployment = self.resolve(request.model)
         started = time.perf_counter() if started_at is None else started_at
         wait_s = self._deployments[deployment].timeout_s
         decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        span, request = self._trace(request, deployment, "json", traceparent, started)
+        result: tuple[Completion, str | None] | None = None
+        try:
+            result = await self._complete(request, deployment, decision, started)
+            return result
+        finally:
+            if span is not None:
+                error = sys.exc_info()[1]
+                Tracing.end(
+                    span,
+                    outcome="completed" if error is None else getattr(error, "outcome", UPSTREAM_ERROR),
+                    usage=result[0].usage if result is not None else None,
+                    finish_reason=None,
+                    error=error if isinstance(error, GatewayError) else None,
+                )
+
+    def _trace(
+        self,
+        request: ChatCompletionInput,
+        deployment: str,
+        transport: str,
+        traceparent: str | None,
+        started_at: float | None,
+    ) -> tuple[Span | None, ChatCompletionInput]:
+        """The request's span (tracing on), and the request carrying its context for the provider."""
+        if self._tracing is None:
+            return None, request
+        span = self._tracing.start(
+            request.model,
+            self._deployments[deployment].litellm_model,
+            transport,
+            traceparent,
+            time.perf_counter() if started_at is None else started_at,
+        )
+        structlog.contextvars.bind_contextvars(trace_id=Tracing.trace_id(span))  # the request's log line
+        return span, msgspec.structs.replace(request, trace_headers=Tracing.headers(span))
+
+    async def _complete(
+        self, request: ChatCompletionInput, deployment: str, decision: CacheDecision, started: float
+    ) -> tuple[Completion, str | None]:
         if decision.answer is not None:
             completion = Completion(raw=decision.answer.completion, usage=decision.answer.usage)
             self._record_call(deployment, started, started, COMPLETED, completion.usage, None, from_cache=True)

@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol
 
+from opentelemetry.trace import Span
+
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import Chunk, Usage
 
@@ -46,6 +48,31 @@ class StreamEvent:
     @property
     def is_done(self) -> bool:
         return self.chunk is None and self.error is None
+
+
+class FanOut:
+    """Several stream observers as one (metrics and the trace span)."""
+
+    __slots__ = ("_observers",)
+
+    def __init__(self, observers: list[StreamObserver]) -> None:
+        self._observers = observers
+
+    def stream_opened(self, stream: ChatStream) -> None:
+        for observer in self._observers:
+            observer.stream_opened(stream)
+
+    def stream_first_byte(self, stream: ChatStream) -> None:
+        for observer in self._observers:
+            observer.stream_first_byte(stream)
+
+    def stream_first_token(self, stream: ChatStream) -> None:
+        for observer in self._observers:
+            observer.stream_first_token(stream)
+
+    def stream_closed(self, stream: ChatStream) -> None:
+        for observer in self._observers:
+            observer.stream_closed(stream)
 
 
 class ClientLeft(Exception):
@@ -138,6 +165,7 @@ class ChatStream:
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
         self._cancel_requested = False
+        self.span: Span | None = None  # the request's trace span, when tracing is on
         #: Told once the stream has closed (the drain's registry); set by whoever registers it.
         self.on_close: Callable[[ChatStream], None] | None = None
 
@@ -320,6 +348,9 @@ class ChatStream:
             "chunks": self.chunks,
             "ttfb_ms": round((self.first_byte_at - self.started_at) * 1000, 2) if self.first_byte_at else None,
         }
+        if self.span is not None:
+            context = self.span.get_span_context()
+            fields["trace_id"] = f"{context.trace_id:032x}"
         if self.error is not None:
             fields["error_code"] = self.error.code
             fields["error_detail"] = self.error.detail if self.error.detail is not None else self.error.message

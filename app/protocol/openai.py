@@ -114,6 +114,8 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
 
     request: ChatRequest
     body: dict[str, Any]
+    #: W3C trace context for the provider's request (the gateway's own, never the client's fields).
+    trace_headers: dict[str, str] | None = None
 
     @property
     def model(self) -> str:

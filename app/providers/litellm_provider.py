@@ -79,6 +79,8 @@ def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[
         fields["stream_options"] = asking_for_usage(fields.get("stream_options"))
     else:
         fields.pop("stream_options", None)
+    if request.trace_headers:
+        fields["extra_headers"] = dict(request.trace_headers)  # ours: clients may never set this field
     extra = request.extra_fields()
     for name in _AMBIGUOUS_FIELDS:
         if name in request.body:

@@ -43,6 +43,7 @@ class RelayTarget:
     url: URL
     origin: str  # scheme://host:port: one connection pool each
     request: RequestTemplate  # the POST, prepared but for its body
+    headers: dict[str, str]  # its headers, for a request that adds its own (trace context)
     model: str
     config: Any  # LiteLLM's provider chat config: maps request parameters per request
     supported: frozenset[str]
@@ -88,6 +89,7 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
         url=parsed,
         origin=str(parsed.origin()),
         request=RequestTemplate(parsed, headers),
+        headers=headers,
         model=model,
         config=config,
         supported=supported,
@@ -151,9 +153,13 @@ class Relay:
         for target in self.targets.values():
             self._pool(target)
 
-    async def _post(self, target: RelayTarget, body: bytes) -> UpstreamResponse:
+    async def _post(self, target: RelayTarget, body: bytes, request: ChatCompletionInput) -> UpstreamResponse:
+        template = target.request
+        if request.trace_headers:
+            # A traced request carries its W3C context: a template of its own (only when tracing is on).
+            template = RequestTemplate(target.url, {**target.headers, **request.trace_headers})
         try:
-            response = await self._pool(target).post(target.request, body)
+            response = await self._pool(target).post(template, body)
         except TimeoutError as exc:  # connecting took longer than the pool's connect timeout
             raise UpstreamTimeout("The provider could not be reached in time.") from exc
         except (UpstreamConnectionError, OSError) as exc:
@@ -170,7 +176,7 @@ class Relay:
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
         target = self.targets[deployment]
-        response = await self._post(target, request_body(target, request, stream=False))
+        response = await self._post(target, request_body(target, request, stream=False), request)
         try:
             raw = await response.read()
         except (UpstreamConnectionError, OSError) as exc:
@@ -188,7 +194,7 @@ class Relay:
 
     async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
         target = self.targets[deployment]
-        response = await self._post(target, request_body(target, request, stream=True))
+        response = await self._post(target, request_body(target, request, stream=True), request)
         finished = False
         try:
             buffer = b""

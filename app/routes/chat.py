@@ -85,13 +85,22 @@ class ChatController(Controller):
             with watch.guard():
                 if not streaming:
                     completion, cache_status = await chat.complete(
-                        body, started_at=started, caller=caller, cache_control=cache_control
+                        body,
+                        started_at=started,
+                        caller=caller,
+                        cache_control=cache_control,
+                        traceparent=request.headers.get("traceparent"),
                     )
                     watch.stop()
                     headers = {"X-Cache": cache_status} if cache_status else None
                     return Response(content=completion.raw, media_type="application/json", headers=headers)
                 stream = await chat.open_stream(
-                    body, "sse", started_at=started, caller=caller, cache_control=cache_control
+                    body,
+                    "sse",
+                    started_at=started,
+                    caller=caller,
+                    cache_control=cache_control,
+                    traceparent=request.headers.get("traceparent"),
                 )
                 request.state.stream = stream
                 # The status window: errors the provider reports at once still get a real status.

@@ -265,7 +265,11 @@ class ChatSocketSession:
             entry.started = True
         try:
             stream = await self.chat.open_stream(
-                request, "websocket", started_at=time.perf_counter(), caller=self.caller
+                request,
+                "websocket",
+                started_at=time.perf_counter(),
+                caller=self.caller,
+                traceparent=self.socket.headers.get("traceparent"),  # the upgrade request's, for each request
             )
         except GatewayError as exc:
             self.inflight.pop(frame_id, None)
