@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float) -> None:
+    def __init__(self, tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float, workers: int = 1) -> None:
         self.port = free_port()
         config = tmp / "gateway.toml"
         deployments = "".join(
@@ -51,7 +51,7 @@ class Gateway:
             ]
         )
         config.write_text(
-            f'[server]\nport = {self.port}\nlog_level = "info"\ndrain_s = {drain_s}\n'
+            f'[server]\nport = {self.port}\nlog_level = "info"\ndrain_s = {drain_s}\nworkers = {workers}\n'
             f"shutdown_delay_s = {delay_s}\n\n[streaming]\nstatus_window_s = 0.2\n\n{deployments}"
         )
         env = {**os.environ, "CHAT_CONFIG": str(config), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
@@ -207,5 +207,31 @@ async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> No
             text = await stream
         assert text.rstrip().endswith("data: [DONE]")
         assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+    finally:
+        gateway.stop()
+
+
+async def test_sigterm_drains_every_worker(tmp_path: Path, drain_fake: FakeProvider) -> None:
+    gateway = Gateway(tmp_path, drain_fake, drain_s=10, delay_s=0.5, workers=2)
+    try:
+        gateway.wait_ready()
+        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+            streams = [asyncio.create_task(sse(client, "drain_short")) for _ in range(4)]
+            await drain_fake.await_request(4, timeout=10)
+            gateway.process.send_signal(signal.SIGTERM)
+            # The supervisor passes the signal on within its 0.5 s poll; then every worker says so.
+            async with httpx.AsyncClient(base_url=gateway.base, timeout=5) as fresh:
+                deadline = time.monotonic() + 3
+                while (await fresh.get("/health/ready")).status_code != 503:
+                    assert time.monotonic() < deadline, "readiness never said draining"
+                    await asyncio.sleep(0.05)
+            texts = await asyncio.gather(*streams, return_exceptions=True)
+        assert not [t for t in texts if isinstance(t, BaseException)], (texts, gateway.log.read_text()[-3000:])
+        for text in texts:
+            assert isinstance(text, str) and text.rstrip().endswith("data: [DONE]"), text
+        assert await asyncio.to_thread(gateway.process.wait, 20) == 0, gateway.log.read_text()[-2000:]
+        # Each worker drains on its own (one with nothing in flight may be done before it logs a thing
+        # the supervisor waits for); at least the ones holding the streams said so.
+        assert gateway.log.read_text().count('"event": "draining"') >= 1
     finally:
         gateway.stop()
