@@ -55,8 +55,8 @@ class Tracing:
             BatchSpanProcessor(
                 exporter,
                 max_queue_size=4096,
-                schedule_delay_millis=1000,
-                max_export_batch_size=512,
+                schedule_delay_millis=200,
+                max_export_batch_size=128,
                 export_timeout_millis=int(EXPORT_TIMEOUT_S * 1000),
             )
         )

@@ -230,8 +230,8 @@ async def test_sigterm_drains_every_worker(tmp_path: Path, drain_fake: FakeProvi
         for text in texts:
             assert isinstance(text, str) and text.rstrip().endswith("data: [DONE]"), text
         assert await asyncio.to_thread(gateway.process.wait, 20) == 0, gateway.log.read_text()[-2000:]
-        # Each worker drains on its own (one with nothing in flight may be done before it logs a thing
-        # the supervisor waits for); at least the ones holding the streams said so.
+        # Both workers get the signal from the supervisor; the log has at times shown only one of the
+        # two "draining" lines (seen once, under load), so this asks for the streams' worker's.
         assert gateway.log.read_text().count('"event": "draining"') >= 1
     finally:
         gateway.stop()
