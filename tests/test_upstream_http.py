@@ -10,7 +10,7 @@ import pytest
 import trustme
 from yarl import URL
 
-from app.providers.upstream_http import RequestTemplate, UpstreamConnectionError, UpstreamPool
+from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -524,3 +524,4 @@ async def test_h2_stream_released_at_done_is_not_reset_when_it_ends_soon_after()
         await pool.aclose()
     finally:
         server.close()
+
