@@ -1,5 +1,10 @@
 """Connections to one origin: kept-alive HTTP/1.1 connections carry one call at a time, an HTTP/2
 connection as many as the provider allows; at most ``limit`` connections open at once.
+
+Idle connections are closed by one timer per pool after ``keepalive_s`` without a call (a
+``call_at`` sweep, re-armed while idle connections remain), not only when the next call finds them
+expired: a burst would otherwise leave its connections open, and the provider's sockets held, for
+as long as the relay runs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from app.providers.upstream.connection import ACTIVE, CLOSED, IDLE, Connection
 from app.providers.upstream.errors import StaleConnection, UpstreamConnectionError
 from app.providers.upstream.request import RequestTemplate
 from app.providers.upstream.response import UpstreamResponse
+
+#: The sweep runs at most this late after a connection's expiry (a quarter of a short keep-alive),
+#: so that connections that went idle together are closed by one timer callback, not one each.
+SWEEP_SLACK_S = 1.0
 
 
 class UpstreamPool:
@@ -36,6 +45,7 @@ class UpstreamPool:
         self._ssl = client_ssl_context(ssl_context) if origin.scheme == "https" else None
         self._limit = limit
         self._keepalive_s = keepalive_s
+        self._sweep_slack_s = min(SWEEP_SLACK_S, keepalive_s / 4)
         self._connect_timeout_s = connect_timeout_s
         self._open: set[Connection] = set()
         self._idle: dict[Connection, None] = {}  # idle HTTP/1.1 connections, oldest first
@@ -44,6 +54,7 @@ class UpstreamPool:
         self._connecting: asyncio.Future[None] | None = None  # a TLS connect others may share if it is h2
         self._pending = 0  # connects in progress: they count against the limit
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -93,7 +104,7 @@ class UpstreamPool:
                 if not conn.expired(now, self._keepalive_s):
                     conn.state = ACTIVE
                     return conn
-                conn.close()
+                conn.close()  # the sweep has not come round to it yet
             if self._connecting is not None and self._speaks_h2 is not False:
                 # A connection that may turn out to be HTTP/2 is being opened: wait for it rather
                 # than open one per waiting call (an HTTP/2 origin gets one connection, not a burst).
@@ -144,6 +155,8 @@ class UpstreamPool:
         if not conn.http2:
             self._idle[conn] = None
         self._wake_one()
+        if self._sweep_timer is None:
+            self._arm_sweep(conn.idle_since)
 
     def _slot_freed(self) -> None:
         self._wake_one()  # an HTTP/2 connection has room for one more call
@@ -163,8 +176,35 @@ class UpstreamPool:
                 waiter.set_result(None)
                 return
 
+    # -- keep-alive expiry --------------------------------------------------------------------------
+
+    def _arm_sweep(self, idle_since: float) -> None:
+        when = idle_since + self._keepalive_s + self._sweep_slack_s
+        self._sweep_timer = asyncio.get_running_loop().call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close every connection idle for ``keepalive_s`` or more; re-arm for the oldest one left."""
+        self._sweep_timer = None
+        now = asyncio.get_running_loop().time()
+        expired = []
+        for conn in self._idle:  # oldest first: stop at the first one still within its keep-alive
+            if not conn.expired(now, self._keepalive_s):
+                break
+            expired.append(conn)
+        expired += [conn for conn in self._h2 if conn.expired(now, self._keepalive_s)]
+        for conn in expired:
+            conn.close()
+        oldest = [conn.idle_since for conn in self._h2 if conn.state is IDLE]
+        if self._idle:
+            oldest.append(next(iter(self._idle)).idle_since)
+        if oldest and not self._closed:
+            self._arm_sweep(min(oldest))
+
     async def aclose(self) -> None:
         self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         for conn in list(self._open):
             conn.close(UpstreamConnectionError("the relay is shutting down"))
         for waiter in self._waiters:
