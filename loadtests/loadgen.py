@@ -11,6 +11,11 @@ the server's RSS with all of them open and reports the memory each open stream c
 Every run is bounded: no request starts after ``--duration`` seconds or once ``--requests`` have
 started, every request is bounded by ``--timeout``, and the whole run by duration + timeout + 10 s.
 
+Without options a run has the shape of one ``run_matrix`` cell, so that both give the same figures:
+max(50, 10 x concurrency) requests, users starting spread over 0.24 s (``--ramp``), after one
+unmeasured warm-up round of ``concurrency`` requests (``--warmup``; a fresh server's first
+requests pay for lazy imports and new upstream connections).
+
 The client is a raw ``asyncio.Protocol`` (HTTP/1.1 keep-alive, chunked bodies, incremental SSE
 parsing, a minimal RFC 6455 client) on uvloop: no per-event coroutine, no per-event JSON decode.
 A chunk counts as a *content chunk* when its JSON has a non-empty ``"content"`` string.
@@ -22,7 +27,9 @@ the handshake for WebSocket: a new SSE connection's accept wait shows in its fir
 p50/p95/p99 of each, req/s, chunks/s and errors by kind (``http_<status>``, ``sse_error``,
 ``ws_error_<status>``, ``timeout``, ``no_done``, ``conn_closed``, ``connect``...). With ``--pid``
 the server's CPU (``/proc/<pid>/stat`` utime+stime) is read before and after and its RSS
-(``/proc/<pid>/status`` VmRSS) is sampled during the run (max reported).
+(``/proc/<pid>/status`` VmRSS) is sampled during the run (max reported); the machine's CPU
+(``/proc/stat``) is read too, and what neither the server, the upstream nor the generator used is
+reported as ``host.others_cores``: other work on shared cores, the run's noise.
 
 Output: one JSON line (the summary, for ``run_matrix``) then one human line.
 """
@@ -41,7 +48,7 @@ import sys
 import time
 from array import array
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +58,17 @@ STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODES = ("sse", "ws", "json")
+
+# A cell's shape when the command line does not say otherwise: the same as ``run_matrix``'s, so that
+# a plain run of one cell measures what the matrix's cell measures.
+#: requests = max(MIN_REQUESTS, ROUNDS x concurrency): ten rounds per user, so the ramp-up and the
+#: last round's tail are a small part of the run, and the server's CPU (read in 10 ms ticks) is
+#: read over a second or more.
+ROUNDS = 10
+MIN_REQUESTS = 50
+#: Users start spread over one stream of the default fake upstream (50 ms to the first chunk, then
+#: 19 x 10 ms): concurrency N is N streams in flight, not N requests in the same millisecond.
+RAMP_S = 0.24
 
 # HTTP response parser states
 _HEAD, _CL, _CSIZE, _CDATA, _CCRLF, _TRAILER, _EOF, _WS = range(8)
@@ -83,6 +101,18 @@ def proc_cpu_s(pid: int) -> float | None:
     fields = raw[raw.rfind(b")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def host_cpu_s() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine, all cores, from /proc/stat's first line."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / CLK_TCK, (fields[7] if len(fields) > 7 else 0) / CLK_TCK
 
 
 def proc_rss_mb(pid: int) -> float | None:
@@ -625,6 +655,10 @@ class LoadConfig:
     #: Seconds over which the users start, evenly spaced (user i waits i x ramp / concurrency):
     #: concurrency N in steady state rather than N requests arriving within the same millisecond.
     ramp: float = 0.0
+    #: Requests run first, at the same concurrency and ramp, and not measured (neither their
+    #: latencies nor the server's CPU): a server's first requests pay for lazy imports, caches and
+    #: new upstream connections that the rest do not.
+    warmup: int = 0
 
 
 def _target(url: str, path: str) -> tuple[str, int, str]:
@@ -762,6 +796,7 @@ class LoadRun:
         upstream = RssSampler(cfg.upstream_pid, cfg.sample_interval)
         cpu0 = proc_cpu_s(cfg.pid) if cfg.pid else None
         ucpu0 = proc_cpu_s(cfg.upstream_pid) if cfg.upstream_pid else None
+        host0 = host_cpu_s()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         server.start()
         upstream.start()
@@ -791,8 +826,34 @@ class LoadRun:
         await upstream.stop()
         cpu1 = proc_cpu_s(cfg.pid) if cfg.pid else None
         ucpu1 = proc_cpu_s(cfg.upstream_pid) if cfg.upstream_pid else None
+        host1 = host_cpu_s()
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        return self.summary(t0, t_end, cpu0, cpu1, ucpu0, ucpu1, ru0, ru1, server, upstream, nofile)
+        summary = self.summary(t0, t_end, cpu0, cpu1, ucpu0, ucpu1, ru0, ru1, server, upstream, nofile)
+        summary["host"] = self.host_summary(summary, host0, host1, t_end - t0)
+        return summary
+
+    @staticmethod
+    def host_summary(
+        summary: dict[str, Any], host0: tuple[float, float] | None, host1: tuple[float, float] | None, wall: float
+    ) -> dict[str, Any] | None:
+        """The machine's CPU over the run, and how much of it was neither ours nor the servers'.
+
+        On a shared machine that is the noise: other work on the same cores makes every CPU second
+        of the server's buy less (caches, memory bandwidth), so CPU per chunk rises with it.
+        """
+        if host0 is None or host1 is None or wall <= 0:
+            return None
+        busy = host1[0] - host0[0]
+        ours = summary["loadgen"]["cpu_s"]
+        for proc in (summary.get("server"), summary.get("upstream")):
+            if proc and proc.get("cpu_s") is not None:
+                ours += proc["cpu_s"]
+        return {
+            "cpus": os.cpu_count(),
+            "busy_cores": round(busy / wall, 3),
+            "others_cores": round(max(0.0, busy - ours) / wall, 3),
+            "steal_s": round(host1[1] - host0[1], 3),
+        }
 
     def summary(
         self,
@@ -860,8 +921,17 @@ class LoadRun:
 
 
 async def run_load(cfg: LoadConfig) -> dict[str, Any]:
-    """Run one bounded load and return its summary (the function tests import)."""
-    return await LoadRun(cfg).run()
+    """Run one bounded load and return its summary (the function tests import).
+
+    With ``cfg.warmup``, that many requests run first, unmeasured, then the measured ones.
+    """
+    warm: dict[str, Any] | None = None
+    if cfg.warmup > 0:
+        unmeasured = replace(cfg, requests=cfg.warmup, warmup=0, pid=None, upstream_pid=None, label="warm-up")
+        warm = await LoadRun(unmeasured).run()
+    summary = await LoadRun(cfg).run()
+    summary["warmup"] = None if warm is None else {k: warm[k] for k in ("requests", "ok", "errors", "error_kinds")}
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1032,6 +1102,9 @@ def human_line(s: dict[str, Any]) -> str:
     if srv:
         line += f", server {_f(srv['cpu_s_per_1k_chunks'], '{:.3f}')} CPU s/1k chunks, RSS {_f(srv['rss_mb_max'])} MB"
     line += f", loadgen CPU {s['loadgen']['cpu_util'] * 100:.0f}%"
+    host = s.get("host")
+    if host:
+        line += f", others on the machine {host['others_cores'] * 100:.0f}% CPU"
     return line
 
 
@@ -1042,7 +1115,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=MODES, default="sse")
     p.add_argument("--model", default="fast")
     p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--requests", type=int, default=100, help="total requests (a cap)")
+    p.add_argument(
+        "--requests",
+        type=int,
+        help=f"total requests (a cap); default max({MIN_REQUESTS}, {ROUNDS} x concurrency), as run_matrix",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        help="requests run first and not measured (latencies, server CPU); default: one round (= concurrency)",
+    )
     p.add_argument("--duration", type=float, default=30.0, help="seconds after which no request starts")
     p.add_argument("--timeout", type=float, default=30.0, help="per request (idle: for opening all streams)")
     p.add_argument(
@@ -1060,7 +1142,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=3.0, help="idle mode: seconds to let the server settle")
     p.add_argument("--idle-parallel", type=int, default=64, help="idle mode: streams being opened at once")
     p.add_argument("--label", default="")
-    p.add_argument("--ramp", type=float, default=0.0, help="seconds over which the users start (0: all at once)")
+    p.add_argument(
+        "--ramp",
+        type=float,
+        default=RAMP_S,
+        help=f"seconds over which the users start (default {RAMP_S}: one default upstream stream; 0: all at once)",
+    )
     a = p.parse_args(argv)
     headers = {}
     for h in a.header:
@@ -1071,7 +1158,8 @@ def main(argv: list[str] | None = None) -> int:
         mode=a.mode,
         model=a.model,
         concurrency=max(1, a.concurrency),
-        requests=max(0, a.requests),
+        requests=max(0, a.requests) if a.requests is not None else max(MIN_REQUESTS, ROUNDS * max(1, a.concurrency)),
+        warmup=max(0, a.warmup) if a.warmup is not None else max(1, a.concurrency),
         duration=a.duration,
         timeout=a.timeout,
         drain=a.drain,

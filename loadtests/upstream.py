@@ -6,9 +6,23 @@ It is a raw ``asyncio.Protocol`` HTTP/1.1 server on uvloop (keep-alive, ``Conten
 request bodies, chunked transfer encoding for SSE) so that it is never the bottleneck:
 
 - every byte it sends is encoded once per model name and reused (``Payload``);
-- all streams share one timer wheel with 1 ms buckets: streams due in the same millisecond are
-  served by one timer callback, so 1000 streams cost one timer handle, not 1000;
 - a request costs one ``json.loads`` of its (small) body and nothing else per chunk.
+
+Two ways to time the chunks (``--timers``):
+
+- ``stream`` (the default): every stream runs on its own timer (``loop.call_at`` per chunk), as
+  separate provider connections do, and its schedule starts at a phase of its own: the first chunk
+  comes ``--first-ms`` plus a phase in [0, ``--gap-ms``) after the request, then one every
+  ``--gap-ms``. The phases are a golden-ratio sequence (``PhaseSequence``): spread evenly over the
+  gap in an order no arrival pattern lines up with, and the same set in every run of the same
+  number of requests (``/stats?reset=1`` restarts it), so the TTFB percentiles of a direct run and
+  a gateway run stay comparable. Without the phase, users started at evenly spaced moments (the
+  matrix's ramp: 32 users over 240 ms = every 7.5 ms, i.e. 4 distinct phases of a 10 ms gap) keep
+  their chunks falling due together, and the gateway gets them in batches;
+- ``wheel``: all streams share one timer wheel with 1 ms buckets and no phase: streams due in the
+  same millisecond are served by one timer callback (1000 streams cost one timer handle, not
+  1000). Cheaper for this process, but chunks of many streams reach the gateway in the same loop
+  iteration, which hides the gateway's per-wake-up cost. Kept as a named variant.
 
 Behaviour is chosen by the requested model name:
 
@@ -138,11 +152,43 @@ class Payload:
         return self.first_s + self.chunks * self.gap_s
 
 
-class Upstream:
-    """Shared state: payload cache, the 1 ms timer wheel, counters."""
+#: The golden ratio's fractional part: successive multiples mod 1 are as evenly spread as a sequence
+#: can be (a low-discrepancy sequence), with no period a request pattern could line up with.
+_GOLDEN = 0.6180339887498949
 
-    def __init__(self, first_ms: float, gap_ms: float, chunks: int, slow_first_ms: float) -> None:
+
+class PhaseSequence:
+    """Each stream's phase, as a fraction of the gap: frac(start + k x golden ratio) for the k-th stream."""
+
+    __slots__ = ("_next", "_start")
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._start = start % 1.0
+        self._next = self._start
+
+    def take(self) -> float:
+        phase = self._next
+        self._next = (phase + _GOLDEN) % 1.0
+        return phase
+
+    def reset(self) -> None:
+        self._next = self._start
+
+
+TIMERS = ("stream", "wheel")
+
+
+class Upstream:
+    """Shared state: payload cache, the timers (per stream or the 1 ms wheel), counters."""
+
+    def __init__(
+        self, first_ms: float, gap_ms: float, chunks: int, slow_first_ms: float, timers: str = "stream"
+    ) -> None:
+        if timers not in TIMERS:
+            raise ValueError(f"timers must be one of {TIMERS}")
         self.loop = asyncio.get_running_loop()
+        self.timers = timers
+        self.phases = PhaseSequence()
         self.first_ms = first_ms
         self.gap_ms = gap_ms
         self.chunks = chunks
@@ -178,6 +224,9 @@ class Upstream:
         return p
 
     def schedule(self, conn: Conn, when: float) -> None:
+        if self.timers == "stream":
+            self.loop.call_at(when, conn.tick)  # one timer per stream, as a real provider connection has
+            return
         key = int(when * 1000.0) + 1  # the first 1 ms tick at or after `when`
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -206,10 +255,12 @@ class Upstream:
                 "cancelled": self.cancelled,
                 "connections": self.connections,
                 "open_connections": self.open_connections,
+                "timers": self.timers,
             }
         )
         if reset:
             self.peak = self.active
+            self.phases.reset()  # every cell sees the same set of phases
         return _response(200, "OK", body)
 
 
@@ -351,6 +402,8 @@ class Conn(asyncio.Protocol):
             assert self.transport is not None
             self.transport.write(SSE_HEAD)
             self.due = now + payload.first_s
+            if up.timers == "stream":
+                self.due += up.phases.take() * payload.gap_s  # this stream's own phase
             up.schedule(self, self.due)
         else:
             self.stream = False
@@ -400,7 +453,7 @@ class Conn(asyncio.Protocol):
 
 
 async def serve(host: str, port: int, args: argparse.Namespace) -> None:
-    up = Upstream(args.first_ms, args.gap_ms, args.chunks, args.slow_first_ms)
+    up = Upstream(args.first_ms, args.gap_ms, args.chunks, args.slow_first_ms, args.timers)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -429,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=10.0, help="delay between content chunks")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--slow-first-ms", type=float, default=600_000.0, help="first-chunk delay of slow* models")
+    parser.add_argument(
+        "--timers",
+        choices=TIMERS,
+        default="stream",
+        help="stream: a timer per stream with its own phase (default); wheel: one shared 1 ms wheel, no phase",
+    )
     parser.add_argument("--backlog", type=int, default=8192)
     parser.add_argument("--max-seconds", type=float, default=0.0, help="exit by itself after this long (0 = never)")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from loadtests.loadgen import LoadConfig, run_load
+from loadtests.upstream import PhaseSequence
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNKS = 20
@@ -37,9 +38,9 @@ class Upstream:
         return f"http://127.0.0.1:{self.port}"
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
+def _start_upstream(*extra: str) -> Iterator[Upstream]:
     argv = [sys.executable, "-m", "loadtests.upstream", "--port", "0", "--chunks", str(CHUNKS), "--max-seconds", "60"]
+    argv += extra
     proc = subprocess.Popen(
         argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True
     )
@@ -57,6 +58,16 @@ def upstream() -> Iterator[Upstream]:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    yield from _start_upstream()  # per-stream timers, the default
+
+
+@pytest.fixture(scope="module")
+def wheel_upstream() -> Iterator[Upstream]:
+    yield from _start_upstream("--timers", "wheel")
 
 
 def _assert_percentiles(dist: dict[str, float | None], what: str) -> None:
@@ -101,3 +112,25 @@ async def test_json_against_upstream(upstream: Upstream) -> None:
         _assert_percentiles(s[what], what)
     assert s["total_ms"]["p50"] >= 45
     assert s["req_per_s"] > 0
+
+
+async def test_sse_against_the_wheel_variant_with_an_unmeasured_warm_up(wheel_upstream: Upstream) -> None:
+    cfg = LoadConfig(url=wheel_upstream.url, mode="sse", concurrency=4, requests=8, warmup=4, duration=10, timeout=5)
+    s = await asyncio.wait_for(run_load(cfg), 20)
+    assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
+    assert s["warmup"] == {"requests": 4, "ok": 4, "errors": 0, "error_kinds": {}}
+    assert (s["requests"], s["ok"], s["chunks"]) == (8, 8, 8 * CHUNKS)  # the warm-up is not counted
+    # Without a phase the first chunk comes 50 ms after the request (the wheel rounds up to 1 ms).
+    assert 45 <= s["ttfb_ms"]["p50"] < 60
+    assert s["host"] is not None and s["host"]["others_cores"] >= 0
+
+
+def test_stream_phases_are_spread_evenly_and_repeat_after_a_reset() -> None:
+    phases = PhaseSequence()
+    first = [phases.take() for _ in range(32)]
+    assert all(0.0 <= p < 1.0 for p in first)
+    ordered = sorted(first)
+    widest = max(b - a for a, b in zip([0.0, *ordered], [*ordered, 1.0], strict=True))
+    assert widest < 3 / 32  # no stretch of the gap without streams (a random draw leaves ~4/32)
+    phases.reset()
+    assert [phases.take() for _ in range(32)] == first  # every cell gets the same phases

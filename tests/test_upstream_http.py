@@ -10,7 +10,7 @@ import pytest
 import trustme
 from yarl import URL
 
-from app.providers.upstream_http import RequestTemplate, UpstreamConnectionError, UpstreamPool
+from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -230,6 +230,37 @@ async def test_a_released_stream_goes_back_when_its_last_bytes_arrive(serve) -> 
     await pool.aclose()
 
 
+async def test_idle_connections_are_closed_after_the_keep_alive_expiry_without_reuse(serve) -> None:  # type: ignore[no-untyped-def]
+    # A burst leaves several kept-alive connections idle; nothing reuses them. The pool's sweep must
+    # close them once they have been idle for keepalive_s, not leave the provider's sockets held.
+    closed_by_client = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed_by_client
+        while await server.read_request(reader) is not None:
+            writer.write(OK_HEAD + b"Content-Length: 2\r\n\r\nok")
+        closed_by_client += 1  # read_request saw EOF: the client closed the connection
+
+    server, url = await serve(handler)
+    keepalive_s = 0.4
+    pool = UpstreamPool(url.origin(), keepalive_s=keepalive_s)
+    burst = await asyncio.wait_for(asyncio.gather(*(pool.post(template(url), BODY) for _ in range(3))), 5)
+    for response in burst:
+        assert await response.read() == b"ok"
+        response.release()
+    idle_at = asyncio.get_running_loop().time()
+    assert (server.connections, pool.idle_connections, pool.open_connections) == (3, 3, 3)
+    await asyncio.sleep(keepalive_s / 2)
+    assert closed_by_client == 0  # still within the keep-alive: kept
+    async with asyncio.timeout(5):
+        while closed_by_client < 3:
+            await asyncio.sleep(0.02)
+    assert asyncio.get_running_loop().time() - idle_at >= keepalive_s
+    assert (pool.idle_connections, pool.open_connections) == (0, 0)
+    assert pool._sweep_timer is None  # nothing idle is left: the sweep is not re-armed
+    await pool.aclose()
+
+
 async def test_pool_limit_makes_callers_wait_for_a_connection(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await server.read_request(reader) is not None:
@@ -320,6 +351,7 @@ def test_request_template_refuses_line_breaks_in_headers() -> None:
 class H2Log:
     def __init__(self) -> None:
         self.connections = 0
+        self.closed = 0  # connections that ended
         self.bodies: dict[int, bytes] = {}
         self.resets: list[int] = []
         self.most_open = 0
@@ -345,6 +377,10 @@ class H2Server(asyncio.Protocol):
         self.log.connections += 1
         self.conn.initiate_connection()
         self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.log.closed += 1
+        self.log.changed.set()
 
     def flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -521,6 +557,27 @@ async def test_h2_stream_released_at_done_is_not_reset_when_it_ends_soon_after()
                 log.changed.clear()
                 await log.changed.wait()
         assert log.resets == []
+        await pool.aclose()
+    finally:
+        server.close()
+
+
+async def test_h2_idle_connection_is_closed_after_the_keep_alive_expiry() -> None:
+    async def answer(server: H2Server, stream_id: int) -> None:
+        server.respond(stream_id, b"answered")
+
+    log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx, keepalive_s=0.3)
+        response = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert await asyncio.wait_for(response.read(), 5) == b"answered"
+        response.release()
+        assert (pool.idle_connections, pool.open_connections) == (1, 1)
+        async with asyncio.timeout(5):
+            while log.closed < 1:
+                log.changed.clear()
+                await log.changed.wait()
+        assert (log.connections, pool.idle_connections, pool.open_connections) == (1, 0, 0)
         await pool.aclose()
     finally:
         server.close()

@@ -5,7 +5,7 @@ at start-up and per request; the stream itself is relayed event by event: the up
 into events, each decoded by msgspec only as far as the gateway needs (content present? finish?
 usage? error?), and the provider's JSON bytes are handed on untouched for SSE and WebSocket framing.
 
-The HTTP client is the relay's own (``upstream_http``): HTTP/1.1 keep-alive, one pool per upstream
+The HTTP client is the relay's own (``providers.upstream``): HTTP/1.1 keep-alive, one pool per upstream
 origin, a request written in one piece; see that module for why not aiohttp or httpx.
 """
 
@@ -24,7 +24,7 @@ from app.providers.base import Chunk, Completion, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.litellm_setup import import_litellm
 from app.providers.quoting import ProviderText
-from app.providers.upstream_http import RequestTemplate, UpstreamConnectionError, UpstreamPool, UpstreamResponse
+from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 from app.settings import DeploymentSettings
 
 litellm = import_litellm()
