@@ -16,8 +16,10 @@ from app.cache.chat_cache import ChatCache
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
 from app.metrics import Metrics
+from app.providers.balancer import Balancer
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
+from app.providers.resilient import Resilient
 from app.settings import Settings
 
 
@@ -28,6 +30,8 @@ class Services:
     catalogue: Catalogue
     chat: ChatService
     cache: ChatCache | None = None
+    #: Deployment groups' live state (selection, cooldowns); readiness reports who rests.
+    balancer: Balancer | None = None
     #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -44,7 +48,7 @@ def build_services(
 
     environ = os.environ if environ is None else environ
     quote = ProviderText(configured_secrets(settings, environ), production=settings.production)
-    targets = {d.name: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
+    targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
     relay = Relay(targets, quote=quote)
     relay.open_pools()  # one connection pool per upstream origin, before the first request
     provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ), quote))
@@ -68,13 +72,16 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
-    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache)
+    balancer = Balancer(settings.models)
+    resilient = Resilient(balancer, provider, observer=metrics)
+    chat = ChatService(settings, resilient, model_names=model_names, observer=metrics, cache=cache)
     return Services(
         settings=settings,
         provider=provider,
         catalogue=catalogue,
         chat=chat,
         cache=cache,
+        balancer=balancer,
         ready_checks=ready_checks,
         closers=closers,
     )

@@ -3,7 +3,6 @@ complete a call."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +12,11 @@ from app.access.keys import ANONYMOUS, Caller
 from app.cache.answer import replay_chunks
 from app.cache.chat_cache import NO_CACHE, CacheDecision, ChatCache, cache_key
 from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream, Deadlines, StreamObserver
-from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
+from app.errors import GatewayError, ModelNotFound
 from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, Provider, Usage
-from app.settings import Settings
+from app.providers.base import Chunk, Completion, Usage
+from app.providers.resilient import Resilient, Trail
+from app.settings import DeploymentSettings, Settings
 
 
 class CallObserver(StreamObserver, Protocol):
@@ -43,7 +43,7 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
-        provider: Provider,
+        provider: Resilient,
         *,
         model_names: Callable[[], frozenset[str]] | None = None,
         observer: CallObserver | None = None,
@@ -53,14 +53,19 @@ class ChatService:
         self._provider = provider
         names = frozenset(d.name for d in settings.models.deployments)
         self._model_names = model_names or (lambda: names)
-        self._deployments = {d.name: d for d in settings.models.deployments}
+        # Per public name, its group's first deployment: what the cache keys on and whose timeout
+        # bounds a cache wait (a group's members serve one model).
+        self._deployments: dict[str, DeploymentSettings] = {}
+        for dep in settings.models.deployments:
+            self._deployments.setdefault(dep.name, dep)
         self._observer = observer
         self._cache = cache
         s = settings.streaming
         self._deadlines = Deadlines(s.first_token_timeout_s, s.idle_timeout_s, s.heartbeat_s)
 
     def resolve(self, model: str) -> str:
-        """A public model name -> the deployment that serves it; anything unlisted is a 404."""
+        """A public model name, checked; anything unlisted is a 404. Which deployment of its group
+        serves a call is decided per attempt (``providers/resilient.py``)."""
         if model not in self._model_names() or model not in self._deployments:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
         return model
@@ -81,16 +86,18 @@ class ChatService:
         started_at: float | None = None,
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
+        trail: Trail | None = None,
     ) -> ChatStream:
         deployment = self.resolve(request.model)
         wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
         decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
         source: AsyncIterator[Chunk]
+        trail = trail or Trail()
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
         else:
             # From here the stream owns the flight this request may lead: closing it, on any path, lands it.
-            source = decision.record(self._provider.stream(request, deployment))
+            source = decision.record(self._provider.stream(request, deployment, trail))
         stream = ChatStream(
             stream_id=os.urandom(16).hex(),
             model=deployment,
@@ -100,6 +107,7 @@ class ChatService:
             started_at=started_at,
             observer=self._observer,
             include_usage=request.include_usage(),
+            trail=trail,
         )
         stream.cache_status = decision.status
         return stream.start()
@@ -111,6 +119,7 @@ class ChatService:
         started_at: float | None = None,
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
+        trail: Trail | None = None,
     ) -> tuple[Completion, str | None]:
         """One whole completion under the deployment's deadline, and its X-Cache status."""
         deployment = self.resolve(request.model)
@@ -126,14 +135,10 @@ class ChatService:
         error: GatewayError | None = None
         completion_or_none: Completion | None = None
         try:
-            async with asyncio.timeout(self._deployments[deployment].timeout_s):
-                completion_or_none = await self._provider.complete(request, deployment)
+            # Each attempt runs under its deployment's timeout_s (a timeout is retried like a 5xx).
+            completion_or_none = await self._provider.complete(request, deployment, trail or Trail())
             outcome = COMPLETED
             return completion_or_none, decision.status
-        except TimeoutError as exc:
-            error = UpstreamTimeout("The provider did not complete the call in time.")
-            outcome = error.outcome
-            raise error from exc
         except GatewayError as exc:
             error, outcome = exc, exc.outcome
             raise

@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import Chunk, Usage
+from app.providers.resilient import Trail
 
 COMPLETED: Final = "completed"
 CLIENT_DISCONNECTED: Final = "client_disconnected"
@@ -109,6 +110,7 @@ class ChatStream:
         started_at: float | None = None,
         observer: StreamObserver | None = None,
         include_usage: bool = True,
+        trail: Trail | None = None,
     ) -> None:
         self.id = stream_id
         self.model = model
@@ -138,6 +140,8 @@ class ChatStream:
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
         self._cancel_requested = False
+        #: Which deployment answered after how many attempts (None for sources without attempts).
+        self.trail = trail
 
     def start(self) -> ChatStream:
         loop = asyncio.get_running_loop()
@@ -299,6 +303,8 @@ class ChatStream:
             "chunks": self.chunks,
             "ttfb_ms": round((self.first_byte_at - self.started_at) * 1000, 2) if self.first_byte_at else None,
         }
+        if self.trail is not None:
+            fields.update(self.trail.log_fields())
         if self.error is not None:
             fields["error_code"] = self.error.code
             fields["error_detail"] = self.error.detail if self.error.detail is not None else self.error.message
@@ -328,6 +334,8 @@ class ChatStream:
         self.ended_at = time.perf_counter()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.trail is not None:
+            self.trail.release()
         if not self._finished:
             puller = self._puller
             if self._first is not None and not self._first.done():
