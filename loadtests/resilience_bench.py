@@ -156,6 +156,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", default="32,256")
+    p.add_argument("--min-requests", type=int, default=2000, help="per cell (short cells are all CPU-tick noise)")
     p.add_argument("--json-out", type=Path)
     p.add_argument("--failing-provider", type=int, help=argparse.SUPPRESS)  # the child that fails at once
     args = p.parse_args()
@@ -199,7 +200,7 @@ def main() -> int:
             cell(base, gateway.pid, model, 8, 64, "warmup")
         results: list[dict[str, Any]] = []
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            requests = max(200, 4 * concurrency)
+            requests = max(args.min_requests, 16 * concurrency)
             for r in range(args.rounds):
                 order = ("plain", "resilient") if r % 2 == 0 else ("resilient", "plain")
                 for model in order:
@@ -207,7 +208,7 @@ def main() -> int:
         for concurrency in (1, 32):
             for r in range(args.rounds):
                 for model in ("plain", "retry"):
-                    n = 100 if concurrency == 1 else 400
+                    n = 200 if concurrency == 1 else 1000
                     results.append(cell(base, gateway.pid, model, concurrency, n, f"ttfb:{model}@c{concurrency}#{r}"))
         report(results)
         if args.json_out:

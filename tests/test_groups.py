@@ -8,8 +8,14 @@ and the fake's behaviour per model name says how each member fails.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -303,3 +309,59 @@ async def test_latency_based_picks_the_faster_member(group_fake: FakeProvider, p
     assert group_fake.calls("lat_slow") - slow_before == 1
     assert group_fake.calls("lat_fast") - fast_before == 7
 
+
+
+# -- the access log, from a real `python -m app` process --------------------------------------
+
+
+def test_access_log_names_the_deployment_and_the_attempts(tmp_path: Path, group_fake: FakeProvider) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lines = [f'[server]\nport = {port}\nenv = "production"\nlog_level = "info"\n', "[models]\n"]
+    for name, upstream, extra in [
+        ("fb", "fb_bad", 'num_retries = 1\nfallbacks = ["fb_target"]\n'),
+        ("fb_target", "fb_good", ""),
+    ]:
+        lines.append(
+            f'[[models.deployments]]\nname = "{name}"\nid = "{upstream}"\nlitellm_model = "openai/{upstream}"\n'
+            f'api_base = "{group_fake.base_url}"\n{extra}\n'
+        )
+    config = tmp_path / "gateway.toml"
+    config.write_text("".join(lines))
+    env = {**os.environ, "CHAT_CONFIG": str(config), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            with httpx.Client(base_url=base, timeout=WAIT_S) as client:
+                assert client.post("/v1/chat/completions", json=body("fb")).status_code == 200
+                with client.stream("POST", "/v1/chat/completions", json=body("fb", stream=True)) as reply:
+                    assert reply.status_code == 200
+                    reply.read()
+        finally:
+            process.terminate()
+            process.wait(15)
+    records = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "request" and record.get("model") == "fb":
+            records.append(record)
+    assert len(records) == 2, log.read_text()[-2000:]
+    for record in records:
+        # Two attempts on fb_bad (one retry), then the fallback answered.
+        assert record["deployment"] == "fb_good"
+        assert record["attempts"] == 3
