@@ -77,7 +77,7 @@ def failing_provider(port: int) -> None:
     asyncio.run(main())
 
 
-def gateway_toml(port: int, upstream: str, failing: str) -> str:
+def gateway_toml(port: int, upstream: str, failing: str | None) -> str:
     def dep(name: str, base: str, **extra: Any) -> list[str]:
         lines = [
             "[[models.deployments]]",
@@ -104,6 +104,10 @@ def gateway_toml(port: int, upstream: str, failing: str) -> str:
         'routing = "simple-shuffle"',
         "",
         *dep("plain", upstream),
+    ]
+    if failing is None:  # a baseline checkout from before groups: only the plain deployment
+        return "\n".join(parts).replace('routing = "simple-shuffle"\n', "")
+    parts += [
         *dep("resilient", upstream, num_retries=1, fallbacks=["plain"]),
         *dep("retry", failing, id="retry-failing", weight=10000.0, num_retries=1),
         *dep("retry", upstream, id="retry-upstream", weight=0.0001, num_retries=1),
@@ -158,6 +162,12 @@ def main() -> int:
     p.add_argument("--concurrency", default="32,256")
     p.add_argument("--min-requests", type=int, default=2000, help="per cell (short cells are all CPU-tick noise)")
     p.add_argument("--json-out", type=Path)
+    p.add_argument("--no-ttfb", action="store_true", help="skip the retry TTFB cells")
+    p.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="another checkout (e.g. main before groups): its gateway serves `plain` too, as `base`",
+    )
     p.add_argument("--failing-provider", type=int, help=argparse.SUPPRESS)  # the child that fails at once
     args = p.parse_args()
     if args.failing_provider:
@@ -196,16 +206,40 @@ def main() -> int:
         children.append(gateway)
         base = f"http://127.0.0.1:{port}"
         wait_ready(base + "/health/ready")
-        for model in ("plain", "resilient", "retry"):  # warm-up, not reported
-            cell(base, gateway.pid, model, 8, 64, "warmup")
+        # cell name -> (gateway URL, pid, model)
+        cells: dict[str, tuple[str, int, str]] = {
+            "plain": (base, gateway.pid, "plain"),
+            "resilient": (base, gateway.pid, "resilient"),
+        }
+        if args.baseline_root:
+            baseline_port = free_port()
+            baseline_config = tmp / "baseline.toml"
+            baseline_config.write_text(gateway_toml(baseline_port, f"http://127.0.0.1:{upstream_port}/v1", None))
+            with open(tmp / "baseline.log", "wb") as log:
+                baseline = subprocess.Popen(
+                    [sys.executable, "-m", "app"],
+                    cwd=args.baseline_root,
+                    env={**env, "CHAT_CONFIG": str(baseline_config)},
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            children.append(baseline)
+            baseline_url = f"http://127.0.0.1:{baseline_port}"
+            wait_ready(baseline_url + "/health/ready")
+            cells["base"] = (baseline_url, baseline.pid, "plain")
+        for url, pid, model in [*cells.values(), (base, gateway.pid, "retry")]:  # warm-up, not reported
+            cell(url, pid, model, 8, 64, "warmup")
         results: list[dict[str, Any]] = []
+        names = list(cells)
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             requests = max(args.min_requests, 16 * concurrency)
             for r in range(args.rounds):
-                order = ("plain", "resilient") if r % 2 == 0 else ("resilient", "plain")
-                for model in order:
-                    results.append(cell(base, gateway.pid, model, concurrency, requests, f"{model}@c{concurrency}#{r}"))
-        for concurrency in (1, 32):
+                order = names[r % len(names) :] + names[: r % len(names)]  # rotate: drift hits all alike
+                for name in order:
+                    url, pid, model = cells[name]
+                    results.append(cell(url, pid, model, concurrency, requests, f"{name}@c{concurrency}#{r}"))
+        for concurrency in () if args.no_ttfb else (1, 32):
             for r in range(args.rounds):
                 for model in ("plain", "retry"):
                     n = 200 if concurrency == 1 else 1000
