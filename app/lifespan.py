@@ -18,8 +18,10 @@ from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
 from app.drain import Drain
 from app.metrics import Metrics
+from app.providers.balancer import Balancer
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
+from app.providers.resilient import Resilient
 from app.settings import Settings
 from app.tracing import Tracing
 
@@ -31,6 +33,8 @@ class Services:
     catalogue: Catalogue
     chat: ChatService
     cache: ChatCache | None = None
+    #: Deployment groups' live state (selection, cooldowns); readiness reports who rests.
+    balancer: Balancer | None = None
     #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -50,7 +54,7 @@ def build_services(
 
     environ = os.environ if environ is None else environ
     quote = ProviderText(configured_secrets(settings, environ), production=settings.production)
-    targets = {d.name: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
+    targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
     relay = Relay(targets, quote=quote)
     relay.open_pools()  # one connection pool per upstream origin, before the first request
     provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ), quote))
@@ -74,12 +78,14 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
+    balancer = Balancer(settings.models)
+    resilient = Resilient(balancer, provider, observer=metrics)
     tracing = None
     if settings.tracing.enabled:
         tracing = Tracing(settings.tracing)
         closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # its flush waits on the network
     chat = ChatService(
-        settings, provider, model_names=model_names, observer=metrics, cache=cache, drain=drain, tracing=tracing
+        settings, resilient, model_names=model_names, observer=metrics, cache=cache, drain=drain, tracing=tracing
     )
     return Services(
         settings=settings,
@@ -87,6 +93,7 @@ def build_services(
         catalogue=catalogue,
         chat=chat,
         cache=cache,
+        balancer=balancer,
         ready_checks=ready_checks,
         closers=closers,
     )

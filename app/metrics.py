@@ -76,6 +76,7 @@ class Metrics:
         self.chunks: Counter[tuple[str, ...]] = Counter()
         self.tokens: Counter[tuple[str, ...]] = Counter()
         self.cache_requests: Counter[tuple[str, ...]] = Counter()
+        self.upstream_requests: Counter[tuple[str, ...]] = Counter()
         # Known label sets start at zero, so dashboards and rate() see the series before the first event.
         for result in ("hit", "miss", "bypass", "error"):
             self.cache_requests[(result,)] = 0
@@ -99,6 +100,11 @@ class Metrics:
         )
         meter.create_observable_counter(
             "chat.cache.requests", [_observe(self.cache_requests, ("result",))], description="Cache lookups by result"
+        )
+        meter.create_observable_counter(
+            "chat.upstream.requests",
+            [_observe(self.upstream_requests, ("model", "deployment", "outcome"))],
+            description="Attempts on each deployment, by outcome (ok, error, retried, fallback)",
         )
         self.upstream_errors = meter.create_counter("chat.upstream.errors", description="Provider errors by code")
         self.sockets = meter.create_up_down_counter(
@@ -165,6 +171,10 @@ class Metrics:
         self._usage(model, usage)
         if error is not None:
             self.upstream_error(model, error)
+
+    def upstream_attempt(self, model: str, deployment: str, outcome: str) -> None:
+        """One attempt on a deployment (providers/resilient.py): ok, error, retried or fallback."""
+        self.upstream_requests[(model, deployment, outcome)] += 1
 
     def upstream_error(self, model: str, error: GatewayError) -> None:
         # The class's own code, never the provider's free-form code: the label set stays fixed.

@@ -110,6 +110,9 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
     else:
         if "outcome" in state:
             fields["outcome"] = state["outcome"]
+        trail = state.get("trail")
+        if trail is not None:
+            fields.update(trail.log_fields())
         error = state.get("error")
         if error is not None:
             fields["error_code"] = error.code

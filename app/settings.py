@@ -105,7 +105,12 @@ class ModelInfoOverride(_Section):
 
 class DeploymentSettings(_Section):
     name: Annotated[str, msgspec.Meta(min_length=1)]
+    """The public model name; deployments sharing one form a group (one model, load-balanced)."""
     litellm_model: Annotated[str, msgspec.Meta(min_length=1)]
+    id: str = ""
+    """Unique per deployment (metrics, logs, readiness); empty = "<name>-<n>", n counting within the group."""
+    weight: PositiveFloat = 1.0
+    """simple-shuffle picks a group member with probability proportional to its weight."""
     api_base: str = ""
     api_key_env: str = ""
     timeout_s: PositiveFloat = 600.0
@@ -118,8 +123,12 @@ class DeploymentSettings(_Section):
 
 class ModelsSettings(_Section):
     refresh_s: PositiveFloat = 300.0
+    routing: Literal["simple-shuffle", "least-busy", "latency-based"] = "simple-shuffle"
+    """How a request picks a deployment of its group (LiteLLM Router strategies of the same names)."""
+    allowed_fails: NonNegInt = 3
+    """Failures a deployment may have in a minute before it rests for ``cooldown_s``."""
     cooldown_s: NonNegFloat = 0.0
-    """LiteLLM router cooldown after failures; 0 disables cooldowns so a provider error is never a 429."""
+    """How long a failing deployment rests (no calls); 0 = never cooled down."""
     deployments: list[DeploymentSettings] = []
 
 
@@ -146,10 +155,14 @@ class Settings(_Section):
         return self.server.env == "production"
 
     def deployment(self, name: str) -> DeploymentSettings | None:
+        """The first deployment of the group ``name``."""
         for dep in self.models.deployments:
             if dep.name == name:
                 return dep
         return None
+
+    def group(self, name: str) -> list[DeploymentSettings]:
+        return [dep for dep in self.models.deployments if dep.name == name]
 
 
 class ConfigError(Exception):
@@ -257,17 +270,19 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     names = [d.name for d in settings.models.deployments]
     if not names:
         problems.append("models.deployments: at least one deployment is required")
+    _assign_ids(settings.models.deployments)
     seen: set[str] = set()
     for i, dep in enumerate(settings.models.deployments):
         where = f"models.deployments[{i}]"
-        if dep.name in seen:
-            problems.append(f"{where}.name: duplicate deployment name {dep.name!r}")
-        seen.add(dep.name)
+        # Several deployments may share a name (a group); their ids tell them apart.
+        if dep.id in seen:
+            problems.append(f"{where}.id: duplicate deployment id {dep.id!r}")
+        seen.add(dep.id)
         for fb in dep.fallbacks:
             if fb not in names:
                 problems.append(f"{where}.fallbacks: {fb!r} is not a configured deployment name")
             elif fb == dep.name:
-                problems.append(f"{where}.fallbacks: a deployment cannot fall back to itself")
+                problems.append(f"{where}.fallbacks: a deployment cannot fall back to its own group")
         if "/" not in dep.litellm_model:
             problems.append(f"{where}.litellm_model: expected '<provider>/<model>', got {dep.litellm_model!r}")
         if dep.api_key_env and dep.api_key_env not in environ:
@@ -281,6 +296,15 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     if settings.streaming.heartbeat_s >= settings.streaming.idle_timeout_s:
         problems.append("streaming.heartbeat_s: must be shorter than streaming.idle_timeout_s")
     return problems
+
+
+def _assign_ids(deployments: list[DeploymentSettings]) -> None:
+    """Default ids: "<name>-<n>", n counting the group's members from 1 in file order."""
+    counts: dict[str, int] = {}
+    for dep in deployments:
+        counts[dep.name] = counts.get(dep.name, 0) + 1
+        if not dep.id:
+            dep.id = f"{dep.name}-{counts[dep.name]}"
 
 
 def settings_from_dict(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

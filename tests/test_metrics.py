@@ -32,6 +32,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "chat_stream_outcomes_total": ("counter", {"transport", "model", "outcome"}),
     "chat_tokens_total": ("counter", {"model", "direction"}),
     "chat_upstream_errors_total": ("counter", {"model", "code"}),
+    "chat_upstream_requests_total": ("counter", {"model", "deployment", "outcome"}),
     "chat_cache_requests_total": ("counter", {"result"}),
     "chat_websocket_connections_active": ("gauge", set()),
 }

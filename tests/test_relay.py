@@ -31,11 +31,12 @@ def test_fast_path_is_chosen_from_litellm_provider_config(litellm_model: str, ap
     assert (resolve_target(dep, {}) is not None) is fast
 
 
-def test_config_forces_full_path_and_router_features_keep_it() -> None:
+def test_config_forces_full_path_and_resilience_keeps_the_fast_path() -> None:
     base = {"name": "m", "litellm_model": "openai/gpt-4o-mini"}
     assert resolve_target(DeploymentSettings(**base, fast_path=False), {}) is None
-    assert resolve_target(DeploymentSettings(**base, fallbacks=["x"]), {}) is None
-    assert resolve_target(DeploymentSettings(**base, num_retries=2), {}) is None
+    # Resilience stays on the fast path.
+    assert resolve_target(DeploymentSettings(**base, fallbacks=["x"]), {}) is not None
+    assert resolve_target(DeploymentSettings(**base, num_retries=2), {}) is not None
 
 
 def test_resolved_target_uses_litellm_url_and_key() -> None:
@@ -85,6 +86,8 @@ def test_error_event_and_error_replies() -> None:
 def test_test_gateway_takes_the_path_it_says(gateway: ServerThread) -> None:
     provider = gateway.app.state.services.provider
     expected = "fast" if gateway.settings.models.deployments[1].fast_path else "full"
-    assert provider.path_of("normal") == expected
-    assert provider.path_of("demo") == "full"
-    assert provider.path_of("with_fallback") == "full"
+    # Providers are addressed by deployment id ("<name>-<n>" by default).
+    assert provider.path_of("normal-1") == expected
+    assert provider.path_of("demo-1") == "full"
+    # Fallbacks no longer force the full path: resilience sits in front of both paths.
+    assert provider.path_of("with_fallback-1") == "fast"

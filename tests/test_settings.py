@@ -198,12 +198,26 @@ def test_fallback_to_itself() -> None:
     assert_one_problem_naming(problems_of(data), "models.deployments[0].fallbacks")
 
 
-def test_duplicate_deployment_names() -> None:
+def test_shared_names_form_a_group_with_default_ids() -> None:
     data = minimal()
     deployment(data, 1)["name"] = "alpha"
-    line = assert_one_problem_naming(problems_of(data), "models.deployments[1].name")
-    assert "alpha" in line
+    settings = settings_from_dict(data, {})
+    assert [d.id for d in settings.group("alpha")] == ["alpha-1", "alpha-2"]
+
+
+def test_duplicate_deployment_ids() -> None:
+    data = minimal()
+    deployment(data, 0)["id"] = "same"
+    deployment(data, 1)["id"] = "same"
+    line = assert_one_problem_naming(problems_of(data), "models.deployments[1].id")
+    assert "same" in line
     assert "duplicate" in line
+
+
+def test_routing_must_be_a_known_strategy() -> None:
+    data = minimal()
+    data["models"]["routing"] = "round-robin"
+    assert_one_problem_naming(problems_of(data), "models.routing")
 
 
 def test_litellm_model_without_provider_prefix() -> None:
@@ -289,7 +303,8 @@ def test_several_field_problems_are_all_reported() -> None:
 def test_several_cross_check_problems_are_all_reported() -> None:
     data = minimal()
     deployment(data)["fallbacks"] = ["gamma"]
-    deployment(data, 1)["name"] = "alpha"
+    deployment(data)["id"] = "same"
+    deployment(data, 1)["id"] = "same"
     deployment(data, 1)["api_key_env"] = "UNSET_KEY"
     data["cache"] = {"backend": "redis"}
     problems = problems_of(data)
@@ -297,7 +312,7 @@ def test_several_cross_check_problems_are_all_reported() -> None:
     assert keys == sorted(
         [
             "models.deployments[0].fallbacks",
-            "models.deployments[1].name",
+            "models.deployments[1].id",
             "models.deployments[1].api_key_env",
             "cache.redis_url",
         ]

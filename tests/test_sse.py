@@ -115,7 +115,7 @@ async def test_unknown_fields_pass_through(
     assert seen["seed"] == 42
     assert seen["vendor_x"] == {"a": 1}
     assert seen["top_k"] == 5
-    if gateway.app.state.services.provider.path_of("normal") == "fast":
+    if gateway.app.state.services.provider.path_of("normal-1") == "fast":
         assert seen["user"] == "u-1"  # LiteLLM's full path drops `user`; the relay keeps it
 
 

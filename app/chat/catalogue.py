@@ -15,7 +15,7 @@ import msgspec
 import structlog
 
 from app.chat.classify import ModelInfo, capabilities_of, categories_of
-from app.settings import DeploymentSettings
+from app.settings import DeploymentSettings, ModelInfoOverride
 
 logger = structlog.get_logger("chat.catalogue")
 
@@ -65,15 +65,33 @@ def model_info(dep: DeploymentSettings, metadata: Mapping[str, Any] | None, prov
     )
 
 
+def merged_info(group: list[DeploymentSettings]) -> ModelInfoOverride:
+    """A group's configured metadata: per field, the first member (in file order) that sets it."""
+    values: dict[str, Any] = {}
+    for dep in group:
+        for name in ModelInfoOverride.__struct_fields__:
+            if values.get(name) is None:
+                values[name] = getattr(dep.info, name)
+    return ModelInfoOverride(**values)
+
+
 def build_snapshot(
     deployments: list[DeploymentSettings], metadata: MetadataLookup, provider_of: ProviderLookup
 ) -> Snapshot:
+    groups: dict[str, list[DeploymentSettings]] = {}
+    for dep in deployments:
+        groups.setdefault(dep.name, []).append(dep)
     models = []
     owned_by = {}
-    for dep in deployments:
-        provider = provider_of(dep.litellm_model)
-        models.append(model_info(dep, metadata(dep.litellm_model), provider))
-        owned_by[dep.name] = dep.info.owned_by or provider or "unknown"
+    for name, group in groups.items():
+        # One entry per public name: LiteLLM's metadata of the first member it knows, under the
+        # group's merged overrides.
+        lead = next((d for d in group if metadata(d.litellm_model)), group[0])
+        provider = provider_of(lead.litellm_model)
+        dep = msgspec.structs.replace(lead, info=merged_info(group))
+        info = model_info(dep, metadata(lead.litellm_model), provider)
+        models.append(msgspec.structs.replace(info, deployments=len(group)))
+        owned_by[name] = dep.info.owned_by or provider or "unknown"
     return Snapshot(
         models=tuple(models),
         by_id={m.id: m for m in models},

@@ -42,7 +42,7 @@ PRICE_BANDS: tuple[tuple[str, float], ...] = (
 )
 
 
-class ModelInfo(msgspec.Struct, frozen=True):
+class ModelInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str
     provider: str | None
     mode: str | None
@@ -52,6 +52,8 @@ class ModelInfo(msgspec.Struct, frozen=True):
     output_cost_per_mtok: float | None
     capabilities: list[str]
     categories: list[str]
+    #: How many configured deployments serve this public name; only shown for a group (more than one).
+    deployments: int = 1
 
 
 def capabilities_of(metadata: Mapping[str, Any]) -> list[str]:

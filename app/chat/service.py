@@ -28,10 +28,11 @@ from app.chat.stream import (
     StreamObserver,
 )
 from app.drain import Drain
-from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
+from app.errors import GatewayError, ModelNotFound
 from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, Provider, Usage
-from app.settings import Settings
+from app.providers.base import Chunk, Completion, Usage
+from app.providers.resilient import Resilient, Trail
+from app.settings import DeploymentSettings, Settings
 from app.tracing import StreamTracer, Tracing
 
 
@@ -59,7 +60,7 @@ class ChatService:
     def __init__(
         self,
         settings: Settings,
-        provider: Provider,
+        provider: Resilient,
         *,
         model_names: Callable[[], frozenset[str]] | None = None,
         observer: CallObserver | None = None,
@@ -71,7 +72,11 @@ class ChatService:
         self._provider = provider
         names = frozenset(d.name for d in settings.models.deployments)
         self._model_names = model_names or (lambda: names)
-        self._deployments = {d.name: d for d in settings.models.deployments}
+        # Per public name, its group's first deployment: what the cache keys on and whose timeout
+        # bounds a cache wait (a group's members serve one model).
+        self._deployments: dict[str, DeploymentSettings] = {}
+        for dep in settings.models.deployments:
+            self._deployments.setdefault(dep.name, dep)
         self._observer = observer
         self._cache = cache
         self._drain = drain
@@ -84,7 +89,8 @@ class ChatService:
         self._deadlines = Deadlines(s.first_token_timeout_s, s.idle_timeout_s, s.heartbeat_s)
 
     def resolve(self, model: str) -> str:
-        """A public model name -> the deployment that serves it; anything unlisted is a 404."""
+        """A public model name, checked; anything unlisted is a 404. Which deployment of its group
+        serves a call is decided per attempt (``providers/resilient.py``)."""
         if model not in self._model_names() or model not in self._deployments:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
         return model
@@ -106,17 +112,19 @@ class ChatService:
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
         traceparent: str | None = None,
+        trail: Trail | None = None,
     ) -> ChatStream:
         deployment = self.resolve(request.model)
         wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
         decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
         span, request = self._trace(request, deployment, transport, traceparent, started_at)
         source: AsyncIterator[Chunk]
+        trail = trail or Trail()
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
         else:
             # From here the stream owns the flight this request may lead: closing it, on any path, lands it.
-            source = decision.record(self._provider.stream(request, deployment))
+            source = decision.record(self._provider.stream(request, deployment, trail))
         stream = ChatStream(
             stream_id=os.urandom(16).hex(),
             model=deployment,
@@ -126,6 +134,7 @@ class ChatService:
             started_at=started_at,
             observer=self._stream_observer,
             include_usage=request.include_usage(),
+            trail=trail,
         )
         stream.span = span
         stream.cache_status = decision.status
@@ -142,6 +151,7 @@ class ChatService:
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
         traceparent: str | None = None,
+        trail: Trail | None = None,
     ) -> tuple[Completion, str | None]:
         """One whole completion under the deployment's deadline, and its X-Cache status."""
         deployment = self.resolve(request.model)
@@ -151,7 +161,7 @@ class ChatService:
         span, request = self._trace(request, deployment, "json", traceparent, started)
         result: tuple[Completion, str | None] | None = None
         try:
-            result = await self._complete(request, deployment, decision, started)
+            result = await self._complete(request, deployment, decision, started, trail or Trail())
             return result
         finally:
             if span is not None:
@@ -186,7 +196,7 @@ class ChatService:
         return span, msgspec.structs.replace(request, trace_headers=Tracing.headers(span))
 
     async def _complete(
-        self, request: ChatCompletionInput, deployment: str, decision: CacheDecision, started: float
+        self, request: ChatCompletionInput, deployment: str, decision: CacheDecision, started: float, trail: Trail
     ) -> tuple[Completion, str | None]:
         if decision.answer is not None:
             completion = Completion(raw=decision.answer.completion, usage=decision.answer.usage)
@@ -199,8 +209,8 @@ class ChatService:
         try:
             with self._drain.call() if self._drain is not None else nullcontext():
                 try:
-                    async with asyncio.timeout(self._deployments[deployment].timeout_s):
-                        completion_or_none = await self._provider.complete(request, deployment)
+                    # Each attempt runs under its deployment's timeout_s (a timeout is retried like a 5xx).
+                    completion_or_none = await self._provider.complete(request, deployment, trail)
                 except asyncio.CancelledError:
                     if self._drain is None or not self._drain.ending:
                         raise
@@ -208,10 +218,6 @@ class ChatService:
                     raise self._drain.refusal() from None  # drain time is up: answered with a 503
             outcome = COMPLETED
             return completion_or_none, decision.status
-        except TimeoutError as exc:
-            error = UpstreamTimeout("The provider did not complete the call in time.")
-            outcome = error.outcome
-            raise error from exc
         except GatewayError as exc:
             error, outcome = exc, exc.outcome
             raise

@@ -27,6 +27,7 @@ from opentelemetry.trace import Span
 
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import Chunk, Usage
+from app.providers.resilient import Trail
 
 COMPLETED: Final = "completed"
 CLIENT_DISCONNECTED: Final = "client_disconnected"
@@ -136,6 +137,7 @@ class ChatStream:
         started_at: float | None = None,
         observer: StreamObserver | None = None,
         include_usage: bool = True,
+        trail: Trail | None = None,
     ) -> None:
         self.id = stream_id
         self.model = model
@@ -168,6 +170,8 @@ class ChatStream:
         self.span: Span | None = None  # the request's trace span, when tracing is on
         #: Told once the stream has closed (the drain's registry); set by whoever registers it.
         self.on_close: Callable[[ChatStream], None] | None = None
+        #: Which deployment answered after how many attempts (None for sources without attempts).
+        self.trail = trail
 
     def start(self) -> ChatStream:
         loop = asyncio.get_running_loop()
@@ -351,6 +355,8 @@ class ChatStream:
         if self.span is not None:
             context = self.span.get_span_context()
             fields["trace_id"] = f"{context.trace_id:032x}"
+        if self.trail is not None:
+            fields.update(self.trail.log_fields())
         if self.error is not None:
             fields["error_code"] = self.error.code
             fields["error_detail"] = self.error.detail if self.error.detail is not None else self.error.message
@@ -380,6 +386,8 @@ class ChatStream:
         self.ended_at = time.perf_counter()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.trail is not None:
+            self.trail.release()
         if not self._finished:
             puller = self._puller
             if self._first is not None and not self._first.done():

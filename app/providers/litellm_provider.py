@@ -1,4 +1,8 @@
-"""The provider over ``litellm.Router``: retries, fallbacks and per-deployment timeouts come from LiteLLM.
+"""The full path over ``litellm.Router``, for providers the relay cannot speak to (Anthropic, Bedrock, ...).
+
+Each deployment is its own Router model, addressed by its id, with no retries, fallbacks or
+cooldowns of the Router's: those sit in front of both paths (``providers/resilient.py``), so that a
+group mixing both paths follows one set of rules and one set of metrics.
 
 LiteLLM's exceptions are translated here, at the boundary, into ``GatewayError``s.
 """
@@ -36,7 +40,7 @@ def router_model_list(deployments: list[DeploymentSettings], environ: Mapping[st
             "model": dep.litellm_model,
             "timeout": dep.timeout_s,
             "stream_timeout": dep.timeout_s,
-            "num_retries": dep.num_retries,
+            "num_retries": 0,
         }
         if dep.api_base:
             params["api_base"] = dep.api_base
@@ -45,24 +49,18 @@ def router_model_list(deployments: list[DeploymentSettings], environ: Mapping[st
         elif dep.api_base:
             # OpenAI-compatible local servers (vLLM, Ollama) need no key, but the SDK insists on one.
             params["api_key"] = "no-key"
-        model_list.append({"model_name": dep.name, "litellm_params": params})
+        model_list.append({"model_name": dep.id, "litellm_params": params, "model_info": {"id": dep.id}})
     return model_list
 
 
 def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -> Any:
     environ = os.environ if environ is None else environ
     register_demo_provider()
-    deployments = settings.models.deployments
-    fallbacks = [{dep.name: list(dep.fallbacks)} for dep in deployments if dep.fallbacks]
-    cooldowns: dict[str, Any] = (
-        {"cooldown_time": settings.models.cooldown_s} if settings.models.cooldown_s > 0 else {"disable_cooldowns": True}
-    )
     return litellm.Router(
-        model_list=router_model_list(deployments, environ),
-        fallbacks=fallbacks,
+        model_list=router_model_list(settings.models.deployments, environ),
         num_retries=0,
         set_verbose=False,
-        **cooldowns,
+        disable_cooldowns=True,
     )
 
 

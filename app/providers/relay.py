@@ -57,10 +57,10 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
     """A RelayTarget when the fast path applies to ``dep``, else None (it keeps the full LiteLLM path).
 
     Applies when the deployment allows it, LiteLLM's chat config for the provider is an OpenAI-wire
-    config (``OpenAIGPTConfig``), a base URL is known, and the Router's retries and fallbacks are not
-    needed (those stay LiteLLM's job).
+    config (``OpenAIGPTConfig``) and a base URL is known. Retries, cooldowns and fallbacks do not
+    matter here: they sit in front of both paths (``providers/resilient.py``).
     """
-    if not dep.fast_path or dep.fallbacks or dep.num_retries:
+    if not dep.fast_path:
         return None
     from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
     from litellm.utils import ProviderConfigManager

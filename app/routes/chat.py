@@ -15,6 +15,7 @@ from app.chat.stream import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
 from app.openapi import CHAT_RESPONSES, ChatOperation
 from app.protocol.openai import parse_chat_body
+from app.providers.resilient import Trail
 from app.settings import Settings
 from app.streaming.disconnect import ClientGone, DisconnectWatch
 from app.streaming.intent import wants_stream
@@ -84,12 +85,14 @@ class ChatController(Controller):
         try:
             with watch.guard():
                 if not streaming:
+                    request.state.trail = trail = Trail()  # the access log names the deployment that answered
                     completion, cache_status = await chat.complete(
                         body,
                         started_at=started,
                         caller=caller,
                         cache_control=cache_control,
                         traceparent=request.headers.get("traceparent"),
+                        trail=trail,
                     )
                     watch.stop()
                     headers = {"X-Cache": cache_status} if cache_status else None
