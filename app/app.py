@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     def provide_settings() -> Settings:
         return settings
 
-    keys = GatewayKeys.from_env(settings.server.api_keys_env, environ)
+    keys = GatewayKeys.from_settings(settings, environ)
 
     def provide_chat_context(request: Request[Any, Any, Any]) -> ChatContext:
         # request.app.state, not a `state` parameter: Litestar builds a State copy per request for that.

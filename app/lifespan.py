@@ -15,6 +15,8 @@ from app.cache.backends import build_backend
 from app.cache.chat_cache import ChatCache
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
+from app.limits.build import build_limiter
+from app.limits.limiter import Limiter
 from app.metrics import Metrics
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
@@ -28,6 +30,7 @@ class Services:
     catalogue: Catalogue
     chat: ChatService
     cache: ChatCache | None = None
+    limiter: Limiter | None = None
     #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -68,13 +71,24 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
-    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache)
+
+    def prices(model: str) -> tuple[float | None, float | None]:
+        snapshot = catalogue.current()
+        info = snapshot.by_id.get(model) if snapshot is not None else None
+        return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else (None, None)
+
+    limiter = build_limiter(settings, prices=prices, observer=metrics)
+    closers.append(limiter.close)
+    if settings.rate_limit.backend == "redis":
+        ready_checks["rate_limit"] = limiter.health
+    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache, limiter=limiter)
     return Services(
         settings=settings,
         provider=provider,
         catalogue=catalogue,
         chat=chat,
         cache=cache,
+        limiter=limiter,
         ready_checks=ready_checks,
         closers=closers,
     )
@@ -86,6 +100,7 @@ def configured_secrets(settings: Settings, environ: Mapping[str, str]) -> list[s
     secrets = [environ.get(name, "") for name in names]
     if settings.server.api_keys_env:
         secrets += [k.strip() for k in environ.get(settings.server.api_keys_env, "").split(",")]
+    secrets += [environ.get(k.key_env, "").strip() for k in settings.keys if k.key_env]
     return [s for s in secrets if s]
 
 

@@ -13,7 +13,8 @@ from app.access.keys import ANONYMOUS, Caller
 from app.cache.answer import replay_chunks
 from app.cache.chat_cache import NO_CACHE, CacheDecision, ChatCache, cache_key
 from app.chat.stream import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ChatStream, Deadlines, StreamObserver
-from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
+from app.errors import GatewayError, ModelNotAllowed, ModelNotFound, UpstreamTimeout
+from app.limits.limiter import Admission, Limiter
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Provider, Usage
 from app.settings import Settings
@@ -48,8 +49,10 @@ class ChatService:
         model_names: Callable[[], frozenset[str]] | None = None,
         observer: CallObserver | None = None,
         cache: ChatCache | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self._settings = settings
+        self._limiter = limiter
         self._provider = provider
         names = frozenset(d.name for d in settings.models.deployments)
         self._model_names = model_names or (lambda: names)
@@ -64,6 +67,16 @@ class ChatService:
         if model not in self._model_names() or model not in self._deployments:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
         return model
+
+    async def admit(self, request: ChatCompletionInput, caller: Caller) -> Admission | None:
+        """Whether ``caller`` may make this request now: model known (404), allowed for the key (403),
+        within its limits and budget (429). The admission is settled when the request ends."""
+        model = self.resolve(request.model)
+        if not caller.policy.allows(model):
+            raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
+        if self._limiter is None:
+            return None
+        return await self._limiter.admit(caller, request)
 
     async def _consult_cache(
         self, request: ChatCompletionInput, deployment: str, caller: Caller, cache_control: str | None, wait_s: float
@@ -81,10 +94,16 @@ class ChatService:
         started_at: float | None = None,
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
+        admission: Admission | None = None,
     ) -> ChatStream:
-        deployment = self.resolve(request.model)
-        wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
-        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        try:
+            deployment = self.resolve(request.model)
+            wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
+            decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        except BaseException:
+            if admission is not None:
+                admission.settle(request.model, None)  # no stream to hold the lease
+            raise
         source: AsyncIterator[Chunk]
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
@@ -102,6 +121,8 @@ class ChatService:
             include_usage=request.include_usage(),
         )
         stream.cache_status = decision.status
+        if admission is not None:
+            stream.on_close = lambda s: admission.settle(s.model, s.usage, from_cache=s.cache_status == "HIT")
         return stream.start()
 
     async def complete(
@@ -111,15 +132,23 @@ class ChatService:
         started_at: float | None = None,
         caller: Caller = ANONYMOUS,
         cache_control: str | None = None,
+        admission: Admission | None = None,
     ) -> tuple[Completion, str | None]:
         """One whole completion under the deployment's deadline, and its X-Cache status."""
-        deployment = self.resolve(request.model)
-        started = time.perf_counter() if started_at is None else started_at
-        wait_s = self._deployments[deployment].timeout_s
-        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        try:
+            deployment = self.resolve(request.model)
+            started = time.perf_counter() if started_at is None else started_at
+            wait_s = self._deployments[deployment].timeout_s
+            decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        except BaseException:
+            if admission is not None:
+                admission.settle(request.model, None)
+            raise
         if decision.answer is not None:
             completion = Completion(raw=decision.answer.completion, usage=decision.answer.usage)
             self._record_call(deployment, started, started, COMPLETED, completion.usage, None, from_cache=True)
+            if admission is not None:
+                admission.settle(deployment, completion.usage, from_cache=True)
             return completion, decision.status
         upstream_started = time.perf_counter()
         outcome: str = CLIENT_DISCONNECTED
@@ -144,6 +173,8 @@ class ChatService:
             decision.land_completion(completion_or_none)
             usage = completion_or_none.usage if completion_or_none is not None else None
             self._record_call(deployment, started, upstream_started, outcome, usage, error)
+            if admission is not None:
+                admission.settle(deployment, usage)
 
     def _record_call(
         self,

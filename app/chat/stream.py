@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol
 
@@ -138,6 +138,8 @@ class ChatStream:
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
         self._cancel_requested = False
+        #: Called once as the stream closes, after the observer (the limiter's settlement).
+        self.on_close: Callable[[ChatStream], None] | None = None
 
     def start(self) -> ChatStream:
         loop = asyncio.get_running_loop()
@@ -338,6 +340,8 @@ class ChatStream:
                 self._close_source()
         if self._observer is not None:
             self._observer.stream_closed(self)
+        if self.on_close is not None:
+            self.on_close(self)
 
 
 _CLOSING: set[asyncio.Task[None]] = set()  # keeps scheduled cleanups alive until they ran

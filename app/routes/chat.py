@@ -73,18 +73,25 @@ class ChatController(Controller):
         if settings.server.log_bodies:
             request.state.prompt = body.body["messages"]
         streaming = wants_stream(body.request.stream, request.headers.get("accept"))
+        # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
+        admission = await chat.admit(body, caller)
+        rate_headers = admission.headers if admission is not None else None
+        if rate_headers:
+            request.state.rate_headers = rate_headers  # error responses from here on carry them too
         watch = DisconnectWatch(request.receive)
         try:
             with watch.guard():
                 if not streaming:
                     completion, cache_status = await chat.complete(
-                        body, started_at=started, caller=caller, cache_control=cache_control
+                        body, started_at=started, caller=caller, cache_control=cache_control, admission=admission
                     )
                     watch.stop()
                     headers = {"X-Cache": cache_status} if cache_status else None
+                    if rate_headers:
+                        headers = {**(headers or {}), **rate_headers}
                     return Response(content=completion.raw, media_type="application/json", headers=headers)
                 stream = await chat.open_stream(
-                    body, "sse", started_at=started, caller=caller, cache_control=cache_control
+                    body, "sse", started_at=started, caller=caller, cache_control=cache_control, admission=admission
                 )
                 request.state.stream = stream
                 # The status window: errors the provider reports at once still get a real status.
@@ -106,4 +113,6 @@ class ChatController(Controller):
         headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
         if stream.cache_status:
             headers["X-Cache"] = stream.cache_status
+        if rate_headers:
+            headers.update(rate_headers)
         return SseResponse(stream, watch, headers)

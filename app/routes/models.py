@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 
 from app.access.keys import Caller
 from app.chat.catalogue import Catalogue
-from app.chat.classify import KNOWN_CAPABILITIES, Criteria, categories, search
+from app.chat.classify import KNOWN_CAPABILITIES, Criteria, ModelInfo, categories, search
 from app.errors import InvalidRequest
 from app.protocol.models import CategoryMap, ModelInfoList, OpenAIModel, OpenAIModelList
 
@@ -67,6 +67,12 @@ def parse_criteria(params: dict[str, list[str]]) -> Criteria:
     )
 
 
+def _visible(models: tuple[ModelInfo, ...] | list[ModelInfo], caller: Caller) -> list[ModelInfo]:
+    """With a models allow-list, a key sees only the models it may use."""
+    policy = caller.policy
+    return list(models) if policy.models is None else [m for m in models if policy.allows(m.id)]
+
+
 class ModelsController(Controller):
     path = ""
     tags = ["models"]
@@ -78,22 +84,25 @@ class ModelsController(Controller):
         snap = await catalogue.get()
         created = int(snap.built_at)
         return OpenAIModelList(
-            data=[OpenAIModel(id=m.id, created=created, owned_by=snap.owned_by[m.id]) for m in snap.models]
+            data=[
+                OpenAIModel(id=m.id, created=created, owned_by=snap.owned_by[m.id])
+                for m in _visible(snap.models, caller)
+            ]
         )
 
     @get("/api/models", summary="Every model with its metadata, capabilities and categories")
     async def list_info(self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]) -> ModelInfoList:
-        return ModelInfoList(data=list((await catalogue.get()).models))
+        return ModelInfoList(data=_visible((await catalogue.get()).models, caller))
 
     @get("/api/models/categories", summary="Model ids by category")
     async def list_categories(
         self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> CategoryMap:
-        return CategoryMap(categories=categories((await catalogue.get()).models))
+        return CategoryMap(categories=categories(tuple(_visible((await catalogue.get()).models, caller))))
 
     @get("/api/models/search", summary="Models matching every given criterion")
     async def search_models(
         self, request: Request[Any, Any, Any], catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> ModelInfoList:
         criteria = parse_criteria(request.query_params.dict())
-        return ModelInfoList(data=search((await catalogue.get()).models, criteria))
+        return ModelInfoList(data=search(tuple(_visible((await catalogue.get()).models, caller)), criteria))

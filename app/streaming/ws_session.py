@@ -238,9 +238,12 @@ class ChatSocketSession:
         entry = self.inflight.get(frame_id)
         if entry is not None:
             entry.started = True
+        started = time.perf_counter()
         try:
+            # Allow-list, limits and budget: a refusal is this id's error frame (403 / 429).
+            admission = await self.chat.admit(request, self.caller)
             stream = await self.chat.open_stream(
-                request, "websocket", started_at=time.perf_counter(), caller=self.caller
+                request, "websocket", started_at=started, caller=self.caller, admission=admission
             )
         except GatewayError as exc:
             self.inflight.pop(frame_id, None)
