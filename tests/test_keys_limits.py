@@ -1,5 +1,6 @@
-"""Named gateway keys on one replica (memory backend): allow-lists, requests, tokens and streams per
-minute, budgets, rate-limit headers and metrics, over HTTP (JSON and SSE) and WebSocket."""
+"""Named gateway keys on one replica, with counters in memory and in Redis (a private redis-server):
+allow-lists, requests, tokens and streams per minute, budgets, rate-limit headers and metrics, over
+HTTP (JSON and SSE) and WebSocket."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from app.settings import settings_from_dict
-from tests.conftest import ServerThread
+from tests.conftest import RedisServer, ServerThread
 from tests.fake_provider import FakeProvider
 from tests.keys_config import DEFAULT_KEY, ENV, KEYS, auth, keys_settings_dict
 from tests.sse import chat_body
@@ -22,12 +23,18 @@ from tests.sse import chat_body
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture(scope="module")
-def keyed(fake_provider: FakeProvider) -> Iterator[ServerThread]:
-    settings = settings_from_dict(keys_settings_dict(fake_provider), ENV)
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def keyed(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    redis = RedisServer().start() if request.param == "redis" else None
+    sections: dict[str, Any] = {"rate_limit": {"backend": request.param}}
+    if redis is not None:
+        sections["redis"] = {"url": redis.url}
+    settings = settings_from_dict(keys_settings_dict(fake_provider, **sections), ENV)
     server = ServerThread(settings, environ=ENV).start()
     yield server
     server.stop()
+    if redis is not None:
+        redis.stop()
 
 
 async def ws_create(server: ServerThread, key: str, body: dict[str, Any], frame_id: str = "a") -> list[dict[str, Any]]:
