@@ -162,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, (url, proc) in gateways.items():  # warm-up, not reported
             cell(url, proc.pid, args.concurrency, 200, keyed=name != "off")
         p50s: dict[str, list[float]] = {name: [] for name in gateways}
+        cpu: dict[str, list[float]] = {name: [] for name in gateways}
         for r in range(args.rounds):
             for name, (url, proc) in gateways.items():
                 s = cell(url, proc.pid, args.concurrency, args.requests, keyed=name != "off")
                 if s["errors"] or s["ok"] != args.requests:
                     raise RuntimeError(f"{name}: {s['errors']} errors, {s['ok']} ok: {s['error_kinds']}")
                 p50s[name].append(s["ttfb_ms"]["p50"])
+                cpu[name].append(s["server"]["cpu_ms_per_request"])
             print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f} ms" for n, v in p50s.items()), flush=True)
         median = {name: statistics.median(v) for name, v in p50s.items()}
         print(f"\nSSE TTFB p50 at c={args.concurrency}, {args.requests} requests per cell, {args.rounds} rounds:")
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  {name:<6} median p50 {median[name]:.2f} ms   added {added:+.2f} ms"
                 f"   (per-round added: {', '.join(f'{d:+.2f}' for d in paired)})"
+                f"   gateway CPU {statistics.median(cpu[name]):.3f} ms/request"
             )
         urls = [gateways["redis"][0], replica[0]]
         print(

@@ -1,7 +1,7 @@
 """Counters in Redis, shared by every replica.
 
 Admission is one Lua script (one round trip, atomic: no replica can read a count another is about
-to change), settlement one pipeline. Concurrency leases are members of a sorted set scored by
+to change, never read-modify-write), settlement another. Concurrency leases are members of a sorted set scored by
 their expiry; the admission script drops expired members first, and this replica refreshes the
 expiry of the leases it holds every third of the TTL, so a replica that dies stops refreshing and
 its leases lapse on their own.
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.limits.backend import Ask, BackendUnavailable, Settlement, Verdict
+from app.limits.resp import ReplyError, RespClient
 
 logger = structlog.get_logger("chat.limits")
 
@@ -57,6 +57,23 @@ end
 return {reason, requests, tokens, spend}
 """
 
+# KEYS: tokens, leases, spend. ARGV: lease id ('' = none), output tokens, spend ('0' = none),
+# minute TTL, spend TTL (0 = none). One script rather than a pipeline of up to five commands:
+# the request's last Redis call costs the gateway one command's work.
+SETTLE = """
+if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+local tokens = tonumber(ARGV[2])
+if tokens > 0 then
+  redis.call('INCRBY', KEYS[1], tokens)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+if ARGV[3] ~= '0' then
+  redis.call('INCRBYFLOAT', KEYS[3], ARGV[3])
+  if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
+end
+return 1
+"""
+
 
 def _keys(bucket: str, minute: int, window_id: str) -> list[str]:
     base = f"{PREFIX}:{{{bucket}}}"  # one hash slot per key, should the Redis be a cluster
@@ -65,19 +82,28 @@ def _keys(bucket: str, minute: int, window_id: str) -> list[str]:
 
 class RedisBackend:
     def __init__(self, url: str, *, lease_ttl_s: float, op_timeout_s: float) -> None:
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=op_timeout_s, socket_connect_timeout=op_timeout_s, health_check_interval=0
-        )
-        self._admit = self._redis.register_script(ADMIT)
+        self._redis = RespClient(url, timeout_s=op_timeout_s)
+        self._scripts = {ADMIT: _sha1(ADMIT), SETTLE: _sha1(SETTLE)}
         self._lease_ttl_s = lease_ttl_s
         self._leases: dict[str, str] = {}  # lease id -> its sorted set, for the leases this replica holds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
 
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script first if this Redis does not know it (new, or restarted)."""
+        command = ("EVALSHA", self._scripts[script], len(keys), *keys, *args)
+        reply = await self._redis.call(*command)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            await self._redis.call("SCRIPT", "LOAD", script)
+            reply = await self._redis.call(*command)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
     async def admit(self, ask: Ask) -> Verdict:
         keys = _keys(ask.bucket, ask.minute, ask.budget_window_id)
         budget = -1.0 if ask.budget_usd is None else ask.budget_usd
-        args: list[str | int | float] = [
+        args: list[Any] = [
             ask.requests_per_minute,
             ask.tokens_per_minute,
             ask.concurrent_streams,
@@ -90,14 +116,13 @@ class RedisBackend:
             int(self._lease_ttl_s * 4) + 1,
         ]
         try:
-            reason, requests, tokens, spend = await self._admit(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            reason, requests, tokens, spend = await self._run(ADMIT, keys, args)
+        except (ReplyError, OSError, TimeoutError) as exc:  # ConnectionError is an OSError
             raise BackendUnavailable(type(exc).__name__) from exc
-        reason = reason.decode() if isinstance(reason, bytes) else reason
         if not reason and ask.concurrent_streams:
             self._leases[ask.lease_id] = keys[2]
             self._ensure_refresher()
-        return Verdict(reason or None, int(requests), int(tokens), float(spend))
+        return Verdict(reason.decode() if reason else None, int(requests), int(tokens), float(spend))
 
     def settle(self, settlement: Settlement) -> None:
         task = asyncio.get_running_loop().create_task(self._settle(settlement))
@@ -106,23 +131,16 @@ class RedisBackend:
 
     async def _settle(self, s: Settlement) -> None:
         leases = self._leases.pop(s.lease_id, None) if s.lease_id is not None else None
-        if leases is None and not s.tokens and not (s.budget_window_id and s.spend):
+        spend = s.spend if s.budget_window_id and s.spend else 0.0
+        if leases is None and not s.tokens and not spend:
             return
         keys = _keys(s.bucket, s.minute, s.budget_window_id or "none")
-        pipe = self._redis.pipeline(transaction=False)
-        if leases is not None and s.lease_id is not None:
-            pipe.zrem(leases, s.lease_id)
-        if s.tokens:
-            pipe.incrby(keys[1], s.tokens)
-            pipe.expire(keys[1], MINUTE_TTL_S)
-        if s.budget_window_id and s.spend:
-            pipe.incrbyfloat(keys[3], s.spend)
-            ttl = BUDGET_TTL_S.get(_window_kind(s.budget_window_id))
-            if ttl:
-                pipe.expire(keys[3], ttl)
+        ttl = BUDGET_TTL_S.get(_window_kind(s.budget_window_id), 0) if s.budget_window_id else 0
+        lease = s.lease_id if leases is not None and s.lease_id else ""
+        args: list[Any] = [lease, s.tokens, repr(spend) if spend else "0", MINUTE_TTL_S, ttl]
         try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await self._run(SETTLE, [keys[1], keys[2], keys[3]], args)
+        except (ReplyError, OSError, TimeoutError) as exc:
             # The lease lapses by its TTL; tokens and spend of this one request are lost with Redis.
             logger.debug("rate_limit_settle_failed", error=type(exc).__name__)
 
@@ -133,17 +151,16 @@ class RedisBackend:
     async def _refresh_leases(self) -> None:
         while self._leases:
             await asyncio.sleep(self._lease_ttl_s / 3)
-            expiry = time.time() + self._lease_ttl_s
-            pipe = self._redis.pipeline(transaction=False)
-            for lease_id, leases in list(self._leases.items()):
-                pipe.zadd(leases, {lease_id: expiry}, xx=True)
-            with contextlib.suppress(RedisError, OSError):
-                await pipe.execute()
+            expiry = repr(time.time() + self._lease_ttl_s)
+            commands = [("ZADD", leases, "XX", expiry, lease_id) for lease_id, leases in list(self._leases.items())]
+            with contextlib.suppress(OSError, TimeoutError):
+                if commands:
+                    await self._redis.pipeline(commands)
 
     async def health(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
+            return await self._redis.call("PING") == b"PONG"
+        except (OSError, TimeoutError):
             return False
 
     async def close(self) -> None:
@@ -151,7 +168,11 @@ class RedisBackend:
             self._refresher.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=1.0)
-        await self._redis.aclose()
+        await self._redis.close()
+
+
+def _sha1(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def _window_kind(window_id: str) -> str:
