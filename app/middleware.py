@@ -95,6 +95,8 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
             fields["error_detail"] = error.detail if error.detail is not None else error.message
     if "model" in state:
         fields.setdefault("model", state["model"])
+    if "key" in state:  # the gateway key's configured name, never the key
+        fields["key"] = state["key"]
     if "prompt" in state:  # only with server.log_bodies on
         fields["prompt"] = state["prompt"]
     logger.info("request", **fields)

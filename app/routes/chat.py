@@ -9,7 +9,7 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 
-from app.access.keys import Caller
+from app.access.keys import ANONYMOUS, Caller
 from app.chat.service import ChatService
 from app.chat.stream import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
@@ -70,6 +70,8 @@ class ChatController(Controller):
         body = parse_chat_body(raw)
         cache_control = request.headers.get("cache-control")
         request.state.model = body.model
+        if caller.scope != ANONYMOUS.scope:
+            request.state.key = caller.name
         if settings.server.log_bodies:
             request.state.prompt = body.body["messages"]
         streaming = wants_stream(body.request.stream, request.headers.get("accept"))

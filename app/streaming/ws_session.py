@@ -277,7 +277,9 @@ class ChatSocketSession:
                 self._send(error_frame(frame_id, public_error(exc, production=self.settings.production)))
         finally:
             self.inflight.pop(frame_id, None)
-            logger.info("ws_request", request_id=self.request_id, id=frame_id, **stream.log_fields())
+            logger.info(
+                "ws_request", request_id=self.request_id, id=frame_id, key=self.caller.name, **stream.log_fields()
+            )
 
     def _send(self, frame: bytes) -> None:
         if self._closing:
