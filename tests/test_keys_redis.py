@@ -64,8 +64,36 @@ async def test_redis_killed_fails_open_or_closed_once_per_outage(
             while (await c.get("/health/ready")).status_code != 200:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
-            # Counting again (the restarted Redis starts empty).
-            back = await c.post(CHAT, json=chat_body("normal"), headers=auth("rpm"))
+            # Counting again (the restarted Redis starts empty) once the next probe finds it.
+            while (
+                "x-ratelimit-remaining-requests"
+                not in (back := await c.post(CHAT, json=chat_body("normal"), headers=auth("rpm"))).headers
+            ):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
             assert back.status_code == 200 and back.headers["x-ratelimit-remaining-requests"] == "2"
+    finally:
+        server.stop()
+
+
+async def test_a_redis_that_stops_answering_costs_requests_the_timeout_only_once_in_a_while(
+    fake_provider: FakeProvider, redis: RedisServer
+) -> None:
+    import signal
+
+    server = limited_server(fake_provider, redis, "open")
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            assert (await c.post(CHAT, json=chat_body("normal"), headers=auth("rpm"))).status_code == 200
+            redis.proc.send_signal(signal.SIGSTOP)  # alive but silent: every call would wait op_timeout_s
+            try:
+                started = time.monotonic()
+                for _ in range(10):
+                    assert (await c.post(CHAT, json=chat_body("normal"), headers=auth("rpm"))).status_code == 200
+                elapsed = time.monotonic() - started
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+            # 10 x 0.2 s if each waited; with one probe per 0.5 s, a few waits at most.
+            assert elapsed < 1.5, elapsed
     finally:
         server.stop()

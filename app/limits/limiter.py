@@ -32,6 +32,8 @@ logger = structlog.get_logger("chat.limits")
 PriceLookup = Callable[[str], tuple[float | None, float | None]]
 
 _encode = msgspec.json.Encoder().encode
+#: While the backend is down, how often a request tries it again (the others skip it).
+PROBE_S = 0.5
 
 
 def estimate_tokens(request: ChatCompletionInput) -> int:
@@ -94,6 +96,7 @@ class Limiter:
         self._observer = observer  # Metrics: rate_limited(key, reason), spent(key, model, usd), limiter_outage()
         self._clock = clock
         self._down = False
+        self._probe_at = 0.0  # while down, the backend is tried again from this time on
         self.mode = on_backend_error
 
     async def admit(self, caller: Caller, request: ChatCompletionInput) -> Admission:
@@ -108,16 +111,20 @@ class Limiter:
             tokens_per_minute=policy.tokens_per_minute,
             concurrent_streams=policy.concurrent_streams,
             budget_usd=policy.budget_usd,
-            budget_window_id=budget_window_id(policy.budget_window, now),
+            budget_window_id=budget_window_id(policy.budget_window, now) if policy.budget_usd is not None else "",
             tokens=estimate_tokens(request) if policy.tokens_per_minute else 0,
             lease_id=lease_id or "",
             minute=minute_of(now),
             now=now,
         )
         try:
+            if self._down and now < self._probe_at:
+                # A Redis that black-holes packets would cost every request the full op timeout:
+                # during an outage the backend is tried at most once per PROBE_S.
+                raise BackendUnavailable("still down")
             verdict = await self._backend.admit(ask)
         except BackendUnavailable as exc:
-            self._outage(exc)
+            self._outage(exc, now)
             if self._fail_open:
                 return Admission(self, caller, None, {})
             raise RateLimited("The gateway's rate limiter is unavailable; try again shortly.", retry_after=1) from None
@@ -150,10 +157,13 @@ class Limiter:
             retry = seconds_to_next_minute(now)
         raise KeyRateLimited(message, retry_after=retry, rate_headers=headers)
 
-    def _outage(self, exc: BaseException) -> None:
+    def _outage(self, exc: BaseException, now: float) -> None:
         if self._down:
+            if now >= self._probe_at:
+                self._probe_at = now + PROBE_S
             return  # one log line and one count per outage, not one per request
         self._down = True
+        self._probe_at = now + PROBE_S
         logger.warning("rate_limit_backend_unavailable", error=str(exc), on_backend_error=self.mode)
         if self._observer is not None:
             self._observer.limiter_outage()
