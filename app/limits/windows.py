@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime
 
 from app.access.policy import BudgetWindow
@@ -37,7 +36,3 @@ def budget_resets_in(window: BudgetWindow, now: float) -> int | None:
         year, month = (current.year + 1, 1) if current.month == 12 else (current.year, current.month + 1)
         end = datetime(year, month, 1, tzinfo=UTC).timestamp()
     return max(1, math.ceil(end - now))
-
-
-def wall_clock() -> float:
-    return time.time()
