@@ -8,7 +8,9 @@
    (check + count + lease + settlement) and none is refused. Each round runs one SSE cell per gateway
    (`loadtests.loadgen`, its own process) in turn, so that the three share the machine's noise; the
    report gives each round's TTFB p50 and the median over rounds, and the added p50 against "off".
-2. Exactness: two replicas on the Redis, a key allowing N requests a minute, 3N requests sent at
+2. The admission alone, in this process: 32 tasks admitting and settling against the memory and the
+   Redis backend (latency per admission, CPU per admission + settlement), no HTTP around it.
+3. Exactness: two replicas on the Redis, a key allowing N requests a minute, 3N requests sent at
    once, half to each replica; accepted vs N, once per trial (a fresh key name per trial).
 Everything listens on 127.0.0.1; every child is killed on exit.
 """
@@ -129,6 +131,58 @@ async def exactness(urls: list[str], trial: int, rpm: int) -> int:
             await c.aclose()
 
 
+async def admission_alone(backend: Any, concurrency: int = 32, per_task: int = 200) -> tuple[float, float, float]:
+    """(p50 ms, p95 ms, CPU ms) per admission + settlement, ``concurrency`` tasks each pausing 5 ms."""
+    from app.limits.backend import Ask, Settlement
+
+    latencies: list[float] = []
+
+    async def user(u: int) -> None:
+        for i in range(per_task):
+            now = time.time()
+            lease = f"{u}-{i}"
+            ask = Ask(
+                f"bench{u % 4}",
+                requests_per_minute=10**9,
+                tokens_per_minute=10**9,
+                concurrent_streams=10**6,
+                budget_usd=None,
+                budget_window_id="",
+                tokens=10,
+                lease_id=lease,
+                minute=int(now // 60),
+                now=now,
+            )
+            started = time.perf_counter()
+            await backend.admit(ask)
+            latencies.append(time.perf_counter() - started)
+            backend.settle(
+                Settlement(ask.bucket, lease_id=lease, minute=ask.minute, tokens=5, budget_window_id=None, spend=0.0)
+            )
+            await asyncio.sleep(0.005)
+
+    cpu0 = time.process_time()
+    await asyncio.gather(*(user(u) for u in range(concurrency)))
+    cpu = (time.process_time() - cpu0) / len(latencies) * 1000
+    latencies.sort()
+    return latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.95)] * 1000, cpu
+
+
+async def admission_report(redis_url: str) -> None:
+    from app.limits.memory import MemoryBackend
+    from app.limits.redis_backend import RedisBackend
+
+    print("\nThe admission alone (in-process, 32 concurrent tasks, uvloop):")
+    for name, backend in (
+        ("memory", MemoryBackend()),
+        ("redis", RedisBackend(redis_url, lease_ttl_s=30, op_timeout_s=1)),
+    ):
+        await admission_alone(backend, per_task=20)  # warm-up: connection, script load
+        p50, p95, cpu = await admission_alone(backend)
+        print(f"  {name:<6} p50 {p50:.3f} ms  p95 {p95:.3f} ms  CPU {cpu:.3f} ms per admission + settlement")
+        await backend.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
@@ -181,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"   (per-round added: {', '.join(f'{d:+.2f}' for d in paired)})"
                 f"   gateway CPU {statistics.median(cpu[name]):.3f} ms/request"
             )
+        import uvloop
+
+        uvloop.run(admission_report(redis.url))
         urls = [gateways["redis"][0], replica[0]]
         print(
             f"\nExactness: two replicas on one Redis, limit {args.trial_rpm}/min,"
