@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     def provide_settings() -> Settings:
         return settings
 
-    keys = GatewayKeys.from_env(settings.server.api_keys_env, environ)
+    keys = GatewayKeys.from_settings(settings, environ)
     drain = Drain(settings.server.shutdown_delay_s, settings.server.drain_s)
 
     def provide_chat_context(request: Request[Any, Any, Any]) -> ChatContext:

@@ -8,7 +8,9 @@
     ├── ModelNotFound                  404     invalid_request_error   model_not_found
     ├── PayloadTooLarge                413     invalid_request_error   payload_too_large
     ├── UnsupportedMediaType           415     invalid_request_error   unsupported_media_type
+    ├── ModelNotAllowed                403     permission_error        model_not_allowed
     ├── RateLimited                    429     rate_limit_error        rate_limit_exceeded
+    ├── BudgetExceeded                 429     insufficient_quota      budget_exceeded
     ├── UpstreamAuthentication         502     upstream_error          upstream_authentication
     ├── UpstreamModelNotFound          502     upstream_error          upstream_model_not_found
     ├── UpstreamUnavailable            502     upstream_error          upstream_unavailable
@@ -103,6 +105,18 @@ class UnsupportedMediaType(GatewayError):
 
 class RateLimited(GatewayError):
     status, type, default_code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class ModelNotAllowed(GatewayError):
+    status, type, default_code = 403, "permission_error", "model_not_allowed"
+
+
+class BudgetExceeded(GatewayError):
+    status, type, default_code = 429, "insufficient_quota", "budget_exceeded"
+
+    def headers(self) -> dict[str, str]:
+        # A `total` budget never resets: no Retry-After promises a moment that will not come.
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
 
 class UpstreamError(GatewayError):

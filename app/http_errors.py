@@ -39,8 +39,15 @@ def _production(request: Request[Any, Any, Any]) -> bool:
 
 
 def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-    request.state.error = exc  # for the request's log line (app/middleware.py)
-    return error_response(exc)
+    state = request.scope.setdefault("state", {})
+    state["error"] = exc  # for the request's log line
+    response = error_response(exc)
+    rate_headers = state.get("rate_headers")
+    if rate_headers:
+        # A limited key's x-ratelimit-* headers go on every response, errors included (API.md 4).
+        for name, value in rate_headers.items():
+            response.headers.setdefault(name, value)
+    return response
 
 
 def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

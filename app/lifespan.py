@@ -17,6 +17,8 @@ from app.cache.chat_cache import ChatCache
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
 from app.drain import Drain
+from app.limits.build import build_limiter
+from app.limits.limiter import Limiter
 from app.metrics import Metrics
 from app.providers.balancer import Balancer
 from app.providers.base import Provider
@@ -35,6 +37,7 @@ class Services:
     cache: ChatCache | None = None
     #: Deployment groups' live state (selection, cooldowns); readiness reports who rests.
     balancer: Balancer | None = None
+    limiter: Limiter | None = None
     #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -78,6 +81,16 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
+
+    def prices(model: str) -> tuple[float | None, float | None]:
+        snapshot = catalogue.current()
+        info = snapshot.by_id.get(model) if snapshot is not None else None
+        return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else (None, None)
+
+    limiter = build_limiter(settings, prices=prices, observer=metrics)
+    closers.append(limiter.close)
+    if settings.rate_limit.backend == "redis":
+        ready_checks["rate_limit"] = limiter.health
     balancer = Balancer(settings.models)
     resilient = Resilient(balancer, provider, observer=metrics)
     tracing = None
@@ -85,7 +98,14 @@ def build_services(
         tracing = Tracing(settings.tracing)
         closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # its flush waits on the network
     chat = ChatService(
-        settings, resilient, model_names=model_names, observer=metrics, cache=cache, drain=drain, tracing=tracing
+        settings,
+        resilient,
+        model_names=model_names,
+        observer=metrics,
+        cache=cache,
+        drain=drain,
+        tracing=tracing,
+        limiter=limiter,
     )
     return Services(
         settings=settings,
@@ -94,6 +114,7 @@ def build_services(
         chat=chat,
         cache=cache,
         balancer=balancer,
+        limiter=limiter,
         ready_checks=ready_checks,
         closers=closers,
     )
@@ -105,6 +126,7 @@ def configured_secrets(settings: Settings, environ: Mapping[str, str]) -> list[s
     secrets = [environ.get(name, "") for name in names]
     if settings.server.api_keys_env:
         secrets += [k.strip() for k in environ.get(settings.server.api_keys_env, "").split(",")]
+    secrets += [environ.get(k.key_env, "").strip() for k in settings.keys if k.key_env]
     return [s for s in secrets if s]
 
 

@@ -13,7 +13,7 @@ instead of six SDK calls (each validates and hashes its attributes).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -77,6 +77,9 @@ class Metrics:
         self.tokens: Counter[tuple[str, ...]] = Counter()
         self.cache_requests: Counter[tuple[str, ...]] = Counter()
         self.upstream_requests: Counter[tuple[str, ...]] = Counter()
+        self.rate_limits: Counter[tuple[str, ...]] = Counter()
+        self.spend: dict[tuple[str, ...], float] = {}
+        self.limiter_outages: Counter[tuple[str, ...]] = Counter({(): 0})
         # Known label sets start at zero, so dashboards and rate() see the series before the first event.
         for result in ("hit", "miss", "bypass", "error"):
             self.cache_requests[(result,)] = 0
@@ -105,6 +108,21 @@ class Metrics:
             "chat.upstream.requests",
             [_observe(self.upstream_requests, ("model", "deployment", "outcome"))],
             description="Attempts on each deployment, by outcome (ok, error, retried, fallback)",
+        )
+        meter.create_observable_counter(
+            "chat.rate_limited",
+            [_observe(self.rate_limits, ("key", "reason"))],
+            description="Requests refused by a gateway key's limits or budget",
+        )
+        meter.create_observable_counter(
+            "chat.spend.usd",
+            [_observe(self.spend, ("key", "model"))],
+            description="Spend in USD: usage tokens x the catalogue's prices",
+        )
+        meter.create_observable_counter(
+            "chat.rate_limit.backend.outages",
+            [_observe(self.limiter_outages, ())],
+            description="Times the rate limiter's backend became unreachable",
         )
         self.upstream_errors = meter.create_counter("chat.upstream.errors", description="Provider errors by code")
         self.sockets = meter.create_up_down_counter(
@@ -207,6 +225,17 @@ class Metrics:
     def cache_result(self, result: str) -> None:
         self.cache_requests[(result,)] += 1
 
+    # -- gateway keys' limits and spend (the limiter's observer) ---------------------------------
+
+    def rate_limited(self, key: str, reason: str) -> None:
+        self.rate_limits[(key, reason)] += 1
+
+    def spent(self, key: str, model: str, usd: float) -> None:
+        self.spend[(key, model)] = self.spend.get((key, model), 0.0) + usd
+
+    def limiter_outage(self) -> None:
+        self.limiter_outages[()] += 1
+
     def socket_opened(self) -> None:
         self.sockets.add(1)
 
@@ -215,7 +244,7 @@ class Metrics:
 
 
 def _observe(
-    tally: Counter[tuple[str, ...]], names: tuple[str, ...]
+    tally: Mapping[tuple[str, ...], float], names: tuple[str, ...]
 ) -> Callable[[CallbackOptions], Iterable[Observation]]:
     """An observable instrument's callback: one observation per label set in ``tally``."""
 

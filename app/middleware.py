@@ -120,6 +120,8 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
             fields["error_detail"] = error.detail if error.detail is not None else error.message
     if "model" in state:
         fields.setdefault("model", state["model"])
+    if "key" in state:  # the gateway key's configured name, never the key
+        fields["key"] = state["key"]
     error = state.get("error") or (stream.error if stream is not None else None)
     if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
         fields.update(upstream_failure(scope, fields.get("model"), error))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,8 +88,36 @@ class CacheSettings(_Section):
 
 
 class RateLimitSettings(_Section):
+    """Defaults for every gateway key (0 = unlimited) and where the counters live."""
+
     requests_per_minute: NonNegInt = 0
+    tokens_per_minute: NonNegInt = 0
     concurrent_streams: NonNegInt = 0
+    backend: Literal["memory", "redis"] = "memory"
+    on_backend_error: Literal["open", "closed"] = "open"
+    lease_ttl_s: PositiveFloat = 30.0
+    """A Redis concurrency lease lives this long unless its replica refreshes it (a dead one cannot)."""
+    op_timeout_s: PositiveFloat = 0.25
+
+
+class RedisSettings(_Section):
+    url: str = ""
+    """The one Redis for every feature whose backend is "redis" (cache.redis_url still wins for the cache)."""
+
+
+class KeySettings(_Section):
+    """A named gateway key: the key itself never appears in the file, only its env var or SHA-256."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    key_env: str = ""
+    key_sha256: str = ""
+    models: list[str] | None = None
+    """Allow-list of public model names (``*`` globs); None = every model."""
+    requests_per_minute: NonNegInt | None = None
+    tokens_per_minute: NonNegInt | None = None
+    concurrent_streams: NonNegInt | None = None
+    budget_usd: NonNegFloat | None = None
+    budget_window: Literal["day", "month", "total"] = "month"
 
 
 class ModelInfoOverride(_Section):
@@ -147,6 +176,8 @@ class Settings(_Section):
     websocket: WebSocketSettings = msgspec.field(default_factory=WebSocketSettings)
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    keys: list[KeySettings] = []
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
@@ -234,11 +265,11 @@ def _check_fields(
         if nested is not None:
             if not _check_fields(value, nested, where, problems, origins):
                 del data[key]
-        elif key == "deployments" and isinstance(value, list):
+        elif key in _TABLE_LISTS and isinstance(value, list):
             value[:] = [
                 item
                 for i, item in enumerate(value)
-                if _check_fields(item, DeploymentSettings, f"{where}[{i}]", problems)
+                if _check_fields(item, _TABLE_LISTS[key], f"{where}[{i}]", problems)
             ]
         else:
             try:
@@ -259,6 +290,10 @@ def _mention_variable(line: str, origins: Mapping[str, str]) -> str:
     """A cross-field problem keeps its key first and says which variable set that key, if one did."""
     var = origins.get(line.split(":", 1)[0])
     return f"{line} (set by {var})" if var else line
+
+
+#: Arrays of tables whose entries are checked one by one, like sections.
+_TABLE_LISTS: dict[str, type[msgspec.Struct]] = {"deployments": DeploymentSettings, "keys": KeySettings}
 
 
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
@@ -293,6 +328,7 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
         problems.append("cache.redis_url: expected a redis:// or rediss:// URL")
     if settings.server.api_keys_env and not environ.get(settings.server.api_keys_env):
         problems.append(f"server.api_keys_env: environment variable {settings.server.api_keys_env} is not set or empty")
+    problems += _key_checks(settings, environ)
     if settings.streaming.heartbeat_s >= settings.streaming.idle_timeout_s:
         problems.append("streaming.heartbeat_s: must be shorter than streaming.idle_timeout_s")
     return problems
@@ -305,6 +341,27 @@ def _assign_ids(deployments: list[DeploymentSettings]) -> None:
         counts[dep.name] = counts.get(dep.name, 0) + 1
         if not dep.id:
             dep.id = f"{dep.name}-{counts[dep.name]}"
+
+
+def _key_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, key in enumerate(settings.keys):
+        where = f"keys[{i}]"
+        if key.name in seen or key.name == "default":
+            problems.append(f"{where}.name: {key.name!r} is taken (unique names; 'default' is server.api_keys_env's)")
+        seen.add(key.name)
+        if bool(key.key_env) == bool(key.key_sha256):
+            problems.append(f"{where}: set exactly one of key_env and key_sha256")
+        if key.key_env and not environ.get(key.key_env):
+            problems.append(f"{where}.key_env: environment variable {key.key_env} is not set or empty")
+        if key.key_sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", key.key_sha256):
+            problems.append(f"{where}.key_sha256: expected 64 hex digits (the key's SHA-256)")
+    if settings.rate_limit.backend == "redis" and not settings.redis.url:
+        problems.append("redis.url: required when rate_limit.backend is 'redis'")
+    if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("redis.url: expected a redis:// or rediss:// URL")
+    return problems
 
 
 def settings_from_dict(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> Settings:

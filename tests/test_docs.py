@@ -22,8 +22,8 @@ import msgspec
 import pytest
 import websockets
 
-from app.settings import Settings
-from tests.conftest import ServerThread, make_settings
+from app.settings import Settings, settings_from_dict
+from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import FakeProvider
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -117,7 +117,12 @@ def test_shipped_config_agrees_with_the_code_defaults() -> None:
 @pytest.fixture(scope="module")
 def exposition(fake_provider: FakeProvider) -> Iterator[str]:
     """/metrics of a real gateway after one request of every kind, so every family has a sample."""
-    server = ServerThread(make_settings(fake_provider.base_url)).start()
+    # A priced model (spend) and a request limit the traffic below runs into (rate-limited counts).
+    data = settings_dict(fake_provider.base_url, rate_limit={"requests_per_minute": 5})
+    for dep in data["models"]["deployments"]:
+        if dep["name"] == "normal":
+            dep["info"] = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+    server = ServerThread(settings_from_dict(data, environ={})).start()
     try:
         url = f"{server.base_url}/v1/chat/completions"
         body = {"model": "normal", "messages": [{"role": "user", "content": "hi"}]}
@@ -132,6 +137,8 @@ def exposition(fake_provider: FakeProvider) -> Iterator[str]:
                     pass
 
         asyncio.run(over_a_socket())
+        statuses = [httpx.post(url, json=body, timeout=10).status_code for _ in range(6)]
+        assert 429 in statuses, statuses  # 5 a minute: the limit is reached within these
         yield httpx.get(f"{server.base_url}/metrics", timeout=10).text
     finally:
         server.stop()

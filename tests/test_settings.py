@@ -35,7 +35,8 @@ CONTRACT_SECTIONS: dict[str, set[str]] = {
     },
     "websocket": {"ping_s", "max_inflight", "max_frame_bytes"},
     "cache": {"enabled", "backend", "redis_url", "ttl_s", "max_entries"},
-    "rate_limit": {"requests_per_minute", "concurrent_streams"},
+    "rate_limit": {"requests_per_minute", "tokens_per_minute", "concurrent_streams", "backend", "on_backend_error"},
+    "redis": {"url"},  # [[keys]] ships commented out: a live entry needs its key's env var
     "models": {"refresh_s", "deployments"},
     "tracing": {"enabled", "otlp_endpoint", "sample_ratio", "service_name"},
 }

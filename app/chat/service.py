@@ -28,7 +28,8 @@ from app.chat.stream import (
     StreamObserver,
 )
 from app.drain import Drain
-from app.errors import GatewayError, ModelNotFound
+from app.errors import GatewayError, ModelNotAllowed, ModelNotFound
+from app.limits.limiter import Admission, Limiter
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Usage
 from app.providers.resilient import Resilient, Trail
@@ -51,6 +52,14 @@ class CallObserver(StreamObserver, Protocol):
     ) -> None: ...
 
 
+def _each(callbacks: list[Callable[[ChatStream], None]]) -> Callable[[ChatStream], None]:
+    def call(stream: ChatStream) -> None:
+        for callback in callbacks:
+            callback(stream)
+
+    return call
+
+
 async def _replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
     for chunk in chunks:
         yield chunk
@@ -67,8 +76,10 @@ class ChatService:
         cache: ChatCache | None = None,
         drain: Drain | None = None,
         tracing: Tracing | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self._settings = settings
+        self._limiter = limiter
         self._provider = provider
         names = frozenset(d.name for d in settings.models.deployments)
         self._model_names = model_names or (lambda: names)
@@ -95,6 +106,16 @@ class ChatService:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
         return model
 
+    async def admit(self, request: ChatCompletionInput, caller: Caller) -> Admission | None:
+        """Whether ``caller`` may make this request now: model known (404), allowed for the key (403),
+        within its limits and budget (429). The admission is settled when the request ends."""
+        model = self.resolve(request.model)
+        if not caller.policy.allows(model):
+            raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
+        if self._limiter is None:
+            return None
+        return await self._limiter.admit(caller, request)
+
     async def _consult_cache(
         self, request: ChatCompletionInput, deployment: str, caller: Caller, cache_control: str | None, wait_s: float
     ) -> CacheDecision:
@@ -113,10 +134,16 @@ class ChatService:
         cache_control: str | None = None,
         traceparent: str | None = None,
         trail: Trail | None = None,
+        admission: Admission | None = None,
     ) -> ChatStream:
-        deployment = self.resolve(request.model)
-        wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
-        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        try:
+            deployment = self.resolve(request.model)
+            wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
+            decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        except BaseException:
+            if admission is not None:
+                admission.settle(request.model, None)  # no stream to hold the lease
+            raise
         span, request = self._trace(request, deployment, transport, traceparent, started_at)
         source: AsyncIterator[Chunk]
         trail = trail or Trail()
@@ -138,9 +165,14 @@ class ChatService:
         )
         stream.span = span
         stream.cache_status = decision.status
+        closing: list[Callable[[ChatStream], None]] = []
+        if admission is not None:
+            closing.append(lambda s: admission.settle(s.model, s.usage, from_cache=s.cache_status == "HIT"))
         if self._drain is not None:
-            stream.on_close = self._drain.stream_closed
+            closing.append(self._drain.stream_closed)
             self._drain.track_stream(stream)
+        if closing:
+            stream.on_close = closing[0] if len(closing) == 1 else _each(closing)
         return stream.start()
 
     async def complete(
@@ -152,16 +184,22 @@ class ChatService:
         cache_control: str | None = None,
         traceparent: str | None = None,
         trail: Trail | None = None,
+        admission: Admission | None = None,
     ) -> tuple[Completion, str | None]:
         """One whole completion under the deployment's deadline, and its X-Cache status."""
-        deployment = self.resolve(request.model)
-        started = time.perf_counter() if started_at is None else started_at
-        wait_s = self._deployments[deployment].timeout_s
-        decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        try:
+            deployment = self.resolve(request.model)
+            started = time.perf_counter() if started_at is None else started_at
+            wait_s = self._deployments[deployment].timeout_s
+            decision = await self._consult_cache(request, deployment, caller, cache_control, wait_s)
+        except BaseException:
+            if admission is not None:
+                admission.settle(request.model, None)
+            raise
         span, request = self._trace(request, deployment, "json", traceparent, started)
         result: tuple[Completion, str | None] | None = None
         try:
-            result = await self._complete(request, deployment, decision, started, trail or Trail())
+            result = await self._complete(request, deployment, decision, started, trail or Trail(), admission)
             return result
         finally:
             if span is not None:
@@ -196,11 +234,19 @@ class ChatService:
         return span, msgspec.structs.replace(request, trace_headers=Tracing.headers(span))
 
     async def _complete(
-        self, request: ChatCompletionInput, deployment: str, decision: CacheDecision, started: float, trail: Trail
+        self,
+        request: ChatCompletionInput,
+        deployment: str,
+        decision: CacheDecision,
+        started: float,
+        trail: Trail,
+        admission: Admission | None,
     ) -> tuple[Completion, str | None]:
         if decision.answer is not None:
             completion = Completion(raw=decision.answer.completion, usage=decision.answer.usage)
             self._record_call(deployment, started, started, COMPLETED, completion.usage, None, from_cache=True)
+            if admission is not None:
+                admission.settle(deployment, completion.usage, from_cache=True)
             return completion, decision.status
         upstream_started = time.perf_counter()
         outcome: str = CLIENT_DISCONNECTED
@@ -228,6 +274,8 @@ class ChatService:
             decision.land_completion(completion_or_none)
             usage = completion_or_none.usage if completion_or_none is not None else None
             self._record_call(deployment, started, upstream_started, outcome, usage, error)
+            if admission is not None:
+                admission.settle(deployment, usage)
 
     def _record_call(
         self,

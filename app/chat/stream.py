@@ -168,7 +168,8 @@ class ChatStream:
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
         self._cancel_requested = False
         self.span: Span | None = None  # the request's trace span, when tracing is on
-        #: Told once the stream has closed (the drain's registry); set by whoever registers it.
+        #: Called once as the stream closes, after the observer (the drain's registry, the limiter's
+        #: settlement); set by whoever opens the stream.
         self.on_close: Callable[[ChatStream], None] | None = None
         #: Which deployment answered after how many attempts (None for sources without attempts).
         self.trail = trail

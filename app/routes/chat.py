@@ -9,7 +9,7 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 
-from app.access.keys import Caller
+from app.access.keys import ANONYMOUS, Caller
 from app.chat.service import ChatService
 from app.chat.stream import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
@@ -78,9 +78,16 @@ class ChatController(Controller):
         body = parse_chat_body(raw)
         cache_control = request.headers.get("cache-control")
         request.state.model = body.model
+        if caller.scope != ANONYMOUS.scope:
+            request.state.key = caller.name
         if settings.server.log_bodies:
             request.state.prompt = body.body["messages"]
         streaming = wants_stream(body.request.stream, request.headers.get("accept"))
+        # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
+        admission = await chat.admit(body, caller)
+        rate_headers = admission.headers if admission is not None else None
+        if rate_headers:
+            request.state.rate_headers = rate_headers  # error responses from here on carry them too
         watch = DisconnectWatch(request.receive)
         try:
             with watch.guard():
@@ -93,9 +100,12 @@ class ChatController(Controller):
                         cache_control=cache_control,
                         traceparent=request.headers.get("traceparent"),
                         trail=trail,
+                        admission=admission,
                     )
                     watch.stop()
                     headers = {"X-Cache": cache_status} if cache_status else None
+                    if rate_headers:
+                        headers = {**(headers or {}), **rate_headers}
                     return Response(content=completion.raw, media_type="application/json", headers=headers)
                 stream = await chat.open_stream(
                     body,
@@ -104,6 +114,7 @@ class ChatController(Controller):
                     caller=caller,
                     cache_control=cache_control,
                     traceparent=request.headers.get("traceparent"),
+                    admission=admission,
                 )
                 request.state.stream = stream
                 # The status window: errors the provider reports at once still get a real status.
@@ -125,4 +136,6 @@ class ChatController(Controller):
         headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
         if stream.cache_status:
             headers["X-Cache"] = stream.cache_status
+        if rate_headers:
+            headers.update(rate_headers)
         return SseResponse(stream, watch, headers)

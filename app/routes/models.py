@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 
 from app.access.keys import Caller
 from app.chat.catalogue import Catalogue
-from app.chat.classify import KNOWN_CAPABILITIES, Criteria, categories, search
+from app.chat.classify import KNOWN_CAPABILITIES, Criteria, ModelInfo, categories, search
 from app.errors import InvalidRequest
 from app.openapi import SearchOperation, error_responses
 from app.protocol.models import CategoryMap, ModelInfoList, OpenAIModel, OpenAIModelList
@@ -68,6 +68,12 @@ def parse_criteria(params: dict[str, list[str]]) -> Criteria:
     )
 
 
+def _visible(models: tuple[ModelInfo, ...] | list[ModelInfo], caller: Caller) -> list[ModelInfo]:
+    """With a models allow-list, a key sees only the models it may use."""
+    policy = caller.policy
+    return list(models) if policy.models is None else [m for m in models if policy.allows(m.id)]
+
+
 class ModelsController(Controller):
     path = ""
     tags = ["models"]
@@ -79,7 +85,10 @@ class ModelsController(Controller):
         snap = await catalogue.get()
         created = int(snap.built_at)
         return OpenAIModelList(
-            data=[OpenAIModel(id=m.id, created=created, owned_by=snap.owned_by[m.id]) for m in snap.models]
+            data=[
+                OpenAIModel(id=m.id, created=created, owned_by=snap.owned_by[m.id])
+                for m in _visible(snap.models, caller)
+            ]
         )
 
     @get(
@@ -88,13 +97,13 @@ class ModelsController(Controller):
         responses=error_responses(401),
     )
     async def list_info(self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]) -> ModelInfoList:
-        return ModelInfoList(data=list((await catalogue.get()).models))
+        return ModelInfoList(data=_visible((await catalogue.get()).models, caller))
 
     @get("/api/models/categories", summary="Model ids by category", responses=error_responses(401))
     async def list_categories(
         self, catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> CategoryMap:
-        return CategoryMap(categories=categories((await catalogue.get()).models))
+        return CategoryMap(categories=categories(tuple(_visible((await catalogue.get()).models, caller))))
 
     @get(
         "/api/models/search",
@@ -106,4 +115,4 @@ class ModelsController(Controller):
         self, request: Request[Any, Any, Any], catalogue: NamedDependency[Catalogue], caller: NamedDependency[Caller]
     ) -> ModelInfoList:
         criteria = parse_criteria(request.query_params.dict())
-        return ModelInfoList(data=search((await catalogue.get()).models, criteria))
+        return ModelInfoList(data=search(tuple(_visible((await catalogue.get()).models, caller)), criteria))

@@ -263,13 +263,17 @@ class ChatSocketSession:
         entry = self.inflight.get(frame_id)
         if entry is not None:
             entry.started = True
+        started = time.perf_counter()
         try:
+            # Allow-list, limits and budget: a refusal is this id's error frame (403 / 429).
+            admission = await self.chat.admit(request, self.caller)
             stream = await self.chat.open_stream(
                 request,
                 "websocket",
-                started_at=time.perf_counter(),
+                started_at=started,
                 caller=self.caller,
                 traceparent=self.socket.headers.get("traceparent"),  # the upgrade request's, for each request
+                admission=admission,
             )
         except GatewayError as exc:
             self.inflight.pop(frame_id, None)
@@ -303,7 +307,9 @@ class ChatSocketSession:
                 self._send(error_frame(frame_id, public_error(exc, production=self.settings.production)))
         finally:
             self.inflight.pop(frame_id, None)
-            logger.info("ws_request", request_id=self.request_id, id=frame_id, **stream.log_fields())
+            logger.info(
+                "ws_request", request_id=self.request_id, id=frame_id, key=self.caller.name, **stream.log_fields()
+            )
 
     def _send(self, frame: bytes) -> None:
         if self._closing:

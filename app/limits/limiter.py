@@ -1,0 +1,220 @@
+"""Admission for one request of one key, and its settlement when the request ends.
+
+``Limiter.admit`` runs before a chat request reaches the provider: one backend call (memory, or one
+Redis round trip) checks and counts the key's requests, estimated input tokens, concurrent streams
+and budget at once. The ``Admission`` it returns is settled exactly once when the request ends
+(a JSON call's end, a stream's close): the stream lease goes back, output tokens from usage are
+charged to the minute, spend (usage x the catalogue's prices) to the budget window. A stream that
+began within budget always runs to its end; the next request is the one refused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+import structlog
+
+from app.access.keys import Caller
+from app.access.policy import KeyPolicy
+from app.errors import BudgetExceeded, RateLimited
+from app.limits.backend import BUDGET, Ask, BackendUnavailable, LimitBackend, Settlement, Verdict
+from app.limits.windows import budget_resets_in, budget_window_id, minute_of, seconds_to_next_minute
+from app.protocol.openai import ChatCompletionInput
+from app.providers.base import Usage
+
+logger = structlog.get_logger("chat.limits")
+
+#: Public model name -> (input, output) USD per million tokens; None when unknown (then no spend).
+PriceLookup = Callable[[str], tuple[float | None, float | None]]
+
+_encode = msgspec.json.Encoder().encode
+#: While the backend is down, how often a request tries it again (the others skip it).
+PROBE_S = 0.5
+
+
+def estimate_tokens(request: ChatCompletionInput) -> int:
+    """Input tokens as a limiter may count them before the provider does: about four bytes a token."""
+    return len(_encode(request.body.get("messages"))) // 4 + 1
+
+
+class KeyRateLimited(RateLimited):
+    def __init__(self, message: str, *, retry_after: int, rate_headers: dict[str, str]) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.rate_headers = rate_headers
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.rate_headers}
+
+
+class KeyBudgetExceeded(BudgetExceeded):
+    def __init__(self, message: str, *, retry_after: int | None, rate_headers: dict[str, str]) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.rate_headers = rate_headers
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.rate_headers}
+
+
+class Admission:
+    """One admitted request: its rate-limit headers now, its settlement once at its end."""
+
+    __slots__ = ("_limiter", "_settled", "caller", "headers", "lease_id")
+
+    def __init__(self, limiter: Limiter, caller: Caller, lease_id: str | None, headers: dict[str, str]) -> None:
+        self._limiter = limiter
+        self.caller = caller
+        self.lease_id = lease_id
+        #: OpenAI's x-ratelimit-* headers for this response (empty for a key without limits).
+        self.headers = headers
+        self._settled = False
+
+    def settle(self, model: str, usage: Usage | None, *, from_cache: bool = False) -> None:
+        """Release the stream lease and charge what the provider reported; later calls do nothing."""
+        if self._settled:
+            return
+        self._settled = True
+        self._limiter._settle(self, model, None if from_cache else usage)
+
+
+class Limiter:
+    def __init__(
+        self,
+        backend: LimitBackend,
+        *,
+        on_backend_error: Literal["open", "closed"] = "open",
+        prices: PriceLookup | None = None,
+        observer: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._backend = backend
+        self._fail_open = on_backend_error == "open"
+        self._prices = prices
+        self._observer = observer  # Metrics: rate_limited(key, reason), spent(key, model, usd), limiter_outage()
+        self._clock = clock
+        self._down = False
+        self._probe_at = 0.0  # while down, the backend is tried again from this time on
+        self.mode = on_backend_error
+
+    async def admit(self, caller: Caller, request: ChatCompletionInput) -> Admission:
+        policy = caller.policy
+        if not policy.limited:
+            return Admission(self, caller, None, {})
+        now = self._clock()
+        lease_id = os.urandom(8).hex() if policy.concurrent_streams else None
+        ask = Ask(
+            caller.bucket,
+            requests_per_minute=policy.requests_per_minute,
+            tokens_per_minute=policy.tokens_per_minute,
+            concurrent_streams=policy.concurrent_streams,
+            budget_usd=policy.budget_usd,
+            budget_window_id=budget_window_id(policy.budget_window, now) if policy.budget_usd is not None else "",
+            tokens=estimate_tokens(request) if policy.tokens_per_minute else 0,
+            lease_id=lease_id or "",
+            minute=minute_of(now),
+            now=now,
+        )
+        try:
+            if self._down and now < self._probe_at:
+                # A Redis that black-holes packets would cost every request the full op timeout:
+                # during an outage the backend is tried at most once per PROBE_S.
+                raise BackendUnavailable("still down")
+            verdict = await self._backend.admit(ask)
+        except BackendUnavailable as exc:
+            self._outage(exc, now)
+            if self._fail_open:
+                return Admission(self, caller, None, {})
+            raise RateLimited("The gateway's rate limiter is unavailable; try again shortly.", retry_after=1) from None
+        if self._down:
+            self._down = False
+            logger.info("rate_limit_backend_recovered")
+        headers = rate_headers(policy, verdict, now)
+        if verdict.reason is not None:
+            self._refuse(policy, verdict, now, headers)
+        return Admission(self, caller, lease_id, headers)
+
+    def _refuse(self, policy: KeyPolicy, verdict: Verdict, now: float, headers: dict[str, str]) -> None:
+        reason = verdict.reason
+        assert reason is not None
+        if self._observer is not None:
+            self._observer.rate_limited(policy.name, reason)
+        if reason == BUDGET:
+            raise KeyBudgetExceeded(
+                f"This key's {policy.budget_window} budget of ${policy.budget_usd:g} is used up.",
+                retry_after=budget_resets_in(policy.budget_window, now),
+                rate_headers=headers,
+            )
+        if reason == "concurrency":
+            message, retry = f"This key may have at most {policy.concurrent_streams} requests in flight.", 1
+        elif reason == "tokens":
+            message = f"This key's limit of {policy.tokens_per_minute} tokens per minute is reached."
+            retry = seconds_to_next_minute(now)
+        else:
+            message = f"This key's limit of {policy.requests_per_minute} requests per minute is reached."
+            retry = seconds_to_next_minute(now)
+        raise KeyRateLimited(message, retry_after=retry, rate_headers=headers)
+
+    def _outage(self, exc: BaseException, now: float) -> None:
+        if self._down:
+            if now >= self._probe_at:
+                self._probe_at = now + PROBE_S
+            return  # one log line and one count per outage, not one per request
+        self._down = True
+        self._probe_at = now + PROBE_S
+        logger.warning("rate_limit_backend_unavailable", error=str(exc), on_backend_error=self.mode)
+        if self._observer is not None:
+            self._observer.limiter_outage()
+
+    def _settle(self, admission: Admission, model: str, usage: Usage | None) -> None:
+        policy = admission.caller.policy
+        spend = self._spend(model, usage)
+        if spend and self._observer is not None:
+            self._observer.spent(policy.name, model, spend)
+        if not policy.limited:
+            return
+        now = self._clock()
+        charge_tokens = policy.tokens_per_minute and usage is not None and usage.completion_tokens
+        self._backend.settle(
+            Settlement(
+                admission.caller.bucket,
+                lease_id=admission.lease_id,
+                minute=minute_of(now),
+                tokens=int(usage.completion_tokens) if charge_tokens and usage is not None else 0,
+                budget_window_id=budget_window_id(policy.budget_window, now) if policy.budget_usd is not None else None,
+                spend=spend,
+            )
+        )
+
+    def _spend(self, model: str, usage: Usage | None) -> float:
+        if usage is None or self._prices is None:
+            return 0.0
+        cost_in, cost_out = self._prices(model)
+        return (usage.prompt_tokens * (cost_in or 0.0) + usage.completion_tokens * (cost_out or 0.0)) / 1e6
+
+    @property
+    def backend_down(self) -> bool:
+        return self._down
+
+    async def health(self) -> bool:
+        return await self._backend.health()
+
+    async def close(self) -> None:
+        await self._backend.close()
+
+
+def rate_headers(policy: KeyPolicy, verdict: Verdict, now: float) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the key's request and token limits."""
+    headers: dict[str, str] = {}
+    reset = f"{seconds_to_next_minute(now)}s"
+    if policy.requests_per_minute:
+        headers["x-ratelimit-limit-requests"] = str(policy.requests_per_minute)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, policy.requests_per_minute - verdict.requests))
+        headers["x-ratelimit-reset-requests"] = reset
+    if policy.tokens_per_minute:
+        headers["x-ratelimit-limit-tokens"] = str(policy.tokens_per_minute)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, policy.tokens_per_minute - verdict.tokens))
+        headers["x-ratelimit-reset-tokens"] = reset
+    return headers
