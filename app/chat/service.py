@@ -24,9 +24,8 @@ from app.chat.stream import (
     UPSTREAM_ERROR,
     ChatStream,
     Deadlines,
-    FanOut,
-    StreamObserver,
 )
+from app.chat.stream_observers import FanOut, StreamObserver
 from app.drain import Drain
 from app.errors import GatewayError, ModelNotAllowed, ModelNotFound
 from app.limits.limiter import Admission, Limiter

@@ -25,6 +25,7 @@ from typing import Any, Final, Protocol
 
 from opentelemetry.trace import Span
 
+from app.chat.stream_observers import StreamObserver
 from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import Chunk, Usage
 from app.providers.resilient import Trail
@@ -49,31 +50,6 @@ class StreamEvent:
     @property
     def is_done(self) -> bool:
         return self.chunk is None and self.error is None
-
-
-class FanOut:
-    """Several stream observers as one (metrics and the trace span)."""
-
-    __slots__ = ("_observers",)
-
-    def __init__(self, observers: list[StreamObserver]) -> None:
-        self._observers = observers
-
-    def stream_opened(self, stream: ChatStream) -> None:
-        for observer in self._observers:
-            observer.stream_opened(stream)
-
-    def stream_first_byte(self, stream: ChatStream) -> None:
-        for observer in self._observers:
-            observer.stream_first_byte(stream)
-
-    def stream_first_token(self, stream: ChatStream) -> None:
-        for observer in self._observers:
-            observer.stream_first_token(stream)
-
-    def stream_closed(self, stream: ChatStream) -> None:
-        for observer in self._observers:
-            observer.stream_closed(stream)
 
 
 class ClientLeft(Exception):
@@ -114,15 +90,6 @@ class Deadlines:
         self.first_chunk_s = first_chunk_s
         self.idle_s = idle_s
         self.heartbeat_s = heartbeat_s
-
-
-class StreamObserver(Protocol):
-    """Told about each stream's milestones (metrics); never per chunk."""
-
-    def stream_opened(self, stream: ChatStream) -> None: ...
-    def stream_first_byte(self, stream: ChatStream) -> None: ...
-    def stream_first_token(self, stream: ChatStream) -> None: ...
-    def stream_closed(self, stream: ChatStream) -> None: ...
 
 
 class ChatStream:
