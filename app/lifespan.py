@@ -19,6 +19,8 @@ from app.drain import Drain
 from app.metrics import Metrics
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
+from app.resume.memory import MemoryResumeStore
+from app.resume.service import Resumes, SharedStore
 from app.settings import Settings
 
 
@@ -29,6 +31,7 @@ class Services:
     catalogue: Catalogue
     chat: ChatService
     cache: ChatCache | None = None
+    resumes: Resumes | None = None
     #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -72,16 +75,44 @@ def build_services(
         closers.append(cache.close)
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
-    chat = ChatService(settings, provider, model_names=model_names, observer=metrics, cache=cache, drain=drain)
+    resumes = build_resumes(settings, metrics)
+    closers.append(resumes.close)
+    if resumes.shared is not None:
+        ready_checks["resume_store"] = resumes.shared.health
+    chat = ChatService(
+        settings, provider, model_names=model_names, observer=metrics, cache=cache, drain=drain, resumes=resumes
+    )
     return Services(
         settings=settings,
         provider=provider,
         catalogue=catalogue,
         chat=chat,
         cache=cache,
+        resumes=resumes,
         ready_checks=ready_checks,
         closers=closers,
     )
+
+
+def build_resumes(settings: Settings, metrics: Metrics | None) -> Resumes:
+    """Stream logs in memory always (the live readers' source); in Redis too when that is the store."""
+    s = settings.streaming
+    local = MemoryResumeStore(s.resume_ttl_s, s.resume_max_events, s.resume_memory_mb * 1024 * 1024)
+    shared: SharedStore | None = None
+    if s.resume_store == "redis" and s.resume_max_events > 0:
+        from app.resume.redis_store import RedisResumeStore
+
+        shared = RedisResumeStore(settings.redis.url, s, on_stop=lambda sid: _stop_local(local, sid))
+    if metrics is not None:
+        metrics.resume_memory = lambda: local.bytes
+    return Resumes(s, local, shared, on_result=metrics.resume_result if metrics else None)
+
+
+def _stop_local(local: MemoryResumeStore, stream_id: str) -> None:
+    """Another replica was asked to stop a stream that runs here."""
+    log = local.get(stream_id)
+    if log is not None and log.stream is not None:
+        log.stream.stop()
 
 
 def configured_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
@@ -121,6 +152,7 @@ def services_lifespan(
         app.state.services = services
         app.state.chat = services.chat
         app.state.catalogue = services.catalogue
+        app.state.resumes = services.resumes
         app.state.ready_checks = services.ready_checks
         settle_heap()
         if drain is not None:

@@ -18,6 +18,7 @@ from app.drain import Drain
 from app.errors import GatewayError, ModelNotFound, UpstreamTimeout
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Provider, Usage
+from app.resume.service import Resumes
 from app.settings import Settings
 
 
@@ -51,8 +52,10 @@ class ChatService:
         observer: CallObserver | None = None,
         cache: ChatCache | None = None,
         drain: Drain | None = None,
+        resumes: Resumes | None = None,
     ) -> None:
         self._settings = settings
+        self._resumes = resumes
         self._provider = provider
         names = frozenset(d.name for d in settings.models.deployments)
         self._model_names = model_names or (lambda: names)
@@ -106,6 +109,8 @@ class ChatService:
             include_usage=request.include_usage(),
         )
         stream.cache_status = decision.status
+        if self._resumes is not None:
+            self._resumes.begin(stream, caller.scope)  # before start: the first event is logged too
         if self._drain is not None:
             stream.on_close = self._drain.stream_closed
             self._drain.track_stream(stream)
