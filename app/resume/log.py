@@ -16,10 +16,20 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from app.chat.stream import ChatStream, StreamEvent
+
+
+class SharedLog(Protocol):
+    """The copy of a log that other replicas read (``app/resume/redis_store.py``)."""
+
+    broken: bool  # an append was lost: resumes of this stream answer 503
+
+    def append(self, event: StreamEvent) -> None: ...
+    async def readers_elsewhere(self) -> bool: ...
+
 
 #: What one logged event costs beyond its chunk's bytes: the StreamEvent (5 slots), the Chunk
 #: struct, the bytes object's header and the deque slot. Measured with tracemalloc over 10,000
@@ -42,6 +52,7 @@ class StreamLog:
         "last_append_at",
         "last_seq",
         "owner",
+        "shared",
         "size",
         "stream",
         "stream_id",
@@ -61,6 +72,7 @@ class StreamLog:
         self.size = 0
         self._grow = grow
         self._changed: asyncio.Event | None = None
+        self.shared: SharedLog | None = None
 
     @property
     def held(self) -> int:
@@ -85,6 +97,8 @@ class StreamLog:
             self.stream = None  # the log may outlive the stream by resume_ttl_s: do not keep it alive
         if self._grow is not None:
             self._grow(self, delta)
+        if self.shared is not None:
+            self.shared.append(event)
         changed = self._changed
         if changed is not None:
             self._changed = None
@@ -123,4 +137,4 @@ class StreamLog:
         return self.last_seq >= seq
 
     async def readers_elsewhere(self) -> bool:
-        return False  # a memory log is read in this process only
+        return self.shared is not None and await self.shared.readers_elsewhere()
