@@ -314,3 +314,19 @@ async def test_websocket_resume_errors_and_cancel(server: ServerThread, fake: Fa
         assert theirs[-1]["type"] == "error" and theirs[-1]["status"] == 409
         assert theirs[-1]["error"]["code"] == "stream_cancelled"
     await fake.await_disconnect(record, timeout=3)
+
+
+async def test_websocket_cancel_stops_a_detachable_stream_at_once(server: ServerThread, fake: FakeProvider) -> None:
+    """With a grace, a cancel is still a cancel: the upstream stops now, not after the grace."""
+    async with _ws(server) as ws:
+        await ws.send(json.dumps({"type": "chat.completion.create", "id": "k1", "request": chat_body("slow_gap")}))
+        first = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+        assert first["type"] == "chat.completion.chunk"
+        record = fake.requests[0]
+        await ws.send(json.dumps({"type": "chat.completion.cancel", "id": "k1"}))
+        frames_ = await _frames_until_end(ws, "k1")
+        assert frames_[-1]["type"] == "chat.completion.done" and frames_[-1]["finish_reason"] == "cancelled"
+        left_at = asyncio.get_running_loop().time()
+    await fake.await_disconnect(record, timeout=GRACE_S / 2)
+    assert asyncio.get_running_loop().time() - left_at < GRACE_S / 2
+    assert record.completed_at is None

@@ -153,6 +153,10 @@ class RedisResumeStore:
             loop = asyncio.get_running_loop()
             self._flusher = loop.create_task(self._flush_forever(), name="resume-flusher")
             self._listener = loop.create_task(self._listen_for_stops(), name="resume-stops")
+        if not outbox.broken:
+            # The owner goes out now, before the first event: a resume on another replica that
+            # arrives as soon as the client knows the stream id then finds it.
+            self.dirty(outbox)
 
     def dirty(self, outbox: _Outbox) -> None:
         self._dirty[outbox.stream_id] = outbox
@@ -172,7 +176,7 @@ class RedisResumeStore:
         pipe = self._redis.pipeline(transaction=False)
         written: list[_Outbox] = []
         for outbox in outboxes:
-            if outbox.broken or not outbox.events:
+            if outbox.broken or (outbox.started and not outbox.events):
                 continue
             events, outbox.events = outbox.events, []
             key = _key(outbox.stream_id)
