@@ -7,6 +7,8 @@ real `python -m app` processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -225,3 +227,37 @@ async def test_two_processes_on_one_redis(tmp_path: Path, fake: FakeProvider, re
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_stalled_redis_never_slows_the_live_stream(fake: FakeProvider) -> None:
+    """Redis SIGSTOPped mid-stream (it accepts, never answers): chunks keep their pace, the store
+    gives up within its op bound, and resumes answer 503 until it is back."""
+    import signal
+
+    redis = RedisServer().start()
+    server = redis_server(fake, redis.url)
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S) as http:
+            async with http.stream(
+                "POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True), headers=A
+            ) as r:
+                sid = r.headers["x-stream-id"]
+                reader = Reader(r)
+                await reader.take(1)
+                os.kill(redis.proc.pid, signal.SIGSTOP)
+                arrivals = []
+                while True:
+                    event = await reader.take(1)
+                    arrivals.append(time.monotonic())
+                    if event[0].endswith(b"[DONE]\n\n"):
+                        break
+            gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+            assert max(gaps) < 0.3 + 0.15, gaps  # slow_gap's 0.3 s pace, never Redis's stall
+            got = await resume(http, sid, None)
+            assert got.status_code == 503
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    finally:
+        with contextlib.suppress(Exception):
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        server.stop()
+        redis.stop()
