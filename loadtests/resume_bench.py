@@ -131,6 +131,9 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--resumes", type=int, default=60)
+    parser.add_argument(
+        "--grace", action="store_true", help="also a memory gateway with detach_grace_s = 30 (streams are followed)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="resume-bench-"))
     redis = RedisProcess(workdir).start()
@@ -150,16 +153,20 @@ async def main() -> None:
             "redis_b",
         ),
     }
+    if args.grace:
+        grace_env = {**common, "CHAT_STREAMING__DETACH_GRACE_S": "30"}
+        gateways["memory_grace"] = GatewayProcess(workdir, config, grace_env, "memory_grace")
     result: dict[str, Any] = {"requests_per_cell": args.requests, "rounds": args.rounds, "concurrency": 32}
     try:
         for g in gateways.values():
             g.wait_ready(90)
-        for name in ("none", "memory", "redis"):  # warm up every path
+        names = ["none", "memory", "redis"] + (["memory_grace"] if args.grace else [])
+        for name in names:  # warm up every path
             await run_load(
                 LoadConfig(url=gateways[name].base_url, mode="sse", model="fast", concurrency=8, requests=200)
             )
         rss_before = {name: rss_kib(gateways[name].pid) for name in ("none", "memory")}
-        cells: dict[str, list[dict[str, Any]]] = {"none": [], "memory": [], "redis": []}
+        cells: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name in cells:
                 g = gateways[name]
