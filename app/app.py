@@ -23,12 +23,14 @@ from app.lifespan import services_lifespan
 from app.log import configure_logging
 from app.metrics import Metrics
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, static_files, swagger_ui
+from app.routes.streams import StreamsController
 from app.settings import Settings, load_settings
 from app.version import version
 from app.worker_metrics import Scrape, scrape_lifespan
@@ -59,6 +61,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         catalogue: Catalogue = state.catalogue
         return catalogue
 
+    def provide_resumes(state: State) -> Resumes:
+        resumes: Resumes = state.resumes
+        return resumes
+
     def provide_metrics() -> Metrics:
         return metrics
 
@@ -76,6 +82,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app = Litestar(
         route_handlers=[
             ChatController,
+            StreamsController,
             chat_socket,
             ModelsController,
             live,
@@ -91,6 +98,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "catalogue": Provide(provide_catalogue, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "metrics": Provide(provide_metrics, sync_to_thread=False),
+            "resumes": Provide(provide_resumes, sync_to_thread=False),
             "scrape": Provide(provide_scrape, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),

@@ -16,6 +16,10 @@
     ├── UpstreamUnavailable            502     upstream_error          upstream_unavailable
     ├── UpstreamOverloaded             503     upstream_error          upstream_overloaded
     ├── UpstreamTimeout                504     timeout_error           upstream_timeout
+    ├── StreamNotFound                 404     invalid_request_error   stream_not_found
+    ├── InvalidResumePosition          409     invalid_request_error   invalid_resume_position
+    ├── StreamCancelled                409     invalid_request_error   stream_cancelled
+    ├── ResumeUnavailable              503     server_error            resume_store_unavailable
     ├── ServerShuttingDown             503     server_error            server_shutting_down
     └── InternalError                  500     server_error            internal_error
 
@@ -141,6 +145,33 @@ class UpstreamOverloaded(UpstreamError):
 
 class UpstreamTimeout(GatewayError):
     status, type, default_code, outcome = 504, "timeout_error", "upstream_timeout", "timeout"
+
+
+class StreamNotFound(GatewayError):
+    status, type, default_code = 404, "invalid_request_error", "stream_not_found"
+
+
+class InvalidResumePosition(GatewayError):
+    status, type, default_code = 409, "invalid_request_error", "invalid_resume_position"
+
+
+class StreamCancelled(GatewayError):
+    """The stream was stopped (DELETE, a cancel, or nobody resumed it in time): its readers' last event."""
+
+    status, type, default_code, outcome = 409, "invalid_request_error", "stream_cancelled", "cancelled"
+
+
+class ResumeUnavailable(GatewayError):
+    status, type, default_code = 503, "server_error", "resume_store_unavailable"
+
+
+class ReplayedError(GatewayError):
+    """An error event read back from a stream log (another replica's): the same body, the same status."""
+
+    def __init__(self, status: int, error: ErrorObject) -> None:
+        super().__init__(error.message, code=error.code, param=error.param)
+        self.status = status  # type: ignore[misc]
+        self.type = error.type  # type: ignore[misc]
 
 
 class ServerShuttingDown(GatewayError):

@@ -24,6 +24,8 @@ from app.providers.balancer import Balancer
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
 from app.providers.resilient import Resilient
+from app.resume.memory import MemoryResumeStore
+from app.resume.service import Resumes, SharedStore
 from app.settings import Settings
 from app.tracing import Tracing
 
@@ -38,6 +40,7 @@ class Services:
     #: Deployment groups' live state (selection, cooldowns); readiness reports who rests.
     balancer: Balancer | None = None
     limiter: Limiter | None = None
+    resumes: Resumes | None = None
     #: Readiness checks beyond "configuration loaded": name -> async check returning True when healthy.
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = field(default_factory=dict)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -87,6 +90,10 @@ def build_services(
         info = snapshot.by_id.get(model) if snapshot is not None else None
         return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else (None, None)
 
+    resumes = build_resumes(settings, metrics)
+    closers.append(resumes.close)
+    if resumes.shared is not None:
+        ready_checks["resume_store"] = resumes.shared.health
     limiter = build_limiter(settings, prices=prices, observer=metrics)
     closers.append(limiter.close)
     if settings.rate_limit.backend == "redis":
@@ -106,6 +113,7 @@ def build_services(
         drain=drain,
         tracing=tracing,
         limiter=limiter,
+        resumes=resumes,
     )
     return Services(
         settings=settings,
@@ -115,9 +123,31 @@ def build_services(
         cache=cache,
         balancer=balancer,
         limiter=limiter,
+        resumes=resumes,
         ready_checks=ready_checks,
         closers=closers,
     )
+
+
+def build_resumes(settings: Settings, metrics: Metrics | None) -> Resumes:
+    """Stream logs in memory always (the live readers' source); in Redis too when that is the store."""
+    s = settings.streaming
+    local = MemoryResumeStore(s.resume_ttl_s, s.resume_max_events, s.resume_memory_mb * 1024 * 1024)
+    shared: SharedStore | None = None
+    if s.resume_store == "redis" and s.resume_max_events > 0:
+        from app.resume.redis_store import RedisResumeStore
+
+        shared = RedisResumeStore(settings.redis.url, s, on_stop=lambda sid: _stop_local(local, sid))
+    if metrics is not None:
+        metrics.resume_memory = lambda: local.bytes
+    return Resumes(s, local, shared, on_result=metrics.resume_result if metrics else None)
+
+
+def _stop_local(local: MemoryResumeStore, stream_id: str) -> None:
+    """Another replica was asked to stop a stream that runs here."""
+    log = local.get(stream_id)
+    if log is not None and log.stream is not None:
+        log.stream.stop()
 
 
 def configured_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
@@ -158,6 +188,7 @@ def services_lifespan(
         app.state.services = services
         app.state.chat = services.chat
         app.state.catalogue = services.catalogue
+        app.state.resumes = services.resumes
         app.state.ready_checks = services.ready_checks
         settle_heap()
         if drain is not None:

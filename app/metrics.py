@@ -124,6 +124,20 @@ class Metrics:
             [_observe(self.limiter_outages, ())],
             description="Times the rate limiter's backend became unreachable",
         )
+        self.resumes: Counter[tuple[str, ...]] = Counter()
+        for result in ("replayed", "not_found", "invalid", "unavailable"):
+            self.resumes[(result,)] = 0
+        meter.create_observable_counter(
+            "chat.resumes", [_observe(self.resumes, ("result",))], description="Stream resumes by result"
+        )
+        #: Bytes held by the memory resume store: set by the lifespan once the store exists.
+        self.resume_memory: Callable[[], int] = lambda: 0
+        meter.create_observable_gauge(
+            "chat.resume.memory",
+            [lambda _options: [Observation(self.resume_memory())]],
+            unit="By",
+            description="Bytes of stream logs held in this process's memory (bounded by streaming.resume_memory_mb)",
+        )
         self.upstream_errors = meter.create_counter("chat.upstream.errors", description="Provider errors by code")
         self.sockets = meter.create_up_down_counter(
             "chat.websocket.connections.active", description="WebSocket connections open now"
@@ -221,6 +235,9 @@ class Metrics:
                 "status_code": str(status),
             },
         )
+
+    def resume_result(self, result: str) -> None:
+        self.resumes[(result,)] += 1
 
     def cache_result(self, result: str) -> None:
         self.cache_requests[(result,)] += 1

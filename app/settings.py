@@ -64,7 +64,15 @@ class StreamingSettings(_Section):
     write_timeout_s: PositiveFloat = 30.0
     """A client whose socket accepts nothing for this long is dropped (and its upstream call cancelled)."""
     resume_ttl_s: PositiveFloat = 300.0
+    """How long a stream's log stays resumable after the stream ended."""
     detach_grace_s: NonNegFloat = 0.0
+    """How long the upstream call goes on after its client left, waiting for a resume (0: cancelled at once)."""
+    resume_store: Literal["memory", "redis"] = "memory"
+    """Where stream logs are kept: this process's memory, or the ``[redis] url`` shared by replicas."""
+    resume_max_events: NonNegInt = 10_000
+    """Events kept per stream's log (the oldest go first); 0 turns stream logs, and resuming, off."""
+    resume_memory_mb: PositiveInt = 256
+    """Total size of the logs a process holds in memory; past it the oldest ended logs are dropped."""
 
 
 class WebSocketSettings(_Section):
@@ -326,6 +334,10 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
         problems.append("cache.redis_url: required when cache.backend is 'redis'")
     if settings.cache.redis_url and not settings.cache.redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("cache.redis_url: expected a redis:// or rediss:// URL")
+    if settings.streaming.resume_store == "redis" and not settings.redis.url:
+        problems.append("redis.url: required when streaming.resume_store is 'redis'")
+    if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("redis.url: expected a redis:// or rediss:// URL")
     if settings.server.api_keys_env and not environ.get(settings.server.api_keys_env):
         problems.append(f"server.api_keys_env: environment variable {settings.server.api_keys_env} is not set or empty")
     problems += _key_checks(settings, environ)

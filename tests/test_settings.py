@@ -32,6 +32,8 @@ CONTRACT_SECTIONS: dict[str, set[str]] = {
         "idle_timeout_s",
         "resume_ttl_s",
         "detach_grace_s",
+        "resume_store",
+        "resume_max_events",
     },
     "websocket": {"ping_s", "max_inflight", "max_frame_bytes"},
     "cache": {"enabled", "backend", "redis_url", "ttl_s", "max_entries"},

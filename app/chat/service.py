@@ -32,6 +32,7 @@ from app.limits.limiter import Admission, Limiter
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Usage
 from app.providers.resilient import Resilient, Trail
+from app.resume.service import Resumes
 from app.settings import DeploymentSettings, Settings
 from app.tracing import StreamTracer, Tracing
 
@@ -76,9 +77,11 @@ class ChatService:
         drain: Drain | None = None,
         tracing: Tracing | None = None,
         limiter: Limiter | None = None,
+        resumes: Resumes | None = None,
     ) -> None:
         self._settings = settings
         self._limiter = limiter
+        self._resumes = resumes
         self._provider = provider
         names = frozenset(d.name for d in settings.models.deployments)
         self._model_names = model_names or (lambda: names)
@@ -164,6 +167,8 @@ class ChatService:
         )
         stream.span = span
         stream.cache_status = decision.status
+        if self._resumes is not None:
+            self._resumes.begin(stream, caller.scope)  # before start: the first event is logged too
         closing: list[Callable[[ChatStream], None]] = []
         if admission is not None:
             closing.append(lambda s: admission.settle(s.model, s.usage, from_cache=s.cache_status == "HIT"))

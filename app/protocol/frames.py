@@ -22,7 +22,15 @@ class CancelFrame(msgspec.Struct, tag="chat.completion.cancel", tag_field="type"
     id: FrameId
 
 
-ClientFrame = CreateFrame | CancelFrame
+class ResumeFrame(msgspec.Struct, tag="chat.completion.resume", tag_field="type"):
+    """API.md 2: 1.3 over a socket, under a new client id; no ``last_event_id`` -> from the start."""
+
+    id: FrameId
+    stream_id: Annotated[str, msgspec.Meta(max_length=128)]
+    last_event_id: Annotated[str, msgspec.Meta(max_length=160)] | None = None
+
+
+ClientFrame = CreateFrame | CancelFrame | ResumeFrame
 
 
 class DoneFrame(msgspec.Struct, tag="chat.completion.done", tag_field="type"):
@@ -70,9 +78,15 @@ def decode_client_frame(data: str | bytes) -> ClientFrame:
         raise FrameError(f"Invalid frame: {str(exc)[:300]}", frame_id) from exc
 
 
-def chunk_frame(frame_id: bytes, raw_chunk: bytes) -> bytes:
-    """``frame_id`` is the JSON-encoded client id; the chunk's bytes are embedded without re-encoding."""
-    return b'{"type":"chat.completion.chunk","id":%b,"chunk":%b}' % (frame_id, raw_chunk)
+def chunk_frame(frame_id: bytes, stream_id: bytes, seq: int, raw_chunk: bytes) -> bytes:
+    """``frame_id`` is the JSON-encoded client id; ``stream_id`` is hex (nothing to escape); the
+    chunk's bytes are embedded without re-encoding. ``event_id`` is the position a resume starts from."""
+    return b'{"type":"chat.completion.chunk","id":%b,"event_id":"%b:%d","chunk":%b}' % (
+        frame_id,
+        stream_id,
+        seq,
+        raw_chunk,
+    )
 
 
 def encode_id(frame_id: str) -> bytes:

@@ -29,6 +29,7 @@ async def chat_socket(
         settings,
         keys,
         drain=socket.app.state.drain,
+        resumes=socket.app.state.resumes,
         on_open=metrics.socket_opened,
         on_close=metrics.socket_closed,
     )

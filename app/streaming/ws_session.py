@@ -1,7 +1,9 @@
 """One session per WebSocket: its receive loop, its in-flight requests, its send queue and its cleanup.
 
 Each request runs the same ``ChatStream`` pipeline as SSE and ends with exactly one ``done`` or
-one ``error`` frame. Sends go through one bounded queue drained by one sender task, so a
+one ``error`` frame. A ``chat.completion.resume`` request (API.md 2) replays a stream's log after a
+position and follows it, framed like a live request's chunks; cancelling it stops the stream.
+Sends go through one bounded queue drained by one sender task, so a
 consumer that cannot keep up is closed with 1013 instead of growing memory without bound.
 """
 
@@ -26,6 +28,7 @@ from app.protocol.frames import (
     CancelFrame,
     CreateFrame,
     FrameError,
+    ResumeFrame,
     chunk_frame,
     decode_client_frame,
     done_frame,
@@ -33,6 +36,8 @@ from app.protocol.frames import (
     error_frame,
 )
 from app.protocol.openai import ChatCompletionInput, validate_chat_body
+from app.resume.replay import Replay
+from app.resume.service import Resumes
 from app.settings import Settings
 
 logger = structlog.get_logger("chat.websocket")
@@ -44,13 +49,14 @@ CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class _InFlight:
-    __slots__ = ("cancelled", "started", "stream", "task")
+    __slots__ = ("cancelled", "resumed", "started", "stream", "task")
 
     def __init__(self, task: asyncio.Task[None]) -> None:
         self.task = task
         self.stream: ChatStream | None = None
         self.cancelled = False
         self.started = False
+        self.resumed: str | None = None  # the stream id, for a resume request
 
 
 class SlowConsumer(ClientLeft):
@@ -60,22 +66,22 @@ class SlowConsumer(ClientLeft):
 class _RequestWriter:
     """One request's frames on the socket (API.md 2): chunks, then one done or error frame."""
 
-    __slots__ = ("_encoded_id", "_frame_id", "_session", "_stream")
+    __slots__ = ("_encoded_id", "_frame_id", "_session", "_sid")
 
-    def __init__(self, session: ChatSocketSession, frame_id: str, stream: ChatStream) -> None:
+    def __init__(self, session: ChatSocketSession, frame_id: str, stream_id: str) -> None:
         self._session = session
         self._frame_id = frame_id
         self._encoded_id = encode_id(frame_id)
-        self._stream = stream
+        self._sid = stream_id.encode()
 
     async def chunk(self, seq: int, raw: bytes) -> None:
-        self._session._send(chunk_frame(self._encoded_id, raw))
+        self._session._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
 
     async def end(self, event: StreamEvent) -> None:
         if event.error is not None:
             self._session._send(error_frame(self._frame_id, event.error))
         else:
-            self._session._send(done_frame(self._frame_id, self._stream.finish_reason, self._stream.usage))
+            self._session._send(done_frame(self._frame_id, event.finish_reason, event.usage))
 
     def cancelled(self, stream: ChatStream) -> None:
         with contextlib.suppress(SlowConsumer):
@@ -92,6 +98,7 @@ class ChatSocketSession:
         *,
         origins: OriginPolicy | None = None,
         drain: Drain | None = None,
+        resumes: Resumes | None = None,
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
@@ -101,6 +108,7 @@ class ChatSocketSession:
         self.keys = keys
         self.origins = origins or OriginPolicy(settings.server.cors_origins)
         self.drain = drain
+        self.resumes = resumes
         self.inflight: dict[str, _InFlight] = {}
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=settings.websocket.send_queue_frames)
         self._closing = False
@@ -186,6 +194,8 @@ class ChatSocketSession:
                 self._create(frame_id, body)
             case CancelFrame(id=frame_id):
                 self._cancel(frame_id)
+            case ResumeFrame(id=frame_id, stream_id=stream_id, last_event_id=last_event_id):
+                self._resume(frame_id, stream_id, last_event_id)
 
     async def close_for_shutdown(self) -> None:
         """The drain's last phase: once this socket's requests have sent their last frames (the
@@ -202,9 +212,27 @@ class ChatSocketSession:
             await self.socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
 
     def _create(self, frame_id: str, body: dict[str, Any]) -> None:
+        if not self._admit(frame_id):
+            return
+        try:
+            request = validate_chat_body(body)
+        except GatewayError as exc:
+            self._send(error_frame(frame_id, exc))
+            return
+        self._start(frame_id, self._run_request(frame_id, request))
+
+    def _start(self, frame_id: str, work: Any, resumed: str | None = None) -> None:
+        task = asyncio.create_task(work, name=f"ws-request:{frame_id}")
+        entry = _InFlight(task)
+        entry.resumed = resumed
+        self.inflight[frame_id] = entry
+        task.add_done_callback(lambda _t: self._never_ran(frame_id, entry))
+
+    def _admit(self, frame_id: str) -> bool:
+        """The checks every request frame passes (drain, duplicate id, in-flight bound); False -> answered."""
         if self.drain is not None and self.drain.refusing:
             self._send(error_frame(frame_id, self.drain.refusal()))
-            return
+            return False
         if frame_id in self.inflight:
             self._send(
                 error_frame(
@@ -214,27 +242,67 @@ class ChatSocketSession:
                     ),
                 )
             )
-            return
+            return False
         if len(self.inflight) >= self.settings.websocket.max_inflight:
             limit = self.settings.websocket.max_inflight
             self._send(error_frame(frame_id, RateLimited(f"At most {limit} requests may run at once on one socket.")))
+            return False
+        return True
+
+    def _resume(self, frame_id: str, stream_id: str, last_event_id: str | None) -> None:
+        if not self._admit(frame_id):
             return
+        self._start(frame_id, self._run_resume(frame_id, stream_id, last_event_id), resumed=stream_id)
+
+    async def _run_resume(self, frame_id: str, stream_id: str, last_event_id: str | None) -> None:
+        """Replay the stream's log after the position, then follow it, as this request's frames."""
+        replay: Replay | None = None
+        writer = _RequestWriter(self, frame_id, stream_id)
         try:
-            request = validate_chat_body(body)
+            if self.resumes is None:
+                raise InvalidRequest("Resuming is not available on this server.")
+            replay = await self.resumes.open(stream_id, self.caller.scope, last_event_id)
+            while True:
+                event = replay.take()
+                if event is None:
+                    await replay.wait()
+                    continue
+                if event.chunk is not None:
+                    await writer.chunk(event.seq, event.chunk.raw)
+                    continue
+                await writer.end(event)
+                return
         except GatewayError as exc:
-            self._send(error_frame(frame_id, exc))
-            return
-        task = asyncio.create_task(self._run_request(frame_id, request), name=f"ws-request:{frame_id}")
-        entry = _InFlight(task)
-        self.inflight[frame_id] = entry
-        task.add_done_callback(lambda _t: self._never_ran(frame_id, entry))
+            with contextlib.suppress(SlowConsumer):
+                self._send(error_frame(frame_id, exc))
+        except SlowConsumer:
+            pass
+        except asyncio.CancelledError:
+            entry = self.inflight.get(frame_id)
+            if entry is None or not entry.cancelled or self._closing:
+                raise
+            # The client's cancel stops the stream itself (as DELETE would), then ends this request.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if self.resumes is not None:
+                with contextlib.suppress(GatewayError):
+                    await self.resumes.stop(stream_id, self.caller.scope)
+            with contextlib.suppress(SlowConsumer):
+                self._send(done_frame(frame_id, "cancelled", None))
+        finally:
+            if replay is not None:
+                replay.close()
+            self.inflight.pop(frame_id, None)
 
     def _never_ran(self, frame_id: str, entry: _InFlight) -> None:
         """A task cancelled before its first step never runs its body, so its cleanup happens here."""
         if self.inflight.get(frame_id) is not entry:
             return  # the relay ran and cleaned up after itself
         del self.inflight[frame_id]
-        if entry.cancelled and not self._closing:
+        if entry.resumed is not None:
+            if entry.cancelled and not self._closing:
+                with contextlib.suppress(SlowConsumer):
+                    self._send(done_frame(frame_id, "cancelled", None))
+        elif entry.cancelled and not self._closing:
             self._answer_cancelled(frame_id, entry.stream)
         elif entry.stream is not None:
             entry.stream.close(CANCELLED if entry.cancelled else CLIENT_DISCONNECTED)
@@ -255,7 +323,7 @@ class ChatSocketSession:
         entry.cancelled = True
         if entry.stream is not None:
             entry.stream.request_cancel()
-        if entry.started:
+        if entry.started or entry.resumed is not None:
             entry.task.cancel()
         # else: the task has not run yet; it sees the flag first thing and ends the request itself.
 
@@ -292,7 +360,7 @@ class ChatSocketSession:
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         try:
-            await stream.pump(_RequestWriter(self, frame_id, stream))
+            await stream.pump(_RequestWriter(self, frame_id, stream.id))
         except asyncio.CancelledError:
             entry = self.inflight.get(frame_id)
             if entry is None or not entry.cancelled or self._closing:

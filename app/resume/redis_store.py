@@ -1,0 +1,345 @@
+"""The Redis resume store: every replica can resume every stream (API.md 1.3).
+
+Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last append):
+
+- ``chat:resume:<id>``: a Redis Stream, one entry per event, entry id ``<seq>-0`` so that a
+  position is an entry id (``XREAD ... <seq>-0`` returns exactly what follows ``seq``), trimmed by
+  ``XADD MAXLEN`` to ``resume_max_events``. Fields: ``c`` (a chunk's bytes, as the provider sent
+  them), or ``d`` (done: finish reason and usage) or ``e`` + ``st`` (error body and status).
+- ``chat:resume:<id>:meta``: the owner (gateway key scope).
+- ``chat:resume:<id>:readers``: set (with a short expiry) while a replica follows the stream, so
+  that the replica that runs it keeps the upstream going past its detach grace.
+- channel ``chat:resume:stop``: a DELETE that reaches another replica is published there, and the
+  replica running the stream stops it.
+
+Appending never delays the live client: ``append`` puts the event in the stream's outbox (no I/O,
+no encoding) and one flusher task per process writes every outbox in one pipelined round trip,
+so under load one round trip carries many streams' events. What happens when Redis is slow or
+away: the live stream is served from memory and never waits for Redis. The circuit breaker
+(``app/redis_breaker.py``) bounds each round trip by ``OP_TIMEOUT_S`` and, during an outage,
+refuses at once. A stream whose append was lost is marked broken: its copy in Redis has a hole, so
+it stops being appended to and its resumes answer 503 (a resume must never silently skip
+events). Streams that begin while the breaker is open are not copied at all (503 on resume).
+Resumes on any replica answer 503 while the breaker is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+
+from app.chat.stream import StreamEvent
+from app.errors import ErrorBody, InvalidResumePosition, ReplayedError, ResumeUnavailable, StreamNotFound
+from app.providers.base import Chunk, Usage
+from app.redis_breaker import BackendUnavailable, CircuitBreaker
+from app.redis_pool import IdleClosingPool, pool_options
+from app.resume.log import StreamLog
+from app.settings import StreamingSettings
+
+logger = structlog.get_logger("chat.resume")
+
+#: Bound on one Redis round trip (the cache's measured choice, see ``cache.op_timeout_s``).
+OP_TIMEOUT_S = 0.5
+#: How long one XREAD waits for new events before the follower looks around (readers key, stall).
+BLOCK_MS = 1000
+#: A followed stream whose log gains nothing for this long past the idle timeout has lost its writer
+#: (the replica that ran it died or lost Redis): the follower ends with a 503 error event.
+STALL_MARGIN_S = 5.0
+#: API.md 1.3: a position past the end waits this long for a replica that is still appending.
+PAST_END_WAIT_S = 1.0
+STOP_CHANNEL = "chat:resume:stop"
+
+_encode = msgspec.json.encode
+_body_decoder = msgspec.json.Decoder(ErrorBody)
+
+
+class _Done(msgspec.Struct, array_like=True):
+    finish_reason: str | None
+    usage: tuple[int, int] | None
+
+
+_done_decoder = msgspec.json.Decoder(_Done)
+
+
+def _key(stream_id: str) -> str:
+    return f"chat:resume:{stream_id}"
+
+
+def encode_event(event: StreamEvent) -> dict[str, bytes]:
+    if event.chunk is not None:
+        return {"c": event.chunk.raw}
+    if event.error is not None:
+        return {"e": _encode(event.error.body()), "st": str(event.error.status).encode()}
+    usage = (event.usage.prompt_tokens, event.usage.completion_tokens) if event.usage is not None else None
+    return {"d": _encode(_Done(event.finish_reason, usage))}
+
+
+def decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEvent:
+    seq = int(entry_id.split(b"-", 1)[0])
+    if b"c" in fields:
+        return StreamEvent(seq, Chunk(raw=fields[b"c"]))
+    if b"e" in fields:
+        body = _body_decoder.decode(fields[b"e"])
+        return StreamEvent(seq, error=ReplayedError(int(fields.get(b"st", b"500")), body.error))
+    done = _done_decoder.decode(fields[b"d"])
+    usage = Usage(*done.usage) if done.usage is not None else None
+    return StreamEvent(seq, finish_reason=done.finish_reason, usage=usage)
+
+
+class _Outbox:
+    """One stream's events not yet written to Redis: the ``SharedLog`` of its local log."""
+
+    __slots__ = ("broken", "ended", "events", "owner", "started", "store", "stream_id")
+
+    def __init__(self, store: RedisResumeStore, stream_id: str, owner: str) -> None:
+        self.store = store
+        self.stream_id = stream_id
+        self.owner = owner
+        self.events: list[StreamEvent] = []
+        self.started = False  # the meta key is written with the first batch
+        self.ended = False
+        self.broken = False
+
+    def append(self, event: StreamEvent) -> None:
+        if self.broken:
+            return
+        self.events.append(event)
+        self.store.dirty(self)
+
+    async def readers_elsewhere(self) -> bool:
+        return await self.store.readers_elsewhere(self.stream_id)
+
+
+class RedisResumeStore:
+    def __init__(self, url: str, settings: StreamingSettings, on_stop: Callable[[str], None]) -> None:
+        self._ttl_ms = int(settings.resume_ttl_s * 1000)
+        self._max_events = settings.resume_max_events
+        self._stall_s = settings.idle_timeout_s + settings.detach_grace_s + STALL_MARGIN_S
+        self._readers_ms = max(3000, int(settings.detach_grace_s * 2000))
+        options = pool_options(OP_TIMEOUT_S)
+        self._redis = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **options))
+        # Blocking reads (XREAD BLOCK, the stop channel) need a longer socket timeout than the op bound.
+        blocking = {
+            **pool_options(BLOCK_MS / 1000 + OP_TIMEOUT_S),
+            "socket_timeout": BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S,
+        }
+        self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
+        parsed = urlparse(url)
+        target = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
+        self.breaker = CircuitBreaker("resume_store", self._redis.ping, op_timeout_s=OP_TIMEOUT_S, target=target)
+        self._on_stop = on_stop
+        self._dirty: dict[str, _Outbox] = {}
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- writing (the replica that runs the stream) ------------------------------------------------
+
+    def begin(self, log: StreamLog) -> None:
+        outbox = _Outbox(self, log.stream_id, log.owner)
+        outbox.broken = not self.breaker.available  # its copy would start with a hole
+        log.shared = outbox
+        if self._flusher is None:
+            self._wake = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.create_task(self._flush_forever(), name="resume-flusher")
+            self._listener = loop.create_task(self._listen_for_stops(), name="resume-stops")
+        if not outbox.broken:
+            # The owner goes out now, before the first event: a resume on another replica that
+            # arrives as soon as the client knows the stream id then finds it.
+            self.dirty(outbox)
+
+    def dirty(self, outbox: _Outbox) -> None:
+        self._dirty[outbox.stream_id] = outbox
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _flush_forever(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._dirty = self._dirty, {}
+            with contextlib.suppress(Exception):  # a flush failure is already accounted for per outbox
+                await self._flush(list(batch.values()))
+
+    async def _flush(self, outboxes: list[_Outbox]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        written: list[_Outbox] = []
+        for outbox in outboxes:
+            if outbox.broken or (outbox.started and not outbox.events):
+                continue
+            events, outbox.events = outbox.events, []
+            key = _key(outbox.stream_id)
+            if not outbox.started:
+                pipe.hset(f"{key}:meta", "owner", outbox.owner)
+                outbox.started = True
+            for event in events:
+                pipe.xadd(key, encode_event(event), id=f"{event.seq}-0", maxlen=self._max_events, approximate=False)  # type: ignore[arg-type]
+                if event.chunk is None:
+                    outbox.ended = True
+            # Expiry runs from the last append: after the end that is "resume_ttl_s after the end",
+            # and the log of a replica that died mid-stream goes away on its own.
+            pipe.pexpire(key, self._ttl_ms)
+            pipe.pexpire(f"{key}:meta", self._ttl_ms)
+            written.append(outbox)
+        if not written:
+            return
+        try:
+            await self.breaker.run(pipe.execute)
+        except Exception as exc:
+            for outbox in written:
+                outbox.broken = True  # its copy has a hole now: resumes of it answer 503
+            if not isinstance(exc, BackendUnavailable):
+                logger.warning("resume_append_failed", streams=len(written), error=f"{type(exc).__name__}: {exc}"[:200])
+            raise
+
+    async def readers_elsewhere(self, stream_id: str) -> bool:
+        return bool(await self.breaker.run(self._redis.exists, f"{_key(stream_id)}:readers"))
+
+    async def _listen_for_stops(self) -> None:
+        """Stop requests for streams of this replica (a DELETE that reached another one)."""
+        while True:
+            pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(STOP_CHANNEL)
+                while True:
+                    message = await pubsub.get_message(timeout=BLOCK_MS / 1000)
+                    if message is not None and message.get("type") == "message":
+                        self._on_stop(message["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(1.0)  # Redis away: the breaker logs the outage; retry quietly
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # -- reading (any replica) ---------------------------------------------------------------------
+
+    def check_available(self, log: StreamLog | None) -> None:
+        if not self.breaker.available:
+            raise ResumeUnavailable("The resume store is unreachable; retry shortly.")
+        if log is not None and log.shared is not None and log.shared.broken:
+            raise ResumeUnavailable("This stream's log could not be kept in the resume store.")
+
+    async def _head(self, stream_id: str) -> tuple[str | None, int, int, bool]:
+        """Owner, first and last seq held, and whether the last is the stream's end."""
+        key = _key(stream_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(f"{key}:meta", "owner")
+        pipe.xrange(key, count=1)
+        pipe.xrevrange(key, count=1)
+        try:
+            owner, first, last = await self.breaker.run(pipe.execute)
+        except Exception as exc:
+            raise ResumeUnavailable("The resume store is unreachable; retry shortly.") from exc
+        first_seq = int(first[0][0].split(b"-", 1)[0]) if first else 1
+        last_seq, ended = 0, False
+        if last:
+            event = decode_event(*last[0])
+            last_seq, ended = event.seq, event.chunk is None
+        return (owner.decode() if owner is not None else None), first_seq, last_seq, ended
+
+    async def open(self, stream_id: str, owner: str, after_seq: int) -> RedisReplay:
+        found, first_seq, last_seq, ended = await self._head(stream_id)
+        if found is None or found != owner:
+            raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
+        deadline = time.monotonic() + PAST_END_WAIT_S
+        while after_seq > last_seq and not ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # another replica may still be appending it
+            _, first_seq, last_seq, ended = await self._head(stream_id)
+        if after_seq > last_seq:
+            raise InvalidResumePosition(f"Event {after_seq} is past the end of the stream's log.")
+        if after_seq < first_seq - 1:
+            raise InvalidResumePosition(f"The stream's log starts at event {first_seq}: events before it were trimmed.")
+        return RedisReplay(self, stream_id, after_seq, at_end=ended and after_seq >= last_seq)
+
+    async def read_after(self, stream_id: str, seq: int) -> list[StreamEvent]:
+        """Events after ``seq`` (waiting up to BLOCK_MS for some); marks this replica as a reader."""
+        key = _key(stream_id)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(f"{key}:readers", b"1", px=self._readers_ms)
+        await self.breaker.run(pipe.execute)
+        async with asyncio.timeout(BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S):
+            reply: Any = await self._blocking.xread({key: f"{seq}-0"}, count=512, block=BLOCK_MS)
+        if not reply:
+            return []
+        return [decode_event(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    async def stop(self, stream_id: str, owner: str) -> bool:
+        """DELETE on a replica that does not run the stream: tell the one that does."""
+        try:
+            found: Any = await self.breaker.run(self._redis.hget, f"{_key(stream_id)}:meta", "owner")
+            if found is None or found.decode() != owner:
+                return False
+            await self.breaker.run(self._redis.publish, STOP_CHANNEL, stream_id)
+        except BackendUnavailable as exc:
+            raise ResumeUnavailable("The resume store is unreachable; retry shortly.") from exc
+        return True
+
+    async def health(self) -> bool:
+        return await self.breaker.check()
+
+    async def close(self) -> None:
+        for task in (self._flusher, self._listener):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await self.breaker.aclose()
+        await self._redis.aclose()
+        await self._blocking.aclose()
+
+
+class RedisReplay:
+    """A replay read from Redis (the stream runs, or ran, on another replica)."""
+
+    def __init__(self, store: RedisResumeStore, stream_id: str, after_seq: int, *, at_end: bool) -> None:
+        self.stream_id = stream_id
+        self._store = store
+        self._seq = after_seq
+        self._at_end = at_end
+        self._buffer: deque[StreamEvent] = deque()
+        self._last_news = time.monotonic()
+
+    @property
+    def at_end(self) -> bool:
+        return self._at_end
+
+    def take(self) -> StreamEvent | None:
+        return self._buffer.popleft() if self._buffer else None
+
+    async def wait(self) -> None:
+        try:
+            events = await self._store.read_after(self.stream_id, self._seq)
+        except Exception:
+            self._fail("The resume store became unreachable while following the stream.")
+            return
+        now = time.monotonic()
+        if not events:
+            if now - self._last_news > self._store._stall_s:
+                self._fail("The stream's log stopped growing: the replica running it is gone.")
+            return
+        self._last_news = now
+        for event in events:
+            if event.seq != self._seq + 1:
+                self._fail("The stream's log has a gap (the resume store lost events).")
+                return
+            self._seq = event.seq
+            self._buffer.append(event)
+
+    def _fail(self, message: str) -> None:
+        self._seq += 1
+        self._buffer.append(StreamEvent(self._seq, error=ResumeUnavailable(message)))
+
+    def close(self) -> None:
+        return None

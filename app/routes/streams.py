@@ -1,0 +1,69 @@
+"""Resuming and stopping a stream (API.md 1.3): GET replays and follows, DELETE stops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
+
+from app.access.keys import Caller
+from app.errors import ErrorBody
+from app.resume.service import Resumes
+from app.settings import Settings
+from app.streaming.disconnect import DisconnectWatch
+from app.streaming.sse import SSE_HEADERS
+from app.streaming.sse_replay import ReplaySseResponse
+
+STREAM_PATH = "/v1/chat/completions/streams/{stream_id:str}"
+
+_ERRORS = {
+    404: ResponseSpec(data_container=ErrorBody, description="`stream_not_found`: unknown, expired, or another key's"),
+    409: ResponseSpec(data_container=ErrorBody, description="`invalid_resume_position`"),
+    503: ResponseSpec(data_container=ErrorBody, description="The resume store is unreachable"),
+}
+
+
+class StreamsController(Controller):
+    path = ""
+    tags = ["chat"]
+
+    @get(
+        path=STREAM_PATH,
+        summary="Resume a stream: replay after Last-Event-ID (or ?last_event_id=), then follow it live (SSE)",
+        responses={
+            200: ResponseSpec(data_container=str, media_type="text/event-stream", description="The SSE stream"),
+            204: ResponseSpec(data_container=None, description="The position is the stream's last event"),
+            **_ERRORS,
+        },
+    )
+    async def resume(
+        self,
+        request: Request[Any, Any, Any],
+        stream_id: FromPath[str],
+        resumes: NamedDependency[Resumes],
+        settings: NamedDependency[Settings],
+        caller: NamedDependency[Caller],
+    ) -> Response[Any]:
+        position = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+        replay = await resumes.open(stream_id, caller.scope, position)
+        if replay.at_end:
+            # Nothing left to send. 204 is also what tells a browser's EventSource to stop reconnecting.
+            replay.close()
+            return Response(content=b"", status_code=204)
+        watch = DisconnectWatch(request.receive)
+        headers = {**SSE_HEADERS, "X-Stream-ID": stream_id}
+        return ReplaySseResponse(replay, watch, headers, settings.streaming.heartbeat_s)
+
+    @delete(
+        path=STREAM_PATH,
+        status_code=204,
+        summary="Stop a stream: its upstream call ends at once and its readers get `stream_cancelled`",
+        responses={404: _ERRORS[404]},
+    )
+    async def stop(
+        self, stream_id: FromPath[str], resumes: NamedDependency[Resumes], caller: NamedDependency[Caller]
+    ) -> None:
+        await resumes.stop(stream_id, caller.scope)
