@@ -53,6 +53,7 @@ def build_services(
     drain: Drain | None = None,
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
+    from app.providers.egress import EgressSettings
     from app.providers.litellm_metadata import model_metadata, provider_of
     from app.providers.litellm_provider import LiteLLMProvider, build_router
     from app.providers.relay import Relay, resolve_target
@@ -61,7 +62,7 @@ def build_services(
     environ = os.environ if environ is None else environ
     quote = ProviderText(configured_secrets(settings, environ), production=settings.production)
     targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
-    relay = Relay(targets, quote=quote)
+    relay = Relay(targets, quote=quote, egress=EgressSettings.from_environ(environ))
     relay.open_pools()  # one connection pool per upstream origin, before the first request
     provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ), quote))
 

@@ -7,10 +7,13 @@ import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 
 from app.providers.egress import EgressSettings, ProxyError, open_tunnel, parse_proxy
+from tests.conftest import ServerThread, make_settings
+from tests.fake_provider import FakeProvider
 
 WAIT_S = 5.0
 
@@ -171,3 +174,20 @@ def test_no_proxy_rules() -> None:
     # The lower-case variable wins, as in curl and httpx.
     both = EgressSettings.from_environ({"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"})
     assert both.proxy_for("https", "x", 443) == parse_proxy("http://lower:1")
+
+
+async def test_the_relay_reaches_its_provider_through_the_proxy(proxy: ConnectProxy, fake: FakeProvider) -> None:
+    # The gateway's relay honours HTTP_PROXY like httpx and the OpenAI SDK: its provider calls go
+    # through a CONNECT tunnel (the provider here is plain HTTP on loopback).
+    server = ServerThread(make_settings(fake.base_url), environ={"HTTP_PROXY": f"http://127.0.0.1:{proxy.port}"})
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S) as client:
+            body = {"model": "normal", "messages": [{"role": "user", "content": "via the proxy"}], "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                text = (await response.aread()).decode()
+        assert response.status_code == 200 and text.rstrip().endswith("data: [DONE]")
+        fake_port = fake.base_url.rsplit(":", 1)[1].split("/", 1)[0]
+        assert any(f"CONNECT 127.0.0.1:{fake_port}".encode() in head for head in proxy.requests), proxy.requests
+    finally:
+        server.stop()

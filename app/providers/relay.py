@@ -22,6 +22,7 @@ from app.errors import GatewayError, ProviderRejected, UpstreamTimeout, Upstream
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
+from app.providers.egress import EgressSettings
 from app.providers.litellm_setup import import_litellm
 from app.providers.quoting import ProviderText
 from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool, UpstreamResponse
@@ -136,9 +137,15 @@ class Relay:
     POOL_SIZE = 10_000
 
     def __init__(
-        self, targets: dict[str, RelayTarget], *, pool_size: int = POOL_SIZE, quote: ProviderText | None = None
+        self,
+        targets: dict[str, RelayTarget],
+        *,
+        pool_size: int = POOL_SIZE,
+        quote: ProviderText | None = None,
+        egress: EgressSettings | None = None,
     ) -> None:
         self.targets = targets
+        self._egress = egress
         self._quote = quote or ProviderText()
         self._pool_size = pool_size
         self._pools: dict[str, UpstreamPool] = {}
@@ -146,7 +153,8 @@ class Relay:
     def _pool(self, target: RelayTarget) -> UpstreamPool:
         pool = self._pools.get(target.origin)
         if pool is None:
-            pool = self._pools[target.origin] = UpstreamPool(target.url, limit=self._pool_size)
+            pool = UpstreamPool(target.url, limit=self._pool_size, egress=self._egress)
+            self._pools[target.origin] = pool
         return pool
 
     def open_pools(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
+from app.providers.egress import Proxy, open_tunnel
 from app.providers.upstream.connection import Connection
 from app.providers.upstream.http2 import HTTP2Connection
 from app.providers.upstream.http11 import HTTP11Connection
@@ -45,13 +46,23 @@ class _Negotiating(asyncio.Protocol):
         self.connection = connection
 
 
-async def open_connection(pool: UpstreamPool, host: str, port: int, ssl_context: ssl.SSLContext | None) -> Connection:
-    """A connected HTTP/1.1 or HTTP/2 connection to ``host:port`` (TLS when ``ssl_context`` is given)."""
+async def open_connection(
+    pool: UpstreamPool, host: str, port: int, ssl_context: ssl.SSLContext | None, proxy: Proxy | None = None
+) -> Connection:
+    """A connected HTTP/1.1 or HTTP/2 connection to ``host:port`` (TLS when ``ssl_context`` is given),
+    through a CONNECT tunnel when ``proxy`` is given (TLS then runs end to end inside the tunnel)."""
     loop = asyncio.get_running_loop()
+    sock = await open_tunnel(proxy, host, port) if proxy is not None else None
     if ssl_context is None:
-        _, connection = await loop.create_connection(lambda: HTTP11Connection(pool), host, port)
+        if sock is not None:
+            _, connection = await loop.create_connection(lambda: HTTP11Connection(pool), sock=sock)
+        else:
+            _, connection = await loop.create_connection(lambda: HTTP11Connection(pool), host, port)
         return connection
     negotiating = _Negotiating(pool)
-    await loop.create_connection(lambda: negotiating, host, port, ssl=ssl_context, server_hostname=host)
+    if sock is not None:
+        await loop.create_connection(lambda: negotiating, sock=sock, ssl=ssl_context, server_hostname=host)
+    else:
+        await loop.create_connection(lambda: negotiating, host, port, ssl=ssl_context, server_hostname=host)
     assert negotiating.connection is not None
     return negotiating.connection

@@ -15,6 +15,7 @@ from collections import deque
 
 from yarl import URL
 
+from app.providers.egress import EgressSettings
 from app.providers.upstream.connect import client_ssl_context, open_connection
 from app.providers.upstream.connection import ACTIVE, CLOSED, IDLE, Connection
 from app.providers.upstream.errors import StaleConnection, UpstreamConnectionError
@@ -37,11 +38,16 @@ class UpstreamPool:
         keepalive_s: float = 30.0,
         connect_timeout_s: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        egress: EgressSettings | None = None,
     ) -> None:
         if origin.scheme not in ("http", "https") or not origin.host:
             raise ValueError(f"not an http(s) origin: {origin}")
         self.host = origin.host
         self.port = origin.port or (443 if origin.scheme == "https" else 80)
+        # HTTPS_PROXY / HTTP_PROXY / NO_PROXY and SSL_CERT_FILE, as httpx and the OpenAI SDK honour them.
+        self._proxy = egress.proxy_for(origin.scheme, self.host, self.port) if egress is not None else None
+        if ssl_context is None and egress is not None and origin.scheme == "https":
+            ssl_context = egress.ssl_context()
         self._ssl = client_ssl_context(ssl_context) if origin.scheme == "https" else None
         self._limit = limit
         self._keepalive_s = keepalive_s
@@ -130,7 +136,7 @@ class UpstreamPool:
             connecting = self._connecting = loop.create_future()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                conn = await open_connection(self, self.host, self.port, self._ssl)
+                conn = await open_connection(self, self.host, self.port, self._ssl, self._proxy)
         except BaseException:
             self._wake_one()  # its slot is free again
             raise
