@@ -330,3 +330,37 @@ async def test_websocket_cancel_stops_a_detachable_stream_at_once(server: Server
     await fake.await_disconnect(record, timeout=GRACE_S / 2)
     assert asyncio.get_running_loop().time() - left_at < GRACE_S / 2
     assert record.completed_at is None
+
+
+async def test_a_resumed_reader_counts_against_the_keys_concurrent_streams(fake: FakeProvider) -> None:
+    # Two stream slots for every key: the stream itself holds one, a resumed reader the other, and a
+    # second reader is one too many (429), as a third stream would be.
+    environ = {"GW_KEYS": f"{KEY_A},{KEY_B}"}
+    data = settings_dict(
+        fake.base_url,
+        streaming={**TEST_STREAMING, "detach_grace_s": GRACE_S},
+        server={"api_keys_env": "GW_KEYS"},
+        rate_limit={"concurrent_streams": 2},
+    )
+    limited = ServerThread(settings_from_dict(data, environ=environ), environ=environ).start()
+    try:
+        async with httpx.AsyncClient(base_url=limited.base_url, timeout=WAIT_S) as client:
+            body = chat_body("slow_gap", stream=True)
+            async with client.stream("POST", "/v1/chat/completions", json=body, headers=A) as original:
+                sid = original.headers["x-stream-id"]
+                await Reader(original).take(1)
+                headers = {**A, "Last-Event-ID": f"{sid}:0"}
+                path = f"/v1/chat/completions/streams/{sid}"
+                async with client.stream("GET", path, headers=headers) as first_reader:
+                    assert first_reader.status_code == 200
+                    second = await client.get(path, headers=headers)
+                    assert second.status_code == 429, second.text
+                    assert second.json()["error"]["code"] == "rate_limit_exceeded"
+                    assert second.headers["retry-after"].isdigit()
+            # Both readers gone and the stream ended: the slots are free again.
+            deadline = asyncio.get_running_loop().time() + WAIT_S
+            while (await client.get(path, headers=headers)).status_code == 429:
+                assert asyncio.get_running_loop().time() < deadline, "the readers' slots were never released"
+                await asyncio.sleep(0.05)
+    finally:
+        limited.stop()

@@ -118,6 +118,10 @@ class ChatService:
             return None
         return await self._limiter.admit(caller, request)
 
+    async def admit_resume(self, caller: Caller) -> Admission | None:
+        """A resume's reader counts against the key's concurrent-stream limit like a stream (429)."""
+        return await self._limiter.lease(caller) if self._limiter is not None else None
+
     async def _consult_cache(
         self, request: ChatCompletionInput, deployment: str, caller: Caller, cache_control: str | None, wait_s: float
     ) -> CacheDecision:

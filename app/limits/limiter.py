@@ -100,19 +100,30 @@ class Limiter:
         self.mode = on_backend_error
 
     async def admit(self, caller: Caller, request: ChatCompletionInput) -> Admission:
+        return await self._admit(caller, request)
+
+    async def lease(self, caller: Caller) -> Admission:
+        """A concurrency lease alone: a resumed stream's reader holds a stream slot like the stream
+        itself (its tokens and spend were charged when the stream was admitted)."""
+        return await self._admit(caller, None)
+
+    async def _admit(self, caller: Caller, request: ChatCompletionInput | None) -> Admission:
         policy = caller.policy
-        if not policy.limited:
+        if not policy.limited or (request is None and not policy.concurrent_streams):
             return Admission(self, caller, None, {})
         now = self._clock()
         lease_id = os.urandom(8).hex() if policy.concurrent_streams else None
+        whole = request is not None
         ask = Ask(
             caller.bucket,
-            requests_per_minute=policy.requests_per_minute,
-            tokens_per_minute=policy.tokens_per_minute,
+            requests_per_minute=policy.requests_per_minute if whole else 0,
+            tokens_per_minute=policy.tokens_per_minute if whole else 0,
             concurrent_streams=policy.concurrent_streams,
-            budget_usd=policy.budget_usd,
-            budget_window_id=budget_window_id(policy.budget_window, now) if policy.budget_usd is not None else "",
-            tokens=estimate_tokens(request) if policy.tokens_per_minute else 0,
+            budget_usd=policy.budget_usd if whole else None,
+            budget_window_id=budget_window_id(policy.budget_window, now)
+            if whole and policy.budget_usd is not None
+            else "",
+            tokens=estimate_tokens(request) if request is not None and policy.tokens_per_minute else 0,
             lease_id=lease_id or "",
             minute=minute_of(now),
             now=now,

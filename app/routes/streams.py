@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from app.access.keys import Caller
+from app.chat.service import ChatService
 from app.errors import ErrorBody
 from app.resume.service import Resumes
 from app.settings import Settings
@@ -46,16 +47,28 @@ class StreamsController(Controller):
         resumes: NamedDependency[Resumes],
         settings: NamedDependency[Settings],
         caller: NamedDependency[Caller],
+        chat: NamedDependency[ChatService],
     ) -> Response[Any]:
         position = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        replay = await resumes.open(stream_id, caller.scope, position)
+        admission = await chat.admit_resume(caller)  # a stream slot of the key's, like the stream's own
+
+        def done() -> None:
+            if admission is not None:
+                admission.settle(stream_id, None)
+
+        try:
+            replay = await resumes.open(stream_id, caller.scope, position)
+        except BaseException:
+            done()
+            raise
         if replay.at_end:
             # Nothing left to send. 204 is also what tells a browser's EventSource to stop reconnecting.
             replay.close()
+            done()
             return Response(content=b"", status_code=204)
         watch = DisconnectWatch(request.receive)
         headers = {**SSE_HEADERS, "X-Stream-ID": stream_id}
-        return ReplaySseResponse(replay, watch, headers, settings.streaming.heartbeat_s)
+        return ReplaySseResponse(replay, watch, headers, settings.streaming.heartbeat_s, done)
 
     @delete(
         path=STREAM_PATH,

@@ -9,6 +9,7 @@ stream. A heartbeat comment is written whenever nothing arrived for ``heartbeat_
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Response
@@ -21,11 +22,17 @@ from app.streaming.sse import HEARTBEAT, RAW_SEND, chunk_frame, end_frame
 
 
 class _ReplayASGI:
-    __slots__ = ("_headers", "_heartbeat_s", "_replay", "_watch")
+    __slots__ = ("_done", "_headers", "_heartbeat_s", "_replay", "_watch")
 
     def __init__(
-        self, replay: Replay, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]], heartbeat_s: float
+        self,
+        replay: Replay,
+        watch: DisconnectWatch,
+        headers: list[tuple[bytes, bytes]],
+        heartbeat_s: float,
+        done: Callable[[], None] | None,
     ) -> None:
+        self._done = done
         self._replay = replay
         self._watch = watch
         self._headers = headers
@@ -59,11 +66,21 @@ class _ReplayASGI:
         finally:
             replay.close()
             watch.stop()
+            if self._done is not None:
+                self._done()  # the reader's stream slot (the key's concurrency lease) is free again
 
 
 class ReplaySseResponse(Response[Any]):
-    def __init__(self, replay: Replay, watch: DisconnectWatch, headers: dict[str, str], heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        replay: Replay,
+        watch: DisconnectWatch,
+        headers: dict[str, str],
+        heartbeat_s: float,
+        done: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(content=None, media_type="text/event-stream")
+        self._done = done
         self._replay = replay
         self._watch = watch
         self._heartbeat_s = heartbeat_s
@@ -71,4 +88,4 @@ class ReplaySseResponse(Response[Any]):
         self._raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        return _ReplayASGI(self._replay, self._watch, self._raw_headers, self._heartbeat_s)
+        return _ReplayASGI(self._replay, self._watch, self._raw_headers, self._heartbeat_s, self._done)

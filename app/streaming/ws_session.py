@@ -24,6 +24,7 @@ from app.chat.service import ChatService
 from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, ChatStream, ClientLeft, StreamEvent
 from app.drain import Drain
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
+from app.limits.limiter import Admission
 from app.protocol.frames import (
     CancelFrame,
     CreateFrame,
@@ -257,10 +258,13 @@ class ChatSocketSession:
     async def _run_resume(self, frame_id: str, stream_id: str, last_event_id: str | None) -> None:
         """Replay the stream's log after the position, then follow it, as this request's frames."""
         replay: Replay | None = None
+        admission: Admission | None = None
         writer = _RequestWriter(self, frame_id, stream_id)
         try:
             if self.resumes is None:
                 raise InvalidRequest("Resuming is not available on this server.")
+            # A resumed reader holds one of the key's stream slots, like the stream itself (429 else).
+            admission = await self.chat.admit_resume(self.caller)
             replay = await self.resumes.open(stream_id, self.caller.scope, last_event_id)
             while True:
                 event = replay.take()
@@ -291,6 +295,8 @@ class ChatSocketSession:
         finally:
             if replay is not None:
                 replay.close()
+            if admission is not None:
+                admission.settle(stream_id, None)
             self.inflight.pop(frame_id, None)
 
     def _never_ran(self, frame_id: str, entry: _InFlight) -> None:
