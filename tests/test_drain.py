@@ -151,6 +151,7 @@ async def test_sigterm_lets_streams_finish_and_says_draining(tmp_path: Path, dra
         exit_code = await asyncio.to_thread(gateway.process.wait, 15)
         took = time.monotonic() - signalled
         assert exit_code == 0, gateway.log.read_text()[-2000:]
+        print(f"drain, streams finishing: exit {took:.2f} s after SIGTERM")
         assert took < 1.0 + 2.0 + 5.0, took  # the streams' ~2 s, the delay, and start-up slack
     finally:
         gateway.stop()
@@ -186,6 +187,7 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
         exit_code = await asyncio.to_thread(gateway.process.wait, drain_s + 10)
         took = time.monotonic() - signalled
         assert exit_code == 0, gateway.log.read_text()[-2000:]
+        print(f"drain, long {model}: exit {took:.2f} s after SIGTERM (drain_s {drain_s})")
         assert took < drain_s + 2.0 + 1.0, took  # drain_s + 2 s, plus the test's own scheduling
         for record in drain_fake.requests:
             await drain_fake.await_end(record, timeout=5)
