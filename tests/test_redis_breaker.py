@@ -260,7 +260,7 @@ def test_gateway_under_load_through_a_redis_outage(tmp_path: Path, kind: str) ->
     # Only the requests in flight when Redis stalled pay the op bound; after that, nothing.
     assert result["outage_slow_requests"] <= (8 if kind == "stop" else 0)
     late, before = result["outage_after_first_window"], result["before"]
-    assert late["n"] >= 40
+    assert late["n"] >= 20  # enough for the percentiles below; how many fit in the outage depends on the load
     assert late["p50_ms"] < before["p50_ms"] + 25, (late, before)
     assert late["p95_ms"] < op_timeout * 1000 / 2, late
     assert result["ready_during_outage"]["status"] == 503
