@@ -627,6 +627,7 @@ def _cell_rows(c: Cell, s: dict[str, Any], direct: dict[tuple[str, str, int], di
         "-" if is_json else _fmt(s.get("chunks_per_s"), 0),
         ratio,
         "-" if gw_cpu is None else _fmt(gw_cpu, 1 if is_json else 3) + unit,
+        "-" if is_json else _fmt(gw.get("wakeups_per_1k_chunks")),
         _pct(gw.get("cpu_util")),
         _fmt(gw.get("rss_mb_max"), 0),
         "-" if up_cpu is None else _fmt(up_cpu, 2 if is_json else 4) + unit,
@@ -756,7 +757,7 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
             key = f"| {c.target} | {c.mode} | {c.model} | {c.timers} | {c.concurrency} |"
             if s.get("failed"):
                 lat_rows.append(key + " **failed** |" + " - |" * 7)
-                res_rows.append(key + " **failed** |" + " - |" * 13)
+                res_rows.append(key + " **failed** |" + " - |" * 14)
                 error_notes.append(f"- {c.name}: {s['failed']}")
                 continue
             lat, res = _cell_rows(c, s, direct)
@@ -790,14 +791,17 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
             "(kinds below). *cut*: still in flight when the cell's duration cap + "
             f"{a.drain:g} s drain ran out, aborted and not judged (overload). *x direct*: chunks/s over the direct "
             "run's at the same concurrency (req/s for JSON). *CPU/1k*: CPU seconds per 1000 content chunks "
-            "delivered (ms per request for JSON); *CPU %*: CPU time / wall time, 100% = one core. *RSS*: max "
+            "delivered (ms per request for JSON); *wake/1k*: times the gateway's event loop slept and was woken, per "
+            "1000 chunks (1000 = every chunk wakes an idle process; near 0 = it never sleeps); *CPU %*: CPU time / "
+            "wall time, 100% = one core. *RSS*: max "
             "sampled. *up peak*: most upstream calls open at once. *others CPU %*: the machine's CPU used by "
             "neither the gateway, the upstream nor the load generator during the cell (other work on the shared "
             "cores: the cell's noise; 100% = one core).",
             "",
             "| target | mode | model | timers | conc | ok / sent | errors | cut | req/s | chunks/s | x direct "
-            "| gw CPU/1k | gw CPU % | gw RSS MB | up CPU/1k | up CPU % | up peak | loadgen CPU % | others CPU % |",
-            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| gw CPU/1k | gw wake/1k | gw CPU % | gw RSS MB | up CPU/1k | up CPU % | up peak | loadgen CPU % "
+            "| others CPU % |",
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *res_rows,
         ]
     if m.idle:
