@@ -115,6 +115,23 @@ def host_cpu_s() -> tuple[float, float] | None:
     return busy / CLK_TCK, (fields[7] if len(fields) > 7 else 0) / CLK_TCK
 
 
+def proc_wakeups(pid: int) -> int | None:
+    """How often the process's main thread (the event loop) went to sleep and was woken again.
+
+    ``voluntary_ctxt_switches``: each one is a wait (epoll with nothing ready) that something ended.
+    Per chunk relayed, it says how many chunks one wake-up handles: an idle process pays the wake-up
+    (scheduler, cold caches) for every chunk; a busy one handles several per wake-up.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def proc_rss_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -797,6 +814,7 @@ class LoadRun:
         cpu0 = proc_cpu_s(cfg.pid) if cfg.pid else None
         ucpu0 = proc_cpu_s(cfg.upstream_pid) if cfg.upstream_pid else None
         host0 = host_cpu_s()
+        wake0 = proc_wakeups(cfg.pid) if cfg.pid else None
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         server.start()
         upstream.start()
@@ -827,9 +845,14 @@ class LoadRun:
         cpu1 = proc_cpu_s(cfg.pid) if cfg.pid else None
         ucpu1 = proc_cpu_s(cfg.upstream_pid) if cfg.upstream_pid else None
         host1 = host_cpu_s()
+        wake1 = proc_wakeups(cfg.pid) if cfg.pid else None
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         summary = self.summary(t0, t_end, cpu0, cpu1, ucpu0, ucpu1, ru0, ru1, server, upstream, nofile)
         summary["host"] = self.host_summary(summary, host0, host1, t_end - t0)
+        if summary["server"] is not None and wake0 is not None and wake1 is not None:
+            chunks = summary["chunks"]
+            summary["server"]["wakeups"] = wake1 - wake0
+            summary["server"]["wakeups_per_1k_chunks"] = round((wake1 - wake0) / chunks * 1000) if chunks else None
         return summary
 
     @staticmethod

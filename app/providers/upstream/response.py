@@ -42,6 +42,7 @@ class UpstreamResponse:
         "_chunks",
         "_conn",
         "_drain_timer",
+        "_loop",
         "_waiter",
         "error",
         "headers",
@@ -53,6 +54,9 @@ class UpstreamResponse:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        # Taken once: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call (its
+        # fork check), and a stream waits for its next chunk once per chunk.
+        self._loop = asyncio.get_running_loop()
         self.state = _SENT
         self.stream_id = 0  # an HTTP/2 stream's id; 0 on HTTP/1.1
         self.status = 0
@@ -110,7 +114,7 @@ class UpstreamResponse:
     # -- read by the relay ------------------------------------------------------------------------
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -166,7 +170,7 @@ class UpstreamResponse:
         elif state is _SENT or state is _RECEIVING:
             self.state = _DRAINING
             self._discard_buffer()
-            self._drain_timer = asyncio.get_running_loop().call_later(DRAIN_S, self._abandon)
+            self._drain_timer = self._loop.call_later(DRAIN_S, self._abandon)
 
     def close(self) -> None:
         """Stop now: the provider sees the connection close (HTTP/2: the stream reset) at once."""
