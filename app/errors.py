@@ -73,6 +73,11 @@ class GatewayError(Exception):
     def body(self) -> ErrorBody:
         return ErrorBody(ErrorObject(message=self.message, type=self.type, param=self.param, code=self.code))
 
+    def log_fields(self) -> dict[str, str]:
+        """The error's part of a request's log line: its code, and the provider's own (redacted)
+        words where the client was shown ours, else the message."""
+        return {"error_code": self.code, "error_detail": self.detail if self.detail is not None else self.message}
+
     def headers(self) -> dict[str, str]:
         if self.status == 429:
             return {"Retry-After": str(self.retry_after if self.retry_after is not None else 1)}

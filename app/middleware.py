@@ -105,24 +105,22 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
         "duration_ms": round(duration * 1000, 2),
     }
     stream = state.get("stream")
+    error = state.get("error")
     if stream is not None:
         fields.update(stream.log_fields())
+        error = error or stream.error
     else:
         if "outcome" in state:
             fields["outcome"] = state["outcome"]
         trail = state.get("trail")
         if trail is not None:
             fields.update(trail.log_fields())
-        error = state.get("error")
         if error is not None:
-            fields["error_code"] = error.code
-            # The provider's own (redacted) words where the client was shown ours, else the message.
-            fields["error_detail"] = error.detail if error.detail is not None else error.message
+            fields.update(error.log_fields())
     if "model" in state:
         fields.setdefault("model", state["model"])
     if "key" in state:  # the gateway key's configured name, never the key
         fields["key"] = state["key"]
-    error = state.get("error") or (stream.error if stream is not None else None)
     if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
         fields.update(upstream_failure(scope, fields.get("model"), error))
     if "prompt" in state:  # only with server.log_bodies on

@@ -465,14 +465,11 @@ class ChatStream:
             "chunks": self.chunks,
             "ttfb_ms": round((self.first_byte_at - self.started_at) * 1000, 2) if self.first_byte_at else None,
         }
-        if self.span is not None:
-            context = self.span.get_span_context()
-            fields["trace_id"] = f"{context.trace_id:032x}"
+        # trace_id comes from the request's log context (bound where its span starts, service.py).
         if self.trail is not None:
             fields.update(self.trail.log_fields())
         if self.error is not None:
-            fields["error_code"] = self.error.code
-            fields["error_detail"] = self.error.detail if self.error.detail is not None else self.error.message
+            fields.update(self.error.log_fields())
         return fields
 
     def mark_first_byte(self) -> None:
