@@ -20,12 +20,11 @@ from typing import Any
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from websockets.sync.client import connect
 
 from tests.conftest import EXTRA_BEHAVIOURS, ServerThread, settings_dict
 from tests.fake_provider import FakeProvider
 from tests.fuzz_strategies import chat_bodies, client_frames, raw_bodies
-from tests.test_fuzz import CALL_TIMEOUT_S, KEY_ENV, PROBE, PROVIDER_KEY, check_http_reply, drain_until_probe
+from tests.test_fuzz import CALL_TIMEOUT_S, KEY_ENV, PROVIDER_KEY, check_frames, post
 
 
 def start(fake: FakeProvider, path: str) -> ServerThread:
@@ -52,48 +51,26 @@ def run(target: str, server: ServerThread, examples: int) -> tuple[int, list[str
 
     client = httpx.Client(base_url=server.base_url, timeout=CALL_TIMEOUT_S)
 
-    def post(content: bytes, stream: bool) -> None:
-        headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "*/*"}
-        with client.stream("POST", "/v1/chat/completions", content=content, headers=headers) as response:
-            text = response.read().decode("utf-8", "replace")
-        check_http_reply(response, text)
-
-    def frames_check(frames: list[str | bytes]) -> None:
-        with connect(server.ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
-            for frame in frames:
-                ws.send(frame)
-            probe = {"model": "fast", "messages": [{"role": "user", "content": "still there?"}]}
-            for _ in range(20):
-                ws.send(json.dumps({"type": "chat.completion.create", "id": PROBE, "request": probe}))
-                answers = drain_until_probe(ws)
-                if answers[-1]["type"] == "chat.completion.done":
-                    break
-            else:
-                raise AssertionError("the probe never got through")
-            for answer in answers:
-                assert PROVIDER_KEY not in json.dumps(answer)
-                assert answer.get("status", 0) < 500, answer
-
     @profile
     @given(body=chat_bodies(), stream=st.booleans())
     def bodies(body: dict[str, Any], stream: bool) -> None:
         nonlocal tried
         tried += 1
-        post(json.dumps(body).encode(), stream)
+        post(client, json.dumps(body).encode(), stream)
 
     @profile
     @given(raw=raw_bodies, stream=st.booleans())
     def raw(raw: bytes, stream: bool) -> None:
         nonlocal tried
         tried += 1
-        post(raw, stream)
+        post(client, raw, stream)
 
     @profile
     @given(frames=st.lists(client_frames(), min_size=1, max_size=6))
     def frames(frames: list[str | bytes]) -> None:
         nonlocal tried
         tried += 1
-        frames_check(frames)
+        check_frames(server.ws_url, frames)
 
     tests: dict[str, Callable[[], None]] = {"bodies": bodies, "raw": raw, "frames": frames}
     try:

@@ -9,6 +9,7 @@ else sees them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -93,6 +94,7 @@ def from_provider_reply(
 Translate = Callable[[BaseException, str], GatewayError]
 
 
+@functools.cache  # built once, on the first failure: LiteLLM's classes exist by then
 def _litellm_table() -> list[tuple[type[BaseException] | tuple[type[BaseException], ...], Translate]]:
     """LiteLLM's exception classes, most specific first, each with its translation."""
     # The provider layer has imported LiteLLM already; importing here keeps this module light.
@@ -121,9 +123,6 @@ def _litellm_table() -> list[tuple[type[BaseException] | tuple[type[BaseExceptio
     ]
 
 
-_TABLE: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Translate]] = []
-
-
 def from_litellm(exc: BaseException) -> GatewayError:
     """Translate a LiteLLM (or openai SDK) exception into the most specific GatewayError."""
     import litellm
@@ -142,9 +141,7 @@ def from_litellm(exc: BaseException) -> GatewayError:
     if status in (401, 403) and not isinstance(exc, litellm.ContextWindowExceededError):
         # Whatever class LiteLLM picked (a 403 can arrive as a plain APIError): the provider refused our key.
         return UpstreamAuthentication("The provider rejected the gateway's credentials.")
-    if not _TABLE:
-        _TABLE.extend(_litellm_table())
-    for kinds, translate in _TABLE:
+    for kinds, translate in _litellm_table():
         if isinstance(exc, kinds):
             return translate(exc, message)
     if isinstance(status, int) and (status == 429 or status >= 500):
