@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 
 from app.cache.chat_cache import cache_key
-from app.chat.stream import ChatStream, Deadlines
+from app.chat.stream import ChatStream
+from app.chat.stream_events import Deadlines
 from app.metrics import Metrics
 from app.providers.base import Usage
 from app.settings import DeploymentSettings

@@ -99,7 +99,7 @@ async def resume_latency(origin: GatewayProcess, reader: GatewayProcess, n: int)
 
 
 def tracemalloc_per_stream(events_per_stream: int, chunk_bytes: int, streams: int = 1000) -> float:
-    from app.chat.stream import StreamEvent
+    from app.chat.stream_events import StreamEvent
     from app.providers.base import Chunk
     from app.resume.memory import MemoryResumeStore
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.chat.stream import StreamEvent
+from app.chat.stream_events import StreamEvent
 from app.errors import InvalidResumePosition, StreamNotFound
 from app.providers.base import Chunk
 from app.resume.log import EVENT_OVERHEAD, StreamLog

@@ -18,13 +18,8 @@ from opentelemetry.trace import Span
 from app.access.keys import ANONYMOUS, Caller
 from app.cache.answer import replay_chunks
 from app.cache.chat_cache import NO_CACHE, CacheDecision, ChatCache, cache_key
-from app.chat.stream import (
-    CLIENT_DISCONNECTED,
-    COMPLETED,
-    UPSTREAM_ERROR,
-    ChatStream,
-    Deadlines,
-)
+from app.chat.stream import ChatStream
+from app.chat.stream_events import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, Deadlines
 from app.chat.stream_observers import FanOut, StreamObserver
 from app.drain import Drain
 from app.errors import GatewayError, ModelNotAllowed, ModelNotFound

@@ -14,119 +14,43 @@ Transports are thin writers (``StreamWriter``): ``pump`` drives them, so the pul
 frame -> outcome -> close sequence exists once. A drain ends a stream through ``close`` like any
 other end.
 
-The stream log (API.md 1.3, ``app/resume/``) attaches here: every event is appended to ``log`` the
-moment it is pulled (no encoding: the log keeps the event, whose chunk bytes the frames embed), and
-a stream that ends without its last event (closed by a cancel, or abandoned) appends a
-``stream_cancelled`` error so that no reader of the log waits forever. With a detach grace the
-stream is *followed* instead of pulled by its client: one producer task pulls into the log and every
-reader, the original client included, follows the log; a client that leaves then costs nothing but
-a grace timer, and the upstream call goes on for ``grace_s`` waiting for a resume. Without a grace
-(the default) the client's task pulls as before and leaving cancels the upstream call at once.
+The stream log (the resumable streams of ``app/resume/``) attaches here: every event is appended to
+``log`` the moment it is pulled (no encoding: the log keeps the event, whose chunk bytes the frames
+embed), and a stream that ends without its last event (closed by a cancel, or abandoned) appends a
+``stream_cancelled`` error so that no reader of the log waits forever. With a detach grace
+(``detach``, ``detach.py``) the stream is *followed* instead of pulled by its client. Without a
+grace (the default) the client's task pulls and leaving cancels the upstream call at once.
+
+The event types, the writer and log protocols and the outcomes are in ``stream_events.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import Any, Final, Protocol
+from typing import Any
 
 from opentelemetry.trace import Span
 
+from app.chat.detach import Detachment
+from app.chat.stream_events import (
+    CANCELLED,
+    CLIENT_DISCONNECTED,
+    COMPLETED,
+    NO_GUARD,
+    UPSTREAM_ERROR,
+    ClientLeft,
+    Deadlines,
+    StreamEvent,
+    StreamLogSink,
+    StreamWriter,
+)
 from app.chat.stream_observers import StreamObserver
 from app.errors import GatewayError, StreamCancelled, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import Chunk, Usage
 from app.providers.resilient import Trail
-
-COMPLETED: Final = "completed"
-CLIENT_DISCONNECTED: Final = "client_disconnected"
-CANCELLED: Final = "cancelled"
-UPSTREAM_ERROR: Final = "upstream_error"
-TIMEOUT: Final = "timeout"
-
-
-class StreamEvent:
-    """A numbered event: a chunk, an error, or (both None) the end of the stream."""
-
-    __slots__ = ("chunk", "error", "finish_reason", "seq", "usage")
-
-    def __init__(
-        self,
-        seq: int,
-        chunk: Chunk | None = None,
-        error: GatewayError | None = None,
-        finish_reason: str | None = None,
-        usage: Usage | None = None,
-    ) -> None:
-        self.seq = seq
-        self.chunk = chunk
-        self.error = error
-        #: On the last event: the stream's finish reason and usage (a WebSocket done frame carries them).
-        self.finish_reason = finish_reason
-        self.usage = usage
-
-    @property
-    def is_done(self) -> bool:
-        return self.chunk is None and self.error is None
-
-
-class ClientLeft(Exception):
-    """The reader went away (disconnected, or too slow to keep): the stream ends as theirs."""
-
-
-class StreamWriter(Protocol):
-    """A transport's framing of a stream's events; ``pump`` calls it, nothing else does."""
-
-    async def chunk(self, seq: int, raw: bytes) -> None: ...
-
-    async def end(self, event: StreamEvent) -> None:
-        """The last event: done (``event.is_done``) or an error."""
-        ...
-
-    def cancelled(self, stream: ChatStream) -> None:
-        """The stream was cancelled by its client before its last event (best effort, synchronous)."""
-        ...
-
-
-class StreamLogSink(Protocol):
-    """Where a stream's events go as they are produced (``app/resume/log.py``), and what a follower reads."""
-
-    def append(self, event: StreamEvent) -> None: ...
-
-    def after(self, seq: int) -> StreamEvent | None:
-        """The event right after ``seq``, None if it is not there yet; LookupError if trimmed away."""
-        ...
-
-    async def wait(self) -> None:
-        """Until the next append."""
-        ...
-
-    async def readers_elsewhere(self) -> bool:
-        """True while a reader on another replica follows this stream (the grace is then renewed)."""
-        ...
-
-
-class _NoGuard:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-NO_GUARD: Final = _NoGuard()
-
-
-class Deadlines:
-    __slots__ = ("first_chunk_s", "heartbeat_s", "idle_s")
-
-    def __init__(self, first_chunk_s: float, idle_s: float, heartbeat_s: float) -> None:
-        self.first_chunk_s = first_chunk_s
-        self.idle_s = idle_s
-        self.heartbeat_s = heartbeat_s
 
 
 class ChatStream:
@@ -170,7 +94,7 @@ class ChatStream:
         self._watchdog: asyncio.TimerHandle | None = None
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
-        self._cancel_requested = False
+        self.cancel_requested = False
         self.span: Span | None = None  # the request's trace span, when tracing is on
         #: Called once as the stream closes, after the observer (the drain's registry, the limiter's
         #: settlement); set by whoever opens the stream.
@@ -179,11 +103,8 @@ class ChatStream:
         self.trail = trail
         #: The stream's log, when resuming is on; set before ``start`` by the resume service.
         self.log: StreamLogSink | None = None
-        #: How long the upstream call goes on with no reader attached (0: a leaving client cancels it).
-        self.grace_s = 0.0
-        self._readers = 0
-        self._grace_timer: asyncio.TimerHandle | None = None
-        self._producer: asyncio.Task[None] | None = None
+        #: Set by ``detach`` (a log and a grace): the stream then outlives a client that leaves.
+        self.detachment: Detachment | None = None
 
     def start(self) -> ChatStream:
         loop = asyncio.get_running_loop()
@@ -330,10 +251,10 @@ class ChatStream:
         ``guard`` wraps each wait for the provider (the SSE request's disconnect watch). A client
         that leaves ends the stream as ``client_disconnected``; one that asked to cancel (``cancel``)
         as ``cancelled``, with the writer told first. With a detach grace the client follows the
-        log instead (``_follow``), and leaving only starts the grace.
+        log instead (``Detachment.follow``), and leaving only starts the grace.
         """
-        if self.grace_s > 0 and self.log is not None:
-            await self._follow(writer, guard)
+        if self.detachment is not None:
+            await self.detachment.follow(writer, guard)
             return
         outcome = CLIENT_DISCONNECTED
         try:
@@ -349,7 +270,7 @@ class ChatStream:
                 await writer.end(event)
                 return
         except (ClientLeft, asyncio.CancelledError):
-            if self._cancel_requested and outcome == CLIENT_DISCONNECTED:
+            if self.cancel_requested and outcome == CLIENT_DISCONNECTED:
                 outcome = CANCELLED
                 self.mark_first_byte()  # the cancellation's answer is this stream's first byte if none was
                 writer.cancelled(self)
@@ -362,90 +283,21 @@ class ChatStream:
 
     # -- detached streams: one producer pulls into the log, readers follow it ------------------
 
+    def detach(self, log: StreamLogSink, grace_s: float) -> None:
+        """Log every event to ``log``; with ``grace_s`` > 0 the upstream call also goes on for that
+        long after the last reader left (before ``start``)."""
+        self.log = log
+        if grace_s > 0:
+            self.detachment = Detachment(self, grace_s)
+
     def attach(self) -> None:
-        """A reader (the original client or a resume) follows the stream: no grace runs meanwhile."""
-        self._readers += 1
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-            self._grace_timer = None
-        if self._producer is None and self.grace_s > 0 and self.log is not None and self.outcome is None:
-            self._producer = asyncio.get_running_loop().create_task(self._produce(), name=f"stream:{self.id}")
+        """A reader (a resume) follows the stream: no grace runs meanwhile."""
+        if self.detachment is not None:
+            self.detachment.attach()
 
     def release(self) -> None:
-        """A reader left: with nobody left, the upstream call goes on for ``grace_s``, then stops."""
-        self._readers -= 1
-        if self._readers > 0 or self.outcome is not None or self._producer is None:
-            return  # without a producer the original client pulls itself: its leaving ends the stream
-        self._arm_grace()
-
-    def _arm_grace(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._grace_timer = loop.call_later(self.grace_s, lambda: _spawn(self._grace_over()))
-
-    async def _grace_over(self) -> None:
-        self._grace_timer = None
-        if self._readers > 0 or self.outcome is not None:
-            return
-        log = self.log
-        try:
-            elsewhere = log is not None and await log.readers_elsewhere()
-        except Exception:  # the shared store is away: nobody can be reading it elsewhere either
-            elsewhere = False
-        if self._readers > 0 or self.outcome is not None:
-            return
-        if elsewhere:
-            self._arm_grace()
-        else:
-            self.close(CLIENT_DISCONNECTED)
-
-    async def _produce(self) -> None:
-        """Pull every event into the log until the last one (the log's append wakes the readers)."""
-        outcome = CLIENT_DISCONNECTED
-        try:
-            while True:
-                event = await self.next_event()
-                if event.chunk is None:
-                    outcome = COMPLETED if event.error is None else event.error.outcome
-                    return
-        except asyncio.CancelledError:
-            pass  # closed (cancel, grace over): close() has run and set the outcome
-        except Exception:
-            outcome = UPSTREAM_ERROR
-        finally:
-            self.close(outcome)
-
-    async def _follow(self, writer: StreamWriter, guard: AbstractContextManager[Any]) -> None:
-        """``pump`` for a detachable stream: write what the log holds, from the first event on."""
-        log = self.log
-        assert log is not None
-        self.attach()
-        seq = 0
-        try:
-            while True:
-                try:
-                    event = log.after(seq)
-                except LookupError:
-                    raise ClientLeft from None  # so far behind that the log dropped its next event
-                if event is None:
-                    with guard:
-                        await log.wait()
-                    continue
-                if self.first_byte_at is None:
-                    self.mark_first_byte()
-                seq = event.seq
-                if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw)
-                    continue
-                await writer.end(event)
-                return
-        except (ClientLeft, asyncio.CancelledError):
-            if self._cancel_requested and self.outcome is None:
-                self.mark_first_byte()
-                writer.cancelled(self)
-                self.close(CANCELLED)
-            raise
-        finally:
-            self.release()
+        if self.detachment is not None:
+            self.detachment.release()
 
     def stop(self, reason: str = "The stream was cancelled.") -> None:
         """DELETE: end at once, in-band; readers get ``stream_cancelled`` and the outcome is ``cancelled``."""
@@ -453,7 +305,7 @@ class ChatStream:
 
     def request_cancel(self) -> None:
         """The client asked to stop: the next interruption of ``pump`` ends the stream as cancelled."""
-        self._cancel_requested = True
+        self.cancel_requested = True
 
     def log_fields(self) -> dict[str, Any]:
         """The stream's part of its request's log line."""
@@ -498,9 +350,8 @@ class ChatStream:
             self._watchdog.cancel()
         if self.trail is not None:
             self.trail.release()
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-            self._grace_timer = None
+        if self.detachment is not None:
+            self.detachment.stop_grace()
         if not self._finished and self.log is not None:
             # The log must end too, or its readers would wait for an event that never comes.
             self._seq += 1
@@ -525,12 +376,6 @@ class ChatStream:
 
 
 _CLOSING: set[asyncio.Task[None]] = set()  # keeps scheduled cleanups alive until they ran
-
-
-def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _CLOSING.add(task)
-    task.add_done_callback(_CLOSING.discard)
 
 
 async def _close_quietly(source: AsyncIterator[Chunk]) -> None:

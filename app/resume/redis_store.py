@@ -37,7 +37,7 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
-from app.chat.stream import StreamEvent
+from app.chat.stream_events import StreamEvent
 from app.errors import ErrorBody, InvalidResumePosition, ReplayedError, ResumeUnavailable, StreamNotFound
 from app.providers.base import Chunk, Usage
 from app.redis_breaker import BackendUnavailable, CircuitBreaker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from app.chat.stream import StreamEvent
+from app.chat.stream_events import StreamEvent
 from app.errors import InvalidResumePosition
 from app.resume.log import StreamLog
 

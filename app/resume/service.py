@@ -73,8 +73,7 @@ class Resumes:
             return
         log = self.local.begin(stream.id, owner)
         log.stream = stream
-        stream.log = log
-        stream.grace_s = self.grace_s
+        stream.detach(log, self.grace_s)
         if self.shared is not None:
             self.shared.begin(log)
 

@@ -11,7 +11,7 @@ from litestar.exceptions import InternalServerException
 
 from app.access.keys import ANONYMOUS, Caller
 from app.chat.service import ChatService
-from app.chat.stream import CLIENT_DISCONNECTED
+from app.chat.stream_events import CLIENT_DISCONNECTED
 from app.errors import UnsupportedMediaType
 from app.openapi import CHAT_RESPONSES, ChatOperation
 from app.protocol.openai import parse_chat_body

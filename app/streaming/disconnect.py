@@ -18,7 +18,7 @@ from types import TracebackType
 
 from litestar.types import Receive
 
-from app.chat.stream import ClientLeft
+from app.chat.stream_events import ClientLeft
 
 
 class ClientGone(ClientLeft):

@@ -23,7 +23,8 @@ import msgspec
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
-from app.chat.stream import ChatStream, ClientLeft, StreamEvent
+from app.chat.stream import ChatStream
+from app.chat.stream_events import ClientLeft, StreamEvent
 from app.errors import GatewayError
 from app.streaming.disconnect import DisconnectWatch
 

@@ -15,7 +15,7 @@ from typing import Any
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
-from app.chat.stream import ClientLeft
+from app.chat.stream_events import ClientLeft
 from app.resume.replay import Replay
 from app.streaming.disconnect import DisconnectWatch
 from app.streaming.sse import HEARTBEAT, RAW_SEND, chunk_frame, end_frame

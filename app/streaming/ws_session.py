@@ -21,7 +21,8 @@ from litestar import WebSocket
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
 from app.chat.service import ChatService
-from app.chat.stream import CANCELLED, CLIENT_DISCONNECTED, ChatStream, ClientLeft, StreamEvent
+from app.chat.stream import ChatStream
+from app.chat.stream_events import CANCELLED, CLIENT_DISCONNECTED, ClientLeft, StreamEvent
 from app.drain import Drain
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
 from app.limits.limiter import Admission
