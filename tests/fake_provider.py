@@ -65,6 +65,8 @@ class Behaviour:
     echo_credentials: bool = False
     # The error body is plain text, not JSON.
     plain_error: bool = False
+    # The finish chunk, the usage chunk and [DONE] go out in one write, as providers often send them.
+    tail_together: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -86,6 +88,7 @@ def builtin_behaviours() -> dict[str, Behaviour]:
         "drop": Behaviour(kind="drop"),
         "hang": Behaviour(kind="hang"),
         "hang_after_headers": Behaviour(kind="hang_after_headers"),
+        "tail_together": Behaviour(tail_together=True),
         "script": Behaviour(content=["<script>", "alert(1)", "</script>", " done"]),
         "tools": Behaviour(tool_calls=True, content=[]),
         "reasoning": Behaviour(reasoning=["Let", " me", " think", "."], content=["The", " answer", "."]),
@@ -417,10 +420,15 @@ class FakeProvider:
             await self._body(record, send, chunk(delta))
         if b.kind == "drop":  # fewer tokens than drop_after: still never finish cleanly
             self._abort(record)
-        await self._body(record, send, chunk({}, "tool_calls" if b.tool_calls else "stop"))
+        tail = [chunk({}, "tool_calls" if b.tool_calls else "stop")]
         if (record.body.get("stream_options") or {}).get("include_usage") is True:
-            await self._body(record, send, _sse({**base, "choices": [], "usage": _usage(b)}))
-        await self._body(record, send, b"data: [DONE]\n\n", more=False)
+            tail.append(_sse({**base, "choices": [], "usage": _usage(b)}))
+        tail.append(b"data: [DONE]\n\n")
+        if b.tail_together:
+            await self._body(record, send, b"".join(tail), more=False)
+            return
+        for i, part in enumerate(tail):
+            await self._body(record, send, part, more=i < len(tail) - 1)
 
     async def _respond_json(self, record: RequestRecord, b: Behaviour, send: Send, n: int) -> None:
         await asyncio.sleep(b.first_delay_s)

@@ -14,7 +14,15 @@ from collections.abc import Coroutine
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from app.chat.stream_events import CANCELLED, CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ClientLeft, StreamWriter
+from app.chat.stream_events import (
+    CANCELLED,
+    CLIENT_DISCONNECTED,
+    COMPLETED,
+    UPSTREAM_ERROR,
+    ClientLeft,
+    StreamLogSink,
+    StreamWriter,
+)
 
 if TYPE_CHECKING:
     from app.chat.stream import ChatStream
@@ -111,7 +119,7 @@ class Detachment:
                     stream.mark_first_byte()
                 seq = event.seq
                 if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw)
+                    await writer.chunk(event.seq, event.chunk.raw, _has_next(log, seq))
                     continue
                 await writer.end(event)
                 return
@@ -123,6 +131,14 @@ class Detachment:
             raise
         finally:
             self.release()
+
+
+def _has_next(log: StreamLogSink, seq: int) -> bool:
+    """Whether the log already holds the event after ``seq`` (events already there go out together)."""
+    try:
+        return log.after(seq) is not None
+    except LookupError:
+        return False  # trimmed: the next read finds out and ends the reader
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> None:

@@ -92,6 +92,7 @@ class ChatStream:
         self._deadline_at = 0.0
         self._ending: GatewayError | None = None  # set when told to end early (deadline, drain)
         self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by start()
         self.metric_attrs: dict[str, Any] = {}
         self.cache_status: str | None = None  # X-Cache: HIT, MISS, BYPASS; None when caching is off
         self.cancel_requested = False
@@ -107,7 +108,9 @@ class ChatStream:
         self.detachment: Detachment | None = None
 
     def start(self) -> ChatStream:
-        loop = asyncio.get_running_loop()
+        # Kept: on Python 3.11 every asyncio.get_running_loop() (and current_task() without a loop)
+        # is a getpid() system call, and the pull below needs the loop twice per chunk.
+        self._loop = loop = asyncio.get_running_loop()
         self.upstream_started_at = time.perf_counter()
         self.last_event_at = loop.time()
         self._deadline_at = loop.time() + self.deadlines.first_chunk_s
@@ -148,8 +151,8 @@ class ChatStream:
             if self._seq:
                 # The idle deadline runs from when the gateway waits for the provider again, so
                 # time spent waiting on a slow client never counts against the provider.
-                self._deadline_at = asyncio.get_running_loop().time() + self.deadlines.idle_s
-            self._puller = asyncio.current_task()
+                self._deadline_at = self._loop.time() + self.deadlines.idle_s
+            self._puller = asyncio.current_task(self._loop)
             try:
                 chunk = await anext(source)
             except StopAsyncIteration:
@@ -240,7 +243,7 @@ class ChatStream:
             event = await first
         else:
             event = await self._pull()
-        self.last_event_at = asyncio.get_running_loop().time()
+        self.last_event_at = self._loop.time()
         if event.chunk is not None:
             self.chunks += 1
         return event
@@ -264,7 +267,7 @@ class ChatStream:
                 if self.first_byte_at is None:
                     self.mark_first_byte()
                 if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw)
+                    await writer.chunk(event.seq, event.chunk.raw, getattr(self._source, "more", False))
                     continue
                 outcome = COMPLETED if event.error is None else event.error.outcome
                 await writer.end(event)

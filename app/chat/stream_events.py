@@ -54,7 +54,10 @@ class ClientLeft(Exception):
 class StreamWriter(Protocol):
     """A transport's framing of a stream's events; ``pump`` calls it, nothing else does."""
 
-    async def chunk(self, seq: int, raw: bytes) -> None: ...
+    async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
+        """A chunk; ``more``: the next event is already here and follows at once, so a writer may
+        hold this one and write both together (``end`` writes whatever is held)."""
+        ...
 
     async def end(self, event: StreamEvent) -> None:
         """The last event: done (``event.is_done``) or an error."""

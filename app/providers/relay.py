@@ -11,7 +11,7 @@ origin, a request written in one piece; see that module for why not aiohttp or h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,7 +200,12 @@ class Relay:
             raise UpstreamUnavailable("The provider's answer was not valid JSON.") from exc
         return Completion(raw=raw, usage=usage)
 
-    async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
+    def stream(self, request: ChatCompletionInput, deployment: str) -> RelayStream:
+        return RelayStream(self, request, deployment)
+
+    async def _events(
+        self, out: RelayStream, request: ChatCompletionInput, deployment: str
+    ) -> AsyncGenerator[Chunk, None]:
         target = self.targets[deployment]
         response = await self._post(target, request_body(target, request, stream=True), request)
         finished = False
@@ -208,14 +213,16 @@ class Relay:
             buffer = b""
             while data := await response.read_some():
                 buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-                while True:
-                    end = buffer.find(b"\n\n")
-                    if end < 0:
-                        break
-                    event, buffer = buffer[:end], buffer[end + 2 :]
-                    payload = _data_of(event)
-                    if payload is None:
-                        continue
+                # Every complete event of this read first: the stream's writer is told which chunk
+                # has another one right behind it (``out.more``), so that they go out in one write.
+                payloads = []
+                while (end := buffer.find(b"\n\n")) >= 0:
+                    payload = _data_of(buffer[:end])
+                    buffer = buffer[end + 2 :]
+                    if payload is not None:
+                        payloads.append(payload)
+                last = len(payloads) - 1
+                for i, payload in enumerate(payloads):
                     if payload == b"[DONE]":
                         finished = True
                         return
@@ -225,7 +232,9 @@ class Relay:
                         raise UpstreamUnavailable("The provider sent an unreadable chunk.") from exc
                     except GatewayError as exc:  # the provider reported an error in the stream
                         raise self._quote.quote(exc) from None
+                    out.more = i < last
                     yield chunk
+                out.more = False
             # The body ended without [DONE]: the provider broke off.
             raise UpstreamUnavailable("The provider's stream broke off before it finished.")
         except (UpstreamConnectionError, OSError) as exc:
@@ -240,6 +249,27 @@ class Relay:
         for pool in self._pools.values():
             await pool.aclose()
         self._pools.clear()
+
+
+class RelayStream:
+    """One relayed stream's chunks. ``more`` is true while the next chunk (or the end) has already
+    arrived with this one: pulling it will not wait, so a writer may hold this one and write both
+    together (chunks that arrive together are written together)."""
+
+    __slots__ = ("_events", "more")
+
+    def __init__(self, relay: Relay, request: ChatCompletionInput, deployment: str) -> None:
+        self.more = False
+        self._events = relay._events(self, request, deployment)
+
+    def __aiter__(self) -> RelayStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        return self._events.__anext__()
+
+    def aclose(self) -> Awaitable[None]:
+        return self._events.aclose()
 
 
 def _data_of(event: bytes) -> bytes | None:

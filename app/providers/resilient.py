@@ -183,6 +183,11 @@ class ResilientStream:
 
     __slots__ = ("_inner", "_inner_next", "_model", "_owner", "_request", "_trail")
 
+    @property
+    def more(self) -> bool:
+        """The chosen upstream's ``more`` (``RelayStream``): its next chunk has already arrived."""
+        return getattr(self._inner, "more", False)
+
     def __init__(self, owner: Resilient, request: ChatCompletionInput, model: str, trail: Trail) -> None:
         self._owner = owner
         self._request = request

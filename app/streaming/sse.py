@@ -93,24 +93,35 @@ class _Heartbeat:
 
 
 class SseWriter:
-    """Frames a stream's events as SSE and writes each with one ``send``."""
+    """Frames a stream's events as SSE and writes them with one ``send`` per group of events that
+    arrived together (each chunk alone when they come one by one, as they mostly do)."""
 
-    __slots__ = ("_heartbeat", "_send", "_sid")
+    __slots__ = ("_heartbeat", "_held", "_send", "_sid")
 
     def __init__(self, stream: ChatStream, send: Send) -> None:
         self._sid = stream.id.encode()
         self._send = send
         self._heartbeat = _Heartbeat(stream, send)
+        self._held = b""  # frames of events that arrived together with the next one, not yet sent
 
-    async def chunk(self, seq: int, raw: bytes) -> None:
+    async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
+        frame = chunk_frame(self._sid, seq, raw)
+        if more:
+            # The next event follows without a wait (no heartbeat can come between): one write for both.
+            self._held += frame
+            return
+        if self._held:
+            frame, self._held = self._held + frame, b""
         heartbeat = self._heartbeat
         heartbeat.writing = True
-        await self._send({"type": "http.response.body", "body": chunk_frame(self._sid, seq, raw), "more_body": True})
+        await self._send({"type": "http.response.body", "body": frame, "more_body": True})
         heartbeat.writing = False
 
     async def end(self, event: StreamEvent) -> None:
         self._heartbeat.stop()
-        await self._send({"type": "http.response.body", "body": end_frame(self._sid, event), "more_body": False})
+        frame = self._held + end_frame(self._sid, event)
+        self._held = b""
+        await self._send({"type": "http.response.body", "body": frame, "more_body": False})
 
     def cancelled(self, stream: ChatStream) -> None:
         return None  # an SSE stream is only cancelled by its client leaving: nothing left to tell

@@ -20,6 +20,9 @@ from app.resume.replay import Replay
 from app.streaming.disconnect import DisconnectWatch
 from app.streaming.sse import HEARTBEAT, RAW_SEND, chunk_frame, end_frame
 
+#: Replayed frames are written in pieces of about this size: few writes, and a bounded buffer.
+HELD_MAX = 64 * 1024
+
 
 class _ReplayASGI:
     __slots__ = ("_done", "_headers", "_heartbeat_s", "_replay", "_watch")
@@ -45,9 +48,13 @@ class _ReplayASGI:
             await send(start)
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
             sid = replay.stream_id.encode()
+            held = b""  # what the log already holds goes out together, in writes of up to HELD_MAX
             while True:
                 event = replay.take()
                 if event is None:
+                    if held:
+                        await raw({"type": "http.response.body", "body": held, "more_body": True})
+                        held = b""
                     try:
                         with watch.guard():
                             async with asyncio.timeout(self._heartbeat_s):
@@ -56,10 +63,12 @@ class _ReplayASGI:
                         await raw({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
                     continue
                 if event.chunk is not None:
-                    frame = chunk_frame(sid, event.seq, event.chunk.raw)
-                    await raw({"type": "http.response.body", "body": frame, "more_body": True})
+                    held += chunk_frame(sid, event.seq, event.chunk.raw)
+                    if len(held) >= HELD_MAX:
+                        await raw({"type": "http.response.body", "body": held, "more_body": True})
+                        held = b""
                     continue
-                await raw({"type": "http.response.body", "body": end_frame(sid, event), "more_body": False})
+                await raw({"type": "http.response.body", "body": held + end_frame(sid, event), "more_body": False})
                 return
         except ClientLeft:
             return

@@ -76,7 +76,8 @@ class _RequestWriter:
         self._encoded_id = encode_id(frame_id)
         self._sid = stream_id.encode()
 
-    async def chunk(self, seq: int, raw: bytes) -> None:
+    async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
+        # Every frame is its own WebSocket message: queued at once (the socket's writer task sends them).
         self._session._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
 
     async def end(self, event: StreamEvent) -> None:
@@ -273,7 +274,7 @@ class ChatSocketSession:
                     await replay.wait()
                     continue
                 if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw)
+                    await writer.chunk(event.seq, event.chunk.raw, False)
                     continue
                 await writer.end(event)
                 return
