@@ -18,6 +18,7 @@ requests pay for lazy imports and new upstream connections).
 
 The client is a raw ``asyncio.Protocol`` (HTTP/1.1 keep-alive, chunked bodies, incremental SSE
 parsing, a minimal RFC 6455 client) on uvloop: no per-event coroutine, no per-event JSON decode.
+An ``https://`` URL is read over TLS (HTTP/1.1 by ALPN), trusting ``SSL_CERT_FILE``.
 A chunk counts as a *content chunk* when its JSON has a non-empty ``"content"`` string.
 
 Measured per request: TTFB (request written -> first content chunk; for JSON, -> response
@@ -44,6 +45,7 @@ import math
 import os
 import re
 import resource
+import ssl
 import sys
 import time
 from array import array
@@ -683,9 +685,22 @@ def _target(url: str, path: str) -> tuple[str, int, str]:
     host = parts.hostname or "127.0.0.1"
     if host not in LOOPBACK:
         raise ValueError(f"loopback only: {host!r}")
-    port = parts.port or 80
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     full = (parts.path or "").rstrip("/") + path
     return host, port, full
+
+
+def client_ssl(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
+    """TLS for an ``https://`` URL, offering HTTP/1.1 only by ALPN (this client does not speak h2).
+
+    The default context trusts ``SSL_CERT_FILE`` (OpenSSL reads it), as the gateway does: give it the
+    fake upstream's throwaway CA (``loadtests.upstream --tls --ca-file``), or pass ``ca_file``.
+    """
+    if urlsplit(url).scheme != "https":
+        return None
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
 
 def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
@@ -717,6 +732,7 @@ class LoadRun:
             raise ValueError(f"mode must be one of {MODES}")
         self.cfg = cfg
         self.host, self.port, self.path = _target(cfg.url, cfg.path)
+        self.ssl = client_ssl(cfg.url)
         self.stats = Stats()
         self.remaining = cfg.requests
         self.deadline = 0.0
@@ -741,7 +757,13 @@ class LoadRun:
             t0 = time.perf_counter()
             try:
                 _, client = await asyncio.wait_for(
-                    loop.create_connection(lambda: Client(self.stats, mode, idle), self.host, self.port),
+                    loop.create_connection(
+                        lambda: Client(self.stats, mode, idle),
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl else None,
+                    ),
                     min(cfg.timeout, 15.0),
                 )
             except (OSError, TimeoutError) as exc:
@@ -961,7 +983,7 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
 # idle streams
 
 
-async def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+async def http_get(url: str, timeout: float = 5.0, ca_file: str | None = None) -> tuple[int, bytes]:
     """A bounded one-shot GET (``Connection: close``); returns (status, body). Loopback only."""
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
@@ -970,7 +992,9 @@ async def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     async def go() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(host, parts.port or 80)
+        tls = client_ssl(url, ca_file)
+        port = parts.port or (443 if tls else 80)
+        reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             raw = await reader.read(-1)

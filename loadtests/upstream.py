@@ -38,8 +38,12 @@ Behaviour is chosen by the requested model name:
 
 Other routes: ``GET /v1/models`` (and ``/models``), ``GET /health``, ``GET /stats``
 (``active_streams``: chat calls in progress, streaming or not; ``peak_streams``: the most at once
-since the last ``/stats?reset=1``; totals) so a runner can see how many upstream calls the gateway
-really holds open.
+since the last ``/stats?reset=1``; totals; ``tls_connections``, ``h2_connections``, ``h2_requests``)
+so a runner can see how many upstream calls the gateway really holds open, and over what.
+
+``--tls --ca-file PATH``: TLS with a throwaway CA (``trustme``) whose PEM goes to PATH (give it to
+the gateway as ``SSL_CERT_FILE``), and HTTP/2 when the client picks ``h2`` by ALPN (``--alpn``;
+``upstream_h2.py``), HTTP/1.1 otherwise: the same routes, payloads and timers either way.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import ssl
 
 _OVERRIDE = re.compile(r"-([fgn])(\d+)")
 _MAX_CACHED_MODELS = 256
@@ -62,6 +69,7 @@ _CREATED = int(time.time())
 _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
@@ -93,25 +101,45 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _response(status: int, reason: str, body: bytes, content_type: bytes = b"application/json") -> bytes:
+def _response(status: int, reason: str | bytes, body: bytes, content_type: bytes = b"application/json") -> bytes:
     return b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b" % (
         status,
-        reason.encode(),
+        reason.encode() if isinstance(reason, str) else reason,
         content_type,
         len(body),
         body,
     )
 
 
+def _error_body(message: str, code: str | None = None) -> bytes:
+    return _json({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+
+
 def _error(status: int, reason: str, message: str, code: str | None = None) -> bytes:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    return _response(status, reason, _json(body))
+    return _response(status, reason, _error_body(message, code))
+
+
+#: A plain answer, whatever the protocol: (status, reason, JSON body).
+Answer = tuple[int, bytes, bytes]
 
 
 class Payload:
     """Everything one model name sends, encoded once."""
 
-    __slots__ = ("chunks", "first_s", "gap_s", "json_response", "model", "sse_frames", "tail", "tail_usage")
+    __slots__ = (
+        "chunks",
+        "first_s",
+        "gap_s",
+        "json_body",
+        "json_response",
+        "model",
+        "sse_events",
+        "sse_frames",
+        "tail",
+        "tail_events",
+        "tail_usage",
+        "tail_usage_events",
+    )
 
     def __init__(self, model: str, first_ms: float, gap_ms: float, chunks: int) -> None:
         self.model = model
@@ -122,19 +150,23 @@ class Payload:
         words = [f" w{i}" for i in range(chunks)]
 
         def sse(obj: Any) -> bytes:
-            return _http_chunk(b"data: " + _json(obj) + b"\n\n")
+            return b"data: " + _json(obj) + b"\n\n"
 
-        frames = []
+        # The SSE events as they are (HTTP/2 DATA frames carry them) and in HTTP/1.1 chunks.
+        events = []
         for i, word in enumerate(words):
             delta: dict[str, Any] = {"role": "assistant", "content": word} if i == 0 else {"content": word}
-            frames.append(sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
-        self.sse_frames = frames
+            events.append(sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+        self.sse_events = events
+        self.sse_frames = [_http_chunk(e) for e in events]
         finish = sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         usage = {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}
-        usage_frame = sse({**base, "choices": [], "usage": usage})
-        done = _http_chunk(b"data: [DONE]\n\n") + CHUNKED_END
-        self.tail = finish + done
-        self.tail_usage = finish + usage_frame + done
+        usage_event = sse({**base, "choices": [], "usage": usage})
+        done = b"data: [DONE]\n\n"
+        self.tail_events = finish + done
+        self.tail_usage_events = finish + usage_event + done
+        self.tail = _http_chunk(finish) + _http_chunk(done) + CHUNKED_END
+        self.tail_usage = _http_chunk(finish) + _http_chunk(usage_event) + _http_chunk(done) + CHUNKED_END
         body = {
             "id": f"chatcmpl-lt-{model}",
             "object": "chat.completion",
@@ -145,7 +177,8 @@ class Payload:
             ],
             "usage": usage,
         }
-        self.json_response = _response(200, "OK", _json(body))
+        self.json_body = _json(body)
+        self.json_response = _response(200, "OK", self.json_body)
 
     @property
     def total_s(self) -> float:
@@ -178,6 +211,12 @@ class PhaseSequence:
 TIMERS = ("stream", "wheel")
 
 
+class Ticking(Protocol):
+    """A call in progress (an HTTP/1.1 connection's, an HTTP/2 stream's): its timer calls ``tick``."""
+
+    def tick(self) -> None: ...
+
+
 class Upstream:
     """Shared state: payload cache, the timers (per stream or the 1 ms wheel), counters."""
 
@@ -194,7 +233,7 @@ class Upstream:
         self.chunks = chunks
         self.slow_first_ms = slow_first_ms
         self._payloads: dict[str, Payload] = {}
-        self._buckets: dict[int, list[Conn]] = {}
+        self._buckets: dict[int, list[Ticking]] = {}
         self.active = 0
         self.peak = 0
         self.requests = 0
@@ -203,6 +242,9 @@ class Upstream:
         self.cancelled = 0
         self.connections = 0
         self.open_connections = 0
+        self.tls_connections = 0
+        self.h2_connections = 0
+        self.h2_requests = 0
 
     def payload(self, model: str) -> Payload:
         p = self._payloads.get(model)
@@ -223,7 +265,7 @@ class Upstream:
             self._payloads[model] = p
         return p
 
-    def schedule(self, conn: Conn, when: float) -> None:
+    def schedule(self, conn: Ticking, when: float) -> None:
         if self.timers == "stream":
             self.loop.call_at(when, conn.tick)  # one timer per stream, as a real provider connection has
             return
@@ -244,6 +286,51 @@ class Upstream:
         if self.active > self.peak:
             self.peak = self.active
 
+    def call_ended(self, completed: bool) -> None:
+        """A chat call is over: all sent (completed), or its client went away (cancelled)."""
+        self.active -= 1
+        if completed:
+            self.completed += 1
+        else:
+            self.cancelled += 1
+
+    def chat_request(self, body: bytes) -> tuple[Payload, bool, bool] | str:
+        """(payload, stream, include_usage) of a chat call, or why it is refused (a 400)."""
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("body must be a JSON object")
+        except ValueError as exc:
+            return f"Invalid JSON body: {exc}"
+        stream = req.get("stream") is True
+        opts = req.get("stream_options")
+        usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+        return self.payload(str(req.get("model", ""))), stream, usage
+
+    def begin(self, payload: Payload, stream: bool) -> float:
+        """Count a chat call that starts now; return when its first tick is due."""
+        self.stream_started()
+        now = self.loop.time()
+        if not stream:
+            return now + payload.total_s
+        self.streams += 1
+        due = now + payload.first_s
+        if self.timers == "stream":
+            due += self.phases.take() * payload.gap_s  # this stream's own phase
+        return due
+
+    def answer(self, method: str, path: str, query: str) -> Answer:
+        """Every route but the chat call's, the same over HTTP/1.1 and HTTP/2."""
+        if method == "GET" and path in ("/v1/models", "/models"):
+            names = ["fast", "full", "slow"]
+            data = [{"id": n, "object": "model", "created": _CREATED, "owned_by": "loadtest"} for n in names]
+            return 200, b"OK", _json({"object": "list", "data": data})
+        if method == "GET" and path == "/health":
+            return 200, b"OK", b'{"status":"ok"}'
+        if method == "GET" and path == "/stats":
+            return 200, b"OK", self.stats(reset="reset=1" in query)
+        return 404, b"Not Found", _error_body(f"Unknown route {method} {path}", "unknown_url")
+
     def stats(self, reset: bool) -> bytes:
         body = _json(
             {
@@ -255,13 +342,16 @@ class Upstream:
                 "cancelled": self.cancelled,
                 "connections": self.connections,
                 "open_connections": self.open_connections,
+                "tls_connections": self.tls_connections,
+                "h2_connections": self.h2_connections,
+                "h2_requests": self.h2_requests,
                 "timers": self.timers,
             }
         )
         if reset:
             self.peak = self.active
             self.phases.reset()  # every cell sees the same set of phases
-        return _response(200, "OK", body)
+        return body
 
 
 class Conn(asyncio.Protocol):
@@ -306,8 +396,7 @@ class Conn(asyncio.Protocol):
         self.up.open_connections -= 1
         if self.busy and self.payload is not None:
             self.busy = False
-            self.up.active -= 1
-            self.up.cancelled += 1
+            self.up.call_ended(completed=False)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -366,50 +455,27 @@ class Conn(asyncio.Protocol):
         up.requests += 1
         path, _, query = target.partition("?")
         path = path.rstrip("/")
-        if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
+        if method == "POST" and path in CHAT_PATHS:
             self._chat(body)
-        elif method == "GET" and path in ("/v1/models", "/models"):
-            names = ["fast", "full", "slow"]
-            data = [{"id": n, "object": "model", "created": _CREATED, "owned_by": "loadtest"} for n in names]
-            self._finish_write(_response(200, "OK", _json({"object": "list", "data": data})))
-        elif method == "GET" and path == "/health":
-            self._finish_write(_response(200, "OK", b'{"status":"ok"}'))
-        elif method == "GET" and path == "/stats":
-            self._finish_write(up.stats(reset="reset=1" in query))
         else:
-            self._finish_write(_error(404, "Not Found", f"Unknown route {method} {path}", "unknown_url"))
+            status, reason, answer = up.answer(method, path, query)
+            self._finish_write(_response(status, reason, answer))
 
     def _chat(self, body: bytes) -> None:
-        try:
-            req = json.loads(body or b"{}")
-            if not isinstance(req, dict):
-                raise ValueError("body must be a JSON object")
-        except ValueError as exc:
-            self._finish_write(_error(400, "Bad Request", f"Invalid JSON body: {exc}"))
-            return
         up = self.up
-        payload = up.payload(str(req.get("model", "")))
+        call = up.chat_request(body)
+        if isinstance(call, str):
+            self._finish_write(_error(400, "Bad Request", call))
+            return
+        payload, self.stream, self.usage = call
         self.payload = payload
         self.busy = True
-        now = up.loop.time()
-        if req.get("stream") is True:
-            opts = req.get("stream_options")
-            self.usage = isinstance(opts, dict) and opts.get("include_usage") is True
-            self.stream = True
-            self.index = 0
-            up.streams += 1
-            up.stream_started()
+        self.index = 0
+        if self.stream:
             assert self.transport is not None
             self.transport.write(SSE_HEAD)
-            self.due = now + payload.first_s
-            if up.timers == "stream":
-                self.due += up.phases.take() * payload.gap_s  # this stream's own phase
-            up.schedule(self, self.due)
-        else:
-            self.stream = False
-            up.stream_started()
-            self.due = now + payload.total_s
-            up.schedule(self, self.due)
+        self.due = up.begin(payload, self.stream)
+        up.schedule(self, self.due)
 
     def tick(self) -> None:
         if self.closed or not self.busy or self.payload is None:
@@ -419,8 +485,7 @@ class Conn(asyncio.Protocol):
         assert transport is not None
         if not self.stream:
             self.busy = False
-            self.up.active -= 1
-            self.up.completed += 1
+            self.up.call_ended(completed=True)
             self._finish_write(p.json_response)
             if self.buf and not self.closed:
                 self._next_request()
@@ -432,8 +497,7 @@ class Conn(asyncio.Protocol):
         if i >= len(p.sse_frames):
             transport.write(frame + (p.tail_usage if self.usage else p.tail))
             self.busy = False
-            self.up.active -= 1
-            self.up.completed += 1
+            self.up.call_ended(completed=True)
             if self.close_after:
                 transport.close()
                 return
@@ -452,13 +516,33 @@ class Conn(asyncio.Protocol):
             self.transport.close()
 
 
+def tls_context(ca_file: str, alpn: list[str]) -> ssl.SSLContext:
+    """A server context with a certificate for loopback from a throwaway CA, whose PEM goes to ``ca_file``."""
+    import ssl
+
+    import trustme  # a dev dependency: only the TLS mode needs it
+
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost", "::1").configure_cert(ctx)
+    ctx.set_alpn_protocols(alpn)
+    ca.cert_pem.write_to_path(ca_file)
+    return ctx
+
+
 async def serve(host: str, port: int, args: argparse.Namespace) -> None:
     up = Upstream(args.first_ms, args.gap_ms, args.chunks, args.slow_first_ms, args.timers)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = await loop.create_server(lambda: Conn(up), sock=sock, backlog=args.backlog)
+    if args.tls:
+        from loadtests.upstream_h2 import AlpnSwitch
+
+        ctx = tls_context(args.ca_file, args.alpn.split(","))
+        server = await loop.create_server(lambda: AlpnSwitch(up), sock=sock, backlog=args.backlog, ssl=ctx)
+    else:
+        server = await loop.create_server(lambda: Conn(up), sock=sock, backlog=args.backlog)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -490,9 +574,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--backlog", type=int, default=8192)
     parser.add_argument("--max-seconds", type=float, default=0.0, help="exit by itself after this long (0 = never)")
+    parser.add_argument("--tls", action="store_true", help="TLS with a throwaway CA; HTTP/2 when ALPN picks h2")
+    parser.add_argument("--ca-file", help="with --tls: where to write the CA's PEM (the client's SSL_CERT_FILE)")
+    parser.add_argument(
+        "--alpn", default="h2,http/1.1", help="with --tls: the protocols offered, e.g. http/1.1 for TLS without h2"
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("loopback only")
+    if args.tls and not args.ca_file:
+        parser.error("--tls needs --ca-file: the client must trust the throwaway CA")
     raise_nofile_limit()
     import uvloop
 
@@ -502,4 +593,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    # The importable module's main, not this __main__ copy's: upstream_h2 imports loadtests.upstream,
+    # and both protocols must count in the same Upstream class's instance.
+    from loadtests.upstream import main as _main
+
+    sys.exit(_main())
