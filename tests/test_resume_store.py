@@ -65,6 +65,28 @@ def test_over_budget_the_oldest_ended_logs_go_first() -> None:
     assert store.bytes == sum(log.size for log in store._logs.values())
 
 
+def test_a_full_store_under_steady_load_drops_just_enough_of_the_oldest_ended_logs() -> None:
+    # The steady state of a busy gateway: the store is at its budget and every append of a new
+    # stream makes room. Only ended logs from the front go, as many as the new events need; a
+    # live log there is kept (and looked at again after the others).
+    per_log = 3 * (EVENT_OVERHEAD + 100) + EVENT_OVERHEAD
+    store = MemoryResumeStore(ttl_s=600, max_events=100, budget_bytes=2000 * per_log + 10)
+    early_live = store.begin("early-live", "o")
+    early_live.append(chunk(1))
+    for i in range(2000):
+        fill(store.begin(f"ended-{i}", "o"), 3)
+    assert store.bytes <= store.budget and len(store) < 2001  # some of the oldest made room already
+    dropped_before = 2001 - len(store)
+    new = store.begin("new", "o")
+    for seq in range(1, 31):
+        new.append(chunk(seq))
+    dropped = 2001 + 1 - len(store) - dropped_before
+    needed = 30 * (EVENT_OVERHEAD + 100)  # less the room the store had left, which is under one log
+    assert needed - per_log <= dropped * per_log < needed + per_log
+    assert store.get("early-live") is early_live and store.get("new") is new
+    assert store.bytes == sum(log.size for log in store._logs.values()) <= store.budget
+
+
 def test_over_budget_with_only_live_logs_the_growing_one_drops_its_oldest_events() -> None:
     store = MemoryResumeStore(ttl_s=60, max_events=1000, budget_bytes=20 * (EVENT_OVERHEAD + 1000))
     log = store.begin("big", "o")

@@ -63,15 +63,28 @@ class MemoryResumeStore:
 
     def _grew(self, log: StreamLog, delta: int) -> None:
         self.bytes += delta
-        if self.bytes <= self.budget:
-            return
-        for stream_id, other in list(self._logs.items()):
+        if self.bytes > self.budget:
+            self._evict(log)
+
+    def _evict(self, growing: StreamLog) -> None:
+        """Oldest ended logs first, until the total is under budget; then the growing log's own oldest.
+
+        Called on an append (per chunk) once the store is full, which under steady load is every
+        append: so it looks only at the front of the store, one log at a time. Ended logs there are
+        dropped; live ones are moved to the back (looked at again after the others), at most one
+        pass over the store before giving up on the others.
+        """
+        logs = self._logs
+        for _ in range(len(logs)):
             if self.bytes <= self.budget:
                 return
-            if other.ended and other is not log:
+            stream_id, other = next(iter(logs.items()))
+            if other.ended and other is not growing:
                 self._drop(stream_id)
+            else:
+                logs.move_to_end(stream_id)
         if self.bytes > self.budget:
-            self.bytes -= log.trim(log.held // 2)
+            self.bytes -= growing.trim(growing.held // 2)
 
     def close(self) -> None:
         for stream_id in list(self._logs):
