@@ -248,6 +248,8 @@ def build_plan(args: argparse.Namespace) -> list[Cell]:
         for c in concs:
             if not args.no_direct:
                 cells.append(cell("direct", "sse", "fast", c, timers))
+            if args.bare and timers == headline:
+                cells.append(cell("bare", "sse", "fast", c, timers))
             for mode in modes:
                 for dep in args.deployments:
                     cells.append(cell("gateway", mode, dep, c, timers))
@@ -302,6 +304,8 @@ class Matrix:
         self.ca_file: str | None = str(self.tmp / "upstream-ca.pem") if args.h2 else None
         self.failing: asyncio.subprocess.Process | None = None  # --resilience: the provider failing at once
         self.failing_port = 0
+        self.bare: asyncio.subprocess.Process | None = None  # --bare: the bare uvloop relay
+        self.bare_url = ""
         self.gateway: asyncio.subprocess.Process | None = None
         self.gateway_port = 0
         self.startup_s: float | None = None
@@ -376,6 +380,20 @@ class Matrix:
             raise RuntimeError(f"upstream failed: {line!r}\n{tail(self.tmp / name)}")
         self.upstream_ports[key] = int(line.split()[1])
         print(f"upstream ({key}): pid {proc.pid}, port {self.upstream_ports[key]}", flush=True)
+
+    async def start_bare(self) -> None:
+        """``--bare``: the floor, a bare uvloop TCP relay (``loadtests.bare_relay``) to the headline upstream."""
+        name = "bare-relay.log"
+        argv = [PY, "-m", "loadtests.bare_relay", "--upstream-port", str(self.upstream_ports[self.headline])]
+        proc = self.bare = await self.children.spawn(
+            argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=self._log(name), stdin=asyncio.subprocess.DEVNULL
+        )
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        if not line.startswith(b"READY "):
+            raise RuntimeError(f"the bare relay failed: {line!r}\n{tail(self.tmp / name)}")
+        self.bare_url = f"http://127.0.0.1:{int(line.split()[1])}"
+        print(f"bare relay: pid {proc.pid}, {self.bare_url}", flush=True)
 
     async def start_failing(self) -> None:
         """The provider of ``resilience_bench`` that answers 500 at once, for the ``retry`` group."""
@@ -524,6 +542,8 @@ class Matrix:
             argv += ["--upstream-pid", str(upstream.pid)]
         if url == self.gateway_url and self.gateway is not None:
             argv += ["--pid", str(self.gateway.pid)]
+        elif url == self.bare_url and self.bare is not None:
+            argv += ["--pid", str(self.bare.pid)]
         return argv
 
     def ramp_s(self) -> float:
@@ -533,7 +553,7 @@ class Matrix:
         return (a.first_ms + (a.chunks - 1) * a.gap_ms) / 1000  # users start over one stream's length
 
     async def run_cell(self, cell: Cell) -> None:
-        url = self.upstream_url_for(cell.up_key) if cell.target == "direct" else self.gateway_url
+        url = {"direct": self.upstream_url_for(cell.up_key), "bare": self.bare_url}.get(cell.target, self.gateway_url)
         argv = self._common(url, cell.mode, cell.model, cell.up_key)
         argv += ["--concurrency", str(cell.concurrency), "--requests", str(cell.requests)]
         argv += ["--duration", str(cell.duration), "--timeout", str(cell.timeout), "--label", cell.name]
@@ -609,6 +629,8 @@ class Matrix:
             await self.start_upstream(key)
         if a.resilience:
             await self.start_failing()
+        if a.bare:
+            await self.start_bare()
         await self.start_gateway()
         if not a.no_warmup:
             await self.warmup()
@@ -706,7 +728,7 @@ def _pct(x: float | None) -> str:
 def _cell_rows(c: Cell, s: dict[str, Any], direct: dict[tuple[str, str, int], dict[str, Any]]) -> tuple[str, str]:
     """The latency row and the throughput/resources row of one cell (after the key columns)."""
     is_json = c.mode == "json"
-    base = direct.get((c.up_key, "json" if is_json else "sse", c.concurrency)) if c.target == "gateway" else None
+    base = direct.get((c.up_key, "json" if is_json else "sse", c.concurrency)) if c.target != "direct" else None
     ratio = "-"
     if base:
         metric = "req_per_s" if is_json else "chunks_per_s"
@@ -1161,6 +1183,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="no unmeasured warm-up round before each cell (plain loadgen runs have one by default)",
     )
     p.add_argument("--no-direct", action="store_true", help="skip the direct-to-upstream baseline")
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="also SSE cells through a bare uvloop TCP relay (loadtests.bare_relay): the floor for a Python relay",
+    )
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument("--gateway-env", action="append", default=[], help="KEY=VALUE for the gateway (repeatable)")
     p.add_argument("--startup-timeout", type=float, default=120.0)

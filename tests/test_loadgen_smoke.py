@@ -8,6 +8,7 @@ bounded; the whole file takes a few seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -40,14 +41,17 @@ class Upstream:
 
 def _start_upstream(*extra: str) -> Iterator[Upstream]:
     argv = [sys.executable, "-m", "loadtests.upstream", "--port", "0", "--chunks", str(CHUNKS), "--max-seconds", "60"]
-    argv += extra
+    yield from _start([*argv, *extra])
+
+
+def _start(argv: list[str]) -> Iterator[Upstream]:
     proc = subprocess.Popen(
         argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True
     )
     try:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 10.0)
-        assert ready, "the upstream did not print READY within 10 s"
+        assert ready, f"{argv[2]} did not print READY within 10 s"
         line = proc.stdout.readline()
         assert line.startswith(b"READY "), line
         yield Upstream(proc, int(line.split()[1]))
@@ -123,6 +127,39 @@ async def test_sse_against_the_wheel_variant_with_an_unmeasured_warm_up(wheel_up
     # Without a phase the first chunk comes 50 ms after the request (the wheel rounds up to 1 ms).
     assert 45 <= s["ttfb_ms"]["p50"] < 60
     assert s["host"] is not None and s["host"]["others_cores"] >= 0
+
+
+async def test_sse_through_the_bare_relay(upstream: Upstream) -> None:
+    # The floor the gateway's CPU is compared with: the same bytes copied between sockets.
+    argv = [sys.executable, "-m", "loadtests.bare_relay", "--port", "0", "--upstream-port", str(upstream.port)]
+    with contextlib.contextmanager(_start)(argv) as relay:
+        cfg = LoadConfig(
+            url=relay.url, mode="sse", concurrency=4, requests=8, duration=10, timeout=5, pid=relay.proc.pid
+        )
+        s = await asyncio.wait_for(run_load(cfg), 20)
+        assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
+        assert (s["ok"], s["chunks"]) == (8, 8 * CHUNKS)
+        assert s["server"]["cpu_s"] is not None
+
+
+def test_the_matrix_plans_a_bare_relay_cell_next_to_each_headline_direct_cell() -> None:
+    from loadtests import run_matrix
+
+    base = ["--concurrency", "32,256", "--modes", "sse", "--deployments", "fast", "--idle", "0"]
+    base += ["--timers", "stream,wheel", "--variant-concurrency", "32"]
+    assert not [c for c in run_matrix.build_plan(run_matrix.parse_args(base)) if c.target == "bare"]
+    plan = run_matrix.build_plan(run_matrix.parse_args([*base, "--bare"]))
+    shape = [(c.target, c.concurrency, c.timers) for c in plan if c.mode == "sse"]
+    assert shape == [
+        ("direct", 32, "stream"),
+        ("bare", 32, "stream"),
+        ("gateway", 32, "stream"),
+        ("direct", 256, "stream"),
+        ("bare", 256, "stream"),
+        ("gateway", 256, "stream"),
+        ("direct", 32, "wheel"),  # the floor is measured once, on the headline timers
+        ("gateway", 32, "wheel"),
+    ]
 
 
 def test_stream_phases_are_spread_evenly_and_repeat_after_a_reset() -> None:
