@@ -67,6 +67,8 @@ class Behaviour:
     plain_error: bool = False
     # The finish chunk, the usage chunk and [DONE] go out in one write, as providers often send them.
     tail_together: bool = False
+    # With tail_together: [DONE] only this long after the finish and usage chunks (0: with them).
+    done_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -89,6 +91,7 @@ def builtin_behaviours() -> dict[str, Behaviour]:
         "hang": Behaviour(kind="hang"),
         "hang_after_headers": Behaviour(kind="hang_after_headers"),
         "tail_together": Behaviour(tail_together=True),
+        "late_done": Behaviour(tail_together=True, done_delay_s=0.5),
         "script": Behaviour(content=["<script>", "alert(1)", "</script>", " done"]),
         "tools": Behaviour(tool_calls=True, content=[]),
         "reasoning": Behaviour(reasoning=["Let", " me", " think", "."], content=["The", " answer", "."]),
@@ -424,6 +427,11 @@ class FakeProvider:
         if (record.body.get("stream_options") or {}).get("include_usage") is True:
             tail.append(_sse({**base, "choices": [], "usage": _usage(b)}))
         tail.append(b"data: [DONE]\n\n")
+        if b.tail_together and b.done_delay_s:
+            await self._body(record, send, b"".join(tail[:-1]))
+            await asyncio.sleep(b.done_delay_s)
+            await self._body(record, send, tail[-1], more=False)
+            return
         if b.tail_together:
             await self._body(record, send, b"".join(tail), more=False)
             return

@@ -266,6 +266,18 @@ async def test_events_that_arrive_together_are_written_together(
     assert len(pieces) <= len(events) - 2
 
 
+async def test_a_chunk_is_not_held_for_a_usage_chunk_the_client_does_not_get(
+    client: httpx.AsyncClient, fake: FakeProvider
+) -> None:
+    # Finish and usage chunks arrive together, [DONE] 0.5 s later. A client that did not ask for
+    # usage never sees the usage chunk, so the finish chunk must not wait for what follows it.
+    result = await stream_chat(client, chat_body("late_done", stream=True))
+    events = result.data_events
+    finish = next(e for e in events if e.data != "[DONE]" and e.json()["choices"][0].get("finish_reason"))
+    assert events[-1].data == "[DONE]" and all(e.json()["choices"] for e in events[:-1])  # no usage-only chunk
+    assert events[-1].at - finish.at >= 0.3, (finish.at, events[-1].at)
+
+
 async def test_json_whole_call_deadline(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     response = await client.post("/v1/chat/completions", json=chat_body("hang"))
     assert response.status_code == 504

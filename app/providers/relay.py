@@ -213,27 +213,22 @@ class Relay:
             buffer = b""
             while data := await response.read_some():
                 buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-                # Every complete event of this read first: the stream's writer is told which chunk
-                # has another one right behind it (``out.more``), so that they go out in one write.
-                payloads = []
+                # Every complete event of this read first, so that the stream's writer can be told
+                # which chunk has another one right behind it (``out.more``): those go out together.
+                items: list[Chunk | GatewayError | None] = []  # None: [DONE]
                 while (end := buffer.find(b"\n\n")) >= 0:
                     payload = _data_of(buffer[:end])
                     buffer = buffer[end + 2 :]
                     if payload is not None:
-                        payloads.append(payload)
-                last = len(payloads) - 1
-                for i, payload in enumerate(payloads):
-                    if payload == b"[DONE]":
+                        items.append(self._item(payload))
+                for item, more in zip(items, _followed(items), strict=True):
+                    if item is None:
                         finished = True
                         return
-                    try:
-                        chunk = read_chunk(payload)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        raise UpstreamUnavailable("The provider sent an unreadable chunk.") from exc
-                    except GatewayError as exc:  # the provider reported an error in the stream
-                        raise self._quote.quote(exc) from None
-                    out.more = i < last
-                    yield chunk
+                    if isinstance(item, GatewayError):
+                        raise item
+                    out.more = more
+                    yield item
                 out.more = False
             # The body ended without [DONE]: the provider broke off.
             raise UpstreamUnavailable("The provider's stream broke off before it finished.")
@@ -244,6 +239,19 @@ class Relay:
                 response.release()  # back to the pool when the body has ended, else closed
             else:
                 response.close()  # closes the socket at once: the provider sees the client leave
+
+    def _item(self, payload: bytes) -> Chunk | GatewayError | None:
+        """One event's data: a chunk, the error it stands for, or None for ``[DONE]``."""
+        if payload == b"[DONE]":
+            return None
+        try:
+            return read_chunk(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            error = UpstreamUnavailable("The provider sent an unreadable chunk.")
+            error.__cause__ = exc
+            return error
+        except GatewayError as exc:  # the provider reported an error in the stream
+            return self._quote.quote(exc)
 
     async def aclose(self) -> None:
         for pool in self._pools.values():
@@ -270,6 +278,20 @@ class RelayStream:
 
     def aclose(self) -> Awaitable[None]:
         return self._events.aclose()
+
+
+def _followed(items: list[Chunk | GatewayError | None]) -> list[bool]:
+    """For each item, whether one that is surely handed on comes after it in the same read.
+
+    A usage-only chunk does not count: the stream drops it for a client that did not ask for usage,
+    and a chunk held for it would then wait for the provider's next read.
+    """
+    followed, firm = [False] * len(items), False
+    for i in range(len(items) - 1, -1, -1):
+        followed[i] = firm
+        item = items[i]
+        firm = firm or not (isinstance(item, Chunk) and item.usage_only)
+    return followed
 
 
 def _data_of(event: bytes) -> bytes | None:
