@@ -1,6 +1,6 @@
 """docs/ is kept in step with the code: every configuration key and every metric, both ways.
 
-The keys are read from app/settings.py's msgspec Structs and the metrics from a live /metrics, so a
+The keys are read from app/settings_schema.py's msgspec Structs and the metrics from a live /metrics, so a
 key or metric added later fails here until it is documented (and a documented one that is removed
 fails too). Defaults and label names are compared, not just names. Links between the docs, and from
 the README, must resolve inside the repository.

@@ -22,7 +22,7 @@ from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
 from app.chat.service import ChatService
 from app.chat.stream import ChatStream
-from app.chat.stream_events import CANCELLED, CLIENT_DISCONNECTED, ClientLeft, StreamEvent
+from app.chat.stream_events import CANCELLED, CLIENT_DISCONNECTED
 from app.drain import Drain
 from app.errors import GatewayError, InvalidRequest, RateLimited, public_error
 from app.limits.limiter import Admission
@@ -31,16 +31,15 @@ from app.protocol.frames import (
     CreateFrame,
     FrameError,
     ResumeFrame,
-    chunk_frame,
     decode_client_frame,
     done_frame,
-    encode_id,
     error_frame,
 )
 from app.protocol.openai import ChatCompletionInput, validate_chat_body
 from app.resume.replay import Replay
 from app.resume.service import Resumes
 from app.settings import Settings
+from app.streaming.ws_writer import RequestWriter, SlowConsumer
 
 logger = structlog.get_logger("chat.websocket")
 
@@ -59,36 +58,6 @@ class _InFlight:
         self.cancelled = False
         self.started = False
         self.resumed: str | None = None  # the stream id, for a resume request
-
-
-class SlowConsumer(ClientLeft):
-    """The socket's send queue is full: the consumer is closed with 1013."""
-
-
-class _RequestWriter:
-    """One request's frames on the socket (API.md 2): chunks, then one done or error frame."""
-
-    __slots__ = ("_encoded_id", "_frame_id", "_session", "_sid")
-
-    def __init__(self, session: ChatSocketSession, frame_id: str, stream_id: str) -> None:
-        self._session = session
-        self._frame_id = frame_id
-        self._encoded_id = encode_id(frame_id)
-        self._sid = stream_id.encode()
-
-    async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        # Every frame is its own WebSocket message: queued at once (the socket's writer task sends them).
-        self._session._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
-
-    async def end(self, event: StreamEvent) -> None:
-        if event.error is not None:
-            self._session._send(error_frame(self._frame_id, event.error))
-        else:
-            self._session._send(done_frame(self._frame_id, event.finish_reason, event.usage))
-
-    def cancelled(self, stream: ChatStream) -> None:
-        with contextlib.suppress(SlowConsumer):
-            self._session._send(done_frame(self._frame_id, "cancelled", stream.usage))
 
 
 class ChatSocketSession:
@@ -261,7 +230,7 @@ class ChatSocketSession:
         """Replay the stream's log after the position, then follow it, as this request's frames."""
         replay: Replay | None = None
         admission: Admission | None = None
-        writer = _RequestWriter(self, frame_id, stream_id)
+        writer = RequestWriter(self._send, frame_id, stream_id)
         try:
             if self.resumes is None:
                 raise InvalidRequest("Resuming is not available on this server.")
@@ -368,7 +337,7 @@ class ChatSocketSession:
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         try:
-            await stream.pump(_RequestWriter(self, frame_id, stream.id))
+            await stream.pump(RequestWriter(self._send, frame_id, stream.id))
         except asyncio.CancelledError:
             entry = self.inflight.get(frame_id)
             if entry is None or not entry.cancelled or self._closing:
