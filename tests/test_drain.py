@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fake_provider import Behaviour, FakeProvider
+from tests.gateway_process import GatewayProcess
 
 SHORT = Behaviour(content=[f" t{i}" for i in range(10)], gap_s=0.2)  # ~2 s
 LONG = Behaviour(content=[f" t{i}" for i in range(300)], gap_s=0.1)  # ~30 s
@@ -28,57 +25,24 @@ HOLD_SHORT = Behaviour(first_delay_s=1.5)
 HOLD_LONG = Behaviour(first_delay_s=30)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Gateway:
-    def __init__(self, tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float, workers: int = 1) -> None:
-        self.port = free_port()
-        config = tmp / "gateway.toml"
-        deployments = "".join(
-            f'[[models.deployments]]\nname = "{name}"\nlitellm_model = "openai/{name}"\n'
-            f'api_base = "{fake.base_url}"\nfast_path = {str(fast).lower()}\n\n'
-            for name, fast in [
-                ("drain_short", True),
-                ("drain_long", True),
-                ("drain_long_full", False),
-                ("hold_short", True),
-                ("hold_long", True),
-                ("hold_long_full", False),
-            ]
-        )
-        config.write_text(
-            f'[server]\nport = {self.port}\nlog_level = "info"\ndrain_s = {drain_s}\nworkers = {workers}\n'
-            f"shutdown_delay_s = {delay_s}\n\n[streaming]\nstatus_window_s = 0.2\n\n{deployments}"
-        )
-        env = {**os.environ, "CHAT_CONFIG": str(config), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-        self.log = tmp / "gateway.log"
-        self._sink = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=env, stdout=self._sink, stderr=subprocess.STDOUT
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the gateway did not become ready")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._sink.close()
+def drain_gateway(tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float, workers: int = 1) -> GatewayProcess:
+    deployments = "".join(
+        f'[[models.deployments]]\nname = "{name}"\nlitellm_model = "openai/{name}"\n'
+        f'api_base = "{fake.base_url}"\nfast_path = {str(fast).lower()}\n\n'
+        for name, fast in [
+            ("drain_short", True),
+            ("drain_long", True),
+            ("drain_long_full", False),
+            ("hold_short", True),
+            ("hold_long", True),
+            ("hold_long_full", False),
+        ]
+    )
+    config = (
+        f'[server]\nlog_level = "info"\ndrain_s = {drain_s}\nworkers = {workers}\n'
+        f"shutdown_delay_s = {delay_s}\n\n[streaming]\nstatus_window_s = 0.2\n\n{deployments}"
+    )
+    return GatewayProcess(config, tmp / "gateway.log")
 
 
 @pytest.fixture
@@ -122,7 +86,7 @@ async def ws_request(url: str, model: str) -> tuple[list[dict[str, Any]], int | 
 
 
 async def test_sigterm_lets_streams_finish_and_says_draining(tmp_path: Path, drain_fake: FakeProvider) -> None:
-    gateway = Gateway(tmp_path, drain_fake, drain_s=10, delay_s=1.0)
+    gateway = drain_gateway(tmp_path, drain_fake, drain_s=10, delay_s=1.0)
     try:
         gateway.wait_ready()
         ws_url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
@@ -162,7 +126,7 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
     tmp_path: Path, drain_fake: FakeProvider, model: str
 ) -> None:
     drain_s = 1.0
-    gateway = Gateway(tmp_path, drain_fake, drain_s=drain_s, delay_s=0)
+    gateway = drain_gateway(tmp_path, drain_fake, drain_s=drain_s, delay_s=0)
     try:
         gateway.wait_ready()
         ws_url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
@@ -178,7 +142,7 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
             text = await stream
             frames, close_code = await socket_task
             answer = await json_call
-        assert 'event: error' in text and "server_shutting_down" in text, text[-500:]
+        assert "event: error" in text and "server_shutting_down" in text, text[-500:]
         assert "[DONE]" not in text
         assert frames[-1]["type"] == "error" and frames[-1]["status"] == 503, frames[-1]
         assert frames[-1]["error"]["code"] == "server_shutting_down"
@@ -199,7 +163,7 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
 
 
 async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> None:
-    gateway = Gateway(tmp_path, drain_fake, drain_s=5, delay_s=0)
+    gateway = drain_gateway(tmp_path, drain_fake, drain_s=5, delay_s=0)
     try:
         gateway.wait_ready()
         async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
@@ -214,7 +178,7 @@ async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> No
 
 
 async def test_sigterm_drains_every_worker(tmp_path: Path, drain_fake: FakeProvider) -> None:
-    gateway = Gateway(tmp_path, drain_fake, drain_s=10, delay_s=0.5, workers=2)
+    gateway = drain_gateway(tmp_path, drain_fake, drain_s=10, delay_s=0.5, workers=2)
     try:
         gateway.wait_ready()
         async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +21,7 @@ from websockets.asyncio.client import connect
 from app.settings import settings_from_dict
 from tests.conftest import TEST_STREAMING, ServerThread
 from tests.fake_provider import Behaviour, FakeProvider
+from tests.gateway_process import GatewayProcess
 from tests.sse import stream_chat
 from tests.test_websocket import create, text_of, until_end
 
@@ -310,15 +307,11 @@ async def test_latency_based_picks_the_faster_member(group_fake: FakeProvider, p
     assert group_fake.calls("lat_fast") - fast_before == 7
 
 
-
 # -- the access log, from a real `python -m app` process --------------------------------------
 
 
 def test_access_log_names_the_deployment_and_the_attempts(tmp_path: Path, group_fake: FakeProvider) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    lines = [f'[server]\nport = {port}\nenv = "production"\nlog_level = "info"\n', "[models]\n"]
+    lines = ['[server]\nenv = "production"\nlog_level = "info"\n', "[models]\n"]
     for name, upstream, extra in [
         ("fb", "fb_bad", 'num_retries = 1\nfallbacks = ["fb_target"]\n'),
         ("fb_target", "fb_good", ""),
@@ -327,31 +320,14 @@ def test_access_log_names_the_deployment_and_the_attempts(tmp_path: Path, group_
             f'[[models.deployments]]\nname = "{name}"\nid = "{upstream}"\nlitellm_model = "openai/{upstream}"\n'
             f'api_base = "{group_fake.base_url}"\n{extra}\n'
         )
-    config = tmp_path / "gateway.toml"
-    config.write_text("".join(lines))
-    env = {**os.environ, "CHAT_CONFIG": str(config), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     log = tmp_path / "gateway.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-            with httpx.Client(base_url=base, timeout=WAIT_S) as client:
-                assert client.post("/v1/chat/completions", json=body("fb")).status_code == 200
-                with client.stream("POST", "/v1/chat/completions", json=body("fb", stream=True)) as reply:
-                    assert reply.status_code == 200
-                    reply.read()
-        finally:
-            process.terminate()
-            process.wait(15)
+    with GatewayProcess("".join(lines), log) as gateway:
+        gateway.wait_ready(60)
+        with httpx.Client(base_url=gateway.base, timeout=WAIT_S) as client:
+            assert client.post("/v1/chat/completions", json=body("fb")).status_code == 200
+            with client.stream("POST", "/v1/chat/completions", json=body("fb", stream=True)) as reply:
+                assert reply.status_code == 200
+                reply.read()
     records = []
     for line in log.read_text().splitlines():
         try:

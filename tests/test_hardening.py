@@ -22,6 +22,7 @@ from app.providers.quoting import REDACTED, ProviderText
 from app.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider
+from tests.gateway_process import GatewayProcess
 from tests.sse import stream_chat
 from tests.test_bad_input import assert_error
 from tests.test_websocket import cancel, create, recv, until_end
@@ -333,47 +334,22 @@ async def test_malformed_values_are_the_clients_400(
 
 
 def test_process_log_never_carries_a_key(tmp_path: Any, fake_provider: FakeProvider) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
 
     for name, behaviour in ECHOES.items():
         fake_provider.set_behaviour(name, behaviour)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     deployments = "".join(
         f'[[models.deployments]]\nname = "{name}"\nlitellm_model = "openai/{name}"\n'
         f'api_base = "{fake_provider.base_url}"\napi_key_env = "{KEY_ENV}"\nfast_path = {str(fast).lower()}\n\n'
         for name, fast in [("echo_400", True), ("echo_in_stream", True), ("echo_500", False), ("echo_404", False)]
     )
-    config = tmp_path / "gateway.toml"
-    config.write_text(f'[server]\nport = {port}\nlog_level = "info"\n\n{deployments}')
-    env = {**os.environ, "CHAT_CONFIG": str(config), KEY_ENV: PROVIDER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     log = tmp_path / "gateway.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-            with httpx.Client(base_url=base, timeout=10) as client:
-                for model in ("echo_400", "echo_500", "echo_404"):
-                    assert PROVIDER_KEY not in client.post(CHAT, json=body(model)).text
-                with client.stream("POST", CHAT, json=body("echo_in_stream", stream=True)) as reply:
-                    assert PROVIDER_KEY not in reply.read().decode()
-        finally:
-            process.terminate()
-            process.wait(15)
+    with GatewayProcess(f'[server]\nlog_level = "info"\n\n{deployments}', log, {KEY_ENV: PROVIDER_KEY}) as gateway:
+        gateway.wait_ready(60)
+        with httpx.Client(base_url=gateway.base, timeout=10) as client:
+            for model in ("echo_400", "echo_500", "echo_404"):
+                assert PROVIDER_KEY not in client.post(CHAT, json=body(model)).text
+            with client.stream("POST", CHAT, json=body("echo_in_stream", stream=True)) as reply:
+                assert PROVIDER_KEY not in reply.read().decode()
     text = log.read_text()
     assert "error_detail" in text, "the provider's (redacted) words are logged"
     assert REDACTED in text

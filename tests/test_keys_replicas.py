@@ -5,14 +5,9 @@ the replica lives); Redis going away is logged once per outage; no key text in e
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +15,7 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.fake_provider import FakeProvider
+from tests.gateway_process import GatewayProcess
 from tests.sse import chat_body
 
 CHAT = "/v1/chat/completions"
@@ -27,12 +23,6 @@ SHARED_KEY = "sk-shared-replicas-0123456789"
 LEASE_KEY = "sk-lease-replicas-0123456789"
 SHARED_RPM = 40
 LEASE_TTL_S = 1.5
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def replica_config(fake: FakeProvider, redis_url: str) -> str:
@@ -50,59 +40,17 @@ def replica_config(fake: FakeProvider, redis_url: str) -> str:
     )
 
 
-class Replica:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.log = log
-        env = {
-            **os.environ,
-            "CHAT_CONFIG": str(config),
-            "CHAT_SERVER__PORT": str(self.port),
-            "SHARED_KEY": SHARED_KEY,
-            "LEASE_KEY": LEASE_KEY,
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        }
-        self._sink = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=env, stdout=self._sink, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, deadline: float) -> None:
-        while True:
-            try:
-                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None and time.monotonic() < deadline, self.log.read_text()
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._sink.close()
-
-
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("replicas")
     redis = RedisServer().start()
     config = tmp / "gateway.toml"
     config.write_text(replica_config(fake_provider, redis.url))
-    pair = [Replica(config, tmp / f"replica{i}.log") for i in range(2)]
+    keys = {"SHARED_KEY": SHARED_KEY, "LEASE_KEY": LEASE_KEY}
+    pair = [GatewayProcess(config, tmp / f"replica{i}.log", keys) for i in range(2)]
     try:
-        deadline = time.monotonic() + 90
         for replica in pair:
-            replica.wait_ready(deadline)
+            replica.wait_ready()
         yield pair, redis
     finally:
         for replica in pair:

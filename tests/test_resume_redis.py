@@ -11,8 +11,6 @@ import contextlib
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +22,8 @@ import pytest
 from app.settings import settings_from_dict
 from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider
+from tests.gateway_process import GatewayProcess
 from tests.sse import chat_body
-from tests.test_drain import free_port
 from tests.test_resume import KEY_A, KEY_B, A, B, Reader, frames, resume, seq_of
 
 WAIT_S = 10.0
@@ -149,57 +147,21 @@ async def test_redis_stopped_mid_stream_live_client_finishes_and_resume_is_503(f
 # -- two real processes ----------------------------------------------------------------------------
 
 
-class Process:
-    def __init__(self, tmp: Path, name: str, fake: FakeProvider, redis_url: str) -> None:
-        self.port = free_port()
-        config = tmp / f"{name}.toml"
-        config.write_text(
-            f'[server]\nport = {self.port}\nlog_level = "warning"\napi_keys_env = "GW_KEYS"\n\n'
-            f'[streaming]\nstatus_window_s = 0.2\ndetach_grace_s = {GRACE_S}\nresume_store = "redis"\n\n'
-            f'[redis]\nurl = "{redis_url}"\n\n'
-            f'[[models.deployments]]\nname = "replica_slow"\nlitellm_model = "openai/replica_slow"\n'
-            f'api_base = "{fake.base_url}"\n'
-        )
-        env = {
-            **os.environ,
-            "CHAT_CONFIG": str(config),
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "GW_KEYS": f"{KEY_A},{KEY_B}",
-        }
-        self.log = tmp / f"{name}.log"
-        self._sink = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app"], env=env, stdout=self._sink, stderr=subprocess.STDOUT
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.base}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.base} did not become ready: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._sink.close()
+def replica(tmp: Path, name: str, fake: FakeProvider, redis_url: str) -> GatewayProcess:
+    config = (
+        '[server]\nlog_level = "warning"\napi_keys_env = "GW_KEYS"\n\n'
+        f'[streaming]\nstatus_window_s = 0.2\ndetach_grace_s = {GRACE_S}\nresume_store = "redis"\n\n'
+        f'[redis]\nurl = "{redis_url}"\n\n'
+        f'[[models.deployments]]\nname = "replica_slow"\nlitellm_model = "openai/replica_slow"\n'
+        f'api_base = "{fake.base_url}"\n'
+    )
+    return GatewayProcess(config, tmp / f"{name}.log", {"GW_KEYS": f"{KEY_A},{KEY_B}"})
 
 
 async def test_two_processes_on_one_redis(tmp_path: Path, fake: FakeProvider, redis_url: str) -> None:
     fake.set_behaviour("replica_slow", REPLICA_SLOW)
-    a = Process(tmp_path, "a", fake, redis_url)
-    b = Process(tmp_path, "b", fake, redis_url)
+    a = replica(tmp_path, "a", fake, redis_url)
+    b = replica(tmp_path, "b", fake, redis_url)
     try:
         a.wait_ready()
         b.wait_ready()
