@@ -15,8 +15,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from loadtests.processes import GatewayProcess
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.gateway_process import GatewayProcess
 
 SHORT = Behaviour(content=[f" t{i}" for i in range(10)], gap_s=0.2)  # ~2 s
 LONG = Behaviour(content=[f" t{i}" for i in range(300)], gap_s=0.1)  # ~30 s
@@ -39,10 +39,11 @@ def drain_gateway(tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float,
         ]
     )
     config = (
-        f'[server]\nlog_level = "info"\ndrain_s = {drain_s}\nworkers = {workers}\n'
+        f"[server]\ndrain_s = {drain_s}\nworkers = {workers}\n"
         f"shutdown_delay_s = {delay_s}\n\n[streaming]\nstatus_window_s = 0.2\n\n{deployments}"
     )
-    return GatewayProcess(config, tmp / "gateway.log")
+    # Info: the tests read the draining and request lines of its log.
+    return GatewayProcess(tmp, config, {"CHAT_SERVER__LOG_LEVEL": "info"})
 
 
 @pytest.fixture
@@ -88,18 +89,18 @@ async def ws_request(url: str, model: str) -> tuple[list[dict[str, Any]], int | 
 async def test_sigterm_lets_streams_finish_and_says_draining(tmp_path: Path, drain_fake: FakeProvider) -> None:
     gateway = drain_gateway(tmp_path, drain_fake, drain_s=10, delay_s=1.0)
     try:
-        gateway.wait_ready()
+        gateway.wait_ready(90)
         ws_url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
-        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=40) as client:
             streams = [asyncio.create_task(sse(client, "drain_short")) for _ in range(3)]
             sockets = [asyncio.create_task(ws_request(ws_url, "drain_short")) for _ in range(2)]
             json_call = asyncio.create_task(client.post("/v1/chat/completions", json=body("hold_short")))
             await drain_fake.await_request(6, timeout=10)
             signalled = time.monotonic()
-            gateway.process.send_signal(signal.SIGTERM)
+            gateway.child.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             # Within shutdown_delay_s: not ready any more, but still serving.
-            async with httpx.AsyncClient(base_url=gateway.base, timeout=5) as fresh:
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5) as fresh:
                 ready = await fresh.get("/health/ready")
                 assert ready.status_code == 503 and ready.json()["status"] == "draining"
                 assert (await fresh.get("/health/live")).status_code == 200
@@ -112,9 +113,9 @@ async def test_sigterm_lets_streams_finish_and_says_draining(tmp_path: Path, dra
         for frames, _code in ws_results:
             assert frames[-1]["type"] == "chat.completion.done", frames[-1]
         assert answer.status_code == 200
-        exit_code = await asyncio.to_thread(gateway.process.wait, 15)
+        exit_code = await asyncio.to_thread(gateway.child.proc.wait, 15)
         took = time.monotonic() - signalled
-        assert exit_code == 0, gateway.log.read_text()[-2000:]
+        assert exit_code == 0, gateway.child.log.read_text()[-2000:]
         print(f"drain, streams finishing: exit {took:.2f} s after SIGTERM")
         assert took < 1.0 + 2.0 + 5.0, took  # the streams' ~2 s, the delay, and start-up slack
     finally:
@@ -128,9 +129,9 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
     drain_s = 1.0
     gateway = drain_gateway(tmp_path, drain_fake, drain_s=drain_s, delay_s=0)
     try:
-        gateway.wait_ready()
+        gateway.wait_ready(90)
         ws_url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
-        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=40) as client:
             stream = asyncio.create_task(sse(client, model))
             socket_task = asyncio.create_task(ws_request(ws_url, model))
             hold = model.replace("drain", "hold")
@@ -138,7 +139,7 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
             await drain_fake.await_request(3, timeout=10)
             await asyncio.sleep(0.5)  # mid-stream
             signalled = time.monotonic()
-            gateway.process.send_signal(signal.SIGTERM)
+            gateway.child.proc.send_signal(signal.SIGTERM)
             text = await stream
             frames, close_code = await socket_task
             answer = await json_call
@@ -148,15 +149,15 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
         assert frames[-1]["error"]["code"] == "server_shutting_down"
         assert close_code == 1001
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "server_shutting_down"
-        exit_code = await asyncio.to_thread(gateway.process.wait, drain_s + 10)
+        exit_code = await asyncio.to_thread(gateway.child.proc.wait, drain_s + 10)
         took = time.monotonic() - signalled
-        assert exit_code == 0, gateway.log.read_text()[-2000:]
+        assert exit_code == 0, gateway.child.log.read_text()[-2000:]
         print(f"drain, long {model}: exit {took:.2f} s after SIGTERM (drain_s {drain_s})")
         assert took < drain_s + 2.0 + 1.0, took  # drain_s + 2 s, plus the test's own scheduling
         for record in drain_fake.requests:
             await drain_fake.await_end(record, timeout=5)
             assert record.completed_at is None, "the provider saw its call closed, not finished"
-        log = gateway.log.read_text()
+        log = gateway.child.log.read_text()
         assert '"outcome": "shutdown"' in log
     finally:
         gateway.stop()
@@ -165,14 +166,14 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
 async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> None:
     gateway = drain_gateway(tmp_path, drain_fake, drain_s=5, delay_s=0)
     try:
-        gateway.wait_ready()
-        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+        gateway.wait_ready(90)
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=40) as client:
             stream = asyncio.create_task(sse(client, "drain_short"))
             await drain_fake.await_request(1, timeout=10)
-            gateway.process.send_signal(signal.SIGINT)
+            gateway.child.proc.send_signal(signal.SIGINT)
             text = await stream
         assert text.rstrip().endswith("data: [DONE]")
-        assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+        assert await asyncio.to_thread(gateway.child.proc.wait, 15) == 0
     finally:
         gateway.stop()
 
@@ -180,24 +181,24 @@ async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> No
 async def test_sigterm_drains_every_worker(tmp_path: Path, drain_fake: FakeProvider) -> None:
     gateway = drain_gateway(tmp_path, drain_fake, drain_s=10, delay_s=0.5, workers=2)
     try:
-        gateway.wait_ready()
-        async with httpx.AsyncClient(base_url=gateway.base, timeout=40) as client:
+        gateway.wait_ready(90)
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=40) as client:
             streams = [asyncio.create_task(sse(client, "drain_short")) for _ in range(4)]
             await drain_fake.await_request(4, timeout=10)
-            gateway.process.send_signal(signal.SIGTERM)
+            gateway.child.proc.send_signal(signal.SIGTERM)
             # The supervisor passes the signal on within its 0.5 s poll; then every worker says so.
-            async with httpx.AsyncClient(base_url=gateway.base, timeout=5) as fresh:
+            async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5) as fresh:
                 deadline = time.monotonic() + 3
                 while (await fresh.get("/health/ready")).status_code != 503:
                     assert time.monotonic() < deadline, "readiness never said draining"
                     await asyncio.sleep(0.05)
             texts = await asyncio.gather(*streams, return_exceptions=True)
-        assert not [t for t in texts if isinstance(t, BaseException)], (texts, gateway.log.read_text()[-3000:])
+        assert not [t for t in texts if isinstance(t, BaseException)], (texts, gateway.child.log.read_text()[-3000:])
         for text in texts:
             assert isinstance(text, str) and text.rstrip().endswith("data: [DONE]"), text
-        assert await asyncio.to_thread(gateway.process.wait, 20) == 0, gateway.log.read_text()[-2000:]
+        assert await asyncio.to_thread(gateway.child.proc.wait, 20) == 0, gateway.child.log.read_text()[-2000:]
         # Both workers get the signal from the supervisor; the log has at times shown only one of the
         # two "draining" lines (seen once, under load), so this asks for the streams' worker's.
-        assert gateway.log.read_text().count('"event": "draining"') >= 1
+        assert gateway.child.log.read_text().count('"event": "draining"') >= 1
     finally:
         gateway.stop()

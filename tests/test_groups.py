@@ -19,9 +19,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from app.settings import settings_from_dict
+from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, ServerThread
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.gateway_process import GatewayProcess
 from tests.sse import stream_chat
 from tests.test_websocket import create, text_of, until_end
 
@@ -311,7 +311,7 @@ async def test_latency_based_picks_the_faster_member(group_fake: FakeProvider, p
 
 
 def test_access_log_names_the_deployment_and_the_attempts(tmp_path: Path, group_fake: FakeProvider) -> None:
-    lines = ['[server]\nenv = "production"\nlog_level = "info"\n', "[models]\n"]
+    lines = ['[server]\nenv = "production"\n', "[models]\n"]
     for name, upstream, extra in [
         ("fb", "fb_bad", 'num_retries = 1\nfallbacks = ["fb_target"]\n'),
         ("fb_target", "fb_good", ""),
@@ -320,14 +320,17 @@ def test_access_log_names_the_deployment_and_the_attempts(tmp_path: Path, group_
             f'[[models.deployments]]\nname = "{name}"\nid = "{upstream}"\nlitellm_model = "openai/{upstream}"\n'
             f'api_base = "{group_fake.base_url}"\n{extra}\n'
         )
-    log = tmp_path / "gateway.log"
-    with GatewayProcess("".join(lines), log) as gateway:
+    gateway = GatewayProcess(tmp_path, "".join(lines), {"CHAT_SERVER__LOG_LEVEL": "info"})  # its request lines
+    log = gateway.child.log
+    try:
         gateway.wait_ready(60)
-        with httpx.Client(base_url=gateway.base, timeout=WAIT_S) as client:
+        with httpx.Client(base_url=gateway.base_url, timeout=WAIT_S) as client:
             assert client.post("/v1/chat/completions", json=body("fb")).status_code == 200
             with client.stream("POST", "/v1/chat/completions", json=body("fb", stream=True)) as reply:
                 assert reply.status_code == 200
                 reply.read()
+    finally:
+        gateway.stop()
     records = []
     for line in log.read_text().splitlines():
         try:

@@ -20,9 +20,9 @@ from websockets.exceptions import InvalidStatus
 from app.log import MAX_FIELD_CHARS, cap_fields
 from app.providers.quoting import REDACTED, ProviderText
 from app.settings import settings_from_dict
+from loadtests.processes import GatewayProcess
 from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.gateway_process import GatewayProcess
 from tests.sse import stream_chat
 from tests.test_bad_input import assert_error
 from tests.test_websocket import cancel, create, recv, until_end
@@ -342,14 +342,18 @@ def test_process_log_never_carries_a_key(tmp_path: Any, fake_provider: FakeProvi
         f'api_base = "{fake_provider.base_url}"\napi_key_env = "{KEY_ENV}"\nfast_path = {str(fast).lower()}\n\n'
         for name, fast in [("echo_400", True), ("echo_in_stream", True), ("echo_500", False), ("echo_404", False)]
     )
-    log = tmp_path / "gateway.log"
-    with GatewayProcess(f'[server]\nlog_level = "info"\n\n{deployments}', log, {KEY_ENV: PROVIDER_KEY}) as gateway:
+    # Info: the provider's (redacted) words are in the request lines.
+    gateway = GatewayProcess(tmp_path, deployments, {KEY_ENV: PROVIDER_KEY, "CHAT_SERVER__LOG_LEVEL": "info"})
+    log = gateway.child.log
+    try:
         gateway.wait_ready(60)
-        with httpx.Client(base_url=gateway.base, timeout=10) as client:
+        with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
             for model in ("echo_400", "echo_500", "echo_404"):
                 assert PROVIDER_KEY not in client.post(CHAT, json=body(model)).text
             with client.stream("POST", CHAT, json=body("echo_in_stream", stream=True)) as reply:
                 assert PROVIDER_KEY not in reply.read().decode()
+    finally:
+        gateway.stop()
     text = log.read_text()
     assert "error_detail" in text, "the provider's (redacted) words are logged"
     assert REDACTED in text

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from loadtests.processes import GatewayProcess
 from tests.conftest import RedisServer
 from tests.fake_provider import FakeProvider
-from tests.gateway_process import GatewayProcess
 from tests.sse import chat_body
 
 CHAT = "/v1/chat/completions"
@@ -31,7 +31,6 @@ def replica_config(fake: FakeProvider, redis_url: str) -> str:
         for name in ("normal", "hang_after_headers")
     )
     return (
-        '[server]\nlog_level = "info"\n\n'
         f'[rate_limit]\nbackend = "redis"\nlease_ttl_s = {LEASE_TTL_S}\n\n'
         f'[redis]\nurl = "{redis_url}"\n\n'
         f'[[keys]]\nname = "shared"\nkey_env = "SHARED_KEY"\nrequests_per_minute = {SHARED_RPM}\n\n'
@@ -44,13 +43,13 @@ def replica_config(fake: FakeProvider, redis_url: str) -> str:
 def replicas(tmp_path_factory: pytest.TempPathFactory, fake_provider: FakeProvider) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("replicas")
     redis = RedisServer().start()
-    config = tmp / "gateway.toml"
-    config.write_text(replica_config(fake_provider, redis.url))
-    keys = {"SHARED_KEY": SHARED_KEY, "LEASE_KEY": LEASE_KEY}
-    pair = [GatewayProcess(config, tmp / f"replica{i}.log", keys) for i in range(2)]
+    config = replica_config(fake_provider, redis.url)
+    # Info: the test reads the request lines of their logs.
+    env = {"SHARED_KEY": SHARED_KEY, "LEASE_KEY": LEASE_KEY, "CHAT_SERVER__LOG_LEVEL": "info"}
+    pair = [GatewayProcess(tmp, config, env, name=f"replica{i}") for i in range(2)]
     try:
         for replica in pair:
-            replica.wait_ready()
+            replica.wait_ready(90)
         yield pair, redis
     finally:
         for replica in pair:
@@ -70,7 +69,7 @@ def test_two_replicas_share_one_limit_exactly(replicas: Any) -> None:
     headers = {"Authorization": f"Bearer {SHARED_KEY}"}
 
     async def burst() -> list[int]:
-        clients = [httpx.AsyncClient(base_url=r.base, timeout=20) for r in pair]
+        clients = [httpx.AsyncClient(base_url=r.base_url, timeout=20) for r in pair]
         try:
             calls = [clients[i % 2].post(CHAT, json=chat_body("normal"), headers=headers) for i in range(attempts)]
             return [r.status_code for r in await asyncio.gather(*calls)]
@@ -84,7 +83,7 @@ def test_two_replicas_share_one_limit_exactly(replicas: Any) -> None:
     assert statuses.count(429) == attempts - SHARED_RPM
     refused = 0.0
     for replica in pair:
-        for line in httpx.get(f"{replica.base}/metrics").text.splitlines():
+        for line in httpx.get(f"{replica.base_url}/metrics").text.splitlines():
             if line.startswith('chat_rate_limited_total{key="shared",reason="requests"}'):
                 refused += float(line.split()[-1])
     assert refused == attempts - SHARED_RPM
@@ -94,18 +93,18 @@ def test_lease_of_a_killed_replica_lapses_after_its_ttl(replicas: Any) -> None:
     pair, redis = replicas
     holder, other = pair
     headers = {"Authorization": f"Bearer {LEASE_KEY}"}
-    with httpx.Client(base_url=holder.base, timeout=10) as client:
+    with httpx.Client(base_url=holder.base_url, timeout=10) as client:
         with client.stream("POST", CHAT, json=chat_body("hang_after_headers", stream=True), headers=headers) as sse:
             assert sse.status_code == 200
             # Longer than the TTL: the live replica keeps its lease refreshed, so the other still refuses.
             time.sleep(LEASE_TTL_S * 1.5)
-            refused = httpx.post(f"{other.base}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10)
+            refused = httpx.post(f"{other.base_url}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10)
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-            holder.process.send_signal(signal.SIGKILL)  # the replica dies holding the lease
-            holder.process.wait(10)
+            holder.child.proc.send_signal(signal.SIGKILL)  # the replica dies holding the lease
+            holder.child.proc.wait(10)
             killed_at = time.monotonic()
     while True:
-        r = httpx.post(f"{other.base}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10)
+        r = httpx.post(f"{other.base_url}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10)
         if r.status_code == 200:
             break
         assert r.status_code == 429
@@ -117,14 +116,15 @@ def test_lease_of_a_killed_replica_lapses_after_its_ttl(replicas: Any) -> None:
     redis.stop()
     for _ in range(4):
         assert (
-            httpx.post(f"{other.base}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10).status_code == 200
+            httpx.post(f"{other.base_url}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10).status_code
+            == 200
         )
-    ready = httpx.get(f"{other.base}/health/ready", timeout=10)
+    ready = httpx.get(f"{other.base_url}/health/ready", timeout=10)
     assert ready.status_code == 503 and ready.json()["checks"]["rate_limit"] == "unavailable"
     other.stop()
-    log = other.log.read_text()
+    log = other.child.log.read_text()
     assert log.count("rate_limit_backend_unavailable") == 1, log
     assert '"key": "lease"' in log  # request lines name the key, by its configured name only
     for replica in pair:
-        text = replica.log.read_text()
+        text = replica.child.log.read_text()
         assert SHARED_KEY not in text and LEASE_KEY not in text and SHARED_KEY[3:15] not in text

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from app.settings import settings_from_dict
+from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider
-from tests.gateway_process import GatewayProcess
 from tests.sse import chat_body
 from tests.test_resume import KEY_A, KEY_B, A, B, Reader, frames, resume, seq_of
 
@@ -149,13 +149,13 @@ async def test_redis_stopped_mid_stream_live_client_finishes_and_resume_is_503(f
 
 def replica(tmp: Path, name: str, fake: FakeProvider, redis_url: str) -> GatewayProcess:
     config = (
-        '[server]\nlog_level = "warning"\napi_keys_env = "GW_KEYS"\n\n'
+        '[server]\napi_keys_env = "GW_KEYS"\n\n'
         f'[streaming]\nstatus_window_s = 0.2\ndetach_grace_s = {GRACE_S}\nresume_store = "redis"\n\n'
         f'[redis]\nurl = "{redis_url}"\n\n'
         f'[[models.deployments]]\nname = "replica_slow"\nlitellm_model = "openai/replica_slow"\n'
         f'api_base = "{fake.base_url}"\n'
     )
-    return GatewayProcess(config, tmp / f"{name}.log", {"GW_KEYS": f"{KEY_A},{KEY_B}"})
+    return GatewayProcess(tmp, config, {"GW_KEYS": f"{KEY_A},{KEY_B}"}, name=name)
 
 
 async def test_two_processes_on_one_redis(tmp_path: Path, fake: FakeProvider, redis_url: str) -> None:
@@ -163,21 +163,21 @@ async def test_two_processes_on_one_redis(tmp_path: Path, fake: FakeProvider, re
     a = replica(tmp_path, "a", fake, redis_url)
     b = replica(tmp_path, "b", fake, redis_url)
     try:
-        a.wait_ready()
-        b.wait_ready()
+        a.wait_ready(90)
+        b.wait_ready(90)
         async with httpx.AsyncClient(timeout=WAIT_S) as http:
             body = chat_body("replica_slow", stream=True)
-            async with http.stream("POST", f"{a.base}/v1/chat/completions", json=body, headers=A) as r:
+            async with http.stream("POST", f"{a.base_url}/v1/chat/completions", json=body, headers=A) as r:
                 sid = r.headers["x-stream-id"]
                 first = await Reader(r).take(3)
             during = await http.get(
-                f"{b.base}/v1/chat/completions/streams/{sid}", headers={**A, "Last-Event-ID": f"{sid}:3"}
+                f"{b.base_url}/v1/chat/completions/streams/{sid}", headers={**A, "Last-Event-ID": f"{sid}:3"}
             )
             assert during.status_code == 200
             rest = frames(during.content)
             assert rest[-1].endswith(b"data: [DONE]\n\n")
             assert [seq_of(f) for f in first + rest] == list(range(1, len(first + rest) + 1))
-            after = await http.get(f"{b.base}/v1/chat/completions/streams/{sid}", headers=A)
+            after = await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
             assert frames(after.content) == first + rest
             text = "".join(
                 (c["choices"][0]["delta"].get("content") or "")
