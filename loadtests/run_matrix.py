@@ -358,7 +358,6 @@ class Matrix:
     async def start_upstream(self, key: str) -> None:
         a = self.args
         name = f"upstream-{key}.log"
-        log = self._log(name)
         # A restarted upstream takes the same port, so the gateway's configuration stays valid.
         port = str(self.upstream_ports[key])
         timers = self.headline if key == "h2" else key
@@ -368,31 +367,29 @@ class Matrix:
             assert self.ca_file is not None
             argv += ["--tls", "--ca-file", self.ca_file]  # a restart writes a new CA: the gateway's next TLS
             # connection would fail to verify it, and the cell's errors say so
-        proc = self.upstreams[key] = await self.children.spawn(
-            argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL
+        proc, self.upstream_ports[key] = await self._spawn_ready(argv, name, "upstream")
+        self.upstreams[key] = proc
+        print(f"upstream ({key}): pid {proc.pid}, port {self.upstream_ports[key]}", flush=True)
+
+    async def _spawn_ready(self, argv: list[str], name: str, what: str) -> tuple[asyncio.subprocess.Process, int]:
+        """Start a child that prints ``READY <port>`` once it listens; its stderr goes to the log ``name``."""
+        proc = await self.children.spawn(
+            argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=self._log(name), stdin=asyncio.subprocess.DEVNULL
         )
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 15)
         except TimeoutError as exc:
-            raise RuntimeError(f"upstream did not print READY in 15 s\n{tail(self.tmp / name)}") from exc
+            raise RuntimeError(f"{what} did not print READY in 15 s\n{tail(self.tmp / name)}") from exc
         if not line.startswith(b"READY "):
-            raise RuntimeError(f"upstream failed: {line!r}\n{tail(self.tmp / name)}")
-        self.upstream_ports[key] = int(line.split()[1])
-        print(f"upstream ({key}): pid {proc.pid}, port {self.upstream_ports[key]}", flush=True)
+            raise RuntimeError(f"{what} failed: {line!r}\n{tail(self.tmp / name)}")
+        return proc, int(line.split()[1])
 
     async def start_bare(self) -> None:
         """``--bare``: the floor, a bare uvloop TCP relay (``loadtests.bare_relay``) to the headline upstream."""
-        name = "bare-relay.log"
         argv = [PY, "-m", "loadtests.bare_relay", "--upstream-port", str(self.upstream_ports[self.headline])]
-        proc = self.bare = await self.children.spawn(
-            argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=self._log(name), stdin=asyncio.subprocess.DEVNULL
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 15)
-        if not line.startswith(b"READY "):
-            raise RuntimeError(f"the bare relay failed: {line!r}\n{tail(self.tmp / name)}")
-        self.bare_url = f"http://127.0.0.1:{int(line.split()[1])}"
+        proc, port = await self._spawn_ready(argv, "bare-relay.log", "the bare relay")
+        self.bare, self.bare_url = proc, f"http://127.0.0.1:{port}"
         print(f"bare relay: pid {proc.pid}, {self.bare_url}", flush=True)
 
     async def start_failing(self) -> None:
