@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry.trace import Span
 
+from app.chat.closing import close_quietly, close_soon
 from app.chat.detach import Detachment
+from app.chat.push import PushRun, hand_over
 from app.chat.stream_events import (
     CANCELLED,
     CLIENT_DISCONNECTED,
@@ -106,6 +108,7 @@ class ChatStream:
         self.log: StreamLogSink | None = None
         #: Set by ``detach`` (a log and a grace): the stream then outlives a client that leaves.
         self.detachment: Detachment | None = None
+        self._push: PushRun | None = None  # the pushed remainder of the stream, once handed over
 
     def start(self) -> ChatStream:
         # Kept: on Python 3.11 every asyncio.get_running_loop() (and current_task() without a loop)
@@ -129,7 +132,7 @@ class ChatStream:
         now = loop.time()
         if now < self._deadline_at:
             self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
-        elif self._puller is not None:
+        elif self._puller is not None or (self._push is not None and not self._push.held):
             self._interrupt(
                 UpstreamTimeout(
                     "The provider sent no first chunk in time."
@@ -164,29 +167,35 @@ class ChatStream:
                 if ending is None or self.outcome is not None:
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                await _close_quietly(source)  # the provider's call ends with the stream
+                await close_quietly(source)  # the provider's call ends with the stream
                 return self._last(ending)
             except Exception as exc:  # a provider bug must still end the stream in the contract's shape
                 return self._last(UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}"))
             finally:
                 self._puller = None
-            if chunk.has_content and self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-                if self._observer is not None:
-                    self._observer.stream_first_token(self)
-            if chunk.finish_reason is not None:
-                self.finish_reason = chunk.finish_reason
-            if chunk.usage is not None:
-                self.usage = chunk.usage
-                # The gateway always asks for usage (for token metrics); a client that did not
-                # ask does not get the usage-only chunk.
-                if chunk.usage_only and not self._include_usage:
-                    continue
-            self._seq += 1
-            event = StreamEvent(self._seq, chunk)
-            if self.log is not None:
-                self.log.append(event)
-            return event
+            event = self._accept(chunk)
+            if event is not None:
+                return event
+
+    def _accept(self, chunk: Chunk) -> StreamEvent | None:
+        """A provider's chunk numbered and logged (pulled or pushed); None if this client does not get it."""
+        if chunk.has_content and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+            if self._observer is not None:
+                self._observer.stream_first_token(self)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            # The gateway always asks for usage (for token metrics); a client that did not
+            # ask does not get the usage-only chunk.
+            if chunk.usage_only and not self._include_usage:
+                return None
+        self._seq += 1
+        event = StreamEvent(self._seq, chunk)
+        if self.log is not None:
+            self.log.append(event)
+        return event
 
     def _interrupt(self, error: GatewayError) -> None:
         """End the stream with ``error`` as its last event: at once if the provider is being waited
@@ -194,6 +203,9 @@ class ChatStream:
         if self._finished or self.outcome is not None or self._ending is not None:
             return
         self._ending = error
+        if self._push is not None:
+            self._push.interrupt(error)
+            return
         puller = self._puller
         if self._first is not None and not self._first.done():
             self._first.cancel()
@@ -260,6 +272,7 @@ class ChatStream:
             await self.detachment.follow(writer, guard)
             return
         outcome = CLIENT_DISCONNECTED
+        pushed: bool | None = None  # whether the rest is pushed (push.py); decided after the first chunk
         try:
             while True:
                 with guard:
@@ -268,7 +281,14 @@ class ChatStream:
                     self.mark_first_byte()
                 if event.chunk is not None:
                     await writer.chunk(event.seq, event.chunk.raw, getattr(self._source, "more", False))
-                    continue
+                    if pushed is None:
+                        self._push = hand_over(self, self._source, writer)
+                        pushed = self._push is not None
+                    if not pushed:
+                        continue
+                    assert self._push is not None
+                    with guard:
+                        event = await self._push.done
                 outcome = COMPLETED if event.error is None else event.error.outcome
                 await writer.end(event)
                 return
@@ -334,14 +354,7 @@ class ChatStream:
                 self._observer.stream_first_byte(self)
 
     def _close_source(self) -> None:
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is None or getattr(self._source, "ag_frame", True) is None:
-            return  # not a generator, or one that has already run its cleanup
-        # Nobody is pulling (a puller would have been cancelled instead), so the generator is
-        # suspended: its cleanup (closing the provider's connection) runs on the next loop turn.
-        task = asyncio.get_running_loop().create_task(_quietly(aclose()))
-        _CLOSING.add(task)
-        task.add_done_callback(_CLOSING.discard)
+        close_soon(self._source)
 
     def close(self, outcome: str) -> None:
         """End the stream once: stop the upstream call if it still runs and report the outcome."""
@@ -355,6 +368,8 @@ class ChatStream:
             self.trail.release()
         if self.detachment is not None:
             self.detachment.stop_grace()
+        if self._push is not None:
+            self._push.stop()
         if not self._finished and self.log is not None:
             # The log must end too, or its readers would wait for an event that never comes.
             self._seq += 1
@@ -376,19 +391,3 @@ class ChatStream:
             self._observer.stream_closed(self)
         if self.on_close is not None:
             self.on_close(self)
-
-
-_CLOSING: set[asyncio.Task[None]] = set()  # keeps scheduled cleanups alive until they ran
-
-
-async def _close_quietly(source: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(source, "aclose", None)
-    if aclose is not None:
-        await _quietly(aclose())
-
-
-async def _quietly(closing: Awaitable[Any]) -> None:
-    try:
-        await closing
-    except Exception:  # a provider's cleanup failing must not surface as an unretrieved task error
-        pass

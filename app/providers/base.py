@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from app.errors import GatewayError
 from app.protocol.openai import ChatCompletionInput
 
 
@@ -35,6 +36,20 @@ class Completion(msgspec.Struct, frozen=True):
 
     raw: bytes
     usage: Usage | None = None
+
+
+#: What one event of a provider's stream stands for, when handed on in push mode: a chunk, the
+#: error it reports (or that reading it became), or None for the stream's clean end.
+Item = Chunk | GatewayError | None
+
+
+class PushSink(Protocol):
+    """Takes a stream's events from the provider connection's own callbacks (``RelayStream.push``)."""
+
+    def take(self, items: list[Item]) -> bool:
+        """The events of one read, in order; the end (None or an error), if there, is the last.
+        False: the reader is full; no more come until the source's ``resume``."""
+        ...
 
 
 class Provider(Protocol):

@@ -11,7 +11,9 @@ origin, a request written in one piece; see that module for why not aiohttp or h
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Mapping
+import asyncio
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from yarl import URL
 
 from app.errors import GatewayError, ProviderRejected, UpstreamTimeout, UpstreamUnavailable
 from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, asking_for_usage
+from app.providers.base import Chunk, Completion, Item, PushSink, asking_for_usage
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.egress import EgressSettings
 from app.providers.litellm_setup import import_litellm
@@ -203,42 +205,9 @@ class Relay:
     def stream(self, request: ChatCompletionInput, deployment: str) -> RelayStream:
         return RelayStream(self, request, deployment)
 
-    async def _events(
-        self, out: RelayStream, request: ChatCompletionInput, deployment: str
-    ) -> AsyncGenerator[Chunk, None]:
+    async def open_stream(self, request: ChatCompletionInput, deployment: str) -> UpstreamResponse:
         target = self.targets[deployment]
-        response = await self._post(target, request_body(target, request, stream=True), request)
-        finished = False
-        try:
-            buffer = b""
-            while data := await response.read_some():
-                buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-                # Every complete event of this read first, so that the stream's writer can be told
-                # which chunk has another one right behind it (``out.more``): those go out together.
-                items: list[Chunk | GatewayError | None] = []  # None: [DONE]
-                while (end := buffer.find(b"\n\n")) >= 0:
-                    payload = _data_of(buffer[:end])
-                    buffer = buffer[end + 2 :]
-                    if payload is not None:
-                        items.append(self._item(payload))
-                for item, more in zip(items, _followed(items), strict=True):
-                    if item is None:
-                        finished = True
-                        return
-                    if isinstance(item, GatewayError):
-                        raise item
-                    out.more = more
-                    yield item
-                out.more = False
-            # The body ended without [DONE]: the provider broke off.
-            raise UpstreamUnavailable("The provider's stream broke off before it finished.")
-        except (UpstreamConnectionError, OSError) as exc:
-            raise UpstreamUnavailable(f"The provider's stream broke off: {type(exc).__name__}") from exc
-        finally:
-            if finished:
-                response.release()  # back to the pool when the body has ended, else closed
-            else:
-                response.close()  # closes the socket at once: the provider sees the client leave
+        return await self._post(target, request_body(target, request, stream=True), request)
 
     def _item(self, payload: bytes) -> Chunk | GatewayError | None:
         """One event's data: a chunk, the error it stands for, or None for ``[DONE]``."""
@@ -260,24 +229,150 @@ class Relay:
 
 
 class RelayStream:
-    """One relayed stream's chunks. ``more`` is true while the next chunk (or the end) has already
-    arrived with this one: pulling it will not wait, so a writer may hold this one and write both
-    together (chunks that arrive together are written together)."""
+    """One relayed stream: the upstream SSE split into events, each read as far as the gateway needs.
 
-    __slots__ = ("_events", "more")
+    Pulled (``__anext__``, one chunk per call) until its consumer asks for the rest to be pushed
+    (``push``): from then on every read of the provider's connection is split and handed to the
+    sink from the connection's own callback, with no task woken in between.
+
+    ``more`` is true while the next chunk (or the end) has already arrived with this one: pulling it
+    will not wait, so a writer may hold this one and write both together (chunks that arrive
+    together are written together).
+    """
+
+    __slots__ = ("_buffer", "_deployment", "_ended", "_pending", "_relay", "_request", "_response", "_sink", "more")
 
     def __init__(self, relay: Relay, request: ChatCompletionInput, deployment: str) -> None:
         self.more = False
-        self._events = relay._events(self, request, deployment)
+        self._relay = relay
+        self._request = request
+        self._deployment = deployment
+        self._response: UpstreamResponse | None = None
+        self._buffer = b""
+        self._pending: deque[tuple[Item, bool]] = deque()  # split from the last read, not handed out yet
+        self._ended = False  # the end (done or an error) has been split off; nothing after it counts
+        self._sink: PushSink | None = None
 
     def __aiter__(self) -> RelayStream:
         return self
 
-    def __anext__(self) -> Awaitable[Chunk]:
-        return self._events.__anext__()
+    async def __anext__(self) -> Chunk:
+        pending = self._pending
+        while not pending:
+            if self._ended:
+                raise StopAsyncIteration
+            response = self._response
+            try:
+                if response is None:
+                    self._response = response = await self._relay.open_stream(self._request, self._deployment)
+                data = await response.read_some()
+            except (UpstreamConnectionError, OSError) as exc:
+                self._let_go(done=False)
+                raise UpstreamUnavailable(f"The provider's stream broke off: {type(exc).__name__}") from exc
+            except BaseException:  # an error reply, a cancelled wait: the provider's call ends now
+                self._let_go(done=False)
+                raise
+            if not data:
+                self._let_go(done=False)
+                raise UpstreamUnavailable("The provider's stream broke off before it finished.")
+            # Every complete event of this read first, so that the writer can be told which chunk has
+            # another one right behind it (``more``): those go out together.
+            items = self._split(data)
+            pending.extend(zip(items, _followed(items), strict=True))
+        item, self.more = pending.popleft()
+        if isinstance(item, Chunk):
+            return item
+        self._let_go(done=item is None)
+        if item is None:
+            raise StopAsyncIteration
+        raise item
 
-    def aclose(self) -> Awaitable[None]:
-        return self._events.aclose()
+    def _split(self, data: bytes) -> list[Item]:
+        """The events completed by ``data``, up to and including the stream's end."""
+        buffer = self._buffer + (data.replace(b"\r\n", b"\n") if b"\r" in data else data)
+        items: list[Item] = []
+        while (end := buffer.find(b"\n\n")) >= 0:
+            payload = _data_of(buffer[:end])
+            buffer = buffer[end + 2 :]
+            if payload is not None:
+                item = self._relay._item(payload)
+                items.append(item)
+                if not isinstance(item, Chunk):
+                    self._ended = True
+                    buffer = b""
+                    break
+        self._buffer = buffer
+        return items
+
+    def _let_go(self, *, done: bool) -> None:
+        """Done with the provider's response: back to the pool once its body has ended cleanly
+        (``done``), else its connection is closed at once (the provider sees the client leave)."""
+        self._ended = True
+        response, self._response = self._response, None
+        if response is not None:
+            if done:
+                response.release()
+            else:
+                response.close()
+
+    async def aclose(self) -> None:
+        self._sink = None
+        self._let_go(done=False)
+
+    # -- pushed ------------------------------------------------------------------------------------
+
+    def push(self, sink: PushSink) -> bool:
+        """Hand every remaining event to ``sink`` as it arrives; False (nothing changes) when the
+        stream has no open response to push from."""
+        response = self._response
+        if response is None or (self._ended and not self._pending):
+            return False
+        self._sink = sink
+        if self._pending:  # the rest of the last pulled read comes first
+            items = [item for item, _ in self._pending]
+            self._pending.clear()
+            self._hand(items)
+        if self._response is response:
+            response.deliver(self)
+        return True
+
+    def resume(self) -> None:
+        """The sink, which had said it was full, takes events again."""
+        if self._response is not None:
+            self._response.resume()
+
+    def _hand(self, items: list[Item]) -> bool:
+        sink = self._sink
+        if sink is None:
+            return True
+        taken = sink.take(items)
+        if self._ended:
+            # That was the end: let the response go once the connection's callback that got here has
+            # returned (its parser may still be inside this read and must not lose its response).
+            self._sink = None
+            response, self._response = self._response, None
+            if response is not None:
+                clean = bool(items) and items[-1] is None
+                asyncio.get_running_loop().call_soon(response.release if clean else response.close)
+        return taken
+
+    # BodySink: called by the response from the connection's data_received.
+
+    def body(self, data: bytes) -> bool:
+        if self._ended:
+            return True
+        items = self._split(data)
+        return self._hand(items) if items else True
+
+    def complete(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._hand([UpstreamUnavailable("The provider's stream broke off before it finished.")])
+
+    def lost(self, error: Exception) -> None:
+        if not self._ended:
+            self._ended = True
+            self._hand([UpstreamUnavailable(f"The provider's stream broke off: {type(error).__name__}")])
 
 
 def _followed(items: list[Chunk | GatewayError | None]) -> list[bool]:

@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol, TypeVar
 from app.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
 from app.protocol.openai import ChatCompletionInput
 from app.providers.balancer import Balancer, Group, Member
-from app.providers.base import Chunk, Completion, Provider
+from app.providers.base import Chunk, Completion, Provider, PushSink
 
 OK: Final = "ok"
 ERROR: Final = "error"
@@ -234,6 +234,16 @@ class ResilientStream:
         except BaseException:
             self._trail.release()
             raise
+
+    def push(self, sink: PushSink) -> bool:
+        """The chosen upstream's ``push`` (``RelayStream``), once one was chosen."""
+        push = getattr(self._inner, "push", None)
+        return push is not None and bool(push(sink))
+
+    def resume(self) -> None:
+        resume = getattr(self._inner, "resume", None)
+        if resume is not None:
+            resume()
 
     def _commit(self, upstream: AsyncIterator[Chunk]) -> None:
         self._inner = upstream

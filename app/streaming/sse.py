@@ -27,6 +27,7 @@ from app.chat.stream import ChatStream
 from app.chat.stream_events import ClientLeft, StreamEvent
 from app.errors import GatewayError
 from app.streaming.disconnect import DisconnectWatch
+from app.transport.direct_body import DirectBody
 
 HEARTBEAT: bytes = b": keep-alive\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -94,15 +95,41 @@ class _Heartbeat:
 
 class SseWriter:
     """Frames a stream's events as SSE and writes them with one ``send`` per group of events that
-    arrived together (each chunk alone when they come one by one, as they mostly do)."""
+    arrived together (each chunk alone when they come one by one, as they mostly do).
 
-    __slots__ = ("_heartbeat", "_held", "_send", "_sid")
+    With ``direct`` (the server's connection, ``DirectBody``) it can also write synchronously, for
+    a stream whose events are pushed from the provider's connection (``app/chat/push.py``).
+    """
 
-    def __init__(self, stream: ChatStream, send: Send) -> None:
+    __slots__ = ("_direct", "_heartbeat", "_held", "_send", "_sid")
+
+    def __init__(self, stream: ChatStream, send: Send, direct: DirectBody | None = None) -> None:
         self._sid = stream.id.encode()
         self._send = send
+        self._direct = direct
         self._heartbeat = _Heartbeat(stream, send)
         self._held = b""  # frames of events that arrived together with the next one, not yet sent
+
+    def can_write_now(self) -> bool:
+        return self._direct is not None
+
+    def _frames(self, events: list[StreamEvent]) -> bytes:
+        sid = self._sid
+        return b"".join([chunk_frame(sid, e.seq, e.chunk.raw) for e in events if e.chunk is not None])
+
+    def write_now(self, events: list[StreamEvent]) -> bool:
+        assert self._direct is not None
+        frames = self._frames(events)
+        if self._held:
+            frames, self._held = self._held + frames, b""
+        return self._direct.write(frames)
+
+    def hold(self, events: list[StreamEvent]) -> None:
+        self._held += self._frames(events)
+
+    async def writable(self) -> None:
+        assert self._direct is not None
+        await self._direct.writable()
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
         frame = chunk_frame(self._sid, seq, raw)
@@ -144,7 +171,7 @@ class _SseASGI:
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
-            writer = SseWriter(stream, raw_send)
+            writer = SseWriter(stream, raw_send, DirectBody.of(raw_send))
             try:
                 await stream.pump(writer, watch.guard())
             except ClientLeft:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from app.providers.upstream.connection import Connection
@@ -16,6 +16,22 @@ HIGH_WATER = 256 * 1024
 #: How long a response released before its body's last bytes waits for them before its connection
 #: (HTTP/2: its stream) is dropped.
 DRAIN_S = 1.0
+
+
+class BodySink(Protocol):
+    """Takes a response's body as the connection receives it (``UpstreamResponse.deliver``)."""
+
+    def body(self, data: bytes) -> bool:
+        """Body bytes; False to stop the provider until ``UpstreamResponse.resume``."""
+        ...
+
+    def complete(self) -> None:
+        """The body has ended."""
+        ...
+
+    def lost(self, error: Exception) -> None:
+        """The connection (or HTTP/2 stream) broke before the body's end."""
+        ...
 
 
 class ResponseState(enum.Enum):
@@ -43,6 +59,8 @@ class UpstreamResponse:
         "_conn",
         "_drain_timer",
         "_loop",
+        "_sink",
+        "_sink_paused",
         "_waiter",
         "error",
         "headers",
@@ -67,6 +85,8 @@ class UpstreamResponse:
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._sink: BodySink | None = None
+        self._sink_paused = False
 
     # -- fed by the connection --------------------------------------------------------------------
 
@@ -86,6 +106,22 @@ class UpstreamResponse:
         if self.state is _DRAINING:  # nobody will read these bytes; HTTP/2 must still acknowledge them
             self._conn.consumed(self, len(data))
             return
+        sink = self._sink
+        if sink is not None:
+            # Unacknowledged until the sink has taken them with room to spare.
+            self._buffered += len(data)
+            if self._sink_paused:
+                self._chunks.append(data)  # kept for ``resume``, in order
+            elif sink.body(data):
+                self._conn.consumed(self, self._buffered)
+                self._buffered = 0
+                return
+            else:
+                self._sink_paused = True
+            # The sink's reader is behind: hold the provider (HTTP/1.1: stop reading; HTTP/2: these
+            # bytes stay unacknowledged and close the stream's window) until ``resume``.
+            self._conn.backlogged()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > HIGH_WATER:
@@ -99,7 +135,11 @@ class UpstreamResponse:
             self._let_go(reusable=self.keep_alive)
         elif state is _SENT or state is _RECEIVING:
             self.state = _COMPLETE
-            self._wake()
+            if self._sink is not None:
+                if not self._sink_paused:  # else the end follows what is kept, in ``resume``
+                    self._sink.complete()
+            else:
+                self._wake()
 
     def _on_lost(self, error: Exception) -> None:
         state = self.state
@@ -109,7 +149,11 @@ class UpstreamResponse:
         elif state is _SENT or state is _RECEIVING:
             self.state = _FAILED
             self.error = error
-            self._wake()
+            if self._sink is not None:
+                if not self._sink_paused:
+                    self._sink.lost(error)
+            else:
+                self._wake()
 
     # -- read by the relay ------------------------------------------------------------------------
 
@@ -143,6 +187,34 @@ class UpstreamResponse:
         self._conn.consumed(self, self._buffered)  # HTTP/2: the provider may send that much more
         self._buffered = 0
         return data
+
+    def deliver(self, sink: BodySink) -> None:
+        """From now on hand the body to ``sink`` from the connection's callbacks, as it arrives: no
+        buffer and no reader to wake. What has arrived already goes to it at once, then the end if
+        the body has ended."""
+        self._sink = sink
+        self._sink_paused = False
+        kept = b"".join(self._chunks)
+        self._chunks.clear()
+        taken = sink.body(kept) if kept else True
+        state = self.state
+        if state is _COMPLETE:
+            sink.complete()
+        elif state is _FAILED:
+            assert self.error is not None
+            sink.lost(self.error)
+        elif state is _SENT or state is _RECEIVING:
+            if taken:
+                self._conn.consumed(self, self._buffered)
+                self._buffered = 0
+            else:
+                self._sink_paused = True
+                self._conn.backlogged()
+
+    def resume(self) -> None:
+        """The sink takes bytes again: what was kept goes to it, and the provider may send again."""
+        if self._sink is not None and self._sink_paused:
+            self.deliver(self._sink)
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body (at most ``limit`` bytes: an error reply is never worth more)."""
