@@ -538,8 +538,7 @@ class Client(asyncio.Protocol):
             self._sse_event(block)
 
     def _sse_event(self, block: bytes) -> None:
-        if block.startswith(b":"):
-            return  # comment (heartbeat)
+        # Comment lines (the heartbeat, one line in front of the next event) match neither field.
         data: bytes | None = None
         is_error = False
         for line in block.split(b"\n"):

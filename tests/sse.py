@@ -56,10 +56,11 @@ async def read_events(response: httpx.Response) -> list[Event]:
                 events.append(current)
             current = None
             continue
-        current = current or Event(at=now)
         if line.startswith(":"):
-            current.comment = line[1:].strip()
+            # A comment is not part of an event (the heartbeat is a lone comment line): kept apart.
+            events.append(Event(at=now, comment=line[1:].strip()))
             continue
+        current = current or Event(at=now)
         name, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if name == "data":

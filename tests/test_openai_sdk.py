@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 
 from tests.conftest import ServerThread
-from tests.fake_provider import TOOL_NAME, FakeProvider
+from tests.fake_provider import DEFAULT_CONTENT, TOOL_NAME, FakeProvider
 
 HELLO = "Hello, world! This is the fake provider."
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
@@ -104,6 +104,14 @@ async def test_stream_response_headers(sdk: AsyncOpenAI, fake: FakeProvider) -> 
         assert response.headers.get("x-stream-id")
         chunks = await collect(await response.parse())
     assert text_of(chunks) == HELLO
+
+
+async def test_heartbeats_mid_stream_do_not_break_the_sdk(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    # "silent" pauses 1.0 s after two chunks and heartbeat_s is 0.2: several heartbeats come after
+    # events with ids. Ended by a blank line, each reached the SDK as an event with empty data,
+    # which it failed to decode as JSON.
+    chunks = await collect(await sdk.chat.completions.create(model="silent", messages=MESSAGES, stream=True))
+    assert text_of(chunks) == "".join(DEFAULT_CONTENT)
 
 
 async def test_demo_model_streams(sdk: AsyncOpenAI) -> None:

@@ -52,8 +52,9 @@ async def http(server: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
 
 def frames(raw: bytes) -> list[bytes]:
     """Whole SSE events (each with its blank line), heartbeat comments left out."""
-    parts = [p + b"\n\n" for p in raw.split(b"\n\n") if p]
-    return [p for p in parts if not p.startswith(b":")]
+    # A heartbeat is a lone comment line, so it sits in front of the event that follows it.
+    parts = [b"".join(x + b"\n" for x in p.split(b"\n") if x and not x.startswith(b":")) for p in raw.split(b"\n\n")]
+    return [p + b"\n" for p in parts if p]
 
 
 def seq_of(frame: bytes) -> int:
@@ -74,8 +75,8 @@ class Reader:
             if len(got) >= n:
                 cut = 0
                 for _ in range(n):  # keep what follows the n-th event (heartbeats skipped)
-                    while self._buffer[cut:].startswith(b":"):
-                        cut = self._buffer.index(b"\n\n", cut) + 2
+                    while self._buffer[cut:].startswith(b":"):  # a heartbeat: one comment line
+                        cut = self._buffer.index(b"\n", cut) + 1
                     cut = self._buffer.index(b"\n\n", cut) + 2
                 self._buffer = self._buffer[cut:]
                 return got[:n]

@@ -29,7 +29,11 @@ from app.errors import GatewayError
 from app.streaming.disconnect import DisconnectWatch
 from app.transport.direct_body import DirectBody
 
-HEARTBEAT: bytes = b": keep-alive\n\n"
+#: A comment line alone, without the blank line that would end an event: a blank line dispatches an
+#: event in parsers that keep the last event id across events as the SSE spec says, and the OpenAI
+#: Python SDK then hands its caller an event with empty data, which it fails to decode as JSON (a
+#: heartbeat mid-stream broke every SDK stream). Spec parsers ignore the line either way.
+HEARTBEAT: bytes = b": keep-alive\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: Where the outermost middleware leaves the server's own ``send`` for responses that bypass the
 #: chain after their start (see the module docstring).
