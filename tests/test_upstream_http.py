@@ -581,3 +581,81 @@ async def test_h2_idle_connection_is_closed_after_the_keep_alive_expiry() -> Non
         await pool.aclose()
     finally:
         server.close()
+
+
+class Sink:
+    """A BodySink that records what it is handed and says it is full when told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.full = False
+        self.changed = asyncio.Event()
+
+    def body(self, data: bytes) -> bool:
+        self.calls.append(("body", data))
+        self.changed.set()
+        return not self.full
+
+    def complete(self) -> None:
+        self.calls.append(("complete", b""))
+        self.changed.set()
+
+    def lost(self, error: Exception) -> None:
+        self.calls.append(("lost", type(error).__name__.encode()))
+        self.changed.set()
+
+
+async def test_a_delivered_body_waits_for_a_full_sink_and_ends_after_what_it_kept(serve) -> None:  # type: ignore[no-untyped-def]
+    # The push path (app/chat/push.py): the body goes to a sink from the connection's callbacks.
+    # A sink that says it is full gets nothing more until resume; what arrived meanwhile is kept, in
+    # order, and the body's end comes only after it.
+    step = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await step.wait()
+        writer.write(b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n")  # one read: two pieces and the end
+        await reader.read()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(template(url), BODY)
+    sink = Sink()
+    async with asyncio.timeout(5):
+        assert await response.read_some() == b"first"  # pulled first, as a stream's first chunk is
+        response.deliver(sink)
+        assert sink.calls == []
+        sink.full = True
+        step.set()
+        await sink.changed.wait()
+        await asyncio.sleep(0.1)  # anything else of that read has arrived by now
+    assert sink.calls == [("body", b"second")], sink.calls  # full: "third" and the end are kept
+    sink.full = False
+    response.resume()
+    assert sink.calls == [("body", b"second"), ("body", b"third"), ("complete", b"")]
+    response.release()
+    assert pool.idle_connections == 1  # a clean end: the connection goes back to the pool
+    await pool.aclose()
+
+
+async def test_a_delivered_body_reports_a_broken_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await asyncio.sleep(0.1)
+        writer.transport.abort()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(template(url), BODY)
+    sink = Sink()
+    response.deliver(sink)
+    async with asyncio.timeout(5):
+        while not sink.calls or sink.calls[-1][0] == "body":
+            sink.changed.clear()
+            await sink.changed.wait()
+    assert sink.calls[0] == ("body", b"first")
+    assert sink.calls[-1][0] == "lost"
+    response.close()
+    await pool.aclose()
