@@ -659,3 +659,33 @@ async def test_a_delivered_body_reports_a_broken_connection(serve) -> None:  # t
     assert sink.calls[-1][0] == "lost"
     response.close()
     await pool.aclose()
+
+
+async def test_a_body_delivered_to_a_sink_that_is_already_full_waits_for_resume(serve) -> None:  # type: ignore[no-untyped-def]
+    step = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await step.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await reader.read()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await pool.post(template(url), BODY)
+    sink = Sink()
+    async with asyncio.timeout(5):
+        assert await response.read_some() == b"first"
+    response.deliver(sink, full=True)  # the sink could not take the events pulled before it
+    step.set()
+    await asyncio.sleep(0.2)
+    assert sink.calls == []  # the connection is not even read meanwhile
+    response.resume()
+    async with asyncio.timeout(5):
+        while not sink.calls or sink.calls[-1][0] != "complete":
+            sink.changed.clear()
+            await sink.changed.wait()
+    assert sink.calls == [("body", b"second"), ("complete", b"")]
+    response.release()
+    await pool.aclose()

@@ -4,7 +4,9 @@ transport's writer, its outcome, its close, its metrics observation and its log 
 
 The consumer (the SSE response or a WebSocket request) pulls events in its own task; there is no
 reader task and no queue in between, because on a gateway that relays thousands of chunks a second
-that hop cost a task wake-up and two queue operations per chunk. The first-chunk and idle deadlines
+that hop cost a task wake-up and two queue operations per chunk. A relayed SSE stream goes further
+after its first chunk: the rest is pushed from the provider connection's callback (``push.py``),
+and the consumer's task only waits for the end. The first-chunk and idle deadlines
 are a watchdog timer that cancels whichever task is waiting on the provider; every failure becomes
 an error event; ``close(outcome)`` ends the stream once and closes the upstream call at once.
 Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business:

@@ -328,12 +328,13 @@ class RelayStream:
         if response is None or (self._ended and not self._pending):
             return False
         self._sink = sink
+        taken = True
         if self._pending:  # the rest of the last pulled read comes first
             items = [item for item, _ in self._pending]
             self._pending.clear()
-            self._hand(items)
+            taken = self._hand(items)
         if self._response is response:
-            response.deliver(self)
+            response.deliver(self, full=not taken)
         return True
 
     def resume(self) -> None:

@@ -188,12 +188,15 @@ class UpstreamResponse:
         self._buffered = 0
         return data
 
-    def deliver(self, sink: BodySink) -> None:
+    def deliver(self, sink: BodySink, *, full: bool = False) -> None:
         """From now on hand the body to ``sink`` from the connection's callbacks, as it arrives: no
         buffer and no reader to wake. What has arrived already goes to it at once, then the end if
-        the body has ended."""
+        the body has ended; with ``full`` (the sink cannot take more yet) only from ``resume`` on."""
         self._sink = sink
-        self._sink_paused = False
+        self._sink_paused = full
+        if full:
+            self._conn.backlogged()
+            return
         kept = b"".join(self._chunks)
         self._chunks.clear()
         taken = sink.body(kept) if kept else True
@@ -214,7 +217,7 @@ class UpstreamResponse:
     def resume(self) -> None:
         """The sink takes bytes again: what was kept goes to it, and the provider may send again."""
         if self._sink is not None and self._sink_paused:
-            self.deliver(self._sink)
+            self.deliver(self._sink)  # not full: the sink says so by what it answers
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body (at most ``limit`` bytes: an error reply is never worth more)."""
