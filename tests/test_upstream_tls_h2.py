@@ -117,6 +117,46 @@ def test_a_real_gateway_relays_an_sse_stream_over_h2(tls_upstream: TlsUpstream, 
     assert after["h2_connections"] >= 1
 
 
+def test_a_pushed_stream_over_h2_survives_a_client_that_stops_reading(
+    tls_upstream: TlsUpstream, tmp_path: Path
+) -> None:
+    # 100,000 chunks sent as fast as the window allows (~20 MB of SSE), to a client that reads
+    # nothing for 1.5 s: the gateway's client socket fills, the pushed stream withholds the h2
+    # window (the provider stops), and once the client reads again the acknowledgements go out and
+    # the stream ends intact. A lost acknowledgement would stall it until the test's timeout.
+    toml = deployments_toml({"big": "big-n100000-f0-g0"}, tls_upstream.url + "/v1")
+    gateway = GatewayProcess(tmp_path, toml, env={"SSL_CERT_FILE": str(tls_upstream.ca_file)})
+
+    async def read_all() -> bytes:
+        body = b'{"model": "big", "stream": true, "messages": [{"role": "user", "content": "go"}]}'
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        received = await asyncio.wait_for(reader.read(65536), 10)
+        assert received.startswith(b"HTTP/1.1 200"), received[:200]
+        await asyncio.sleep(1.5)  # the scenario: a client that reads nothing for a while
+        async with asyncio.timeout(20):
+            while b"data: [DONE]" not in received[-200:]:
+                data = await reader.read(1 << 20)
+                assert data, received[-600:]
+                received += data
+        writer.close()
+        return received
+
+    try:
+        gateway.wait_ready(20.0)
+        before = asyncio.run(tls_upstream.stats())
+        received = asyncio.run(read_all())
+        after = asyncio.run(tls_upstream.stats())
+    finally:
+        gateway.stop()
+    assert b"event: error" not in received
+    assert received.count(b'"content":" w') == 100_000
+    assert after["h2_requests"] - before["h2_requests"] == 1
+
+
 def test_the_matrix_plans_and_configures_the_resilience_and_h2_cells() -> None:
     base = ["--concurrency", "32", "--modes", "sse", "--deployments", "fast", "--idle", "0"]
     plain = run_matrix.build_plan(run_matrix.parse_args(base))
