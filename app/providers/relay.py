@@ -304,16 +304,19 @@ class RelayStream:
         self._buffer = buffer
         return items
 
-    def _let_go(self, *, done: bool) -> None:
+    def _let_go(self, *, done: bool, soon: bool = False) -> None:
         """Done with the provider's response: back to the pool once its body has ended cleanly
-        (``done``), else its connection is closed at once (the provider sees the client leave)."""
+        (``done``), else its connection is closed at once (the provider sees the client leave).
+        ``soon``: on the next loop turn, for a caller inside the connection's own callback (its
+        parser may still be in the middle of this read and must not lose its response)."""
         self._ended = True
         response, self._response = self._response, None
         if response is not None:
-            if done:
-                response.release()
+            let_go = response.release if done else response.close
+            if soon:
+                asyncio.get_running_loop().call_soon(let_go)
             else:
-                response.close()
+                let_go()
 
     async def aclose(self) -> None:
         self._sink = None
@@ -347,14 +350,9 @@ class RelayStream:
         if sink is None:
             return True
         taken = sink.take(items)
-        if self._ended:
-            # That was the end: let the response go once the connection's callback that got here has
-            # returned (its parser may still be inside this read and must not lose its response).
+        if self._ended:  # that was the end
             self._sink = None
-            response, self._response = self._response, None
-            if response is not None:
-                clean = bool(items) and items[-1] is None
-                asyncio.get_running_loop().call_soon(response.release if clean else response.close)
+            self._let_go(done=bool(items) and items[-1] is None, soon=True)
         return taken
 
     # BodySink: called by the response from the connection's data_received.
