@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -85,3 +86,23 @@ async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any], **kwargs:
 
 def chat_body(model: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def post_raw(port: int, body: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A chat stream asked for over a raw socket on 127.0.0.1: the body is then read as the gateway
+    wrote it (chunked framing included), or not read at all."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    return reader, writer
+
+
+async def read_to_done(reader: asyncio.StreamReader, received: bytes) -> bytes:
+    """``received`` and the rest of the raw stream up to its ``[DONE]``; fails if the connection ends first."""
+    while b"data: [DONE]" not in received[-200:]:
+        data = await reader.read(1 << 20)
+        assert data, f"the stream ended without [DONE]: {received[received.rfind(b'event: error') :][:600]!r}"
+        received += data
+    return received

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ServerThread
 from tests.fake_provider import DEFAULT_CONTENT, FakeProvider
-from tests.sse import chat_body, stream_chat
+from tests.sse import chat_body, post_raw, read_to_done, stream_chat
 
 pytestmark = pytest.mark.usefixtures("gateway")
 
@@ -201,34 +202,32 @@ async def test_idle_timeout_mid_stream(client: httpx.AsyncClient, fake: FakeProv
 async def test_a_client_that_stops_reading_is_not_an_idle_provider(gateway: ServerThread) -> None:
     # 12 MB of stream, more than socket buffers hold: while the client does not read, the gateway
     # cannot write, stops reading the provider (back-pressure), and that time is not the provider's
-    # silence. After a pause longer than the idle timeout (1.5 s) the stream still ends intact.
+    # silence. What the gateway holds for the client meanwhile stays near its socket's high-water
+    # mark (the provider is not read, not buffered here; on the relay the stream is pushed,
+    # app/chat/push.py). After a pause longer than the idle timeout (1.5 s) the stream ends intact.
     body = b'{"model": "firehose_varied", "stream": true, "messages": [{"role": "user", "content": "go"}]}'
-    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-        b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-    )
+    reader, writer = await post_raw(gateway.port, body)
     received = await asyncio.wait_for(reader.read(65536), 5)
     assert received.startswith(b"HTTP/1.1 200")
     await asyncio.sleep(2.5)  # the scenario itself: a client that reads nothing for a while
+
+    async def largest_write_buffer() -> int:
+        connections: Any = gateway.server.server_state.connections
+        return max((c.transport.get_write_buffer_size() for c in connections if c.transport), default=0)
+
+    held = await asyncio.to_thread(gateway.call, largest_write_buffer())
     async with asyncio.timeout(60):
-        while b"data: [DONE]" not in received[-200:]:
-            data = await reader.read(1 << 20)
-            assert data, f"the stream ended without [DONE]: {received[received.rfind(b'event: error') :][:600]!r}"
-            received += data
+        received = await read_to_done(reader, received)
     writer.close()
+    assert held < 2 * 1024 * 1024, held  # of a 12 MB stream
     assert b"event: error" not in received
     assert received.count(b"y" * 4000) == 3000
 
 
 async def _raw_http_chunks(port: int, body: bytes) -> list[bytes]:
     """The pieces of a chunked HTTP/1.1 response as the gateway wrote them: one per ``send``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await post_raw(port, body)
     try:
-        writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-            b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-        )
         async with asyncio.timeout(10):
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head

@@ -10,7 +10,7 @@ import pytest
 import trustme
 from yarl import URL
 
-from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool
+from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool, UpstreamResponse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
@@ -96,19 +96,27 @@ async def test_keep_alive_reuses_one_connection_for_sequential_calls(serve) -> N
     await pool.aclose()
 
 
-async def test_chunked_body_arrives_piece_by_piece(serve) -> None:  # type: ignore[no-untyped-def]
+async def stepped_reply(
+    serve: Callable[[Handler], Awaitable[tuple[Server, URL]]], rest: bytes
+) -> tuple[UpstreamPool, UpstreamResponse, asyncio.Event]:
+    """A chunked reply whose first piece is "first" and whose ``rest`` (more chunks and the end)
+    follows once the returned event is set; the call is made, its response returned."""
     step = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
         writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         await step.wait()
-        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        writer.write(rest)
         await reader.read()
 
     server, url = await serve(handler)
     pool = UpstreamPool(url.origin())
-    response = await pool.post(template(url), BODY)
+    return pool, await pool.post(template(url), BODY), step
+
+
+async def test_chunked_body_arrives_piece_by_piece(serve) -> None:  # type: ignore[no-untyped-def]
+    pool, response, step = await stepped_reply(serve, b"6\r\nsecond\r\n0\r\n\r\n")
     assert await asyncio.wait_for(response.read_some(), 5) == b"first"
     step.set()
     assert await asyncio.wait_for(response.read_some(), 5) == b"second"
@@ -604,23 +612,19 @@ class Sink:
         self.calls.append(("lost", type(error).__name__.encode()))
         self.changed.set()
 
+    async def until(self, kind: str) -> None:
+        """Until the last call is ``kind`` (the end: "complete" or "lost")."""
+        while not self.calls or self.calls[-1][0] != kind:
+            self.changed.clear()
+            await self.changed.wait()
+
 
 async def test_a_delivered_body_waits_for_a_full_sink_and_ends_after_what_it_kept(serve) -> None:  # type: ignore[no-untyped-def]
     # The push path (app/chat/push.py): the body goes to a sink from the connection's callbacks.
     # A sink that says it is full gets nothing more until resume; what arrived meanwhile is kept, in
     # order, and the body's end comes only after it.
-    step = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await step.wait()
-        writer.write(b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n")  # one read: two pieces and the end
-        await reader.read()
-
-    server, url = await serve(handler)
-    pool = UpstreamPool(url.origin())
-    response = await pool.post(template(url), BODY)
+    # One read: two pieces and the end.
+    pool, response, step = await stepped_reply(serve, b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n")
     sink = Sink()
     async with asyncio.timeout(5):
         assert await response.read_some() == b"first"  # pulled first, as a stream's first chunk is
@@ -652,9 +656,7 @@ async def test_a_delivered_body_reports_a_broken_connection(serve) -> None:  # t
     sink = Sink()
     response.deliver(sink)
     async with asyncio.timeout(5):
-        while not sink.calls or sink.calls[-1][0] == "body":
-            sink.changed.clear()
-            await sink.changed.wait()
+        await sink.until("lost")
     assert sink.calls[0] == ("body", b"first")
     assert sink.calls[-1][0] == "lost"
     response.close()
@@ -662,18 +664,7 @@ async def test_a_delivered_body_reports_a_broken_connection(serve) -> None:  # t
 
 
 async def test_a_body_delivered_to_a_sink_that_is_already_full_waits_for_resume(serve) -> None:  # type: ignore[no-untyped-def]
-    step = asyncio.Event()
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await step.wait()
-        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
-        await reader.read()
-
-    server, url = await serve(handler)
-    pool = UpstreamPool(url.origin())
-    response = await pool.post(template(url), BODY)
+    pool, response, step = await stepped_reply(serve, b"6\r\nsecond\r\n0\r\n\r\n")
     sink = Sink()
     async with asyncio.timeout(5):
         assert await response.read_some() == b"first"
@@ -683,9 +674,7 @@ async def test_a_body_delivered_to_a_sink_that_is_already_full_waits_for_resume(
     assert sink.calls == []  # the connection is not even read meanwhile
     response.resume()
     async with asyncio.timeout(5):
-        while not sink.calls or sink.calls[-1][0] != "complete":
-            sink.changed.clear()
-            await sink.changed.wait()
+        await sink.until("complete")
     assert sink.calls == [("body", b"second"), ("complete", b"")]
     response.release()
     await pool.aclose()

@@ -26,6 +26,7 @@ from app.settings import settings_from_dict
 from loadtests import run_matrix
 from loadtests.loadgen import LoadConfig, http_get, run_load
 from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml
+from tests.sse import post_raw, read_to_done
 
 CHUNKS = 5
 
@@ -129,19 +130,12 @@ def test_a_pushed_stream_over_h2_survives_a_client_that_stops_reading(
 
     async def read_all() -> bytes:
         body = b'{"model": "big", "stream": true, "messages": [{"role": "user", "content": "go"}]}'
-        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-        writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-            b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-        )
+        reader, writer = await post_raw(gateway.port, body)
         received = await asyncio.wait_for(reader.read(65536), 10)
         assert received.startswith(b"HTTP/1.1 200"), received[:200]
         await asyncio.sleep(1.5)  # the scenario: a client that reads nothing for a while
         async with asyncio.timeout(20):
-            while b"data: [DONE]" not in received[-200:]:
-                data = await reader.read(1 << 20)
-                assert data, received[-600:]
-                received += data
+            received = await read_to_done(reader, received)
         writer.close()
         return received
 
