@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from app.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
+from app.protocol.openai import parse_chat_body
 from app.providers.chunks import error_from_reply, read_chunk
-from app.providers.relay import _data_of, resolve_target
+from app.providers.relay import Relay, _data_of, resolve_target
 from app.settings import DeploymentSettings
 from tests.conftest import ServerThread
 
@@ -91,3 +93,38 @@ def test_test_gateway_takes_the_path_it_says(gateway: ServerThread) -> None:
     assert provider.path_of("demo-1") == "full"
     # Fallbacks no longer force the full path: resilience sits in front of both paths.
     assert provider.path_of("with_fallback-1") == "fast"
+
+
+async def test_an_event_that_never_ends_is_refused_not_buffered() -> None:
+    # A provider that streams one endless SSE event (no blank line ever): past MAX_EVENT_BYTES (4 MB) the
+    # relay ends the stream with an error and closes the provider's connection.
+    closed = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"data: " + b"x" * 65_536
+        try:
+            while True:
+                writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                await writer.drain()
+                piece = b"x" * 65_536
+        except ConnectionError:
+            closed.set()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dep = DeploymentSettings(name="m", litellm_model="openai/m", api_base=f"http://127.0.0.1:{port}/v1")
+    target = resolve_target(dep, {})
+    assert target is not None
+    relay = Relay({"m": target})
+    stream = relay.stream(parse_chat_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'), "m")
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(UpstreamUnavailable, match="larger than the gateway accepts"):
+                await anext(stream)
+            await closed.wait()  # the provider saw its connection closed
+    finally:
+        await stream.aclose()
+        await relay.aclose()
+        server.close()

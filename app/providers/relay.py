@@ -33,6 +33,10 @@ from app.settings import DeploymentSettings
 litellm = import_litellm()
 
 _OWN_FIELDS = frozenset({"model", "messages"})
+#: The most one SSE event of a provider's stream may hold before the gateway gives up on it: an
+#: event is one chunk (a few hundred bytes; a large tool-call delta, some KB), and a provider that
+#: never ends its event must not grow the relay's buffer without bound.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 _encode = msgspec.json.encode
 
 
@@ -301,6 +305,10 @@ class RelayStream:
                     self._ended = True
                     buffer = b""
                     break
+        if len(buffer) > MAX_EVENT_BYTES:
+            self._ended = True
+            buffer = b""
+            items.append(UpstreamUnavailable("The provider sent a stream event larger than the gateway accepts."))
         self._buffer = buffer
         return items
 
