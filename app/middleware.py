@@ -79,10 +79,16 @@ class RequestIdMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
+            # The server's send is a method of the connection's request cycle, which holds this scope:
+            # left in the scope it would make a reference cycle of the request's whole graph.
+            state.pop(RAW_SEND, None)
             duration = time.perf_counter() - started
             for observer in self.observers:
                 observer(scope, status, duration)
             _log_request(scope, state, request_id, status, duration)
+            # The error (kept for that line) holds its traceback, whose frames hold this scope: dropped
+            # now, a failed request is freed at once instead of waiting, as a cycle, for the collector.
+            state.pop("error", None)
 
 
 async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayError) -> None:

@@ -111,7 +111,9 @@ async def run_phases(
 
         redis.pause() if kind == "stop" else redis.kill()
         stopped_at = time.monotonic()
-        during = await load(client, concurrency, requests, outage_s)
+        # Bounded by the outage's length rather than by ``requests``: on a fast machine that many
+        # requests were all done inside the first window, leaving nothing to measure after it.
+        during = await load(client, concurrency, 10 * requests, outage_s)
         t0 = time.monotonic()
         ready = await client.get("/health/ready")
         ready_s = time.monotonic() - t0

@@ -372,6 +372,7 @@ class ChatStream:
             self.detachment.stop_grace()
         if self._push is not None:
             self._push.stop()
+            self._push = None  # it refers to this stream: no cycle left for the garbage collector
         if not self._finished and self.log is not None:
             # The log must end too, or its readers would wait for an event that never comes.
             self._seq += 1

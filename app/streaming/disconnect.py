@@ -35,7 +35,7 @@ async def wait_disconnect(receive: Receive) -> None:
 class DisconnectWatch:
     """Create in the request's task after its body was read; ``stop()`` when the response is done."""
 
-    __slots__ = ("_armed", "_cancelled", "_owner", "_task", "gone")
+    __slots__ = ("_armed", "_cancelled", "_owner", "_stopped", "_task", "gone")
 
     def __init__(self, receive: Receive) -> None:
         owner = asyncio.current_task()
@@ -43,11 +43,21 @@ class DisconnectWatch:
         self._owner = owner
         self._armed = False
         self._cancelled = False
+        self._stopped = False
         self.gone = False
         self._task = asyncio.get_running_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
-        await wait_disconnect(receive)
+        try:
+            await wait_disconnect(receive)
+        except asyncio.CancelledError:
+            if self._stopped:
+                # Ended by stop(), the usual end: returning instead of letting the task keep the
+                # CancelledError matters. Its traceback holds this frame, the frame holds the watch,
+                # the watch its task and the task the error: a reference cycle that took the request's
+                # whole object graph (stream, relay, response) with it to the cyclic collector.
+                return
+            raise
         self.gone = True
         if self._armed:
             self._cancelled = True
@@ -72,4 +82,5 @@ class DisconnectWatch:
 
     def stop(self) -> None:
         self._armed = False
+        self._stopped = True
         self._task.cancel()

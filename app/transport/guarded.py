@@ -232,6 +232,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self._writes.resumed()
         super().handle_websocket_upgrade()
+        # The WebSocket protocol owns the transport now and this one gets no more callbacks (not even
+        # connection_lost, where uvicorn drops its parser): the parser holds our bound callbacks, so
+        # without this the pair would wait, as a cycle, for the garbage collector.
+        self.parser = None  # type: ignore[assignment]  # as uvicorn does in connection_lost
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

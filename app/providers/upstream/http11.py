@@ -67,6 +67,12 @@ class HTTP11Connection(Connection):
         else:
             response._on_lost(UpstreamConnectionError("the provider closed the connection mid-reply"))
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # The transport's last callback. The parser holds this connection's bound callbacks: dropped,
+        # a closed connection is freed at once instead of waiting, as a cycle, for the collector.
+        del self.parser
+
     # -- httptools callbacks ----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
