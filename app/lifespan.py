@@ -56,7 +56,8 @@ def build_services(
     from app.providers.egress import EgressSettings
     from app.providers.litellm_metadata import model_metadata, provider_of
     from app.providers.litellm_provider import LiteLLMProvider, build_router
-    from app.providers.relay import Relay, resolve_target
+    from app.providers.relay import Relay
+    from app.providers.relay_target import resolve_target
     from app.providers.routing import RoutingProvider
 
     environ = os.environ if environ is None else environ
