@@ -96,36 +96,66 @@ def test_test_gateway_takes_the_path_it_says(gateway: ServerThread) -> None:
     assert provider.path_of("with_fallback-1") == "fast"
 
 
-async def test_an_event_that_never_ends_is_refused_not_buffered() -> None:
-    # A provider that streams one endless SSE event (no blank line ever): past MAX_EVENT_BYTES (4 MB) the
-    # relay ends the stream with an error and closes the provider's connection.
-    closed = asyncio.Event()
+class _EndlessProvider:
+    """A provider whose reply body never ends (chunked, 64 KB pieces, as fast as it is read): ``start``
+    is the body's first bytes; ``closed`` is set once the relay has closed the connection."""
 
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, content_type: bytes, start: bytes) -> None:
+        self.content_type, self.start = content_type, start
+        self.closed = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
-        piece = b"data: " + b"x" * 65_536
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nTransfer-Encoding: chunked\r\n\r\n" % self.content_type)
+        piece = self.start + b"x" * 65_536
         try:
             while True:
                 writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
                 await writer.drain()
                 piece = b"x" * 65_536
         except ConnectionError:
-            closed.set()
+            self.closed.set()
 
-    server = await asyncio.start_server(endless, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    dep = DeploymentSettings(name="m", litellm_model="openai/m", api_base=f"http://127.0.0.1:{port}/v1")
-    target = resolve_target(dep, {})
-    assert target is not None
-    relay = Relay({"m": target})
-    stream = relay.stream(parse_chat_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'), "m")
-    try:
-        async with asyncio.timeout(10):
+    async def __aenter__(self) -> Relay:
+        self.server = await asyncio.start_server(self._reply, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        dep = DeploymentSettings(name="m", litellm_model="openai/m", api_base=f"http://127.0.0.1:{port}/v1")
+        target = resolve_target(dep, {})
+        assert target is not None
+        self.relay = Relay({"m": target})
+        return self.relay
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.relay.aclose()
+        assert self.server is not None
+        self.server.close()
+
+
+_HI = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+async def test_an_event_that_never_ends_is_refused_not_buffered() -> None:
+    # A provider that streams one endless SSE event (no blank line ever): past MAX_EVENT_BYTES (4 MB) the
+    # relay ends the stream with an error and closes the provider's connection.
+    provider = _EndlessProvider(b"text/event-stream", b"data: ")
+    async with provider as relay:
+        stream = relay.stream(parse_chat_body(_HI), "m")
+        try:
+            async with asyncio.timeout(10):
+                with pytest.raises(UpstreamUnavailable, match="larger than the gateway accepts"):
+                    await anext(stream)
+                await provider.closed.wait()  # the provider saw its connection closed
+        finally:
+            await stream.aclose()
+
+
+async def test_an_answer_that_never_ends_is_refused_not_buffered() -> None:
+    # The same for a whole (non-streamed) answer: read up to MAX_ANSWER_BYTES (32 MB), then an error
+    # and the provider's connection closed, rather than the gateway's memory.
+    provider = _EndlessProvider(b"application/json", b'{"choices": [{"message": {"content": "')
+    async with provider as relay:
+        async with asyncio.timeout(20):
             with pytest.raises(UpstreamUnavailable, match="larger than the gateway accepts"):
-                await anext(stream)
-            await closed.wait()  # the provider saw its connection closed
-    finally:
-        await stream.aclose()
-        await relay.aclose()
-        server.close()
+                await relay.complete(parse_chat_body(_HI), "m")
+            await provider.closed.wait()

@@ -30,6 +30,10 @@ from app.providers.upstream import RequestTemplate, UpstreamConnectionError, Ups
 #: event is one chunk (a few hundred bytes; a large tool-call delta, some KB), and a provider that
 #: never ends its event must not grow the relay's buffer without bound.
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+#: The most a provider's whole (non-streamed) answer may hold. A long completion is a few hundred KB,
+#: with several choices and log-probabilities a few MB; a provider that sends more (or never stops)
+#: gets an error instead of the gateway's memory.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 # -- the relay --------------------------------------------------------------------------------
@@ -92,13 +96,16 @@ class Relay:
         target = self.targets[deployment]
         response = await self._post(target, request_body(target, request, stream=False), request)
         try:
-            raw = await response.read()
+            raw = await response.read(limit=MAX_ANSWER_BYTES + 1)
         except (UpstreamConnectionError, OSError) as exc:
             response.close()
             raise UpstreamUnavailable("The provider's answer broke off.") from exc
         except BaseException:  # cancelled (the call's deadline, the client leaving): drop the connection
             response.close()
             raise
+        if len(raw) > MAX_ANSWER_BYTES:
+            response.close()  # the rest is never read: the provider sees its connection close
+            raise UpstreamUnavailable("The provider's answer was larger than the gateway accepts.")
         response.release()
         try:
             usage = completion_usage(raw)
