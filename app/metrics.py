@@ -4,10 +4,11 @@ Instruments are created once per app (two apps in one process never share counte
 recorded per chunk: a stream records at open, first byte, first token and close, with attribute
 sets built once per stream.
 
-Histograms go through the SDK on every observation. Counts (streams open, outcomes, chunks, tokens,
-cache results) are tallied in plain dicts and handed to observable instruments when /metrics is
-scraped: the exported series are the same, and a stream's bookkeeping costs a few dict updates
-instead of six SDK calls (each validates and hashes its attributes).
+Nothing goes through the SDK per observation. Counts (streams open, outcomes, chunks, tokens, cache
+results) are tallied in plain dicts and handed to observable instruments when /metrics is scraped;
+histograms are aggregated in place and rendered beside them (``app/histograms.py``). The exported
+series are the same, and a request's bookkeeping costs a few dict updates and bisects instead of
+some ten SDK calls (each validates and hashes its attributes: 11-14 us per histogram record).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
+from app.histograms import Histogram, Histograms
 from app.process_metrics import register_process_metrics
 
 if TYPE_CHECKING:
@@ -46,30 +48,18 @@ class Metrics:
         # filter is switched off rather than paid for on every observation.
         self._provider = MeterProvider(metric_readers=[self._reader], exemplar_filter=AlwaysOffExemplarFilter())
         meter = self._provider.get_meter("chat-gateway")
-        self.http_duration = meter.create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="HTTP request duration by route template",
-            explicit_bucket_boundaries_advisory=HTTP_BUCKETS,
+        # Histograms aggregated in place (app/histograms.py), rendered with the rest at scrape time.
+        self.http_duration = Histogram(
+            "http_server_request_duration_seconds", "HTTP request duration by route template", HTTP_BUCKETS
         )
-        self.ttfb = meter.create_histogram(
-            "chat.time_to_first_byte",
-            unit="s",
-            description="Request received -> first event written",
-            explicit_bucket_boundaries_advisory=TTFB_BUCKETS,
+        self.ttfb = Histogram(
+            "chat_time_to_first_byte_seconds", "Request received -> first event written", TTFB_BUCKETS
         )
-        self.ttft = meter.create_histogram(
-            "chat.time_to_first_token",
-            unit="s",
-            description="Upstream call started -> first content chunk",
-            explicit_bucket_boundaries_advisory=TTFB_BUCKETS,
+        self.ttft = Histogram(
+            "chat_time_to_first_token_seconds", "Upstream call started -> first content chunk", TTFB_BUCKETS
         )
-        self.duration = meter.create_histogram(
-            "chat.stream.duration",
-            unit="s",
-            description="Stream duration by outcome",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        self.duration = Histogram("chat_stream_duration_seconds", "Stream duration by outcome", DURATION_BUCKETS)
+        self.registry.register(Histograms(self.http_duration, self.ttfb, self.ttft, self.duration))
         # Tallies keyed by label values, in the order of the label names beside them.
         self.active: Counter[tuple[str, ...]] = Counter()
         self.outcomes: Counter[tuple[str, ...]] = Counter()

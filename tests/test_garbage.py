@@ -142,3 +142,19 @@ async def test_websocket_requests_leave_no_cycles_of_ours(
             await asyncio.sleep(0.01)
         gc.collect()
         assert _ours(saved_garbage) == Counter()
+
+
+def test_a_resume_log_holds_chunk_events_the_collector_does_not_track() -> None:
+    # A resume log keeps a stream's events for resume_ttl_s: at a few hundred streams a second that is
+    # hundreds of thousands of events, which every collection reaching them would walk. Chunk events
+    # are not tracked; an error event is (a cycle through its traceback must still be found).
+    from app.chat.stream_events import StreamEvent
+    from app.errors import UpstreamUnavailable
+    from app.providers.base import Chunk, Usage
+    from app.providers.chunks import read_chunk
+
+    chunk = read_chunk(b'{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}')
+    assert not gc.is_tracked(StreamEvent(1, chunk))
+    assert not gc.is_tracked(StreamEvent(2, Chunk(raw=b"{}", usage=Usage(1, 2), usage_only=True)))
+    assert not gc.is_tracked(StreamEvent(3, finish_reason="stop", usage=Usage(1, 2)))
+    assert gc.is_tracked(StreamEvent(3, error=UpstreamUnavailable("gone")))

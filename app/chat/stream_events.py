@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol
 
+import msgspec
+
 from app.errors import GatewayError
 from app.providers.base import Chunk, Usage
 
@@ -22,25 +24,22 @@ UPSTREAM_ERROR: Final = "upstream_error"
 TIMEOUT: Final = "timeout"
 
 
-class StreamEvent:
-    """A numbered event: a chunk, an error, or (both None) the end of the stream."""
+class StreamEvent(msgspec.Struct, frozen=True):
+    """A numbered event: a chunk, an error, or (both None) the end of the stream.
 
-    __slots__ = ("chunk", "error", "finish_reason", "seq", "usage")
+    A msgspec struct so that the garbage collector does not track it: a resume log keeps every event
+    of a stream for ``resume_ttl_s``, hundreds of thousands at a few hundred streams a second, and
+    every collection that reaches them walks them all. msgspec leaves untracked a struct that holds
+    only untracked values (ints, strings, a ``Chunk``: a ``gc=False`` struct); an error event holds an
+    exception and stays tracked, so a cycle through its traceback is still found.
+    """
 
-    def __init__(
-        self,
-        seq: int,
-        chunk: Chunk | None = None,
-        error: GatewayError | None = None,
-        finish_reason: str | None = None,
-        usage: Usage | None = None,
-    ) -> None:
-        self.seq = seq
-        self.chunk = chunk
-        self.error = error
-        #: On the last event: the stream's finish reason and usage (a WebSocket done frame carries them).
-        self.finish_reason = finish_reason
-        self.usage = usage
+    seq: int
+    chunk: Chunk | None = None
+    error: GatewayError | None = None
+    #: On the last event: the stream's finish reason and usage (a WebSocket done frame carries them).
+    finish_reason: str | None = None
+    usage: Usage | None = None
 
     @property
     def is_done(self) -> bool:

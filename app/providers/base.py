@@ -11,13 +11,16 @@ from app.errors import GatewayError
 from app.protocol.openai import ChatCompletionInput
 
 
-class Usage(msgspec.Struct, frozen=True):
+class Usage(msgspec.Struct, frozen=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
 
-class Chunk(msgspec.Struct, frozen=True):
+class Chunk(msgspec.Struct, frozen=True, gc=False):
     """One ``chat.completion.chunk``: its JSON bytes, ready to frame, plus what the gateway reads of it.
+
+    ``gc=False``: never tracked by the garbage collector (it holds bytes, strings and a ``Usage``, so it
+    can be part of no cycle), which matters for the millions a resume store keeps (``StreamEvent``).
 
     Keeping the encoded bytes lets SSE and WebSocket framers (and the relay fast path) forward
     the provider's chunk without decoding and re-encoding it.
