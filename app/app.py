@@ -25,6 +25,7 @@ from app.metrics import Metrics
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
 from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
+from app.routes.chat_direct import ChatRoute
 from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
@@ -121,7 +122,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app.state.metrics = metrics
     app.state.drain = drain
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
-    app.asgi_handler = RequestIdMiddleware(app.asgi_handler, observers=[metrics.http_request], drain=drain)
+    # The chat route beside Litestar's pipeline (routes/chat_direct.py), except where CORS must see it.
+    handler = app.asgi_handler if cors is not None else ChatRoute(app, app.asgi_handler, provide_chat_context)
+    app.asgi_handler = RequestIdMiddleware(handler, observers=[metrics.http_request], drain=drain)
     return app
 
 

@@ -67,75 +67,82 @@ class ChatController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
-        started = time.perf_counter()
-        chat, settings, caller = chat_context.chat, chat_context.settings, chat_context.caller
-        check_content_type(request.headers.get("content-type"))
-        try:
-            raw = await request.body()
-        except InternalServerException:
-            # Litestar's way of saying the client left while its body was being read: not our 500.
-            return _client_gone(request)
-        body = parse_chat_body(raw)
-        cache_control = request.headers.get("cache-control")
-        request.state.model = body.model
-        if caller.scope != ANONYMOUS.scope:
-            request.state.key = caller.name
-        if settings.server.log_bodies:
-            request.state.prompt = body.body["messages"]
-        streaming = wants_stream(body.request.stream, request.headers.get("accept"))
-        # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
-        admission = await chat.admit(body, caller)
-        rate_headers = admission.headers if admission is not None else None
-        if rate_headers:
-            request.state.rate_headers = rate_headers  # error responses from here on carry them too
-        watch = DisconnectWatch(request.receive)
-        try:
-            with watch.guard():
-                if not streaming:
-                    request.state.trail = trail = Trail()  # the access log names the deployment that answered
-                    completion, cache_status = await chat.complete(
-                        body,
-                        started_at=started,
-                        caller=caller,
-                        cache_control=cache_control,
-                        traceparent=request.headers.get("traceparent"),
-                        trail=trail,
-                        admission=admission,
-                    )
-                    watch.stop()
-                    headers = {"X-Cache": cache_status} if cache_status else None
-                    if rate_headers:
-                        headers = {**(headers or {}), **rate_headers}
-                    return Response(content=completion.raw, media_type="application/json", headers=headers)
-                stream = await chat.open_stream(
+        # Served by routes/chat_direct.py (same function, without the per-request pipeline) unless CORS
+        # is configured; registered here for the OpenAPI schema and as that fallback.
+        return await create_chat_completion(request, chat_context)
+
+
+async def create_chat_completion(request: Request[Any, Any, Any], chat_context: ChatContext) -> Response[Any]:
+    """``POST /v1/chat/completions``: JSON or SSE, from the request and what the handler needs."""
+    started = time.perf_counter()
+    chat, settings, caller = chat_context.chat, chat_context.settings, chat_context.caller
+    check_content_type(request.headers.get("content-type"))
+    try:
+        raw = await request.body()
+    except InternalServerException:
+        # Litestar's way of saying the client left while its body was being read: not our 500.
+        return _client_gone(request)
+    body = parse_chat_body(raw)
+    cache_control = request.headers.get("cache-control")
+    request.state.model = body.model
+    if caller.scope != ANONYMOUS.scope:
+        request.state.key = caller.name
+    if settings.server.log_bodies:
+        request.state.prompt = body.body["messages"]
+    streaming = wants_stream(body.request.stream, request.headers.get("accept"))
+    # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
+    admission = await chat.admit(body, caller)
+    rate_headers = admission.headers if admission is not None else None
+    if rate_headers:
+        request.state.rate_headers = rate_headers  # error responses from here on carry them too
+    watch = DisconnectWatch(request.receive)
+    try:
+        with watch.guard():
+            if not streaming:
+                request.state.trail = trail = Trail()  # the access log names the deployment that answered
+                completion, cache_status = await chat.complete(
                     body,
-                    "sse",
                     started_at=started,
                     caller=caller,
                     cache_control=cache_control,
                     traceparent=request.headers.get("traceparent"),
+                    trail=trail,
                     admission=admission,
                 )
-                request.state.stream = stream
-                # The status window: errors the provider reports at once still get a real status.
-                first = await stream.first_event(settings.streaming.status_window_s)
-        except BaseException as exc:
-            watch.stop()
-            opened = request.state.get("stream")
-            if opened is not None:
-                opened.close(CLIENT_DISCONNECTED)  # stops the provider call; a no-op if it ended already
-            if isinstance(exc, ClientGone):
-                return _client_gone(request)
-            raise
-        if first is not None and first.error is not None:
-            watch.stop()
-            stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
-            stream.close(first.error.outcome)
-            raise first.error
-        # From here the response owns the watch and drives the stream.
-        headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
-        if stream.cache_status:
-            headers["X-Cache"] = stream.cache_status
-        if rate_headers:
-            headers.update(rate_headers)
-        return SseResponse(stream, watch, headers)
+                watch.stop()
+                headers = {"X-Cache": cache_status} if cache_status else None
+                if rate_headers:
+                    headers = {**(headers or {}), **rate_headers}
+                return Response(content=completion.raw, media_type="application/json", headers=headers)
+            stream = await chat.open_stream(
+                body,
+                "sse",
+                started_at=started,
+                caller=caller,
+                cache_control=cache_control,
+                traceparent=request.headers.get("traceparent"),
+                admission=admission,
+            )
+            request.state.stream = stream
+            # The status window: errors the provider reports at once still get a real status.
+            first = await stream.first_event(settings.streaming.status_window_s)
+    except BaseException as exc:
+        watch.stop()
+        opened = request.state.get("stream")
+        if opened is not None:
+            opened.close(CLIENT_DISCONNECTED)  # stops the provider call; a no-op if it ended already
+        if isinstance(exc, ClientGone):
+            return _client_gone(request)
+        raise
+    if first is not None and first.error is not None:
+        watch.stop()
+        stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
+        stream.close(first.error.outcome)
+        raise first.error
+    # From here the response owns the watch and drives the stream.
+    headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
+    if stream.cache_status:
+        headers["X-Cache"] = stream.cache_status
+    if rate_headers:
+        headers.update(rate_headers)
+    return SseResponse(stream, watch, headers)
