@@ -7,8 +7,8 @@ sets built once per stream.
 Nothing goes through the SDK per observation. Counts (streams open, outcomes, chunks, tokens, cache
 results) are tallied in plain dicts and handed to observable instruments when /metrics is scraped;
 histograms are aggregated in place and rendered beside them (``app/histograms.py``). The exported
-series are the same, and a request's bookkeeping costs a few dict updates and bisects instead of
-some ten SDK calls (each validates and hashes its attributes: 11-14 us per histogram record).
+series are the same, and a request's bookkeeping costs a few dict updates and bisects instead of an
+SDK call per observation (each validates and hashes its attributes: 11-14 us per histogram record).
 """
 
 from __future__ import annotations
