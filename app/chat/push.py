@@ -105,7 +105,7 @@ class PushRun:
                     last = stream._last(item)
             stream.chunks += len(events)
             stream.last_event_at = now = self._loop.time()
-            stream._deadline_at = now + stream.deadlines.idle_s
+            stream._wait_for_provider(now)
             if last is not None:
                 if events:
                     self._writer.hold(events)  # to go out in the same write as the end
@@ -147,6 +147,5 @@ class PushRun:
         self._resumer = None
         self.held = False
         if not self.done.done():
-            # The idle deadline runs from when the gateway waits for the provider again.
-            self._stream._deadline_at = self._loop.time() + self._stream.deadlines.idle_s
+            self._stream._wait_for_provider(self._loop.time())
             self._source.resume()

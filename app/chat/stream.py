@@ -147,6 +147,11 @@ class ChatStream:
             # the next wait sets a fresh deadline. Look again later rather than spin.
             self._watchdog = loop.call_at(now + min(1.0, self.deadlines.idle_s), self._watch_upstream)
 
+    def _wait_for_provider(self, now: float) -> None:
+        """The idle deadline runs from when the gateway waits for the provider again (pulled or
+        pushed), so time spent waiting on a slow client never counts against the provider."""
+        self._deadline_at = now + self.deadlines.idle_s
+
     async def _pull(self) -> StreamEvent:
         """The next event from the provider, in the calling task; never raises for provider failures."""
         source = self._source
@@ -154,9 +159,7 @@ class ChatStream:
             if self._ending is not None:  # told to end while nobody was waiting on the provider
                 return self._last(self._ending)
             if self._seq:
-                # The idle deadline runs from when the gateway waits for the provider again, so
-                # time spent waiting on a slow client never counts against the provider.
-                self._deadline_at = self._loop.time() + self.deadlines.idle_s
+                self._wait_for_provider(self._loop.time())
             self._puller = asyncio.current_task(self._loop)
             try:
                 chunk = await anext(source)
