@@ -10,7 +10,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -82,6 +82,14 @@ def settings_dict(fake_base_url: str, *, fast_path: bool = True, **sections: dic
     return data
 
 
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until ``predicate()`` holds, polled every 10 ms; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def make_settings(fake_base_url: str, *, fast_path: bool = True, **sections: dict[str, Any]) -> Settings:
     return settings_from_dict(settings_dict(fake_base_url, fast_path=fast_path, **sections), environ={})
 
@@ -98,9 +106,7 @@ class ServerThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
-        config = gateway_config(
-            settings, self.app, loop="asyncio", lifespan="on", log_level="warning", log_config=None
-        )
+        config = gateway_config(settings, self.app, loop="asyncio", lifespan="on", log_level="warning", log_config=None)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"gateway:{self.port}", daemon=True)

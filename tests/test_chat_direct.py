@@ -12,16 +12,13 @@ import httpx
 import pytest
 
 from app.routes.chat_direct import ChatRoute
-from app.settings import settings_from_dict
-from tests.conftest import ServerThread, settings_dict
+from tests.conftest import ServerThread, make_settings
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body
 
 
 def _server(fake_provider: FakeProvider, **server: Any) -> ServerThread:
-    data = settings_dict(fake_provider.base_url)
-    data["server"].update(server)
-    return ServerThread(settings_from_dict(data, environ={})).start()
+    return ServerThread(make_settings(fake_provider.base_url, server=server)).start()
 
 
 @pytest.fixture(scope="module")

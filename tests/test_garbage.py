@@ -19,7 +19,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, wait_until
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body
 from tests.test_websocket import _task_count, create, until_end
@@ -45,14 +45,11 @@ def _ours(garbage: list[object]) -> Counter[str]:
 
 
 async def _requests_done(gateway: ServerThread) -> None:
-    """Until the server has no request task left (the access log and close run after the body)."""
-    deadline = time.monotonic() + 5
-    while gateway.server.server_state.tasks and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert not gateway.server.server_state.tasks
+    # The access log and the stream's close run after the body.
+    await wait_until(lambda: not gateway.server.server_state.tasks, 5, "the server's request tasks to end")
 
 
-async def _sse(client: httpx.AsyncClient) -> None:
+async def _sse(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     headers = {"Accept": "text/event-stream"}
     async with client.stream(
         "POST", "/v1/chat/completions", json=chat_body("normal", stream=True), headers=headers
@@ -61,12 +58,12 @@ async def _sse(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and body.endswith(b"data: [DONE]\n\n")
 
 
-async def _json(client: httpx.AsyncClient) -> None:
+async def _json(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     r = await client.post("/v1/chat/completions", json=chat_body("normal"))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
 
-async def _left_mid_stream(client: httpx.AsyncClient) -> None:
+async def _left_mid_stream(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     headers = {"Accept": "text/event-stream"}
     async with client.stream(
         "POST", "/v1/chat/completions", json=chat_body("silent", stream=True), headers=headers
@@ -76,30 +73,26 @@ async def _left_mid_stream(client: httpx.AsyncClient) -> None:
                 break  # leaving the block closes the connection mid-stream
 
 
-async def _provider_error(client: httpx.AsyncClient) -> None:
+async def _provider_error(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     headers = {"Accept": "text/event-stream"}
     r = await client.post("/v1/chat/completions", json=chat_body("rate_limited", stream=True), headers=headers)
     assert r.status_code == 429
 
 
-async def _bad_body(client: httpx.AsyncClient) -> None:
+async def _bad_body(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     r = await client.post("/v1/chat/completions", json={"model": "normal", "messages": "not a list"})
     assert r.status_code == 400
 
 
-async def _connections_gone(client: httpx.AsyncClient) -> None:
-    """A connection's end is what is looked at: wait for the server to see it."""
-    connections = client.gateway.server.server_state.connections  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 5
-    while connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert not connections
+async def _connections_gone(gateway: ServerThread) -> None:
+    # A connection's end is what is looked at: wait for the server to see it.
+    await wait_until(lambda: not gateway.server.server_state.connections, 5, "the server to see the close")
 
 
-async def _own_connection(client: httpx.AsyncClient) -> None:
+async def _own_connection(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=client.base_url, timeout=10) as own:
-        await _sse(own)
-    await _connections_gone(client)
+        await _sse(own, gateway)
+    await _connections_gone(gateway)
 
 
 @pytest.mark.parametrize(
@@ -111,12 +104,11 @@ async def test_finished_requests_leave_no_cycles_of_ours(
     gateway: ServerThread,
     fake: FakeProvider,
     saved_garbage: list[object],
-    request_once: Callable[[httpx.AsyncClient], Awaitable[None]],
+    request_once: Callable[[httpx.AsyncClient, ServerThread], Awaitable[None]],
 ) -> None:
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as client:
-        client.gateway = gateway  # type: ignore[attr-defined]
         for _ in range(5):
-            await request_once(client)
+            await request_once(client, gateway)
             await _requests_done(gateway)
     gc.collect()
     assert _ours(saved_garbage) == Counter()

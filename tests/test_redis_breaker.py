@@ -25,6 +25,7 @@ from app.redis_breaker import BackendUnavailable, CircuitBreaker
 from app.redis_pool import IdleClosingPool, pool_options
 from loadtests.processes import ROOT, GatewayProcess, RedisProcess, UpstreamProcess, deployments_toml
 from loadtests.redis_outage import MODEL, UPSTREAM_MODEL, configured_op_timeout, run_phases
+from tests.conftest import wait_until
 
 OP_TIMEOUT_S = 0.2
 
@@ -63,13 +64,6 @@ def make_breaker(client: Redis, log: ListLogger) -> CircuitBreaker:
     return CircuitBreaker(
         "test", client.ping, op_timeout_s=OP_TIMEOUT_S, target="loopback", backoff_s=0.1, max_backoff_s=0.4, logger=log
     )
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
