@@ -97,10 +97,11 @@ async def test_keep_alive_reuses_one_connection_for_sequential_calls(serve) -> N
 
 
 async def stepped_reply(
-    serve: Callable[[Handler], Awaitable[tuple[Server, URL]]], rest: bytes
+    serve: Callable[[Handler], Awaitable[tuple[Server, URL]]], rest: bytes, *later: bytes
 ) -> tuple[UpstreamPool, UpstreamResponse, asyncio.Event]:
     """A chunked reply whose first piece is "first" and whose ``rest`` (more chunks and the end)
-    follows once the returned event is set; the call is made, its response returned."""
+    follows once the returned event is set, then each of ``later`` 50 ms apart (separate reads);
+    the call is made, its response returned."""
     step = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -108,6 +109,10 @@ async def stepped_reply(
         writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         await step.wait()
         writer.write(rest)
+        for data in later:
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(data)
         await reader.read()
 
     server, url = await serve(handler)
@@ -621,9 +626,9 @@ class Sink:
 
 async def test_a_delivered_body_waits_for_a_full_sink_and_ends_after_what_it_kept(serve) -> None:  # type: ignore[no-untyped-def]
     # The push path (app/chat/push.py): the body goes to a sink from the connection's callbacks.
-    # A sink that says it is full gets nothing more until resume; what arrived meanwhile is kept, in
-    # order, and the body's end comes only after it.
-    # One read: two pieces and the end.
+    # A sink that says it is full gets nothing more until resume, and the body's end comes only
+    # after what it was given. The pieces of one read reach the sink together, in one call (the
+    # events in them then reach the client in one write).
     pool, response, step = await stepped_reply(serve, b"6\r\nsecond\r\n5\r\nthird\r\n0\r\n\r\n")
     sink = Sink()
     async with asyncio.timeout(5):
@@ -634,12 +639,33 @@ async def test_a_delivered_body_waits_for_a_full_sink_and_ends_after_what_it_kep
         step.set()
         await sink.changed.wait()
         await asyncio.sleep(0.1)  # anything else of that read has arrived by now
-    assert sink.calls == [("body", b"second")], sink.calls  # full: "third" and the end are kept
+    assert sink.calls == [("body", b"secondthird")], sink.calls  # full: the end is kept
     sink.full = False
     response.resume()
-    assert sink.calls == [("body", b"second"), ("body", b"third"), ("complete", b"")]
+    assert sink.calls == [("body", b"secondthird"), ("complete", b"")]
     response.release()
     assert pool.idle_connections == 1  # a clean end: the connection goes back to the pool
+    await pool.aclose()
+
+
+async def test_a_full_sink_stops_the_reads_and_gets_the_rest_in_order_after_resume(serve) -> None:  # type: ignore[no-untyped-def]
+    pool, response, step = await stepped_reply(serve, b"6\r\nsecond\r\n", b"5\r\nthird\r\n", b"0\r\n\r\n")
+    sink = Sink()
+    async with asyncio.timeout(5):
+        assert await response.read_some() == b"first"
+        response.deliver(sink)
+        sink.full = True
+        step.set()
+        await sink.changed.wait()
+        await asyncio.sleep(0.3)  # the later pieces have been sent by now; the connection is not read
+    assert sink.calls == [("body", b"second")], sink.calls
+    sink.full = False
+    response.resume()
+    async with asyncio.timeout(5):
+        await sink.until("complete")
+    assert sink.calls == [("body", b"second"), ("body", b"third"), ("complete", b"")]
+    response.release()
+    assert pool.idle_connections == 1
     await pool.aclose()
 
 

@@ -1,7 +1,10 @@
 """An HTTP/1.1 connection: one call at a time, the reply parsed by httptools (uvicorn's parser).
 
-A request is one ``transport.write``; the reply's body goes from the parser's callback to the
-response's buffer and wakes its reader once. A reader that falls more than HIGH_WATER bytes behind
+A request is one ``transport.write``; the reply's body goes from the parser to the response once
+per socket read: the parser calls back once per HTTP chunk, and a provider's events that arrive in
+one read (a stream's last content chunk, its finish chunk, usage and ``[DONE]``, or a burst of fast
+tokens) are joined first, so that the relay splits them together and the client gets them in one
+write instead of one each. A reader that falls more than HIGH_WATER bytes behind
 pauses the socket (TCP back-pressure reaches the provider); reading resumes as it catches up.
 """
 
@@ -24,13 +27,14 @@ _SENT, _RECEIVING = ResponseState.SENT, ResponseState.RECEIVING
 
 
 class HTTP11Connection(Connection):
-    __slots__ = ("_paused", "parser", "response")
+    __slots__ = ("_body", "_paused", "parser", "response")
 
     def __init__(self, pool: UpstreamPool) -> None:
         super().__init__(pool)
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
         self._paused = False
+        self._body: list[bytes] = []  # this read's body pieces, not yet handed to the response
 
     async def send(self, response: UpstreamResponse, request: RequestTemplate, body: bytes) -> None:
         if self.state is CLOSED or self.transport is None:
@@ -52,7 +56,19 @@ class HTTP11Connection(Connection):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self._hand_body()  # what was read before the error still goes first
             self.close(UpstreamConnectionError(f"The provider's reply was not valid HTTP: {exc}"))
+            return
+        self._hand_body()
+
+    def _hand_body(self) -> None:
+        body = self._body
+        if body and self.response is not None:
+            data = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            self.response._on_body(data)
+        else:
+            body.clear()
 
     def _end(self, error: UpstreamConnectionError | None) -> None:
         response, self.response = self.response, None
@@ -84,12 +100,12 @@ class HTTP11Connection(Connection):
         self.response._on_headers(self.parser.get_status_code(), self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._on_body(body)
+        self._body.append(body)  # handed on once the read is parsed (``_hand_body``)
 
     def on_message_complete(self) -> None:
-        assert self.response is not None
-        self.response._on_complete()
+        self._hand_body()  # the body before its end
+        if self.response is not None:  # (its reader may have closed the connection on the body)
+            self.response._on_complete()
 
     # -- what a response does with it ---------------------------------------------------------------
 

@@ -102,9 +102,13 @@ class HTTP2Connection(Connection):
         except h2.exceptions.ProtocolError as exc:
             self.close(UpstreamConnectionError(f"The provider broke the HTTP/2 protocol: {exc}"))
             return
+        # A stream's DATA frames of one read go to its response joined (as on HTTP/1.1): the events
+        # in them are split together and reach the client in one write.
+        body: dict[int, list[bytes]] = {}
         for event in events:
-            response = self.streams.get(getattr(event, "stream_id", 0) or 0)
+            stream_id = getattr(event, "stream_id", 0) or 0
             if isinstance(event, h2.events.DataReceived):
+                response = self.streams.get(stream_id)
                 if response is None:  # a stream the relay has let go: keep the connection's window open
                     self._acknowledge(event.stream_id, event.flow_controlled_length)
                     continue
@@ -112,8 +116,12 @@ class HTTP2Connection(Connection):
                 if padding:
                     self._acknowledge(event.stream_id, padding)
                 if event.data:
-                    response._on_body(event.data)
-            elif isinstance(event, h2.events.ResponseReceived) and response is not None:
+                    body.setdefault(stream_id, []).append(event.data)
+                continue
+            if body:  # what came before this event first
+                self._hand_body(body)
+            response = self.streams.get(stream_id)
+            if isinstance(event, h2.events.ResponseReceived) and response is not None:
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 status = int(headers.pop(":status", "0"))
                 response.headers.update(headers)
@@ -130,9 +138,20 @@ class HTTP2Connection(Connection):
                 self.window_open.set()
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._going_away(event.last_stream_id or 0)
+        if body:
+            self._hand_body(body)
         self._flush()
         if self.going_away and not self.streams:
             self.close()
+
+    def _hand_body(self, body: dict[int, list[bytes]]) -> None:
+        for stream_id, pieces in body.items():
+            response = self.streams.get(stream_id)
+            if response is not None:
+                response._on_body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            else:  # let go meanwhile: the connection's window must still get these bytes back
+                self._acknowledge(stream_id, sum(map(len, pieces)))
+        body.clear()
 
     def _going_away(self, last_stream_id: int) -> None:
         self.going_away = True
