@@ -80,9 +80,7 @@ def run_cell(op_timeout_s: float, args: argparse.Namespace) -> dict[str, Any]:
         try:
             gateway.wait_ready()
             asyncio.run(users(gateway.base_url, 4, 2, 3))  # warm-up, no hogs
-            hogs = [
-                Child([PY, "-c", HOG.format(s=args.seconds + 5)], work / f"hog{i}.log") for i in range(args.hogs)
-            ]
+            hogs = [Child([PY, "-c", HOG.format(s=args.seconds + 5)], work / f"hog{i}.log") for i in range(args.hogs)]
             t0 = time.monotonic()
             load = users(gateway.base_url, args.sse, args.json, args.seconds)
             counts = asyncio.run(asyncio.wait_for(load, args.seconds + 60))

@@ -39,13 +39,16 @@ contents = st.one_of(
     st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "x"]), "text": st.text()})),
     json_values,
 )
-messages = st.lists(
-    st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "system", "assistant", "tool", "", "x" * 100]), "content": contents}
-    ),
-    min_size=0,
-    max_size=4,
-) | json_values
+messages = (
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "system", "assistant", "tool", "", "x" * 100]), "content": contents}
+        ),
+        min_size=0,
+        max_size=4,
+    )
+    | json_values
+)
 
 
 @st.composite

@@ -82,7 +82,7 @@ def test_body_that_stops_arriving_is_cut(tight: ServerThread, fake: FakeProvider
     with _connect(tight) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 500\r\n\r\n{\"model\": \"normal\""
+            b'Content-Length: 500\r\n\r\n{"model": "normal"'
         )
         assert _closed_within(sock, SHORT + SLACK) >= SHORT * 0.8
     assert fake.calls() == 0
@@ -105,9 +105,7 @@ def test_a_busy_stream_is_not_cut_by_the_connection_timeouts(tight: ServerThread
     assert text.rstrip().endswith("data: [DONE]")
 
 
-def test_client_that_stops_reading_is_dropped_and_upstream_cancelled(
-    tight: ServerThread, fake: FakeProvider
-) -> None:
+def test_client_that_stops_reading_is_dropped_and_upstream_cancelled(tight: ServerThread, fake: FakeProvider) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", tight.port))

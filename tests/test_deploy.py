@@ -210,10 +210,7 @@ def test_build_context_holds_only_what_the_containerfile_copies() -> None:
     ]
     assert patterns[0] == "*", "exclude everything, then let in what the image needs"
     let_in = {p[1:] for p in patterns if p.startswith("!")}
-    copied = {
-        m.group(1).rstrip("/")
-        for m in re.finditer(r"^COPY (?!--from)(\S+) ", CONTAINERFILE.read_text(), re.M)
-    }
+    copied = {m.group(1).rstrip("/") for m in re.finditer(r"^COPY (?!--from)(\S+) ", CONTAINERFILE.read_text(), re.M)}
     assert copied == let_in, f"COPY sources {copied} vs re-included {let_in}"
     assert not let_in & {".venv", ".git", "tests", "loadtests", ".mypy_cache", ".pytest_cache"}
     assert (ROOT / ".dockerignore").read_text() == (ROOT / ".containerignore").read_text()

@@ -90,7 +90,9 @@ def ca() -> trustme.CA:
 
 async def _get_through(sock: object, ssl_context: ssl.SSLContext | None, host: str) -> bytes:
     reader, writer = await asyncio.open_connection(
-        sock=sock, ssl=ssl_context, server_hostname=host if ssl_context else None  # type: ignore[arg-type]
+        sock=sock,
+        ssl=ssl_context,
+        server_hostname=host if ssl_context else None,  # type: ignore[arg-type]
     )
     writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
