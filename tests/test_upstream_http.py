@@ -481,6 +481,33 @@ async def test_h2_is_used_when_the_origin_offers_it_and_carries_calls_side_by_si
         server.close()
 
 
+async def test_h2_data_frames_of_one_read_reach_the_sink_together() -> None:
+    # As on HTTP/1.1: a provider's events that arrive together (here three DATA frames in one write)
+    # go to the relay in one piece, so that they reach the client in one write.
+    go = asyncio.Event()
+
+    async def answer(server: H2Server, stream_id: int) -> None:
+        server.respond(stream_id, end=False)  # the headers alone first
+        await asyncio.wait_for(go.wait(), 5)
+        server.respond(stream_id, b"one ", b"two ", b"three")
+
+    _log, server, url, client_ctx = await _h2_origin(answer)
+    try:
+        pool = UpstreamPool(url.origin(), ssl_context=client_ctx)
+        response = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+        assert response.stream_id != 0
+        sink = Sink()
+        response.deliver(sink)
+        go.set()
+        async with asyncio.timeout(5):
+            await sink.until("complete")
+        assert sink.calls == [("body", b"one two three"), ("complete", b"")]
+        response.release()
+        await pool.aclose()
+    finally:
+        server.close()
+
+
 async def test_h2_request_larger_than_the_flow_control_window() -> None:
     async def answer(server: H2Server, stream_id: int) -> None:
         server.respond(stream_id, str(len(server.log.bodies[stream_id])).encode())
