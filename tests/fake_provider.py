@@ -286,8 +286,22 @@ class FakeProvider:
         with self._cond:
             return self._records[n - 1]
 
+    def wait_for_model(self, model: str, timeout: float = 5.0) -> RequestRecord:
+        """The first request for ``model`` since the last reset: a test that must not mistake a late
+        request of an earlier test (the provider is shared by the session) for its own."""
+        self._wait(lambda: any(r.model == model for r in self._records), timeout, f"a request for {model!r}")
+        with self._cond:
+            return next(r for r in self._records if r.model == model)
+
     def wait_for_disconnect(self, record: RequestRecord, timeout: float = 5.0) -> float:
-        self._wait(lambda: record.disconnected_at is not None, timeout, f"disconnect of request #{record.index + 1}")
+        try:
+            what = f"disconnect of request #{record.index + 1}"
+            self._wait(lambda: record.disconnected_at is not None, timeout, what)
+        except TimeoutError as exc:  # what the request had done by then tells a hang from an early end
+            raise TimeoutError(
+                f"{exc} ({record.model}: completed_at={record.completed_at}, aborted_at={record.aborted_at}, "
+                f"{len(record.chunk_times)} body messages sent)"
+            ) from None
         assert record.disconnected_at is not None
         return record.disconnected_at
 

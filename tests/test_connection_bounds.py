@@ -115,7 +115,7 @@ def test_client_that_stops_reading_is_dropped_and_upstream_cancelled(tight: Serv
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
         )
-        record = fake.wait_for_request(timeout=5)
+        record = fake.wait_for_model("firehose", timeout=5)
         # Never read: the gateway's send buffer fills, and after write_timeout_s it lets go.
         fake.wait_for_disconnect(record, timeout=SHORT + 10)
         assert record.completed_at is None
