@@ -145,6 +145,8 @@ class _HideDeliberateAborts(logging.Filter):
 
 
 _ABORT_FILTER = _HideDeliberateAborts()
+#: How long the provider must have seen no new request before ``reset`` forgets the old ones.
+QUIET_S = 0.05
 _ids = itertools.count(1)
 
 
@@ -256,8 +258,18 @@ class FakeProvider:
         with self._cond:
             return sum(1 for r in self._records if model is None or r.model == model)
 
-    def reset(self) -> None:
+    def reset(self, settle_s: float = 2.0) -> None:
+        """Forget every request, once the earlier ones have ended and none came in the last 50 ms
+        (both bounded by ``settle_s``): the provider is shared by the session, and a request the
+        gateway was still making for the previous test must not count as the next test's."""
+        deadline = time.monotonic() + settle_s
         with self._cond:
+            while time.monotonic() < deadline:
+                records = self._records
+                quiet_for = time.monotonic() - records[-1].received_at if records else QUIET_S
+                if all(r.ended for r in records) and quiet_for >= QUIET_S:
+                    break
+                self._cond.wait(max(0.005, QUIET_S - quiet_for))
             self._records.clear()
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:

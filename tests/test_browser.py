@@ -12,7 +12,6 @@ Screenshots (desktop, phone, dark) are saved in each test's tmp_path and their p
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -145,30 +144,23 @@ async def test_tokens_render_incrementally(
 ) -> None:
     page = probe.page
     await open_chat(page, gateway, "paced")
-    await send_message(page, "Say hello")
-
-    # Each round waits (rAF polling) until the text grew past what we saw last, or the stream ended.
-    intermediate: list[str] = []
-    seen_len = 0
-    deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while True:
-        remaining_ms = max(1.0, (deadline - time.monotonic()) * 1000)
-        handle = await page.wait_for_function(
-            """(prev) => {
+    # The page itself records the answer's text at every change while it streams: polling it from
+    # here would cost a round trip to the browser per look, and on a loaded machine a few of those
+    # can outlast the whole stream.
+    await page.evaluate(
+        """() => {
+            window.partialRenders = [];
+            new MutationObserver(() => {
                 const m = document.querySelector('.msg.assistant');
-                if (!m) return null;
-                const text = m.querySelector('.content').textContent;
-                if (m.dataset.state !== 'streaming') return {text, streaming: false};
-                return text.length > prev ? {text, streaming: true} : null;
-            }""",
-            arg=seen_len,
-            timeout=remaining_ms,
-        )
-        snap = await handle.json_value()
-        if not snap["streaming"]:
-            break
-        intermediate.append(snap["text"])
-        seen_len = len(snap["text"])
+                if (m && m.dataset.state === 'streaming') {
+                    window.partialRenders.push(m.querySelector('.content').textContent);
+                }
+            }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+        }"""
+    )
+    await send_message(page, "Say hello")
+    await expect(page.locator(ASSISTANT)).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+    intermediate: list[str] = await page.evaluate("window.partialRenders")
 
     partial_lengths = sorted({len(t) for t in intermediate if 0 < len(t) < len(FULL_REPLY)})
     assert len(partial_lengths) >= 3, f"expected >= 3 distinct partial renders, saw {intermediate!r}"

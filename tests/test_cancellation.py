@@ -37,6 +37,11 @@ async def _open_streams_and_tasks(gateway: ServerThread) -> tuple[int, int]:
     return gateway.call(count())
 
 
+def _settled(counts: tuple[int, int], tasks_before: int) -> bool:
+    streams, tasks = counts
+    return streams == 0 and tasks <= tasks_before
+
+
 async def test_disconnect_before_first_token_within_status_window(
     client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
 ) -> None:
@@ -100,6 +105,9 @@ async def test_nothing_left_open_after_disconnects(
     for record in fake.requests:
         await fake.await_disconnect(record, timeout=3)  # every provider call was closed
     deadline = time.monotonic() + 3
-    while await _open_streams_and_tasks(gateway) != (0, tasks_before) and time.monotonic() < deadline:
+    # At most as many tasks as before: a task of an earlier test that was still ending when they were
+    # counted may be gone by now.
+    while not _settled(await _open_streams_and_tasks(gateway), tasks_before) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    assert await _open_streams_and_tasks(gateway) == (0, tasks_before)
+    streams, tasks = await _open_streams_and_tasks(gateway)
+    assert streams == 0 and tasks <= tasks_before, (streams, tasks, tasks_before)

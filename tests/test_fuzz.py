@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,15 +105,17 @@ def check_frames(ws_url: str, frames: list[str | bytes]) -> None:
         for frame in frames:
             ws.send(frame)
         probe = {"model": "fast", "messages": [{"role": "user", "content": "still there?"}]}
-        # The probe may meet the per-socket in-flight limit while fuzzed creates still run: retry it.
-        for _ in range(20):
+        # The probe may meet the per-socket in-flight limit while fuzzed creates still run: retry it
+        # until they are done (bounded).
+        deadline = time.monotonic() + 10
+        while True:
             ws.send(json.dumps({"type": "chat.completion.create", "id": PROBE, "request": probe}))
             answers = drain_until_probe(ws)
             if answers[-1]["type"] == "chat.completion.done":
                 break
             assert answers[-1]["status"] == 429, answers[-1]
-        else:
-            raise AssertionError("the probe never got through after the fuzzed frames")
+            assert time.monotonic() < deadline, "the probe never got through after the fuzzed frames"
+            time.sleep(0.05)
         for answer in answers:
             assert PROVIDER_KEY not in json.dumps(answer)
             if answer["type"] == "error":

@@ -37,6 +37,20 @@ def keyed(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterat
         redis.stop()
 
 
+async def spent(server: ServerThread, key: str, usd: float) -> None:
+    """Until ``key`` has been charged ``usd`` and the charge has reached the limiter's backend (bounded).
+
+    A call is charged after its last byte has gone out (a stream's in its close), and the Redis
+    backend writes the charge from a task of its own: the next request may come before either.
+    """
+    metrics = server.app.state.metrics
+    backend = server.app.state.services.limiter._backend
+    deadline = time.monotonic() + 5
+    while metrics.spend.get((key, "priced"), 0.0) < usd - 1e-9 or getattr(backend, "_tasks", ()):
+        assert time.monotonic() < deadline, f"{key} was never charged ${usd}"
+        await asyncio.sleep(0.01)
+
+
 async def ws_create(server: ServerThread, key: str, body: dict[str, Any], frame_id: str = "a") -> list[dict[str, Any]]:
     """One request over a socket: its frames up to its done or error frame."""
     frames: list[dict[str, Any]] = []
@@ -171,10 +185,13 @@ async def test_concurrent_streams_json_sse_websocket_and_release_on_disconnect(k
             assert time.monotonic() < deadline, "the lease was never released"
             await asyncio.sleep(0.1)
         assert r.status_code == 200
-        # A finished WebSocket request gives its lease back too.
+        # A finished WebSocket request gives its lease back too (its close follows the done frame).
         assert (await ws_create(keyed, KEYS["conc"], chat_body("normal")))[-1]["type"] == "chat.completion.done"
-        await asyncio.sleep(0.1)
-        assert (await c.post(CHAT, json=chat_body("normal"), headers=auth("conc"))).status_code == 200
+        deadline = time.monotonic() + 5
+        while (r := await c.post(CHAT, json=chat_body("normal"), headers=auth("conc"))).status_code == 429:
+            assert time.monotonic() < deadline, "the WebSocket request's lease was never released"
+            await asyncio.sleep(0.05)
+        assert r.status_code == 200
         metrics = (await c.get("/metrics")).text
     refused = [line for line in metrics.splitlines() if line.startswith('chat_rate_limited_total{key="conc"')]
     # Three refusals above, plus any while the server had not yet seen the client leave.
@@ -188,10 +205,10 @@ async def test_budget_reached_after_a_few_priced_calls(keyed: ServerThread) -> N
         async with c.stream("POST", CHAT, json=chat_body("priced", stream=True), headers=auth("budget")) as r:
             assert r.status_code == 200
             await r.aread()
-        await asyncio.sleep(0.1)
+        await spent(keyed, "budget", 0.4)
         frames = await ws_create(keyed, KEYS["budget"], chat_body("priced"))
         assert frames[-1]["type"] == "chat.completion.done"  # $0.40 spent: still within budget
-        await asyncio.sleep(0.1)
+        await spent(keyed, "budget", 0.6)
         refused = await c.post(CHAT, json=chat_body("priced"), headers=auth("budget"))
         assert refused.status_code == 429
         assert refused.json()["error"]["type"] == "insufficient_quota"
@@ -200,7 +217,7 @@ async def test_budget_reached_after_a_few_priced_calls(keyed: ServerThread) -> N
         assert 0 < retry <= 86_400
         # A `total` budget never resets: its 429 has no Retry-After.
         assert (await c.post(CHAT, json=chat_body("priced"), headers=auth("forever"))).status_code == 200
-        await asyncio.sleep(0.1)
+        await spent(keyed, "forever", 0.2)
         forever = await c.post(CHAT, json=chat_body("priced"), headers=auth("forever"))
         assert forever.status_code == 429 and forever.json()["error"]["code"] == "budget_exceeded"
         assert "retry-after" not in forever.headers

@@ -124,8 +124,9 @@ async def test_sse_against_the_wheel_variant_with_an_unmeasured_warm_up(wheel_up
     assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
     assert s["warmup"] == {"requests": 4, "ok": 4, "errors": 0, "error_kinds": {}}
     assert (s["requests"], s["ok"], s["chunks"]) == (8, 8, 8 * CHUNKS)  # the warm-up is not counted
-    # Without a phase the first chunk comes 50 ms after the request (the wheel rounds up to 1 ms).
-    assert 45 <= s["ttfb_ms"]["p50"] < 60
+    # Without a phase the first chunk comes 50 ms after the request (the wheel rounds up to 1 ms); the
+    # upper bound leaves room for a loaded machine.
+    assert 45 <= s["ttfb_ms"]["p50"] < 100
     assert s["host"] is not None and s["host"]["others_cores"] >= 0
 
 

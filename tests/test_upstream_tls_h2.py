@@ -30,7 +30,8 @@ from tests.sse import post_raw, read_to_done
 
 CHUNKS = 5
 
-pytestmark = pytest.mark.timeout(30)
+# A gateway process starts in each test (LiteLLM's import alone takes seconds on a loaded machine).
+pytestmark = pytest.mark.timeout(120)
 
 
 class TlsUpstream:
@@ -102,7 +103,7 @@ def test_a_real_gateway_relays_an_sse_stream_over_h2(tls_upstream: TlsUpstream, 
     toml = deployments_toml({run_matrix.H2: "fast"}, tls_upstream.url + "/v1")
     gateway = GatewayProcess(tmp_path, toml, env={"SSL_CERT_FILE": str(tls_upstream.ca_file)})
     try:
-        gateway.wait_ready(20.0)
+        gateway.wait_ready(90.0)
         before = asyncio.run(tls_upstream.stats())
         cfg = LoadConfig(
             url=gateway.base_url, mode="sse", model=run_matrix.H2, concurrency=1, requests=1, duration=5, timeout=5
@@ -140,7 +141,7 @@ def test_a_pushed_stream_over_h2_survives_a_client_that_stops_reading(
         return received
 
     try:
-        gateway.wait_ready(20.0)
+        gateway.wait_ready(90.0)
         before = asyncio.run(tls_upstream.stats())
         received = asyncio.run(read_all())
         after = asyncio.run(tls_upstream.stats())
