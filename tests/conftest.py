@@ -42,7 +42,11 @@ EXTRA_BEHAVIOURS = {
     "fast": Behaviour(gap_s=0.0),
     # First chunk well past the status window (0.3 s) plus a heartbeat (0.2 s), so a heartbeat must come first.
     "slower_first": Behaviour(first_delay_s=0.8),
-    "firehose": Behaviour(content=["x" * 4000] * 3000, gap_s=0.0),  # 12 MB: more than socket buffers hold
+    "firehose": Behaviour(content=["x" * 4000] * 3000, gap_s=0.0),  # 12 MB: more than socket buffers mostly hold
+    # 200 MB, for a test that needs the provider still sending when the gateway lets go: Linux grows
+    # a receive buffer up to tcp_rmem's max (32 MB here), so 12 MB can sit in kernel buffers whole
+    # and the provider be done before the client is dropped (it happened once in CI).
+    "firehose_endless": Behaviour(content=["x" * 4000] * 50_000, gap_s=0.0),
     # The same size with no two chunks alike (LiteLLM's full path ends streams that repeat a chunk).
     "firehose_varied": Behaviour(content=[f"{i:05d}" + "y" * 4000 for i in range(3000)], gap_s=0.0),
 }

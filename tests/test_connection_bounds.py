@@ -110,13 +110,14 @@ def test_client_that_stops_reading_is_dropped_and_upstream_cancelled(tight: Serv
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", tight.port))
     try:
-        payload = b'{"model": "firehose", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+        payload = b'{"model": "firehose_endless", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
         )
-        record = fake.wait_for_model("firehose", timeout=5)
-        # Never read: the gateway's send buffer fills, and after write_timeout_s it lets go.
+        record = fake.wait_for_model("firehose_endless", timeout=5)
+        # Never read: the gateway's send buffer fills, and after write_timeout_s it lets go. By then the
+        # provider has sent 7-13 MB (into kernel buffers the gateway stopped reading): hence 200 MB.
         fake.wait_for_disconnect(record, timeout=SHORT + 10)
         assert record.completed_at is None
     finally:
