@@ -20,7 +20,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from app.drain import Drain
 from app.errors import GatewayError
 from app.failure_log import upstream_failure
-from app.streaming.sse import RAW_SEND
+from app.streaming.sse import RAW_SEND, READER_OUTCOME
 
 logger = structlog.get_logger("chat.access")
 
@@ -114,6 +114,10 @@ def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: i
     error = state.get("error")
     if stream is not None:
         fields.update(stream.log_fields())
+        if fields.get("outcome") is None and READER_OUTCOME in state:
+            # The stream runs on (detached, waiting for a resume) but this request is over.
+            fields["outcome"] = state[READER_OUTCOME]
+            fields["stream_running"] = True
         error = error or stream.error
     else:
         if "outcome" in state:

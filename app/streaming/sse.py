@@ -24,7 +24,7 @@ from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
 from app.chat.stream import ChatStream
-from app.chat.stream_events import ClientLeft, StreamEvent
+from app.chat.stream_events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
 from app.errors import GatewayError
 from app.streaming.disconnect import DisconnectWatch
 from app.transport.direct_body import DirectBody
@@ -38,6 +38,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: Where the outermost middleware leaves the server's own ``send`` for responses that bypass the
 #: chain after their start (see the module docstring).
 RAW_SEND: Final = "chat.raw_send"
+#: How the request ended for its reader, when its stream goes on without it (the request log's outcome).
+READER_OUTCOME: Final = "reader_outcome"
 _encode = msgspec.json.encode
 
 
@@ -179,7 +181,10 @@ class _SseASGI:
             try:
                 await stream.pump(writer, watch.guard())
             except ClientLeft:
-                return  # nothing more to send; the pump has closed the stream as the client's
+                # Nothing more to send; the pump has closed the stream as the client's, or, when the
+                # stream outlives its reader (a detach grace), the request still ended with the client.
+                scope.setdefault("state", {})[READER_OUTCOME] = CLIENT_DISCONNECTED
+                return
             finally:
                 writer.stop()
         except BaseException:
