@@ -24,7 +24,7 @@ from app.providers.balancer import Balancer
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
 from app.providers.resilient import Resilient
-from app.resume.memory import MemoryResumeStore
+from app.resume.memory import MemoryResumeStore, auto_budget_mb
 from app.resume.service import Resumes, SharedStore
 from app.settings import Settings
 from app.tracing import Tracing
@@ -134,7 +134,11 @@ def build_services(
 def build_resumes(settings: Settings, metrics: Metrics | None) -> Resumes:
     """Stream logs in memory always (the live readers' source); in Redis too when that is the store."""
     s = settings.streaming
-    local = MemoryResumeStore(s.resume_ttl_s, s.resume_max_events, s.resume_memory_mb * 1024 * 1024)
+    budget_mb = s.resume_memory_mb or auto_budget_mb()
+    # With Redis as the store, ended logs are read from Redis: memory holds the live streams' logs only.
+    local = MemoryResumeStore(
+        s.resume_ttl_s, s.resume_max_events, budget_mb * 1024 * 1024, keep_ended=s.resume_store != "redis"
+    )
     shared: SharedStore | None = None
     if s.resume_store == "redis" and s.resume_max_events > 0:
         from app.resume.redis_store import RedisResumeStore

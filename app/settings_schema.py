@@ -62,8 +62,9 @@ class StreamingSettings(_Section):
     """Where stream logs are kept: this process's memory, or the ``[redis] url`` shared by replicas."""
     resume_max_events: NonNegInt = 10_000
     """Events kept per stream's log (the oldest go first); 0 turns stream logs, and resuming, off."""
-    resume_memory_mb: PositiveInt = 256
-    """Total size of the logs a process holds in memory; past it the oldest ended logs are dropped."""
+    resume_memory_mb: NonNegInt = 0
+    """Total size of the logs a process holds in memory; past it the oldest ended logs are dropped.
+    0 (auto): 1/32 of the memory the process may use (cgroup limit, else physical), 8 to 64 MiB."""
 
 
 class WebSocketSettings(_Section):
