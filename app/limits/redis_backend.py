@@ -19,6 +19,8 @@ import structlog
 
 from app.limits.backend import Ask, BackendUnavailable, Settlement, Verdict
 from app.limits.resp import ReplyError, RespClient
+from app.redis_breaker import BackendUnavailable as RedisAway
+from app.redis_breaker import BreakerUser
 
 logger = structlog.get_logger("chat.limits")
 
@@ -81,8 +83,11 @@ def _keys(bucket: str, minute: int, window_id: str) -> list[str]:
 
 
 class RedisBackend:
-    def __init__(self, url: str, *, lease_ttl_s: float, op_timeout_s: float) -> None:
+    def __init__(
+        self, url: str, *, lease_ttl_s: float, op_timeout_s: float, breaker: BreakerUser | None = None
+    ) -> None:
         self._redis = RespClient(url, timeout_s=op_timeout_s)
+        self._breaker = breaker  # the Redis server's shared breaker (app/redis_breakers.py), if any
         self._scripts = {ADMIT: _sha1(ADMIT), SETTLE: _sha1(SETTLE)}
         self._lease_ttl_s = lease_ttl_s
         self._leases: dict[str, str] = {}  # lease id -> its sorted set, for the leases this replica holds
@@ -90,6 +95,15 @@ class RedisBackend:
         self._refresher: asyncio.Task[None] | None = None
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """``_eval`` through the shared breaker: refused at once while Redis is known to be away."""
+        if self._breaker is None:
+            return await self._eval(script, keys, args)
+        try:
+            return await self._breaker.run(self._eval, script, keys, args)
+        except RedisAway as exc:
+            raise TimeoutError(str(exc)) from exc  # an outage, as the callers already handle it
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script first if this Redis does not know it (new, or restarted)."""
         command = ("EVALSHA", self._scripts[script], len(keys), *keys, *args)
         reply = await self._redis.call(*command)
@@ -158,6 +172,8 @@ class RedisBackend:
                     await self._redis.pipeline(commands)
 
     async def health(self) -> bool:
+        if self._breaker is not None:
+            return await self._breaker.check()
         try:
             return await self._redis.call("PING") == b"PONG"
         except (OSError, TimeoutError):

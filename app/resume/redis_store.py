@@ -58,7 +58,7 @@ from app.errors import (
     UpstreamUnavailable,
 )
 from app.providers.base import Chunk, Usage
-from app.redis_breaker import BackendUnavailable, CircuitBreaker
+from app.redis_breaker import BackendUnavailable, BreakerUser, CircuitBreaker
 from app.redis_pool import IdleClosingPool, pool_options
 from app.resume.log import StreamLog
 from app.settings import StreamingSettings
@@ -149,7 +149,13 @@ class _Outbox:
 
 
 class RedisResumeStore:
-    def __init__(self, url: str, settings: StreamingSettings, on_stop: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: StreamingSettings,
+        on_stop: Callable[[str], None],
+        breaker: BreakerUser | None = None,
+    ) -> None:
         self._ttl_ms = int(settings.resume_ttl_s * 1000)
         self._max_events = settings.resume_max_events
         self._stall_s = settings.idle_timeout_s + settings.detach_grace_s + STALL_MARGIN_S
@@ -164,7 +170,12 @@ class RedisResumeStore:
         self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
         parsed = urlparse(url)
         target = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
-        self.breaker = CircuitBreaker("resume_store", self._redis.ping, op_timeout_s=OP_TIMEOUT_S, target=target)
+        # The server's shared breaker (app/redis_breakers.py); a breaker of its own when used alone.
+        self._own: CircuitBreaker | None = None
+        if breaker is None:
+            self._own = CircuitBreaker("resume_store", self._redis.ping, op_timeout_s=OP_TIMEOUT_S, target=target)
+            breaker = self._own.user("resume_store", OP_TIMEOUT_S)
+        self.breaker = breaker
         self.replica_id = os.urandom(8).hex()
         self._announced_at = 0.0  # when this replica's liveness key was last written
         self._on_stop = on_stop
@@ -389,7 +400,8 @@ class RedisResumeStore:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await self.breaker.aclose()
+        if self._own is not None:
+            await self._own.aclose()
         await self._redis.aclose()
         await self._blocking.aclose()
 
