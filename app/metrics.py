@@ -70,6 +70,7 @@ class Metrics:
         self.rate_limits: Counter[tuple[str, ...]] = Counter()
         self.spend: dict[tuple[str, ...], float] = {}
         self.limiter_outages: Counter[tuple[str, ...]] = Counter({(): 0})
+        self.usage_estimates: Counter[tuple[str, ...]] = Counter()
         # Known label sets start at zero, so dashboards and rate() see the series before the first event.
         for result in ("hit", "miss", "bypass", "error"):
             self.cache_requests[(result,)] = 0
@@ -108,6 +109,11 @@ class Metrics:
             "chat.spend.usd",
             [_observe(self.spend, ("key", "model"))],
             description="Spend in USD: usage tokens x the catalogue's prices",
+        )
+        meter.create_observable_counter(
+            "chat.usage.estimated",
+            [_observe(self.usage_estimates, ("model",))],
+            description="Calls charged from an estimate because the provider's usage never came",
         )
         meter.create_observable_counter(
             "chat.rate_limit.backend.outages",
@@ -242,6 +248,9 @@ class Metrics:
 
     def limiter_outage(self) -> None:
         self.limiter_outages[()] += 1
+
+    def usage_estimated(self, model: str) -> None:
+        self.usage_estimates[(model,)] += 1
 
     def socket_opened(self) -> None:
         self.sockets.add(1)

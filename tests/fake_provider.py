@@ -69,6 +69,10 @@ class Behaviour:
     tail_together: bool = False
     # With tail_together: [DONE] only this long after the finish and usage chunks (0: with them).
     done_delay_s: float = 0.0
+    # The usage chunk this long after the finish chunk, on its own (real providers send it later).
+    usage_delay_s: float = 0.0
+    # Never sends usage, whatever the request asks (some providers and proxies do not).
+    no_usage: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -450,7 +454,10 @@ class FakeProvider:
         if b.kind == "drop":  # fewer tokens than drop_after: still never finish cleanly
             self._abort(record)
         tail = [chunk({}, "tool_calls" if b.tool_calls else "stop")]
-        if (record.body.get("stream_options") or {}).get("include_usage") is True:
+        if b.usage_delay_s:
+            await self._body(record, send, tail.pop())
+            await asyncio.sleep(b.usage_delay_s)
+        if (record.body.get("stream_options") or {}).get("include_usage") is True and not b.no_usage:
             tail.append(_sse({**base, "choices": [], "usage": _usage(b)}))
         tail.append(b"data: [DONE]\n\n")
         if b.tail_together and b.done_delay_s:
@@ -487,8 +494,8 @@ class FakeProvider:
                 "choices": [
                     {"index": 0, "message": message, "finish_reason": "tool_calls" if b.tool_calls else "stop"}
                 ],
-                "usage": _usage(b),
             }
+            | ({} if b.no_usage else {"usage": _usage(b)})
         )
         if b.kind == "hang_after_headers":
             await self._start(record, send, 200, [(b"content-type", b"application/json")])

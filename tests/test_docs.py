@@ -24,7 +24,7 @@ import websockets
 
 from app.settings import Settings, settings_from_dict
 from tests.conftest import ServerThread, settings_dict
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import Behaviour, FakeProvider
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS = REPO_ROOT / "docs"
@@ -122,6 +122,11 @@ def exposition(fake_provider: FakeProvider) -> Iterator[str]:
     for dep in data["models"]["deployments"]:
         if dep["name"] == "normal":
             dep["info"] = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+    # A provider that never reports usage: its call is charged from an estimate (usage-estimated counts).
+    fake_provider.set_behaviour("no_usage", Behaviour(no_usage=True))
+    data["models"]["deployments"].append(
+        {"name": "no_usage", "litellm_model": "openai/no_usage", "api_base": fake_provider.base_url}
+    )
     server = ServerThread(settings_from_dict(data, environ={})).start()
     try:
         url = f"{server.base_url}/v1/chat/completions"
@@ -129,6 +134,7 @@ def exposition(fake_provider: FakeProvider) -> Iterator[str]:
         assert httpx.post(url, json=body, timeout=10).status_code == 200
         assert httpx.post(url, json={**body, "stream": True}, timeout=10).status_code == 200
         assert httpx.post(url, json={**body, "model": "server_error"}, timeout=10).status_code >= 500
+        assert httpx.post(url, json={**body, "model": "no_usage"}, timeout=10).status_code == 200
 
         async def over_a_socket() -> None:
             async with websockets.connect(server.ws_url, subprotocols=["chat.v1"], open_timeout=10) as ws:  # type: ignore[list-item]

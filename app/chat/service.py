@@ -55,6 +55,27 @@ def _each(callbacks: list[Callable[[ChatStream], None]]) -> Callable[[ChatStream
     return call
 
 
+def _settle_stream(admission: Admission, stream: ChatStream) -> None:
+    """A stream's charge: the provider's usage, else an estimate when a provider was reached and
+    may bill (output arrived, or the call ended by a leaving client, a cancel, a deadline or a
+    drain rather than by a provider's refusal)."""
+    trail = stream.trail
+    reached = trail is not None and trail.attempts > 0
+    may_bill = reached and (stream.output_tokens > 0 or stream.outcome != UPSTREAM_ERROR)
+    admission.settle(
+        stream.model,
+        stream.usage,
+        from_cache=stream.cache_status == "HIT",
+        priced_as=trail.model if trail is not None else None,
+        output_tokens=stream.output_tokens if may_bill else None,
+    )
+
+
+def _completion_tokens(completion: Completion) -> int:
+    """Output tokens of a whole answer that came without usage, erring high (its bytes / 4)."""
+    return len(completion.raw) // 4 + 1
+
+
 async def _replay(chunks: list[Chunk]) -> AsyncIterator[Chunk]:
     for chunk in chunks:
         yield chunk
@@ -107,11 +128,12 @@ class ChatService:
         """Whether ``caller`` may make this request now: model known (404), allowed for the key (403),
         within its limits and budget (429). The admission is settled when the request ends."""
         model = self.resolve(request.model)
-        if not caller.policy.allows(model):
+        allows = caller.policy.allows
+        if not allows(model):
             raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
         if self._limiter is None:
             return None
-        return await self._limiter.admit(caller, request)
+        return await self._limiter.admit(caller, request, reach=self._provider.fallbacks(model, allows))
 
     async def admit_resume(self, caller: Caller) -> Admission | None:
         """A resume's reader counts against the key's concurrent-stream limit like a stream (429)."""
@@ -148,6 +170,7 @@ class ChatService:
         span, request = self._trace(request, deployment, transport, traceparent, started_at)
         source: AsyncIterator[Chunk]
         trail = trail or Trail()
+        trail.allows = caller.policy.allows
         if decision.answer is not None:
             source = _replay(replay_chunks(decision.answer))
         else:
@@ -170,7 +193,7 @@ class ChatService:
             self._resumes.begin(stream, caller.scope)  # before start: the first event is logged too
         closing: list[Callable[[ChatStream], None]] = []
         if admission is not None:
-            closing.append(lambda s: admission.settle(s.model, s.usage, from_cache=s.cache_status == "HIT"))
+            closing.append(lambda s: _settle_stream(admission, s))
         if self._drain is not None:
             closing.append(self._drain.stream_closed)
             self._drain.track_stream(stream)
@@ -201,8 +224,10 @@ class ChatService:
             raise
         span, request = self._trace(request, deployment, "json", traceparent, started)
         result: tuple[Completion, str | None] | None = None
+        trail = trail or Trail()
+        trail.allows = caller.policy.allows
         try:
-            result = await self._complete(request, deployment, decision, started, trail or Trail(), admission)
+            result = await self._complete(request, deployment, decision, started, trail, admission)
             return result
         finally:
             if span is not None:
@@ -278,7 +303,13 @@ class ChatService:
             usage = completion_or_none.usage if completion_or_none is not None else None
             self._record_call(deployment, started, upstream_started, outcome, usage, error)
             if admission is not None:
-                admission.settle(deployment, usage)
+                # Without usage: an answer is charged from its size; a call the client left (or a
+                # drain ended) from its input; a provider's refusal is not charged.
+                if completion_or_none is not None:
+                    output: int | None = _completion_tokens(completion_or_none)
+                else:
+                    output = 0 if outcome != UPSTREAM_ERROR and trail.attempts else None
+                admission.settle(deployment, usage, priced_as=trail.model, output_tokens=output)
 
     def _record_call(
         self,

@@ -82,6 +82,8 @@ class ChatStream:
         self.ended_at: float | None = None
         self.last_event_at = 0.0  # loop time of the last event handed out (heartbeats key on it)
         self.chunks = 0
+        #: Output tokens counted from the provider's chunks so far (an estimate; usage wins).
+        self.output_tokens = 0
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.error: GatewayError | None = None
@@ -190,6 +192,8 @@ class ChatStream:
                 self._observer.stream_first_token(self)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
+        if chunk.has_content:
+            self.output_tokens += chunk.tokens or 1
         if chunk.usage is not None:
             self.usage = chunk.usage
             # The gateway always asks for usage (for token metrics); a client that did not

@@ -32,6 +32,17 @@ class Chunk(msgspec.Struct, frozen=True, gc=False):
     usage: Usage | None = None
     #: A chunk with no choices that only carries usage (the `include_usage` chunk).
     usage_only: bool = False
+    #: Output tokens this chunk carries, as estimated from its text (``estimate_text_tokens``): what
+    #: a call is charged when the provider's usage never arrives.
+    tokens: int = 0
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in ``text``, erring high: four ASCII characters a token, one per other character
+    (CJK and most non-Latin scripts run about a token a character)."""
+    if not text:
+        return 0
+    return (len(text) + 3) // 4 if text.isascii() else len(text)
 
 
 class Completion(msgspec.Struct, frozen=True):
