@@ -177,8 +177,11 @@ class RedisBackend:
             ask.reserve_tokens,
         ]
         try:
+            # Before this admission counts them: what a stall left behind is put right first.
             if self._unknown_admits:
-                await self._compensate()  # before this admission counts what they may have taken
+                await self._compensate()
+            if self._unsent:
+                await self._resend()
             reason, requests, tokens, spend = await self._run(ADMIT, keys, args)
         except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
             if ask.lease_id:
@@ -186,8 +189,6 @@ class RedisBackend:
             raise BackendUnavailable(type(exc).__name__) from exc
         except ReplyError as exc:
             raise BackendUnavailable(type(exc).__name__) from exc
-        if self._unsent:
-            self._spawn(self._resend())
         if reason == b"stale":  # only an id this replica gave up on is tombstoned; never a live call's
             raise BackendUnavailable("stale admission")
         if not reason and ask.lease_id:
