@@ -28,7 +28,7 @@ from tests.test_fuzz import CALL_TIMEOUT_S, KEY_ENV, PROVIDER_KEY, check_frames,
 
 
 def start(fake: FakeProvider, path: str) -> ServerThread:
-    from app.settings import settings_from_dict
+    from app.config.settings import settings_from_dict
 
     data = settings_dict(fake.base_url, fast_path=path == "fast")
     for dep in data["models"]["deployments"]:

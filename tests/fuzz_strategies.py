@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from app.protocol.openai import PROVIDER_CONTROLS
+from app.domain.chat_request import PROVIDER_CONTROLS
 
 MODELS = ["normal", "fast", "demo", "tools", "bad_request", "nope", "", "normal\x00", "a" * 300]
 OPENAI_FIELDS = [

@@ -19,7 +19,7 @@ ENV = {"GATEWAY_KEYS": "key-one, key-two"}
 
 @pytest.fixture(scope="module")
 def guarded(fake_provider: FakeProvider) -> Iterator[ServerThread]:
-    from app.settings import settings_from_dict
+    from app.config.settings import settings_from_dict
 
     settings = settings_from_dict(settings_dict(fake_provider.base_url, server={"api_keys_env": "GATEWAY_KEYS"}), ENV)
     server = ServerThread(settings, environ=ENV).start()

@@ -6,10 +6,10 @@ import random
 from collections import Counter
 from typing import Any
 
-from app.errors import ProviderRejected, UpstreamTimeout, UpstreamUnavailable
+from app.config.settings import settings_from_dict
+from app.domain.errors import ProviderRejected, UpstreamTimeout, UpstreamUnavailable
 from app.providers.balancer import Balancer
 from app.providers.resilient import retryable
-from app.settings import settings_from_dict
 
 
 class Clock:

@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Browser, Dialog, Page, Response, Route, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
-from app.settings import Settings, settings_from_dict
+from app.config.settings import Settings, settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import DEFAULT_CONTENT, Behaviour, FakeProvider
 

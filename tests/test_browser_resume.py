@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Route, expect
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import TEST_STREAMING, ServerThread, settings_dict
 from tests.fake_provider import DEFAULT_CONTENT, Behaviour, FakeProvider
 from tests.sse import chat_body

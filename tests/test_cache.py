@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from app.cache.answer import CachedAnswer, assemble, split
 from app.cache.backends import MemoryBackend, RedisBackend
 from app.cache.chat_cache import cache_key
-from app.settings import DeploymentSettings
+from app.config.settings import DeploymentSettings
 from tests.conftest import RedisServer, ServerThread, make_settings
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body, stream_chat

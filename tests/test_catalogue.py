@@ -9,10 +9,10 @@ import httpx
 import openai
 import pytest
 
-from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
-from app.chat.classify import Criteria, categories, search
+from app.catalogue.catalogue import Catalogue, Snapshot, build_snapshot
+from app.catalogue.classify import Criteria, categories, search
+from app.config.settings import DeploymentSettings, ModelInfoOverride
 from app.providers.litellm_metadata import model_metadata, provider_of
-from app.settings import DeploymentSettings, ModelInfoOverride
 from tests.conftest import ServerThread
 
 

@@ -295,7 +295,7 @@ def test_start_up_failure_in_the_app_is_one_line(tmp_path: Path) -> None:
         "import sys, uvicorn\n"
         "from contextlib import asynccontextmanager\n"
         "from litestar import Litestar\n"
-        "from app.startup_guard import StartupGuard\n"
+        "from app.server.startup_guard import StartupGuard\n"
         "@asynccontextmanager\n"
         "async def broken(app):\n"
         "    raise RuntimeError('the cache backend cannot be built\\nsecond line')\n"

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from app.serve import connection_limits
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
+from app.server.serve import connection_limits
 from tests.conftest import ServerThread, make_settings, settings_dict
 from tests.fake_provider import FakeProvider
 

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from app.app import create_app
-from app.settings import DEFAULT_CONFIG_PATH, Settings, settings_from_dict
+from app.config.settings import DEFAULT_CONFIG_PATH, Settings, settings_from_dict
 from tests.test_metrics import CONTRACT
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """docs/ is kept in step with the code: every configuration key and every metric, both ways.
 
-The keys are read from app/settings_schema.py's msgspec Structs and the metrics from a live /metrics, so a
+The keys are read from app/config/schema.py's msgspec Structs and the metrics from a live /metrics, so a
 key or metric added later fails here until it is documented (and a documented one that is removed
 fails too). Defaults and label names are compared, not just names. Links between the docs, and from
 the README, must resolve inside the repository.
@@ -22,7 +22,7 @@ import msgspec
 import pytest
 import websockets
 
-from app.settings import Settings, settings_from_dict
+from app.config.settings import Settings, settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider
 
@@ -168,11 +168,11 @@ def exported(text: str) -> dict[str, set[str]]:
 
 
 #: The modules that create instruments (each ``meter.create_*`` call is one exported family).
-INSTRUMENT_MODULES = ("metrics.py", "process_metrics.py")
+INSTRUMENT_MODULES = ("observability/metrics.py", "observability/process_metrics.py")
 
 
 def test_every_instrument_is_exported(exposition: str) -> None:
-    # Each meter.create_* call and each in-process Histogram(...) in app/metrics.py is one family: one
+    # Each meter.create_* call and each in-process Histogram(...) in app/observability/metrics.py is one family: one
     # that no request exercised fails here.
     source = "".join((REPO_ROOT / "app" / name).read_text(encoding="utf-8") for name in INSTRUMENT_MODULES)
     families = re.findall(r"\bmeter\.create_\w+\(", source) + re.findall(r"= Histogram\(", source)
@@ -233,8 +233,8 @@ def readme_toml_blocks() -> list[dict[str, Any]]:
 
 
 def test_readme_single_provider_example_needs_only_its_key() -> None:
-    from app.preflight import provider_problems
-    from app.settings import settings_from_dict
+    from app.config.settings import settings_from_dict
+    from app.server.preflight import provider_problems
 
     single = readme_toml_blocks()[0]
     settings = settings_from_dict(single, environ={"OPENAI_API_KEY": "sk-test"})
@@ -243,8 +243,8 @@ def test_readme_single_provider_example_needs_only_its_key() -> None:
 
 
 def test_readme_multi_provider_example_names_the_missing_key() -> None:
-    from app.preflight import provider_problems
-    from app.settings import ConfigError, settings_from_dict
+    from app.config.settings import ConfigError, settings_from_dict
+    from app.server.preflight import provider_problems
 
     several = readme_toml_blocks()[1]
     with pytest.raises(ConfigError) as refused:

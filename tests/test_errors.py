@@ -6,9 +6,9 @@ import pytest
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from app.errors import InternalError, RateLimited, public_error
-from app.http_errors import EXCEPTION_HANDLERS
-from app.settings import Settings, settings_from_dict
+from app.config.settings import Settings, settings_from_dict
+from app.domain.errors import InternalError, RateLimited, public_error
+from app.server.http_errors import EXCEPTION_HANDLERS
 
 
 @get("/boom", sync_to_thread=False)

@@ -1,4 +1,4 @@
-"""The request log's upstream-failure fields (app/failure_log.py): deployment, host, exception chain.
+"""The request log's upstream-failure fields (app/observability/failure_log.py): deployment, host, exception chain.
 
 The end-to-end check (a real ``python -m app`` whose provider refuses connections) is in test_cli.py;
 these cover the rules on their own.
@@ -9,9 +9,9 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from app.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from app.failure_log import error_chain, upstream_failure, upstream_host
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
+from app.domain.errors import InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from app.observability.failure_log import error_chain, upstream_failure, upstream_host
 
 
 class _App:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import ClientConnection, connect
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import FakeProvider
 from tests.fuzz_strategies import chat_bodies, client_frames, raw_bodies

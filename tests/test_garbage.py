@@ -140,9 +140,9 @@ def test_a_resume_log_holds_chunk_events_the_collector_does_not_track() -> None:
     # A resume log keeps a stream's events for resume_ttl_s: at a few hundred streams a second that is
     # hundreds of thousands of events, which every collection reaching them would walk. Chunk events
     # are not tracked; an error event is (a cycle through its traceback must still be found).
-    from app.chat.stream_events import StreamEvent
-    from app.errors import UpstreamUnavailable
-    from app.providers.base import Chunk, Usage
+    from app.domain.chunks import Chunk, Usage
+    from app.domain.errors import UpstreamUnavailable
+    from app.domain.events import StreamEvent
     from app.providers.chunks import read_chunk
 
     chunk = read_chunk(b'{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}')

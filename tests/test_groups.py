@@ -18,7 +18,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, ServerThread
 from tests.fake_provider import Behaviour, FakeProvider

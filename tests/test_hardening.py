@@ -17,9 +17,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from app.log import MAX_FIELD_CHARS, cap_fields
+from app.config.settings import settings_from_dict
+from app.observability.log import MAX_FIELD_CHARS, cap_fields
 from app.providers.quoting import REDACTED, ProviderText
-from app.settings import settings_from_dict
 from loadtests.processes import GatewayProcess
 from tests.conftest import ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider

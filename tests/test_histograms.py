@@ -9,8 +9,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.histograms import Histogram, Histograms
-from app.metrics import TTFB_BUCKETS
+from app.observability.histograms import Histogram, Histograms
+from app.observability.metrics import TTFB_BUCKETS
 
 RECORDS = [
     # On a bucket's upper bound (inclusive), between bounds, past the last one, and zero.

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import RedisServer, ServerThread
 from tests.fake_provider import FakeProvider
 from tests.keys_config import DEFAULT_KEY, ENV, KEYS, auth, keys_settings_dict

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import RedisServer, ServerThread
 from tests.fake_provider import FakeProvider
 from tests.keys_config import ENV, auth, keys_settings_dict

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.limits.resp import _INCOMPLETE, ReplyError, RespClient, encode, parse
+from app.redis.resp import _INCOMPLETE, ReplyError, RespClient, encode, parse
 from tests.conftest import RedisServer
 
 REPLY = b"*4\r\n$0\r\n\r\n:3\r\n$-1\r\n*2\r\n+OK\r\n-NOSCRIPT No matching script\r\n"

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from app.access.keys import GatewayKeys
-from app.errors import Unauthenticated
-from app.settings import ConfigError, load_settings, settings_from_dict
+from app.config.settings import ConfigError, load_settings, settings_from_dict
+from app.domain.errors import Unauthenticated
 
 BASE = {"models": {"deployments": [{"name": "demo", "litellm_model": "demo/demo"}]}}
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import RedisServer, ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider
 from tests.sse import chat_body

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import RedisServer, ServerThread, settings_dict
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body

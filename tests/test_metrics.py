@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from app.metrics import Metrics
+from app.observability.metrics import Metrics
 from tests.conftest import ServerThread, make_settings
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body, stream_chat

@@ -18,9 +18,9 @@ import msgspec
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.openapi import CHAT_ERRORS
-from app.protocol.openai import ChatRequest
+from app.domain.chat_request import ChatRequest
 from app.routes.models import SEARCH_PARAMS
+from app.server.openapi import CHAT_ERRORS
 from tests.conftest import ServerThread, make_settings
 from tests.fake_provider import FakeProvider
 

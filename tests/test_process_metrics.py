@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import Metrics
+from app.observability.metrics import Metrics
 from tests.conftest import ServerThread, make_settings
 from tests.fake_provider import FakeProvider
 

@@ -1,4 +1,4 @@
-"""A relayed SSE stream's rest pushed from the provider's connection (app/chat/push.py), and the
+"""A relayed SSE stream's rest pushed from the provider's connection (app/core/push.py), and the
 direct body writer it writes through (app/transport/direct_body.py), under real uvicorn."""
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ import pytest
 import redis.exceptions
 from redis.asyncio import Redis
 
-from app.redis_breaker import BackendUnavailable, CircuitBreaker
-from app.redis_pool import IdleClosingPool, pool_options
+from app.redis.breaker import BackendUnavailable, CircuitBreaker
+from app.redis.pool import IdleClosingPool, pool_options
 from loadtests.processes import ROOT, GatewayProcess, RedisProcess, UpstreamProcess, deployments_toml
 from loadtests.redis_outage import MODEL, UPSTREAM_MODEL, configured_op_timeout, run_phases
 from tests.conftest import wait_until

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from app.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
-from app.protocol.openai import parse_chat_body
+from app.config.settings import DeploymentSettings
+from app.domain.chat_request import parse_chat_body
+from app.domain.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
 from app.providers.chunks import error_from_reply, read_chunk
 from app.providers.relay import Relay, _data_of
 from app.providers.relay_target import resolve_target
-from app.settings import DeploymentSettings
 from tests.conftest import ServerThread
 
 

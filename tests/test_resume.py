@@ -15,7 +15,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from tests.conftest import TEST_STREAMING, ServerThread, settings_dict
 from tests.fake_provider import FakeProvider
 from tests.sse import chat_body

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings import settings_from_dict
+from app.config.settings import settings_from_dict
 from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
 from tests.fake_provider import Behaviour, FakeProvider

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from app.chat.stream_events import StreamEvent
-from app.errors import InvalidResumePosition, StreamNotFound
-from app.providers.base import Chunk
+from app.config.settings import StreamingSettings
+from app.domain.chunks import Chunk
+from app.domain.errors import InvalidResumePosition, StreamNotFound
+from app.domain.events import StreamEvent
 from app.resume.log import EVENT_OVERHEAD, StreamLog
 from app.resume.memory import MemoryResumeStore
 from app.resume.service import Resumes
-from app.settings import StreamingSettings
 
 
 def chunk(seq: int, size: int = 100) -> StreamEvent:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import (
+from app.config.settings import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     Settings,

@@ -204,7 +204,7 @@ async def test_a_client_that_stops_reading_is_not_an_idle_provider(gateway: Serv
     # cannot write, stops reading the provider (back-pressure), and that time is not the provider's
     # silence. What the gateway holds for the client meanwhile stays near its socket's high-water
     # mark (the provider is not read, not buffered here; on the relay the stream is pushed,
-    # app/chat/push.py). After a pause longer than the idle timeout (1.5 s) the stream ends intact.
+    # app/core/push.py). After a pause longer than the idle timeout (1.5 s) the stream ends intact.
     body = b'{"model": "firehose_varied", "stream": true, "messages": [{"role": "user", "content": "go"}]}'
     reader, writer = await post_raw(gateway.port, body)
     received = await asyncio.wait_for(reader.read(65536), 5)

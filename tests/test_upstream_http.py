@@ -652,7 +652,7 @@ class Sink:
 
 
 async def test_a_delivered_body_waits_for_a_full_sink_and_ends_after_what_it_kept(serve) -> None:  # type: ignore[no-untyped-def]
-    # The push path (app/chat/push.py): the body goes to a sink from the connection's callbacks.
+    # The push path (app/core/push.py): the body goes to a sink from the connection's callbacks.
     # A sink that says it is full gets nothing more until resume, and the body's end comes only
     # after what it was given. The pieces of one read reach the sink together, in one call (the
     # events in them then reach the client in one write).

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from app.config.settings import settings_from_dict
 from app.providers.upstream import RequestTemplate, UpstreamPool
-from app.settings import settings_from_dict
 from loadtests import run_matrix
 from loadtests.loadgen import LoadConfig, http_get, run_load
 from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import Metrics
-from app.metrics_merge import merge_expositions
-from app.worker_metrics import WORKER_METRICS_DIR_ENV
+from app.observability.metrics import Metrics
+from app.observability.metrics_merge import merge_expositions
+from app.observability.worker_metrics import WORKER_METRICS_DIR_ENV
 from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml
 
 SCRAPES = 30

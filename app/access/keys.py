@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from app.access.policy import UNLIMITED, KeyPolicy
-from app.errors import Unauthenticated
+from app.domain.errors import Unauthenticated
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.config.settings import Settings
 
 SUBPROTOCOL = "chat.v1"
 BEARER_PREFIX = "bearer."

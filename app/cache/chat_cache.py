@@ -19,9 +19,9 @@ import structlog
 
 from app.cache.answer import CachedAnswer, assemble, split
 from app.cache.backends import CacheBackend
-from app.providers.base import Chunk, Completion, Usage
-from app.redis_breaker import BackendUnavailable
-from app.settings import CacheSettings, DeploymentSettings
+from app.config.settings import CacheSettings, DeploymentSettings
+from app.domain.chunks import Chunk, Completion, Usage
+from app.redis.breaker import BackendUnavailable
 
 logger = structlog.get_logger("chat.cache")
 

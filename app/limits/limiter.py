@@ -29,11 +29,11 @@ import structlog
 
 from app.access.keys import Caller
 from app.access.policy import KeyPolicy
-from app.errors import BudgetExceeded, RateLimited
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Usage
+from app.domain.errors import BudgetExceeded, RateLimited
 from app.limits.backend import BUDGET, Ask, BackendUnavailable, LimitBackend, Settlement, Verdict
 from app.limits.windows import budget_resets_in, budget_window_id, minute_of, seconds_to_next_minute
-from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Usage
 
 logger = structlog.get_logger("chat.limits")
 

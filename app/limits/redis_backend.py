@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from app.limits.backend import Ask, BackendUnavailable, Settlement, Verdict
-from app.limits.resp import ReplyError, RespClient
+from app.redis.resp import ReplyError, RespClient
 
 logger = structlog.get_logger("chat.limits")
 

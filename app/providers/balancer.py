@@ -30,8 +30,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from app.errors import GatewayError, UpstreamTimeout
-from app.settings import DeploymentSettings, ModelsSettings
+from app.config.settings import DeploymentSettings, ModelsSettings
+from app.domain.errors import GatewayError, UpstreamTimeout
 
 #: LiteLLM's ``RoutingArgs.max_latency_list_size``.
 LATENCY_SAMPLES: Final = 10

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from app.errors import GatewayError
-from app.providers.base import Chunk, Usage, estimate_text_tokens
+from app.domain.chunks import Chunk, Usage, estimate_text_tokens
+from app.domain.errors import GatewayError
 from app.providers.translate import from_provider_reply
 
 _NO_RAW = msgspec.Raw(b"")

@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 from yarl import URL
 
-from app.errors import ProviderRejected
-from app.protocol.openai import ChatCompletionInput
+from app.config.settings import DeploymentSettings
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.errors import ProviderRejected
 from app.providers.base import asking_for_usage
 from app.providers.litellm_setup import import_litellm
 from app.providers.upstream import RequestTemplate
-from app.settings import DeploymentSettings
 
 litellm = import_litellm()
 

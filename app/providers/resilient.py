@@ -21,10 +21,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
-from app.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
-from app.protocol.openai import ChatCompletionInput
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion
+from app.domain.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
 from app.providers.balancer import Balancer, Group, Member
-from app.providers.base import Chunk, Completion, Provider, PushSink
+from app.providers.base import Provider, PushSink
 
 OK: Final = "ok"
 ERROR: Final = "error"

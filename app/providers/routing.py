@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, Provider
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion
+from app.providers.base import Provider
 from app.providers.relay import Relay
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from app.errors import InvalidResumePosition, StreamNotFound
+from app.domain.errors import InvalidResumePosition, StreamNotFound
 from app.resume.log import StreamLog
 from app.resume.memory import MemoryResumeStore
 from app.resume.replay import LocalReplay, Replay
 
 if TYPE_CHECKING:
-    from app.chat.stream import ChatStream
-    from app.settings import StreamingSettings
+    from app.config.settings import StreamingSettings
+    from app.core.stream import ChatStream
 
 #: API.md 1.3: a position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0

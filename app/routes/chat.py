@@ -10,16 +10,16 @@ from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 
 from app.access.keys import ANONYMOUS, Caller
-from app.chat.service import ChatService
-from app.chat.stream_events import CLIENT_DISCONNECTED
-from app.errors import UnsupportedMediaType
-from app.openapi import CHAT_RESPONSES, ChatOperation
-from app.protocol.openai import parse_chat_body
+from app.api.chat.sse import SSE_HEADERS, SseResponse
+from app.api.intent import wants_stream
+from app.config.settings import Settings
+from app.core.service import ChatService
+from app.domain.chat_request import parse_chat_body
+from app.domain.errors import UnsupportedMediaType
+from app.domain.events import CLIENT_DISCONNECTED
 from app.providers.resilient import Trail
-from app.settings import Settings
-from app.streaming.disconnect import ClientGone, DisconnectWatch
-from app.streaming.intent import wants_stream
-from app.streaming.sse import SSE_HEADERS, SseResponse
+from app.server.openapi import CHAT_RESPONSES, ChatOperation
+from app.transport.disconnect import ClientGone, DisconnectWatch
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
 CLIENT_CLOSED_REQUEST = 499

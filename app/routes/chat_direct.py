@@ -26,8 +26,8 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
-from app.middleware import JsonCompressionMiddleware
 from app.routes.chat import CHAT_PATHS, ChatContext, create_chat_completion
+from app.server.middleware import JsonCompressionMiddleware
 
 _PATHS = frozenset(CHAT_PATHS)
 
