@@ -63,10 +63,6 @@ class GatewayKeys:
         self._entries.append((digest, Caller(scope=digest.hex()[:16], policy=policy)))
 
     @classmethod
-    def from_env(cls, env_name: str, environ: Mapping[str, str]) -> GatewayKeys:
-        return cls(environ.get(env_name, "").split(",") if env_name else ())
-
-    @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> GatewayKeys:
         """``server.api_keys_env``'s keys as ``default`` and every ``[[keys]]`` entry under its name."""
         rl = settings.rate_limit

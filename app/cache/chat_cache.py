@@ -46,10 +46,6 @@ class CachePolicy(msgspec.Struct, frozen=True):
     read: bool
     write: bool
 
-    @property
-    def bypassed(self) -> bool:
-        return not (self.read and self.write)
-
 
 def policy_from(cache_control: str | None) -> CachePolicy:
     directives = {d.strip().lower().split("=", 1)[0] for d in (cache_control or "").split(",")}

@@ -21,7 +21,6 @@ COMPLETED: Final = "completed"
 CLIENT_DISCONNECTED: Final = "client_disconnected"
 CANCELLED: Final = "cancelled"
 UPSTREAM_ERROR: Final = "upstream_error"
-TIMEOUT: Final = "timeout"
 
 
 class StreamEvent(msgspec.Struct, frozen=True):

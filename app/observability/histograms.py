@@ -1,9 +1,9 @@
 """Histograms aggregated in place and rendered at scrape time, beside the OpenTelemetry instruments.
 
 A record through the OpenTelemetry SDK validates and hashes its attribute set and walks the view
-machinery: 11-14 us, four times per request (request duration, time to first byte and token,
-stream duration), about 4% of a worker's CPU at 256 concurrent streams, where every percent is
-latency for the streams queued behind it. Here a record is a dict lookup, a bisect and two additions;
+machinery, four times per request (request duration, time to first byte and token, stream
+duration); at high concurrency that work is latency for the streams queued behind it. Here a record
+is a dict lookup, a bisect and two additions;
 the exported series are the ones the SDK's Prometheus reader wrote: same names, help texts, label
 sets, buckets (upper bounds inclusive, as OpenTelemetry's explicit buckets), ``_count`` and ``_sum``.
 """

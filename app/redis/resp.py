@@ -2,9 +2,8 @@
 
 Each admission is one command written to the socket at once, behind whatever other requests have
 in flight (Redis answers in order, so replies are matched to a FIFO of futures); no connection pool
-checkout, no per-command task. redis-py spent ~0.14 ms of CPU per command in pure Python parsing and
-pool handling, which at 32 concurrent streams made the Redis backend's admission cost ~2.7 ms p50 on
-its own (measured); this costs a fraction of that. Replies are RESP2; an error reply is returned as a
+checkout, no per-command task: redis-py's pure-Python parsing and pool handling per command would be
+paid by every admission (loadtests/README.md has the comparison). Replies are RESP2; an error reply is returned as a
 ``ReplyError`` value, a connection failure raises ``ConnectionError`` / ``TimeoutError``.
 """
 

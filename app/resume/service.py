@@ -63,10 +63,6 @@ class Resumes:
         self.shared = shared
         self._on_result = on_result
 
-    @property
-    def memory_bytes(self) -> int:
-        return self.local.bytes
-
     def begin(self, stream: ChatStream, owner: str) -> None:
         """Give a new stream its log (before it starts, so that its first event is logged)."""
         if not self.enabled:
