@@ -12,7 +12,7 @@ import pytest
 from app.catalogue.catalogue import Catalogue, Snapshot, build_snapshot
 from app.catalogue.classify import Criteria, categories, search
 from app.config.settings import DeploymentSettings, ModelInfoOverride
-from app.providers.litellm_metadata import model_metadata, provider_of
+from app.providers.litellm_metadata import ShippedMetadata
 from tests.conftest import ServerThread
 
 
@@ -37,6 +37,9 @@ REAL = [
     ),
     dep("mystery", "hosted_vllm/unknown-model"),
 ]
+#: LiteLLM's shipped metadata for the models above, read without importing LiteLLM.
+SHIPPED = ShippedMetadata(d.litellm_model for d in REAL)
+model_metadata, provider_of = SHIPPED.metadata, SHIPPED.provider_of
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,8 +16,10 @@ from app.domain.chat_request import parse_chat_body
 from app.domain.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
 from app.providers.chunks import error_from_reply, read_chunk
 from app.providers.relay import Relay, _data_of
-from app.providers.relay_target import resolve_target
+from app.providers.relay_target import OPENAI_WIRE, _resolve_with_litellm, resolve_target
 from tests.conftest import ServerThread
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -159,3 +165,29 @@ async def test_an_answer_that_never_ends_is_refused_not_buffered() -> None:
             with pytest.raises(UpstreamUnavailable, match="larger than the gateway accepts"):
                 await relay.complete(parse_chat_body(_HI), "m")
             await provider.closed.wait()
+
+
+@pytest.mark.parametrize("provider", sorted(p for p, base in OPENAI_WIRE.items() if base))
+def test_the_native_table_resolves_as_litellm_does(provider: str) -> None:
+    dep = DeploymentSettings(name="m", litellm_model=f"{provider}/some-model", api_key_env="K")
+    ours = resolve_target(dep, {"K": "sk-test"})
+    theirs = _resolve_with_litellm(dep, "sk-test")
+    assert ours is not None and theirs is not None
+    model, url, headers = theirs
+    assert (ours.model, str(ours.url)) == (model, url)
+    assert {k: v for k, v in ours.headers.items() if k != "Accept-Encoding"} == headers
+
+
+def test_a_relay_only_gateway_never_imports_litellm(tmp_path: Any) -> None:
+    script = (
+        "import sys\n"
+        "from app.config.settings import settings_from_dict\n"
+        "from app.server.lifespan import build_services\n"
+        "s = settings_from_dict({'models': {'deployments': [{'name': 'a', 'litellm_model': 'openai/gpt-4o-mini'},"
+        " {'name': 'b', 'litellm_model': 'hosted_vllm/x', 'api_base': 'http://127.0.0.1:9/v1'}]}}, {})\n"
+        "services = build_services(s, environ={})\n"
+        "print(sorted(m for m in sys.modules if m == 'litellm' or m.startswith('litellm.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

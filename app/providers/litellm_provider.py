@@ -22,7 +22,6 @@ from app.domain.errors import GatewayError
 from app.providers.base import asking_for_usage
 from app.providers.chunks import read_chunk
 from app.providers.demo import register_demo_provider
-from app.providers.litellm_metadata import model_metadata as _shipped_metadata  # noqa: F401 - copy the map before any Router
 from app.providers.litellm_setup import import_litellm
 from app.providers.quoting import ProviderText
 from app.providers.translate import from_litellm

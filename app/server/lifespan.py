@@ -54,8 +54,7 @@ def build_services(
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.providers.egress import EgressSettings
-    from app.providers.litellm_metadata import model_metadata, provider_of
-    from app.providers.litellm_provider import LiteLLMProvider, build_router
+    from app.providers.litellm_metadata import ShippedMetadata
     from app.providers.relay import Relay
     from app.providers.relay_target import resolve_target
     from app.providers.routing import RoutingProvider
@@ -65,10 +64,17 @@ def build_services(
     targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
     relay = Relay(targets, quote=quote, egress=EgressSettings.from_environ(environ))
     relay.open_pools()  # one connection pool per upstream origin, before the first request
-    provider = RoutingProvider(relay, LiteLLMProvider(build_router(settings, environ), quote))
+    full = None
+    if any(d.id not in targets for d in settings.models.deployments):
+        # LiteLLM is imported only when a deployment needs its full path.
+        from app.providers.litellm_provider import LiteLLMProvider, build_router
+
+        full = LiteLLMProvider(build_router(settings, environ), quote)
+    provider = RoutingProvider(relay, full)
+    shipped = ShippedMetadata(d.litellm_model for d in settings.models.deployments)
 
     async def build() -> Snapshot:
-        return build_snapshot(settings.models.deployments, model_metadata, provider_of)
+        return build_snapshot(settings.models.deployments, shipped.metadata, shipped.provider_of)
 
     catalogue = Catalogue(build, settings.models.refresh_s)
 
