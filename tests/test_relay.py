@@ -6,9 +6,11 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.config.settings import DeploymentSettings
@@ -18,6 +20,7 @@ from app.providers.chunks import error_from_reply, read_chunk
 from app.providers.relay import Relay, _data_of
 from app.providers.relay_target import OPENAI_WIRE, _resolve_with_litellm, resolve_target
 from tests.conftest import ServerThread
+from tests.fake_provider import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,3 +194,31 @@ def test_a_relay_only_gateway_never_imports_litellm(tmp_path: Any) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_relay_only_server_starts_without_litellm(tmp_path: Path) -> None:
+    """The whole start-up (`python -m app`, its provider checks included) of a relay-only config."""
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nlog_level = "warning"\n'
+        '[[models.deployments]]\nname = "fast"\nlitellm_model = "openai/fast"\napi_base = "http://127.0.0.1:9/v1"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--config", str(config)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+            time.sleep(0.05)
+        # A server that imported LiteLLM maps files of its package and of tiktoken, which it imports.
+        mapped = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert [line for line in mapped.splitlines() if "site-packages/litellm" in line] == []
+        assert "site-packages/tiktoken" not in mapped
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -44,10 +44,24 @@ def _prefix_problem(litellm_model: str, exc: BaseException, providers: list[str]
 def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     """One ``<key>: <why>`` line per deployment LiteLLM cannot serve; empty when the providers build.
 
-    Imports LiteLLM (the slow part of start-up). Building the Router once here costs a few hundred
-    milliseconds and means every failure to build the providers is reported as configuration, not as
-    a start-up traceback.
+    Imports LiteLLM (the slow part of start-up) unless every deployment takes the relay. Building the
+    Router once here costs a few hundred milliseconds and means every failure to build the providers
+    is reported as configuration, not as a start-up traceback.
     """
+    from app.providers.relay_target import OPENAI_WIRE
+
+    def native(litellm_model: str, api_base: str, fast_path: bool) -> bool:
+        provider, sep, _ = litellm_model.partition("/")
+        return fast_path and bool(sep) and provider in OPENAI_WIRE and bool(api_base or OPENAI_WIRE[provider])
+
+    if all(native(d.litellm_model, d.api_base, d.fast_path) for d in settings.models.deployments):
+        # Every deployment takes the relay, resolved without LiteLLM: only the URLs can be wrong.
+        return [
+            f"models.deployments[{i}].api_base: expected an http:// or https:// URL, got {dep.api_base!r}"
+            for i, dep in enumerate(settings.models.deployments)
+            if dep.api_base
+            and (urlsplit(dep.api_base).scheme not in ("http", "https") or not urlsplit(dep.api_base).netloc)
+        ]
     from app.providers.demo import register_demo_provider
     from app.providers.litellm_provider import build_router
     from app.providers.litellm_setup import import_litellm
