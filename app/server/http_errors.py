@@ -9,6 +9,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
+from app.core.context import context_of
 from app.domain.errors import (
     GatewayError,
     InvalidRequest,
@@ -39,10 +40,10 @@ def _production(request: Request[Any, Any, Any]) -> bool:
 
 
 def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> Response[Any]:
-    state = request.scope.setdefault("state", {})
-    state["error"] = exc  # for the request's log line
+    context = context_of(request.scope)
+    context.error = exc  # for the request's log line
     response = error_response(exc)
-    rate_headers = state.get("rate_headers")
+    rate_headers = context.rate_headers
     if rate_headers:
         # A limited key's x-ratelimit-* headers go on every response, errors included (API.md 4).
         for name, value in rate_headers.items():
@@ -64,7 +65,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    request.state.error = exc  # for the request's log line (app/server/middleware.py)
+    context_of(request.scope).error = exc  # for the request's log line (app/server/middleware.py)
     logger.error(
         "unhandled_error",
         request_id=request.scope.get("state", {}).get("request_id"),

@@ -18,6 +18,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.chat.sse import RAW_SEND
+from app.core.context import CONTEXT, RequestContext
 from app.core.drain import Drain
 from app.domain.errors import GatewayError
 from app.observability.failure_log import upstream_failure
@@ -52,6 +53,7 @@ class RequestIdMiddleware:
         request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        context = state[CONTEXT] = RequestContext(request_id)
         if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
@@ -85,10 +87,10 @@ class RequestIdMiddleware:
             duration = time.perf_counter() - started
             for observer in self.observers:
                 observer(scope, status, duration)
-            _log_request(scope, state, request_id, status, duration)
+            _log_request(scope, context, status, duration)
             # The error (kept for that line) holds its traceback, whose frames hold this scope: dropped
             # now, a failed request is freed at once instead of waiting, as a cycle, for the collector.
-            state.pop("error", None)
+            context.error = None
 
 
 async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayError) -> None:
@@ -102,35 +104,17 @@ async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayErro
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _log_request(scope: Scope, state: dict[str, Any], request_id: str, status: int, duration: float) -> None:
+def _log_request(scope: Scope, context: RequestContext, status: int, duration: float) -> None:
     fields: dict[str, Any] = {
-        "request_id": request_id,
         "method": scope.get("method"),
         "route": scope.get("path_template") or scope.get("path"),
         "status": status,
         "duration_ms": round(duration * 1000, 2),
+        **context.log_fields(),
     }
-    stream = state.get("stream")
-    error = state.get("error")
-    if stream is not None:
-        fields.update(stream.log_fields())
-        error = error or stream.error
-    else:
-        if "outcome" in state:
-            fields["outcome"] = state["outcome"]
-        trail = state.get("trail")
-        if trail is not None:
-            fields.update(trail.log_fields())
-        if error is not None:
-            fields.update(error.log_fields())
-    if "model" in state:
-        fields.setdefault("model", state["model"])
-    if "key" in state:  # the gateway key's configured name, never the key
-        fields["key"] = state["key"]
+    error = context.failure
     if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
         fields.update(upstream_failure(scope, fields.get("model"), error))
-    if "prompt" in state:  # only with server.log_bodies on
-        fields["prompt"] = state["prompt"]
     logger.info("request", **fields)
 
 

@@ -31,6 +31,7 @@ from app.api.chat.ws_frames import (
 )
 from app.api.chat.ws_writer import RequestWriter, SlowConsumer
 from app.config.settings import Settings
+from app.core.context import RequestContext
 from app.core.drain import Drain
 from app.core.service import ChatService
 from app.core.stream import ChatStream
@@ -352,9 +353,9 @@ class ChatSocketSession:
                 self._send(error_frame(frame_id, public_error(exc, production=self.settings.production)))
         finally:
             self.inflight.pop(frame_id, None)
-            logger.info(
-                "ws_request", request_id=self.request_id, id=frame_id, key=self.caller.name, **stream.log_fields()
-            )
+            context = RequestContext(self.request_id or "")
+            context.key, context.stream = self.caller.name, stream
+            logger.info("ws_request", id=frame_id, **context.log_fields())
 
     def _send(self, frame: bytes) -> None:
         if self._closing:
