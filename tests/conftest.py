@@ -21,7 +21,7 @@ import uvloop
 from app.app import create_app
 from app.config.settings import Settings, settings_from_dict
 from app.server.serve import gateway_config
-from tests.fake_provider import Behaviour, FakeProvider, builtin_behaviours
+from tests.helpers.fake_provider import Behaviour, FakeProvider, builtin_behaviours
 
 T = TypeVar("T")
 

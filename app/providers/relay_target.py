@@ -23,7 +23,7 @@ from app.providers.base import asking_for_usage
 from app.providers.upstream import RequestTemplate
 
 #: OpenAI-wire providers (LiteLLM's names) and their default base URL; None: ``api_base`` is required.
-#: The URLs are LiteLLM's own (tests/test_relay.py checks them against it).
+#: The URLs are LiteLLM's own (tests/providers/test_relay.py checks them against it).
 OPENAI_WIRE: dict[str, str | None] = {
     "openai": "https://api.openai.com/v1",
     "openai_like": None,

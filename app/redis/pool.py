@@ -9,7 +9,7 @@ surplus of a past burst ages out; a closed one is simply opened again if load co
 
 The reaper is one task per pool, started by the first release (so inside the running loop) and
 cancelled when the pool is disconnected. It touches the pool's private list under the pool's own
-lock, the same way the pool itself does; tests/test_redis_breaker.py watches it against a real
+lock, the same way the pool itself does; tests/resume/test_redis_breaker.py watches it against a real
 redis-server so that a redis-py upgrade that changes those internals is caught.
 """
 
