@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from app.config.settings import Settings
 from app.limits.backend import LimitBackend
 from app.limits.limiter import Limiter, PriceLookup
 from app.limits.memory import MemoryBackend
-from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.redis_breakers import RedisBreakers
+    from app.redis.breakers import RedisBreakers
 
 
 def build_limiter(
