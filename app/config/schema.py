@@ -62,8 +62,9 @@ class StreamingSettings(_Section):
     """Where stream logs are kept: this process's memory, or the ``[redis] url`` shared by replicas."""
     resume_max_events: NonNegInt = 10_000
     """Events kept per stream's log (the oldest go first); 0 turns stream logs, and resuming, off."""
-    resume_memory_mb: PositiveInt = 256
-    """Total size of the logs a process holds in memory; past it the oldest ended logs are dropped."""
+    resume_memory_mb: NonNegInt = 0
+    """Total size of the logs a process holds in memory; past it the oldest ended logs are dropped.
+    0 (auto): 1/32 of the memory the process may use (cgroup limit, else physical), 8 to 64 MiB."""
 
 
 class WebSocketSettings(_Section):
@@ -96,7 +97,11 @@ class RateLimitSettings(_Section):
     on_backend_error: Literal["open", "closed"] = "open"
     lease_ttl_s: PositiveFloat = 30.0
     """A Redis concurrency lease lives this long unless its replica refreshes it (a dead one cannot)."""
-    op_timeout_s: PositiveFloat = 0.25
+    op_timeout_s: PositiveFloat = 0.5
+    """Bound on each Redis call of the limiter. Its Redis server's circuit breaker is shared with the
+    cache and the resume store, and any timeout opens it for all three, so the bound must not fire on
+    a healthy Redis under CPU load: with 4 busy processes on 2 cores (loadtests/redis_cpu_load.py
+    --features all) 0.1 s and 0.25 s tripped once in 40 s and 0.5 s never did."""
 
 
 class RedisSettings(_Section):

@@ -3,8 +3,11 @@
 Sequence, from the first signal:
 1. readiness answers 503 at once (load balancers stop sending);
 2. for ``server.shutdown_delay_s`` everything is served as usual (they need a moment to notice);
-3. the listener closes and idle kept-alive connections are closed; a new request on a kept-alive
-   connection, or a new WebSocket create frame, gets 503 ``server_shutting_down``;
+3. the listener closes; from then on every response carries ``Connection: close``, and a new
+   request on a kept-alive connection (one that was idle, or pipelined behind a running stream,
+   answered when the stream ends), or a new WebSocket create frame, gets 503
+   ``server_shutting_down``. Kept-alive connections are left open for that: closing an idle one
+   races with a request the client is sending on it, which would get nothing but EOF;
 4. requests and streams in flight get up to ``server.drain_s`` to finish;
 5. what still runs then ends in-band with ``server_shutting_down`` (SSE ``event: error``, WebSocket
    ``error`` frames and close 1001, a 503 for a JSON call), its provider call is closed, and its
@@ -180,11 +183,7 @@ class Drain:
 
 
 def _close_listeners(server: Any) -> None:
-    """Stop accepting, and close kept-alive HTTP connections that wait for a next request."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+    """Stop accepting. Open connections stay: each one's next request gets its 503 and a close
+    (the middleware), and uvicorn closes what is left when it exits."""
     for listener in getattr(server, "servers", []):
         listener.close()
-    for connection in list(getattr(getattr(server, "server_state", None), "connections", ())):
-        if isinstance(connection, HttpToolsProtocol):
-            connection.shutdown()  # closes an idle one; one mid-request closes after its response

@@ -26,6 +26,8 @@ from typing import Any
 import structlog
 
 from app.limits.backend import Ask, BackendUnavailable, Settlement, Verdict
+from app.redis.breaker import BackendUnavailable as RedisAway
+from app.redis.breaker import BreakerUser
 from app.redis.resp import ReplyError, RespClient
 
 logger = structlog.get_logger("chat.limits")
@@ -137,8 +139,11 @@ def _keys(bucket: str, minute: int, window_id: str) -> list[str]:
 
 
 class RedisBackend:
-    def __init__(self, url: str, *, lease_ttl_s: float, op_timeout_s: float) -> None:
+    def __init__(
+        self, url: str, *, lease_ttl_s: float, op_timeout_s: float, breaker: BreakerUser | None = None
+    ) -> None:
         self._redis = RespClient(url, timeout_s=op_timeout_s)
+        self._breaker = breaker  # the Redis server's shared breaker (app/redis/breakers.py), if any
         self._scripts = {script: _sha1(script) for script in (ADMIT, SETTLE, COMPENSATE)}
         self._lease_ttl_s = lease_ttl_s
         self._leases: dict[str, str] = {}  # lease id -> its sorted set, for the leases this replica holds
@@ -147,8 +152,18 @@ class RedisBackend:
         # Calls whose last Redis call timed out: admissions to take back, settlements to send again.
         self._unknown_admits: deque[Ask] = deque(maxlen=MAX_UNKNOWN)
         self._unsent: deque[Settlement] = deque(maxlen=MAX_UNKNOWN)
+        self._recovery = asyncio.Lock()
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """``_eval`` through the shared breaker: refused at once while Redis is known to be away."""
+        if self._breaker is None:
+            return await self._eval(script, keys, args)
+        try:
+            return await self._breaker.run(self._eval, script, keys, args)
+        except RedisAway as exc:
+            raise TimeoutError(str(exc)) from exc  # an outage, as the callers already handle it
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script first if this Redis does not know it (new, or restarted)."""
         command = ("EVALSHA", self._scripts[script], len(keys), *keys, *args)
         reply = await self._redis.call(*command)
@@ -197,18 +212,24 @@ class RedisBackend:
         return Verdict(reason.decode() if reason else None, int(requests), int(tokens), float(spend))
 
     async def _compensate(self) -> None:
-        while self._unknown_admits:
-            ask = self._unknown_admits[0]
-            keys = _keys(ask.bucket, ask.minute, "none")
-            args = [ask.lease_id, ask.tokens, int(self._lease_ttl_s * 4) + 1]
-            await self._run(COMPENSATE, [keys[0], keys[1], keys[2], keys[4], keys[5]], args)
-            self._unknown_admits.popleft()
+        # One recovery at a time: the admissions that arrive meanwhile wait for it, then find it done.
+        async with self._recovery:
+            while self._unknown_admits:
+                ask = self._unknown_admits.popleft()
+                keys = _keys(ask.bucket, ask.minute, "none")
+                args = [ask.lease_id, ask.tokens, int(self._lease_ttl_s * 4) + 1]
+                try:
+                    await self._run(COMPENSATE, [keys[0], keys[1], keys[2], keys[4], keys[5]], args)
+                except BaseException:
+                    self._unknown_admits.appendleft(ask)  # still to do once Redis answers
+                    raise
 
     async def _resend(self) -> None:
-        while self._unsent:
-            settlement = self._unsent.popleft()
-            if not await self._settle(settlement):
-                return  # down again: it went back on the queue
+        async with self._recovery:
+            while self._unsent:
+                settlement = self._unsent.popleft()
+                if not await self._settle(settlement):
+                    return  # down again: it went back on the queue
 
     def settle(self, settlement: Settlement) -> None:
         self._spawn(self._settle(settlement))
@@ -261,6 +282,8 @@ class RedisBackend:
                     await self._redis.pipeline(commands)
 
     async def health(self) -> bool:
+        if self._breaker is not None:
+            return await self._breaker.check()
         try:
             return await self._redis.call("PING") == b"PONG"
         except (OSError, TimeoutError):

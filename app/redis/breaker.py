@@ -1,5 +1,6 @@
-"""A circuit breaker for the features that lean on Redis (the response cache; the rate limiter and
-the resume store use the same one), so that a Redis outage costs requests nothing.
+"""A circuit breaker for the features that lean on Redis (the response cache, the rate limiter and
+the resume store share one per Redis server, ``app/redis/breakers.py``), so that a Redis outage
+costs requests nothing: the first timeout of any of them opens it for all.
 
 States::
 
@@ -15,6 +16,9 @@ States::
 
 Only outage errors (connection refused or reset, timeouts) open the circuit: an error that Redis
 itself answered (a bad value, a wrong type) proves that Redis is there and passes through as it is.
+
+Each feature uses the shared breaker through a ``BreakerUser``: the breaker's one state, the
+feature's own op bound (``cache.op_timeout_s``, ``rate_limit.op_timeout_s``), its name in the log.
 
 Logging: one ``redis_unavailable`` line when an outage starts and one ``redis_available`` line when
 it ends, carrying how long it lasted and how many operations were skipped and failed; never one
@@ -86,18 +90,28 @@ class CircuitBreaker:
 
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` within the op bound; ``BackendUnavailable`` during an outage."""
+        return await self.run_within(self._op_timeout, self.name, fn, *args, **kwargs)
+
+    async def run_within(
+        self, op_timeout_s: float, user: str, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``run`` with a caller's own op bound; ``user`` names it in the outage's log line."""
         if self._open:
             self._skipped += 1
             raise BackendUnavailable(self.name)
         epoch = self._epoch
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout(op_timeout_s):
                 return await fn(*args, **kwargs)
         except Exception as exc:
             if not self._is_outage(exc):
                 raise
-            self._failure(exc, epoch)
+            self._failure(exc, epoch, user, op_timeout_s)
             raise BackendUnavailable(self.name) from exc
+
+    def user(self, name: str, op_timeout_s: float) -> BreakerUser:
+        """A feature's handle on this breaker, with its own op bound."""
+        return BreakerUser(self, name, op_timeout_s)
 
     async def check(self) -> bool:
         """Readiness: False at once while open; else one probe, whose failure opens the circuit."""
@@ -117,13 +131,13 @@ class CircuitBreaker:
 
     # -- transitions ----------------------------------------------------------------------------
 
-    def _failure(self, exc: BaseException, epoch: int) -> None:
+    def _failure(self, exc: BaseException, epoch: int, user: str, op_timeout_s: float) -> None:
         if self._open:
             self._failed += 1  # was in flight when the outage began
         elif epoch == self._epoch:
-            self._trip(exc)
+            self._trip(exc, user, op_timeout_s)
 
-    def _trip(self, exc: BaseException) -> None:
+    def _trip(self, exc: BaseException, user: str, op_timeout_s: float) -> None:
         self._open = True
         self._epoch += 1
         self._opened_at = time.monotonic()
@@ -132,7 +146,8 @@ class CircuitBreaker:
             "redis_unavailable",
             backend=self.name,
             target=self._target,
-            error=f"{type(exc).__name__}: {str(exc) or f'no answer within {self._op_timeout} s'}"[:200],
+            by=user,
+            error=f"{type(exc).__name__}: {str(exc) or f'no answer within {op_timeout_s} s'}"[:200],
             retry_in_s=self._backoff,
         )
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_back())
@@ -164,3 +179,27 @@ class CircuitBreaker:
             self._probe_task = None
             self._recover()
             return
+
+
+class BreakerUser:
+    """One feature's view of a shared breaker: its state and probe, the feature's own op bound."""
+
+    __slots__ = ("_breaker", "name", "op_timeout_s")
+
+    def __init__(self, breaker: CircuitBreaker, name: str, op_timeout_s: float) -> None:
+        self._breaker = breaker
+        self.name = name
+        self.op_timeout_s = op_timeout_s
+
+    @property
+    def available(self) -> bool:
+        return self._breaker.available
+
+    async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._breaker.run_within(self.op_timeout_s, self.name, fn, *args, **kwargs)
+
+    async def check(self) -> bool:
+        return await self._breaker.check()
+
+    async def aclose(self) -> None:
+        return None  # the breaker is shared: its owner (app/redis/breakers.py) closes it

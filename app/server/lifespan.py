@@ -26,7 +26,8 @@ from app.providers.balancer import Balancer
 from app.providers.base import Provider
 from app.providers.quoting import ProviderText
 from app.providers.resilient import Resilient
-from app.resume.memory import MemoryResumeStore
+from app.redis.breakers import RedisBreakers
+from app.resume.memory import MemoryResumeStore, auto_budget_mb
 from app.resume.service import Resumes, SharedStore
 
 
@@ -84,10 +85,14 @@ def build_services(
 
     cache = None
     ready_checks: dict[str, Callable[[], Awaitable[bool]]] = {}
-    closers: list[Callable[[], Any]] = [provider.aclose]
+    # One circuit breaker per Redis server for every feature on it; closed last (closers run reversed).
+    breakers = RedisBreakers()
+    closers: list[Callable[[], Any]] = [breakers.aclose, provider.aclose]
     if settings.cache.enabled:
         cache = ChatCache(
-            build_backend(settings.cache), settings.cache, on_result=metrics.cache_result if metrics else None
+            build_backend(settings.cache, breakers),
+            settings.cache,
+            on_result=metrics.cache_result if metrics else None,
         )
         closers.append(cache.close)
         if settings.cache.backend == "redis":
@@ -98,11 +103,11 @@ def build_services(
         info = snapshot.by_id.get(model) if snapshot is not None else None
         return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else (None, None)
 
-    resumes = build_resumes(settings, metrics)
+    resumes = build_resumes(settings, metrics, breakers)
     closers.append(resumes.close)
     if resumes.shared is not None:
         ready_checks["resume_store"] = resumes.shared.health
-    limiter = build_limiter(settings, prices=prices, observer=metrics)
+    limiter = build_limiter(settings, prices=prices, observer=metrics, breakers=breakers)
     closers.append(limiter.close)
     if settings.rate_limit.backend == "redis":
         ready_checks["rate_limit"] = limiter.health
@@ -137,15 +142,20 @@ def build_services(
     )
 
 
-def build_resumes(settings: Settings, metrics: Metrics | None) -> Resumes:
+def build_resumes(settings: Settings, metrics: Metrics | None, breakers: RedisBreakers | None = None) -> Resumes:
     """Stream logs in memory always (the live readers' source); in Redis too when that is the store."""
     s = settings.streaming
-    local = MemoryResumeStore(s.resume_ttl_s, s.resume_max_events, s.resume_memory_mb * 1024 * 1024)
+    budget_mb = s.resume_memory_mb or auto_budget_mb()
+    # With Redis as the store, ended logs are read from Redis: memory holds the live streams' logs only.
+    local = MemoryResumeStore(
+        s.resume_ttl_s, s.resume_max_events, budget_mb * 1024 * 1024, keep_ended=s.resume_store != "redis"
+    )
     shared: SharedStore | None = None
     if s.resume_store == "redis" and s.resume_max_events > 0:
-        from app.resume.redis_store import RedisResumeStore
+        from app.resume.redis_store import OP_TIMEOUT_S, RedisResumeStore
 
-        shared = RedisResumeStore(settings.redis.url, s, on_stop=lambda sid: _stop_local(local, sid))
+        breaker = breakers.user(settings.redis.url, "resume_store", OP_TIMEOUT_S) if breakers else None
+        shared = RedisResumeStore(settings.redis.url, s, on_stop=lambda sid: _stop_local(local, sid), breaker=breaker)
     if metrics is not None:
         metrics.resume_memory = lambda: local.bytes
     return Resumes(s, local, shared, on_result=metrics.resume_result if metrics else None)

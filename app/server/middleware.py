@@ -60,6 +60,7 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500
         encoded_id = request_id.encode("latin-1")
+        drain = self.drain
         # Streaming responses write their body messages straight to the server's send: every layer
         # in between only needs the response start (sse.py, RAW_SEND).
         state[RAW_SEND] = send
@@ -71,6 +72,9 @@ class RequestIdMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", encoded_id))
+                if drain is not None and drain.refusing and (b"connection", b"close") not in headers:
+                    # The listener is closed (API.md 1.4): the client must not send more on this one.
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             return send(message)
 

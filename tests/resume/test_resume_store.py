@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -11,7 +12,7 @@ from app.domain.chunks import Chunk
 from app.domain.errors import InvalidResumePosition, StreamNotFound
 from app.domain.events import StreamEvent
 from app.resume.log import EVENT_OVERHEAD, StreamLog
-from app.resume.memory import MemoryResumeStore
+from app.resume.memory import MemoryResumeStore, auto_budget_mb
 from app.resume.service import Resumes
 
 
@@ -104,6 +105,51 @@ def test_logs_expire_ttl_after_their_end() -> None:
     time.sleep(0.06)
     assert store.get("live") is not None  # a live stream never expires
     assert store.get("old") is None
-    for i in range(3):
-        store.begin(f"n{i}", "o")  # begin sweeps a few logs at a time
-    assert "old" not in store._logs and store.bytes == sum(log.size for log in store._logs.values())
+    fill(store.begin("older", "o"), 3)
+    store._logs["older"].ended_at -= 1.0
+    assert store.sweep() == 1  # "old" was dropped by the lookup already
+    assert set(store._logs) == {"live"} and store.bytes == live.size
+
+
+async def test_expired_logs_are_swept_on_a_timer_without_new_streams() -> None:
+    store = MemoryResumeStore(ttl_s=0.05, max_events=100, budget_bytes=1 << 30, sweep_every_s=0.02)
+    for i in range(50):
+        fill(store.begin(f"s{i}", "o"), 3)
+    assert store.bytes > 0
+    deadline = time.monotonic() + 5
+    while store.bytes and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert (store.bytes, len(store)) == (0, 0)
+    store.close()
+
+
+class _Shared:
+    def __init__(self, broken: bool) -> None:
+        self.broken = broken
+
+    def append(self, event: StreamEvent) -> None:
+        return None
+
+    async def readers_elsewhere(self) -> bool:
+        return False
+
+
+def test_with_a_shared_store_an_ended_log_is_dropped_at_once_unless_its_copy_is_broken() -> None:
+    store = MemoryResumeStore(ttl_s=600, max_events=100, budget_bytes=1 << 30, keep_ended=False)
+    kept, broken, live = store.begin("kept", "o"), store.begin("broken", "o"), store.begin("live", "o")
+    kept.shared, broken.shared = _Shared(False), _Shared(True)
+    fill(kept, 5)
+    fill(broken, 5)
+    live.append(chunk(1))
+    assert store.get("kept") is None  # Redis has it: a resume reads it there, as on any replica
+    assert store.get("broken") is broken  # kept, so that its resumes keep answering 503
+    assert store.get("live") is live
+    assert store.bytes == broken.size + live.size
+    assert kept.after(0) is not None  # a reader that already holds the log reads on
+
+
+def test_the_auto_memory_budget_is_a_share_of_the_machine_within_bounds() -> None:
+    assert auto_budget_mb(256 * 1024 * 1024) == 8
+    assert auto_budget_mb(1024 * 1024 * 1024) == 32
+    assert auto_budget_mb(64 * 1024**3) == 64
+    assert 8 <= auto_budget_mb() <= 64

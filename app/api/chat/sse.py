@@ -23,9 +23,10 @@ import msgspec
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
+from app.core.context import context_of
 from app.core.stream import ChatStream
 from app.domain.errors import GatewayError
-from app.domain.events import ClientLeft, StreamEvent
+from app.domain.events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
 from app.transport.direct_body import DirectBody
 from app.transport.disconnect import DisconnectWatch
 
@@ -179,7 +180,10 @@ class _SseASGI:
             try:
                 await stream.pump(writer, watch.guard())
             except ClientLeft:
-                return  # nothing more to send; the pump has closed the stream as the client's
+                # Nothing more to send; the pump has closed the stream as the client's, or, when the
+                # stream outlives its reader (a detach grace), the request still ended with the client.
+                context_of(scope).reader_outcome = CLIENT_DISCONNECTED
+                return
             finally:
                 writer.stop()
         except BaseException:

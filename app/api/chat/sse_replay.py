@@ -43,36 +43,54 @@ class _ReplayASGI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         replay, watch = self._replay, self._watch
+        waiting: asyncio.Future[None] | None = None  # the replay's wait in progress, if one is
         try:
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
             sid = replay.stream_id.encode()
             held = b""  # what the log already holds goes out together, in writes of up to HELD_MAX
+            loop = asyncio.get_running_loop()
+            # The heartbeat keys on the last write, not on each wait: a Redis replay's wait returns
+            # every second with nothing (it looks around between reads), which re-armed a per-wait
+            # timeout for ever and left cross-replica resumes silent.
+            written_at = loop.time()
             while True:
                 event = replay.take()
                 if event is None:
                     if held:
                         await raw({"type": "http.response.body", "body": held, "more_body": True})
                         held = b""
-                    try:
-                        with watch.guard():
-                            async with asyncio.timeout(self._heartbeat_s):
-                                await replay.wait()
-                    except TimeoutError:
+                        written_at = loop.time()
+                    quiet = self._heartbeat_s - (loop.time() - written_at)
+                    if quiet <= 0:
                         await raw({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                        written_at = loop.time()
+                        continue
+                    # The wait runs as its own task and a heartbeat never cancels it: a Redis replay's
+                    # wait is a blocking read, which a cancellation would cut mid-reply.
+                    if waiting is None:
+                        waiting = asyncio.ensure_future(replay.wait())
+                    with watch.guard():
+                        await asyncio.wait((waiting,), timeout=quiet)
+                    if waiting.done():
+                        finished, waiting = waiting, None
+                        finished.result()
                     continue
                 if event.chunk is not None:
                     held += chunk_frame(sid, event.seq, event.chunk.raw)
                     if len(held) >= HELD_MAX:
                         await raw({"type": "http.response.body", "body": held, "more_body": True})
                         held = b""
+                        written_at = loop.time()
                     continue
                 await raw({"type": "http.response.body", "body": held + end_frame(sid, event), "more_body": False})
                 return
         except ClientLeft:
             return
         finally:
+            if waiting is not None:
+                waiting.cancel()
             replay.close()
             watch.stop()
             if self._done is not None:
