@@ -14,27 +14,16 @@ CONTEXT = "context"
 
 
 class RequestContext:
-    __slots__ = (
-        "error",
-        "key",
-        "model",
-        "outcome",
-        "prompt",
-        "rate_headers",
-        "reader_outcome",
-        "request_id",
-        "stream",
-        "trail",
-    )
+    __slots__ = ("error", "key", "model", "outcome", "prompt", "rate_headers", "request_id", "stream", "trail")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.model: str | None = None  # the public model name the request asked for
         self.key: str | None = None  # the gateway key's configured name, never the key
         self.prompt: Any = None  # the messages, only with server.log_bodies on
-        self.outcome: str | None = None  # how a request without a stream ended (client gone)
-        #: How the request ended for its reader when its stream goes on without it (a detach grace).
-        self.reader_outcome: str | None = None
+        #: How the request ended for its client when that is not its stream's outcome: a request without
+        #: a stream (client gone), or a reader that left a stream which goes on without it.
+        self.outcome: str | None = None
         self.trail: Trail | None = None  # a JSON call's attempts: which deployment answered
         self.stream: ChatStream | None = None  # a streamed request's stream, once open
         self.error: BaseException | None = None  # what an error response was made from
@@ -47,9 +36,9 @@ class RequestContext:
         stream = self.stream
         if stream is not None:
             fields.update(stream.log_fields())
-            if fields.get("outcome") is None and self.reader_outcome is not None:
-                # The stream runs on (detached, waiting for a resume) but this request is over.
-                fields["outcome"] = self.reader_outcome
+            if fields.get("outcome") is None and self.outcome is not None:
+                # The stream runs on without this request's client (detached, waiting for a resume).
+                fields["outcome"] = self.outcome
                 fields["stream_running"] = True
         else:
             if self.outcome is not None:

@@ -138,6 +138,10 @@ def _keys(bucket: str, minute: int, window_id: str) -> list[str]:
     ]
 
 
+class NotSent(Exception):
+    """The shared breaker refused the call at once (Redis known to be away): it never ran."""
+
+
 class RedisBackend:
     def __init__(
         self, url: str, *, lease_ttl_s: float, op_timeout_s: float, breaker: BreakerUser | None = None
@@ -161,7 +165,9 @@ class RedisBackend:
         try:
             return await self._breaker.run(self._eval, script, keys, args)
         except RedisAway as exc:
-            raise TimeoutError(str(exc)) from exc  # an outage, as the callers already handle it
+            if exc.__cause__ is None:
+                raise NotSent(str(exc)) from None  # refused at once: the call never reached Redis
+            raise TimeoutError(str(exc)) from exc  # it met the outage: it may have run, as a timeout
 
     async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script first if this Redis does not know it (new, or restarted)."""
@@ -198,6 +204,8 @@ class RedisBackend:
             if self._unsent:
                 await self._resend()
             reason, requests, tokens, spend = await self._run(ADMIT, keys, args)
+        except NotSent as exc:
+            raise BackendUnavailable("Redis is away (circuit open)") from exc  # nothing to take back
         except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
             if ask.lease_id:
                 self._unknown_admits.append(ask)  # it may still run once Redis answers again
@@ -258,6 +266,9 @@ class RedisBackend:
         ]
         try:
             await self._run(SETTLE, [keys[1], keys[2], keys[3], keys[4]], args)
+        except NotSent:
+            self._unsent.append(s)  # never sent: sent once Redis answers, as it is
+            return False
         except (OSError, TimeoutError) as exc:
             # It may have run: sent again once Redis answers, charging only if its lease is still held.
             logger.debug("rate_limit_settle_failed", error=type(exc).__name__)

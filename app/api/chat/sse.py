@@ -182,7 +182,7 @@ class _SseASGI:
             except ClientLeft:
                 # Nothing more to send; the pump has closed the stream as the client's, or, when the
                 # stream outlives its reader (a detach grace), the request still ended with the client.
-                context_of(scope).reader_outcome = CLIENT_DISCONNECTED
+                context_of(scope).outcome = CLIENT_DISCONNECTED
                 return
             finally:
                 writer.stop()
