@@ -177,9 +177,12 @@ def fake_provider() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture
-def fake(fake_provider: FakeProvider) -> FakeProvider:
+def fake(fake_provider: FakeProvider) -> Iterator[FakeProvider]:
+    """The session's provider with no request from before; a call still running at the end of the
+    test fails that test (``LeftRunning``), not the next one."""
     fake_provider.reset()
-    return fake_provider
+    yield fake_provider
+    fake_provider.reset()
 
 
 @pytest.fixture(scope="session", params=["fast", "full"])
