@@ -28,19 +28,21 @@ GRACE_S = 1.0
 WAIT_S = 10.0
 
 
-def resumable_server(fake: FakeProvider, **streaming: Any) -> ServerThread:
+def resumable_server(fake: FakeProvider, *, fast_path: bool = True, **streaming: Any) -> ServerThread:
     environ = {"GW_KEYS": f"{KEY_A},{KEY_B}"}
     data = settings_dict(
         fake.base_url,
+        fast_path=fast_path,
         streaming={**TEST_STREAMING, "detach_grace_s": GRACE_S, **streaming},
         server={"api_keys_env": "GW_KEYS"},
     )
     return ServerThread(settings_from_dict(data, environ=environ), environ=environ).start()
 
 
-@pytest.fixture(scope="module")
-def server(fake_provider: FakeProvider) -> Iterator[ServerThread]:
-    s = resumable_server(fake_provider)
+@pytest.fixture(scope="module", params=["fast", "full"])
+def server(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    """Resumable streams on the relay path and on the LiteLLM path."""
+    s = resumable_server(fake_provider, fast_path=request.param == "fast")
     yield s
     s.stop()
 

@@ -133,7 +133,7 @@ async def test_redis_stopped_mid_stream_live_client_finishes_and_resume_is_503(f
             got = await resume(http, sid, None)
             assert got.status_code == 503, got.text
             assert got.json()["error"]["code"] == "resume_store_unavailable"
-            assert server.app.state.metrics.resumes[("unavailable",)] >= 1
+            assert server.app.state.metrics.resumes[("unavailable",)] == 1  # this server's one resume
             # New streams still work, and the process is fine.
             ok = await http.post("/v1/chat/completions", json=chat_body("normal", stream=True), headers=A)
             assert ok.status_code == 200 and frames(ok.content)[-1].endswith(b"[DONE]\n\n")
