@@ -23,12 +23,14 @@ from tests.helpers.sse import chat_body, stream_chat
 BACKENDS = ["memory", "redis"]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=[f"{backend}/{path}" for backend in BACKENDS for path in ("fast", "full")])
 def cached(request: pytest.FixtureRequest, fake_provider: FakeProvider, redis_url: str) -> Iterator[ServerThread]:
-    cache = {"enabled": True, "backend": request.param, "ttl_s": 60}
-    if request.param == "redis":
+    """Each backend in front of the relay path and of the LiteLLM path."""
+    backend, path = request.param.split("/")
+    cache = {"enabled": True, "backend": backend, "ttl_s": 60}
+    if backend == "redis":
         cache["redis_url"] = redis_url
-    server = ServerThread(make_settings(fake_provider.base_url, cache=cache)).start()
+    server = ServerThread(make_settings(fake_provider.base_url, fast_path=path == "fast", cache=cache)).start()
     yield server
     server.stop()
 

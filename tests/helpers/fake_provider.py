@@ -138,6 +138,10 @@ class RequestRecord:
         return any(t is not None for t in (self.completed_at, self.disconnected_at, self.aborted_at))
 
 
+class LeftRunning(AssertionError):
+    """``reset`` found calls that had not ended: a test left an upstream call open."""
+
+
 class _DeliberateAbort(Exception):
     """Raised out of the app so uvicorn closes the transport mid-response."""
 
@@ -265,7 +269,10 @@ class FakeProvider:
     def reset(self, settle_s: float = 2.0) -> None:
         """Forget every request, once the earlier ones have ended and none came in the last 50 ms
         (both bounded by ``settle_s``): the provider is shared by the session, and a request the
-        gateway was still making for the previous test must not count as the next test's."""
+        gateway was still making for the previous test must not count as the next test's.
+
+        Calls still running after ``settle_s`` are forgotten too, then reported (``LeftRunning``):
+        a call that the gateway never closed is a leak, never to be hidden from the next test."""
         deadline = time.monotonic() + settle_s
         with self._cond:
             while time.monotonic() < deadline:
@@ -274,7 +281,16 @@ class FakeProvider:
                 if all(r.ended for r in records) and quiet_for >= QUIET_S:
                     break
                 self._cond.wait(max(0.005, QUIET_S - quiet_for))
+            running = [r for r in self._records if not r.ended]
             self._records.clear()
+        if running:
+            now = time.monotonic()
+            calls = ", ".join(
+                f"#{r.index + 1} {r.model!r} (started {now - r.received_at:.1f} s ago, "
+                f"{len(r.chunk_times)} body messages sent)"
+                for r in running
+            )
+            raise LeftRunning(f"{len(running)} provider call(s) still running {settle_s} s into reset(): {calls}")
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         with self._cond:

@@ -3,7 +3,7 @@
 The page is served by the gateway under real uvicorn and talks WebSocket to
 /v1/chat/completions; the gateway streams from the fake provider over real HTTP.
 Needs Debian's Chromium at /usr/bin/chromium (Playwright's own browser downloads
-are not used); without it every test is skipped with the reason.
+are not used); without it every test is skipped with the reason, or fails when CI is set.
 
 Screenshots (desktop, phone, dark) are saved in each test's tmp_path and their paths printed
 (`pytest -s` shows them).
@@ -23,7 +23,7 @@ from playwright.async_api import Browser, Dialog, Page, Response, Route, async_p
 from playwright.async_api import Error as PlaywrightError
 
 from app.config.settings import Settings, settings_from_dict
-from tests.conftest import ServerThread, settings_dict
+from tests.conftest import ServerThread, need_tool, settings_dict
 from tests.helpers.fake_provider import DEFAULT_CONTENT, Behaviour, FakeProvider
 
 pytestmark = pytest.mark.browser
@@ -54,13 +54,13 @@ def chromium_installed() -> bool:
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
     if not chromium_installed():
-        pytest.skip(SKIP_REASON)
+        need_tool(SKIP_REASON)
     async with async_playwright() as p:
         try:
             b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         except PlaywrightError as exc:
             if "doesn't exist" in str(exc) or "No such file" in str(exc) or "ENOENT" in str(exc):
-                pytest.skip(f"{SKIP_REASON} ({exc.message.splitlines()[0]})")
+                need_tool(f"{SKIP_REASON} ({exc.message.splitlines()[0]})")
             raise
         try:
             yield b

@@ -33,6 +33,7 @@ import yaml
 
 from app.app import create_app
 from app.config.settings import DEFAULT_CONFIG_PATH, Settings, settings_from_dict
+from tests.conftest import need_tool
 from tests.observability.test_metrics import CONTRACT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -329,7 +330,7 @@ def test_alerts_cover_the_dashboard_signals_with_exported_metrics() -> None:
 def promtool() -> str:
     path = tool("promtool")
     if path is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; .ci/run installs it)")
+        need_tool("promtool is not installed (Debian: apt-get install prometheus; .ci/run installs it)")
     return path
 
 
