@@ -145,7 +145,10 @@ def test_check_accepts_the_default_config_without_serving() -> None:
     port = free_port()
     result = run("--check", timeout=SLOW_S, CHAT_SERVER__PORT=str(port))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"config ok: {REPO_ROOT / 'config' / 'default.toml'} (1 model: demo)"
+    assert (
+        result.stdout.strip()
+        == f"config ok: {REPO_ROOT / 'config' / 'default.toml'} (3 models: demo, demo-error, demo-slow)"
+    )
     assert config_errors(result.stderr) == []
     with socket.socket() as probe:  # nothing was started on the port
         assert probe.connect_ex(("127.0.0.1", port)) != 0

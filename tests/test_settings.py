@@ -413,7 +413,7 @@ def test_unrelated_env_vars_are_ignored() -> None:
 
 def test_shipped_default_config_loads() -> None:
     settings = load_settings(DEFAULT_CONFIG_PATH, environ={})
-    assert [d.name for d in settings.models.deployments] == ["demo"]
+    assert [d.name for d in settings.models.deployments] == ["demo", "demo-slow", "demo-error"]
     assert settings.server.env == "development"
 
 
