@@ -41,15 +41,18 @@ def _prefix_problem(litellm_model: str, exc: BaseException, providers: list[str]
     return f"LiteLLM cannot use {litellm_model!r}: {_first_line(exc).removeprefix('litellm.BadRequestError: ')}"
 
 
-def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    """One ``<key>: <why>`` line per deployment LiteLLM cannot serve; empty when the providers build.
+def needs_litellm(settings: Settings) -> bool:
+    """Whether checking the providers imports LiteLLM (seconds): not for the built-in demo models alone."""
+    return any(dep.litellm_model.partition("/")[0] != "demo" or dep.api_base for dep in settings.models.deployments)
 
-    Imports LiteLLM (the slow part of start-up). Building the Router once here costs a few hundred
-    milliseconds and means every failure to build the providers is reported as configuration, not as
-    a start-up traceback.
-    """
+
+def prefix_problems(settings: Settings) -> list[str]:
+    """One ``<key>: <why>`` line per deployment whose provider LiteLLM does not know or whose
+    ``api_base`` is no URL. Needs only the deployments, so it also runs on a configuration that has
+    other problems: one run of ``--check`` names them all."""
+    if not needs_litellm(settings):
+        return []
     from app.providers.demo import register_demo_provider
-    from app.providers.litellm_provider import build_router
     from app.providers.litellm_setup import import_litellm
 
     litellm = import_litellm()
@@ -64,12 +67,27 @@ def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[st
                 f"models.deployments[{i}].api_base: expected an http:// or https:// URL, got {dep.api_base!r}"
             )
             continue
+        if "/" not in dep.litellm_model:
+            continue  # app.settings reported it already
         try:
             litellm.get_llm_provider(dep.litellm_model, api_base=dep.api_base or None)
         except Exception as exc:
             problems.append(
                 f"models.deployments[{i}].litellm_model: {_prefix_problem(dep.litellm_model, exc, providers)}"
             )
+    return problems
+
+
+def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """One ``<key>: <why>`` line per deployment LiteLLM cannot serve; empty when the providers build.
+
+    Imports LiteLLM (the slow part of start-up). Building the Router once here costs a few hundred
+    milliseconds and means every failure to build the providers is reported as configuration, not as
+    a start-up traceback.
+    """
+    from app.providers.litellm_provider import build_router
+
+    problems = prefix_problems(settings)
     if problems:
         return problems
     try:
