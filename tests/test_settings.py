@@ -1,4 +1,4 @@
-"""Configuration validation (API.md 6): msgspec Structs, one problem line per bad key, exit status 2."""
+"""Configuration validation: msgspec Structs, one problem line per bad key, exit status 2."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from app.settings import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_TIMEOUT_S = 30
 
-#: The sections API.md 6 lists, and the keys it names in each.
+#: The sections docs/configuration.md lists, and keys it names in each.
 CONTRACT_SECTIONS: dict[str, set[str]] = {
     "server": {"host", "port", "env", "max_body_bytes", "api_keys_env", "cors_origins", "drain_s", "shutdown_delay_s"},
     "streaming": {
