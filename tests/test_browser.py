@@ -463,12 +463,21 @@ async def test_key_field_connects_and_is_remembered(browser: Browser, keyed_gate
         # No key: the socket is refused (1008) and the page asks for one, in one place.
         await expect(page.locator("#status")).to_have_text("key needed")
         await expect(page.locator("#key-panel")).to_be_visible()
+        await expect(page.locator("#key-note")).to_have_text(
+            "This gateway needs a key: enter the gateway key you were given."
+        )
         await expect(page.get_by_role("textbox", name="Gateway key")).to_be_focused()
         await expect(page.locator("#send")).to_be_disabled()
+        # The model picker says why it is empty.
+        await expect(page.locator("#model option")).to_have_text(["Enter a key to see the models"])
 
+        # A wrong key is told apart from a missing one.
         await page.get_by_role("textbox", name="Gateway key").fill("wrong")
         await page.get_by_role("button", name="Save", exact=True).click()
-        await expect(page.locator("#status")).to_have_text("key needed")
+        await expect(page.locator("#status")).to_have_text("key refused")
+        await expect(page.locator("#key-note")).to_contain_text("The gateway refused the key saved in this browser")
+        await expect(page.locator("#model option")).to_have_text(["Key refused: no models"])
+        await expect(page.locator("#send")).to_be_disabled()
 
         await page.get_by_role("textbox", name="Gateway key").fill(GATEWAY_KEY)
         await page.get_by_role("button", name="Save", exact=True).click()
