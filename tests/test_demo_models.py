@@ -90,6 +90,7 @@ async def test_demo_error_fails_before_the_first_token_with_a_real_status(shippe
     assert refused.value.response.headers["retry-after"] == "2"
     body = refused.value.body
     assert isinstance(body, dict) and body["code"] == "rate_limit_exceeded"
+    assert str(body["message"]).startswith("demo-error: this is how a provider over its rate limit answers")
     with pytest.raises(RateLimitError):
         await sdk.chat.completions.create(model="demo-error", messages=[{"role": "user", "content": "hi"}], stream=True)
 
@@ -110,6 +111,9 @@ async def test_demo_error_midway_fails_in_band_after_some_words(http: httpx.Asyn
     assert "event: error" in events and "data: [DONE]" not in events
     error = json.loads(events[events.index("event: error") + 1][6:])["error"]
     assert error["code"] == "upstream_unavailable" and "broke off" in error["message"]
+    assert "litellm" not in error["message"] and "Exception" not in error["message"]  # the provider's words
+    first = json.loads(next(e for e in events if e.startswith("data: {"))[6:])
+    assert first["model"] == "demo-error"
     json_reply = await http.post(CHAT, json=ask("demo-error", "midway"))
     assert json_reply.status_code == 502 and json_reply.json()["error"]["code"] == "upstream_unavailable"
 

@@ -38,14 +38,17 @@ ERROR_RETRY_AFTER_S = 2
 
 
 def _variant(kwargs: dict[str, Any]) -> str:
-    # LiteLLM hands over the model without its "demo/" prefix; "demo/slow" arrives as "slow".
-    return str(kwargs.get("model") or "demo").rsplit("/", 1)[-1]
+    # LiteLLM hands over the model without its "demo/" prefix: "demo/demo-slow" arrives as "demo-slow"
+    # (the name its chunks then carry), and "demo/slow" as "slow".
+    return str(kwargs.get("model") or "demo").rsplit("/", 1)[-1].removeprefix("demo-")
 
 
+# Messages start as LiteLLM's own providers' do ("<Provider>Exception - "), which is where the gateway
+# takes the provider's words from (app/providers/translate.py).
 def _rate_limited(model: str) -> Exception:
     return litellm.RateLimitError(  # type: ignore[attr-defined]
-        "demo-error: this is how a provider over its rate limit answers (ask without the word 'midway' "
-        "to fail here, with it to fail after the first words)",
+        "DemoException - demo-error: this is how a provider over its rate limit answers (ask without the word "
+        "'midway' to fail here, with it to fail after the first words)",
         llm_provider=PROVIDER,
         model=model,
         headers={"retry-after": str(ERROR_RETRY_AFTER_S)},
@@ -54,7 +57,9 @@ def _rate_limited(model: str) -> Exception:
 
 def _broke_off(model: str) -> Exception:
     return litellm.APIConnectionError(  # type: ignore[attr-defined]
-        "demo-error: the provider's connection broke off mid-answer", llm_provider=PROVIDER, model=model
+        "DemoException - demo-error: the provider's connection broke off mid-answer",
+        llm_provider=PROVIDER,
+        model=model,
     )
 
 
