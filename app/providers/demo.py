@@ -31,8 +31,8 @@ from litellm.types.utils import GenericStreamingChunk, ModelResponse  # noqa: E4
 
 PROVIDER = "demo"
 TOKEN_INTERVAL_S = 0.02
-#: demo-slow's pace: its answer takes about half a minute, time enough to press Stop or reload.
-SLOW_INTERVAL_S = 0.1
+#: demo-slow's pace: its answer takes about 20 s, time to press Stop or reload, and less than a drain (30 s).
+SLOW_INTERVAL_S = 0.08
 #: What demo-error's 429 asks a client to wait.
 ERROR_RETRY_AFTER_S = 2
 

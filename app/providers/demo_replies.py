@@ -17,7 +17,7 @@ MAX_QUOTED = 200
 #: Words of the prompt shown in the table.
 MAX_TABLE_ROWS = 5
 #: Paragraphs of demo-slow's answer (about 12 tokens each).
-SLOW_PARAGRAPHS = 24
+SLOW_PARAGRAPHS = 10
 #: demo-error's in-band failure comes after this many tokens.
 ERROR_AFTER_TOKENS = 12
 #: The word that makes demo-error fail after its first tokens rather than before them.
