@@ -2,7 +2,7 @@
 
 Values cross the Redis boundary as msgpack (msgspec), never pickle: nothing read from Redis is
 ever unpickled, and bytes that do not decode are a miss, not a crash. The Redis backend goes
-through a circuit breaker (``app/redis_breaker.py``): while Redis is away its calls raise
+through a circuit breaker (``app/redis/breaker.py``): while Redis is away its calls raise
 ``BackendUnavailable`` at once instead of waiting for a timeout.
 """
 
@@ -17,9 +17,9 @@ from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import BaseSerializer, NullSerializer
 
 from app.cache.answer import CachedAnswer
-from app.redis_breaker import CircuitBreaker
-from app.redis_pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
-from app.settings import CacheSettings
+from app.config.settings import CacheSettings
+from app.redis.breaker import CircuitBreaker
+from app.redis.pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
 
 
 class CacheBackend(Protocol):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.config.settings import Settings
 from app.limits.backend import LimitBackend
 from app.limits.limiter import Limiter, PriceLookup
 from app.limits.memory import MemoryBackend
-from app.settings import Settings
 
 
 def build_limiter(settings: Settings, *, prices: PriceLookup | None, observer: Any = None) -> Limiter:

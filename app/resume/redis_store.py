@@ -16,7 +16,7 @@ Appending never delays the live client: ``append`` puts the event in the stream'
 no encoding) and one flusher task per process writes every outbox in one pipelined round trip,
 so under load one round trip carries many streams' events. What happens when Redis is slow or
 away: the live stream is served from memory and never waits for Redis. The circuit breaker
-(``app/redis_breaker.py``) bounds each round trip by ``OP_TIMEOUT_S`` and, during an outage,
+(``app/redis/breaker.py``) bounds each round trip by ``OP_TIMEOUT_S`` and, during an outage,
 refuses at once. A stream whose append was lost is marked broken: its copy in Redis has a hole, so
 it stops being appended to and its resumes answer 503 (a resume must never silently skip
 events). Streams that begin while the breaker is open are not copied at all (503 on resume).
@@ -37,13 +37,13 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
-from app.chat.stream_events import StreamEvent
-from app.errors import ErrorBody, InvalidResumePosition, ReplayedError, ResumeUnavailable, StreamNotFound
-from app.providers.base import Chunk, Usage
-from app.redis_breaker import BackendUnavailable, CircuitBreaker
-from app.redis_pool import IdleClosingPool, pool_options
+from app.config.settings import StreamingSettings
+from app.domain.chunks import Chunk, Usage
+from app.domain.errors import ErrorBody, InvalidResumePosition, ReplayedError, ResumeUnavailable, StreamNotFound
+from app.domain.events import StreamEvent
+from app.redis.breaker import BackendUnavailable, CircuitBreaker
+from app.redis.pool import IdleClosingPool, pool_options
 from app.resume.log import StreamLog
-from app.settings import StreamingSettings
 
 logger = structlog.get_logger("chat.resume")
 
