@@ -1,4 +1,4 @@
-"""The Redis resume store: every replica can resume every stream (API.md 1.3).
+"""The Redis resume store: every replica can resume every stream.
 
 Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last append):
 
@@ -72,7 +72,7 @@ BLOCK_MS = 1000
 #: A followed stream whose log gains nothing for this long past the idle timeout has lost its writer
 #: (the replica that ran it died or lost Redis): the follower ends with a 503 error event.
 STALL_MARGIN_S = 5.0
-#: API.md 1.3: a position past the end waits this long for a replica that is still appending.
+#: A position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
 STOP_CHANNEL = "chat:resume:stop"
 #: A replica rewrites its liveness key this often while it runs streams; the key lives LIVENESS_TTL_S,

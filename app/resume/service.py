@@ -1,4 +1,4 @@
-"""Resumes (API.md 1.3): gives each stream its log, opens replays, stops streams, counts results.
+"""Resumes: gives each stream its log, opens replays, stops streams, counts results.
 
 The live stream is always served from this process's memory; the store decides who else can read
 the log: ``memory`` (this process, until ``resume_ttl_s`` after the end) or ``redis`` (every replica,
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from app.config.settings import StreamingSettings
     from app.core.stream import ChatStream
 
-#: API.md 1.3: a position past the end waits this long for a replica that is still appending.
+#: A position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
 
 REPLAYED, NOT_FOUND, INVALID, UNAVAILABLE = "replayed", "not_found", "invalid", "unavailable"

@@ -1,4 +1,4 @@
-"""Chat completions over WebSocket on the same paths as the POST handler (API.md 2)."""
+"""Chat completions over WebSocket on the same paths as the POST handler."""
 
 from __future__ import annotations
 

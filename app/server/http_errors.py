@@ -1,4 +1,4 @@
-"""Exception handlers: every error leaves as the contract's OpenAI error body (API.md 4)."""
+"""Exception handlers: every error leaves as the contract's OpenAI error body."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> 
     response = error_response(exc)
     rate_headers = context.rate_headers
     if rate_headers:
-        # A limited key's x-ratelimit-* headers go on every response, errors included (API.md 4).
+        # A limited key's x-ratelimit-* headers go on every response, errors included.
         for name, value in rate_headers.items():
             response.headers.setdefault(name, value)
     return response

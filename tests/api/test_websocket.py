@@ -1,4 +1,4 @@
-"""WebSocket protocol (API.md 2) against real uvicorn with the `websockets` client."""
+"""WebSocket protocol against real uvicorn with the `websockets` client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Draining on SIGTERM / SIGINT (API.md 1.4), against real `python -m app` processes."""
+"""Draining on SIGTERM / SIGINT, against real `python -m app` processes."""
 
 from __future__ import annotations
 

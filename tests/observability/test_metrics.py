@@ -1,4 +1,4 @@
-"""Metrics (API.md 5): every contract metric with its labels, counts that match the traffic, bounded series."""
+"""Metrics: every contract metric with its labels, counts that match the traffic, bounded series."""
 
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert len(exprs) >= 10
     names = {m for e in exprs for m in re.findall(r"\b((?:chat|http)_[a-z_]+)\b", e)}
     base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
-    limits = {"chat_rate_limited_total", "chat_spend_usd_total"}  # API.md 5; series exist once a key is limited
+    limits = {"chat_rate_limited_total", "chat_spend_usd_total"}  # series exist once a key is limited
     assert base <= set(CONTRACT) | limits, base - set(CONTRACT) - limits
     assert limits <= base
     assert {

@@ -1,4 +1,4 @@
-"""Traces (API.md 5): spans exported by OTLP/HTTP to a small receiver on loopback, the client's
+"""Traces: spans exported by OTLP/HTTP to a small receiver on loopback, the client's
 traceparent honoured, the trace context sent on to the provider on both paths, a dead collector free."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Deployment groups, retries, cooldowns and fallbacks (API.md 6), on both provider paths.
+"""Deployment groups, retries, cooldowns and fallbacks, on both provider paths.
 
 Every test runs against real uvicorn and a fake OpenAI-compatible provider over real HTTP. Group
 members are told apart by the upstream model name the fake records (each member asks for its own),
@@ -138,7 +138,7 @@ async def test_a_group_is_one_model_listed_once(client: httpx.AsyncClient) -> No
     assert ids.count("pair") == 1
     info = {m["id"]: m for m in (await client.get("/api/models")).json()["data"]}
     assert info["pair"]["deployments"] == 2
-    assert "deployments" not in info["fb_target"]  # a lone deployment keeps API.md's field list
+    assert "deployments" not in info["fb_target"]  # a lone deployment keeps the catalogue's field list
 
 
 async def test_two_deployments_share_the_load(client: httpx.AsyncClient, group_fake: FakeProvider) -> None:

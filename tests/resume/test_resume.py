@@ -1,4 +1,4 @@
-"""Resumable streams (API.md 1.3, 2) with the memory store, against real uvicorn and the fake provider.
+"""Resumable streams with the memory store, against real uvicorn and the fake provider.
 
 A replayed event must be byte-identical to what the original connection received, so these tests
 compare raw SSE frames, not parsed JSON.

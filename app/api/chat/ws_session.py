@@ -1,7 +1,7 @@
 """One session per WebSocket: its receive loop, its in-flight requests, its send queue and its cleanup.
 
 Each request runs the same ``ChatStream`` pipeline as SSE and ends with exactly one ``done`` or
-one ``error`` frame. A ``chat.completion.resume`` request (API.md 2) replays a stream's log after a
+one ``error`` frame. A ``chat.completion.resume`` request replays a stream's log after a
 position and follows it, framed like a live request's chunks; cancelling it stops the stream.
 Sends go through one bounded queue drained by one sender task, so a
 consumer that cannot keep up is closed with 1013 instead of growing memory without bound.
