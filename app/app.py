@@ -29,7 +29,7 @@ from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
-from app.routes.page import chat_page, favicon, static_files, swagger_ui
+from app.routes.page import chat_page, favicon, schema_router, static_files, swagger_ui
 from app.routes.streams import StreamsController
 from app.server.http_errors import EXCEPTION_HANDLERS
 from app.server.lifespan import services_lifespan
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             version=version(),
             path="/schema",
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), swagger_ui()],
+            openapi_router=schema_router(),
         ),
         debug=False,
     )
