@@ -29,6 +29,7 @@ boundary (``app/providers/translate.py``); this module only says what each error
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import msgspec
@@ -187,10 +188,12 @@ class InternalError(GatewayError):
     pass
 
 
-def public_error(exc: BaseException, *, production: bool) -> GatewayError:
-    """Any exception -> the GatewayError to show a client (500s hide their detail in production)."""
+def public_error(exc: BaseException, *, production: bool, redact: Callable[[str], str] | None = None) -> GatewayError:
+    """Any exception -> the GatewayError to show a client: 500s hide their detail in production, and
+    in development show it with ``redact`` applied (it may quote a library's or a provider's text)."""
     if isinstance(exc, GatewayError):
         return exc
     if production:
         return InternalError("The server had an error while processing your request.")
-    return InternalError(f"{type(exc).__name__}: {exc}")
+    detail = f"{type(exc).__name__}: {exc}"
+    return InternalError(redact(detail) if redact is not None else detail)

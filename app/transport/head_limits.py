@@ -21,7 +21,7 @@ from typing import Final
 
 import msgspec
 
-from app.errors import ErrorBody, ErrorObject
+from app.domain.errors import ErrorBody, ErrorObject
 
 MAX_REQUEST_LINE_BYTES: Final = 8 * 1024
 MAX_HEADER_BYTES: Final = 64 * 1024
