@@ -101,7 +101,7 @@ def _idle_connections(server_state: Any) -> dict[Any, None]:
 
 _OVERLOADED: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b"
+    b"retry-after: 1\r\nx-request-id: %b\r\ncontent-length: %d\r\n\r\n%b"
 )
 _OVERLOADED_BODY: Final = (
     b'{"error":{"message":"The server has too many open connections; try again shortly.",'
@@ -163,7 +163,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if len(self.connections) >= self._limits.max_connections and not self._evict_idle():
             self._refused = True
             self.transport = transport
-            transport.write(_OVERLOADED % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
+            request_id = head_limits.valid_request_id(None).encode()
+            transport.write(_OVERLOADED % (request_id, len(_OVERLOADED_BODY), _OVERLOADED_BODY))
             transport.close()
             self._log.closed("too_many_connections", limit=self._limits.max_connections)
             return
