@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 from litestar import Response, Router, get
 from litestar.datastructures import CacheControlHeader
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -71,18 +72,21 @@ DOCUMENT_HEADERS = {
 }
 
 
-@get("/", include_in_schema=False, sync_to_thread=False)
-def chat_page() -> Response[bytes]:
-    page = PAGE.read_bytes()  # read per request: an edited page is served without a restart
+@get("/", include_in_schema=False)
+async def chat_page() -> Response[bytes]:
+    # Read per request, so that an edited page is served without a restart; in a worker thread, as
+    # every file read on the request path is (no client makes the event loop wait on a disk).
+    page = await anyio.Path(PAGE).read_bytes()
     headers = {"Cache-Control": "no-cache", **page_headers(page)}
     # Litestar appends "; charset=utf-8" to text/* media types itself: naming it here sent it twice.
     return Response(page, media_type="text/html", headers=headers)
 
 
-@get("/favicon.ico", include_in_schema=False, sync_to_thread=False)
-def favicon() -> Response[bytes]:
+@get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Response[bytes]:
     # Pages link the SVG; this answers clients that ask for the conventional path anyway (no 404 in logs).
-    return Response(FAVICON.read_bytes(), media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+    icon = await anyio.Path(FAVICON).read_bytes()
+    return Response(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 def static_files() -> Router:
