@@ -2,7 +2,8 @@
 
 A client's URL is the provider's to fetch, or nobody's. LiteLLM's request transformations fetch
 some of them themselves, synchronously, on the event loop (a whole worker waits on the client's
-host): captured with LiteLLM 1.110.2 against a local server that counts requests,
+host): captured with LiteLLM 1.110.2 against a local server that counts requests
+(``python -m loadtests.content_urls``),
 
 ============================  ==============================  ===================================
 provider (chat config)        ``image_url`` http(s)           ``file.file_id`` URL
