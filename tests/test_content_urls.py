@@ -26,9 +26,10 @@ import pytest
 
 from app.providers.content_urls import ANTHROPIC, NO_URLS, OPENAI_WIRE, policy_for, remote_urls
 from app.providers.litellm_setup import import_litellm
+from app.settings import settings_from_dict
 from loadtests.processes import GatewayProcess, deployments_toml
-from tests.conftest import ServerThread, make_settings
-from tests.fake_provider import FakeProvider
+from tests.conftest import ServerThread, make_settings, settings_dict
+from tests.fake_provider import Behaviour, FakeProvider
 
 
 class SlowHost:
@@ -314,3 +315,23 @@ def test_policy_checks() -> None:
     assert list(remote_urls(ask([string_image])["messages"])) == [
         ("messages[0].content[1].image_url", "HTTPS://h/i.png", "image")
     ]
+
+
+async def test_litellms_own_usage_estimate_fetches_nothing(fake_provider: FakeProvider, slow_host: SlowHost) -> None:
+    """A provider that sends no usage makes LiteLLM's full path count the prompt itself
+    (``token_counter``, which can fetch image URLs to size them): captured, it does not fetch."""
+    fake_provider.set_behaviour("no_usage", Behaviour(no_usage=True))
+    data = settings_dict(fake_provider.base_url, fast_path=False)
+    data["models"]["deployments"].append(
+        {"name": "no_usage", "litellm_model": "openai/no_usage", "api_base": fake_provider.base_url, "fast_path": False}
+    )
+    gateway = ServerThread(settings_from_dict(data, environ={})).start()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as c:
+            for stream in (True, False):
+                body = ask([image_part(slow_host.url("sized.png"))], model="no_usage", stream=stream)
+                r = await c.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+    finally:
+        gateway.stop()
+    assert slow_host.connections == 0
