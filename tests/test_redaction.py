@@ -161,3 +161,14 @@ def test_unexpected_errors_show_no_internal_text_in_production_and_redacted_text
     assert "library" not in shown and "RuntimeError" not in shown
     shown = public_error(failure, production=False, redact=quote_.redact).message
     assert shown.startswith("RuntimeError: library said") and leaked(shown) == []
+
+
+def test_a_logged_traceback_is_redacted_whole() -> None:
+    from app.providers.quoting import traceback_text
+
+    try:
+        raise ValueError(f"provider echoed {quote(PROVIDER_KEY, safe='')} and {b64(NAMED_KEY.encode())}")
+    except ValueError as exc:
+        text = traceback_text(exc, ProviderText(SECRETS))
+    assert text.startswith("Traceback") and "ValueError: provider echoed" in text
+    assert leaked(text) == []

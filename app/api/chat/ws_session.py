@@ -163,7 +163,7 @@ class ChatSocketSession:
                     "ws_frame_failed",
                     request_id=self.request_id,
                     error=type(exc).__name__,
-                    traceback=traceback_text(exc, self._quote),
+                    exception=traceback_text(exc, self._quote),
                 )
                 try:
                     self._send(error_frame(None, self._public_error(exc)))
@@ -367,7 +367,7 @@ class ChatSocketSession:
                 request_id=self.request_id,
                 id=frame_id,
                 error=type(exc).__name__,
-                traceback=traceback_text(exc, self._quote),
+                exception=traceback_text(exc, self._quote),
             )
             with contextlib.suppress(SlowConsumer):
                 self._send(error_frame(frame_id, self._public_error(exc)))
