@@ -16,9 +16,12 @@ any other                     not established: refused
 
 (``input_audio.data`` is never fetched by the OpenAI wire; it is base64 data, so a URL there is
 refused too.) So each deployment gets a ``UrlPolicy`` once, from its provider, and every request
-is checked against the policy of the deployment it is sent to, before any transformation: a
+is checked against the policy of the deployment it is sent to, before either path sees it: a
 remote URL the policy does not pass is a 400 ``unsupported_content`` naming the field, and
-nothing fetches it. ``data:`` URLs are inline data, not fetched by anyone, and pass.
+nothing fetches it. ``data:`` URLs are inline data, not fetched by anyone, and pass. The relay
+sends the client's body as it came (``relay_target.py``), so it fetches nothing itself; its
+deployments get the OpenAI wire's policy all the same, so that a part means the same on both
+paths (an OpenAI-wire provider takes no URL as a ``file_id``).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def remote_urls(messages: Any) -> Iterator[tuple[str, str, str]]:
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    # Bounded: the body's nesting is capped at decode (protocol/openai.py, MAX_JSON_DEPTH).
+    # Bounded: the body's nesting is capped at decode (domain/chat_request.py, MAX_JSON_DEPTH).
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, dict):

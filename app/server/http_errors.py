@@ -73,7 +73,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         request_id=request.scope.get("state", {}).get("request_id"),
         route=request.scope.get("path_template"),
         error=type(exc).__name__,
-        exception=traceback_text(exc, quote),  # the key format_exc_info uses: kept whole (app/log.py)
+        exception=traceback_text(exc, quote),  # the key format_exc_info uses: kept whole (observability/log.py)
     )
     redact = quote.redact if quote is not None else None
     return error_response(public_error(exc, production=_production(request), redact=redact))

@@ -18,7 +18,7 @@ import pytest
 from app.transport.head_limits import MAX_HEADER_BYTES, MAX_HEADER_LINES, MAX_REQUEST_LINE_BYTES
 from loadtests.processes import GatewayProcess
 from tests.conftest import ServerThread, make_settings
-from tests.fake_provider import FakeProvider
+from tests.helpers.fake_provider import FakeProvider
 
 
 @pytest.fixture(scope="module")

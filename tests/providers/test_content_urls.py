@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
+from app.config.settings import settings_from_dict
 from app.providers.content_urls import ANTHROPIC, NO_URLS, OPENAI_WIRE, policy_for, remote_urls
 from app.providers.litellm_setup import import_litellm
-from app.settings import settings_from_dict
 from loadtests.processes import GatewayProcess, deployments_toml
 from tests.conftest import ServerThread, make_settings, settings_dict
-from tests.fake_provider import Behaviour, FakeProvider
+from tests.helpers.fake_provider import Behaviour, FakeProvider
 
 
 class SlowHost:

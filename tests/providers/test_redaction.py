@@ -19,11 +19,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from app.config.settings import settings_from_dict
 from app.providers.quoting import REDACTED, ProviderText
-from app.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
-from tests.fake_provider import Behaviour, FakeProvider
-from tests.sse import stream_chat
+from tests.helpers.fake_provider import Behaviour, FakeProvider
+from tests.helpers.sse import stream_chat
 
 PROVIDER_KEY = "sk-ups+tr/eam=Z9x8c7v6b5n4m3a2"  # '+', '/' and '=' make its encodings differ
 DEFAULT_KEY = "gw-default-key~0271828182"
@@ -153,7 +153,7 @@ def test_every_form_of_every_secret_is_redacted() -> None:
 
 
 def test_unexpected_errors_show_no_internal_text_in_production_and_redacted_text_in_development() -> None:
-    from app.errors import public_error
+    from app.domain.errors import public_error
 
     quote_ = ProviderText(SECRETS)
     failure = RuntimeError(f"library said: Authorization: Basic {b64(b'user:' + PROVIDER_KEY.encode())}")
