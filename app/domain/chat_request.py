@@ -121,6 +121,11 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
     def model(self) -> str:
         return self.request.model
 
+    @property
+    def has_parts(self) -> bool:
+        """Some message's content is a list of parts (images, files, audio, or text in parts)."""
+        return any(isinstance(m.content, list) for m in self.request.messages)
+
     def include_usage(self) -> bool:
         return bool(self.request.stream_options and self.request.stream_options.include_usage)
 

@@ -10,6 +10,7 @@ each error is on the wire.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
 import msgspec
@@ -30,6 +31,7 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(400, "invalid_request_error", "unsupported_parameter"),
     ErrorCode(400, "invalid_request_error", "too_deep"),
     ErrorCode(400, "invalid_request_error", "duplicate_id"),
+    ErrorCode(400, "invalid_request_error", "unsupported_content"),
     ErrorCode(401, "authentication_error", "invalid_api_key"),
     ErrorCode(403, "permission_error", "model_not_allowed"),
     ErrorCode(404, "invalid_request_error", "model_not_found"),
@@ -39,7 +41,9 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(409, "invalid_request_error", "invalid_resume_position"),
     ErrorCode(409, "invalid_request_error", "stream_cancelled"),
     ErrorCode(413, "invalid_request_error", "payload_too_large"),
+    ErrorCode(414, "invalid_request_error", "uri_too_long"),
     ErrorCode(415, "invalid_request_error", "unsupported_media_type"),
+    ErrorCode(431, "invalid_request_error", "headers_too_large"),
     ErrorCode(429, "rate_limit_error", "rate_limit_exceeded"),
     ErrorCode(429, "insufficient_quota", "budget_exceeded"),
     ErrorCode(500, "server_error", "internal_error"),
@@ -207,10 +211,12 @@ class InternalError(GatewayError):
     pass
 
 
-def public_error(exc: BaseException, *, production: bool) -> GatewayError:
-    """Any exception -> the GatewayError to show a client (500s hide their detail in production)."""
+def public_error(exc: BaseException, *, production: bool, redact: Callable[[str], str] | None = None) -> GatewayError:
+    """Any exception -> the GatewayError to show a client: 500s hide their detail in production, and
+    in development show it with ``redact`` applied (it may quote a library's or a provider's text)."""
     if isinstance(exc, GatewayError):
         return exc
     if production:
         return InternalError("The server had an error while processing your request.")
-    return InternalError(f"{type(exc).__name__}: {exc}")
+    detail = f"{type(exc).__name__}: {exc}"
+    return InternalError(redact(detail) if redact is not None else detail)

@@ -32,5 +32,6 @@ async def chat_socket(
         resumes=socket.app.state.resumes,
         on_open=metrics.socket_opened,
         on_close=metrics.socket_closed,
+        quote=socket.app.state.quote,
     )
     await session.run()

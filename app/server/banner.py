@@ -56,7 +56,7 @@ def cache_backend(settings: Settings) -> str:
         return "off"
     if cache.backend == "redis":
         return f"redis {_without_password(cache.redis_url)}, ttl {cache.ttl_s:g} s"
-    return f"memory (this process), up to {cache.max_entries} entries, ttl {cache.ttl_s:g} s"
+    return f"memory (this process), up to {cache.max_entries} entries / {cache.max_memory_mb} MB, ttl {cache.ttl_s:g} s"
 
 
 def auth(settings: Settings, environ: Mapping[str, str]) -> str:

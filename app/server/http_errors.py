@@ -16,6 +16,7 @@ from app.domain.errors import (
     PayloadTooLarge,
     public_error,
 )
+from app.providers.quoting import ProviderText, traceback_text
 
 logger = structlog.get_logger("chat.errors")
 
@@ -66,13 +67,16 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     context_of(request.scope).error = exc  # for the request's log line (app/server/middleware.py)
+    quote: ProviderText | None = getattr(request.app.state, "quote", None)
     logger.error(
         "unhandled_error",
         request_id=request.scope.get("state", {}).get("request_id"),
         route=request.scope.get("path_template"),
-        exc_info=exc,
+        error=type(exc).__name__,
+        exception=traceback_text(exc, quote),  # the key format_exc_info uses: kept whole (observability/log.py)
     )
-    return error_response(public_error(exc, production=_production(request)))
+    redact = quote.redact if quote is not None else None
+    return error_response(public_error(exc, production=_production(request), redact=redact))
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

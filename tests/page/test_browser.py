@@ -644,3 +644,47 @@ async def test_api_reference_renders_offline(browser: Browser, page_gateway: Ser
         await expect(page.locator(".parameters-col_name", has_text="min_context")).to_be_visible()
         assert elsewhere == []
         probe.assert_clean()
+
+
+async def test_a_key_in_a_link_never_replaces_the_stored_one_unasked(
+    browser: Browser, keyed_gateway: ServerThread
+) -> None:
+    """A link carrying someone else's key must not switch this browser to it silently."""
+    async with new_probe(browser) as probe:
+        page = probe.page
+        await page.goto(f"{keyed_gateway.base_url}/?model=normal&key={GATEWAY_KEY}")
+        await expect(page.locator("#status")).to_have_text("connected")
+        await page.goto(f"{keyed_gateway.base_url}/?model=normal&key=someone-elses-key")
+        assert page.url == f"{keyed_gateway.base_url}/?model=normal"  # out of the address bar all the same
+        await expect(page.locator("#key-panel")).to_be_visible()
+        await expect(page.locator("#key-note")).to_contain_text("another gateway key")
+        await expect(page.get_by_role("textbox", name="Gateway key")).to_have_value("someone-elses-key")
+        assert await page.evaluate("localStorage.getItem('chat-gateway.key')") == GATEWAY_KEY
+        await expect(page.locator("#status")).to_have_text("connected")  # still with the stored key
+        await page.keyboard.press("Escape")  # dismissed: the stored key stays
+        await expect(page.locator("#key-panel")).to_be_hidden()
+        await page.reload()
+        await expect(page.locator("#status")).to_have_text("connected")
+        assert await page.evaluate("localStorage.getItem('chat-gateway.key')") == GATEWAY_KEY
+        # Saved on purpose, the offered key is taken (and refused here: it is not a key of this gateway).
+        await page.goto(f"{keyed_gateway.base_url}/?model=normal&key=someone-elses-key")
+        await page.get_by_role("button", name="Save", exact=True).click()
+        await expect(page.locator("#status")).to_have_text("key needed")
+        assert await page.evaluate("localStorage.getItem('chat-gateway.key')") == "someone-elses-key"
+        probe.statuses = [(s, u) for s, u in probe.statuses if not (s == 401 and u.endswith("/v1/models"))]
+        probe.assert_clean()
+
+
+async def test_api_reference_runs_under_its_content_security_policy(
+    browser: Browser, page_gateway: ServerThread
+) -> None:
+    async with new_probe(browser) as probe:
+        page = probe.page
+        refused: list[str] = []
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        response = await page.goto(f"{page_gateway.base_url}/schema/swagger")
+        assert response is not None
+        assert "frame-ancestors 'none'" in (await response.all_headers())["content-security-policy"]
+        await expect(page.locator(".opblock").first).to_be_visible()
+        assert refused == []
+        probe.assert_clean()

@@ -188,9 +188,15 @@ async def test_another_key_unknown_and_bad_positions(
     assert wrong_stream.status_code == 409
     no_key = await http.get(f"/v1/chat/completions/streams/{sid}")
     assert no_key.status_code == 401
+    # An unknown stream, or another key's, is a 404 whatever its Last-Event-ID says (API.md 4).
+    unknown_elsewhere = await resume(http, "2" * 32, f"{sid}:1")
+    assert unknown_elsewhere.status_code == 404
+    assert unknown_elsewhere.json()["error"]["code"] == "stream_not_found"
+    assert (await resume(http, sid, f"{'1' * 32}:1", headers=B)).status_code == 404
+    assert (await resume(http, sid, "garbage", headers=B)).status_code == 404
 
     after = server.app.state.metrics.resumes
-    assert after[("not_found",)] - before[("not_found",)] == 2
+    assert after[("not_found",)] - before[("not_found",)] == 5
     assert after[("invalid",)] - before[("invalid",)] == 2
     metrics = (await http.get("/metrics")).text
     assert 'chat_resumes_total{result="replayed"}' in metrics

@@ -230,3 +230,24 @@ async def test_a_stalled_redis_never_slows_the_live_stream(fake: FakeProvider) -
             os.kill(redis.proc.pid, signal.SIGCONT)
         server.stop()
         redis.stop()
+
+
+async def test_a_stream_id_naming_another_key_of_the_store_is_404(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    """``<id>:meta`` was a 503 (WRONGTYPE: the meta hash read as a stream); ids are checked first."""
+    a, b = replicas
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        response = await http.post(
+            f"{a.base_url}/v1/chat/completions", json=chat_body("normal", stream=True), headers=A
+        )
+        sid = response.headers["x-stream-id"]
+        for server in (a, b):
+            for suffix in (":meta", ":readers", "%3Ameta", ":meta:meta"):
+                url = f"{server.base_url}/v1/chat/completions/streams/{sid}{suffix}"
+                got = await http.get(url, headers=A)
+                assert got.status_code == 404, (suffix, got.text)
+                assert got.json()["error"]["code"] == "stream_not_found"
+                assert (await http.delete(url, headers=A)).status_code == 404
+            whole = await http.get(f"{server.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+            assert whole.status_code == 200
