@@ -67,9 +67,10 @@ def every_problem(error: ConfigError) -> list[str]:
 
 
 def check(settings: Settings, file: Path) -> int:
-    from app.server.preflight import provider_problems
+    from app.server.preflight import needs_litellm, provider_problems
 
-    print(CHECKING, file=sys.stderr, flush=True)
+    if needs_litellm(settings):
+        print(CHECKING, file=sys.stderr, flush=True)
     problems = provider_problems(settings, os.environ)
     if problems:
         return report(problems)
@@ -92,9 +93,9 @@ def serve(settings: Settings, file: Path, source: str, started: float) -> int:
         reason = exc.strerror or str(exc)
         print(f"error: cannot listen on {banner.listen_address(settings)}: {reason}", file=sys.stderr)
         return LISTEN_ERROR
-    from app.server.preflight import provider_problems
+    from app.server.preflight import needs_litellm, provider_problems
 
-    print(banner.loading_line(), file=sys.stderr, flush=True)
+    print(banner.loading_line(needs_litellm(settings)), file=sys.stderr, flush=True)
     problems = provider_problems(settings, os.environ)  # the slow import of LiteLLM happens here
     if problems:
         sock.close()

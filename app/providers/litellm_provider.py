@@ -21,7 +21,7 @@ from app.domain.chunks import Chunk, Completion, usage_of
 from app.domain.errors import GatewayError
 from app.providers.base import asking_for_usage
 from app.providers.chunks import read_chunk
-from app.providers.demo import register_demo_provider
+from app.providers.demo import is_demo
 from app.providers.litellm_setup import import_litellm
 from app.providers.quoting import ProviderText
 from app.providers.translate import from_litellm
@@ -36,6 +36,8 @@ _encoder = msgspec.json.Encoder()
 def router_model_list(deployments: list[DeploymentSettings], environ: Mapping[str, str]) -> list[dict[str, Any]]:
     model_list = []
     for dep in deployments:
+        if is_demo(dep.litellm_model):
+            continue  # served in process (app/providers/demo.py), never through LiteLLM
         params: dict[str, Any] = {
             "model": dep.litellm_model,
             "timeout": dep.timeout_s,
@@ -55,7 +57,6 @@ def router_model_list(deployments: list[DeploymentSettings], environ: Mapping[st
 
 def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -> Any:
     environ = os.environ if environ is None else environ
-    register_demo_provider()
     return litellm.Router(
         model_list=router_model_list(settings.models.deployments, environ),
         num_retries=0,

@@ -1,4 +1,5 @@
-"""Per deployment, the relay fast path or the full LiteLLM path, behind the one Provider Protocol."""
+"""Per deployment, the relay fast path, the built-in demo models or the full LiteLLM path, behind the
+one Provider Protocol."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion
 from app.providers.base import Provider
 from app.providers.content_urls import NO_URLS, UrlPolicy
+from app.providers.demo import DemoProvider
 from app.providers.relay import Relay
 
 
@@ -16,11 +18,17 @@ class RoutingProvider:
     refused before either path sees the request: ``content_urls.py``); unlisted: none."""
 
     def __init__(
-        self, relay: Relay, full: Provider | None, url_policies: Mapping[str, UrlPolicy] | None = None
+        self,
+        relay: Relay,
+        full: Provider | None,
+        url_policies: Mapping[str, UrlPolicy] | None = None,
+        *,
+        demo: DemoProvider | None = None,
     ) -> None:
-        """``full``: the LiteLLM path, None when every deployment takes the relay."""
+        """``full``: the LiteLLM path, None when every deployment takes the relay or is a demo model."""
         self._relay = relay
         self._full = full
+        self._demo = demo
         self._fast = frozenset(relay.targets)
         self._url_policies = dict(url_policies or {})
 
@@ -35,12 +43,16 @@ class RoutingProvider:
         self._check_urls(request, deployment)
         if deployment in self._fast:
             return await self._relay.complete(request, deployment)
+        if self._demo is not None and self._demo.serves(deployment):
+            return await self._demo.complete(request, deployment)
         return await self._full_path().complete(request, deployment)
 
     def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
         self._check_urls(request, deployment)
         if deployment in self._fast:
             return self._relay.stream(request, deployment)
+        if self._demo is not None and self._demo.serves(deployment):
+            return self._demo.stream(request, deployment)
         return self._full_path().stream(request, deployment)
 
     def _full_path(self) -> Provider:

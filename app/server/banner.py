@@ -125,8 +125,9 @@ def opening_lines(
     ]
 
 
-def loading_line() -> str:
-    return "  loading providers (LiteLLM's import takes a few seconds)..."
+def loading_line(litellm: bool) -> str:
+    """``litellm``: a deployment needs LiteLLM's full path, whose import takes seconds."""
+    return "  loading providers (LiteLLM's import takes a few seconds)..." if litellm else "  loading providers..."
 
 
 def ready_line(settings: Settings, seconds: float) -> str:

@@ -57,6 +57,7 @@ def build_services(
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.providers.content_urls import OPENAI_WIRE as OPENAI_WIRE_URLS
     from app.providers.content_urls import policy_for
+    from app.providers.demo import DemoProvider, is_demo
     from app.providers.egress import EgressSettings
     from app.providers.litellm_metadata import ShippedMetadata
     from app.providers.relay import Relay
@@ -68,8 +69,9 @@ def build_services(
     targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
     relay = Relay(targets, quote=quote, egress=EgressSettings.from_environ(environ))
     relay.open_pools()  # one connection pool per upstream origin, before the first request
+    demo = DemoProvider({d.id: d.litellm_model for d in settings.models.deployments if is_demo(d.litellm_model)})
     full = None
-    if any(d.id not in targets for d in settings.models.deployments):
+    if any(d.id not in targets and not demo.serves(d.id) for d in settings.models.deployments):
         # LiteLLM is imported only when a deployment needs its full path.
         from app.providers.litellm_provider import LiteLLMProvider, build_router
 
@@ -79,8 +81,9 @@ def build_services(
     url_policies = {
         d.id: OPENAI_WIRE_URLS if d.id in targets else policy_for(d.litellm_model, d.api_base)
         for d in settings.models.deployments
+        if not demo.serves(d.id)  # the demo models take no URLs
     }
-    provider = RoutingProvider(relay, full, url_policies)
+    provider = RoutingProvider(relay, full, url_policies, demo=demo)
     shipped = ShippedMetadata(d.litellm_model for d in settings.models.deployments)
 
     async def build() -> Snapshot:

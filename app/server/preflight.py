@@ -42,9 +42,13 @@ def _prefix_problem(litellm_model: str, exc: BaseException, providers: list[str]
 
 
 def _native(litellm_model: str, api_base: str, fast_path: bool) -> bool:
-    """A deployment the relay resolves without LiteLLM (an OpenAI-wire provider on the fast path)."""
+    """A deployment served without LiteLLM: a built-in demo model, or an OpenAI-wire provider the
+    relay resolves by itself."""
+    from app.providers.demo import is_demo
     from app.providers.relay_target import OPENAI_WIRE
 
+    if is_demo(litellm_model):
+        return True
     provider, sep, _ = litellm_model.partition("/")
     return fast_path and bool(sep) and provider in OPENAI_WIRE and bool(api_base or OPENAI_WIRE[provider])
 
@@ -61,11 +65,7 @@ def _url_problems(settings: Settings) -> list[str]:
 def needs_litellm(settings: Settings) -> bool:
     """Whether checking the provider names imports LiteLLM (seconds): not for the built-in demo models
     or deployments the relay resolves by itself."""
-    return not all(
-        (dep.litellm_model.partition("/")[0] == "demo" and not dep.api_base)
-        or _native(dep.litellm_model, dep.api_base, dep.fast_path)
-        for dep in settings.models.deployments
-    )
+    return not all(_native(dep.litellm_model, dep.api_base, dep.fast_path) for dep in settings.models.deployments)
 
 
 def prefix_problems(settings: Settings) -> list[str]:
@@ -74,12 +74,11 @@ def prefix_problems(settings: Settings) -> list[str]:
     other problems: one run of ``--check`` names them all."""
     if not needs_litellm(settings):
         return _url_problems(settings)
-    from app.providers.demo import register_demo_provider
+    from app.providers.demo import PREFIX
     from app.providers.litellm_setup import import_litellm
 
     litellm = import_litellm()
-    register_demo_provider()  # the built-in `demo/` provider is known to LiteLLM once registered
-    providers = known_providers(litellm)
+    providers = sorted({*known_providers(litellm), PREFIX.rstrip("/")})  # the demo models are the gateway's own
     problems: list[str] = []
     for i, dep in enumerate(settings.models.deployments):
         base = urlsplit(dep.api_base)
@@ -89,8 +88,8 @@ def prefix_problems(settings: Settings) -> list[str]:
                 f"models.deployments[{i}].api_base: expected an http:// or https:// URL, got {dep.api_base!r}"
             )
             continue
-        if "/" not in dep.litellm_model:
-            continue  # app.config.settings reported it already
+        if "/" not in dep.litellm_model or dep.litellm_model.startswith(PREFIX):
+            continue  # app.config.settings reported it already; the demo models are served in process
         try:
             litellm.get_llm_provider(dep.litellm_model, api_base=dep.api_base or None)
         except Exception as exc:
@@ -107,8 +106,8 @@ def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[st
     Router once here costs a few hundred milliseconds and means every failure to build the providers
     is reported as configuration, not as a start-up traceback.
     """
-    if all(_native(d.litellm_model, d.api_base, d.fast_path) for d in settings.models.deployments):
-        # Every deployment takes the relay, resolved without LiteLLM: only the URLs can be wrong.
+    if not needs_litellm(settings):
+        # Every deployment is a demo model or takes the relay, resolved without LiteLLM: only URLs can be wrong.
         return _url_problems(settings)
     from app.providers.litellm_provider import build_router
 

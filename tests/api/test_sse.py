@@ -292,7 +292,7 @@ async def test_fallback_deployment_serves_when_primary_fails(client: httpx.Async
 async def test_demo_model_streams_offline(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     result = await stream_chat(client, chat_body("demo", "ping", stream=True))
     assert result.status == 200
-    assert "demo model" in result.content()
-    assert result.content().endswith("You said: ping")
+    assert "built-in demo model" in result.content()
+    assert "You said `ping`" in result.content() and "| ping | 4 | 1 |" in result.content()
     assert len(result.data_events) > 20
     assert fake.calls() == 0
