@@ -30,7 +30,7 @@ key once a second; when it is gone, the follower ends the stream's log itself wi
 ``upstream_unavailable`` (an ``XADD`` at the next seq, which fails harmlessly if the stream moved on
 meanwhile), so every reader of it ends, and every later resume ends at once. A resume that opens
 such a stream ends it the same way before it starts. Bound, from the kill to the readers' error:
-``LIVENESS_TTL_S`` + about 1 s (7 s), inside the documented 10 s (docs/http.md).
+``LIVENESS_TTL_S`` + about 1 s (7 s), inside the 10 s docs/http.md promises.
 """
 
 from __future__ import annotations
