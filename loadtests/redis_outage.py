@@ -180,6 +180,7 @@ async def run_phases(
         "recovered_after_s": None if recovered_s is None else round(recovered_s, 3),
         "after": summary_ms([lat for _, lat, _ in after]),
         "after_non_200": sum(1 for *_, status in after if status != 200),
+        "after_statuses": sorted({status for *_, status in after}),
     }
 
 

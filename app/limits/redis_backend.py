@@ -224,7 +224,10 @@ class RedisBackend:
             keys = _keys(ask.bucket, ask.minute, "none")
             args = [ask.lease_id, ask.tokens, int(self._lease_ttl_s * 4) + 1]
             await self._run(COMPENSATE, [keys[0], keys[1], keys[2], keys[4], keys[5]], args)
-            self._unknown_admits.popleft()
+            # Admissions run this concurrently once Redis is back: another may have taken it off
+            # already (the script is idempotent: a second run of it finds no lease and does nothing).
+            if self._unknown_admits and self._unknown_admits[0] is ask:
+                self._unknown_admits.popleft()
 
     async def _resend(self) -> None:
         while self._unsent:
