@@ -29,10 +29,10 @@ from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
-from app.routes.page import chat_page, favicon, static_files, swagger_ui
+from app.routes.page import chat_page, favicon, schema_router, static_files, swagger_ui
 from app.routes.streams import StreamsController
 from app.server.http_errors import EXCEPTION_HANDLERS
-from app.server.lifespan import services_lifespan
+from app.server.lifespan import provider_text, services_lifespan
 from app.server.middleware import JsonCompressionMiddleware, RequestIdMiddleware
 from app.server.version import version
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         return settings
 
     keys = GatewayKeys.from_settings(settings, environ)
+    quote = provider_text(settings, environ)  # redacts provider and library text for every configured secret
     drain = Drain(settings.server.shutdown_delay_s, settings.server.drain_s)
 
     def provide_chat_context(request: Request[Any, Any, Any]) -> ChatContext:
@@ -104,7 +105,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),
         },
-        lifespan=[services_lifespan(settings, metrics, environ, drain), scrape_lifespan(settings, metrics, environ)],
+        lifespan=[
+            services_lifespan(settings, metrics, environ, drain, quote),
+            scrape_lifespan(settings, metrics, environ),
+        ],
         on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(JsonCompressionMiddleware)],
@@ -115,12 +119,14 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             version=version(),
             path="/schema",
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), swagger_ui()],
+            openapi_router=schema_router(),
         ),
         debug=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.drain = drain
+    app.state.quote = quote
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
     # The chat route beside Litestar's pipeline (routes/chat_direct.py), except where CORS must see it.
     handler = app.asgi_handler if cors is not None else ChatRoute(app, app.asgi_handler, provide_chat_context)

@@ -1,4 +1,4 @@
-"""Streaming intent (API.md 1): the body's ``stream`` wins, else the Accept header decides."""
+"""Streaming intent: the body's ``stream`` wins, else the Accept header decides."""
 
 from __future__ import annotations
 

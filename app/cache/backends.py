@@ -50,17 +50,73 @@ class MsgpackSerializer(BaseSerializer):  # type: ignore[misc]
         return self._decoder.decode(value)
 
 
+#: What one cached answer costs beyond its bytes: the objects holding it (the answer, its list, one
+#: bytes object per chunk). An estimate: the budget is about the answers' size, not exact RSS.
+_ANSWER_OVERHEAD = 200
+_CHUNK_OVERHEAD = 40
+#: The largest share of the memory budget one answer may take; a larger one is not cached at all
+#: (one huge answer would otherwise evict everything else).
+MAX_ANSWER_SHARE = 8
+
+
+def answer_bytes(answer: CachedAnswer) -> int:
+    """What ``answer`` holds in memory, about."""
+    return (
+        _ANSWER_OVERHEAD
+        + len(answer.completion)
+        + sum(len(chunk) for chunk in answer.chunks)
+        + _CHUNK_OVERHEAD * len(answer.chunks)
+    )
+
+
+class _SizedEntries(OrderedDict[str, Any]):
+    """aiocache's entry dict, with the total size of its answers kept up to date on every way in or out
+    (aiocache's expiry timers remove entries through its own private method, by ``pop``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+        self._sizes: dict[str, int] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.bytes -= self._sizes.pop(key, 0)
+        size = answer_bytes(value) if isinstance(value, CachedAnswer) else 0
+        self._sizes[key] = size
+        self.bytes += size
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.bytes -= self._sizes.pop(key, 0)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self.bytes -= self._sizes.pop(key, 0)
+        return value
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        key, value = super().popitem(last)
+        self.bytes -= self._sizes.pop(key, 0)
+        return key, value
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.bytes = 0
+
+
 class _LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
-    """aiocache's memory cache plus an entry bound with least-recently-used eviction.
+    """aiocache's memory cache plus an entry bound and a byte bound, with least-recently-used eviction.
 
     aiocache keeps entries in ``self._cache`` and expiry timers in ``self._handlers``; making the
-    dict ordered and trimming it on set is all an LRU needs.
+    dict ordered (and sized) and trimming it on set is all an LRU needs.
     """
 
-    def __init__(self, max_entries: int, **kwargs: Any) -> None:
+    def __init__(self, max_entries: int, max_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: _SizedEntries = _SizedEntries()
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
 
     async def _get(self, key: str, encoding: str | None = "utf-8", _conn: Any = None) -> Any:
         value = self._cache.get(key)
@@ -71,26 +127,40 @@ class _LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
     async def _set(self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None) -> bool:
         result: bool = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
         self._cache.move_to_end(key)
-        while len(self._cache) > self._max_entries:
+        while len(self._cache) > self._max_entries or (self._cache.bytes > self._max_bytes and len(self._cache) > 1):
             oldest, _ = self._cache.popitem(last=False)
             handle = self._handlers.pop(oldest, None)
             if handle is not None:
                 handle.cancel()
         return result
 
+    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
+        for handle in self._handlers.values():
+            handle.cancel()
+        self._handlers.clear()
+        self._cache.clear()
+        return True
+
 
 class MemoryBackend:
-    def __init__(self, max_entries: int) -> None:
-        self._cache = _LRUMemoryCache(max_entries, serializer=NullSerializer(), timeout=None)
+    def __init__(self, max_entries: int, max_bytes: int = 64 * 2**20) -> None:
+        self._cache = _LRUMemoryCache(max_entries, max_bytes, serializer=NullSerializer(), timeout=None)
+        self._max_answer_bytes = max_bytes // MAX_ANSWER_SHARE
 
     def __len__(self) -> int:
         return len(self._cache._cache)
+
+    @property
+    def bytes(self) -> int:
+        return self._cache._cache.bytes
 
     async def get(self, key: str) -> CachedAnswer | None:
         value = await self._cache.get(key)
         return value if isinstance(value, CachedAnswer) else None
 
     async def set(self, key: str, value: CachedAnswer, ttl: float) -> None:
+        if answer_bytes(value) > self._max_answer_bytes:
+            return  # too large a share of the budget: served, never cached
         await self._cache.set(key, value, ttl=ttl)
 
     async def delete(self, key: str) -> None:
@@ -134,7 +204,7 @@ class RedisBackend:
             connection_pool_class=IdleClosingPool,
             connection_pool_kwargs=options,
         )
-        # The server's shared breaker (app/redis_breakers.py); a breaker of its own when used alone.
+        # The server's shared breaker (app/redis/breakers.py); a breaker of its own when used alone.
         self._own: CircuitBreaker | None = None
         if breaker is None:
             self._own = CircuitBreaker(
@@ -167,4 +237,4 @@ def build_backend(settings: CacheSettings, breakers: RedisBreakers | None = None
     if settings.backend == "redis":
         breaker = breakers.user(settings.redis_url, "cache", settings.op_timeout_s) if breakers else None
         return RedisBackend(settings.redis_url, settings.op_timeout_s, breaker=breaker)
-    return MemoryBackend(settings.max_entries)
+    return MemoryBackend(settings.max_entries, settings.max_memory_mb * 2**20)

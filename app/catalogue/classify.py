@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-#: LiteLLM metadata flag -> the capability name of API.md 3.
+#: LiteLLM metadata flag -> its capability name in the catalogue.
 CAPABILITY_FLAGS: dict[str, str] = {
     "supports_vision": "vision",
     "supports_function_calling": "tools",

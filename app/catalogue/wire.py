@@ -1,4 +1,4 @@
-"""Wire shapes of the models endpoints (API.md 3)."""
+"""Wire shapes of the models endpoints."""
 
 from __future__ import annotations
 

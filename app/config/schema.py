@@ -80,6 +80,8 @@ class CacheSettings(_Section):
     redis_url: str = ""
     ttl_s: PositiveFloat = 3600.0
     max_entries: PositiveInt = 10_000
+    max_memory_mb: PositiveInt = 64
+    """The memory backend's size bound (its answers' bytes); one answer over an eighth of it is not cached."""
     op_timeout_s: PositiveFloat = 0.5
     """Bound on each Redis call. Under CPU load alone (2 cores, 4 busy processes, SSE c=20 + JSON c=8)
     0.1 s tripped the circuit breaker once in 90 s and 0.25 s and 0.5 s never did

@@ -8,6 +8,7 @@ that is wrong; ``load_settings`` raises ``ConfigError`` carrying one line per pr
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import tomllib
@@ -48,6 +49,7 @@ __all__ = [
     "TracingSettings",
     "WebSocketSettings",
     "config_path",
+    "config_source",
     "load_settings",
     "settings_from_dict",
 ]
@@ -57,11 +59,17 @@ ENV_PREFIX = "CHAT_"
 
 
 class ConfigError(Exception):
-    """Invalid configuration; ``problems`` holds one human line per bad key."""
+    """Invalid configuration; ``problems`` holds one human line per bad key.
 
-    def __init__(self, problems: list[str]) -> None:
+    ``settings`` is what could still be built with the bad keys left out (None when nothing could):
+    checks that come later, such as the provider names LiteLLM knows, run on it, so that one run
+    names every problem rather than one stage of them.
+    """
+
+    def __init__(self, problems: list[str], settings: Settings | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.settings = settings
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -118,7 +126,8 @@ def _check_fields(
         if field is None:
             var = origins.get(where)
             kind = "key" if path else "section"
-            problems.append(f"{var}: unknown {kind} {where}" if var else f"{where}: unknown key")
+            hint = _did_you_mean(key, fields, path, var)
+            problems.append(f"{var}: unknown {kind} {where}{hint}" if var else f"{where}: unknown {kind}{hint}")
             del data[key]
             continue
         nested = _struct_type(field.type)
@@ -144,6 +153,16 @@ def _check_fields(
             problems.append(f"{path}.{name}: required key missing")
             usable = False
     return usable
+
+
+def _did_you_mean(key: str, fields: Mapping[str, Any], path: str, var: str | None) -> str:
+    """``; did you mean `port`?`` for a key close to a known one (and the variable that would set it)."""
+    near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+    if not near:
+        return ""
+    if var and path and "." not in path and "[" not in path:
+        return f"; did you mean `{near[0]}` ({ENV_PREFIX}{path.upper()}__{near[0].upper()})?"
+    return f"; did you mean `{near[0]}`?"
 
 
 def _mention_variable(line: str, origins: Mapping[str, str]) -> str:
@@ -241,7 +260,7 @@ def settings_from_dict(data: dict[str, Any], environ: Mapping[str, str] | None =
         raise ConfigError(problems or [f"config: {exc}"]) from exc
     problems += [_mention_variable(line, origins) for line in _cross_checks(settings, environ)]
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, settings)
     return settings
 
 
@@ -250,13 +269,22 @@ def config_path(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("CHAT_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def config_source(environ: Mapping[str, str]) -> str:
+    """Who chose the file ``config_path`` gives: ``CHAT_CONFIG``, or ``default`` for the shipped one."""
+    return "CHAT_CONFIG" if environ.get("CHAT_CONFIG") else "default"
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None, *, source: str | None = None
+) -> Settings:
+    """``source`` names what chose the file (``--config``, ``CHAT_CONFIG``) in the line saying it cannot be read."""
     environ = os.environ if environ is None else environ
     file = Path(path) if path else config_path(environ)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"CHAT_CONFIG: cannot read {file}: {exc.strerror or exc}"]) from exc
+        who = source or ("CHAT_CONFIG" if not path and environ.get("CHAT_CONFIG") else "config")
+        raise ConfigError([f"{who}: cannot read {file}: {exc.strerror or exc}"]) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1,4 +1,4 @@
-"""Draining on SIGTERM / SIGINT (API.md 1.4): finish what was accepted, refuse nothing silently.
+"""Draining on SIGTERM / SIGINT: finish what was accepted, refuse nothing silently.
 
 Sequence, from the first signal:
 1. readiness answers 503 at once (load balancers stop sending);

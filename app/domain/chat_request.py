@@ -1,6 +1,6 @@
 """OpenAI Chat Completions wire types, and the one rule for what a client may send on.
 
-The rule (API.md 6, "Request fields"):
+The rule ("Request fields"):
 - OpenAI's own request fields are validated here (type and range) and passed to the provider.
 - Provider-layer controls (``api_base``, ``api_key``, ``num_retries``, ``mock_response``, ...) are
   refused with a 400 naming the field: they are arguments of the provider layer, and a client that
@@ -120,6 +120,11 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
     @property
     def model(self) -> str:
         return self.request.model
+
+    @property
+    def has_parts(self) -> bool:
+        """Some message's content is a list of parts (images, files, audio, or text in parts)."""
+        return any(isinstance(m.content, list) for m in self.request.messages)
 
     def include_usage(self) -> bool:
         return bool(self.request.stream_options and self.request.stream_options.include_usage)

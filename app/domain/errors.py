@@ -1,37 +1,61 @@
-"""The gateway's error tree and its one mapping to API.md section 4.
+"""The gateway's error tree and its one mapping to HTTP statuses, error types and codes.
 
-    GatewayError                       status  type                    code
-    ├── InvalidRequest                 400     invalid_request_error   invalid_request / the field
-    ├── ContextLengthExceeded          400     invalid_request_error   context_length_exceeded
-    ├── ProviderRejected               400     invalid_request_error   the provider's code
-    ├── Unauthenticated                401     authentication_error    invalid_api_key
-    ├── ModelNotFound                  404     invalid_request_error   model_not_found
-    ├── PayloadTooLarge                413     invalid_request_error   payload_too_large
-    ├── UnsupportedMediaType           415     invalid_request_error   unsupported_media_type
-    ├── ModelNotAllowed                403     permission_error        model_not_allowed
-    ├── RateLimited                    429     rate_limit_error        rate_limit_exceeded
-    ├── BudgetExceeded                 429     insufficient_quota      budget_exceeded
-    ├── UpstreamAuthentication         502     upstream_error          upstream_authentication
-    ├── UpstreamModelNotFound          502     upstream_error          upstream_model_not_found
-    ├── UpstreamUnavailable            502     upstream_error          upstream_unavailable
-    ├── UpstreamOverloaded             503     upstream_error          upstream_overloaded
-    ├── UpstreamTimeout                504     timeout_error           upstream_timeout
-    ├── StreamNotFound                 404     invalid_request_error   stream_not_found
-    ├── InvalidResumePosition          409     invalid_request_error   invalid_resume_position
-    ├── StreamCancelled                409     invalid_request_error   stream_cancelled
-    ├── ResumeUnavailable              503     server_error            resume_store_unavailable
-    ├── ServerShuttingDown             503     server_error            server_shutting_down
-    └── InternalError                  500     server_error            internal_error
-
-Provider replies and LiteLLM's exception classes are translated into this tree at the provider
-boundary (``app/providers/translate.py``); this module only says what each error is on the wire.
+Each ``GatewayError`` subclass is one (status, type, code); ``CODES`` lists every code the gateway
+itself sends, including those raised with an explicit ``code=`` (a field's path aside), and
+``docs/errors.md`` documents exactly these (``tests/project/test_errors_doc.py`` compares them both ways, so a
+new code cannot ship undocumented). Provider replies and LiteLLM's exception classes are translated
+into this tree at the provider boundary (``app/providers/translate.py``); this module only says what
+each error is on the wire.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import msgspec
+
+
+class ErrorCode(NamedTuple):
+    status: int
+    type: str
+    code: str
+
+
+#: Every (status, type, code) the gateway sends of its own accord. A provider's own 400 keeps the
+#: provider's code, and a field that fails validation is named by its path: neither is listed here.
+CODES: tuple[ErrorCode, ...] = (
+    ErrorCode(400, "invalid_request_error", "invalid_request"),
+    ErrorCode(400, "invalid_request_error", "invalid_parameter"),
+    ErrorCode(400, "invalid_request_error", "context_length_exceeded"),
+    ErrorCode(400, "invalid_request_error", "unsupported_parameter"),
+    ErrorCode(400, "invalid_request_error", "too_deep"),
+    ErrorCode(400, "invalid_request_error", "duplicate_id"),
+    ErrorCode(400, "invalid_request_error", "unsupported_content"),
+    ErrorCode(401, "authentication_error", "invalid_api_key"),
+    ErrorCode(403, "permission_error", "model_not_allowed"),
+    ErrorCode(404, "invalid_request_error", "model_not_found"),
+    ErrorCode(404, "invalid_request_error", "not_found"),
+    ErrorCode(404, "invalid_request_error", "stream_not_found"),
+    ErrorCode(405, "invalid_request_error", "method_not_allowed"),
+    ErrorCode(409, "invalid_request_error", "invalid_resume_position"),
+    ErrorCode(409, "invalid_request_error", "stream_cancelled"),
+    ErrorCode(413, "invalid_request_error", "payload_too_large"),
+    ErrorCode(414, "invalid_request_error", "uri_too_long"),
+    ErrorCode(415, "invalid_request_error", "unsupported_media_type"),
+    ErrorCode(431, "invalid_request_error", "headers_too_large"),
+    ErrorCode(429, "rate_limit_error", "rate_limit_exceeded"),
+    ErrorCode(429, "insufficient_quota", "budget_exceeded"),
+    ErrorCode(500, "server_error", "internal_error"),
+    ErrorCode(502, "upstream_error", "upstream_unavailable"),
+    ErrorCode(502, "upstream_error", "upstream_authentication"),
+    ErrorCode(502, "upstream_error", "upstream_model_not_found"),
+    ErrorCode(503, "upstream_error", "upstream_overloaded"),
+    ErrorCode(503, "server_error", "server_shutting_down"),
+    ErrorCode(503, "server_error", "resume_store_unavailable"),
+    ErrorCode(503, "server_error", "too_many_connections"),
+    ErrorCode(504, "timeout_error", "upstream_timeout"),
+)
 
 
 class ErrorObject(msgspec.Struct):
@@ -187,10 +211,12 @@ class InternalError(GatewayError):
     pass
 
 
-def public_error(exc: BaseException, *, production: bool) -> GatewayError:
-    """Any exception -> the GatewayError to show a client (500s hide their detail in production)."""
+def public_error(exc: BaseException, *, production: bool, redact: Callable[[str], str] | None = None) -> GatewayError:
+    """Any exception -> the GatewayError to show a client: 500s hide their detail in production, and
+    in development show it with ``redact`` applied (it may quote a library's or a provider's text)."""
     if isinstance(exc, GatewayError):
         return exc
     if production:
         return InternalError("The server had an error while processing your request.")
-    return InternalError(f"{type(exc).__name__}: {exc}")
+    detail = f"{type(exc).__name__}: {exc}"
+    return InternalError(redact(detail) if redact is not None else detail)

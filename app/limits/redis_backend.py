@@ -156,6 +156,7 @@ class RedisBackend:
         # Calls whose last Redis call timed out: admissions to take back, settlements to send again.
         self._unknown_admits: deque[Ask] = deque(maxlen=MAX_UNKNOWN)
         self._unsent: deque[Settlement] = deque(maxlen=MAX_UNKNOWN)
+        self._recovery = asyncio.Lock()
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """``_eval`` through the shared breaker: refused at once while Redis is known to be away."""
@@ -219,21 +220,24 @@ class RedisBackend:
         return Verdict(reason.decode() if reason else None, int(requests), int(tokens), float(spend))
 
     async def _compensate(self) -> None:
-        while self._unknown_admits:
-            ask = self._unknown_admits[0]
-            keys = _keys(ask.bucket, ask.minute, "none")
-            args = [ask.lease_id, ask.tokens, int(self._lease_ttl_s * 4) + 1]
-            await self._run(COMPENSATE, [keys[0], keys[1], keys[2], keys[4], keys[5]], args)
-            # Admissions run this concurrently once Redis is back: another may have taken it off
-            # already (the script is idempotent: a second run of it finds no lease and does nothing).
-            if self._unknown_admits and self._unknown_admits[0] is ask:
-                self._unknown_admits.popleft()
+        # One recovery at a time: the admissions that arrive meanwhile wait for it, then find it done.
+        async with self._recovery:
+            while self._unknown_admits:
+                ask = self._unknown_admits.popleft()
+                keys = _keys(ask.bucket, ask.minute, "none")
+                args = [ask.lease_id, ask.tokens, int(self._lease_ttl_s * 4) + 1]
+                try:
+                    await self._run(COMPENSATE, [keys[0], keys[1], keys[2], keys[4], keys[5]], args)
+                except BaseException:
+                    self._unknown_admits.appendleft(ask)  # still to do once Redis answers
+                    raise
 
     async def _resend(self) -> None:
-        while self._unsent:
-            settlement = self._unsent.popleft()
-            if not await self._settle(settlement):
-                return  # down again: it went back on the queue
+        async with self._recovery:
+            while self._unsent:
+                settlement = self._unsent.popleft()
+                if not await self._settle(settlement):
+                    return  # down again: it went back on the queue
 
     def settle(self, settlement: Settlement) -> None:
         self._spawn(self._settle(settlement))

@@ -1,4 +1,4 @@
-"""Process metrics (API.md 5), read when /metrics is scraped and never in between.
+"""Process metrics, read when /metrics is scraped and never in between.
 
 ``process_resident_memory_bytes``, ``process_cpu_seconds_total`` and ``process_open_fds`` carry the
 names Prometheus's own client libraries use, so existing dashboards and alerts work unchanged;

@@ -1,4 +1,4 @@
-"""Traces (API.md 5): one span per chat request, following OpenTelemetry's GenAI conventions.
+"""Traces: one span per chat request, following OpenTelemetry's GenAI conventions.
 
 A span starts when the gateway calls the provider for a request (as the child of the client's W3C
 ``traceparent`` when one came) and ends with the request: model, deployment, transport, tokens,

@@ -110,7 +110,7 @@ def completion_usage(raw: bytes) -> Usage | None:
 
 
 def error_from_reply(status: int, body: bytes, headers: Mapping[str, str], *, in_stream: bool = False) -> GatewayError:
-    """A provider's error reply (or an in-stream ``error`` member) -> the gateway error of API.md 4."""
+    """A provider's error reply (or an in-stream ``error`` member) -> the gateway error (docs/errors.md)."""
     message, code = "", None
     try:
         envelope = _ErrorEnvelope(error=_error_body.decode(body)) if in_stream else _error_view.decode(body)

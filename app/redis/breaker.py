@@ -1,5 +1,5 @@
 """A circuit breaker for the features that lean on Redis (the response cache, the rate limiter and
-the resume store share one per Redis server, ``app/redis_breakers.py``), so that a Redis outage
+the resume store share one per Redis server, ``app/redis/breakers.py``), so that a Redis outage
 costs requests nothing: the first timeout of any of them opens it for all.
 
 States::
@@ -202,4 +202,4 @@ class BreakerUser:
         return await self._breaker.check()
 
     async def aclose(self) -> None:
-        return None  # the breaker is shared: its owner (app/redis_breakers.py) closes it
+        return None  # the breaker is shared: its owner (app/redis/breakers.py) closes it

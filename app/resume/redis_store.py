@@ -1,4 +1,4 @@
-"""The Redis resume store: every replica can resume every stream (API.md 1.3).
+"""The Redis resume store: every replica can resume every stream.
 
 Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last append):
 
@@ -30,7 +30,7 @@ key once a second; when it is gone, the follower ends the stream's log itself wi
 ``upstream_unavailable`` (an ``XADD`` at the next seq, which fails harmlessly if the stream moved on
 meanwhile), so every reader of it ends, and every later resume ends at once. A resume that opens
 such a stream ends it the same way before it starts. Bound, from the kill to the readers' error:
-``LIVENESS_TTL_S`` + about 1 s (7 s), inside API.md's 10 s.
+``LIVENESS_TTL_S`` + about 1 s (7 s), inside the documented 10 s (docs/http.md).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ BLOCK_MS = 1000
 #: A followed stream whose log gains nothing for this long past the idle timeout has lost its writer
 #: (the replica that ran it died or lost Redis): the follower ends with a 503 error event.
 STALL_MARGIN_S = 5.0
-#: API.md 1.3: a position past the end waits this long for a replica that is still appending.
+#: A position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
 STOP_CHANNEL = "chat:resume:stop"
 #: A replica rewrites its liveness key this often while it runs streams; the key lives LIVENESS_TTL_S,
@@ -170,7 +170,7 @@ class RedisResumeStore:
         self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
         parsed = urlparse(url)
         target = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
-        # The server's shared breaker (app/redis_breakers.py); a breaker of its own when used alone.
+        # The server's shared breaker (app/redis/breakers.py); a breaker of its own when used alone.
         self._own: CircuitBreaker | None = None
         if breaker is None:
             self._own = CircuitBreaker("resume_store", self._redis.ping, op_timeout_s=OP_TIMEOUT_S, target=target)

@@ -1,4 +1,4 @@
-"""Chat completions over WebSocket on the same paths as the POST handler (API.md 2)."""
+"""Chat completions over WebSocket on the same paths as the POST handler."""
 
 from __future__ import annotations
 
@@ -32,5 +32,6 @@ async def chat_socket(
         resumes=socket.app.state.resumes,
         on_open=metrics.socket_opened,
         on_close=metrics.socket_closed,
+        quote=socket.app.state.quote,
     )
     await session.run()

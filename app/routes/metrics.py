@@ -1,4 +1,4 @@
-"""Prometheus scrape endpoint (API.md 5): this worker's metrics, or every worker's merged."""
+"""Prometheus scrape endpoint: this worker's metrics, or every worker's merged."""
 
 from __future__ import annotations
 

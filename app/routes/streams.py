@@ -1,4 +1,4 @@
-"""Resuming and stopping a stream (API.md 1.3): GET replays and follows, DELETE stops."""
+"""Resuming and stopping a stream: GET replays and follows, DELETE stops."""
 
 from __future__ import annotations
 

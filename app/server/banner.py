@@ -6,6 +6,7 @@ LiteLLM's import (seconds of silence otherwise), the last one when the listener 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,27 +56,70 @@ def cache_backend(settings: Settings) -> str:
         return "off"
     if cache.backend == "redis":
         return f"redis {_without_password(cache.redis_url)}, ttl {cache.ttl_s:g} s"
-    return f"memory (this process), up to {cache.max_entries} entries, ttl {cache.ttl_s:g} s"
+    return f"memory (this process), up to {cache.max_entries} entries / {cache.max_memory_mb} MB, ttl {cache.ttl_s:g} s"
+
+
+def auth(settings: Settings, environ: Mapping[str, str]) -> str:
+    """Who may call: nobody is asked for a key, or how many gateway keys and which named keys there are."""
+    env_name = settings.server.api_keys_env
+    unnamed = [k for k in environ.get(env_name, "").split(",") if k.strip()] if env_name else []
+    named = [k.name for k in settings.keys]
+    if not unnamed and not named:
+        return "none: every caller is served without a key (set server.api_keys_env or [[keys]])"
+    parts = []
+    if unnamed:
+        parts.append(f"{len(unnamed)} gateway key{'s' * (len(unnamed) != 1)} from {env_name}")
+    if named:
+        parts.append(f"{len(named)} named key{'s' * (len(named) != 1)} ({', '.join(named)})")
+    return ", ".join(parts)
+
+
+def _limit_text(rpm: int, tpm: int, streams: int, budget: float | None, window: str) -> str:
+    shown = [
+        f"{rpm} requests/min" if rpm else "",
+        f"{tpm} tokens/min" if tpm else "",
+        f"{streams} streams" if streams else "",
+        f"${budget:g} per {window}" if budget is not None and window != "total" else "",
+        f"${budget:g} in total" if budget is not None and window == "total" else "",
+    ]
+    return ", ".join(s for s in shown if s) or "none"
 
 
 def limits(settings: Settings) -> str:
+    """The defaults (every caller's when there are no keys) and each named key's own limits, as enforced."""
     rl = settings.rate_limit
-    if not (rl.requests_per_minute or rl.concurrent_streams):
-        return "none"
-    # The keys are validated today but nothing enforces them yet; say so rather than imply protection.
-    return (
-        f"rate_limit.requests_per_minute={rl.requests_per_minute}, "
-        f"rate_limit.concurrent_streams={rl.concurrent_streams} (accepted, not enforced by this version)"
-    )
+    default = _limit_text(rl.requests_per_minute, rl.tokens_per_minute, rl.concurrent_streams, None, "")
+    if not settings.keys:
+        return default
+    per_key = [
+        f"{k.name}: "
+        + _limit_text(
+            rl.requests_per_minute if k.requests_per_minute is None else k.requests_per_minute,
+            rl.tokens_per_minute if k.tokens_per_minute is None else k.tokens_per_minute,
+            rl.concurrent_streams if k.concurrent_streams is None else k.concurrent_streams,
+            k.budget_usd,
+            k.budget_window,
+        )
+        for k in settings.keys
+    ]
+    return "; ".join([f"default: {default}", *per_key])
 
 
-def opening_lines(settings: Settings, config_file: Path, version: str) -> list[str]:
+def opening_lines(
+    settings: Settings,
+    config_file: Path,
+    version: str,
+    *,
+    source: str = "default",
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
     workers = settings.server.workers
     return [
         f"chat-gateway {version}",
-        f"  config   {config_file}",
+        f"  config   {config_file} ({'the default' if source == 'default' else 'from ' + source})",
         f"  listen   {listen_address(settings)}" + (f", {workers} worker processes" if workers > 1 else ""),
         f"  models   {models_served(settings)}",
+        f"  auth     {auth(settings, environ or {})}",
         f"  cache    {cache_backend(settings)}",
         f"  limits   {limits(settings)}",
     ]

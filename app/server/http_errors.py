@@ -1,4 +1,4 @@
-"""Exception handlers: every error leaves as the contract's OpenAI error body (API.md 4)."""
+"""Exception handlers: every error leaves as the contract's OpenAI error body."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from app.domain.errors import (
     PayloadTooLarge,
     public_error,
 )
+from app.providers.quoting import ProviderText, traceback_text
 
 logger = structlog.get_logger("chat.errors")
 
@@ -45,7 +46,7 @@ def handle_gateway_error(request: Request[Any, Any, Any], exc: GatewayError) -> 
     response = error_response(exc)
     rate_headers = context.rate_headers
     if rate_headers:
-        # A limited key's x-ratelimit-* headers go on every response, errors included (API.md 4).
+        # A limited key's x-ratelimit-* headers go on every response, errors included.
         for name, value in rate_headers.items():
             response.headers.setdefault(name, value)
     return response
@@ -66,13 +67,16 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     context_of(request.scope).error = exc  # for the request's log line (app/server/middleware.py)
+    quote: ProviderText | None = getattr(request.app.state, "quote", None)
     logger.error(
         "unhandled_error",
         request_id=request.scope.get("state", {}).get("request_id"),
         route=request.scope.get("path_template"),
-        exc_info=exc,
+        error=type(exc).__name__,
+        exception=traceback_text(exc, quote),  # the key format_exc_info uses: kept whole (observability/log.py)
     )
-    return error_response(public_error(exc, production=_production(request)))
+    redact = quote.redact if quote is not None else None
+    return error_response(public_error(exc, production=_production(request), redact=redact))
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

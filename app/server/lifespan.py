@@ -52,8 +52,11 @@ def build_services(
     metrics: Metrics | None = None,
     environ: Mapping[str, str] | None = None,
     drain: Drain | None = None,
+    quote: ProviderText | None = None,
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
+    from app.providers.content_urls import OPENAI_WIRE as OPENAI_WIRE_URLS
+    from app.providers.content_urls import policy_for
     from app.providers.egress import EgressSettings
     from app.providers.litellm_metadata import ShippedMetadata
     from app.providers.relay import Relay
@@ -61,7 +64,7 @@ def build_services(
     from app.providers.routing import RoutingProvider
 
     environ = os.environ if environ is None else environ
-    quote = ProviderText(configured_secrets(settings, environ), production=settings.production)
+    quote = quote or provider_text(settings, environ)
     targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
     relay = Relay(targets, quote=quote, egress=EgressSettings.from_environ(environ))
     relay.open_pools()  # one connection pool per upstream origin, before the first request
@@ -71,7 +74,13 @@ def build_services(
         from app.providers.litellm_provider import LiteLLMProvider, build_router
 
         full = LiteLLMProvider(build_router(settings, environ), quote)
-    provider = RoutingProvider(relay, full)
+    # Which content URLs each deployment's provider is given: the relay's are OpenAI-wire by
+    # definition (no LiteLLM needed); the others' are read from LiteLLM's config for them.
+    url_policies = {
+        d.id: OPENAI_WIRE_URLS if d.id in targets else policy_for(d.litellm_model, d.api_base)
+        for d in settings.models.deployments
+    }
+    provider = RoutingProvider(relay, full, url_policies)
     shipped = ShippedMetadata(d.litellm_model for d in settings.models.deployments)
 
     async def build() -> Snapshot:
@@ -168,6 +177,11 @@ def _stop_local(local: MemoryResumeStore, stream_id: str) -> None:
         log.stream.stop()
 
 
+def provider_text(settings: Settings, environ: Mapping[str, str]) -> ProviderText:
+    """The one redactor of provider and library text, for every configured secret."""
+    return ProviderText(configured_secrets(settings, environ), production=settings.production)
+
+
 def configured_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     """Every credential the configuration points at: provider keys and gateway keys, to redact."""
     names = [d.api_key_env for d in settings.models.deployments if d.api_key_env]
@@ -197,11 +211,15 @@ def settle_heap() -> None:
 
 
 def services_lifespan(
-    settings: Settings, metrics: Metrics, environ: Mapping[str, str] | None = None, drain: Drain | None = None
+    settings: Settings,
+    metrics: Metrics,
+    environ: Mapping[str, str] | None = None,
+    drain: Drain | None = None,
+    quote: ProviderText | None = None,
 ) -> Callable[[Litestar], Any]:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = build_services(settings, metrics, environ, drain)
+        services = build_services(settings, metrics, environ, drain, quote)
         await services.catalogue.get()
         app.state.services = services
         app.state.chat = services.chat

@@ -73,7 +73,7 @@ class RequestIdMiddleware:
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", encoded_id))
                 if drain is not None and drain.refusing and (b"connection", b"close") not in headers:
-                    # The listener is closed (API.md 1.4): the client must not send more on this one.
+                    # The listener is closed (the server is draining): the client must not send more on this one.
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             return send(message)

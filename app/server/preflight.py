@@ -41,29 +41,40 @@ def _prefix_problem(litellm_model: str, exc: BaseException, providers: list[str]
     return f"LiteLLM cannot use {litellm_model!r}: {_first_line(exc).removeprefix('litellm.BadRequestError: ')}"
 
 
-def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    """One ``<key>: <why>`` line per deployment LiteLLM cannot serve; empty when the providers build.
-
-    Imports LiteLLM (the slow part of start-up) unless every deployment takes the relay. Building the
-    Router once here costs a few hundred milliseconds and means every failure to build the providers
-    is reported as configuration, not as a start-up traceback.
-    """
+def _native(litellm_model: str, api_base: str, fast_path: bool) -> bool:
+    """A deployment the relay resolves without LiteLLM (an OpenAI-wire provider on the fast path)."""
     from app.providers.relay_target import OPENAI_WIRE
 
-    def native(litellm_model: str, api_base: str, fast_path: bool) -> bool:
-        provider, sep, _ = litellm_model.partition("/")
-        return fast_path and bool(sep) and provider in OPENAI_WIRE and bool(api_base or OPENAI_WIRE[provider])
+    provider, sep, _ = litellm_model.partition("/")
+    return fast_path and bool(sep) and provider in OPENAI_WIRE and bool(api_base or OPENAI_WIRE[provider])
 
-    if all(native(d.litellm_model, d.api_base, d.fast_path) for d in settings.models.deployments):
-        # Every deployment takes the relay, resolved without LiteLLM: only the URLs can be wrong.
-        return [
-            f"models.deployments[{i}].api_base: expected an http:// or https:// URL, got {dep.api_base!r}"
-            for i, dep in enumerate(settings.models.deployments)
-            if dep.api_base
-            and (urlsplit(dep.api_base).scheme not in ("http", "https") or not urlsplit(dep.api_base).netloc)
-        ]
+
+def _url_problems(settings: Settings) -> list[str]:
+    return [
+        f"models.deployments[{i}].api_base: expected an http:// or https:// URL, got {dep.api_base!r}"
+        for i, dep in enumerate(settings.models.deployments)
+        if dep.api_base
+        and (urlsplit(dep.api_base).scheme not in ("http", "https") or not urlsplit(dep.api_base).netloc)
+    ]
+
+
+def needs_litellm(settings: Settings) -> bool:
+    """Whether checking the provider names imports LiteLLM (seconds): not for the built-in demo models
+    or deployments the relay resolves by itself."""
+    return not all(
+        (dep.litellm_model.partition("/")[0] == "demo" and not dep.api_base)
+        or _native(dep.litellm_model, dep.api_base, dep.fast_path)
+        for dep in settings.models.deployments
+    )
+
+
+def prefix_problems(settings: Settings) -> list[str]:
+    """One ``<key>: <why>`` line per deployment whose provider LiteLLM does not know or whose
+    ``api_base`` is no URL. Needs only the deployments, so it also runs on a configuration that has
+    other problems: one run of ``--check`` names them all."""
+    if not needs_litellm(settings):
+        return _url_problems(settings)
     from app.providers.demo import register_demo_provider
-    from app.providers.litellm_provider import build_router
     from app.providers.litellm_setup import import_litellm
 
     litellm = import_litellm()
@@ -78,12 +89,30 @@ def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[st
                 f"models.deployments[{i}].api_base: expected an http:// or https:// URL, got {dep.api_base!r}"
             )
             continue
+        if "/" not in dep.litellm_model:
+            continue  # app.config.settings reported it already
         try:
             litellm.get_llm_provider(dep.litellm_model, api_base=dep.api_base or None)
         except Exception as exc:
             problems.append(
                 f"models.deployments[{i}].litellm_model: {_prefix_problem(dep.litellm_model, exc, providers)}"
             )
+    return problems
+
+
+def provider_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """One ``<key>: <why>`` line per deployment LiteLLM cannot serve; empty when the providers build.
+
+    Imports LiteLLM (the slow part of start-up) unless every deployment takes the relay. Building the
+    Router once here costs a few hundred milliseconds and means every failure to build the providers
+    is reported as configuration, not as a start-up traceback.
+    """
+    if all(_native(d.litellm_model, d.api_base, d.fast_path) for d in settings.models.deployments):
+        # Every deployment takes the relay, resolved without LiteLLM: only the URLs can be wrong.
+        return _url_problems(settings)
+    from app.providers.litellm_provider import build_router
+
+    problems = prefix_problems(settings)
     if problems:
         return problems
     try:

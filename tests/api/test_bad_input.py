@@ -1,4 +1,4 @@
-"""Bad requests against the live gateway (API.md 1, 4, 5): every one gets the contract's error body."""
+"""Bad requests against the live gateway: every one gets the contract's error body."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def assert_error(
     code: str | None = None,
     param: str | None = None,
 ) -> dict[str, Any]:
-    """The exact error shape of API.md 4, plus the X-Request-ID every response must carry."""
+    """The exact error shape of docs/errors.md, plus the X-Request-ID every response must carry."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()

@@ -176,6 +176,7 @@ def _assert_refused(capped: ServerThread) -> None:
         reply = extra.recv(65536)
     assert reply.startswith(b"HTTP/1.1 503"), reply
     assert b"too_many_connections" in reply
+    assert b"\r\nx-request-id: " in reply  # every response carries one (API.md 4)
 
 
 def test_max_connections_is_capped_by_the_descriptor_limit(fake_provider: FakeProvider) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,39 +87,61 @@ def test_fuzzed_raw_bodies(fuzzed: ServerThread, raw: bytes, stream: bool) -> No
 
 
 PROBE = "\x00probe-after-fuzz"
+FINAL = ("chat.completion.done", "error")
 
 
-def drain_until_probe(ws: ClientConnection) -> list[dict[str, Any]]:
-    frames: list[dict[str, Any]] = []
-    while True:
-        frame = json.loads(ws.recv(timeout=CALL_TIMEOUT_S))
-        frames.append(frame)
-        if frame.get("id") == PROBE and frame["type"] in ("chat.completion.done", "error"):
-            return frames
+def finals_owed(frames: list[str | bytes]) -> Counter[str]:
+    """How many final frames (done or error) each client id is owed (API.md 2): one for every
+    frame that names a string id and is not a cancel (a create, or a frame that cannot be read but
+    whose id can: its error carries the id). A cancel answers nothing of its own."""
+    owed: Counter[str] = Counter()
+    for frame in frames:
+        try:
+            parsed = json.loads(frame)
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's limit: no id
+            continue
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("id"), str) or len(parsed["id"]) > 256:
+            continue
+        if parsed.get("type") == "chat.completion.cancel":
+            continue
+        owed[parsed["id"]] += 1
+    return owed
+
+
+def read_until(ws: ClientConnection, replies: list[dict[str, Any]], owed: Counter[str]) -> None:
+    """Read into ``replies`` until every id has had the final frames it is owed (bounded per frame)."""
+    got = Counter(r["id"] for r in replies if r["type"] in FINAL and isinstance(r.get("id"), str))
+    while any(got[i] < n for i, n in owed.items()):
+        missing = {i: n - got[i] for i, n in owed.items() if got[i] < n}
+        try:
+            reply = json.loads(ws.recv(timeout=CALL_TIMEOUT_S))
+        except TimeoutError:
+            raise AssertionError(f"no final frame for {missing} after {CALL_TIMEOUT_S} s: {replies}") from None
+        replies.append(reply)
+        if reply["type"] in FINAL and isinstance(reply.get("id"), str):
+            got[reply["id"]] += 1
 
 
 def check_frames(ws_url: str, frames: list[str | bytes]) -> None:
-    """Send ``frames`` on one socket, then a probe: the socket must still serve it, and nothing the
-    server sent may be a 5xx or carry the provider key."""
+    """Send ``frames`` on one socket and read every reply until each request among them has its
+    final frame, then a probe: the socket must still serve it, and no reply at all may be a 5xx or
+    carry the provider key."""
+    replies: list[dict[str, Any]] = []
     with connect(ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
         for frame in frames:
             ws.send(frame)
+        read_until(ws, replies, finals_owed(frames))
+        # Every fuzzed request has ended, so the probe meets no in-flight limit: it must run.
         probe = {"model": "fast", "messages": [{"role": "user", "content": "still there?"}]}
-        # The probe may meet the per-socket in-flight limit while fuzzed creates still run: retry it
-        # until they are done (bounded).
-        deadline = time.monotonic() + 10
-        while True:
-            ws.send(json.dumps({"type": "chat.completion.create", "id": PROBE, "request": probe}))
-            answers = drain_until_probe(ws)
-            if answers[-1]["type"] == "chat.completion.done":
-                break
-            assert answers[-1]["status"] == 429, answers[-1]
-            assert time.monotonic() < deadline, "the probe never got through after the fuzzed frames"
-            time.sleep(0.05)
-        for answer in answers:
-            assert PROVIDER_KEY not in json.dumps(answer)
-            if answer["type"] == "error":
-                assert answer["status"] < 500, answer
+        before = len(replies)
+        ws.send(json.dumps({"type": "chat.completion.create", "id": PROBE, "request": probe}))
+        read_until(ws, replies, Counter({PROBE: 1}))
+        probe_final = [r for r in replies[before:] if r.get("id") == PROBE and r["type"] in FINAL]
+        assert probe_final[0]["type"] == "chat.completion.done", probe_final
+    for reply in replies:
+        assert PROVIDER_KEY not in json.dumps(reply)
+        if reply["type"] == "error":
+            assert reply["status"] < 500, reply
 
 
 @FUZZ

@@ -161,6 +161,49 @@ async def test_in_stream_provider_error_never_carries_a_key(kclient: httpx.Async
     assert errors[0].json()["error"]["type"] == "upstream_error"
 
 
+GATEWAY_KEYS_ENV = "HARDENING_GATEWAY_KEYS"
+OTHER_GATEWAY_KEY = "gw-other-key-2718281828"
+#: A provider that quotes the request back in its error, here a prompt that held gateway keys.
+ECHO_GATEWAY_KEYS = Behaviour(
+    kind="error",
+    status=400,
+    error_code="invalid_value",
+    error_message=f"Invalid value for 'messages[0].content': '{GATEWAY_KEY}' (also '{OTHER_GATEWAY_KEY}').",
+)
+
+
+@pytest.mark.parametrize("path", ["fast", "full"])
+async def test_gateway_keys_in_provider_text_are_redacted(fake: FakeProvider, path: str) -> None:
+    """The gateway's own keys are secrets too: a provider that echoes them (none of them has a
+    credential's shape, so only the configured-secret redaction can catch them) never shows them."""
+    fake.set_behaviour("echo_gateway_keys", ECHO_GATEWAY_KEYS)
+    data = settings_dict(fake.base_url, fast_path=path == "fast")
+    data["server"]["api_keys_env"] = GATEWAY_KEYS_ENV
+    data["models"]["deployments"].append(
+        {
+            "name": "echo_gateway_keys",
+            "litellm_model": "openai/echo_gateway_keys",
+            "api_base": fake.base_url,
+            "fast_path": path == "fast",
+        }
+    )
+    environ = {GATEWAY_KEYS_ENV: f"{OTHER_GATEWAY_KEY},{GATEWAY_KEY}"}
+    server = ServerThread(settings_from_dict(data, environ=environ), environ=environ).start()
+    try:
+        auth = {"authorization": f"Bearer {GATEWAY_KEY}"}
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10, headers=auth) as c:
+            json_reply = await c.post(CHAT, json=body("echo_gateway_keys"))
+            sse_reply = await stream_chat(c, body("echo_gateway_keys", stream=True))
+        assert fake.calls("echo_gateway_keys") == 2, "both calls reached the provider"
+        message = json_reply.json()["error"]["message"]
+        assert message.count(REDACTED) == 2, message
+        for text in (json_reply.text, json.dumps([e.__dict__ for e in sse_reply.events], default=str)):
+            for key in (GATEWAY_KEY, OTHER_GATEWAY_KEY):
+                assert key not in text and key[3:] not in text, text
+    finally:
+        server.stop()
+
+
 async def test_provider_403_is_upstream_authentication(kclient: httpx.AsyncClient) -> None:
     response = await kclient.post(CHAT, json=body("echo_403"))
     assert_error(response, 502, type_="upstream_error", code="upstream_authentication")

@@ -1,4 +1,4 @@
-"""The official openai SDK pointed at the gateway: the contract seen by a real OpenAI client (API.md 1, 4)."""
+"""The official openai SDK pointed at the gateway: the contract seen by a real OpenAI client."""
 
 from __future__ import annotations
 

@@ -146,3 +146,20 @@ def test_favicon_is_served(server: ServerThread) -> None:
         assert response.status_code == 200
         assert response.headers["content-type"] == "image/svg+xml"
         assert response.content.startswith(b"<svg")
+
+
+@pytest.mark.parametrize("path", ["/schema", "/schema/swagger", "/schema/openapi.json", "/schema/nothing-here"])
+def test_schema_pages_cannot_be_framed_or_sniffed(server: ServerThread, path: str) -> None:
+    response = httpx.get(f"{server.base_url}{path}", timeout=10)
+    csp = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    if response.headers["content-type"].startswith("text/html") and response.status_code == 200:
+        assert response.headers["x-frame-options"] == "DENY"
+        # The page's own inline script and style are allowed by hash, nothing else inline.
+        directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+        assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+        assert directives["script-src"].startswith("'self' 'sha256-")
+        assert directives["object-src"] == "'none'"
+    else:
+        assert "default-src 'none'" in csp

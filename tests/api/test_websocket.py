@@ -1,4 +1,4 @@
-"""WebSocket protocol (API.md 2) against real uvicorn with the `websockets` client."""
+"""WebSocket protocol against real uvicorn with the `websockets` client."""
 
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ async def test_create_chunks_done(ws: ClientConnection, fake: FakeProvider) -> N
 async def test_stream_false_still_streams(ws: ClientConnection, fake: FakeProvider) -> None:
     await ws.send(create("s", stream=False))
     frames = await until_end(ws, "s")
-    assert sum(f["type"] == "chat.completion.chunk" for f in frames) >= 10
+    # Every chunk once: ten content chunks and the finish chunk, then done.
+    assert sum(f["type"] == "chat.completion.chunk" for f in frames) == 11
+    assert text_of(frames) == "Hello, world! This is the fake provider."
     assert frames[-1]["type"] == "chat.completion.done"
 
 

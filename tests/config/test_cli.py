@@ -105,18 +105,37 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_env_var_problem_names_the_variable() -> None:
+def test_env_var_problem_names_the_variable_and_the_key_it_meant() -> None:
     result = run("--check", CHAT_SERVER__PROT="9000")
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == ["config error: CHAT_SERVER__PROT: unknown key server.prot"]
+    # The shipped config serves only the built-in demo models: no LiteLLM import, one line, at once.
+    assert result.stderr.splitlines() == [
+        "config error: CHAT_SERVER__PROT: unknown key server.prot; did you mean `port` (CHAT_SERVER__PORT)?"
+    ]
 
 
-def test_missing_config_file_given_with_config_option(tmp_path: Path) -> None:
+def test_missing_config_file_blames_the_option_or_the_variable_that_named_it(tmp_path: Path) -> None:
     result = run("--config", str(tmp_path / "absent.toml"))
     assert result.returncode == 2
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("config error: CHAT_CONFIG: cannot read "), lines
-    assert "absent.toml" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("config error: --config: cannot read "), lines
+    assert "absent.toml" in lines[0] and "No such file" in lines[0]
+    result = run("--check", CHAT_CONFIG=str(tmp_path / "gone.toml"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: CHAT_CONFIG: cannot read "), result.stderr
+    assert "gone.toml" in result.stderr
+
+
+def test_unknown_keys_in_the_file_get_close_matches(tmp_path: Path) -> None:
+    path = tmp_path / "typos.toml"
+    path.write_text("[server]\nprot = 9000\n[cahce]\nenabled = true\n" + DEMO + 'api_key_enb = "X"\n')
+    result = run("--check", CHAT_CONFIG=str(path))
+    assert result.returncode == 2, result.stderr
+    assert config_errors(result.stderr) == [
+        "config error: server.prot: unknown key; did you mean `port`?",
+        "config error: cahce: unknown section; did you mean `cache`?",
+        "config error: models.deployments[0].api_key_enb: unknown key; did you mean `api_key_env`?",
+    ]
 
 
 def test_console_script_points_at_main() -> None:
@@ -145,7 +164,10 @@ def test_check_accepts_the_default_config_without_serving() -> None:
     port = free_port()
     result = run("--check", timeout=SLOW_S, CHAT_SERVER__PORT=str(port))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"config ok: {REPO_ROOT / 'config' / 'default.toml'} (1 model: demo)"
+    assert (
+        result.stdout.strip()
+        == f"config ok: {REPO_ROOT / 'config' / 'default.toml'} (3 models: demo, demo-error, demo-slow)"
+    )
     assert config_errors(result.stderr) == []
     with socket.socket() as probe:  # nothing was started on the port
         assert probe.connect_ex(("127.0.0.1", port)) != 0
@@ -168,6 +190,35 @@ def test_check_reports_a_provider_typo_from_the_config_option(tmp_path: Path) ->
         "config error: models.deployments[1].litellm_model: unknown provider 'nosuchprovider' in 'nosuchprovider/x'"
     )
     assert "e.g. openai, anthropic" in unknown
+    assert result.stdout == ""
+
+
+def test_check_reports_every_problem_in_one_run(tmp_path: Path) -> None:
+    # A bad value, an unknown variable, an unset provider key and a provider typo: all four at once,
+    # not the first stage's and then, once that is fixed, the next one's.
+    path = tmp_path / "all.toml"
+    path.write_text('[server]\nport = "abc"\n\n' + TYPO + 'api_key_env = "OPENAI_API_KEY"\n')
+    env = environment(CHAT_SERVER__PROT="9000")
+    env.pop("OPENAI_API_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--config", str(path), "--check"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SLOW_S,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = config_errors(result.stderr)
+    assert errors == [
+        "config error: server.port: Expected `int`, got `str`",
+        "config error: CHAT_SERVER__PROT: unknown key server.prot; did you mean `port` (CHAT_SERVER__PORT)?",
+        "config error: models.deployments[0].api_key_env: environment variable OPENAI_API_KEY is not set",
+        "config error: models.deployments[0].litellm_model: unknown provider 'opnai' in 'opnai/gpt-4o-mini'; "
+        "did you mean 'openai'?",
+    ], errors
     assert result.stdout == ""
 
 
@@ -255,9 +306,10 @@ def test_banner_then_ready_then_serving(gateway_process: tuple[Gateway, int, Pat
     # The first lines come at once, before LiteLLM's import: nobody stares at a silent terminal.
     first = gateway.wait_for("chat-gateway ", QUICK_S)
     assert first == f"chat-gateway {project()['version']}"
-    assert gateway.wait_for("config ", QUICK_S).split() == ["config", str(path)]
+    assert gateway.wait_for("config ", QUICK_S).split() == ["config", str(path), "(from", "CHAT_CONFIG)"]
     assert gateway.wait_for("listen ", QUICK_S).split() == ["listen", f"127.0.0.1:{port}"]
     assert gateway.wait_for("models ", QUICK_S).split() == ["models", "demo", "(demo/demo),", "down", "(openai/x)"]
+    assert gateway.wait_for("auth ", QUICK_S).split()[:2] == ["auth", "none:"]
     assert "memory" in gateway.wait_for("cache ", QUICK_S)
     assert gateway.wait_for("limits ", QUICK_S).split() == ["limits", "none"]
     assert "loading providers" in gateway.wait_for("loading providers", QUICK_S)
@@ -286,6 +338,36 @@ def test_banner_then_ready_then_serving(gateway_process: tuple[Gateway, int, Pat
 
     assert gateway.stop() == 0
     assert not any("Traceback" in line for line in gateway.seen)
+
+
+def test_banner_names_auth_limits_and_the_config_option(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(
+        '[server]\napi_keys_env = "GW_KEYS"\n[rate_limit]\nrequests_per_minute = 100\n'
+        '[[keys]]\nname = "team-a"\nkey_env = "TEAM_A_KEY"\nconcurrent_streams = 4\nbudget_usd = 50\n'
+        '[[keys]]\nname = "ci"\nkey_sha256 = "' + "ab" * 32 + '"\nrequests_per_minute = 0\n' + DEMO
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "--config", str(path)],
+        cwd=REPO_ROOT,
+        env=environment(GW_KEYS="k1,k2, k3", TEAM_A_KEY="secret-a", CHAT_SERVER__PORT=str(free_port())),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline().strip() for _ in range(7)]  # the opening lines come before any import
+    finally:
+        proc.kill()
+        proc.wait(QUICK_S)
+    banner = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:]}
+    assert banner["config"] == f"{path} (from --config)"
+    assert banner["auth"] == "3 gateway keys from GW_KEYS, 2 named keys (team-a, ci)"
+    assert banner["limits"] == (
+        "default: 100 requests/min; team-a: 100 requests/min, 4 streams, $50 per month; ci: none"
+    )
+    assert not any("secret-a" in line or "k1" in line for line in lines)
 
 
 def test_start_up_failure_in_the_app_is_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Configuration validation (API.md 6): msgspec Structs, one problem line per bad key, exit status 2."""
+"""Configuration validation: msgspec Structs, one problem line per bad key, exit status 2."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from app.config.settings import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT_S = 30
 
-#: The sections API.md 6 lists, and the keys it names in each.
+#: The sections docs/configuration.md lists, and keys it names in each.
 CONTRACT_SECTIONS: dict[str, set[str]] = {
     "server": {"host", "port", "env", "max_body_bytes", "api_keys_env", "cors_origins", "drain_s", "shutdown_delay_s"},
     "streaming": {
@@ -369,7 +369,7 @@ def test_env_override_bool_and_string_values() -> None:
 def test_env_override_unknown_key_is_reported() -> None:
     # The variable is what the user has to fix, so the line starts with it (and still names the key).
     line = assert_one_problem_naming(problems_of(minimal(), environ={"CHAT_SERVER__PROT": "1"}), "CHAT_SERVER__PROT")
-    assert line == "CHAT_SERVER__PROT: unknown key server.prot"
+    assert line == "CHAT_SERVER__PROT: unknown key server.prot; did you mean `port` (CHAT_SERVER__PORT)?"
 
 
 def test_env_override_unknown_section_is_reported() -> None:
@@ -393,7 +393,9 @@ def test_env_override_cross_check_problem_names_the_variable() -> None:
 def test_file_problems_do_not_mention_variables() -> None:
     data = minimal()
     data["server"] = {"prot": 1}
-    assert problems_of(data, environ={"CHAT_SERVER__PORT": "9000"}) == ["server.prot: unknown key"]
+    assert problems_of(data, environ={"CHAT_SERVER__PORT": "9000"}) == [
+        "server.prot: unknown key; did you mean `port`?"
+    ]
 
 
 def test_env_override_with_too_many_parts_is_reported() -> None:
@@ -413,7 +415,7 @@ def test_unrelated_env_vars_are_ignored() -> None:
 
 def test_shipped_default_config_loads() -> None:
     settings = load_settings(DEFAULT_CONFIG_PATH, environ={})
-    assert [d.name for d in settings.models.deployments] == ["demo"]
+    assert [d.name for d in settings.models.deployments] == ["demo", "demo-slow", "demo-error"]
     assert settings.server.env == "development"
 
 
@@ -489,7 +491,7 @@ def test_python_m_app_invalid_config_exits_2_with_one_line_per_problem(tmp_path:
     assert result.returncode == 2, result.stderr
     output = result.stdout + result.stderr
     assert "Traceback" not in output
-    lines = [line for line in output.splitlines() if line.strip()]
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("checking providers")]
     expected = ["server.port", "server.env", "cache.backend", "models.deployments[0].timeout_s"]
     assert len(lines) == len(expected), lines
     for key in expected:

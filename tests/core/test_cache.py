@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.cache.answer import CachedAnswer, assemble, split
-from app.cache.backends import MemoryBackend, RedisBackend
+from app.cache.backends import MAX_ANSWER_SHARE, MemoryBackend, RedisBackend, answer_bytes
 from app.cache.chat_cache import cache_key
 from app.config.settings import DeploymentSettings
 from tests.conftest import RedisServer, ServerThread, make_settings
@@ -23,12 +23,14 @@ from tests.helpers.sse import chat_body, stream_chat
 BACKENDS = ["memory", "redis"]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=[f"{backend}/{path}" for backend in BACKENDS for path in ("fast", "full")])
 def cached(request: pytest.FixtureRequest, fake_provider: FakeProvider, redis_url: str) -> Iterator[ServerThread]:
-    cache = {"enabled": True, "backend": request.param, "ttl_s": 60}
-    if request.param == "redis":
+    """Each backend in front of the relay path and of the LiteLLM path."""
+    backend, path = request.param.split("/")
+    cache = {"enabled": True, "backend": backend, "ttl_s": 60}
+    if backend == "redis":
         cache["redis_url"] = redis_url
-    server = ServerThread(make_settings(fake_provider.base_url, cache=cache)).start()
+    server = ServerThread(make_settings(fake_provider.base_url, fast_path=path == "fast", cache=cache)).start()
     yield server
     server.stop()
 
@@ -261,3 +263,35 @@ async def test_redis_outage_degrades_and_recovers(fake_provider: FakeProvider) -
     finally:
         server.stop()
         redis_server.stop()
+
+
+def _sized_answer(tag: str, size: int) -> CachedAnswer:
+    return _answer(tag + "x" * size)
+
+
+async def test_memory_cache_is_bounded_by_bytes() -> None:
+    backend = MemoryBackend(max_entries=1000, max_bytes=200_000)
+    for i in range(60):
+        await backend.set(f"k{i}", _sized_answer(str(i), 10_000), ttl=60)
+        assert backend.bytes <= 200_000
+    assert 5 <= len(backend) < 60  # each answer holds its text twice (completion and chunks): ~20 KB
+    assert await backend.get("k59") is not None  # the newest stays, the oldest went first
+    assert await backend.get("k0") is None
+    assert backend.bytes == sum(answer_bytes(a) for a in backend._cache._cache.values())
+
+
+async def test_an_answer_over_its_share_of_the_budget_is_not_cached() -> None:
+    backend = MemoryBackend(max_entries=1000, max_bytes=200_000)
+    await backend.set("small", _sized_answer("s", 1000), ttl=60)
+    await backend.set("huge", _sized_answer("h", 200_000 // MAX_ANSWER_SHARE), ttl=60)
+    assert await backend.get("huge") is None
+    assert await backend.get("small") is not None  # and it evicted nothing
+
+
+async def test_expired_and_deleted_answers_give_their_bytes_back() -> None:
+    backend = MemoryBackend(max_entries=10, max_bytes=1_000_000)
+    await backend.set("a", _sized_answer("a", 5000), ttl=0.2)
+    await backend.set("b", _sized_answer("b", 5000), ttl=60)
+    await backend.delete("b")
+    assert await _gone(backend, "a", within=3)
+    assert (len(backend), backend.bytes) == (0, 0)

@@ -37,9 +37,18 @@ async def _open_streams_and_tasks(gateway: ServerThread) -> tuple[int, int]:
     return gateway.call(count())
 
 
-def _settled(counts: tuple[int, int], tasks_before: int) -> bool:
-    streams, tasks = counts
-    return streams == 0 and tasks <= tasks_before
+async def _settled_tasks(gateway: ServerThread, timeout: float = 5.0) -> int:
+    """Tasks on the gateway's loop once no stream is open and their count has held for 0.3 s (a
+    task of an earlier test may still be ending: counted after it is gone, never while it runs)."""
+    deadline = time.monotonic() + timeout
+    seen: list[int] = []
+    while True:
+        streams, tasks = await _open_streams_and_tasks(gateway)
+        seen = [*seen, tasks][-6:] if streams == 0 else []
+        if len(seen) == 6 and len(set(seen)) == 1:
+            return tasks
+        assert time.monotonic() < deadline, f"the gateway never settled: {streams} streams open, tasks {seen}"
+        await asyncio.sleep(0.05)
 
 
 async def test_disconnect_before_first_token_within_status_window(
@@ -94,7 +103,7 @@ async def test_disconnect_during_json_call(
 async def test_nothing_left_open_after_disconnects(
     client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
 ) -> None:
-    _, tasks_before = await _open_streams_and_tasks(gateway)
+    tasks_before = await _settled_tasks(gateway)
     fake.reset()
     for _ in range(5):
         async with client.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True)) as r:
@@ -104,10 +113,5 @@ async def test_nothing_left_open_after_disconnects(
     assert len(fake.requests) == 5
     for record in fake.requests:
         await fake.await_disconnect(record, timeout=3)  # every provider call was closed
-    deadline = time.monotonic() + 3
-    # At most as many tasks as before: a task of an earlier test that was still ending when they were
-    # counted may be gone by now.
-    while not _settled(await _open_streams_and_tasks(gateway), tasks_before) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    streams, tasks = await _open_streams_and_tasks(gateway)
-    assert streams == 0 and tasks <= tasks_before, (streams, tasks, tasks_before)
+    # Exactly as many tasks as before, both counted settled: a task left behind by a disconnect shows.
+    assert await _settled_tasks(gateway) == tasks_before

@@ -1,8 +1,9 @@
-"""Draining on SIGTERM / SIGINT (API.md 1.4), against real `python -m app` processes."""
+"""Draining on SIGTERM / SIGINT, against real `python -m app` processes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -15,10 +16,15 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.observability.worker_metrics import WORKER_METRICS_DIR_ENV
 from loadtests.processes import GatewayProcess
+from tests.core.test_workers import ask_worker, children_of, environ_of, value
 from tests.helpers.fake_provider import Behaviour, FakeProvider
 
 SHORT = Behaviour(content=[f" t{i}" for i in range(10)], gap_s=0.2)  # ~2 s
+MEDIUM = Behaviour(content=[f" t{i}" for i in range(30)], gap_s=0.2)  # ~6 s: outlasts opening a dozen
+#: Streams opened at most, looking for both workers to run some (a new connection lands on either).
+MAX_STREAMS = 12
 LONG = Behaviour(content=[f" t{i}" for i in range(300)], gap_s=0.1)  # ~30 s
 # JSON answers come whole after first_delay_s: these hold a JSON call open.
 HOLD_SHORT = Behaviour(first_delay_s=1.5)
@@ -31,6 +37,7 @@ def drain_gateway(tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float,
         f'api_base = "{fake.base_url}"\nfast_path = {str(fast).lower()}\n\n'
         for name, fast in [
             ("drain_short", True),
+            ("drain_medium", True),
             ("drain_long", True),
             ("drain_long_full", False),
             ("hold_short", True),
@@ -49,6 +56,7 @@ def drain_gateway(tmp: Path, fake: FakeProvider, drain_s: float, delay_s: float,
 @pytest.fixture
 def drain_fake(fake: FakeProvider) -> Iterator[FakeProvider]:
     fake.set_behaviour("drain_short", SHORT)
+    fake.set_behaviour("drain_medium", MEDIUM)
     fake.set_behaviour("drain_long", LONG)
     fake.set_behaviour("drain_long_full", LONG)
     fake.set_behaviour("hold_short", HOLD_SHORT)
@@ -179,27 +187,69 @@ async def test_sigint_drains_too(tmp_path: Path, drain_fake: FakeProvider) -> No
         gateway.stop()
 
 
+def worker_sockets(gateway: GatewayProcess, n: int, timeout: float = 60) -> dict[int, Path]:
+    """The ``n`` workers' metrics sockets by pid, once each has one: a worker opens it at the end of
+    its start-up, after it has taken over SIGTERM for the drain, so each of them drains from then on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = children_of(gateway.pid)
+        dirs = {environ_of(k).get(WORKER_METRICS_DIR_ENV) for k in kids} - {None}
+        sockets = [p for d in dirs for p in Path(d or "").glob("worker-*.sock")]
+        if len(sockets) == n:
+            return {int(p.stem.removeprefix("worker-")): p for p in sockets}
+        assert time.monotonic() < deadline, f"{n} worker sockets did not appear (children {kids})"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def log_events(gateway: GatewayProcess, event: str) -> list[dict[str, Any]]:
+    lines = gateway.child.log.read_text().splitlines()
+    return [e for line in lines if line.startswith("{") and (e := json.loads(line)).get("event") == event]
+
+
+async def streams_per_worker(sockets: dict[int, Path]) -> dict[int, int]:
+    return {
+        pid: int(value(await ask_worker(sock), "chat_streams_active", transport="sse")) for pid, sock in sockets.items()
+    }
+
+
 async def test_sigterm_drains_every_worker(tmp_path: Path, drain_fake: FakeProvider) -> None:
     gateway = drain_gateway(tmp_path, drain_fake, drain_s=10, delay_s=0.5, workers=2)
     try:
         gateway.wait_ready(90)
-        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=40) as client:
-            streams = [asyncio.create_task(sse(client, "drain_short")) for _ in range(4)]
-            await drain_fake.await_request(4, timeout=10)
+        sockets = await asyncio.to_thread(worker_sockets, gateway, 2)
+        async with contextlib.AsyncExitStack() as stack:
+            # Streams, each on a connection of its own, until both workers run some (the kernel
+            # spreads new connections between them; bounded).
+            streams: list[asyncio.Task[str]] = []
+            own: dict[int, int] = {}
+            while len(streams) < 4 or min(own.values()) == 0:
+                assert len(streams) < MAX_STREAMS, f"the streams all went to one worker: {own}"
+                client = await stack.enter_async_context(httpx.AsyncClient(base_url=gateway.base_url, timeout=40))
+                streams.append(asyncio.create_task(sse(client, "drain_medium")))
+                await drain_fake.await_request(len(streams), timeout=10)
+                own = await streams_per_worker(sockets)
             gateway.child.proc.send_signal(signal.SIGTERM)
-            # The supervisor passes the signal on within its 0.5 s poll; then every worker says so.
+            # The supervisor passes the signal on within its 0.5 s poll; then the workers say so.
             async with httpx.AsyncClient(base_url=gateway.base_url, timeout=5) as fresh:
                 deadline = time.monotonic() + 3
                 while (await fresh.get("/health/ready")).status_code != 503:
                     assert time.monotonic() < deadline, "readiness never said draining"
                     await asyncio.sleep(0.05)
             texts = await asyncio.gather(*streams, return_exceptions=True)
-        assert not [t for t in texts if isinstance(t, BaseException)], (texts, gateway.child.log.read_text()[-3000:])
+        log = gateway.child.log.read_text()[-3000:]
+        assert not [t for t in texts if isinstance(t, BaseException)], (texts, own, log)
         for text in texts:
             assert isinstance(text, str) and text.rstrip().endswith("data: [DONE]"), text
-        assert await asyncio.to_thread(gateway.child.proc.wait, 20) == 0, gateway.child.log.read_text()[-2000:]
-        # Both workers get the signal from the supervisor; the log has at times shown only one of the
-        # two "draining" lines (seen once, under load), so this asks for the streams' worker's.
-        assert gateway.child.log.read_text().count('"event": "draining"') >= 1
+        assert await asyncio.to_thread(gateway.child.proc.wait, 20) == 0, log
+        # Each worker drained its own streams: one "draining" line each with the streams it ran
+        # then, one "drained" line each with none ended in-band, and both processes gone.
+        draining, drained = log_events(gateway, "draining"), log_events(gateway, "drained")
+        assert sorted(e["in_flight"] for e in draining) == sorted(own.values()), (draining, own, log)
+        assert [e["ended_in_band"] for e in drained] == [0, 0], (drained, log)
+        assert not [p for p in sockets if alive(p)], "a worker outlived the supervisor"
     finally:
         gateway.stop()

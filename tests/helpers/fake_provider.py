@@ -138,6 +138,10 @@ class RequestRecord:
         return any(t is not None for t in (self.completed_at, self.disconnected_at, self.aborted_at))
 
 
+class LeftRunning(AssertionError):
+    """``reset`` found calls that had not ended: a test left an upstream call open."""
+
+
 class _DeliberateAbort(Exception):
     """Raised out of the app so uvicorn closes the transport mid-response."""
 
@@ -265,7 +269,10 @@ class FakeProvider:
     def reset(self, settle_s: float = 2.0) -> None:
         """Forget every request, once the earlier ones have ended and none came in the last 50 ms
         (both bounded by ``settle_s``): the provider is shared by the session, and a request the
-        gateway was still making for the previous test must not count as the next test's."""
+        gateway was still making for the previous test must not count as the next test's.
+
+        Calls still running after ``settle_s`` are forgotten too, then reported (``LeftRunning``):
+        a call that the gateway never closed is a leak, never to be hidden from the next test."""
         deadline = time.monotonic() + settle_s
         with self._cond:
             while time.monotonic() < deadline:
@@ -274,7 +281,16 @@ class FakeProvider:
                 if all(r.ended for r in records) and quiet_for >= QUIET_S:
                     break
                 self._cond.wait(max(0.005, QUIET_S - quiet_for))
+            running = [r for r in self._records if not r.ended]
             self._records.clear()
+        if running:
+            now = time.monotonic()
+            calls = ", ".join(
+                f"#{r.index + 1} {r.model!r} (started {now - r.received_at:.1f} s ago, "
+                f"{len(r.chunk_times)} body messages sent)"
+                for r in running
+            )
+            raise LeftRunning(f"{len(running)} provider call(s) still running {settle_s} s into reset(): {calls}")
 
     def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         with self._cond:
@@ -585,3 +601,49 @@ async def _send_json(send: Send, status: int, obj: Any) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.helpers.fake_provider --port N``: the fake provider in the foreground, for local trials.
+
+    Every built-in behaviour is a model name (``normal``, ``slow_first``, ``rate_limited``, ...; any other
+    name answers like ``normal``). It keeps a record of every request in memory, so it is for trying
+    things, not for long runs; Ctrl-C stops it.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.helpers.fake_provider",
+        description="A fake OpenAI-compatible provider on http://HOST:PORT/v1: each model name is a behaviour.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9100, help="TCP port (default 9100; 0 picks a free one)")
+    args = parser.parse_args(argv)
+    provider = FakeProvider()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    logging.getLogger("uvicorn.error").addFilter(_ABORT_FILTER)
+    config = uvicorn.Config(
+        provider._app, interface="asgi3", http="h11", ws="none", lifespan="off", log_level="warning", access_log=False
+    )
+    print(f"fake provider on http://{args.host}:{port}/v1", file=sys.stderr, flush=True)
+    print(f"  models   {', '.join(sorted(builtin_behaviours()))} (any other name: normal)", file=sys.stderr)
+    print(
+        f'  gateway  litellm_model = "openai/<model>", api_base = "http://{args.host}:{port}/v1"',
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -69,3 +69,21 @@ async def test_websocket_wrong_bearer_closes_1008(guarded: ServerThread) -> None
         with pytest.raises(ConnectionClosed) as info:
             await ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+
+
+@pytest.mark.usefixtures("fake")
+@pytest.mark.parametrize("headers", [{"X-API-Key": "key-two"}, {"Authorization": "Bearer key-one"}])
+async def test_websocket_accepts_the_keys_http_accepts(guarded: ServerThread, headers: dict[str, str]) -> None:
+    """API.md 6: a gateway key is accepted the same way on every transport (the handshake's headers)."""
+    async with connect(guarded.ws_url, additional_headers=headers) as ws:
+        await ws.send(json.dumps({"type": "chat.completion.create", "id": "a", "request": chat_body("normal")}))
+        while (frame := json.loads(await ws.recv()))["type"] == "chat.completion.chunk":
+            pass
+        assert frame["type"] == "chat.completion.done"
+
+
+async def test_websocket_wrong_x_api_key_closes_1008(guarded: ServerThread) -> None:
+    async with connect(guarded.ws_url, additional_headers={"X-API-Key": "wrong"}) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1008

@@ -167,7 +167,9 @@ async def test_tokens_per_minute_counts_the_body_then_the_output(keyed: ServerTh
         again = await c.post(CHAT, json=chat_body("normal"), headers=auth("tpm"))
         output = json.loads(ok.text)["usage"]["completion_tokens"]
         spent_by_second = before - int(again.headers["x-ratelimit-remaining-tokens"])
-        assert spent_by_second > output  # its own estimate plus the first call's output tokens
+        # Exactly its own estimate (the same body as the first: 300 - before) plus the first call's
+        # output tokens, settled after its response.
+        assert spent_by_second == (300 - before) + output, (spent_by_second, before, output)
         metrics = (await c.get("/metrics")).text
     assert 'chat_rate_limited_total{key="tpm",reason="tokens"} 1.0' in metrics
 

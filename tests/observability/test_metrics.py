@@ -1,4 +1,4 @@
-"""Metrics (API.md 5): every contract metric with its labels, counts that match the traffic, bounded series."""
+"""Metrics: every contract metric with its labels, counts that match the traffic, bounded series."""
 
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def metered(fake_provider: FakeProvider) -> Iterator[ServerThread]:
-    """A server of its own, so that counts start at zero whatever other modules did."""
-    server = ServerThread(make_settings(fake_provider.base_url)).start()
+@pytest.fixture(scope="module", params=["fast", "full"])
+def metered(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    """A server of its own, so that counts start at zero whatever other modules did; on the relay
+    path and on the LiteLLM path, which must count the same traffic the same."""
+    server = ServerThread(make_settings(fake_provider.base_url, fast_path=request.param == "fast")).start()
     yield server
     server.stop()
 
@@ -143,16 +144,20 @@ async def test_metrics_after_json_sse_and_websocket_traffic(
     assert ttfb("json") == 4  # every JSON call answered, errors included
     assert value(text, "chat_stream_duration_seconds_count", transport="sse") == 6
     assert value(text, "chat_time_to_first_token_seconds_count", transport="sse", model="normal") == 3
-    assert value(text, "chat_stream_chunks_total", transport="sse", model="normal") >= 33
-    assert value(text, "chat_tokens_total", model="normal", direction="output") >= 10 * 6
-    assert value(text, "chat_tokens_total", model="normal", direction="input") >= 7 * 6
+    # Exact, so that a chunk or a token counted twice shows: three completed SSE streams of ten
+    # content chunks and a finish chunk each, plus the usage chunk of the one that asked for it.
+    assert value(text, "chat_stream_chunks_total", transport="sse", model="normal") == 3 * 11 + 1
+    # Six answered "normal" calls (two JSON, three SSE, one WebSocket), 7 input and 10 output tokens each.
+    assert value(text, "chat_tokens_total", model="normal", direction="output") == 10 * 6
+    assert value(text, "chat_tokens_total", model="normal", direction="input") == 7 * 6
     assert value(text, "chat_upstream_errors_total", model="rate_limited", code="rate_limit_exceeded") == 1
     assert value(text, "chat_upstream_errors_total", model="drop", code="upstream_unavailable") == 1
     assert value(text, "chat_upstream_errors_total", model="hang", code="upstream_timeout") == 2
     assert value(text, "chat_streams_active") == 0
     assert value(text, "chat_websocket_connections_active") == 0
+    # Two JSON answers and six SSE streams (their errors are in-band, after a 200).
     assert (
-        value(text, "http_server_request_duration_seconds_count", route="/v1/chat/completions", status_code="200") >= 5
+        value(text, "http_server_request_duration_seconds_count", route="/v1/chat/completions", status_code="200") == 8
     )
 
 
@@ -206,7 +211,7 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert len(exprs) >= 10
     names = {m for e in exprs for m in re.findall(r"\b((?:chat|http)_[a-z_]+)\b", e)}
     base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
-    limits = {"chat_rate_limited_total", "chat_spend_usd_total"}  # API.md 5; series exist once a key is limited
+    limits = {"chat_rate_limited_total", "chat_spend_usd_total"}  # series exist once a key is limited
     assert base <= set(CONTRACT) | limits, base - set(CONTRACT) - limits
     assert limits <= base
     assert {

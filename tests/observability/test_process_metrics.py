@@ -1,4 +1,4 @@
-"""Process metrics (API.md 5): present on /metrics under their Prometheus names, read at scrape time."""
+"""Process metrics: present on /metrics under their Prometheus names, read at scrape time."""
 
 from __future__ import annotations
 

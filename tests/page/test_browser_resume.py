@@ -1,5 +1,5 @@
 """Resuming in a real Chromium: a browser EventSource that reconnects by itself, and the chat page
-resuming an answer whose WebSocket dropped (API.md 1.3, 2)."""
+resuming an answer whose WebSocket dropped."""
 
 from __future__ import annotations
 

@@ -31,8 +31,11 @@ import msgspec
 import pytest
 import yaml
 
+from app.access.keys import GatewayKeys
 from app.app import create_app
 from app.config.settings import DEFAULT_CONFIG_PATH, Settings, settings_from_dict
+from app.domain.errors import Unauthenticated
+from tests.conftest import need_tool
 from tests.observability.test_metrics import CONTRACT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +128,16 @@ def test_deployment_names_only_real_settings_secrets_and_routes() -> None:
             ref = secret_refs.get(dep.api_key_env)
             assert ref is not None, f"{dep.api_key_env} (api_key_env of {dep.name}) is not filled from a Secret"
             assert not ref.get("optional", False), f"{dep.api_key_env} must not be optional"
+    # The paid model is not open: every API request needs a gateway key, each read from a Secret.
+    assert settings.keys, "the example must require a gateway key ([[keys]])"
+    for key in settings.keys:
+        assert key.key_env and not secret_refs[key.key_env].get("optional", False), key.name
+    paid = [d.name for d in settings.models.deployments if d.api_key_env]
+    assert paid and all(any(k.models is None or d in k.models for k in settings.keys) for d in paid)
+    keys = GatewayKeys.from_settings(settings, k8s_environ())
+    assert keys.enabled
+    with pytest.raises(Unauthenticated):
+        keys.from_headers(None)
     [port] = container["ports"]
     assert port["containerPort"] == settings.server.port
     routes = {r.path for r in create_app(settings, environ=k8s_environ()).routes}
@@ -329,7 +342,7 @@ def test_alerts_cover_the_dashboard_signals_with_exported_metrics() -> None:
 def promtool() -> str:
     path = tool("promtool")
     if path is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; .ci/run installs it)")
+        need_tool("promtool is not installed (Debian: apt-get install prometheus; .ci/run installs it)")
     return path
 
 

@@ -227,9 +227,14 @@ def test_readme_points_at_the_docs() -> None:
 # ---- the README's configuration examples work as the README says -------------------------------
 
 
+def toml_blocks(page: Path) -> list[dict[str, Any]]:
+    return [
+        tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+    ]
+
+
 def readme_toml_blocks() -> list[dict[str, Any]]:
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    return [tomllib.loads(block) for block in re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)]
+    return toml_blocks(REPO_ROOT / "README.md")
 
 
 def test_readme_single_provider_example_needs_only_its_key() -> None:
@@ -242,11 +247,29 @@ def test_readme_single_provider_example_needs_only_its_key() -> None:
     assert provider_problems(settings, {"OPENAI_API_KEY": "sk-test"}) == []
 
 
-def test_readme_multi_provider_example_names_the_missing_key() -> None:
+def test_readme_keys_example_is_a_valid_named_key() -> None:
+    from app.access.keys import GatewayKeys
+    from app.config.settings import ConfigError, settings_from_dict
+
+    keys = readme_toml_blocks()[1]
+    assert [k["name"] for k in keys["keys"]] == ["team-a"]
+    with_demo = {**keys, "models": {"deployments": [{"name": "demo", "litellm_model": "demo/demo"}]}}
+    with pytest.raises(ConfigError) as refused:
+        settings_from_dict(with_demo, environ={})
+    assert refused.value.problems == ["keys[0].key_env: environment variable TEAM_A_KEY is not set or empty"]
+    settings = settings_from_dict(with_demo, environ={"TEAM_A_KEY": "secret"})
+    caller = GatewayKeys.from_settings(settings, {"TEAM_A_KEY": "secret"}).check("secret")
+    policy = caller.policy
+    assert policy.name == "team-a" and policy.allows("demo") and policy.allows("gpt-4o-mini")
+    assert not policy.allows("claude")
+    assert (policy.requests_per_minute, policy.budget_usd, policy.budget_window) == (60, 50, "month")
+
+
+def test_configuration_multi_provider_example_names_the_missing_key() -> None:
     from app.config.settings import ConfigError, settings_from_dict
     from app.server.preflight import provider_problems
 
-    several = readme_toml_blocks()[1]
+    several = next(b for b in toml_blocks(DOCS / "configuration.md") if "fallbacks" in str(b))
     with pytest.raises(ConfigError) as refused:
         settings_from_dict(several, environ={"OPENAI_API_KEY": "sk-test"})
     assert refused.value.problems == [

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.helpers.fake_provider import Behaviour, FakeProvider
+from tests.helpers.fake_provider import Behaviour, FakeProvider, LeftRunning
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,16 @@ def test_async_waits_and_custom_behaviour(fake: FakeProvider) -> None:
     asyncio.run(scenario())
     with pytest.raises(TimeoutError):
         fake.wait_for_request(2, timeout=0.05)
+
+
+def test_reset_reports_calls_that_never_ended(fake: FakeProvider) -> None:
+    with httpx.Client(base_url=fake.base_url, timeout=5) as client:
+        with client.stream("POST", "/chat/completions", json=_chat("hang_after_headers")) as resp:
+            assert resp.status_code == 200  # headers, then nothing: the call runs on
+            fake.wait_for_request()
+            started = time.monotonic()
+            with pytest.raises(LeftRunning, match=r"1 provider call\(s\) still running .*#1 'hang_after_headers'"):
+                fake.reset(settle_s=0.3)
+            assert 0.3 <= time.monotonic() - started < 2.0
+            assert fake.requests == [], "forgotten all the same: the next test starts clean"
+    fake.reset()  # ended now (the client left): nothing to report

@@ -1,4 +1,4 @@
-"""Deployment groups, retries, cooldowns and fallbacks (API.md 6), on both provider paths.
+"""Deployment groups, retries, cooldowns and fallbacks, on both provider paths.
 
 Every test runs against real uvicorn and a fake OpenAI-compatible provider over real HTTP. Group
 members are told apart by the upstream model name the fake records (each member asks for its own),
@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from app.config.settings import settings_from_dict
 from loadtests.processes import GatewayProcess
 from tests.api.test_websocket import create, text_of, until_end
-from tests.conftest import TEST_STREAMING, ServerThread
+from tests.conftest import TEST_STREAMING, ServerThread, wait_until
 from tests.helpers.fake_provider import Behaviour, FakeProvider
 from tests.helpers.sse import stream_chat
 
@@ -138,7 +138,7 @@ async def test_a_group_is_one_model_listed_once(client: httpx.AsyncClient) -> No
     assert ids.count("pair") == 1
     info = {m["id"]: m for m in (await client.get("/api/models")).json()["data"]}
     assert info["pair"]["deployments"] == 2
-    assert "deployments" not in info["fb_target"]  # a lone deployment keeps API.md's field list
+    assert "deployments" not in info["fb_target"]  # a lone deployment keeps the catalogue's field list
 
 
 async def test_two_deployments_share_the_load(client: httpx.AsyncClient, group_fake: FakeProvider) -> None:
@@ -198,6 +198,7 @@ async def test_a_group_resting_whole_answers_503_at_once(client: httpx.AsyncClie
 
 async def test_fallback_for_json(client: httpx.AsyncClient, group_fake: FakeProvider) -> None:
     before = upstream_requests((await client.get("/metrics")).text, "fb")
+    target_before = upstream_requests((await client.get("/metrics")).text, "fb_target")
     response = await client.post("/v1/chat/completions", json=body("fb"))
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == NORMAL_TEXT
@@ -205,7 +206,8 @@ async def test_fallback_for_json(client: httpx.AsyncClient, group_fake: FakeProv
     # The group of one retried itself once, then fell back.
     assert counts[("fb_bad", "retried")] - before.get(("fb_bad", "retried"), 0) == 1
     assert counts[("fb_bad", "fallback")] - before.get(("fb_bad", "fallback"), 0) == 1
-    assert upstream_requests((await client.get("/metrics")).text, "fb_target")[("fb_good", "ok")] >= 1
+    target = upstream_requests((await client.get("/metrics")).text, "fb_target")
+    assert target[("fb_good", "ok")] - target_before.get(("fb_good", "ok"), 0) == 1
 
 
 async def test_fallback_while_streaming_sse(client: httpx.AsyncClient, group_fake: FakeProvider) -> None:
@@ -288,6 +290,63 @@ async def test_least_busy_picks_the_member_with_fewer_calls_in_flight(group_fake
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("path", ["fast", "full"])
+async def test_least_busy_stops_counting_calls_that_are_over(group_fake: FakeProvider, path: str) -> None:
+    """The decrement, through real calls: a member whose calls completed (JSON and SSE) or were
+    cancelled by their client counts them no more, so least-busy sends the next calls to it."""
+    server = start_gateway(group_fake, path == "fast", routing="least-busy")
+    calls = lambda: (group_fake.calls("busy_a"), group_fake.calls("busy_b"))  # noqa: E731
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S) as client:
+
+            async def hang_on_b() -> asyncio.Task[Any]:
+                """A call that hangs on busy_b, while busy_a answers at once (bounded tries)."""
+                for _ in range(20):
+                    a, b = calls()
+                    task = asyncio.create_task(client.post("/v1/chat/completions", json=body("busy")))
+                    tasks.append(task)
+                    deadline = time.monotonic() + WAIT_S
+                    while calls() == (a, b):
+                        assert time.monotonic() < deadline, "the call reached neither member"
+                        await asyncio.sleep(0.01)
+                    if calls()[1] > b:
+                        return task
+                    assert (await task).status_code == 200
+                raise AssertionError(f"20 calls and none on busy_b: {calls()}")
+
+            group_fake.set_behaviour("busy_a", Behaviour(gap_s=0.0))
+            hung = await hang_on_b()
+            # busy_b has one call in flight, busy_a none: every call goes to busy_a, as long as each
+            # one that is over stops counting (without that, the third would go to busy_b).
+            a, b = calls()
+            for stream in (False, True, False, True, False):
+                if stream:
+                    assert (await stream_chat(client, body("busy", stream=True))).status == 200
+                else:
+                    assert (await client.post("/v1/chat/completions", json=body("busy"))).status_code == 200
+            assert calls() == (a + 5, b), "a completed call was still counted as in flight"
+            # Now busy_a hangs too: one call there (1 : 1), then busy_b's client leaves; its cancelled
+            # call stops counting, so the next two calls go to busy_b first, then either (1 : 1).
+            group_fake.set_behaviour("busy_a", Behaviour(kind="hang"))
+            tasks.append(asyncio.create_task(client.post("/v1/chat/completions", json=body("busy"))))
+            await wait_until(lambda: sum(calls()) == a + b + 6, WAIT_S, "the call on busy_a")
+            assert calls() == (a + 6, b)
+            b_record = [r for r in group_fake.requests if r.model == "busy_b"][-1]
+            hung.cancel()
+            await asyncio.gather(hung, return_exceptions=True)
+            await group_fake.await_disconnect(b_record, timeout=WAIT_S)
+            tasks.append(asyncio.create_task(client.post("/v1/chat/completions", json=body("busy"))))
+            await wait_until(lambda: sum(calls()) == a + b + 7, WAIT_S, "the next call")
+            assert calls() == (a + 6, b + 1), "the cancelled call was still counted as in flight"
+    finally:
+        group_fake.set_behaviour("busy_a", BEHAVIOURS["busy_a"])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         server.stop()
 
 

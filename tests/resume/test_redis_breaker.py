@@ -11,6 +11,7 @@ log and the counters.
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,6 +29,8 @@ from loadtests.redis_outage import MODEL, UPSTREAM_MODEL, configured_op_timeout,
 from tests.conftest import wait_until
 
 OP_TIMEOUT_S = 0.2
+#: Clients of the whole-gateway outage test: at most this many requests are in flight when Redis goes.
+CONCURRENCY = 8
 
 
 class ListLogger:
@@ -245,7 +248,13 @@ def test_gateway_under_load_through_a_redis_outage(tmp_path: Path, kind: str) ->
         gateway.wait_ready()
         op_timeout = configured_op_timeout(ROOT)
         phases = run_phases(
-            gateway, redis_server, kind=kind, concurrency=8, requests=900, outage_s=3.0, op_timeout_s=op_timeout
+            gateway,
+            redis_server,
+            kind=kind,
+            concurrency=CONCURRENCY,
+            requests=900,
+            outage_s=3.0,
+            op_timeout_s=op_timeout,
         )
         result = asyncio.run(asyncio.wait_for(phases, 150))
         events = [e for e in gateway.log_events() if "redis" in str(e.get("event")) or "cache" in str(e.get("event"))]
@@ -255,10 +264,16 @@ def test_gateway_under_load_through_a_redis_outage(tmp_path: Path, kind: str) ->
         upstream.stop()
     print(result)
     assert result["outage_non_200"] == 0 and result["after_non_200"] == 0
-    # Only the requests in flight when Redis stalled pay the op bound; after that, nothing (a margin of
-    # 1% of the outage's requests, at least 2, for pauses of a loaded machine that are not Redis's).
-    margin = max(2, result["outage_requests"] // 100)
-    assert result["outage_slow_requests"] <= (8 if kind == "stop" else 0) + margin
+    # Only the requests in flight when Redis stalled pay the op bound (the load's first round, one per
+    # client: the phase before it has ended); after that, none. A killed Redis refuses at once. Past
+    # that, only the machine's own pauses: measured in the same run with Redis up (before and after),
+    # at twice their rate, as they come in bursts.
+    in_flight = CONCURRENCY if kind == "stop" else 0
+    calm = result["before"]["n"] + result["after"]["n"]
+    pauses = math.ceil(
+        2 * (result["before_slow_requests"] + result["after_slow_requests"]) / calm * result["outage_requests"]
+    )
+    assert result["outage_slow_requests"] <= in_flight + pauses, (in_flight, pauses, result)
     late, before = result["outage_after_first_window"], result["before"]
     assert late["n"] >= 20  # enough for the percentiles below; how many fit in the outage depends on the load
     assert late["p50_ms"] < before["p50_ms"] + 25, (late, before)
@@ -274,4 +289,4 @@ def test_gateway_under_load_through_a_redis_outage(tmp_path: Path, kind: str) ->
     # last requests before it may still have been on its way when Redis went (at most one per client).
     assert ended["skipped"] + ended["failed"] == result["cache_errors_during_outage"]
     assert 2 * result["outage_requests"] <= result["cache_errors_during_outage"] <= 2 * result["outage_requests"] + 8
-    assert 1 <= ended["failed"] <= 16
+    assert 1 <= ended["failed"] <= 2 * CONCURRENCY

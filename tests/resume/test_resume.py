@@ -1,4 +1,4 @@
-"""Resumable streams (API.md 1.3, 2) with the memory store, against real uvicorn and the fake provider.
+"""Resumable streams with the memory store, against real uvicorn and the fake provider.
 
 A replayed event must be byte-identical to what the original connection received, so these tests
 compare raw SSE frames, not parsed JSON.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,19 +28,21 @@ GRACE_S = 1.0
 WAIT_S = 10.0
 
 
-def resumable_server(fake: FakeProvider, **streaming: Any) -> ServerThread:
+def resumable_server(fake: FakeProvider, *, fast_path: bool = True, **streaming: Any) -> ServerThread:
     environ = {"GW_KEYS": f"{KEY_A},{KEY_B}"}
     data = settings_dict(
         fake.base_url,
+        fast_path=fast_path,
         streaming={**TEST_STREAMING, "detach_grace_s": GRACE_S, **streaming},
         server={"api_keys_env": "GW_KEYS"},
     )
     return ServerThread(settings_from_dict(data, environ=environ), environ=environ).start()
 
 
-@pytest.fixture(scope="module")
-def server(fake_provider: FakeProvider) -> Iterator[ServerThread]:
-    s = resumable_server(fake_provider)
+@pytest.fixture(scope="module", params=["fast", "full"])
+def server(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    """Resumable streams on the relay path and on the LiteLLM path."""
+    s = resumable_server(fake_provider, fast_path=request.param == "fast")
     yield s
     s.stop()
 
@@ -185,9 +188,15 @@ async def test_another_key_unknown_and_bad_positions(
     assert wrong_stream.status_code == 409
     no_key = await http.get(f"/v1/chat/completions/streams/{sid}")
     assert no_key.status_code == 401
+    # An unknown stream, or another key's, is a 404 whatever its Last-Event-ID says (API.md 4).
+    unknown_elsewhere = await resume(http, "2" * 32, f"{sid}:1")
+    assert unknown_elsewhere.status_code == 404
+    assert unknown_elsewhere.json()["error"]["code"] == "stream_not_found"
+    assert (await resume(http, sid, f"{'1' * 32}:1", headers=B)).status_code == 404
+    assert (await resume(http, sid, "garbage", headers=B)).status_code == 404
 
     after = server.app.state.metrics.resumes
-    assert after[("not_found",)] - before[("not_found",)] == 2
+    assert after[("not_found",)] - before[("not_found",)] == 5
     assert after[("invalid",)] - before[("invalid",)] == 2
     metrics = (await http.get("/metrics")).text
     assert 'chat_resumes_total{result="replayed"}' in metrics
@@ -231,10 +240,13 @@ async def test_nobody_resumes_within_the_grace_the_upstream_stops(
     fake_record_count = len(fake.requests)
     async with http.stream("POST", "/v1/chat/completions", json=long, headers=A) as r:
         await read_some(r, 1)
+    left_at = time.monotonic()
     record = fake.requests[fake_record_count]
     closed_at = await fake.await_disconnect(record, timeout=GRACE_S + 3)
     assert record.completed_at is None
-    assert closed_at > 0
+    # Kept for the grace (a resume could still come), stopped once it is over: slow_gap has ~2.7 s
+    # of stream left, so a call that outlived the grace by much would have completed instead.
+    assert GRACE_S - 0.05 <= closed_at - left_at < GRACE_S + 0.5, closed_at - left_at
 
 
 async def test_grace_zero_cancels_at_once(gateway: ServerThread, fake: FakeProvider) -> None:

@@ -133,7 +133,7 @@ async def test_redis_stopped_mid_stream_live_client_finishes_and_resume_is_503(f
             got = await resume(http, sid, None)
             assert got.status_code == 503, got.text
             assert got.json()["error"]["code"] == "resume_store_unavailable"
-            assert server.app.state.metrics.resumes[("unavailable",)] >= 1
+            assert server.app.state.metrics.resumes[("unavailable",)] == 1  # this server's one resume
             # New streams still work, and the process is fine.
             ok = await http.post("/v1/chat/completions", json=chat_body("normal", stream=True), headers=A)
             assert ok.status_code == 200 and frames(ok.content)[-1].endswith(b"[DONE]\n\n")
@@ -206,16 +206,20 @@ async def test_a_stalled_redis_never_slows_the_live_stream(fake: FakeProvider) -
                 sid = r.headers["x-stream-id"]
                 reader = Reader(r)
                 await reader.take(1)
+                # Timed from event 1: event 2's append is the first to meet the stopped Redis, so
+                # a live stream that waited on it would stretch the 1 -> 2 gap alone.
+                arrivals = [time.monotonic()]
                 os.kill(redis.proc.pid, signal.SIGSTOP)
-                arrivals = []
                 while True:
                     event = await reader.take(1)
                     arrivals.append(time.monotonic())
                     if event[0].endswith(b"[DONE]\n\n"):
                         break
             gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-            # slow_gap's 0.3 s pace, never Redis's stall (its op bound, 0.5 s, on top of the pace); one
-            # gap may stretch a little on a loaded machine.
+            # slow_gap's 0.3 s pace, never Redis's stall (its op bound, 0.5 s, on top of the pace).
+            # The 1 -> 2 gap is where a stall would show: the pace and a small margin. One later gap
+            # may stretch a little on a loaded machine.
+            assert gaps[0] < 0.3 + 0.2, gaps
             assert max(gaps) < 0.3 + 0.45, gaps
             assert sum(gap > 0.3 + 0.15 for gap in gaps) <= 1, gaps
             got = await resume(http, sid, None)
@@ -226,3 +230,24 @@ async def test_a_stalled_redis_never_slows_the_live_stream(fake: FakeProvider) -
             os.kill(redis.proc.pid, signal.SIGCONT)
         server.stop()
         redis.stop()
+
+
+async def test_a_stream_id_naming_another_key_of_the_store_is_404(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    """``<id>:meta`` was a 503 (WRONGTYPE: the meta hash read as a stream); ids are checked first."""
+    a, b = replicas
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        response = await http.post(
+            f"{a.base_url}/v1/chat/completions", json=chat_body("normal", stream=True), headers=A
+        )
+        sid = response.headers["x-stream-id"]
+        for server in (a, b):
+            for suffix in (":meta", ":readers", "%3Ameta", ":meta:meta"):
+                url = f"{server.base_url}/v1/chat/completions/streams/{sid}{suffix}"
+                got = await http.get(url, headers=A)
+                assert got.status_code == 404, (suffix, got.text)
+                assert got.json()["error"]["code"] == "stream_not_found"
+                assert (await http.delete(url, headers=A)).status_code == 404
+            whole = await http.get(f"{server.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+            assert whole.status_code == 200

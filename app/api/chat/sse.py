@@ -1,4 +1,4 @@
-"""SSE framing of a chat stream (API.md 1.1), and the response that writes it.
+"""SSE framing of a chat stream, and the response that writes it.
 
 ``SseResponse`` is a response type of our own: Litestar's ``Stream`` would open a task group per
 response to watch for the client leaving and route every chunk through its iterator machinery,

@@ -1,4 +1,4 @@
-"""The SSE response of a resume (API.md 1.3): a replay's events framed exactly as the live stream's.
+"""The SSE response of a resume: a replay's events framed exactly as the live stream's.
 
 The frames come from the same functions as ``SseWriter``'s (``chunk_frame``, ``end_frame``), so a
 replayed event is byte-identical to what the original connection received. The start goes

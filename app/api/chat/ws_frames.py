@@ -1,4 +1,4 @@
-"""WebSocket frames (API.md 2): a tagged union decoded by one typed decoder, and the server's frames."""
+"""WebSocket frames: a tagged union decoded by one typed decoder, and the server's frames."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class CancelFrame(msgspec.Struct, tag="chat.completion.cancel", tag_field="type"
 
 
 class ResumeFrame(msgspec.Struct, tag="chat.completion.resume", tag_field="type"):
-    """API.md 2: 1.3 over a socket, under a new client id; no ``last_event_id`` -> from the start."""
+    """A resume over a socket, under a new client id; no ``last_event_id`` -> from the start."""
 
     id: FrameId
     stream_id: Annotated[str, msgspec.Meta(max_length=128)]

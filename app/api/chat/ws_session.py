@@ -1,7 +1,7 @@
 """One session per WebSocket: its receive loop, its in-flight requests, its send queue and its cleanup.
 
 Each request runs the same ``ChatStream`` pipeline as SSE and ends with exactly one ``done`` or
-one ``error`` frame. A ``chat.completion.resume`` request (API.md 2) replays a stream's log after a
+one ``error`` frame. A ``chat.completion.resume`` request replays a stream's log after a
 position and follows it, framed like a live request's chunks; cancelling it stops the stream.
 Sends go through one bounded queue drained by one sender task, so a
 consumer that cannot keep up is closed with 1013 instead of growing memory without bound.
@@ -39,6 +39,7 @@ from app.domain.chat_request import ChatCompletionInput, validate_chat_body
 from app.domain.errors import GatewayError, InvalidRequest, RateLimited, public_error
 from app.domain.events import CANCELLED, CLIENT_DISCONNECTED
 from app.limits.limiter import Admission
+from app.providers.quoting import ProviderText, traceback_text
 from app.resume.replay import Replay
 from app.resume.service import Resumes
 
@@ -74,6 +75,7 @@ class ChatSocketSession:
         resumes: Resumes | None = None,
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        quote: ProviderText | None = None,
     ) -> None:
         self.socket = socket
         self.chat = chat
@@ -88,8 +90,13 @@ class ChatSocketSession:
         self._close_code: int | None = None
         self._on_open = on_open
         self._on_close = on_close
+        self._quote = quote  # redacts an unexpected error's detail (shown in development) and traceback
         self.request_id = socket.scope.get("state", {}).get("request_id")
         self.caller = ANONYMOUS
+
+    def _public_error(self, exc: BaseException) -> GatewayError:
+        redact = self._quote.redact if self._quote is not None else None
+        return public_error(exc, production=self.settings.production, redact=redact)
 
     async def run(self) -> None:
         offered: list[str] = list(self.socket.scope.get("subprotocols") or [])
@@ -104,7 +111,9 @@ class ChatSocketSession:
             self._on_open()
         try:
             try:
-                self.caller = self.keys.from_websocket(offered, self.socket.headers.get("authorization"))
+                self.caller = self.keys.from_websocket(
+                    offered, self.socket.headers.get("authorization"), self.socket.headers.get("x-api-key")
+                )
             except GatewayError as exc:
                 # Browsers cannot read a refused handshake's status, so refuse after accepting.
                 await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
@@ -150,9 +159,14 @@ class ChatSocketSession:
             except SlowConsumer:
                 return
             except Exception as exc:  # a frame must never take the socket (and its other requests) down
-                logger.error("ws_frame_failed", request_id=self.request_id, exc_info=exc)
+                logger.error(
+                    "ws_frame_failed",
+                    request_id=self.request_id,
+                    error=type(exc).__name__,
+                    exception=traceback_text(exc, self._quote),
+                )
                 try:
-                    self._send(error_frame(None, public_error(exc, production=self.settings.production)))
+                    self._send(error_frame(None, self._public_error(exc)))
                 except SlowConsumer:
                     return
 
@@ -348,9 +362,15 @@ class ChatSocketSession:
         except SlowConsumer:
             pass  # the socket is being closed with 1013; the stream ended as the client's
         except Exception as exc:
-            logger.error("ws_request_failed", request_id=self.request_id, id=frame_id, exc_info=exc)
+            logger.error(
+                "ws_request_failed",
+                request_id=self.request_id,
+                id=frame_id,
+                error=type(exc).__name__,
+                exception=traceback_text(exc, self._quote),
+            )
             with contextlib.suppress(SlowConsumer):
-                self._send(error_frame(frame_id, public_error(exc, production=self.settings.production)))
+                self._send(error_frame(frame_id, self._public_error(exc)))
         finally:
             self.inflight.pop(frame_id, None)
             context = RequestContext(self.request_id or "")

@@ -1,4 +1,4 @@
-"""One WebSocket request's frames (API.md 2): its chunks, then one done or error frame.
+"""One WebSocket request's frames: its chunks, then one done or error frame.
 
 The writer only frames: every frame goes to the session's bounded send queue (``send``), which
 raises ``SlowConsumer`` when the socket cannot keep up.
