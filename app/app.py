@@ -23,6 +23,8 @@ from app.lifespan import services_lifespan
 from app.log import configure_logging
 from app.metrics import Metrics
 from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.responses.lifespan import responses_lifespan
+from app.responses.service import ResponsesService
 from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_direct import ChatRoute
@@ -31,6 +33,8 @@ from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, static_files, swagger_ui
+from app.routes.responses import ResponsesController
+from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
 from app.settings import Settings, load_settings
 from app.version import version
@@ -66,6 +70,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         resumes: Resumes = state.resumes
         return resumes
 
+    def provide_responses(state: State) -> ResponsesService:
+        responses: ResponsesService = state.responses
+        return responses
+
     def provide_metrics() -> Metrics:
         return metrics
 
@@ -86,6 +94,8 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             StreamsController,
             chat_socket,
             ModelsController,
+            ResponsesController,
+            responses_socket,
             live,
             ready,
             metrics_endpoint,
@@ -103,8 +113,13 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "scrape": Provide(provide_scrape, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),
+            "responses": Provide(provide_responses, sync_to_thread=False),
         },
-        lifespan=[services_lifespan(settings, metrics, environ, drain), scrape_lifespan(settings, metrics, environ)],
+        lifespan=[
+            services_lifespan(settings, metrics, environ, drain),
+            responses_lifespan(settings),
+            scrape_lifespan(settings, metrics, environ),
+        ],
         on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[DefineMiddleware(JsonCompressionMiddleware)],

@@ -25,6 +25,7 @@ from app.settings_schema import (
     ModelsSettings,
     RateLimitSettings,
     RedisSettings,
+    ResponsesSettings,
     ServerSettings,
     Settings,
     StreamingSettings,
@@ -42,6 +43,7 @@ __all__ = [
     "ModelsSettings",
     "RateLimitSettings",
     "RedisSettings",
+    "ResponsesSettings",
     "ServerSettings",
     "Settings",
     "StreamingSettings",
@@ -188,6 +190,8 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
         problems.append("cache.redis_url: expected a redis:// or rediss:// URL")
     if settings.streaming.resume_store == "redis" and not settings.redis.url:
         problems.append("redis.url: required when streaming.resume_store is 'redis'")
+    if settings.responses.store == "redis" and not settings.redis.url:
+        problems.append("redis.url: required when responses.store is 'redis'")
     if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("redis.url: expected a redis:// or rediss:// URL")
     if settings.server.api_keys_env and not environ.get(settings.server.api_keys_env):
@@ -223,6 +227,8 @@ def _key_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
             problems.append(f"{where}.key_sha256: expected 64 hex digits (the key's SHA-256)")
     if settings.rate_limit.backend == "redis" and not settings.redis.url:
         problems.append("redis.url: required when rate_limit.backend is 'redis'")
+    if settings.responses.store == "redis" and not settings.redis.url:
+        problems.append("redis.url: required when responses.store is 'redis'")
     if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("redis.url: expected a redis:// or rediss:// URL")
     return problems
