@@ -73,9 +73,7 @@ def run_codex(binary: Path, home: Path, workdir: Path, *args: str) -> subprocess
     )
 
 
-def test_codex_exec_runs_a_tool_and_answers(
-    codex_gateway: GatewayProcess, fake: FakeProvider, tmp_path: Path
-) -> None:
+def test_codex_exec_runs_a_tool_and_answers(codex_gateway: GatewayProcess, fake: FakeProvider, tmp_path: Path) -> None:
     binary = codex_binary()
     home, workdir = tmp_path / "codex-home", tmp_path / "work"
     home.mkdir()
