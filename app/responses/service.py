@@ -365,10 +365,17 @@ class ResponsesService:
         return run
 
     async def start_background(
-        self, prepared: Prepared, caller: Caller, admission: Admission | None, *, traceparent: str | None
+        self,
+        prepared: Prepared,
+        caller: Caller,
+        admission: Admission | None,
+        transport: str,
+        *,
+        traceparent: str | None,
     ) -> ResponseRun:
-        """A response that runs to its end without a client; its stream log serves readers."""
-        run = await self.open(prepared, caller, admission, "background", traceparent=traceparent)
+        """A response that runs to its end without a client; its stream log serves readers.
+        ``transport``: what the client asked for (``sse`` or ``json``), as the metrics label it."""
+        run = await self.open(prepared, caller, admission, transport, traceparent=traceparent)
         assert run.stream is not None
         self.spawn(self._pump(run, run.stream))
         return run

@@ -235,7 +235,9 @@ async def _background(
             code="unsupported_parameter",
             param="background",
         )
-    run = await responses.start_background(prepared, caller, admission, traceparent=request.headers.get("traceparent"))
+    run = await responses.start_background(
+        prepared, caller, admission, "sse" if streaming else "json", traceparent=request.headers.get("traceparent")
+    )
     headers["X-Response-ID"] = run.id
     if not streaming:
         response = run.events.snapshot()
