@@ -14,11 +14,11 @@ from loadtests.processes import GatewayProcess
 from tests.fake_provider import SCRIPTED_MODELS, FakeProvider
 
 KEY_A, KEY_B = "resp-key-a", "resp-key-b"
-MODELS = ["normal", "tools", "reasoning", "slow_gap", "paced", "hang", "server_error", *SCRIPTED_MODELS]
+MODELS = ["normal", "tools", "reasoning", "slow_gap", "paced", "hang", "server_error", "drop", *SCRIPTED_MODELS]
 _events = TypeAdapter(ResponseStreamEvent)
 
 
-def gateway_config(fake: FakeProvider, *, fast_path: bool = True, extra: str = "") -> str:
+def gateway_config(fake: FakeProvider, *, fast_path: bool = True, extra: str = "", streaming: str = "") -> str:
     deployments = "".join(
         f'[[models.deployments]]\nname = "{name}"\nlitellm_model = "openai/{name}"\n'
         f'api_base = "{fake.base_url}"\nfast_path = {str(fast_path).lower()}\ntimeout_s = 10\n\n'
@@ -27,15 +27,23 @@ def gateway_config(fake: FakeProvider, *, fast_path: bool = True, extra: str = "
     return (
         '[server]\napi_keys_env = "GW_RESPONSES_KEYS"\nmax_body_bytes = 1048576\n\n'
         "[streaming]\nstatus_window_s = 0.3\nheartbeat_s = 0.2\nfirst_token_timeout_s = 3\n"
-        "idle_timeout_s = 3\nresume_ttl_s = 30\n\n"
+        f"idle_timeout_s = 3\nresume_ttl_s = 30\n{streaming}\n"
         f"{extra}\n{deployments}"
     )
 
 
-def start_gateway(workdir: Path, fake: FakeProvider, *, fast_path: bool = True, extra: str = "") -> GatewayProcess:
-    config = gateway_config(fake, fast_path=fast_path, extra=extra)
+def start_gateway(
+    workdir: Path,
+    fake: FakeProvider,
+    *,
+    fast_path: bool = True,
+    extra: str = "",
+    streaming: str = "",
+    name: str = "responses-gateway",
+) -> GatewayProcess:
+    config = gateway_config(fake, fast_path=fast_path, extra=extra, streaming=streaming)
     env = {"GW_RESPONSES_KEYS": f"{KEY_A},{KEY_B}"}
-    return GatewayProcess(workdir, config, env, name="responses-gateway").wait_ready()
+    return GatewayProcess(workdir, config, env, name=name).wait_ready()
 
 
 def valid_response(data: dict[str, Any]) -> Response:

@@ -360,6 +360,18 @@ async def test_provider_errors_before_the_first_token_are_http_errors(sdk: Async
     assert exc.value.status_code == 503
 
 
+async def test_a_stream_broken_after_its_first_token_ends_failed(sdk: AsyncOpenAI) -> None:
+    stream = await sdk.responses.create(model="drop", input="a", stream=True)
+    events = [event async for event in stream]
+    assert events[0].type == "response.created"
+    assert any(e.type == "response.output_text.delta" for e in events)
+    final = events[-1]
+    assert final.type == "response.failed"
+    valid_event(final.model_dump(mode="json", exclude_unset=True))
+    assert final.response.error is not None and "upstream_unavailable" in final.response.error.message
+    assert (await sdk.responses.retrieve(final.response.id)).status == "failed"
+
+
 async def test_client_leaving_cancels_the_provider_call(http: httpx.AsyncClient, fake: FakeProvider) -> None:
     async with http.stream("POST", "/v1/responses", json={"model": "slow_gap", "input": "a", "stream": True}) as live:
         async for piece in live.aiter_bytes():
