@@ -13,7 +13,6 @@ OpenAI's order: ``response.created``, ``response.in_progress``, then per output 
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Final
 
 import msgspec
@@ -118,11 +117,17 @@ class ResponseEvents:
         self.started = False
         self.ended = False
         self.status = "in_progress"
+        # The open item's delta event, around its sequence number and its delta (``_delta``).
+        self._delta_kind = ""
+        self._delta_head = b""
+        self._delta_mid = b""
+        self._delta_tail = b""
         self._extra: dict[str, Any] = {}  # error or incomplete_details, once the response ended
 
     # -- events ------------------------------------------------------------------------------
 
     def _event(self, out: list[Event], kind: str, fields: dict[str, Any]) -> None:
+        # Encoded at once: the dicts it holds (items, the response) may change after it.
         self.seq += 1
         out.append((kind, self.seq, _encode({"type": kind, "sequence_number": self.seq, **fields})))
 
@@ -136,7 +141,7 @@ class ResponseEvents:
 
     def feed(self, raw: bytes) -> list[Event]:
         """The events one chat chunk stands for (none for a chunk that carries nothing)."""
-        out = self.start()
+        out = self.start() if not self.started else []
         try:
             chunk = _decode_chunk(raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -184,7 +189,7 @@ class ResponseEvents:
         self._open, self._open_kind = item, kind
         index = self._index()
         self.output.append(item)
-        self._event(out, "response.output_item.added", {"output_index": index, "item": copy.deepcopy(item)})
+        self._event(out, "response.output_item.added", {"output_index": index, "item": item})
         if kind in ("message", "reasoning"):
             part = _text_part(kind, "")
             self._event(
@@ -193,27 +198,42 @@ class ResponseEvents:
                 {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
             )
 
+    def _template(self, kind: str, item_id: str, index: int, *, content_index: bool, tail: bytes) -> None:
+        """The open item's delta event as bytes around its sequence number and delta: deltas are
+        nearly every event of a stream, and this spares each one a dict and a whole encode."""
+        self._delta_kind = kind
+        self._delta_head = b'{"type":"%b","sequence_number":' % kind.encode()
+        mid = b',"item_id":%b,"output_index":%d' % (_encode(item_id), index)
+        self._delta_mid = mid + (b',"content_index":0,"delta":' if content_index else b',"delta":')
+        self._delta_tail = tail
+
+    def _delta(self, out: list[Event], delta: str) -> None:
+        self.seq += 1
+        seq = self.seq
+        data = b"".join((self._delta_head, str(seq).encode(), self._delta_mid, _encode(delta), self._delta_tail))
+        out.append((self._delta_kind, seq, data))
+
     def _message(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "message":
-            item = {"id": f"msg_{self._base}_{self._index()}", "type": "message", "status": "in_progress",
+            index = self._index()
+            item = {"id": f"msg_{self._base}_{index}", "type": "message", "status": "in_progress",
                     "content": [], "role": "assistant"}  # fmt: skip
             self._open_item("message", item, out)
+            self._template("response.output_text.delta", item["id"], index, content_index=True, tail=b',"logprobs":[]}')
             self._text = []
-        assert self._open is not None
         self._text.append(text)
-        fields = {"item_id": self._open["id"], "output_index": self._index() - 1, "content_index": 0, "delta": text}
-        self._event(out, "response.output_text.delta", {**fields, "logprobs": []})
+        self._delta(out, text)
 
     def _reasoning(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "reasoning":
-            item = {"id": f"rs_{self._base}_{self._index()}", "type": "reasoning", "summary": [], "content": [],
+            index = self._index()
+            item = {"id": f"rs_{self._base}_{index}", "type": "reasoning", "summary": [], "content": [],
                     "status": "in_progress"}  # fmt: skip
             self._open_item("reasoning", item, out)
+            self._template("response.reasoning_text.delta", item["id"], index, content_index=True, tail=b"}")
             self._text = []
-        assert self._open is not None
         self._text.append(text)
-        fields = {"item_id": self._open["id"], "output_index": self._index() - 1, "content_index": 0, "delta": text}
-        self._event(out, "response.reasoning_text.delta", fields)
+        self._delta(out, text)
 
     def _tool_call(self, call: _ToolDelta, out: list[Event]) -> None:
         kind = f"function_call:{call.index}"
@@ -235,12 +255,13 @@ class ResponseEvents:
             if name in self._namespaces:
                 item["namespace"] = self._namespaces[name]
             self._calls[call.index] = item
+            index = self._index()
             self._open_item(kind, item, out)
+            self._template("response.function_call_arguments.delta", item["id"], index, content_index=False, tail=b"}")
         assert self._open is not None
         if function.arguments:
             self._open["arguments"] += function.arguments
-            fields = {"item_id": self._open["id"], "output_index": self._index() - 1, "delta": function.arguments}
-            self._event(out, "response.function_call_arguments.delta", fields)
+            self._delta(out, function.arguments)
 
     def _close(self, out: list[Event], status: str = "completed") -> None:
         item, kind = self._open, self._open_kind
@@ -267,7 +288,7 @@ class ResponseEvents:
             fields = {"item_id": item_id, "output_index": index, "arguments": item["arguments"], "name": item["name"]}
             self._event(out, "response.function_call_arguments.done", fields)
         item["status"] = status
-        self._event(out, "response.output_item.done", {"output_index": index, "item": copy.deepcopy(item)})
+        self._event(out, "response.output_item.done", {"output_index": index, "item": item})
 
     def finish(self, error: GatewayError | None) -> list[Event]:
         """The last events: the open item closed and the response's end (completed, incomplete, failed)."""
@@ -296,10 +317,11 @@ class ResponseEvents:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        """The response object as it stands (a copy)."""
+        """The response object as it stands: a copy down to the items (their parts are replaced,
+        never changed in place, so sharing them is safe)."""
         response = dict(self.skeleton)
         response["status"] = self.status
-        response["output"] = copy.deepcopy(self.output)
+        response["output"] = [dict(item) for item in self.output]
         response["usage"] = self.usage
         response.update(self._extra)
         return response

@@ -26,6 +26,7 @@ from app.resume.replay import Replay
 from app.streaming.disconnect import DisconnectWatch
 from app.streaming.sse import HEARTBEAT, RAW_SEND
 from app.streaming.sse import _Heartbeat as Heartbeat
+from app.transport.direct_body import DirectBody
 
 HELD_MAX = 64 * 1024
 
@@ -40,16 +41,40 @@ def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 class ResponsesSseWriter:
-    """A chat stream's events written as Responses events (a ``StreamWriter``)."""
+    """A chat stream's events written as Responses events (a ``StreamWriter``). Over uvicorn it can
+    also write synchronously (``DirectWriter``), so a relayed stream's rest is pushed from the
+    provider's connection as a chat stream's is (``app/chat/push.py``)."""
 
-    __slots__ = ("_heartbeat", "_held", "_rid", "_run", "_send")
+    __slots__ = ("_direct", "_heartbeat", "_held", "_rid", "_run", "_send")
 
-    def __init__(self, run: ResponseRun, stream: ChatStream, send: Send) -> None:
+    def __init__(self, run: ResponseRun, stream: ChatStream, send: Send, direct: DirectBody | None = None) -> None:
         self._run = run
         self._rid = run.id.encode()
         self._send = send
+        self._direct = direct
         self._heartbeat = Heartbeat(stream, send)
         self._held = b""
+
+    def _frames(self, events: list[StreamEvent]) -> bytes:
+        feed, rid = self._run.feed, self._rid
+        return b"".join([frames(rid, feed(e.chunk.raw)) for e in events if e.chunk is not None])
+
+    def can_write_now(self) -> bool:
+        return self._direct is not None
+
+    def write_now(self, events: list[StreamEvent]) -> bool:
+        assert self._direct is not None
+        data = self._frames(events)
+        if self._held:
+            data, self._held = self._held + data, b""
+        return self._direct.write(data) if data else True
+
+    def hold(self, events: list[StreamEvent]) -> None:
+        self._held += self._frames(events)
+
+    async def writable(self) -> None:
+        assert self._direct is not None
+        await self._direct.writable()
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
         frame = frames(self._rid, self._run.feed(raw))
@@ -92,7 +117,7 @@ class _LiveASGI:
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
-            writer = ResponsesSseWriter(self._run, stream, raw_send)
+            writer = ResponsesSseWriter(self._run, stream, raw_send, DirectBody.of(raw_send))
             try:
                 await stream.pump(writer, watch.guard())
             except ClientLeft:
