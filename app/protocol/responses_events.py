@@ -216,10 +216,11 @@ class ResponseEvents:
     def _message(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "message":
             index = self._index()
-            item = {"id": f"msg_{self._base}_{index}", "type": "message", "status": "in_progress",
+            item_id = f"msg_{self._base}_{index}"
+            item: dict[str, Any] = {"id": item_id, "type": "message", "status": "in_progress",
                     "content": [], "role": "assistant"}  # fmt: skip
             self._open_item("message", item, out)
-            self._template("response.output_text.delta", item["id"], index, content_index=True, tail=b',"logprobs":[]}')
+            self._template("response.output_text.delta", item_id, index, content_index=True, tail=b',"logprobs":[]}')
             self._text = []
         self._text.append(text)
         self._delta(out, text)
@@ -227,10 +228,11 @@ class ResponseEvents:
     def _reasoning(self, text: str, out: list[Event]) -> None:
         if self._open_kind != "reasoning":
             index = self._index()
-            item = {"id": f"rs_{self._base}_{index}", "type": "reasoning", "summary": [], "content": [],
+            item_id = f"rs_{self._base}_{index}"
+            item: dict[str, Any] = {"id": item_id, "type": "reasoning", "summary": [], "content": [],
                     "status": "in_progress"}  # fmt: skip
             self._open_item("reasoning", item, out)
-            self._template("response.reasoning_text.delta", item["id"], index, content_index=True, tail=b"}")
+            self._template("response.reasoning_text.delta", item_id, index, content_index=True, tail=b"}")
             self._text = []
         self._text.append(text)
         self._delta(out, text)
