@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from loadtests.processes import GatewayProcess
@@ -16,6 +16,7 @@ from tests.fake_provider import SCRIPTED_MODELS, FakeProvider
 KEY_A, KEY_B = "resp-key-a", "resp-key-b"
 MODELS = ["normal", "tools", "reasoning", "slow_gap", "paced", "hang", "server_error", "drop", *SCRIPTED_MODELS]
 _events = TypeAdapter(ResponseStreamEvent)
+_items: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 
 
 def gateway_config(fake: FakeProvider, *, fast_path: bool = True, extra: str = "", streaming: str = "") -> str:
@@ -68,3 +69,7 @@ def sse_events(text: str) -> list[tuple[str, str, dict[str, Any]]]:
         if "data" in fields:
             out.append((fields.get("event", ""), fields.get("id", ""), json.loads(fields["data"])))
     return out
+
+
+def valid_item(data: dict[str, Any]) -> Any:
+    return _items.validate_python(data)

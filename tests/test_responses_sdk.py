@@ -15,7 +15,15 @@ from openai import AsyncOpenAI
 from loadtests.processes import GatewayProcess
 from tests.conftest import wait_until
 from tests.fake_provider import DEFAULT_CONTENT, TOOL_NAME, FakeProvider
-from tests.responses_support import KEY_A, KEY_B, sse_events, start_gateway, valid_event, valid_response
+from tests.responses_support import (
+    KEY_A,
+    KEY_B,
+    sse_events,
+    start_gateway,
+    valid_event,
+    valid_item,
+    valid_response,
+)
 
 HELLO = "".join(DEFAULT_CONTENT)
 WEATHER = {
@@ -159,8 +167,9 @@ async def test_reasoning_comes_back_as_a_reasoning_item(sdk: AsyncOpenAI) -> Non
 # ---- stored responses ----------------------------------------------------------------------------
 
 
-async def test_retrieve_delete_and_input_items(sdk: AsyncOpenAI) -> None:
-    items: Any = [{"role": "user", "content": f"message {i}"} for i in range(5)]
+async def test_retrieve_delete_and_input_items(sdk: AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    items: Any = [{"role": "user", "content": f"message {i}"} for i in range(4)]
+    items.append({"role": "assistant", "content": [{"type": "output_text", "text": "message 4"}]})
     created = await sdk.responses.create(model="normal", input=items)
     again = await sdk.responses.retrieve(created.id)
     assert again.output_text == HELLO and again.id == created.id
@@ -170,6 +179,9 @@ async def test_retrieve_delete_and_input_items(sdk: AsyncOpenAI) -> None:
     rest = await sdk.responses.input_items.list(created.id, limit=10, order="asc", after=page.data[-1].id)
     assert [item.content[0].text for item in rest.data] == ["message 2", "message 3", "message 4"]  # type: ignore[union-attr]
     assert rest.has_more is False
+    listed = await http.get(f"/v1/responses/{created.id}/input_items", params={"limit": 100})
+    for item in listed.json()["data"]:
+        valid_item(item)
     newest = await sdk.responses.input_items.list(created.id, limit=1)
     assert newest.data[0].content[0].text == "message 4"  # type: ignore[union-attr]
     await sdk.responses.delete(created.id)

@@ -125,9 +125,17 @@ def with_ids(items: list[dict[str, Any]], response_id: str) -> list[dict[str, An
             prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}.get(kind, "item")
             item["id"] = f"{prefix}_{base}_in{i}"
         item.setdefault("type", "message")
+        if item["type"] in ("message", "function_call", "function_call_output"):
+            item.setdefault("status", "completed")  # what OpenAI's listed items carry
         if item["type"] == "message" and isinstance(item.get("content"), str):
             part = "output_text" if item.get("role") == "assistant" else "input_text"
             item["content"] = [{"type": part, "text": item["content"]}]
+        if item["type"] == "message" and item.get("role") == "assistant" and isinstance(item.get("content"), list):
+            item["content"] = [
+                {**p, "annotations": p.get("annotations") or []} if p.get("type") == "output_text" else p
+                for p in item["content"]
+                if isinstance(p, dict)
+            ]
         kept.append(item)
     return kept
 
