@@ -135,8 +135,11 @@ class ResponseEvents:
         out: list[Event] = []
         if not self.started:
             self.started = True
-            self._event(out, "response.created", {"response": self.snapshot()})
-            self._event(out, "response.in_progress", {"response": self.snapshot()})
+            response = _encode(self.snapshot())  # the same object twice: encoded once
+            for kind in ("response.created", "response.in_progress"):
+                self.seq += 1
+                head = b'{"type":"%b","sequence_number":%d,"response":' % (kind.encode(), self.seq)
+                out.append((kind, self.seq, head + response + b"}"))
         return out
 
     def feed(self, raw: bytes) -> list[Event]:

@@ -150,6 +150,7 @@ class ResponseRun:
         self.events = ResponseEvents(prepared.skeleton, prepared.namespaces)
         self.stream: ChatStream | None = None
         self.saved_end = False
+        self.deleted = False  # deleted while running: its end is not saved either
 
     @property
     def id(self) -> str:
@@ -182,7 +183,8 @@ class ResponseRun:
             return
         self.saved_end = True
         self.service.running.pop(self.id, None)
-        await self.service.save(self.record(self.events.snapshot()))
+        if not self.deleted:
+            await self.service.save(self.record(self.events.snapshot()))
 
     def closed(self, stream: ChatStream) -> None:
         """The stream closed: a response that never got its last event (its client left) ends cancelled."""
@@ -219,6 +221,8 @@ class ResponsesService:
         self.resumes = resumes
         #: Responses running in this process, by id (GET shows their progress, cancel stops them).
         self.running: dict[str, ResponseRun] = {}
+        #: The store is shared by replicas (Redis): a response is saved as it starts, not only as it ends.
+        self.shared = settings.responses.store == "redis"
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- preparing -----------------------------------------------------------------------------
@@ -279,6 +283,10 @@ class ResponsesService:
     # -- the store -----------------------------------------------------------------------------
 
     async def _get(self, response_id: str) -> StoredResponse | None:
+        """A response running in this process (its progress), else the store's record."""
+        run = self.running.get(response_id)
+        if run is not None:
+            return run.record(run.events.snapshot())
         try:
             return await self.store.get(response_id)
         except Exception as exc:
@@ -298,13 +306,13 @@ class ResponsesService:
             raise ResponseNotFound(
                 f"No response {response_id[:128]!r} (unknown, expired, or not yours).", param="response_id"
             )
-        run = self.running.get(response_id)
-        if run is not None:
-            record.response = run.events.snapshot()  # a running response's progress, from this process
         return record
 
     async def delete(self, response_id: str, caller: Caller) -> None:
         await self.owned(response_id, caller)
+        run = self.running.get(response_id)
+        if run is not None:
+            run.deleted = True
         try:
             await self.store.delete(response_id)
         except Exception as exc:
@@ -369,7 +377,9 @@ class ResponsesService:
 
         stream.on_close = on_close
         self.running[run.id] = run
-        await self.save(run.record(run.events.snapshot()))
+        if self.shared:
+            # Other replicas learn of it from the store (this one serves it from ``running``).
+            await self.save(run.record(run.events.snapshot()))
         return run
 
     async def start_background(
