@@ -33,7 +33,7 @@ from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, static_files, swagger_ui
-from app.routes.responses import ResponsesController
+from app.routes.responses import ResponsesContext, ResponsesController
 from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
 from app.settings import Settings, load_settings
@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     def provide_responses(state: State) -> ResponsesService:
         responses: ResponsesService = state.responses
         return responses
+
+    def provide_responses_context(request: Request[Any, Any, Any]) -> ResponsesContext:
+        return ResponsesContext(request.app.state.responses, provide_caller(request))
 
     def provide_metrics() -> Metrics:
         return metrics
@@ -114,6 +117,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),
             "responses": Provide(provide_responses, sync_to_thread=False),
+            "responses_context": Provide(provide_responses_context, sync_to_thread=False),
         },
         lifespan=[
             services_lifespan(settings, metrics, environ, drain),

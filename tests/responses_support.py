@@ -41,9 +41,10 @@ def start_gateway(
     extra: str = "",
     streaming: str = "",
     name: str = "responses-gateway",
+    env: dict[str, str] | None = None,
 ) -> GatewayProcess:
     config = gateway_config(fake, fast_path=fast_path, extra=extra, streaming=streaming)
-    env = {"GW_RESPONSES_KEYS": f"{KEY_A},{KEY_B}"}
+    env = {"GW_RESPONSES_KEYS": f"{KEY_A},{KEY_B}", **(env or {})}
     return GatewayProcess(workdir, config, env, name=name).wait_ready()
 
 

@@ -56,19 +56,28 @@ def _query_int(request: Request[Any, Any, Any], name: str, default: int | None) 
     return int(value)
 
 
+class ResponsesContext:
+    """What the create handler needs, as one dependency (several are resolved in a task group, which
+    costs more per request than the rest of the handler's set-up: see ``routes/chat.py``)."""
+
+    __slots__ = ("caller", "responses")
+
+    def __init__(self, responses: ResponsesService, caller: Caller) -> None:
+        self.responses = responses
+        self.caller = caller
+
+
 class ResponsesController(Controller):
     path = ""
     tags = ["responses"]
 
     @post(path=RESPONSES_PATHS, status_code=200, summary="Create a response (JSON, SSE or background)")
     async def create(
-        self,
-        request: Request[Any, Any, Any],
-        responses: NamedDependency[ResponsesService],
-        settings: NamedDependency[Settings],
-        caller: NamedDependency[Caller],
+        self, request: Request[Any, Any, Any], responses_context: NamedDependency[ResponsesContext]
     ) -> Response[Any]:
         started = time.perf_counter()
+        responses, caller = responses_context.responses, responses_context.caller
+        settings = responses.settings
         check_content_type(request.headers.get("content-type"))
         try:
             raw = await request.body()
