@@ -14,7 +14,10 @@ from loadtests.processes import GatewayProcess
 from tests.fake_provider import SCRIPTED_MODELS, FakeProvider
 
 KEY_A, KEY_B = "resp-key-a", "resp-key-b"
-MODELS = ["normal", "tools", "reasoning", "slow_gap", "paced", "hang", "server_error", "drop", *SCRIPTED_MODELS]
+MODELS = [
+    "normal", "tools", "reasoning", "slow_gap", "paced", "hang", "server_error", "drop", "drain_long",
+    *SCRIPTED_MODELS,
+]  # fmt: skip
 _events = TypeAdapter(ResponseStreamEvent)
 _items: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 

@@ -384,6 +384,16 @@ async def test_a_stream_broken_after_its_first_token_ends_failed(sdk: AsyncOpenA
     assert (await sdk.responses.retrieve(final.response.id)).status == "failed"
 
 
+async def test_a_silent_provider_gets_heartbeats_then_a_failed_response(http: httpx.AsyncClient) -> None:
+    answer = await http.post("/v1/responses", json={"model": "hang", "input": "a", "stream": True})
+    assert answer.status_code == 200  # past the status window: the headers went out, then heartbeats
+    assert ": keep-alive" in answer.text
+    events = sse_events(answer.text)
+    assert [e[2]["type"] for e in events] == ["response.created", "response.in_progress", "response.failed"]
+    assert "upstream_timeout" in events[-1][2]["response"]["error"]["message"]
+    valid_event(events[-1][2])
+
+
 async def test_client_leaving_cancels_the_provider_call(http: httpx.AsyncClient, fake: FakeProvider) -> None:
     async with http.stream("POST", "/v1/responses", json={"model": "slow_gap", "input": "a", "stream": True}) as live:
         async for piece in live.aiter_bytes():
