@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgspec
@@ -151,6 +151,7 @@ class ResponseRun:
         self.stream: ChatStream | None = None
         self.saved_end = False
         self.deleted = False  # deleted while running: its end is not saved either
+        self._writers = 0  # writers pumping the stream now: the end is theirs to save
 
     @property
     def id(self) -> str:
@@ -186,15 +187,50 @@ class ResponseRun:
         if not self.deleted:
             await self.service.save(self.record(self.events.snapshot()))
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a writer's pump: while it runs, the end is saved by its ``finish``; a writer that
+        leaves before the end (its client went) hands the saving back to ``closed``."""
+        self._writers += 1
+        try:
+            yield
+        finally:
+            self._writers -= 1
+            if self.stream is not None and self.stream.outcome is not None:
+                self.closed(self.stream)
+
     def closed(self, stream: ChatStream) -> None:
-        """The stream closed: a response that never got its last event (its client left) ends cancelled."""
-        if self.saved_end:
+        """The stream closed and no writer will see its end (its client left): the response is what
+        the stream's log holds (a detached stream may have run to its end without anyone), else it
+        ends cancelled or failed."""
+        if self.saved_end or self._writers:
             return
-        if not self.events.ended:
+        rebuilt = self._from_log(stream)
+        if rebuilt is not None:
+            self.events = rebuilt
+        elif not self.events.ended:
             left = stream.outcome in ("cancelled", "client_disconnected")
             self.events.status = "cancelled" if left else "failed"
             self.events.ended = True
         self.service.spawn(self.save_end())
+
+    def _from_log(self, stream: ChatStream) -> ResponseEvents | None:
+        log = stream.log
+        if log is None:
+            return None
+        events = ResponseEvents(self.prepared.skeleton, self.prepared.namespaces)
+        seq = 0
+        try:
+            while (event := log.after(seq)) is not None:
+                seq = event.seq
+                if event.chunk is not None:
+                    events.feed(event.chunk.raw)
+                else:
+                    events.finish(event.error)
+                    return events
+        except LookupError:
+            return None  # trimmed: the start of the response is gone
+        return None
 
 
 class _BackgroundWriter:
@@ -399,7 +435,7 @@ class ResponsesService:
         return run
 
     async def _pump(self, run: ResponseRun, stream: ChatStream) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), run.writing():
             await stream.pump(_BackgroundWriter(run), NO_GUARD)
 
     async def cancel(self, response_id: str, caller: Caller) -> StoredResponse:

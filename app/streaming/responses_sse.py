@@ -119,7 +119,8 @@ class _LiveASGI:
             raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
             writer = ResponsesSseWriter(self._run, stream, raw_send, DirectBody.of(raw_send))
             try:
-                await stream.pump(writer, watch.guard())
+                with self._run.writing():
+                    await stream.pump(writer, watch.guard())
             except ClientLeft:
                 return
             finally:

@@ -183,7 +183,8 @@ class ResponsesSocketSession:
                 traceparent=self.socket.headers.get("traceparent"),
             )
             assert run.stream is not None
-            await run.stream.pump(_SocketWriter(self, run))
+            with run.writing():
+                await run.stream.pump(_SocketWriter(self, run))
         except ClientLeft:
             return
         except GatewayError as exc:
