@@ -20,7 +20,8 @@ HELLO = "".join(DEFAULT_CONTENT)
 NAMED_KEY = "resp-named-key-1"
 KEYS = (
     "[cache]\nenabled = true\n\n"
-    '[[keys]]\nname = "team"\nkey_env = "GW_RESP_NAMED"\nmodels = ["normal", "tools", "slow_gap"]\nrequests_per_minute = 1000\n\n'
+    '[[keys]]\nname = "team"\nkey_env = "GW_RESP_NAMED"\n'
+    'models = ["normal", "tools", "slow_gap"]\nrequests_per_minute = 1000\n\n'
 )
 
 

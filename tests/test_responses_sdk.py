@@ -4,6 +4,7 @@ in front of the fake provider speaking chat completions: what is tested is the t
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -11,6 +12,8 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from loadtests.processes import GatewayProcess
 from tests.conftest import wait_until
@@ -401,3 +404,30 @@ async def test_client_leaving_cancels_the_provider_call(http: httpx.AsyncClient,
                 break
     record = fake.requests[-1]
     await wait_until(lambda: record.disconnected_at is not None, 5, "the provider call to be closed")
+
+
+async def test_websocket_errors_keep_the_socket_and_limits_close_it(gw: GatewayProcess) -> None:
+    url = f"ws://127.0.0.1:{gw.port}/v1/responses"
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    async with ws_connect(url, additional_headers=auth, open_timeout=10, max_size=None) as ws:
+        await ws.send("{not json")
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert first["type"] == "error" and first["status"] == 400
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": [{"role": "robot"}]}))
+        second = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert second["error"]["param"] == "input[0].role"
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "x", "background": True}))
+        third = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert third["error"]["code"] == "unsupported_parameter"
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "still here?"}))
+        while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "response.completed":
+            pass
+        assert event["response"]["output"][0]["content"][0]["text"] == HELLO
+        await ws.send("x" * (1024 * 1024 + 1))  # over websocket.max_frame_bytes (default 1 MiB)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    async with ws_connect(url, additional_headers={"Authorization": "Bearer wrong"}, open_timeout=10) as ws:
+        with pytest.raises(ConnectionClosed) as refused:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert refused.value.rcvd is not None and refused.value.rcvd.code == 1008
