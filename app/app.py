@@ -34,6 +34,7 @@ from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, static_files, swagger_ui
 from app.routes.responses import ResponsesContext, ResponsesController
+from app.routes.responses_direct import ResponsesRoute
 from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
 from app.settings import Settings, load_settings
@@ -141,8 +142,12 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app.state.metrics = metrics
     app.state.drain = drain
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
-    # The chat route beside Litestar's pipeline (routes/chat_direct.py), except where CORS must see it.
-    handler = app.asgi_handler if cors is not None else ChatRoute(app, app.asgi_handler, provide_chat_context)
+    # The chat and Responses create routes beside Litestar's pipeline (routes/chat_direct.py,
+    # routes/responses_direct.py), except where CORS must see them.
+    handler = app.asgi_handler
+    if cors is None:
+        handler = ResponsesRoute(app, handler, provide_responses_context)
+        handler = ChatRoute(app, handler, provide_chat_context)
     app.asgi_handler = RequestIdMiddleware(handler, observers=[metrics.http_request], drain=drain)
     return app
 

@@ -75,81 +75,9 @@ class ResponsesController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], responses_context: NamedDependency[ResponsesContext]
     ) -> Response[Any]:
-        started = time.perf_counter()
-        responses, caller = responses_context.responses, responses_context.caller
-        settings = responses.settings
-        check_content_type(request.headers.get("content-type"))
-        try:
-            raw = await request.body()
-        except InternalServerException:
-            return _gone(request)
-        create, _ = parse_create(raw)
-        request.state.model = create.model
-        if caller.scope != ANONYMOUS.scope:
-            request.state.key = caller.name
-        streaming = wants_stream(create.stream, request.headers.get("accept"))
-        prepared = await responses.prepare(create, caller)
-        chat = responses.chat
-        admission = await chat.admit(prepared.chat, caller)
-        headers: dict[str, str] = {}
-        if admission is not None and admission.headers:
-            request.state.rate_headers = admission.headers
-            headers.update(admission.headers)
-        if prepared.omitted:
-            headers[OMITTED_HEADER] = ", ".join(dict.fromkeys(prepared.omitted))
-        traceparent = request.headers.get("traceparent")
-        if create.background:
-            return await _background(request, responses, settings, prepared, caller, admission, streaming, headers)
-        watch = DisconnectWatch(request.receive)
-        run: ResponseRun | None = None
-        try:
-            with watch.guard():
-                if not streaming:
-                    request.state.trail = trail = Trail()
-                    response, cache_status = await responses.complete(
-                        prepared,
-                        caller,
-                        admission,
-                        started_at=started,
-                        cache_control=request.headers.get("cache-control"),
-                        traceparent=traceparent,
-                        trail=trail,
-                    )
-                    watch.stop()
-                    if cache_status:
-                        headers["X-Cache"] = cache_status
-                    return _json(response, headers)
-                run = await responses.open(
-                    prepared,
-                    caller,
-                    admission,
-                    "sse",
-                    started_at=started,
-                    cache_control=request.headers.get("cache-control"),
-                    traceparent=traceparent,
-                )
-                assert run.stream is not None
-                request.state.stream = run.stream
-                first = await run.stream.first_event(settings.streaming.status_window_s)
-        except BaseException as exc:
-            watch.stop()
-            if run is not None and run.stream is not None:
-                run.stream.close(CLIENT_DISCONNECTED)
-            if isinstance(exc, ClientGone):
-                return _gone(request)
-            raise
-        stream = run.stream
-        if first is not None and first.error is not None:
-            watch.stop()
-            stream.mark_first_byte()
-            stream.close(first.error.outcome)
-            raise first.error
-        headers.update(SSE_HEADERS)
-        headers["X-Stream-ID"] = stream.id
-        headers["X-Response-ID"] = run.id
-        if stream.cache_status:
-            headers["X-Cache"] = stream.cache_status
-        return ResponsesSseResponse(run, watch, headers)
+        # Served by routes/responses_direct.py (same function, without the per-request pipeline)
+        # unless CORS is configured; registered here for the OpenAPI schema and as that fallback.
+        return await create_response(request, responses_context)
 
     @get(path=_ONE, summary="Retrieve a response, or resume its event stream (?stream=true&starting_after=n)")
     async def retrieve(
@@ -291,3 +219,82 @@ async def _replay(
     return ResponsesReplayResponse(
         reader, first, DisconnectWatch(request.receive), out, settings.streaming.heartbeat_s, done
     )
+
+
+async def create_response(request: Request[Any, Any, Any], responses_context: ResponsesContext) -> Response[Any]:
+    """``POST /v1/responses``: JSON, SSE or background, from the request and what the handler needs."""
+    started = time.perf_counter()
+    responses, caller = responses_context.responses, responses_context.caller
+    settings = responses.settings
+    check_content_type(request.headers.get("content-type"))
+    try:
+        raw = await request.body()
+    except InternalServerException:
+        return _gone(request)
+    create, _ = parse_create(raw)
+    request.state.model = create.model
+    if caller.scope != ANONYMOUS.scope:
+        request.state.key = caller.name
+    streaming = wants_stream(create.stream, request.headers.get("accept"))
+    prepared = await responses.prepare(create, caller)
+    chat = responses.chat
+    admission = await chat.admit(prepared.chat, caller)
+    headers: dict[str, str] = {}
+    if admission is not None and admission.headers:
+        request.state.rate_headers = admission.headers
+        headers.update(admission.headers)
+    if prepared.omitted:
+        headers[OMITTED_HEADER] = ", ".join(dict.fromkeys(prepared.omitted))
+    traceparent = request.headers.get("traceparent")
+    if create.background:
+        return await _background(request, responses, settings, prepared, caller, admission, streaming, headers)
+    watch = DisconnectWatch(request.receive)
+    run: ResponseRun | None = None
+    try:
+        with watch.guard():
+            if not streaming:
+                request.state.trail = trail = Trail()
+                response, cache_status = await responses.complete(
+                    prepared,
+                    caller,
+                    admission,
+                    started_at=started,
+                    cache_control=request.headers.get("cache-control"),
+                    traceparent=traceparent,
+                    trail=trail,
+                )
+                watch.stop()
+                if cache_status:
+                    headers["X-Cache"] = cache_status
+                return _json(response, headers)
+            run = await responses.open(
+                prepared,
+                caller,
+                admission,
+                "sse",
+                started_at=started,
+                cache_control=request.headers.get("cache-control"),
+                traceparent=traceparent,
+            )
+            assert run.stream is not None
+            request.state.stream = run.stream
+            first = await run.stream.first_event(settings.streaming.status_window_s)
+    except BaseException as exc:
+        watch.stop()
+        if run is not None and run.stream is not None:
+            run.stream.close(CLIENT_DISCONNECTED)
+        if isinstance(exc, ClientGone):
+            return _gone(request)
+        raise
+    stream = run.stream
+    if first is not None and first.error is not None:
+        watch.stop()
+        stream.mark_first_byte()
+        stream.close(first.error.outcome)
+        raise first.error
+    headers.update(SSE_HEADERS)
+    headers["X-Stream-ID"] = stream.id
+    headers["X-Response-ID"] = run.id
+    if stream.cache_status:
+        headers["X-Cache"] = stream.cache_status
+    return ResponsesSseResponse(run, watch, headers)
