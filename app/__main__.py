@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import ConfigError, Settings, config_path, load_settings
-from app.version import version
+from app.config.settings import ConfigError, Settings, config_path, config_source, load_settings
+from app.server.version import version
 
 CONFIG_ERROR = 2
 LISTEN_ERROR = 1
@@ -52,10 +52,24 @@ def report(problems: Sequence[str]) -> int:
     return CONFIG_ERROR
 
 
-def check(settings: Settings, file: Path) -> int:
-    from app.preflight import provider_problems
+CHECKING = "checking providers (LiteLLM's import takes a few seconds)..."
 
-    print("checking providers (LiteLLM's import takes a few seconds)...", file=sys.stderr, flush=True)
+
+def every_problem(error: ConfigError) -> list[str]:
+    """The configuration's problems and, on what could still be read of it, the provider names'."""
+    from app.server.preflight import needs_litellm, prefix_problems
+
+    if error.settings is None:
+        return error.problems
+    if needs_litellm(error.settings):
+        print(CHECKING, file=sys.stderr, flush=True)
+    return error.problems + prefix_problems(error.settings)
+
+
+def check(settings: Settings, file: Path) -> int:
+    from app.server.preflight import provider_problems
+
+    print(CHECKING, file=sys.stderr, flush=True)
     problems = provider_problems(settings, os.environ)
     if problems:
         return report(problems)
@@ -64,13 +78,13 @@ def check(settings: Settings, file: Path) -> int:
     return 0
 
 
-def serve(settings: Settings, file: Path, started: float) -> int:
-    from app import banner, launch
-    from app.serve import gateway_config
-    from app.worker_metrics import worker_metrics_dir
+def serve(settings: Settings, file: Path, source: str, started: float) -> int:
+    from app.observability.worker_metrics import worker_metrics_dir
+    from app.server import banner, launch
+    from app.server.serve import gateway_config
 
     server = settings.server
-    for line in banner.opening_lines(settings, file, version()):
+    for line in banner.opening_lines(settings, file, version(), source=source, environ=os.environ):
         print(line, file=sys.stderr, flush=True)
     try:
         sock = launch.bind(server.host, server.port)
@@ -78,7 +92,7 @@ def serve(settings: Settings, file: Path, started: float) -> int:
         reason = exc.strerror or str(exc)
         print(f"error: cannot listen on {banner.listen_address(settings)}: {reason}", file=sys.stderr)
         return LISTEN_ERROR
-    from app.preflight import provider_problems
+    from app.server.preflight import provider_problems
 
     print(banner.loading_line(), file=sys.stderr, flush=True)
     problems = provider_problems(settings, os.environ)  # the slow import of LiteLLM happens here
@@ -91,7 +105,7 @@ def serve(settings: Settings, file: Path, started: float) -> int:
     )
     config = gateway_config(
         settings,
-        "app.startup_guard:app_factory",
+        "app.server.startup_guard:app_factory",
         factory=True,
         host=server.host,
         port=server.port,
@@ -110,14 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Through the environment rather than an argument: uvicorn's worker processes and the app
         # factory load the settings again, and they read CHAT_CONFIG.
         os.environ["CHAT_CONFIG"] = args.config
+    source = "--config" if args.config else config_source(os.environ)
     file = config_path(os.environ).resolve()
     try:
-        settings = load_settings(environ=os.environ)
+        settings = load_settings(environ=os.environ, source=source if source != "default" else None)
     except ConfigError as exc:
-        return report(exc.problems)
+        return report(every_problem(exc))
     if args.check:
         return check(settings, file)
-    return serve(settings, file, started)
+    return serve(settings, file, source, started)
 
 
 if __name__ == "__main__":

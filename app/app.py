@@ -15,16 +15,15 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from app.access.keys import Caller, GatewayKeys
-from app.chat.catalogue import Catalogue
-from app.chat.service import ChatService
-from app.drain import Drain
-from app.http_errors import EXCEPTION_HANDLERS
-from app.lifespan import services_lifespan
-from app.log import configure_logging
-from app.metrics import Metrics
-from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
-from app.responses.lifespan import responses_lifespan
-from app.responses.service import ResponsesService
+from app.api.responses.lifespan import responses_lifespan
+from app.api.responses.service import ResponsesService
+from app.catalogue.catalogue import Catalogue
+from app.config.settings import Settings, load_settings
+from app.core.drain import Drain
+from app.core.service import ChatService
+from app.observability.log import configure_logging
+from app.observability.metrics import Metrics
+from app.observability.worker_metrics import Scrape, scrape_lifespan
 from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_direct import ChatRoute
@@ -32,14 +31,15 @@ from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
-from app.routes.page import chat_page, favicon, static_files, swagger_ui
+from app.routes.page import chat_page, favicon, schema_router, static_files, swagger_ui
 from app.routes.responses import ResponsesContext, ResponsesController
 from app.routes.responses_direct import ResponsesRoute
 from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
-from app.settings import Settings, load_settings
-from app.version import version
-from app.worker_metrics import Scrape, scrape_lifespan
+from app.server.http_errors import EXCEPTION_HANDLERS
+from app.server.lifespan import provider_text, services_lifespan
+from app.server.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.server.version import version
 
 
 def create_app(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         return settings
 
     keys = GatewayKeys.from_settings(settings, environ)
+    quote = provider_text(settings, environ)  # redacts provider and library text for every configured secret
     drain = Drain(settings.server.shutdown_delay_s, settings.server.drain_s)
 
     def provide_chat_context(request: Request[Any, Any, Any]) -> ChatContext:
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "responses_context": Provide(provide_responses_context, sync_to_thread=False),
         },
         lifespan=[
-            services_lifespan(settings, metrics, environ, drain),
+            services_lifespan(settings, metrics, environ, drain, quote),
             responses_lifespan(settings),
             scrape_lifespan(settings, metrics, environ),
         ],
@@ -135,15 +136,16 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             version=version(),
             path="/schema",
             render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]), swagger_ui()],
+            openapi_router=schema_router(),
         ),
         debug=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.drain = drain
+    app.state.quote = quote
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
-    # The chat and Responses create routes beside Litestar's pipeline (routes/chat_direct.py,
-    # routes/responses_direct.py), except where CORS must see them.
+    # The chat route beside Litestar's pipeline (routes/chat_direct.py), except where CORS must see it.
     handler = app.asgi_handler
     if cors is None:
         handler = ResponsesRoute(app, handler, provide_responses_context)

@@ -55,13 +55,32 @@ from typing import Any
 from urllib.parse import urlsplit
 
 CONTENT_RE = re.compile(rb'"content"\s*:\s*"[^"]')
+
+
+@dataclass(frozen=True)
+class Api:
+    """A client API the load runs through: its path, and how its SSE events say content and end."""
+
+    path: str
+    content: re.Pattern[bytes]  # an event (or a JSON answer) carrying generated text
+    end: re.Pattern[bytes] | None  # the last event's data (None: the stream ends with ``[DONE]``)
+
+
+#: Chat completions, OpenAI's Responses API and Anthropic's Messages API (SSE; chat also ws and json).
+APIS = {
+    "chat": Api("/v1/chat/completions", CONTENT_RE, None),
+    "responses": Api(
+        "/v1/responses",
+        re.compile(rb'"type"\s*:\s*"response\.output_text\.delta"'),
+        re.compile(rb'^\{"type"\s*:\s*"response\.(completed|incomplete|failed)"'),
+    ),
+    "messages": Api(
+        "/v1/messages",
+        re.compile(rb'"type"\s*:\s*"text_delta"'),
+        re.compile(rb'^\{"type"\s*:\s*"message_stop"'),
+    ),
+}
 WS_TYPE_RE = re.compile(rb'"type"\s*:\s*"(chat\.completion\.chunk|chat\.completion\.done|error)"')
-#: The Responses API's events that matter to a load run (``--api responses``): a text delta is a
-#: content chunk, completed/incomplete is the end, failed or an error event is an error.
-RESPONSES_TYPE_RE = re.compile(
-    rb'"type"\s*:\s*"(response\.output_text\.delta|response\.completed|response\.incomplete|response\.failed|error)"'
-)
-RESPONSES_END = (b"response.completed", b"response.incomplete")
 STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -269,10 +288,10 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
 class Client(asyncio.Protocol):
     """One keep-alive HTTP/1.1 (or WebSocket) connection running one request at a time."""
 
-    def __init__(self, stats: Stats, mode: str, idle: bool = False, responses: bool = False) -> None:
+    def __init__(self, stats: Stats, mode: str, idle: bool = False, api: Api = APIS["chat"]) -> None:
         self.stats = stats
         self.mode = mode
-        self.responses = responses
+        self.api = api
         self.idle = idle
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -545,9 +564,6 @@ class Client(asyncio.Protocol):
             self._sse_event(block)
 
     def _sse_event(self, block: bytes) -> None:
-        if self.responses:
-            self._responses_event(block)
-            return
         # Comment lines (the heartbeat, one line in front of the next event) match neither field.
         data: bytes | None = None
         is_error = False
@@ -559,26 +575,14 @@ class Client(asyncio.Protocol):
                 is_error = True
         if data is None:
             return
+        api = self.api
         if is_error:
             self.err = "sse_error"
             self.err_detail = data[:200].decode("utf-8", "replace")
-        elif data == b"[DONE]":
+        elif data == b"[DONE]" if api.end is None else api.end.match(data) is not None:
             self.done = True
-        elif CONTENT_RE.search(data):
+        elif api.content.search(data):
             self._content_chunk()
-
-    def _responses_event(self, block: bytes) -> None:
-        m = RESPONSES_TYPE_RE.search(block)
-        if m is None:
-            return
-        kind = m.group(1)
-        if kind == b"response.output_text.delta":
-            self._content_chunk()
-        elif kind in RESPONSES_END:
-            self.done = True
-        else:
-            self.err = "sse_error"
-            self.err_detail = block[:200].decode("utf-8", "replace")
 
     def _content_chunk(self) -> None:
         now = self.now
@@ -654,9 +658,6 @@ class Client(asyncio.Protocol):
     def _ws_message(self, msg: bytes) -> None:
         if self.fut is None:
             return  # a late frame for a request that timed out
-        if self.responses:
-            self._ws_responses_message(msg)
-            return
         m = WS_TYPE_RE.search(msg)
         kind = m.group(1) if m else None
         if kind == b"chat.completion.chunk":
@@ -668,20 +669,6 @@ class Client(asyncio.Protocol):
         elif kind == b"error":
             s = STATUS_RE.search(msg)
             self.err = f"ws_error_{s.group(1).decode() if s else 'unknown'}"
-            self.err_detail = msg[:200].decode("utf-8", "replace")
-            self._complete()
-
-    def _ws_responses_message(self, msg: bytes) -> None:
-        m = RESPONSES_TYPE_RE.search(msg)
-        kind = m.group(1) if m else None
-        if kind == b"response.output_text.delta":
-            self._content_chunk()
-        elif kind in RESPONSES_END:
-            self.done = True
-            self._complete()
-        elif kind is not None:
-            s = STATUS_RE.search(msg)
-            self.err = f"ws_error_{s.group(1).decode() if s else 'failed'}"
             self.err_detail = msg[:200].decode("utf-8", "replace")
             self._complete()
 
@@ -700,7 +687,9 @@ class LoadConfig:
     duration: float = 30.0
     timeout: float = 30.0
     drain: float | None = None
-    path: str = "/v1/chat/completions"
+    path: str = ""  # default: the API's own path
+    #: The client API: "chat" (chat completions: sse, ws, json), "responses" or "messages" (sse).
+    api: str = "chat"
     pid: int | None = None
     upstream_pid: int | None = None
     include_usage: bool = False
@@ -717,9 +706,6 @@ class LoadConfig:
     #: latencies nor the server's CPU): a server's first requests pay for lazy imports, caches and
     #: new upstream connections that the rest do not.
     warmup: int = 0
-    #: ``chat`` (chat completions) or ``responses`` (the Responses API: SSE events, ``response.create``
-    #: frames; ``store: false``, as stateless clients send it).
-    api: str = "chat"
 
 
 def _target(url: str, path: str) -> tuple[str, int, str]:
@@ -747,11 +733,11 @@ def client_ssl(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
 
 def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
     if cfg.api == "responses":
-        body: dict[str, Any] = {"model": cfg.model, "input": cfg.prompt, "store": False}
-        if stream is not None:
-            body["stream"] = stream
-        return body
-    body = {"model": cfg.model, "messages": [{"role": "user", "content": cfg.prompt}]}
+        return {"model": cfg.model, "input": cfg.prompt, "stream": bool(stream)}
+    if cfg.api == "messages":
+        messages = [{"role": "user", "content": cfg.prompt}]
+        return {"model": cfg.model, "max_tokens": 1024, "messages": messages, "stream": bool(stream)}
+    body: dict[str, Any] = {"model": cfg.model, "messages": [{"role": "user", "content": cfg.prompt}]}
     if stream is not None:
         body["stream"] = stream
     if cfg.include_usage and stream:
@@ -777,8 +763,11 @@ class LoadRun:
     def __init__(self, cfg: LoadConfig) -> None:
         if cfg.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if cfg.api not in APIS or (cfg.api != "chat" and cfg.mode != "sse"):
+            raise ValueError(f"api must be one of {sorted(APIS)}; responses and messages run in sse mode")
         self.cfg = cfg
-        self.host, self.port, self.path = _target(cfg.url, cfg.path)
+        self.api = APIS[cfg.api]
+        self.host, self.port, self.path = _target(cfg.url, cfg.path or self.api.path)
         self.ssl = client_ssl(cfg.url)
         self.stats = Stats()
         self.remaining = cfg.requests
@@ -788,8 +777,6 @@ class LoadRun:
         self.req_bytes = http_request_bytes(cfg, self.host, self.port, self.path, stream=cfg.mode == "sse")
         self.ws_prefix = b'{"type":"chat.completion.create","id":"'
         self.ws_suffix = b'","request":' + json.dumps(_body(cfg, True), separators=(",", ":")).encode() + b"}"
-        body = json.dumps(_body(cfg, None), separators=(",", ":")).encode()
-        self.ws_responses = ws_frame(b'{"type":"response.create",' + body[1:])
         self.ws_seq = 0
 
     def take(self) -> bool:
@@ -807,7 +794,7 @@ class LoadRun:
             try:
                 _, client = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: Client(self.stats, mode, idle, cfg.api == "responses"),
+                        lambda: Client(self.stats, mode, idle, self.api),
                         self.host,
                         self.port,
                         ssl=self.ssl,
@@ -854,8 +841,6 @@ class LoadRun:
     def _next_request(self) -> bytes:
         if self.cfg.mode != "ws":
             return self.req_bytes
-        if self.cfg.api == "responses":
-            return self.ws_responses
         self.ws_seq += 1
         return ws_frame(self.ws_prefix + b"r%d" % self.ws_seq + self.ws_suffix)
 
@@ -1209,8 +1194,8 @@ def human_line(s: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Bounded load generator for the chat gateway (loopback only).")
     p.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--path", help="default /v1/chat/completions (--api chat) or /v1/responses (--api responses)")
-    p.add_argument("--api", choices=("chat", "responses"), default="chat", help="which API the requests speak")
+    p.add_argument("--path", default="", help="default: the API's path")
+    p.add_argument("--api", choices=sorted(APIS), default="chat")
     p.add_argument("--mode", choices=MODES, default="sse")
     p.add_argument("--model", default="fast")
     p.add_argument("--concurrency", type=int, default=1)
@@ -1262,7 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=a.duration,
         timeout=a.timeout,
         drain=a.drain,
-        path=a.path or ("/v1/responses" if a.api == "responses" else "/v1/chat/completions"),
+        path=a.path,
         api=a.api,
         pid=a.pid,
         upstream_pid=a.upstream_pid,
@@ -1273,7 +1258,7 @@ def main(argv: list[str] | None = None) -> int:
         ramp=max(0.0, a.ramp),
     )
     try:
-        _target(cfg.url, cfg.path)
+        _target(cfg.url, cfg.path or APIS[cfg.api].path)
     except ValueError as exc:
         p.error(str(exc))
     import uvloop

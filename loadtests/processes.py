@@ -210,6 +210,7 @@ class GatewayProcess:
         env: dict[str, Any] | None = None,
         name: str = "gateway",
         root: Path = ROOT,
+        launcher: list[str] | None = None,
     ) -> None:
         self.port = free_port()
         self.name = name
@@ -227,7 +228,9 @@ class GatewayProcess:
         )
         environ.update({k: str(v) for k, v in (env or {}).items()})
         # ``root``: the checkout whose ``app`` package runs (another commit's, to compare).
-        self.child = Child([PY, "-m", "app"], workdir / f"{name}.log", environ, cwd=root)
+        # ``launcher``: Python arguments that start the app instead of ``-m app`` (a ``-c`` script that
+        # sets something up first, then calls ``app.__main__.main``).
+        self.child = Child([PY, *(launcher or ["-m", "app"])], workdir / f"{name}.log", environ, cwd=root)
 
     @property
     def base_url(self) -> str:

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from app.access.policy import UNLIMITED, KeyPolicy
-from app.errors import Unauthenticated
+from app.domain.errors import Unauthenticated
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.config.settings import Settings
 
 SUBPROTOCOL = "chat.v1"
 BEARER_PREFIX = "bearer."
@@ -61,10 +61,6 @@ class GatewayKeys:
 
     def _add(self, digest: bytes, policy: KeyPolicy) -> None:
         self._entries.append((digest, Caller(scope=digest.hex()[:16], policy=policy)))
-
-    @classmethod
-    def from_env(cls, env_name: str, environ: Mapping[str, str]) -> GatewayKeys:
-        return cls(environ.get(env_name, "").split(",") if env_name else ())
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> GatewayKeys:
@@ -115,12 +111,15 @@ class GatewayKeys:
     def from_headers(self, authorization: str | None, x_api_key: str | None = None) -> Caller:
         return self.check(bearer_token(authorization) or x_api_key)
 
-    def from_websocket(self, subprotocols: Iterable[str], authorization: str | None) -> Caller:
-        """Browsers cannot set headers on a WebSocket, so the key may come as a ``bearer.<key>`` subprotocol."""
+    def from_websocket(
+        self, subprotocols: Iterable[str], authorization: str | None, x_api_key: str | None = None
+    ) -> Caller:
+        """As over HTTP (``Authorization: Bearer``, ``X-API-Key``), and, since browsers cannot set
+        headers on a WebSocket, as a ``bearer.<key>`` subprotocol."""
         for proto in subprotocols:
             if proto.startswith(BEARER_PREFIX):
                 return self.check(proto[len(BEARER_PREFIX) :])
-        return self.from_headers(authorization)
+        return self.from_headers(authorization, x_api_key)
 
 
 def _pick(own: int | None, default: int) -> int:

@@ -2,14 +2,14 @@
 
 Values cross the Redis boundary as msgpack (msgspec), never pickle: nothing read from Redis is
 ever unpickled, and bytes that do not decode are a miss, not a crash. The Redis backend goes
-through a circuit breaker (``app/redis_breaker.py``): while Redis is away its calls raise
+through a circuit breaker (``app/redis/breaker.py``): while Redis is away its calls raise
 ``BackendUnavailable`` at once instead of waiting for a timeout.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import msgspec
@@ -17,9 +17,12 @@ from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import BaseSerializer, NullSerializer
 
 from app.cache.answer import CachedAnswer
-from app.redis_breaker import CircuitBreaker
-from app.redis_pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
-from app.settings import CacheSettings
+from app.config.settings import CacheSettings
+from app.redis.breaker import BreakerUser, CircuitBreaker
+from app.redis.pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
+
+if TYPE_CHECKING:
+    from app.redis.breakers import RedisBreakers
 
 
 class CacheBackend(Protocol):
@@ -47,17 +50,73 @@ class MsgpackSerializer(BaseSerializer):  # type: ignore[misc]
         return self._decoder.decode(value)
 
 
+#: What one cached answer costs beyond its bytes: the objects holding it (the answer, its list, one
+#: bytes object per chunk). An estimate: the budget is about the answers' size, not exact RSS.
+_ANSWER_OVERHEAD = 200
+_CHUNK_OVERHEAD = 40
+#: The largest share of the memory budget one answer may take; a larger one is not cached at all
+#: (one huge answer would otherwise evict everything else).
+MAX_ANSWER_SHARE = 8
+
+
+def answer_bytes(answer: CachedAnswer) -> int:
+    """What ``answer`` holds in memory, about."""
+    return (
+        _ANSWER_OVERHEAD
+        + len(answer.completion)
+        + sum(len(chunk) for chunk in answer.chunks)
+        + _CHUNK_OVERHEAD * len(answer.chunks)
+    )
+
+
+class _SizedEntries(OrderedDict[str, Any]):
+    """aiocache's entry dict, with the total size of its answers kept up to date on every way in or out
+    (aiocache's expiry timers remove entries through its own private method, by ``pop``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+        self._sizes: dict[str, int] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.bytes -= self._sizes.pop(key, 0)
+        size = answer_bytes(value) if isinstance(value, CachedAnswer) else 0
+        self._sizes[key] = size
+        self.bytes += size
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.bytes -= self._sizes.pop(key, 0)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self.bytes -= self._sizes.pop(key, 0)
+        return value
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        key, value = super().popitem(last)
+        self.bytes -= self._sizes.pop(key, 0)
+        return key, value
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.bytes = 0
+
+
 class _LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
-    """aiocache's memory cache plus an entry bound with least-recently-used eviction.
+    """aiocache's memory cache plus an entry bound and a byte bound, with least-recently-used eviction.
 
     aiocache keeps entries in ``self._cache`` and expiry timers in ``self._handlers``; making the
-    dict ordered and trimming it on set is all an LRU needs.
+    dict ordered (and sized) and trimming it on set is all an LRU needs.
     """
 
-    def __init__(self, max_entries: int, **kwargs: Any) -> None:
+    def __init__(self, max_entries: int, max_bytes: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: _SizedEntries = _SizedEntries()
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
 
     async def _get(self, key: str, encoding: str | None = "utf-8", _conn: Any = None) -> Any:
         value = self._cache.get(key)
@@ -68,26 +127,40 @@ class _LRUMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
     async def _set(self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None) -> bool:
         result: bool = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
         self._cache.move_to_end(key)
-        while len(self._cache) > self._max_entries:
+        while len(self._cache) > self._max_entries or (self._cache.bytes > self._max_bytes and len(self._cache) > 1):
             oldest, _ = self._cache.popitem(last=False)
             handle = self._handlers.pop(oldest, None)
             if handle is not None:
                 handle.cancel()
         return result
 
+    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> bool:
+        for handle in self._handlers.values():
+            handle.cancel()
+        self._handlers.clear()
+        self._cache.clear()
+        return True
+
 
 class MemoryBackend:
-    def __init__(self, max_entries: int) -> None:
-        self._cache = _LRUMemoryCache(max_entries, serializer=NullSerializer(), timeout=None)
+    def __init__(self, max_entries: int, max_bytes: int = 64 * 2**20) -> None:
+        self._cache = _LRUMemoryCache(max_entries, max_bytes, serializer=NullSerializer(), timeout=None)
+        self._max_answer_bytes = max_bytes // MAX_ANSWER_SHARE
 
     def __len__(self) -> int:
         return len(self._cache._cache)
+
+    @property
+    def bytes(self) -> int:
+        return self._cache._cache.bytes
 
     async def get(self, key: str) -> CachedAnswer | None:
         value = await self._cache.get(key)
         return value if isinstance(value, CachedAnswer) else None
 
     async def set(self, key: str, value: CachedAnswer, ttl: float) -> None:
+        if answer_bytes(value) > self._max_answer_bytes:
+            return  # too large a share of the budget: served, never cached
         await self._cache.set(key, value, ttl=ttl)
 
     async def delete(self, key: str) -> None:
@@ -107,7 +180,14 @@ class RedisBackend:
     in a task, is switched off). Idle connections are closed after ``idle_close_s``.
     """
 
-    def __init__(self, url: str, op_timeout_s: float, *, idle_close_s: float = DEFAULT_IDLE_CLOSE_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        op_timeout_s: float,
+        *,
+        idle_close_s: float = DEFAULT_IDLE_CLOSE_S,
+        breaker: BreakerUser | None = None,
+    ) -> None:
         parsed = urlparse(url)
         db = (parsed.path or "/0").lstrip("/") or "0"
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
@@ -124,9 +204,14 @@ class RedisBackend:
             connection_pool_class=IdleClosingPool,
             connection_pool_kwargs=options,
         )
-        self.breaker = CircuitBreaker(
-            "cache", self._cache.client.ping, op_timeout_s=op_timeout_s, target=f"{host}:{port}/{db}"
-        )
+        # The server's shared breaker (app/redis/breakers.py); a breaker of its own when used alone.
+        self._own: CircuitBreaker | None = None
+        if breaker is None:
+            self._own = CircuitBreaker(
+                "cache", self._cache.client.ping, op_timeout_s=op_timeout_s, target=f"{host}:{port}/{db}"
+            )
+            breaker = self._own.user("cache", op_timeout_s)
+        self.breaker = breaker
 
     async def get(self, key: str) -> CachedAnswer | None:
         value: CachedAnswer | None = await self.breaker.run(self._cache.get, key)
@@ -142,12 +227,14 @@ class RedisBackend:
         return await self.breaker.check()
 
     async def close(self) -> None:
-        await self.breaker.aclose()
+        if self._own is not None:
+            await self._own.aclose()
         await self._cache.close()
         await self._cache.client.aclose()
 
 
-def build_backend(settings: CacheSettings) -> CacheBackend:
+def build_backend(settings: CacheSettings, breakers: RedisBreakers | None = None) -> CacheBackend:
     if settings.backend == "redis":
-        return RedisBackend(settings.redis_url, settings.op_timeout_s)
-    return MemoryBackend(settings.max_entries)
+        breaker = breakers.user(settings.redis_url, "cache", settings.op_timeout_s) if breakers else None
+        return RedisBackend(settings.redis_url, settings.op_timeout_s, breaker=breaker)
+    return MemoryBackend(settings.max_entries, settings.max_memory_mb * 2**20)

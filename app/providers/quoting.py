@@ -1,18 +1,28 @@
 """Provider text is quoted, never trusted: secrets redacted, length capped, and hidden in production.
 
 A provider's error message is not ours: some repeat the request's credentials back ("Incorrect API
-key provided: sk-..."), and proxies in front of them echo whole request headers. Every provider
-error passes through ``ProviderText.quote`` at the provider boundary, before a client, a log line
-or a span can see it.
+key provided: sk-..."), proxies in front of them echo whole request headers, and some echo them
+encoded (a Basic credential is base64, a query string percent-encoded). Every provider error passes
+through ``ProviderText.quote`` at the provider boundary, before a client, a log line or a span can
+see it; unexpected exceptions shown in development go through ``redact`` too.
+
+Every configured secret is redacted in its plain form, percent-encoded (as ``quote`` and
+``quote_plus`` write it, and with every byte escaped, either hex case), and base64-encoded in both
+alphabets (standard and URL-safe), also where it sits inside a longer base64 string: at each of the
+three byte alignments it can have there, the characters that encode only the secret's bits are the
+same whatever surrounds it, and those are what is matched.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import traceback
 from collections.abc import Iterable
 from typing import Final
+from urllib.parse import quote, quote_plus
 
-from app.errors import (
+from app.domain.errors import (
     ContextLengthExceeded,
     GatewayError,
     ProviderRejected,
@@ -54,20 +64,65 @@ _GENERIC: Final[dict[type[GatewayError], str]] = {
 }
 
 
+_URLSAFE: Final = str.maketrans("+/", "-_")
+
+
+def _base64_cores(secret: bytes) -> set[str]:
+    """What ``secret`` looks like inside any base64 text, at each of the 3 byte alignments, in both
+    alphabets: the characters whose 6 bits all come from the secret (those next to its neighbours
+    depend on them, and are left out)."""
+    cores: set[str] = set()
+    n = len(secret)
+    for align in range(3):
+        encoded = base64.b64encode(b"\0" * align + secret).decode("ascii")
+        first = -(-8 * align // 6)  # the first character that starts inside the secret
+        last = 8 * (align + n) // 6  # one past the last character that ends inside it
+        core = encoded[first:last]
+        if len(core) >= MIN_SECRET_CHARS:
+            cores.add(core)
+            cores.add(core.translate(_URLSAFE))
+    return cores
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every form of ``secret`` redacted: plain, percent-encoded, base64 (standard and URL-safe)."""
+    raw = secret.encode()
+    every_byte = "".join(f"%{b:02X}" for b in raw)
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), every_byte, every_byte.lower()}
+    forms |= {form.lower() for form in (quote(secret, safe=""), quote_plus(secret)) if "%" in form}
+    forms |= _base64_cores(raw)
+    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
+
+
 class ProviderText:
     """Redacts configured secrets and credential-shaped tokens; in production, replaces the message."""
 
     def __init__(self, secrets: Iterable[str] = (), *, production: bool = False) -> None:
-        literal = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        forms: set[str] = set()
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET_CHARS:
+                forms |= secret_forms(secret)
+        # Longest first, so that a form is never cut by a shorter one it contains.
+        literal = sorted(forms, key=len, reverse=True)
         self._secrets = re.compile("|".join(re.escape(s) for s in literal)) if literal else None
         self._production = production
 
-    def redact(self, text: str) -> str:
+    @property
+    def production(self) -> bool:
+        return self._production
+
+    def redact_secrets(self, text: str) -> str:
+        """``text`` with every configured secret and credential-shaped token redacted, whatever its length."""
         # Secrets first, before the shape patterns cut a literal key in two.
         if self._secrets is not None:
             text = self._secrets.sub(REDACTED, text)
         for pattern, replacement in _PATTERNS:
             text = pattern.sub(replacement, text)
+        return text
+
+    def redact(self, text: str) -> str:
+        """What a client or a log line may quote: redacted, and capped at MAX_QUOTE_CHARS."""
+        text = self.redact_secrets(text)
         if len(text) > MAX_QUOTE_CHARS:
             text = text[:MAX_QUOTE_CHARS] + "..."
         return text
@@ -93,3 +148,9 @@ class ProviderText:
         if isinstance(error, ProviderRejected):
             return f"The provider rejected the request ({error.code})."
         return "The provider's answer could not be used."
+
+
+def traceback_text(exc: BaseException, quote: ProviderText | None) -> str:
+    """``exc``'s traceback for a log line, redacted: a library's exception may quote a provider (or a key)."""
+    text = "".join(traceback.format_exception(exc))
+    return quote.redact_secrets(text) if quote is not None else text

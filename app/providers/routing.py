@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
-from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, Provider
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion
+from app.providers.base import Provider
+from app.providers.content_urls import NO_URLS, UrlPolicy
 from app.providers.relay import Relay
 
 
 class RoutingProvider:
-    def __init__(self, relay: Relay, full: Provider) -> None:
+    """``url_policies``: per deployment id, which content URLs its provider is given (the rest are
+    refused before either path sees the request: ``content_urls.py``); unlisted: none."""
+
+    def __init__(
+        self, relay: Relay, full: Provider | None, url_policies: Mapping[str, UrlPolicy] | None = None
+    ) -> None:
+        """``full``: the LiteLLM path, None when every deployment takes the relay."""
         self._relay = relay
         self._full = full
         self._fast = frozenset(relay.targets)
+        self._url_policies = dict(url_policies or {})
 
     def path_of(self, deployment: str) -> str:
         return "fast" if deployment in self._fast else "full"
 
+    def _check_urls(self, request: ChatCompletionInput, deployment: str) -> None:
+        if request.has_parts:
+            self._url_policies.get(deployment, NO_URLS).check(request.body["messages"])
+
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
+        self._check_urls(request, deployment)
         if deployment in self._fast:
             return await self._relay.complete(request, deployment)
-        return await self._full.complete(request, deployment)
+        return await self._full_path().complete(request, deployment)
 
     def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
+        self._check_urls(request, deployment)
         if deployment in self._fast:
             return self._relay.stream(request, deployment)
-        return self._full.stream(request, deployment)
+        return self._full_path().stream(request, deployment)
+
+    def _full_path(self) -> Provider:
+        if self._full is None:  # every configured deployment has a relay target
+            raise LookupError("no deployment takes the full LiteLLM path")
+        return self._full
 
     async def aclose(self) -> None:
         await self._relay.aclose()
-        await self._full.aclose()
+        if self._full is not None:
+            await self._full.aclose()

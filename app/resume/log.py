@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from app.chat.stream import ChatStream
-    from app.chat.stream_events import StreamEvent
+    from app.core.stream import ChatStream
+    from app.domain.events import StreamEvent
 
 
 class SharedLog(Protocol):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from app.chat.stream_events import StreamEvent
-from app.errors import InvalidResumePosition
+from app.domain.errors import InvalidResumePosition
+from app.domain.events import StreamEvent
 from app.resume.log import StreamLog
 
 

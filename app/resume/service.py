@@ -1,4 +1,4 @@
-"""Resumes (API.md 1.3): gives each stream its log, opens replays, stops streams, counts results.
+"""Resumes: gives each stream its log, opens replays, stops streams, counts results.
 
 The live stream is always served from this process's memory; the store decides who else can read
 the log: ``memory`` (this process, until ``resume_ttl_s`` after the end) or ``redis`` (every replica,
@@ -8,22 +8,27 @@ key is a 404, the same answer as one that never existed, so stream ids cannot be
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from app.errors import InvalidResumePosition, StreamNotFound
+from app.domain.errors import InvalidResumePosition, StreamNotFound
 from app.resume.log import StreamLog
 from app.resume.memory import MemoryResumeStore
 from app.resume.replay import LocalReplay, Replay
 
 if TYPE_CHECKING:
-    from app.chat.stream import ChatStream
-    from app.settings import StreamingSettings
+    from app.config.settings import StreamingSettings
+    from app.core.stream import ChatStream
 
-#: API.md 1.3: a position past the end waits this long for a replica that is still appending.
+#: A position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
 
 REPLAYED, NOT_FOUND, INVALID, UNAVAILABLE = "replayed", "not_found", "invalid", "unavailable"
+
+#: What a stream id the gateway hands out can look like. Anything else names no stream, and is never
+#: used to build a store key (``<id>:meta`` would otherwise name another key of a stream's).
+_STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class SharedStore(Protocol):
@@ -63,10 +68,6 @@ class Resumes:
         self.shared = shared
         self._on_result = on_result
 
-    @property
-    def memory_bytes(self) -> int:
-        return self.local.bytes
-
     def begin(self, stream: ChatStream, owner: str) -> None:
         """Give a new stream its log (before it starts, so that its first event is logged)."""
         if not self.enabled:
@@ -80,7 +81,7 @@ class Resumes:
     async def open(self, stream_id: str, owner: str, position: str | None) -> Replay:
         """A replay of the stream after ``position`` (``<stream id>:<seq>``; None: from the start)."""
         try:
-            replay = await self._open(stream_id, owner, parse_position(position, stream_id))
+            replay = await self._open(stream_id, owner, await self._position(stream_id, owner, position))
         except StreamNotFound:
             self._count(NOT_FOUND)
             raise
@@ -93,7 +94,17 @@ class Resumes:
         self._count(REPLAYED)
         return replay
 
+    async def _position(self, stream_id: str, owner: str, position: str | None) -> int:
+        try:
+            return parse_position(position, stream_id)
+        except InvalidResumePosition:
+            # An unknown stream is a 404 whatever its Last-Event-ID says: look first.
+            (await self._open(stream_id, owner, 0)).close()
+            raise
+
     async def _open(self, stream_id: str, owner: str, after_seq: int) -> Replay:
+        if not _STREAM_ID.fullmatch(stream_id):
+            raise StreamNotFound("No such stream (not a stream id of this gateway's).")
         log = self.local.get(stream_id) if self.enabled else None
         if self.shared is not None:
             self.shared.check_available(log)  # 503 when the shared log cannot be trusted
@@ -111,6 +122,8 @@ class Resumes:
 
     async def stop(self, stream_id: str, owner: str) -> None:
         """DELETE: stop the stream at once (its readers get ``stream_cancelled``); ended -> nothing to do."""
+        if not _STREAM_ID.fullmatch(stream_id):
+            raise StreamNotFound("No such stream (not a stream id of this gateway's).")
         log = self.local.get(stream_id) if self.enabled else None
         if log is not None and log.owner == owner:
             if log.stream is not None:

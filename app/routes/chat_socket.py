@@ -1,4 +1,4 @@
-"""Chat completions over WebSocket on the same paths as the POST handler (API.md 2)."""
+"""Chat completions over WebSocket on the same paths as the POST handler."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 
 from app.access.keys import GatewayKeys
-from app.chat.service import ChatService
-from app.metrics import Metrics
+from app.api.chat.ws_session import ChatSocketSession
+from app.config.settings import Settings
+from app.core.service import ChatService
+from app.observability.metrics import Metrics
 from app.routes.chat import CHAT_PATHS
-from app.settings import Settings
-from app.streaming.ws_session import ChatSocketSession
 
 
 @websocket(path=CHAT_PATHS)
@@ -32,5 +32,6 @@ async def chat_socket(
         resumes=socket.app.state.resumes,
         on_open=metrics.socket_opened,
         on_close=metrics.socket_closed,
+        quote=socket.app.state.quote,
     )
     await session.run()

@@ -1,4 +1,4 @@
-"""Liveness and readiness (API.md 5)."""
+"""Liveness and readiness."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
-from app.settings import Settings
+from app.config.settings import Settings
 
 
 @get("/health/live", summary="200 while the process serves", sync_to_thread=False)
@@ -30,7 +30,7 @@ async def ready(request: Request[Any, Any, Any], settings: NamedDependency[Setti
         checks["deployments"] = "ok" if not whole else "unavailable"
     drain = getattr(request.app.state, "drain", None)
     if drain is not None and drain.draining:
-        # Draining (API.md 1.4): the load balancer must stop sending, whatever the checks say.
+        # Draining: the load balancer must stop sending, whatever the checks say.
         return Response({"status": "draining", "checks": checks}, status_code=503)
     healthy = all(v == "ok" for v in checks.values())
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": checks}

@@ -1,6 +1,6 @@
-"""The Responses API over HTTP (API.md 7): create (JSON, SSE, background), retrieve (or resume its
+"""The Responses API over HTTP (docs/responses.md): create (JSON, SSE, background), retrieve (or resume its
 stream), delete, list input items, cancel. The WebSocket mode on the same paths is
-``routes/responses_socket.py``; the work is ``app/responses/service.py``'s.
+``routes/responses_socket.py``; the work is ``app/api/responses/service.py``'s.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ from litestar.exceptions import InternalServerException
 from litestar.params import FromPath
 
 from app.access.keys import ANONYMOUS, Caller
-from app.chat.stream_events import CLIENT_DISCONNECTED
-from app.errors import InvalidRequest, InvalidResumePosition
-from app.protocol.responses_events import ResponseEvents
-from app.protocol.responses_request import parse_create
+from app.api.chat.sse import SSE_HEADERS
+from app.api.intent import wants_stream
+from app.api.responses.events import ResponseEvents
+from app.api.responses.request import parse_create
+from app.api.responses.service import Prepared, ResponseRun, ResponsesService
+from app.api.responses.sse import ResponseReplay, ResponsesReplayResponse, ResponsesSseResponse
+from app.api.responses.store import StoredResponse
+from app.config.settings import Settings
+from app.core.context import context_of
+from app.domain.errors import InvalidRequest, InvalidResumePosition
+from app.domain.events import CLIENT_DISCONNECTED
 from app.providers.resilient import Trail
-from app.responses.service import Prepared, ResponseRun, ResponsesService
-from app.responses.store import StoredResponse
 from app.routes.chat import CLIENT_CLOSED_REQUEST, check_content_type
-from app.settings import Settings
-from app.streaming.disconnect import ClientGone, DisconnectWatch
-from app.streaming.intent import wants_stream
-from app.streaming.responses_sse import ResponseReplay, ResponsesReplayResponse, ResponsesSseResponse
-from app.streaming.sse import SSE_HEADERS
+from app.transport.disconnect import ClientGone, DisconnectWatch
 
 RESPONSES_PATHS = ["/v1/responses", "/api/responses"]
 _ONE = ["/v1/responses/{response_id:str}", "/api/responses/{response_id:str}"]
@@ -43,7 +44,7 @@ def _json(obj: Any, headers: dict[str, str] | None = None) -> Response[Any]:
 
 
 def _gone(request: Request[Any, Any, Any]) -> Response[Any]:
-    request.state.outcome = CLIENT_DISCONNECTED
+    context_of(request.scope).outcome = CLIENT_DISCONNECTED
     return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
@@ -52,7 +53,7 @@ def _query_int(request: Request[Any, Any, Any], name: str, default: int | None) 
     if value is None or value == "":
         return default
     if not value.isdigit() or len(value) > 12:
-        raise InvalidRequest(f"`{name}` must be a non-negative integer.", code="invalid_value", param=name)
+        raise InvalidRequest(f"`{name}` must be a non-negative integer.", code="invalid_parameter", param=name)
     return int(value)
 
 
@@ -121,10 +122,10 @@ class ResponsesController(Controller):
     ) -> Response[Any]:
         limit = _query_int(request, "limit", 20) or 20
         if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"`limit` must be between 1 and {MAX_PAGE}.", code="invalid_value", param="limit")
+            raise InvalidRequest(f"`limit` must be between 1 and {MAX_PAGE}.", code="invalid_parameter", param="limit")
         order = request.query_params.get("order") or "desc"
         if order not in ("asc", "desc"):
-            raise InvalidRequest("`order` must be asc or desc.", code="invalid_value", param="order")
+            raise InvalidRequest("`order` must be asc or desc.", code="invalid_parameter", param="order")
         record = await responses.owned(response_id, caller)
         items = list(record.input) if order == "asc" else list(reversed(record.input))
         after = request.query_params.get("after")
@@ -132,7 +133,7 @@ class ResponsesController(Controller):
             ids = [item.get("id") for item in items]
             if after not in ids:
                 raise InvalidRequest(
-                    f"No input item {after[:128]!r} in this response.", code="invalid_value", param="after"
+                    f"No input item {after[:128]!r} in this response.", code="invalid_parameter", param="after"
                 )
             items = items[ids.index(after) + 1 :]
         page = items[:limit]
@@ -193,7 +194,7 @@ async def _replay(
     after: int,
     headers: dict[str, str] | None = None,
 ) -> Response[Any]:
-    """The response's events after ``after`` from its stream's log, then live (API.md 7, resuming)."""
+    """The response's events after ``after`` from its stream's log, then live (docs/responses.md, resuming)."""
     resumes = responses.resumes
     if record.stream_id is None or resumes is None:
         raise InvalidRequest("This response was not streamed: it has no event stream to resume.", param="stream")
@@ -232,16 +233,17 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
     except InternalServerException:
         return _gone(request)
     create, _ = parse_create(raw)
-    request.state.model = create.model
+    context = context_of(request.scope)
+    context.model = create.model
     if caller.scope != ANONYMOUS.scope:
-        request.state.key = caller.name
+        context.key = caller.name
     streaming = wants_stream(create.stream, request.headers.get("accept"))
     prepared = await responses.prepare(create, caller)
     chat = responses.chat
     admission = await chat.admit(prepared.chat, caller)
     headers: dict[str, str] = {}
     if admission is not None and admission.headers:
-        request.state.rate_headers = admission.headers
+        context.rate_headers = admission.headers
         headers.update(admission.headers)
     if prepared.omitted:
         headers[OMITTED_HEADER] = ", ".join(dict.fromkeys(prepared.omitted))
@@ -253,7 +255,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
     try:
         with watch.guard():
             if not streaming:
-                request.state.trail = trail = Trail()
+                context.trail = trail = Trail()
                 response, cache_status = await responses.complete(
                     prepared,
                     caller,
@@ -277,7 +279,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
                 traceparent=traceparent,
             )
             assert run.stream is not None
-            request.state.stream = run.stream
+            context.stream = run.stream
             first = await run.stream.first_event(settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()

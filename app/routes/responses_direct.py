@@ -19,8 +19,8 @@ from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
-from app.middleware import JsonCompressionMiddleware
 from app.routes.responses import RESPONSES_PATHS, ResponsesContext, create_response
+from app.server.middleware import JsonCompressionMiddleware
 
 _PATHS = frozenset(RESPONSES_PATHS)
 

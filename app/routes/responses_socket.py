@@ -1,4 +1,4 @@
-"""The Responses API's WebSocket mode on the same paths as its POST handler (API.md 7)."""
+"""The Responses API's WebSocket mode on the same paths as its POST handler (docs/responses.md)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 
 from app.access.keys import GatewayKeys
-from app.metrics import Metrics
-from app.responses.service import ResponsesService
+from app.api.responses.service import ResponsesService
+from app.api.responses.ws import ResponsesSocketSession
+from app.config.settings import Settings
+from app.observability.metrics import Metrics
 from app.routes.responses import RESPONSES_PATHS
-from app.settings import Settings
-from app.streaming.responses_ws import ResponsesSocketSession
 
 
 @websocket(path=RESPONSES_PATHS)

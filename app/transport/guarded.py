@@ -14,7 +14,9 @@ file descriptors run out, when every other request starts failing with nothing l
   closed to make room; only when every connection is busy does a new one get one 503 and close,
   before it can use the descriptors that open streams (and their provider connections) need;
 - ``write_timeout_s``: longest time the socket's send buffer may stay full; then the connection is
-  aborted, which the app sees as the client leaving (the stream's provider call is cancelled).
+  aborted, which the app sees as the client leaving (the stream's provider call is cancelled);
+- a request's head is bounded in size while it is parsed (``head_limits.py``: 414, 431), an
+  HTTP/1.1 request needs its ``Host``, and the parser's refusals are the contract's JSON errors.
 
 Every timer is armed per phase, never per chunk: the hot path is untouched. Closures are logged,
 at most one line per kind every ``LOG_EVERY_S`` seconds, with counts, so a flood cannot flood the log.
@@ -23,18 +25,26 @@ at most one line per kind every ``LOG_EVERY_S`` seconds, with counts, so a flood
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 from typing import Any, Final
 
+import httptools
 import msgspec
 import structlog
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from app.transport import head_limits
+from app.transport.head_limits import HeadRefused
+
 logger = structlog.get_logger("chat.connections")
 
 LOG_EVERY_S: Final = 10.0
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 
 
 class ConnectionLimits(msgspec.Struct, frozen=True):
@@ -55,19 +65,39 @@ class GatewayConfig(uvicorn.Config):
 
 
 class _ClosureLog:
-    """Counts closures per reason and logs them at most once per period."""
+    """Counts closures per reason and logs them at most once per period, with their count.
+
+    The first closure of a quiet period is logged at once (``count=1``); those that follow within
+    ``LOG_EVERY_S`` are counted, and one timer per reason logs their count when the period ends, so
+    a burst of twenty is two lines whose counts add up to twenty, and none is left uncounted
+    because nothing came after it.
+    """
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self._fields: dict[str, dict[str, Any]] = {}
         self._last: dict[str, float] = {}
+        self._flush: dict[str, asyncio.TimerHandle] = {}
 
     def closed(self, reason: str, **fields: Any) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
+        self._fields[reason] = fields
         now = time.monotonic()
-        if now - self._last.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._last[reason] = now
-            count, self._counts[reason] = self._counts[reason], 0
-            logger.warning("connection_closed", reason=reason, count=count, **fields)
+        wait = self._last.get(reason, -LOG_EVERY_S) + LOG_EVERY_S - now
+        if wait <= 0:
+            self._emit(reason, now)
+        elif reason not in self._flush:
+            self._flush[reason] = asyncio.get_running_loop().call_later(wait, self._flushed, reason)
+
+    def _flushed(self, reason: str) -> None:
+        self._flush.pop(reason, None)
+        if self._counts.get(reason):
+            self._emit(reason, time.monotonic())
+
+    def _emit(self, reason: str, now: float) -> None:
+        self._last[reason] = now
+        count, self._counts[reason] = self._counts[reason], 0
+        logger.warning("connection_closed", reason=reason, count=count, **self._fields.pop(reason, {}))
 
 
 def _limits(config: Any) -> ConnectionLimits:
@@ -95,7 +125,7 @@ def _idle_connections(server_state: Any) -> dict[Any, None]:
 
 _OVERLOADED: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%b"
+    b"retry-after: 1\r\nx-request-id: %b\r\ncontent-length: %d\r\n\r\n%b"
 )
 _OVERLOADED_BODY: Final = (
     b'{"error":{"message":"The server has too many open connections; try again shortly.",'
@@ -130,8 +160,21 @@ class _WriteWatch:
         transport = self._transport
         if transport is not None and not transport.is_closing():
             self._log.closed("write_timeout", timeout_s=self._timeout)
-            # abort, not close: close would wait to flush a buffer the peer never drains.
-            transport.abort()  # type: ignore[attr-defined]
+            reset(transport)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Drop the connection with a TCP RST: the peer learns at once that it was dropped.
+
+    ``abort`` alone closes the socket, and the kernel then goes on delivering the megabytes queued in
+    its send buffer to a peer that reads slowly, for minutes, before the FIN: the peer never hears
+    that it was dropped. A zero linger time makes the close discard them and send a reset.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()  # type: ignore[attr-defined]
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -144,6 +187,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._writes = _WriteWatch(self.loop, self._limits.write_timeout_s, self._log)
         self._refused = False
         self._idle = _idle_connections(server_state)
+        # The current request's head (head_limits.py): still arriving, bytes fed so far, header bytes.
+        self._in_head = True
+        self._head_fed = 0
+        self._header_bytes = 0
+        self._head_error: HeadRefused | None = None
+        self._lingering = False  # a refused head was answered; what still arrives is dropped
 
     # -- admission --------------------------------------------------------------------------
 
@@ -151,7 +200,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if len(self.connections) >= self._limits.max_connections and not self._evict_idle():
             self._refused = True
             self.transport = transport
-            transport.write(_OVERLOADED % (len(_OVERLOADED_BODY), _OVERLOADED_BODY))
+            request_id = head_limits.valid_request_id(None).encode()
+            transport.write(_OVERLOADED % (request_id, len(_OVERLOADED_BODY), _OVERLOADED_BODY))
             transport.close()
             self._log.closed("too_many_connections", limit=self._limits.max_connections)
             return
@@ -172,10 +222,84 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return False
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._lingering:
             return
         self._last_read = self.loop.time()
-        super().data_received(data)
+        if not self._in_head:
+            self._feed(data)
+        elif self._head_fed + len(data) <= head_limits.MAX_HEAD_BYTES:
+            self._head_fed += len(data)
+            self._feed(data)
+        else:
+            self._feed_bounded(memoryview(data))
+
+    def _feed_bounded(self, view: memoryview) -> None:
+        """Feed ``view`` without letting one request's head past MAX_HEAD_BYTES into the parser."""
+        while view:
+            if self._in_head:
+                room = head_limits.MAX_HEAD_BYTES - self._head_fed
+                if room <= 0:
+                    self._refuse_head(head_limits.headers_too_large())
+                    return
+                part, view = view[:room], view[room:]
+                self._head_fed += len(part)
+            else:
+                part, view = view, view[:0]
+            self._feed(part)
+            if self.parser is None or self._lingering or self.transport.is_closing():
+                return  # upgraded to a WebSocket, or refused
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        # uvicorn's data_received, with the parser's refusals answered by _refuse_head.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            error, self._head_error = self._head_error, None
+            self._refuse_head(error or head_limits.bad_request())
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    # -- the request head's bounds (head_limits.py) ---------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > head_limits.MAX_REQUEST_LINE_BYTES:
+            self._head_error = head_limits.uri_too_long()
+            raise self._head_error
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4  # "name: value\r\n"
+        if self._header_bytes > head_limits.MAX_HEADER_BYTES or len(self.headers) >= head_limits.MAX_HEADER_LINES:
+            self._head_error = head_limits.headers_too_large()
+            raise self._head_error
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse_head(head_limits.bad_request())
+
+    def _refuse_head(self, refusal: HeadRefused) -> None:
+        """Answer a refused head with the contract's error, then drop what still arrives for a moment
+        (so that a client still sending can read the answer) and close."""
+        self._disarm()
+        self._idle.pop(self, None)
+        self._lingering = True
+        self._log.closed(refusal.code, status=refusal.status)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head behind a response still being written: no room for an answer.
+            self.transport.abort()
+            return
+        self.transport.write(head_limits.reply(refusal, head_limits.request_id_of(self.headers)))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(head_limits.LINGER_S, self._linger_over)
+
+    def _linger_over(self) -> None:
+        self._phase_timer = None
+        self.transport.close()
 
     # -- per-phase deadlines ----------------------------------------------------------------
 
@@ -208,11 +332,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def on_message_begin(self) -> None:
+        self._header_bytes = 0
         super().on_message_begin()
         if self._phase_timer is None:  # a kept-alive connection's next request: its headers' deadline
             self._arm(self._limits.header_timeout_s, self._header_timeout)
 
     def on_headers_complete(self) -> None:
+        if self.parser.get_http_version() == "1.1" and sum(name == b"host" for name, _ in self.headers) != 1:
+            self._head_error = head_limits.bad_request("An HTTP/1.1 request must carry exactly one Host header.")
+            raise self._head_error
+        self._in_head = False
         self._disarm()
         self._idle.pop(self, None)  # a request in progress is never evicted
         super().on_headers_complete()
@@ -221,6 +350,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        # What follows is the next request's head. (Of a read that also ends this request, the part
+        # after its end is not counted: at most one read, which asyncio caps at 256 KiB.)
+        self._in_head = True
+        self._head_fed = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -261,7 +394,29 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._writes = _WriteWatch(self.loop, _limits(config).write_timeout_s, _closure_log(server_state))
+        self._log = _closure_log(server_state)
+        self._writes = _WriteWatch(self.loop, _limits(config).write_timeout_s, self._log)
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's, except for a text message that is not UTF-8: closed with 1007 as there, but
+        counted in the throttled closure log instead of one traceback per message (a client sending
+        them in a loop would otherwise write the log as fast as it can connect)."""
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self._log.closed("ws_invalid_utf8")
+            self.conn.send_close(1007)
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def pause_writing(self) -> None:
         super().pause_writing()
