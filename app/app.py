@@ -15,6 +15,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from app.access.keys import Caller, GatewayKeys
+from app.api.responses.lifespan import responses_lifespan
+from app.api.responses.service import ResponsesService
 from app.catalogue.catalogue import Catalogue
 from app.config.settings import Settings, load_settings
 from app.core.drain import Drain
@@ -30,6 +32,9 @@ from app.routes.health import live, ready
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, schema_router, static_files, swagger_ui
+from app.routes.responses import ResponsesContext, ResponsesController
+from app.routes.responses_direct import ResponsesRoute
+from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
 from app.server.http_errors import EXCEPTION_HANDLERS
 from app.server.lifespan import provider_text, services_lifespan
@@ -67,6 +72,13 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         resumes: Resumes = state.resumes
         return resumes
 
+    def provide_responses(state: State) -> ResponsesService:
+        responses: ResponsesService = state.responses
+        return responses
+
+    def provide_responses_context(request: Request[Any, Any, Any]) -> ResponsesContext:
+        return ResponsesContext(request.app.state.responses, provide_caller(request))
+
     def provide_metrics() -> Metrics:
         return metrics
 
@@ -87,6 +99,8 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             StreamsController,
             chat_socket,
             ModelsController,
+            ResponsesController,
+            responses_socket,
             live,
             ready,
             metrics_endpoint,
@@ -104,9 +118,12 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "scrape": Provide(provide_scrape, sync_to_thread=False),
             "caller": Provide(provide_caller, sync_to_thread=False),
             "chat_context": Provide(provide_chat_context, sync_to_thread=False),
+            "responses": Provide(provide_responses, sync_to_thread=False),
+            "responses_context": Provide(provide_responses_context, sync_to_thread=False),
         },
         lifespan=[
             services_lifespan(settings, metrics, environ, drain, quote),
+            responses_lifespan(settings),
             scrape_lifespan(settings, metrics, environ),
         ],
         on_shutdown=[lambda: metrics.shutdown()],
@@ -129,7 +146,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app.state.quote = quote
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
     # The chat route beside Litestar's pipeline (routes/chat_direct.py), except where CORS must see it.
-    handler = app.asgi_handler if cors is not None else ChatRoute(app, app.asgi_handler, provide_chat_context)
+    handler = app.asgi_handler
+    if cors is None:
+        handler = ResponsesRoute(app, handler, provide_responses_context)
+        handler = ChatRoute(app, handler, provide_chat_context)
     app.asgi_handler = RequestIdMiddleware(handler, observers=[metrics.http_request], drain=drain)
     return app
 

@@ -176,6 +176,15 @@ class TracingSettings(_Section):
     service_name: str = "chat-gateway"
 
 
+class ResponsesSettings(_Section):
+    store: Literal["memory", "redis"] = "memory"
+    """Where responses made with ``store`` not false are kept: this process's memory, or ``[redis] url``."""
+    store_ttl_s: PositiveFloat = 2_592_000.0
+    """How long a stored response (its input and output items) can be read and continued (30 days)."""
+    max_store_mb: PositiveInt = 256
+    """Total size of the responses the memory store keeps; past it the oldest go first."""
+
+
 class Settings(_Section):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     streaming: StreamingSettings = msgspec.field(default_factory=StreamingSettings)
@@ -186,6 +195,7 @@ class Settings(_Section):
     keys: list[KeySettings] = []
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
 
     @property
     def production(self) -> bool:

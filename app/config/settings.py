@@ -26,6 +26,7 @@ from app.config.schema import (
     ModelsSettings,
     RateLimitSettings,
     RedisSettings,
+    ResponsesSettings,
     ServerSettings,
     Settings,
     StreamingSettings,
@@ -43,6 +44,7 @@ __all__ = [
     "ModelsSettings",
     "RateLimitSettings",
     "RedisSettings",
+    "ResponsesSettings",
     "ServerSettings",
     "Settings",
     "StreamingSettings",
@@ -207,6 +209,8 @@ def _cross_checks(settings: Settings, environ: Mapping[str, str]) -> list[str]:
         problems.append("cache.redis_url: expected a redis:// or rediss:// URL")
     if settings.streaming.resume_store == "redis" and not settings.redis.url:
         problems.append("redis.url: required when streaming.resume_store is 'redis'")
+    if settings.responses.store == "redis" and not settings.redis.url:
+        problems.append("redis.url: required when responses.store is 'redis'")
     if settings.redis.url and not settings.redis.url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("redis.url: expected a redis:// or rediss:// URL")
     if settings.server.api_keys_env and not environ.get(settings.server.api_keys_env):

@@ -73,6 +73,8 @@ class Behaviour:
     usage_delay_s: float = 0.0
     # Never sends usage, whatever the request asks (some providers and proxies do not).
     no_usage: bool = False
+    # Tool calls to make instead of the get_weather one: (name, arguments JSON), one item each.
+    calls: list[tuple[str, str]] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -399,7 +401,8 @@ class FakeProvider:
 
         # Run the response next to a receive() watcher so a client hang-up is
         # seen at once in every phase (before headers, mid-stream, in silence).
-        work = asyncio.create_task(self._respond(record, self.behaviour_for(model), send))
+        behaviour = scripted_reply(model, body) or self.behaviour_for(model)
+        work = asyncio.create_task(self._respond(record, behaviour, send))
         watcher = asyncio.create_task(self._watch_disconnect(receive, record))
         self._inflight.add(work)
         try:
@@ -469,7 +472,7 @@ class FakeProvider:
             await self._body(record, send, chunk(delta))
         if b.kind == "drop":  # fewer tokens than drop_after: still never finish cleanly
             self._abort(record)
-        tail = [chunk({}, "tool_calls" if b.tool_calls else "stop")]
+        tail = [chunk({}, "tool_calls" if b.tool_calls or b.calls else "stop")]
         if b.usage_delay_s:
             await self._body(record, send, tail.pop())
             await asyncio.sleep(b.usage_delay_s)
@@ -501,6 +504,11 @@ class FakeProvider:
                     "function": {"name": TOOL_NAME, "arguments": "".join(TOOL_ARG_PIECES)},
                 }
             ]
+        if b.calls:
+            message["tool_calls"] = [
+                {"id": f"call_fake_{n}_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+                for i, (name, args) in enumerate(b.calls)
+            ]
         payload = _json_bytes(
             {
                 "id": f"chatcmpl-fake-{n}",
@@ -508,7 +516,11 @@ class FakeProvider:
                 "created": int(time.time()),
                 "model": record.model,
                 "choices": [
-                    {"index": 0, "message": message, "finish_reason": "tool_calls" if b.tool_calls else "stop"}
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": "tool_calls" if b.tool_calls or b.calls else "stop",
+                    }
                 ],
             }
             | ({} if b.no_usage else {"usage": _usage(b)})
@@ -565,6 +577,11 @@ def _token_deltas(b: Behaviour, n: int) -> list[dict[str, Any]]:
             }
         )
         deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in TOOL_ARG_PIECES]
+    for i, (name, args) in enumerate(b.calls or []):
+        head = {"index": i, "id": f"call_fake_{n}_{i}", "type": "function", "function": {"name": name, "arguments": ""}}
+        deltas.append({"tool_calls": [head]})
+        half = len(args) // 2
+        deltas += [{"tool_calls": [{"index": i, "function": {"arguments": p}}]} for p in (args[:half], args[half:])]
     return deltas or [{"content": ""}]
 
 
@@ -601,6 +618,35 @@ async def _send_json(send: Send, status: int, obj: Any) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+# -- scripted agents: answers that depend on the conversation so far ------------------------------
+
+#: Models whose answer is scripted from the request (agents and coding CLIs need several turns).
+SCRIPTED_MODELS = ("script_two_tools", "script_exec")
+EXEC_MARKER = "gateway-exec-ok-4242"
+
+
+def scripted_reply(model: str, body: dict[str, Any]) -> Behaviour | None:
+    """The next turn of a scripted agent run, from the tool results the request already carries.
+
+    ``script_two_tools``: asks for ``get_weather``, then ``get_time``, then answers with both results.
+    ``script_exec``: asks for ``exec_command`` running ``echo`` (the Codex CLI's shell tool), then
+    answers with the command's output.
+    """
+    if model not in SCRIPTED_MODELS:
+        return None
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    results = [str(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
+    if model == "script_two_tools":
+        if not results:
+            return Behaviour(content=[], calls=[("get_weather", '{"city": "Paris"}')])
+        if len(results) == 1:
+            return Behaviour(content=[], calls=[("get_time", '{"city": "Paris"}')])
+        return Behaviour(content=["Weather: ", results[0], "; time: ", results[1], "."])
+    if not results:
+        return Behaviour(content=[], calls=[("exec_command", json.dumps({"cmd": f"echo {EXEC_MARKER}"}))])
+    return Behaviour(content=["The command printed: ", results[-1][-400:]])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,3 +95,107 @@ def client_frames(draw: st.DrawFn) -> str | bytes:
     else:
         return draw(st.binary(max_size=200) | st.text(max_size=200))
     return json.dumps(frame)
+
+
+# -- the Responses API (API.md 7): items, tools, formats and WebSocket frames ---------------------
+
+RESPONSES_FIELDS = [
+    "instructions", "stream", "tools", "tool_choice", "parallel_tool_calls", "temperature", "top_p",
+    "max_output_tokens", "text", "reasoning", "previous_response_id", "store", "metadata", "user", "include",
+    "prompt_cache_key", "client_metadata", "truncation", "background", "conversation", "prompt",
+]  # fmt: skip
+PART_TYPES = ["input_text", "output_text", "input_image", "input_file", "refusal", "input_audio", "x"]
+parts = st.fixed_dictionaries(
+    {"type": st.sampled_from(PART_TYPES)},
+    optional={
+        "text": scalars,
+        "image_url": st.sampled_from(["https://example.com/a.png", "data:image/png;base64,AAAA", "ftp://x"]) | scalars,
+        "file_id": scalars,
+        "file_data": scalars,
+        "file_url": scalars,
+        "detail": st.sampled_from(["auto", "low", "high", "max"]),
+        "input_audio": json_values,
+    },
+)
+response_items = st.one_of(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", ""])},
+        optional={"type": st.just("message"), "content": st.text(max_size=50) | st.lists(parts, max_size=3) | scalars},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call")},
+        optional={"call_id": scalars, "name": scalars, "arguments": scalars, "namespace": scalars},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call_output")},
+        optional={"call_id": scalars, "output": st.text(max_size=30) | st.lists(parts, max_size=2) | scalars},
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["reasoning", "item_reference", "web_search_call", "x"])}),
+    json_values,
+)
+response_tools = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("function")},
+        optional={"name": scalars | st.just("get_weather"), "parameters": json_values, "strict": scalars},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("namespace"), "name": st.text(max_size=10)},
+        optional={"tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "name": st.text()}))},
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search", "file_search", "mcp", "custom", "wat"])}),
+    json_values,
+)
+
+
+@st.composite
+def responses_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": draw(st.sampled_from(MODELS) | st.text(max_size=20)),
+        "input": draw(st.text(max_size=50) | st.lists(response_items, max_size=4) | json_values),
+    }
+    for name in draw(st.lists(st.sampled_from(RESPONSES_FIELDS), max_size=4, unique=True)):
+        if name == "tools":
+            body[name] = draw(st.lists(response_tools, max_size=3) | json_values)
+        elif name == "text":
+            body[name] = {
+                "format": draw(
+                    st.fixed_dictionaries(
+                        {"type": st.sampled_from(["text", "json_object", "json_schema", "x"])},
+                        optional={"name": scalars, "schema": json_values},
+                    )
+                )
+            }
+        elif name == "tool_choice":
+            body[name] = draw(
+                st.sampled_from(["auto", "none", "required", "x"])
+                | st.fixed_dictionaries(
+                    {"type": st.sampled_from(["function", "web_search_preview", "allowed_tools", "x"])},
+                    optional={"name": scalars, "mode": scalars},
+                )
+            )
+        else:
+            body[name] = draw(json_values)
+    if draw(st.booleans()):
+        body[draw(st.sampled_from(sorted(PROVIDER_CONTROLS)))] = draw(json_values)
+    if draw(st.integers(0, 9)) == 0:
+        del body["model"]
+    return body  # fmt: skip
+
+
+raw_responses_bodies = st.one_of(
+    responses_bodies().map(lambda b: json.dumps(b).encode()),
+    st.binary(max_size=300),
+    st.integers(1, 3000).map(lambda d: ('{"model":"normal","input":' + nested(d) + "}").encode()),
+)
+
+
+@st.composite
+def responses_frames(draw: st.DrawFn) -> str | bytes:
+    kind = draw(st.integers(0, 5))
+    if kind <= 2:
+        return json.dumps({"type": "response.create", **draw(responses_bodies())})
+    if kind == 3:
+        return json.dumps({"type": draw(st.text(max_size=30)), **draw(st.dictionaries(st.text(), json_values))})
+    if kind == 4:
+        return nested(draw(st.integers(1, 3000)))
+    return draw(st.binary(max_size=200) | st.text(max_size=200))

@@ -1,0 +1,122 @@
+"""Where responses are kept (docs/responses.md, ``[responses]``): in this process's memory or in Redis.
+
+A record is one response: the response object, the request's own input items, the previous
+response it follows (a chain is rebuilt by walking these links, each record read once), the id of
+the chat stream whose log replays it, and its owner (the gateway key's scope). Records are stored
+encoded (msgspec JSON), so the memory store counts their real size against ``max_store_mb`` and
+drops the oldest past it, and the Redis store is one ``SET ... PX`` per write.
+
+``stored`` false: a response made with ``store: false`` that is kept only so that its stream can be
+resumed (for ``streaming.resume_ttl_s``); ``GET`` and ``previous_response_id`` do not see it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import msgspec
+import redis.asyncio as aioredis
+
+from app.redis.pool import IdleClosingPool, pool_options
+
+OP_TIMEOUT_S = 1.0
+KEY_PREFIX = "gw:response:"
+
+
+class StoredResponse(msgspec.Struct):
+    id: str
+    owner: str
+    response: dict[str, Any]
+    input: list[dict[str, Any]]
+    previous_response_id: str | None = None
+    stream_id: str | None = None
+    namespaces: dict[str, str] = {}
+    stored: bool = True
+
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.Decoder(StoredResponse).decode
+
+
+class ResponseStore(Protocol):
+    async def get(self, response_id: str) -> StoredResponse | None: ...
+    async def put(self, record: StoredResponse, ttl_s: float) -> None: ...
+    async def delete(self, response_id: str) -> bool: ...
+    async def health(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class MemoryResponseStore:
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self.bytes = 0
+        self._records: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        entry = self._records.get(response_id)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self._drop(response_id)
+            return None
+        return _decode(entry[1])
+
+    async def put(self, record: StoredResponse, ttl_s: float) -> None:
+        data = _encode(record)
+        self._drop(record.id)
+        if len(data) > self.budget:
+            return  # larger than the whole store: never kept (a GET is then a 404, as after expiry)
+        self._records[record.id] = (time.monotonic() + ttl_s, data)
+        self.bytes += len(data)
+        while self.bytes > self.budget:
+            oldest = next(iter(self._records))
+            self._drop(oldest)
+
+    def _drop(self, response_id: str) -> None:
+        entry = self._records.pop(response_id, None)
+        if entry is not None:
+            self.bytes -= len(entry[1])
+
+    async def delete(self, response_id: str) -> bool:
+        found = response_id in self._records
+        self._drop(response_id)
+        return found
+
+    async def health(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._records.clear()
+        self.bytes = 0
+
+
+class RedisResponseStore:
+    """Records shared by every replica: ``gw:response:<id>`` holding the encoded record, with a TTL."""
+
+    def __init__(self, url: str, prefix: str = KEY_PREFIX) -> None:
+        self._redis = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **pool_options(OP_TIMEOUT_S)))
+        self._prefix = prefix
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        data = await self._redis.get(self._prefix + response_id)
+        return _decode(data) if data is not None else None
+
+    async def put(self, record: StoredResponse, ttl_s: float) -> None:
+        await self._redis.set(self._prefix + record.id, _encode(record), px=max(1, int(ttl_s * 1000)))
+
+    async def delete(self, response_id: str) -> bool:
+        return bool(await self._redis.delete(self._prefix + response_id))
+
+    async def health(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()

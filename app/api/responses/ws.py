@@ -1,0 +1,228 @@
+"""The Responses API's WebSocket mode (docs/responses.md): ``response.create`` frames in, the SSE events out,
+one JSON text frame each.
+
+One response runs at a time per socket (a create while one runs -> an ``error`` event, code
+``response_in_progress``). The socket remembers its last response's whole conversation, so
+``previous_response_id`` naming it works even with ``store: false``. Every error is an
+``{"type": "error", "status", "error"}`` event and the socket stays open; a frame over
+``websocket.max_frame_bytes`` closes it with 1009, a failed gateway auth with 1008 (after the
+handshake, as for chat sockets). The socket leaving cancels the running response's provider call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import msgspec
+import structlog
+from litestar import WebSocket
+
+from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
+from app.access.origins import OriginPolicy
+from app.api.responses.events import Event
+from app.api.responses.request import validate_create
+from app.api.responses.service import ResponseRun, ResponsesService
+from app.api.responses.store import StoredResponse
+from app.api.responses.wire import CREATE_FRAME
+from app.config.settings import Settings
+from app.core.drain import Drain
+from app.core.stream import ChatStream
+from app.domain.chat_request import decode_json
+from app.domain.errors import GatewayError, InvalidRequest, public_error
+from app.domain.events import ClientLeft, StreamEvent
+
+logger = structlog.get_logger("app.responses")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+_encode = msgspec.json.encode
+
+
+def error_event(error: GatewayError) -> bytes:
+    return _encode({"type": "error", "status": error.status, "error": error.body().error})
+
+
+class _SocketWriter:
+    """A chat stream's events as Responses event frames on this socket (a ``StreamWriter``)."""
+
+    def __init__(self, session: ResponsesSocketSession, run: ResponseRun) -> None:
+        self.session = session
+        self.run = run
+
+    async def _write(self, events: list[Event]) -> None:
+        for _kind, _seq, data in events:
+            if not await self.session.send(data):
+                raise ClientLeft  # the socket is gone: the stream ends as the client's
+
+    async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
+        await self._write(self.run.feed(raw))
+
+    async def end(self, event: StreamEvent) -> None:
+        await self._write(await self.run.finish(event))
+
+    def cancelled(self, stream: ChatStream) -> None:
+        return None
+
+
+class ResponsesSocketSession:
+    def __init__(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        service: ResponsesService,
+        settings: Settings,
+        keys: GatewayKeys,
+        *,
+        drain: Drain | None = None,
+        on_open: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.socket = socket
+        self.service = service
+        self.settings = settings
+        self.keys = keys
+        self.origins = OriginPolicy(settings.server.cors_origins)
+        self.drain = drain
+        self.caller = ANONYMOUS
+        self.running: asyncio.Task[None] | None = None
+        #: The socket's last response, with its whole conversation as input (``previous_response_id``).
+        self.memory: dict[str, StoredResponse] = {}
+        self._send_lock = asyncio.Lock()
+        self._on_open = on_open
+        self._on_close = on_close
+        self._closed = False
+
+    async def run(self) -> None:
+        offered: list[str] = list(self.socket.scope.get("subprotocols") or [])
+        origin = self.socket.headers.get("origin")
+        if not self.origins.allows(origin, self.socket.headers.get("host"), self.socket.scope.get("scheme", "ws")):
+            await self.socket.close(code=CLOSE_POLICY_VIOLATION)
+            return
+        await self.socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if self._on_open is not None:
+            self._on_open()
+        try:
+            try:
+                self.caller = self.keys.from_websocket(offered, self.socket.headers.get("authorization"))
+            except GatewayError as exc:
+                await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
+                return
+            if self.drain is not None:
+                self.drain.track_session(self)
+            try:
+                await self._receive_loop()
+            finally:
+                self._closed = True
+                if self.drain is not None:
+                    self.drain.session_closed(self)
+                if self.running is not None:
+                    self.running.cancel()
+                    await asyncio.gather(self.running, return_exceptions=True)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    async def _receive_loop(self) -> None:
+        max_bytes = self.settings.websocket.max_frame_bytes
+        while True:
+            message = await self.socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = cast("str | bytes | None", message.get("text"))
+            if data is None:
+                data = cast(bytes, message.get("bytes") or b"")
+            size = len(data.encode()) if isinstance(data, str) else len(data)
+            if size > max_bytes:
+                with contextlib.suppress(Exception):
+                    await self.socket.close(code=CLOSE_TOO_BIG)
+                return
+            try:
+                await self._frame(data)
+            except Exception as exc:  # a frame never takes the socket down
+                logger.error("responses_ws_frame_failed", exc_info=exc)
+                await self.send(error_event(public_error(exc, production=self.settings.production)))
+
+    async def _frame(self, data: str | bytes) -> None:
+        try:
+            frame = decode_json(data, "frame")
+            if not isinstance(frame, dict) or frame.get("type") != CREATE_FRAME:
+                raise InvalidRequest(f"A frame must be an object of type `{CREATE_FRAME}`.", param="type")
+            if self.drain is not None and self.drain.refusing:
+                raise self.drain.refusal()
+            if self.running is not None and not self.running.done():
+                raise InvalidRequest(
+                    "A response is already running on this socket: one at a time.", code="response_in_progress"
+                )
+            body = {k: v for k, v in frame.items() if k not in ("type", "stream", "stream_id")}
+            create, _ = validate_create(body)
+            if create.background:
+                raise InvalidRequest(
+                    "`background` is not available over a WebSocket.", code="unsupported_parameter", param="background"
+                )
+        except GatewayError as exc:
+            await self.send(error_event(exc))
+            return
+        self.running = asyncio.get_running_loop().create_task(self._respond(create), name="responses-ws")
+
+    async def _respond(self, create: Any) -> None:
+        started = time.perf_counter()
+        run: ResponseRun | None = None
+        try:
+            prepared = await self.service.prepare(create, self.caller, self.memory)
+            admission = await self.service.chat.admit(prepared.chat, self.caller)
+            run = await self.service.open(
+                prepared,
+                self.caller,
+                admission,
+                "websocket",
+                started_at=started,
+                traceparent=self.socket.headers.get("traceparent"),
+            )
+            assert run.stream is not None
+            with run.writing():
+                await run.stream.pump(_SocketWriter(self, run))
+        except ClientLeft:
+            return
+        except GatewayError as exc:
+            await self.send(error_event(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error("responses_ws_failed", exc_info=exc)
+            await self.send(error_event(public_error(exc, production=self.settings.production)))
+        if run is not None and run.events.ended:
+            snapshot = run.events.snapshot()
+            self.memory = {
+                run.id: StoredResponse(
+                    id=run.id,
+                    owner=self.caller.scope,
+                    response=snapshot,
+                    input=run.prepared.conversation,
+                    previous_response_id=None,
+                )
+            }
+
+    async def send(self, data: bytes) -> bool:
+        """One frame; False when the socket can no longer take it."""
+        if self._closed:
+            return False
+        async with self._send_lock:
+            try:
+                await self.socket.send_data(data.decode(), mode="text")
+            except Exception:
+                self._closed = True
+                return False
+        return True
+
+    async def close_for_shutdown(self) -> None:
+        """The drain's last phase: the running response ended in-band; then close with 1001."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        while self.running is not None and not self.running.done() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(Exception):
+            await self.socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
