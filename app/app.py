@@ -28,6 +28,7 @@ from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_direct import ChatRoute
 from app.routes.chat_socket import chat_socket
 from app.routes.health import live, ready
+from app.routes.messages import MessagesController
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, static_files, swagger_ui
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app = Litestar(
         route_handlers=[
             ChatController,
+            MessagesController,
             StreamsController,
             chat_socket,
             ModelsController,

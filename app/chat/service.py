@@ -136,7 +136,11 @@ class ChatService:
         traceparent: str | None = None,
         trail: Trail | None = None,
         admission: Admission | None = None,
+        adapt: Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]] | None = None,
+        format: str = "chat",
     ) -> ChatStream:
+        """A started stream. ``adapt`` wraps its chunks (after the cache, which keeps chat chunks) for
+        another API's events, and ``format`` names that API's framing for its resumes."""
         try:
             deployment = self.resolve(request.model)
             wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
@@ -153,6 +157,8 @@ class ChatService:
         else:
             # From here the stream owns the flight this request may lead: closing it, on any path, lands it.
             source = decision.record(self._provider.stream(request, deployment, trail))
+        if adapt is not None:
+            source = adapt(source)
         stream = ChatStream(
             stream_id=os.urandom(16).hex(),
             model=deployment,
@@ -167,7 +173,7 @@ class ChatService:
         stream.span = span
         stream.cache_status = decision.status
         if self._resumes is not None:
-            self._resumes.begin(stream, caller.scope)  # before start: the first event is logged too
+            self._resumes.begin(stream, caller.scope, format)  # before start: the first event is logged too
         closing: list[Callable[[ChatStream], None]] = []
         if admission is not None:
             closing.append(lambda s: admission.settle(s.model, s.usage, from_cache=s.cache_status == "HIT"))
@@ -234,7 +240,9 @@ class ChatService:
             time.perf_counter() if started_at is None else started_at,
         )
         structlog.contextvars.bind_contextvars(trace_id=Tracing.trace_id(span))  # the request's log line
-        return span, msgspec.structs.replace(request, trace_headers=Tracing.headers(span))
+        # The request's own provider headers (an Anthropic deployment's anthropic-beta) stay.
+        headers = {**(request.trace_headers or {}), **Tracing.headers(span)}
+        return span, msgspec.structs.replace(request, trace_headers=headers)
 
     async def _complete(
         self,

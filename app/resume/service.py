@@ -67,11 +67,13 @@ class Resumes:
     def memory_bytes(self) -> int:
         return self.local.bytes
 
-    def begin(self, stream: ChatStream, owner: str) -> None:
-        """Give a new stream its log (before it starts, so that its first event is logged)."""
+    def begin(self, stream: ChatStream, owner: str, format: str = "chat") -> None:
+        """Give a new stream its log (before it starts, so that its first event is logged);
+        ``format``: the framing its events are replayed in (the API that created it)."""
         if not self.enabled:
             return
         log = self.local.begin(stream.id, owner)
+        log.format = format
         log.stream = stream
         stream.detach(log, self.grace_s)
         if self.shared is not None:

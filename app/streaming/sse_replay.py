@@ -18,7 +18,8 @@ from litestar.types import Message, Receive, Scope, Send
 from app.chat.stream_events import ClientLeft
 from app.resume.replay import Replay
 from app.streaming.disconnect import DisconnectWatch
-from app.streaming.sse import HEARTBEAT, RAW_SEND, chunk_frame, end_frame
+from app.streaming.framing import framing_for
+from app.streaming.sse import RAW_SEND
 
 #: Replayed frames are written in pieces of about this size: few writes, and a bounded buffer.
 HELD_MAX = 64 * 1024
@@ -48,6 +49,8 @@ class _ReplayASGI:
             await send(start)
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
             sid = replay.stream_id.encode()
+            framing = framing_for(replay.format)  # a stream replays in the API's framing it was created in
+            chunk_frame, end_frame = framing.chunk, framing.end
             held = b""  # what the log already holds goes out together, in writes of up to HELD_MAX
             while True:
                 event = replay.take()
@@ -60,7 +63,7 @@ class _ReplayASGI:
                             async with asyncio.timeout(self._heartbeat_s):
                                 await replay.wait()
                     except TimeoutError:
-                        await raw({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                        await raw({"type": "http.response.body", "body": framing.heartbeat, "more_body": True})
                     continue
                 if event.chunk is not None:
                     held += chunk_frame(sid, event.seq, event.chunk.raw)
