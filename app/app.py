@@ -18,6 +18,7 @@ from app.access.keys import Caller, GatewayKeys
 from app.chat.catalogue import Catalogue
 from app.chat.service import ChatService
 from app.drain import Drain
+from app.embeddings.service import EmbeddingService
 from app.http_errors import EXCEPTION_HANDLERS
 from app.lifespan import services_lifespan
 from app.log import configure_logging
@@ -27,6 +28,7 @@ from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_direct import ChatRoute
 from app.routes.chat_socket import chat_socket
+from app.routes.embeddings import EmbeddingsController
 from app.routes.health import live, ready
 from app.routes.messages import MessagesController
 from app.routes.metrics import metrics_endpoint
@@ -59,6 +61,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         chat: ChatService = state.chat
         return chat
 
+    def provide_embeddings(state: State) -> EmbeddingService:
+        embeddings: EmbeddingService = state.embeddings
+        return embeddings
+
     def provide_catalogue(state: State) -> Catalogue:
         catalogue: Catalogue = state.catalogue
         return catalogue
@@ -85,6 +91,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         route_handlers=[
             ChatController,
             MessagesController,
+            EmbeddingsController,
             StreamsController,
             chat_socket,
             ModelsController,
@@ -99,6 +106,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
             "catalogue": Provide(provide_catalogue, sync_to_thread=False),
+            "embeddings": Provide(provide_embeddings, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "metrics": Provide(provide_metrics, sync_to_thread=False),
             "resumes": Provide(provide_resumes, sync_to_thread=False),

@@ -5,6 +5,7 @@
     ├── ContextLengthExceeded          400     invalid_request_error   context_length_exceeded
     ├── ProviderRejected               400     invalid_request_error   the provider's code
     ├── Unauthenticated                401     authentication_error    invalid_api_key
+    ├── ModelNotSupported              400     invalid_request_error   model_not_supported
     ├── ModelNotFound                  404     invalid_request_error   model_not_found
     ├── PayloadTooLarge                413     invalid_request_error   payload_too_large
     ├── UnsupportedMediaType           415     invalid_request_error   unsupported_media_type
@@ -94,6 +95,12 @@ class ContextLengthExceeded(InvalidRequest):
 
 class ProviderRejected(InvalidRequest):
     default_code = "invalid_request"
+
+
+class ModelNotSupported(InvalidRequest):
+    """The model cannot serve this API: a chat model for embeddings, or an embedding model for chat."""
+
+    default_code = "model_not_supported"
 
 
 class Unauthenticated(GatewayError):

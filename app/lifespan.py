@@ -17,6 +17,7 @@ from app.cache.chat_cache import ChatCache
 from app.chat.catalogue import Catalogue, Snapshot, build_snapshot
 from app.chat.service import ChatService
 from app.drain import Drain
+from app.embeddings.service import EmbeddingService, embedding_models
 from app.limits.build import build_limiter
 from app.limits.limiter import Limiter
 from app.metrics import Metrics
@@ -36,6 +37,7 @@ class Services:
     provider: Provider
     catalogue: Catalogue
     chat: ChatService
+    embeddings: EmbeddingService | None = None
     cache: ChatCache | None = None
     #: Deployment groups' live state (selection, cooldowns); readiness reports who rests.
     balancer: Balancer | None = None
@@ -53,6 +55,7 @@ def build_services(
     drain: Drain | None = None,
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
+    from app.embeddings.upstream import EmbeddingsUpstream
     from app.providers.egress import EgressSettings
     from app.providers.litellm_metadata import model_metadata, provider_of
     from app.providers.litellm_provider import LiteLLMProvider, build_router
@@ -106,9 +109,25 @@ def build_services(
     if settings.tracing.enabled:
         tracing = Tracing(settings.tracing)
         closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # its flush waits on the network
+    embedding_names = embedding_models(catalogue)
+    embeddings_upstream = EmbeddingsUpstream(
+        settings.models.deployments, environ, quote, EgressSettings.from_environ(environ)
+    )
+    closers.append(embeddings_upstream.aclose)
+    embeddings = EmbeddingService(
+        settings,
+        resilient,
+        embeddings_upstream,
+        embedding_names=embedding_names,
+        model_names=model_names,
+        cache=cache,
+        limiter=limiter,
+        observer=metrics,
+    )
     chat = ChatService(
         settings,
         resilient,
+        embedding_names=embedding_names,
         model_names=model_names,
         observer=metrics,
         cache=cache,
@@ -122,6 +141,7 @@ def build_services(
         provider=provider,
         catalogue=catalogue,
         chat=chat,
+        embeddings=embeddings,
         cache=cache,
         balancer=balancer,
         limiter=limiter,
@@ -189,6 +209,7 @@ def services_lifespan(
         await services.catalogue.get()
         app.state.services = services
         app.state.chat = services.chat
+        app.state.embeddings = services.embeddings
         app.state.catalogue = services.catalogue
         app.state.resumes = services.resumes
         app.state.ready_checks = services.ready_checks

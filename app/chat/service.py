@@ -22,7 +22,7 @@ from app.chat.stream import ChatStream
 from app.chat.stream_events import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, Deadlines
 from app.chat.stream_observers import FanOut, StreamObserver
 from app.drain import Drain
-from app.errors import GatewayError, ModelNotAllowed, ModelNotFound
+from app.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported
 from app.limits.limiter import Admission, Limiter
 from app.protocol.openai import ChatCompletionInput
 from app.providers.base import Chunk, Completion, Usage
@@ -73,8 +73,11 @@ class ChatService:
         tracing: Tracing | None = None,
         limiter: Limiter | None = None,
         resumes: Resumes | None = None,
+        embedding_names: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self._settings = settings
+        #: Models that only serve embeddings: a chat call for one is a 400 (API.md 9).
+        self._embedding_names = embedding_names
         self._limiter = limiter
         self._resumes = resumes
         self._provider = provider
@@ -101,6 +104,8 @@ class ChatService:
         serves a call is decided per attempt (``providers/resilient.py``)."""
         if model not in self._model_names() or model not in self._deployments:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
+        if self._embedding_names is not None and model in self._embedding_names():
+            raise ModelNotSupported(f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
         return model
 
     async def admit(self, request: ChatCompletionInput, caller: Caller) -> Admission | None:
