@@ -30,6 +30,7 @@ import msgspec
 
 from app.errors import InvalidRequest
 from app.protocol.anthropic_wire import (
+    ANTHROPIC_BODY_FIELDS,
     Base64Source,
     Block,
     DocumentBlock,
@@ -289,7 +290,7 @@ def to_chat_body(request: MessagesRequest, raw: dict[str, Any], *, passthrough: 
         if "thinking" in raw and isinstance(raw["thinking"], dict):
             body["thinking"] = raw["thinking"]
         for name, value in raw.items():
-            if name not in _OWN and name not in _NEVER and name not in body:
+            if name in ANTHROPIC_BODY_FIELDS and name not in body:
                 body[name] = value
     return body
 

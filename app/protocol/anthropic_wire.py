@@ -11,9 +11,16 @@ client.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
+
+#: Anthropic request fields that LiteLLM's Anthropic mapping must see as request fields (it would
+#: send them nested under an ``extra_body`` key otherwise, which Anthropic refuses): what an
+#: Anthropic deployment gets beyond the chat request's own fields.
+ANTHROPIC_BODY_FIELDS: Final = frozenset(
+    {"thinking", "top_k", "context_management", "output_config", "service_tier", "inference_geo"}
+)
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 CacheControl = dict[str, Any] | None
