@@ -341,3 +341,73 @@ async def test_unsupported_content_type_and_bad_json(client: httpx.AsyncClient) 
     assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     response = await client.post("/v1/messages", content=b"hi", headers={"content-type": "text/plain"})
     assert response.status_code == 415 and response.json()["type"] == "error"
+
+
+def claude_code_shaped() -> dict[str, Any]:
+    """The shape of a Claude Code 2.1 turn (captured from Claude Code 2.1.197; contents made up)."""
+    ephemeral = {"type": "ephemeral"}
+    tools = [
+        {
+            "name": f"Tool{i}",
+            "description": f"Tool number {i}.",
+            "input_schema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "properties": {"command": {"type": "string", "description": "What to run."}},
+                "required": ["command"],
+                "additionalProperties": False,
+            },
+        }
+        for i in range(20)
+    ]
+    return {
+        "model": "normal",
+        "max_tokens": 32000,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": "You are a CLI agent."},
+            {"type": "text", "text": "Be careful.", "cache_control": ephemeral},
+            {"type": "text", "text": "Long instructions. " * 200, "cache_control": ephemeral},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "<system-reminder>context</system-reminder>"},
+                    {"type": "text", "text": "say pong", "cache_control": ephemeral},
+                ],
+            },
+            {"role": "system", "content": "Available agent types: ..."},
+        ],
+        "tools": tools,
+        "metadata": {"user_id": json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "s"})},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+    }
+
+
+BETAS_7 = (
+    "claude-code-20250219,interleaved-thinking-2025-05-14,thinking-token-count-2026-05-13,"
+    "context-management-2025-06-27,prompt-caching-scope-2026-01-05,mid-conversation-system-2026-04-07,"
+    "effort-2025-11-24"
+)
+
+
+async def test_a_claude_code_turn_works_on_an_openai_wire_model(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    headers = {"anthropic-beta": BETAS_7, "anthropic-version": "2023-06-01", "x-api-key": "unused"}
+    response = await client.post("/v1/messages?beta=true", json=claude_code_shaped(), headers=headers)
+    assert response.status_code == 200, response.text
+    text = "".join(e[2]["delta"]["text"] for e in events_of(response.text) if e[0] == "content_block_delta")
+    assert text == HELLO
+    record = fake.requests[-1]
+    sent = record.body
+    for field in ("thinking", "context_management", "output_config", "metadata", "system", "top_k"):
+        assert field not in sent
+    assert "anthropic-beta" not in record.headers
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "system"]
+    assert sent["messages"][0]["content"].startswith("You are a CLI agent.\n\nBe careful.")
+    assert [p["text"] for p in sent["messages"][1]["content"]][1] == "say pong"
+    assert all("cache_control" not in p for p in sent["messages"][1]["content"])
+    assert len(sent["tools"]) == 20 and sent["tools"][0]["function"]["name"] == "Tool0"
+    assert sent["max_tokens"] == 32000
