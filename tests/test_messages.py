@@ -411,3 +411,23 @@ async def test_a_claude_code_turn_works_on_an_openai_wire_model(client: httpx.As
     assert all("cache_control" not in p for p in sent["messages"][1]["content"])
     assert len(sent["tools"]) == 20 and sent["tools"][0]["function"]["name"] == "Tool0"
     assert sent["max_tokens"] == 32000
+
+
+async def test_delete_stops_a_messages_stream_in_band(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    body = {"model": "slow_gap", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with client.stream("POST", "/v1/messages", json=body) as response:
+        sid = response.headers["x-stream-id"]
+        received = b""
+        pieces = response.aiter_bytes()
+        async for piece in pieces:
+            received += piece
+            if b"content_block_delta" in received and received.endswith(b"\n\n"):
+                break
+        stopped = await client.delete(f"/v1/chat/completions/streams/{sid}")
+        assert stopped.status_code == 204
+        async for piece in pieces:
+            received += piece
+    last = events_of(received.decode())[-1]
+    assert last[0] == "error"
+    assert last[2]["error"]["type"] == "invalid_request_error" and "cancelled" in last[2]["error"]["message"]
+    assert b"message_stop" not in received
