@@ -209,9 +209,17 @@ async def test_errors_raise_the_sdk_exception(
 @pytest.fixture(scope="module")
 def keyed_gateway(fake_provider: FakeProvider) -> Iterator[ServerThread]:
     environ = {"MSG_TEST_KEYS": "sk-msg-good"}
-    settings = settings_from_dict(
-        settings_dict(fake_provider.base_url, server={"api_keys_env": "MSG_TEST_KEYS"}), environ
+    data = settings_dict(fake_provider.base_url, server={"api_keys_env": "MSG_TEST_KEYS"})
+    # A model the catalogue says reasons: `thinking` reaches it as a reasoning effort.
+    data["models"]["deployments"].append(
+        {
+            "name": "thinker",
+            "litellm_model": "openai/normal",
+            "api_base": fake_provider.base_url,
+            "info": {"capabilities": ["reasoning", "tools"]},
+        }
     )
+    settings = settings_from_dict(data, environ)
     server = ServerThread(settings, environ=environ).start()
     yield server
     server.stop()
@@ -431,3 +439,38 @@ async def test_delete_stops_a_messages_stream_in_band(client: httpx.AsyncClient,
     assert last[0] == "error"
     assert last[2]["error"]["type"] == "invalid_request_error" and "cancelled" in last[2]["error"]["message"]
     assert b"message_stop" not in received
+
+
+@pytest.mark.parametrize(
+    ("thinking", "output_config", "effort"),
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, None, "low"),
+        ({"type": "enabled", "budget_tokens": 6000}, None, "medium"),
+        ({"type": "enabled", "budget_tokens": 20000}, None, "high"),
+        ({"type": "adaptive", "display": "omitted"}, {"effort": "high"}, "high"),
+        ({"type": "disabled"}, None, None),
+    ],
+)
+async def test_thinking_becomes_a_reasoning_effort_where_the_model_has_one(
+    keyed_gateway: ServerThread,
+    fake: FakeProvider,
+    thinking: dict[str, Any],
+    output_config: dict[str, Any] | None,
+    effort: str | None,
+) -> None:
+    body: dict[str, Any] = {"model": "thinker", "max_tokens": 30000, "thinking": thinking}
+    body["messages"] = [{"role": "user", "content": "hi"}]
+    if output_config is not None:
+        body["output_config"] = output_config
+    async with httpx.AsyncClient(base_url=keyed_gateway.base_url, timeout=10) as http:
+        response = await http.post("/v1/messages", json=body, headers={"x-api-key": "sk-msg-good"})
+        assert response.status_code == 200, response.text
+        sent = fake.requests[-1].body
+        assert sent.get("reasoning_effort") == effort
+        assert "thinking" not in sent and "output_config" not in sent
+        # A model without the capability gets no effort at all.
+        response = await http.post(
+            "/v1/messages", json={**body, "model": "normal"}, headers={"x-api-key": "sk-msg-good"}
+        )
+        assert response.status_code == 200
+        assert "reasoning_effort" not in fake.requests[-1].body

@@ -61,6 +61,9 @@ _NEVER: Final = frozenset({"mcp_servers", "container"})
 #: The longest ``user`` the chat request accepts (OpenAI's limit): a longer ``metadata.user_id``
 #: (Claude Code's is a JSON object) is not passed on rather than refused.
 _USER_MAX: Final = 512
+#: Thinking budgets (tokens) up to which the reasoning effort is ``low``, then ``medium``; above, ``high``.
+_LOW_BUDGET: Final = 2048
+_MEDIUM_BUDGET: Final = 8192
 
 
 def parse_messages_body(raw: bytes, *, require_max_tokens: bool = True) -> tuple[MessagesRequest, dict[str, Any]]:
@@ -261,8 +264,25 @@ def _tool_choice(request: MessagesRequest, body: dict[str, Any]) -> None:
         body["parallel_tool_calls"] = False
 
 
-def to_chat_body(request: MessagesRequest, raw: dict[str, Any], *, passthrough: bool, stream: bool) -> dict[str, Any]:
-    """The chat completions body for this Messages request (``passthrough``: an Anthropic deployment)."""
+def reasoning_effort(request: MessagesRequest, raw: dict[str, Any]) -> str | None:
+    """``thinking`` as an OpenAI reasoning effort: a budget's size, or ``output_config.effort`` for
+    adaptive thinking (Claude Code's); None when thinking is off or not asked for."""
+    thinking = request.thinking
+    if thinking is None or thinking.type == "disabled":
+        return None
+    if thinking.type == "enabled" and thinking.budget_tokens is not None:
+        budget = thinking.budget_tokens
+        return "low" if budget <= _LOW_BUDGET else "medium" if budget <= _MEDIUM_BUDGET else "high"
+    config = raw.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    return effort if effort in ("low", "medium", "high") else "medium"
+
+
+def to_chat_body(
+    request: MessagesRequest, raw: dict[str, Any], *, passthrough: bool, stream: bool, reasoning: bool = False
+) -> dict[str, Any]:
+    """The chat completions body for this Messages request (``passthrough``: an Anthropic deployment;
+    ``reasoning``: another provider's model that takes a reasoning effort)."""
     body: dict[str, Any] = {"model": request.model, "messages": _messages(request, passthrough)}
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
@@ -284,6 +304,10 @@ def to_chat_body(request: MessagesRequest, raw: dict[str, Any], *, passthrough: 
     user = request.metadata.user_id if request.metadata is not None else None
     if user and len(user) <= _USER_MAX:
         body["user"] = user
+    if reasoning and not passthrough:
+        effort = reasoning_effort(request, raw)
+        if effort is not None:
+            body["reasoning_effort"] = effort
     if passthrough:
         if request.top_k is not None:
             body["top_k"] = request.top_k

@@ -103,6 +103,14 @@ def _forwarded(request: Request[Any, Any, Any]) -> dict[str, str] | None:
     return headers or None
 
 
+def _reasons(request: Request[Any, Any, Any], model: str) -> bool:
+    """Whether the catalogue says ``model`` takes a reasoning effort (capability ``reasoning``)."""
+    catalogue = getattr(request.app.state, "catalogue", None)
+    snapshot = catalogue.current() if catalogue is not None else None
+    info = snapshot.by_id.get(model) if snapshot is not None else None
+    return info is not None and "reasoning" in info.capabilities
+
+
 def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
     request.state.outcome = CLIENT_DISCONNECTED
     return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
@@ -166,7 +174,8 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     parsed, body = parse_messages_body(raw)
     passthrough = passthrough_for(settings, parsed.model)
     streaming = wants_stream(parsed.stream, request.headers.get("accept"))
-    chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming)
+    reasoning = _reasons(request, parsed.model)
+    chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
     chat_input = to_chat_input(chat_body, _forwarded(request) if passthrough else None)
     request.state.model = parsed.model
     if caller.scope != ANONYMOUS.scope:
