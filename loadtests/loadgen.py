@@ -54,7 +54,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-CONTENT_RE = re.compile(rb'"content"\s*:\s*"[^"]')
+#: A chunk with content: a chat chunk's delta, or a Messages API ``text_delta`` (``--path /v1/messages``).
+CONTENT_RE = re.compile(rb'"content"\s*:\s*"[^"]|"text_delta"')
+#: The Messages API's last event, its ``[DONE]``.
+MESSAGE_STOP = b'{"type":"message_stop"}'
 WS_TYPE_RE = re.compile(rb'"type"\s*:\s*"(chat\.completion\.chunk|chat\.completion\.done|error)"')
 STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -552,7 +555,7 @@ class Client(asyncio.Protocol):
         if is_error:
             self.err = "sse_error"
             self.err_detail = data[:200].decode("utf-8", "replace")
-        elif data == b"[DONE]":
+        elif data == b"[DONE]" or data == MESSAGE_STOP:
             self.done = True
         elif CONTENT_RE.search(data):
             self._content_chunk()
@@ -704,6 +707,8 @@ def client_ssl(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
 
 def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
     body: dict[str, Any] = {"model": cfg.model, "messages": [{"role": "user", "content": cfg.prompt}]}
+    if cfg.path.endswith("/messages"):
+        body["max_tokens"] = 1024  # the Messages API requires it
     if stream is not None:
         body["stream"] = stream
     if cfg.include_usage and stream:
