@@ -123,6 +123,8 @@ def build_services(
         cache=cache,
         limiter=limiter,
         observer=metrics,
+        drain=drain,
+        tracing=tracing,
     )
     chat = ChatService(
         settings,

@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, Final, Protocol
+
+import structlog
 
 from app.access.keys import Caller
 from app.cache.chat_cache import NO_CACHE, ChatCache, cache_key
 from app.chat.catalogue import Catalogue
+from app.drain import Drain
 from app.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported, UpstreamTimeout
 from app.limits.limiter import Admission, Limiter
 from app.protocol.embeddings import (
@@ -34,6 +38,7 @@ from app.providers.balancer import Member
 from app.providers.base import Completion, Usage
 from app.providers.resilient import Resilient, Trail
 from app.settings import DeploymentSettings, Settings
+from app.tracing import Tracing
 
 EMBEDDING_MODE: Final = "embedding"
 
@@ -78,7 +83,11 @@ class EmbeddingService:
         cache: ChatCache | None = None,
         limiter: Limiter | None = None,
         observer: Any = None,
+        drain: Drain | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._drain = drain
+        self._tracing = tracing
         self._settings = settings
         self._resilient = resilient
         self._upstream = upstream
@@ -116,10 +125,15 @@ class EmbeddingService:
         admission: Admission | None = None,
         trail: Trail | None = None,
         started_at: float | None = None,
+        traceparent: str | None = None,
     ) -> tuple[bytes, str | None]:
         """The response body and its X-Cache status."""
         started = time.perf_counter() if started_at is None else started_at
         model = request.model
+        span = None
+        if self._tracing is not None:
+            span = self._tracing.start(model, self._first[model].litellm_model, "json", traceparent, started)
+            structlog.contextvars.bind_contextvars(trace_id=Tracing.trace_id(span))
         trail = trail or Trail()
         usage: Usage | None = None
         error: GatewayError | None = None
@@ -137,7 +151,14 @@ class EmbeddingService:
             else:
                 completion: Completion | None = None
                 try:
-                    embeddings = await self._call(request, model, trail)
+                    with self._drain.call() if self._drain is not None else nullcontext():
+                        try:
+                            embeddings = await self._call(request, model, trail)
+                        except asyncio.CancelledError:
+                            if self._drain is None or not self._drain.ending:
+                                raise
+                            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                            raise self._drain.refusal() from None  # drain time is up: answered with a 503
                     completion = Completion(raw=cached_form(embeddings), usage=Usage(embeddings.prompt_tokens, 0))
                 finally:
                     decision.land_completion(completion)  # None: the call failed, followers call themselves
@@ -153,6 +174,8 @@ class EmbeddingService:
             outcome = "upstream_error"
             raise
         finally:
+            if span is not None:
+                Tracing.end(span, outcome=outcome, usage=usage, finish_reason=None, error=error)
             if admission is not None:
                 admission.settle(model, usage, from_cache=from_cache)
             if self._observer is not None:

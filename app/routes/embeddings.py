@@ -58,6 +58,7 @@ class EmbeddingsController(Controller):
                     admission=admission,
                     trail=trail,
                     started_at=started,
+                    traceparent=request.headers.get("traceparent"),
                 )
         except ClientGone:
             request.state.outcome = CLIENT_DISCONNECTED
