@@ -103,9 +103,12 @@ def chunk_from_litellm(obj: Any) -> Chunk:
 class LiteLLMProvider:
     def __init__(self, router: Any, quote: ProviderText | None = None) -> None:
         self._router = router
+        registry = getattr(router, "registry", None)
+        entries = registry().all() if callable(registry) else getattr(router, "model_list", None) or ()
+        #: Deployment ids of Anthropic deployments (their Anthropic request fields are parameters).
         self._anthropic = frozenset(
             m["model_name"]
-            for m in getattr(router, "model_list", None) or ()
+            for m in entries
             if str(m.get("litellm_params", {}).get("model", "")).startswith("anthropic/")
         )
         self._quote = quote or ProviderText()
