@@ -14,8 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.settings import ConfigError, Settings, config_path, load_settings
-from app.version import version
+from app.config.settings import ConfigError, Settings, config_path, load_settings
+from app.server.version import version
 
 CONFIG_ERROR = 2
 LISTEN_ERROR = 1
@@ -53,7 +53,7 @@ def report(problems: Sequence[str]) -> int:
 
 
 def check(settings: Settings, file: Path) -> int:
-    from app.preflight import provider_problems
+    from app.server.preflight import provider_problems
 
     print("checking providers (LiteLLM's import takes a few seconds)...", file=sys.stderr, flush=True)
     problems = provider_problems(settings, os.environ)
@@ -65,9 +65,9 @@ def check(settings: Settings, file: Path) -> int:
 
 
 def serve(settings: Settings, file: Path, started: float) -> int:
-    from app import banner, launch
-    from app.serve import gateway_config
-    from app.worker_metrics import worker_metrics_dir
+    from app.observability.worker_metrics import worker_metrics_dir
+    from app.server import banner, launch
+    from app.server.serve import gateway_config
 
     server = settings.server
     for line in banner.opening_lines(settings, file, version()):
@@ -78,7 +78,7 @@ def serve(settings: Settings, file: Path, started: float) -> int:
         reason = exc.strerror or str(exc)
         print(f"error: cannot listen on {banner.listen_address(settings)}: {reason}", file=sys.stderr)
         return LISTEN_ERROR
-    from app.preflight import provider_problems
+    from app.server.preflight import provider_problems
 
     print(banner.loading_line(), file=sys.stderr, flush=True)
     problems = provider_problems(settings, os.environ)  # the slow import of LiteLLM happens here
@@ -91,7 +91,7 @@ def serve(settings: Settings, file: Path, started: float) -> int:
     )
     config = gateway_config(
         settings,
-        "app.startup_guard:app_factory",
+        "app.server.startup_guard:app_factory",
         factory=True,
         host=server.host,
         port=server.port,

@@ -15,15 +15,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from app.access.keys import Caller, GatewayKeys
-from app.chat.catalogue import Catalogue
-from app.chat.service import ChatService
-from app.drain import Drain
+from app.catalogue.catalogue import Catalogue
+from app.config.settings import Settings, load_settings
+from app.core.drain import Drain
+from app.core.service import ChatService
 from app.embeddings.service import EmbeddingService
-from app.http_errors import EXCEPTION_HANDLERS
-from app.lifespan import services_lifespan
-from app.log import configure_logging
-from app.metrics import Metrics
-from app.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.observability.log import configure_logging
+from app.observability.metrics import Metrics
+from app.observability.worker_metrics import Scrape, scrape_lifespan
 from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_direct import ChatRoute
@@ -35,9 +34,10 @@ from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, static_files, swagger_ui
 from app.routes.streams import StreamsController
-from app.settings import Settings, load_settings
-from app.version import version
-from app.worker_metrics import Scrape, scrape_lifespan
+from app.server.http_errors import EXCEPTION_HANDLERS
+from app.server.lifespan import services_lifespan
+from app.server.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.server.version import version
 
 
 def create_app(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:

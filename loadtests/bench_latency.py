@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect
 
-from tests.fake_provider import Behaviour, FakeProvider
+from tests.helpers.fake_provider import Behaviour, FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 

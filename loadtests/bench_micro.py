@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 
 from app.cache.chat_cache import cache_key
-from app.chat.stream import ChatStream
-from app.chat.stream_events import Deadlines
-from app.metrics import Metrics
-from app.providers.base import Usage
-from app.settings import DeploymentSettings
+from app.config.settings import DeploymentSettings
+from app.core.stream import ChatStream
+from app.domain.chunks import Usage
+from app.domain.events import Deadlines
+from app.observability.metrics import Metrics
 
 
 def per_call_us(fn: Callable[[], object], n: int = 20000, repeat: int = 5) -> float:

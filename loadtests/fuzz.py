@@ -1,4 +1,4 @@
-"""Long fuzzing runs: the suite's strategies (tests/fuzz_strategies.py) with fresh seeds, for as many
+"""Long fuzzing runs: the suite's strategies (tests/helpers/fuzz_strategies.py) with fresh seeds, for as many
 examples as asked, against the gateway under real uvicorn and the fake provider, loopback only.
 
     .venv/bin/python -m loadtests.fuzz --examples 5000            # per target and path
@@ -21,14 +21,14 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.api.test_fuzz import CALL_TIMEOUT_S, KEY_ENV, PROVIDER_KEY, check_frames, post
 from tests.conftest import EXTRA_BEHAVIOURS, ServerThread, settings_dict
-from tests.fake_provider import FakeProvider
-from tests.fuzz_strategies import chat_bodies, client_frames, raw_bodies
-from tests.test_fuzz import CALL_TIMEOUT_S, KEY_ENV, PROVIDER_KEY, check_frames, post
+from tests.helpers.fake_provider import FakeProvider
+from tests.helpers.fuzz_strategies import chat_bodies, client_frames, raw_bodies
 
 
 def start(fake: FakeProvider, path: str) -> ServerThread:
-    from app.settings import settings_from_dict
+    from app.config.settings import settings_from_dict
 
     data = settings_dict(fake.base_url, fast_path=path == "fast")
     for dep in data["models"]["deployments"]:

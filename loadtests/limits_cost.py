@@ -48,12 +48,17 @@ def free_port() -> int:
 def gateway_toml(upstream: str, limits: str, redis_url: str, trials: int, trial_rpm: int) -> str:
     text = (
         '[server]\nlog_level = "warning"\n\n[streaming]\nstatus_window_s = 0\n\n[websocket]\nmax_inflight = 4096\n\n'
-        f'[[models.deployments]]\nname = "fast"\nlitellm_model = "openai/fast"\napi_base = "{upstream}/v1"\n\n'
+        f'[[models.deployments]]\nname = "fast"\nlitellm_model = "openai/fast"\napi_base = "{upstream}/v1"\n'
+        # Priced, so that admission reserves the call's estimated cost against the key's budget.
+        "info = { input_cost_per_mtok = 1.0, output_cost_per_mtok = 2.0 }\n\n"
     )
     if limits == "off":
         return text
     text += f'[rate_limit]\nbackend = "{limits}"\n\n[redis]\nurl = "{redis_url}"\n\n'
-    big = "requests_per_minute = 1000000\ntokens_per_minute = 1000000000\nconcurrent_streams = 100000\n"
+    big = (
+        "requests_per_minute = 1000000\ntokens_per_minute = 1000000000\nconcurrent_streams = 100000\n"
+        'budget_usd = 1000000000.0\nbudget_window = "total"\n'
+    )
     text += f'[[keys]]\nname = "bench"\nkey_env = "BENCH_KEY"\n{big}\n'
     for i in range(trials):
         digest = _sha(f"{TRIAL_KEY}-{i}")
@@ -146,18 +151,22 @@ async def admission_alone(backend: Any, concurrency: int = 32, per_task: int = 2
                 requests_per_minute=10**9,
                 tokens_per_minute=10**9,
                 concurrent_streams=10**6,
-                budget_usd=None,
-                budget_window_id="",
+                budget_usd=1e9,
+                budget_window_id="total",
                 tokens=10,
                 lease_id=lease,
                 minute=int(now // 60),
                 now=now,
+                reserve_usd=0.001,
+                reserve_tokens=100,
             )
             started = time.perf_counter()
             await backend.admit(ask)
             latencies.append(time.perf_counter() - started)
             backend.settle(
-                Settlement(ask.bucket, lease_id=lease, minute=ask.minute, tokens=5, budget_window_id=None, spend=0.0)
+                Settlement(
+                    ask.bucket, lease_id=lease, minute=ask.minute, tokens=5, budget_window_id="total", spend=1e-4
+                )
             )
             await asyncio.sleep(0.005)
 

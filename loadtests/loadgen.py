@@ -54,10 +54,32 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-#: A chunk with content: a chat chunk's delta, or a Messages API ``text_delta`` (``--path /v1/messages``).
-CONTENT_RE = re.compile(rb'"content"\s*:\s*"[^"]|"text_delta"')
-#: The Messages API's last event, its ``[DONE]``.
-MESSAGE_STOP = b'{"type":"message_stop"}'
+CONTENT_RE = re.compile(rb'"content"\s*:\s*"[^"]')
+
+
+@dataclass(frozen=True)
+class Api:
+    """A client API the load runs through: its path, and how its SSE events say content and end."""
+
+    path: str
+    content: re.Pattern[bytes]  # an event (or a JSON answer) carrying generated text
+    end: re.Pattern[bytes] | None  # the last event's data (None: the stream ends with ``[DONE]``)
+
+
+#: Chat completions, OpenAI's Responses API and Anthropic's Messages API (SSE; chat also ws and json).
+APIS = {
+    "chat": Api("/v1/chat/completions", CONTENT_RE, None),
+    "responses": Api(
+        "/v1/responses",
+        re.compile(rb'"type"\s*:\s*"response\.output_text\.delta"'),
+        re.compile(rb'^\{"type"\s*:\s*"response\.(completed|incomplete|failed)"'),
+    ),
+    "messages": Api(
+        "/v1/messages",
+        re.compile(rb'"type"\s*:\s*"text_delta"'),
+        re.compile(rb'^\{"type"\s*:\s*"message_stop"'),
+    ),
+}
 WS_TYPE_RE = re.compile(rb'"type"\s*:\s*"(chat\.completion\.chunk|chat\.completion\.done|error)"')
 STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -266,9 +288,10 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
 class Client(asyncio.Protocol):
     """One keep-alive HTTP/1.1 (or WebSocket) connection running one request at a time."""
 
-    def __init__(self, stats: Stats, mode: str, idle: bool = False) -> None:
+    def __init__(self, stats: Stats, mode: str, idle: bool = False, api: Api = APIS["chat"]) -> None:
         self.stats = stats
         self.mode = mode
+        self.api = api
         self.idle = idle
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -552,12 +575,13 @@ class Client(asyncio.Protocol):
                 is_error = True
         if data is None:
             return
+        api = self.api
         if is_error:
             self.err = "sse_error"
             self.err_detail = data[:200].decode("utf-8", "replace")
-        elif data == b"[DONE]" or data == MESSAGE_STOP:
+        elif data == b"[DONE]" if api.end is None else api.end.match(data) is not None:
             self.done = True
-        elif CONTENT_RE.search(data):
+        elif api.content.search(data):
             self._content_chunk()
 
     def _content_chunk(self) -> None:
@@ -663,7 +687,9 @@ class LoadConfig:
     duration: float = 30.0
     timeout: float = 30.0
     drain: float | None = None
-    path: str = "/v1/chat/completions"
+    path: str = ""  # default: the API's own path
+    #: The client API: "chat" (chat completions: sse, ws, json), "responses" or "messages" (sse).
+    api: str = "chat"
     pid: int | None = None
     upstream_pid: int | None = None
     include_usage: bool = False
@@ -706,9 +732,12 @@ def client_ssl(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
 
 
 def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
+    if cfg.api == "responses":
+        return {"model": cfg.model, "input": cfg.prompt, "stream": bool(stream)}
+    if cfg.api == "messages":
+        messages = [{"role": "user", "content": cfg.prompt}]
+        return {"model": cfg.model, "max_tokens": 1024, "messages": messages, "stream": bool(stream)}
     body: dict[str, Any] = {"model": cfg.model, "messages": [{"role": "user", "content": cfg.prompt}]}
-    if cfg.path.endswith("/messages"):
-        body["max_tokens"] = 1024  # the Messages API requires it
     if stream is not None:
         body["stream"] = stream
     if cfg.include_usage and stream:
@@ -734,8 +763,11 @@ class LoadRun:
     def __init__(self, cfg: LoadConfig) -> None:
         if cfg.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
+        if cfg.api not in APIS or (cfg.api != "chat" and cfg.mode != "sse"):
+            raise ValueError(f"api must be one of {sorted(APIS)}; responses and messages run in sse mode")
         self.cfg = cfg
-        self.host, self.port, self.path = _target(cfg.url, cfg.path)
+        self.api = APIS[cfg.api]
+        self.host, self.port, self.path = _target(cfg.url, cfg.path or self.api.path)
         self.ssl = client_ssl(cfg.url)
         self.stats = Stats()
         self.remaining = cfg.requests
@@ -762,7 +794,7 @@ class LoadRun:
             try:
                 _, client = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: Client(self.stats, mode, idle),
+                        lambda: Client(self.stats, mode, idle, self.api),
                         self.host,
                         self.port,
                         ssl=self.ssl,
@@ -1162,7 +1194,8 @@ def human_line(s: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Bounded load generator for the chat gateway (loopback only).")
     p.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--path", default="/v1/chat/completions")
+    p.add_argument("--path", default="", help="default: the API's path")
+    p.add_argument("--api", choices=sorted(APIS), default="chat")
     p.add_argument("--mode", choices=MODES, default="sse")
     p.add_argument("--model", default="fast")
     p.add_argument("--concurrency", type=int, default=1)
@@ -1215,6 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=a.timeout,
         drain=a.drain,
         path=a.path,
+        api=a.api,
         pid=a.pid,
         upstream_pid=a.upstream_pid,
         include_usage=a.include_usage,
@@ -1224,7 +1258,7 @@ def main(argv: list[str] | None = None) -> int:
         ramp=max(0.0, a.ramp),
     )
     try:
-        _target(cfg.url, cfg.path)
+        _target(cfg.url, cfg.path or APIS[cfg.api].path)
     except ValueError as exc:
         p.error(str(exc))
     import uvloop

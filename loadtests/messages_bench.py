@@ -22,15 +22,13 @@ from typing import Any
 from loadtests.loadgen import LoadConfig, run_load
 from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml
 
-PATHS = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
 
-
-async def cell(gateway: GatewayProcess, path: str, concurrency: int, requests: int) -> dict[str, Any]:
+async def cell(gateway: GatewayProcess, api: str, concurrency: int, requests: int) -> dict[str, Any]:
     cfg = LoadConfig(
         url=gateway.base_url,
         mode="sse",
         model="fast",
-        path=path,
+        api=api,
         concurrency=concurrency,
         requests=requests,
         pid=gateway.pid,
@@ -62,7 +60,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             order = ["chat", "messages"] if r % 2 == 0 else ["messages", "chat"]
             for api in order:
-                rows[api].append(figures(await cell(gateway, PATHS[api], args.concurrency, args.requests)))
+                rows[api].append(figures(await cell(gateway, api, args.concurrency, args.requests)))
     finally:
         gateway.stop()
         upstream.stop()

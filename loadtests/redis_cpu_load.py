@@ -6,8 +6,11 @@ cell per op bound: the fast fake upstream, a private redis-server and ``python -
 127.0.0.1), ``--hogs`` processes spinning at the same priority, and SSE + JSON users (a quarter of
 the prompts repeat, so there are hits as well as misses and writes). Redis never fails here, so
 every trip is the op bound firing because the event loop (or Redis) did not get the CPU in time.
-Prints one JSON line per cell. Bounded by ``--seconds`` per cell, a per-request timeout and
-``--max-seconds`` overall; the hogs are killed with their cell.
+``--features all`` puts the rate limiter and the resume store in the same Redis (one shared
+breaker, ``app/redis/breakers.py``) and sets ``rate_limit.op_timeout_s`` to the cell's bound too,
+so a cell counts the trips of every Redis user. Prints one JSON line per cell. Bounded by
+``--seconds`` per cell, a per-request timeout and ``--max-seconds`` overall; the hogs are killed
+with their cell.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import httpx
 
 from loadtests.processes import PY, Child, GatewayProcess, RedisProcess, UpstreamProcess, deployments_toml
-from loadtests.redis_outage import cache_errors
+from loadtests.redis_outage import all_features_env, cache_errors
 
 MODEL = "paced"
 UPSTREAM_MODEL = "paced-f20-n20-g5"  # ~120 ms streams: many concurrent, like real chat traffic
@@ -75,6 +78,9 @@ def run_cell(op_timeout_s: float, args: argparse.Namespace) -> dict[str, Any]:
             "CHAT_CACHE__REDIS_URL": redis.url,
             "CHAT_CACHE__OP_TIMEOUT_S": str(op_timeout_s),
         }
+        if args.features == "all":
+            env.update(all_features_env(redis.url))
+            env["CHAT_RATE_LIMIT__OP_TIMEOUT_S"] = str(op_timeout_s)
         gateway = GatewayProcess(work, deployments_toml({MODEL: UPSTREAM_MODEL}, upstream.base_url), env)
         hogs: list[Child] = []
         try:
@@ -95,6 +101,7 @@ def run_cell(op_timeout_s: float, args: argparse.Namespace) -> dict[str, Any]:
             upstream.stop()
     return {
         "op_timeout_s": op_timeout_s,
+        "features": args.features,
         "hogs": args.hogs,
         "seconds": round(wall, 1),
         "users": {"sse": args.sse, "json": args.json},
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hogs", type=int, default=2, help="busy-looping processes during the load")
     parser.add_argument("--sse", type=int, default=20)
     parser.add_argument("--json", type=int, default=8)
+    parser.add_argument("--features", choices=["cache", "all"], default="cache", help="all: limits and resume too")
     parser.add_argument("--max-seconds", type=float, default=900.0)
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -99,8 +99,8 @@ async def resume_latency(origin: GatewayProcess, reader: GatewayProcess, n: int)
 
 
 def tracemalloc_per_stream(events_per_stream: int, chunk_bytes: int, streams: int = 1000) -> float:
-    from app.chat.stream_events import StreamEvent
-    from app.providers.base import Chunk
+    from app.domain.chunks import Chunk
+    from app.domain.events import StreamEvent
     from app.resume.memory import MemoryResumeStore
 
     store = MemoryResumeStore(300, 10_000, 1 << 40)

@@ -230,9 +230,13 @@ class Cell:
         return f"{self.target} {self.mode} {self.shown_model} c={self.concurrency} ({self.timers} timers)"
 
 
+#: Modes that are client APIs over SSE (loadgen's --api): gateway cells only, compared with direct SSE.
+API_MODES = ("responses", "messages")
+
+
 def build_plan(args: argparse.Namespace) -> list[Cell]:
     """Headline cells (the first of ``--timers``), then the same streaming cells for each variant."""
-    modes = [m for m in args.modes if m in ("sse", "ws")]
+    modes = [m for m in args.modes if m in ("sse", "ws", *API_MODES)]
     headline = args.timers[0]
     cells: list[Cell] = []
 
@@ -533,7 +537,9 @@ class Matrix:
         return {"failed": f"loadgen exited {proc.returncode}: {err.decode(errors='replace')[-1500:]}"}
 
     def _common(self, url: str, mode: str, model: str, key: str | None = None) -> list[str]:
-        argv = ["--url", url, "--mode", mode, "--model", model]
+        # The Responses and Messages cells are SSE through those APIs; their baseline is direct SSE.
+        argv = ["--url", url, "--mode", "sse", "--api", mode] if mode in API_MODES else ["--url", url, "--mode", mode]
+        argv += ["--model", model]
         upstream = self.upstreams[key or self.headline]
         if upstream is not None:
             argv += ["--upstream-pid", str(upstream.pid)]
@@ -1128,7 +1134,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run the gateway load matrix and write loadtests/results.md.")
     p.add_argument("--quick", action="store_true", help="smaller matrix: c=1,32,256, short cells, idle 500")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], help="e.g. 1,32,256,1024")
-    p.add_argument("--modes", type=lambda s: s.split(","), default=["sse", "ws", "json"], help="sse,ws,json")
+    p.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=["sse", "ws", "json"],
+        help="sse,ws,json, and responses,messages (SSE through those APIs)",
+    )
     p.add_argument("--deployments", type=lambda s: s.split(","), default=["fast", "full"])
     p.add_argument("--json-concurrency", type=int, default=32)
     p.add_argument("--min-requests", type=int, help="requests per cell = max(this, factor x concurrency)")

@@ -19,9 +19,9 @@ import uvicorn
 import uvloop
 
 from app.app import create_app
-from app.serve import gateway_config
-from app.settings import Settings, settings_from_dict
-from tests.fake_provider import Behaviour, FakeProvider, builtin_behaviours
+from app.config.settings import Settings, settings_from_dict
+from app.server.serve import gateway_config
+from tests.helpers.fake_provider import Behaviour, FakeProvider, builtin_behaviours
 
 T = TypeVar("T")
 

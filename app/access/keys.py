@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from app.access.policy import UNLIMITED, KeyPolicy
-from app.errors import Unauthenticated
+from app.domain.errors import Unauthenticated
 
 if TYPE_CHECKING:
-    from app.settings import Settings
+    from app.config.settings import Settings
 
 SUBPROTOCOL = "chat.v1"
 BEARER_PREFIX = "bearer."
@@ -61,10 +61,6 @@ class GatewayKeys:
 
     def _add(self, digest: bytes, policy: KeyPolicy) -> None:
         self._entries.append((digest, Caller(scope=digest.hex()[:16], policy=policy)))
-
-    @classmethod
-    def from_env(cls, env_name: str, environ: Mapping[str, str]) -> GatewayKeys:
-        return cls(environ.get(env_name, "").split(",") if env_name else ())
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str]) -> GatewayKeys:

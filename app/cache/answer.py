@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from app.providers.base import Chunk, Usage
+from app.domain.chunks import Chunk, Usage
 from app.providers.chunks import read_chunk
 
 _encode = msgspec.json.encode

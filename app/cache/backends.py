@@ -2,14 +2,14 @@
 
 Values cross the Redis boundary as msgpack (msgspec), never pickle: nothing read from Redis is
 ever unpickled, and bytes that do not decode are a miss, not a crash. The Redis backend goes
-through a circuit breaker (``app/redis_breaker.py``): while Redis is away its calls raise
+through a circuit breaker (``app/redis/breaker.py``): while Redis is away its calls raise
 ``BackendUnavailable`` at once instead of waiting for a timeout.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import msgspec
@@ -17,9 +17,12 @@ from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.serializers import BaseSerializer, NullSerializer
 
 from app.cache.answer import CachedAnswer
-from app.redis_breaker import CircuitBreaker
-from app.redis_pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
-from app.settings import CacheSettings
+from app.config.settings import CacheSettings
+from app.redis.breaker import BreakerUser, CircuitBreaker
+from app.redis.pool import DEFAULT_IDLE_CLOSE_S, IdleClosingPool, pool_options
+
+if TYPE_CHECKING:
+    from app.redis.breakers import RedisBreakers
 
 
 class CacheBackend(Protocol):
@@ -107,7 +110,14 @@ class RedisBackend:
     in a task, is switched off). Idle connections are closed after ``idle_close_s``.
     """
 
-    def __init__(self, url: str, op_timeout_s: float, *, idle_close_s: float = DEFAULT_IDLE_CLOSE_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        op_timeout_s: float,
+        *,
+        idle_close_s: float = DEFAULT_IDLE_CLOSE_S,
+        breaker: BreakerUser | None = None,
+    ) -> None:
         parsed = urlparse(url)
         db = (parsed.path or "/0").lstrip("/") or "0"
         host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
@@ -124,9 +134,14 @@ class RedisBackend:
             connection_pool_class=IdleClosingPool,
             connection_pool_kwargs=options,
         )
-        self.breaker = CircuitBreaker(
-            "cache", self._cache.client.ping, op_timeout_s=op_timeout_s, target=f"{host}:{port}/{db}"
-        )
+        # The server's shared breaker (app/redis/breakers.py); a breaker of its own when used alone.
+        self._own: CircuitBreaker | None = None
+        if breaker is None:
+            self._own = CircuitBreaker(
+                "cache", self._cache.client.ping, op_timeout_s=op_timeout_s, target=f"{host}:{port}/{db}"
+            )
+            breaker = self._own.user("cache", op_timeout_s)
+        self.breaker = breaker
 
     async def get(self, key: str) -> CachedAnswer | None:
         value: CachedAnswer | None = await self.breaker.run(self._cache.get, key)
@@ -142,12 +157,14 @@ class RedisBackend:
         return await self.breaker.check()
 
     async def close(self) -> None:
-        await self.breaker.aclose()
+        if self._own is not None:
+            await self._own.aclose()
         await self._cache.close()
         await self._cache.client.aclose()
 
 
-def build_backend(settings: CacheSettings) -> CacheBackend:
+def build_backend(settings: CacheSettings, breakers: RedisBreakers | None = None) -> CacheBackend:
     if settings.backend == "redis":
-        return RedisBackend(settings.redis_url, settings.op_timeout_s)
+        breaker = breakers.user(settings.redis_url, "cache", settings.op_timeout_s) if breakers else None
+        return RedisBackend(settings.redis_url, settings.op_timeout_s, breaker=breaker)
     return MemoryBackend(settings.max_entries)

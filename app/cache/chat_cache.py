@@ -19,9 +19,9 @@ import structlog
 
 from app.cache.answer import CachedAnswer, assemble, split
 from app.cache.backends import CacheBackend
-from app.providers.base import Chunk, Completion, Usage
-from app.redis_breaker import BackendUnavailable
-from app.settings import CacheSettings, DeploymentSettings
+from app.config.settings import CacheSettings, DeploymentSettings
+from app.domain.chunks import Chunk, Completion, Usage
+from app.redis.breaker import BackendUnavailable
 
 logger = structlog.get_logger("chat.cache")
 
@@ -45,10 +45,6 @@ def cache_key(body: dict[str, Any], deployment: DeploymentSettings, scope: str) 
 class CachePolicy(msgspec.Struct, frozen=True):
     read: bool
     write: bool
-
-    @property
-    def bypassed(self) -> bool:
-        return not (self.read and self.write)
 
 
 def policy_from(cache_control: str | None) -> CachePolicy:

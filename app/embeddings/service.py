@@ -1,4 +1,4 @@
-"""Embeddings use cases, free of HTTP (API.md 9): which models serve them, admission, the cache, and
+"""Embeddings use cases, free of HTTP: which models serve them, admission, the cache, and
 one call through the group's retries and fallbacks.
 
 Served by public models whose catalogue mode is ``embedding`` (a chat model here, or an embedding
@@ -20,12 +20,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from app.access.keys import Caller
-from app.cache.chat_cache import NO_CACHE, ChatCache, cache_key
-from app.chat.catalogue import Catalogue
-from app.drain import Drain
-from app.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported, UpstreamTimeout
-from app.limits.limiter import Admission, Limiter
-from app.protocol.embeddings import (
+from app.api.embeddings.wire import (
     Embeddings,
     EmbeddingsRequest,
     cached_form,
@@ -33,12 +28,17 @@ from app.protocol.embeddings import (
     input_size,
     render,
 )
-from app.protocol.openai import ChatCompletionInput, ChatRequest, Message
+from app.cache.chat_cache import NO_CACHE, ChatCache, cache_key
+from app.catalogue.catalogue import Catalogue
+from app.config.settings import DeploymentSettings, Settings
+from app.core.drain import Drain
+from app.domain.chat_request import ChatCompletionInput, ChatRequest, Message
+from app.domain.chunks import Completion, Usage
+from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported, UpstreamTimeout
+from app.limits.limiter import Admission, Limiter
+from app.observability.tracing import Tracing
 from app.providers.balancer import Member
-from app.providers.base import Completion, Usage
 from app.providers.resilient import Resilient, Trail
-from app.settings import DeploymentSettings, Settings
-from app.tracing import Tracing
 
 EMBEDDING_MODE: Final = "embedding"
 

@@ -1,5 +1,5 @@
 """One embeddings call to one deployment: the relay's HTTP client for OpenAI-compatible providers,
-LiteLLM for the others (API.md 9).
+LiteLLM for the others.
 
 A deployment takes the relay when the chat relay would (``resolve_target``: LiteLLM's OpenAI-wire
 config and a base URL); its embeddings URL is the chat URL's sibling (``.../embeddings``) with the
@@ -14,15 +14,15 @@ from typing import Any
 import msgspec
 from yarl import URL
 
-from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
-from app.protocol.embeddings import Embeddings, EmbeddingsRequest, read_reply, upstream_body
+from app.api.embeddings.wire import Embeddings, EmbeddingsRequest, read_reply, upstream_body
+from app.config.settings import DeploymentSettings
+from app.domain.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.chunks import error_from_reply
 from app.providers.egress import EgressSettings
 from app.providers.quoting import ProviderText
 from app.providers.relay_target import resolve_target
 from app.providers.translate import from_litellm
 from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool
-from app.settings import DeploymentSettings
 
 #: The most one embeddings answer may hold: 2048 inputs of 3072 floats as JSON is about 120 MB;
 #: batches that large are not what a gateway relays, so this bounds memory well below it.

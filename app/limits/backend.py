@@ -24,6 +24,8 @@ class Ask:
         "minute",
         "now",
         "requests_per_minute",
+        "reserve_tokens",
+        "reserve_usd",
         "tokens",
         "tokens_per_minute",
     )
@@ -41,6 +43,8 @@ class Ask:
         lease_id: str,
         minute: int,
         now: float,
+        reserve_usd: float = 0.0,
+        reserve_tokens: int = 0,
     ) -> None:
         self.bucket = bucket
         self.requests_per_minute = requests_per_minute
@@ -52,6 +56,9 @@ class Ask:
         self.lease_id = lease_id
         self.minute = minute
         self.now = now
+        #: Held against the budget (USD) and the minute's tokens while the call runs, under its lease.
+        self.reserve_usd = reserve_usd
+        self.reserve_tokens = reserve_tokens
 
 
 class Verdict:
@@ -67,9 +74,10 @@ class Verdict:
 
 
 class Settlement:
-    """What a finished request owes: its lease back, output tokens and spend charged."""
+    """What a finished request owes: its lease (and the reservation under it) back, output tokens
+    and spend charged."""
 
-    __slots__ = ("bucket", "budget_window_id", "lease_id", "minute", "spend", "tokens")
+    __slots__ = ("bucket", "budget_window_id", "lease_id", "minute", "retried", "spend", "tokens")
 
     def __init__(
         self, bucket: str, *, lease_id: str | None, minute: int, tokens: int, budget_window_id: str | None, spend: float
@@ -80,6 +88,9 @@ class Settlement:
         self.tokens = tokens
         self.budget_window_id = budget_window_id
         self.spend = spend
+        #: Sent again after a failure whose effect is unknown: it charges only if its lease is still
+        #: there (the first attempt did not run), so a settlement is never counted twice.
+        self.retried = False
 
 
 class LimitBackend(Protocol):

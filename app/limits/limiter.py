@@ -1,18 +1,27 @@
 """Admission for one request of one key, and its settlement when the request ends.
 
-``Limiter.admit`` runs before a chat request reaches the provider: one backend call (memory, or one
-Redis round trip) checks and counts the key's requests, estimated input tokens, concurrent streams
-and budget at once. The ``Admission`` it returns is settled exactly once when the request ends
-(a JSON call's end, a stream's close): the stream lease goes back, output tokens from usage are
-charged to the minute, spend (usage x the catalogue's prices) to the budget window. A stream that
-began within budget always runs to its end; the next request is the one refused.
+``Limiter.admit`` runs before a call reaches the provider: one backend call (memory, or one Redis
+round trip) checks and counts the key's requests, estimated input tokens, concurrent calls and
+budget at once, and reserves what the call may cost: its estimated input tokens, plus
+``max_tokens`` x the output price when the request names one, at the dearest price among the
+models the call may reach for this key. A call is admitted only while spend plus the reservations
+in flight is under the budget (and the minute's tokens plus reserved tokens under the TPM), so
+concurrent calls cannot overspend by more than the one admitted last.
+
+The ``Admission`` it returns is settled exactly once when the request ends (a JSON call's end, a
+stream's close): the lease and its reservation go back, output tokens are charged to the minute,
+spend to the budget window, priced by the deployment that answered. When the provider's usage
+never arrives (the client left, a cancel, a drain, an upstream error mid-stream, a provider that
+sends none) the call is charged from an estimate: input tokens as estimated at admission, output
+tokens as counted from what the provider had sent. A stream that began within budget always runs
+to its end; the next request is the one refused.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import msgspec
@@ -20,11 +29,11 @@ import structlog
 
 from app.access.keys import Caller
 from app.access.policy import KeyPolicy
-from app.errors import BudgetExceeded, RateLimited
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Usage
+from app.domain.errors import BudgetExceeded, RateLimited
 from app.limits.backend import BUDGET, Ask, BackendUnavailable, LimitBackend, Settlement, Verdict
 from app.limits.windows import budget_resets_in, budget_window_id, minute_of, seconds_to_next_minute
-from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Usage
 
 logger = structlog.get_logger("chat.limits")
 
@@ -39,6 +48,13 @@ PROBE_S = 0.5
 def estimate_tokens(request: ChatCompletionInput) -> int:
     """Input tokens as a limiter may count them before the provider does: about four bytes a token."""
     return len(_encode(request.body.get("messages"))) // 4 + 1
+
+
+def output_cap(request: ChatCompletionInput) -> int:
+    """The output tokens a request allows itself (``max_completion_tokens`` / ``max_tokens``), 0 if none."""
+    body = request.body
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else 0
 
 
 class KeyRateLimited(RateLimited):
@@ -62,22 +78,58 @@ class KeyBudgetExceeded(BudgetExceeded):
 class Admission:
     """One admitted request: its rate-limit headers now, its settlement once at its end."""
 
-    __slots__ = ("_limiter", "_settled", "caller", "headers", "lease_id")
+    __slots__ = ("_input", "_limiter", "_request", "_settled", "caller", "headers", "lease_id")
 
-    def __init__(self, limiter: Limiter, caller: Caller, lease_id: str | None, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        caller: Caller,
+        lease_id: str | None,
+        headers: dict[str, str],
+        request: ChatCompletionInput | None = None,
+        input_tokens: int | None = None,
+    ) -> None:
         self._limiter = limiter
         self.caller = caller
         self.lease_id = lease_id
         #: OpenAI's x-ratelimit-* headers for this response (empty for a key without limits).
         self.headers = headers
         self._settled = False
+        self._request = request
+        self._input = input_tokens
 
-    def settle(self, model: str, usage: Usage | None, *, from_cache: bool = False) -> None:
-        """Release the stream lease and charge what the provider reported; later calls do nothing."""
+    @property
+    def input_tokens(self) -> int:
+        """The request's input tokens as estimated at admission (0 for a resume's lease)."""
+        if self._input is None:
+            # Estimated only when needed: a key without limits whose calls report usage never pays it.
+            self._input = estimate_tokens(self._request) if self._request is not None else 0
+        return self._input
+
+    def settle(
+        self,
+        model: str,
+        usage: Usage | None,
+        *,
+        from_cache: bool = False,
+        priced_as: str | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        """Release the lease and its reservation and charge the call; later calls do nothing.
+
+        ``usage`` is the provider's; without it, ``output_tokens`` (what was counted of the
+        provider's output, None when nothing was asked of a provider) makes the charge an estimate.
+        ``priced_as`` is the public name of the deployment that answered (a fallback's) when not
+        ``model``."""
         if self._settled:
             return
         self._settled = True
-        self._limiter._settle(self, model, None if from_cache else usage)
+        if from_cache:
+            usage = None
+        elif usage is None and output_tokens is not None and self._request is not None:
+            usage = Usage(prompt_tokens=self.input_tokens, completion_tokens=output_tokens)
+            self._limiter._estimated(model)
+        self._limiter._settle(self, model, usage, priced_as or model)
 
 
 class Limiter:
@@ -99,21 +151,36 @@ class Limiter:
         self._probe_at = 0.0  # while down, the backend is tried again from this time on
         self.mode = on_backend_error
 
-    async def admit(self, caller: Caller, request: ChatCompletionInput) -> Admission:
-        return await self._admit(caller, request)
+    async def admit(self, caller: Caller, request: ChatCompletionInput, *, reach: Iterable[str] = ()) -> Admission:
+        """``reach``: the public models the call may be answered by (its own, its allowed
+        fallbacks); the reservation is priced at the dearest of them."""
+        return await self._admit(caller, request, reach)
 
     async def lease(self, caller: Caller) -> Admission:
         """A concurrency lease alone: a resumed stream's reader holds a stream slot like the stream
         itself (its tokens and spend were charged when the stream was admitted)."""
-        return await self._admit(caller, None)
+        return await self._admit(caller, None, ())
 
-    async def _admit(self, caller: Caller, request: ChatCompletionInput | None) -> Admission:
+    def _reservation(self, request: ChatCompletionInput, reach: Iterable[str], input_tokens: int) -> float:
+        """USD a call may cost at most as far as admission can tell, at its dearest reachable prices."""
+        if self._prices is None:
+            return 0.0
+        cost_in = cost_out = 0.0
+        for model in (request.model, *reach):
+            price_in, price_out = self._prices(model)
+            cost_in, cost_out = max(cost_in, price_in or 0.0), max(cost_out, price_out or 0.0)
+        return (input_tokens * cost_in + output_cap(request) * cost_out) / 1e6
+
+    async def _admit(self, caller: Caller, request: ChatCompletionInput | None, reach: Iterable[str]) -> Admission:
         policy = caller.policy
         if not policy.limited or (request is None and not policy.concurrent_streams):
-            return Admission(self, caller, None, {})
+            return Admission(self, caller, None, {}, request)
         now = self._clock()
-        lease_id = os.urandom(8).hex() if policy.concurrent_streams else None
+        # Every limited call holds a lease while it runs: its concurrency slot and its reservation.
+        lease_id = os.urandom(8).hex()
         whole = request is not None
+        input_tokens = estimate_tokens(request) if request is not None else 0
+        budgeted = whole and policy.budget_usd is not None
         ask = Ask(
             caller.bucket,
             requests_per_minute=policy.requests_per_minute if whole else 0,
@@ -123,10 +190,12 @@ class Limiter:
             budget_window_id=budget_window_id(policy.budget_window, now)
             if whole and policy.budget_usd is not None
             else "",
-            tokens=estimate_tokens(request) if request is not None and policy.tokens_per_minute else 0,
-            lease_id=lease_id or "",
+            tokens=input_tokens if policy.tokens_per_minute else 0,
+            lease_id=lease_id,
             minute=minute_of(now),
             now=now,
+            reserve_usd=self._reservation(request, reach, input_tokens) if budgeted and request is not None else 0.0,
+            reserve_tokens=output_cap(request) if request is not None and policy.tokens_per_minute else 0,
         )
         try:
             if self._down and now < self._probe_at:
@@ -137,7 +206,7 @@ class Limiter:
         except BackendUnavailable as exc:
             self._outage(exc, now)
             if self._fail_open:
-                return Admission(self, caller, None, {})
+                return Admission(self, caller, None, {}, request, input_tokens)
             raise RateLimited("The gateway's rate limiter is unavailable; try again shortly.", retry_after=1) from None
         if self._down:
             self._down = False
@@ -145,7 +214,7 @@ class Limiter:
         headers = rate_headers(policy, verdict, now)
         if verdict.reason is not None:
             self._refuse(policy, verdict, now, headers)
-        return Admission(self, caller, lease_id, headers)
+        return Admission(self, caller, lease_id, headers, request, input_tokens)
 
     def _refuse(self, policy: KeyPolicy, verdict: Verdict, now: float, headers: dict[str, str]) -> None:
         reason = verdict.reason
@@ -179,9 +248,13 @@ class Limiter:
         if self._observer is not None:
             self._observer.limiter_outage()
 
-    def _settle(self, admission: Admission, model: str, usage: Usage | None) -> None:
+    def _estimated(self, model: str) -> None:
+        if self._observer is not None:
+            self._observer.usage_estimated(model)
+
+    def _settle(self, admission: Admission, model: str, usage: Usage | None, priced_as: str) -> None:
         policy = admission.caller.policy
-        spend = self._spend(model, usage)
+        spend = self._spend(priced_as, usage)
         if spend and self._observer is not None:
             self._observer.spent(policy.name, model, spend)
         if not policy.limited:
@@ -204,10 +277,6 @@ class Limiter:
             return 0.0
         cost_in, cost_out = self._prices(model)
         return (usage.prompt_tokens * (cost_in or 0.0) + usage.completion_tokens * (cost_out or 0.0)) / 1e6
-
-    @property
-    def backend_down(self) -> bool:
-        return self._down
 
     async def health(self) -> bool:
         return await self._backend.health()

@@ -1,10 +1,17 @@
 """Counters in Redis, shared by every replica.
 
 Admission is one Lua script (one round trip, atomic: no replica can read a count another is about
-to change, never read-modify-write), settlement another. Concurrency leases are members of a sorted set scored by
-their expiry; the admission script drops expired members first, and this replica refreshes the
-expiry of the leases it holds every third of the TTL, so a replica that dies stops refreshing and
-its leases lapse on their own.
+to change, never read-modify-write), settlement another. Every call in flight holds a lease: a
+member of a sorted set scored by its expiry, with the call's reservation (USD against the budget,
+tokens against the minute) in a hash under the same id. The admission script drops expired leases
+and their reservations first, and this replica refreshes the expiry of the leases it holds every
+third of the TTL, so a replica that dies stops refreshing and its leases lapse on their own.
+
+A call whose outcome this replica could not learn (the op bound ran out while Redis stalled) is
+made harmless once Redis answers again: an admission that may have run is compensated (its lease,
+reservation and counts taken back, its id tombstoned so a late run does nothing), and a settlement
+that may not have run is sent again, charging only if its lease is still there. So a stall never
+leaves leases that nobody will release, and never charges a call twice.
 """
 
 from __future__ import annotations
@@ -13,34 +20,54 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections import deque
 from typing import Any
 
 import structlog
 
 from app.limits.backend import Ask, BackendUnavailable, Settlement, Verdict
-from app.limits.resp import ReplyError, RespClient
+from app.redis.breaker import BackendUnavailable as RedisAway
+from app.redis.breaker import BreakerUser
+from app.redis.resp import ReplyError, RespClient
 
 logger = structlog.get_logger("chat.limits")
 
 PREFIX = "chat:rl"
 MINUTE_TTL_S = 120  # a minute's counters outlive the minute, then go by themselves
 BUDGET_TTL_S = {"day": 2 * 86_400, "month": 62 * 86_400}
+#: Calls of unknown outcome kept for compensation; past this many the oldest lapse by their TTL.
+MAX_UNKNOWN = 10_000
 
-# KEYS: requests, tokens, leases, spend. ARGV: rpm, tpm, streams, budget (-1 = none), tokens asked,
-# lease id, now, lease expiry, minute TTL, lease-set TTL.
+# KEYS: requests, tokens, leases, spend, reservations, tombstones.
+# ARGV: rpm, tpm, streams, budget (-1 = none), tokens asked, lease id ('' = none), now, lease expiry,
+# minute TTL, lease-set TTL, reserved USD, reserved tokens.
 ADMIT = """
+local lease = ARGV[6]
+if lease ~= '' and redis.call('SISMEMBER', KEYS[6], lease) == 1 then return {'stale', 0, 0, '0'} end
 local rpm, tpm, streams, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local asked = tonumber(ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[7], 'LIMIT', 0, 1000)
+for i = 1, #expired do
+  redis.call('ZREM', KEYS[3], expired[i])
+  redis.call('HDEL', KEYS[5], expired[i])
+end
+local rusd, rtok = 0, 0
+if budget >= 0 or tpm > 0 then
+  local held = redis.call('HVALS', KEYS[5])
+  for i = 1, #held do
+    local u, t = string.match(held[i], '(%S+) (%S+)')
+    rusd = rusd + tonumber(u)
+    rtok = rtok + tonumber(t)
+  end
+end
 local requests = tonumber(redis.call('GET', KEYS[1]) or '0')
 local tokens = tonumber(redis.call('GET', KEYS[2]) or '0')
-local spend = redis.call('GET', KEYS[4]) or '0'
+local spend = tonumber(redis.call('GET', KEYS[4]) or '0') + rusd
 local reason = ''
-if budget >= 0 and tonumber(spend) >= budget then reason = 'budget'
+if budget >= 0 and spend >= budget then reason = 'budget'
 elseif rpm > 0 and requests >= rpm then reason = 'requests'
-elseif tpm > 0 and tokens + asked > tpm then reason = 'tokens'
-elseif streams > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
-  if redis.call('ZCARD', KEYS[3]) >= streams then reason = 'concurrency' end
+elseif tpm > 0 and tokens + rtok + asked > tpm then reason = 'tokens'
+elseif streams > 0 and redis.call('ZCARD', KEYS[3]) >= streams then reason = 'concurrency'
 end
 if reason == '' then
   requests = redis.call('INCR', KEYS[1])
@@ -49,19 +76,28 @@ if reason == '' then
     tokens = redis.call('INCRBY', KEYS[2], asked)
     redis.call('EXPIRE', KEYS[2], ARGV[9])
   end
-  if streams > 0 then
-    redis.call('ZADD', KEYS[3], ARGV[8], ARGV[6])
+  if lease ~= '' then
+    redis.call('ZADD', KEYS[3], ARGV[8], lease)
     redis.call('EXPIRE', KEYS[3], ARGV[10])
+    if tonumber(ARGV[11]) > 0 or tonumber(ARGV[12]) > 0 then
+      redis.call('HSET', KEYS[5], lease, ARGV[11] .. ' ' .. ARGV[12])
+      redis.call('EXPIRE', KEYS[5], ARGV[10])
+    end
   end
 end
-return {reason, requests, tokens, spend}
+return {reason, requests, tokens + rtok, tostring(spend)}
 """
 
-# KEYS: tokens, leases, spend. ARGV: lease id ('' = none), output tokens, spend ('0' = none),
-# minute TTL, spend TTL (0 = none). One script rather than a pipeline of up to five commands:
-# the request's last Redis call costs the gateway one command's work.
+# KEYS: tokens, leases, spend, reservations. ARGV: lease id ('' = none), output tokens, spend
+# ('0' = none), minute TTL, spend TTL (0 = none), retried ('1': charge only if the lease is still
+# held, i.e. the first attempt never ran). One script rather than a pipeline of up to six
+# commands: the request's last Redis call costs the gateway one command's work.
 SETTLE = """
-if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if ARGV[1] ~= '' then
+  local held = redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  if held == 0 and ARGV[6] == '1' then return 0 end
+end
 local tokens = tonumber(ARGV[2])
 if tokens > 0 then
   redis.call('INCRBY', KEYS[1], tokens)
@@ -74,22 +110,60 @@ end
 return 1
 """
 
+# Takes back an admission that may have run after its caller gave up. KEYS: requests, tokens,
+# leases, reservations, tombstones. ARGV: lease id, tokens asked, tombstone TTL.
+COMPENSATE = """
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('DECR', KEYS[1]) end
+  local asked = tonumber(ARGV[2])
+  if asked > 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DECRBY', KEYS[2], asked) end
+  return 1
+end
+return 0
+"""
+
 
 def _keys(bucket: str, minute: int, window_id: str) -> list[str]:
     base = f"{PREFIX}:{{{bucket}}}"  # one hash slot per key, should the Redis be a cluster
-    return [f"{base}:req:{minute}", f"{base}:tok:{minute}", f"{base}:leases", f"{base}:spend:{window_id}"]
+    return [
+        f"{base}:req:{minute}",
+        f"{base}:tok:{minute}",
+        f"{base}:leases",
+        f"{base}:spend:{window_id}",
+        f"{base}:resv",
+        f"{base}:gone",
+    ]
 
 
 class RedisBackend:
-    def __init__(self, url: str, *, lease_ttl_s: float, op_timeout_s: float) -> None:
+    def __init__(
+        self, url: str, *, lease_ttl_s: float, op_timeout_s: float, breaker: BreakerUser | None = None
+    ) -> None:
         self._redis = RespClient(url, timeout_s=op_timeout_s)
-        self._scripts = {ADMIT: _sha1(ADMIT), SETTLE: _sha1(SETTLE)}
+        self._breaker = breaker  # the Redis server's shared breaker (app/redis/breakers.py), if any
+        self._scripts = {script: _sha1(script) for script in (ADMIT, SETTLE, COMPENSATE)}
         self._lease_ttl_s = lease_ttl_s
         self._leases: dict[str, str] = {}  # lease id -> its sorted set, for the leases this replica holds
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
+        # Calls whose last Redis call timed out: admissions to take back, settlements to send again.
+        self._unknown_admits: deque[Ask] = deque(maxlen=MAX_UNKNOWN)
+        self._unsent: deque[Settlement] = deque(maxlen=MAX_UNKNOWN)
+        self._recovery = asyncio.Lock()
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """``_eval`` through the shared breaker: refused at once while Redis is known to be away."""
+        if self._breaker is None:
+            return await self._eval(script, keys, args)
+        try:
+            return await self._breaker.run(self._eval, script, keys, args)
+        except RedisAway as exc:
+            raise TimeoutError(str(exc)) from exc  # an outage, as the callers already handle it
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script first if this Redis does not know it (new, or restarted)."""
         command = ("EVALSHA", self._scripts[script], len(keys), *keys, *args)
         reply = await self._redis.call(*command)
@@ -114,35 +188,85 @@ class RedisBackend:
             repr(ask.now + self._lease_ttl_s),
             MINUTE_TTL_S,
             int(self._lease_ttl_s * 4) + 1,
+            repr(ask.reserve_usd),
+            ask.reserve_tokens,
         ]
         try:
+            # Before this admission counts them: what a stall left behind is put right first.
+            if self._unknown_admits:
+                await self._compensate()
+            if self._unsent:
+                await self._resend()
             reason, requests, tokens, spend = await self._run(ADMIT, keys, args)
-        except (ReplyError, OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+        except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+            if ask.lease_id:
+                self._unknown_admits.append(ask)  # it may still run once Redis answers again
             raise BackendUnavailable(type(exc).__name__) from exc
-        if not reason and ask.concurrent_streams:
+        except ReplyError as exc:
+            raise BackendUnavailable(type(exc).__name__) from exc
+        if reason == b"stale":  # only an id this replica gave up on is tombstoned; never a live call's
+            raise BackendUnavailable("stale admission")
+        if not reason and ask.lease_id:
             self._leases[ask.lease_id] = keys[2]
             self._ensure_refresher()
         return Verdict(reason.decode() if reason else None, int(requests), int(tokens), float(spend))
 
+    async def _compensate(self) -> None:
+        # One recovery at a time: the admissions that arrive meanwhile wait for it, then find it done.
+        async with self._recovery:
+            while self._unknown_admits:
+                ask = self._unknown_admits.popleft()
+                keys = _keys(ask.bucket, ask.minute, "none")
+                args = [ask.lease_id, ask.tokens, int(self._lease_ttl_s * 4) + 1]
+                try:
+                    await self._run(COMPENSATE, [keys[0], keys[1], keys[2], keys[4], keys[5]], args)
+                except BaseException:
+                    self._unknown_admits.appendleft(ask)  # still to do once Redis answers
+                    raise
+
+    async def _resend(self) -> None:
+        async with self._recovery:
+            while self._unsent:
+                settlement = self._unsent.popleft()
+                if not await self._settle(settlement):
+                    return  # down again: it went back on the queue
+
     def settle(self, settlement: Settlement) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle(settlement))
+        self._spawn(self._settle(settlement))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, s: Settlement) -> None:
-        leases = self._leases.pop(s.lease_id, None) if s.lease_id is not None else None
+    async def _settle(self, s: Settlement) -> bool:
+        """Send one settlement; False (and queued again) when Redis did not answer."""
+        if s.lease_id is not None:
+            self._leases.pop(s.lease_id, None)
         spend = s.spend if s.budget_window_id and s.spend else 0.0
-        if leases is None and not s.tokens and not spend:
-            return
+        if not s.lease_id and not s.tokens and not spend:
+            return True
         keys = _keys(s.bucket, s.minute, s.budget_window_id or "none")
         ttl = BUDGET_TTL_S.get(_window_kind(s.budget_window_id), 0) if s.budget_window_id else 0
-        lease = s.lease_id if leases is not None and s.lease_id else ""
-        args: list[Any] = [lease, s.tokens, repr(spend) if spend else "0", MINUTE_TTL_S, ttl]
+        args: list[Any] = [
+            s.lease_id or "",
+            s.tokens,
+            repr(spend) if spend else "0",
+            MINUTE_TTL_S,
+            ttl,
+            "1" if s.retried else "0",
+        ]
         try:
-            await self._run(SETTLE, [keys[1], keys[2], keys[3]], args)
-        except (ReplyError, OSError, TimeoutError) as exc:
-            # The lease lapses by its TTL; tokens and spend of this one request are lost with Redis.
+            await self._run(SETTLE, [keys[1], keys[2], keys[3], keys[4]], args)
+        except (OSError, TimeoutError) as exc:
+            # It may have run: sent again once Redis answers, charging only if its lease is still held.
             logger.debug("rate_limit_settle_failed", error=type(exc).__name__)
+            s.retried = True
+            self._unsent.append(s)
+            return False
+        except ReplyError as exc:
+            logger.debug("rate_limit_settle_failed", error=type(exc).__name__)
+        return True
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None or self._refresher.done():
@@ -158,6 +282,8 @@ class RedisBackend:
                     await self._redis.pipeline(commands)
 
     async def health(self) -> bool:
+        if self._breaker is not None:
+            return await self._breaker.check()
         try:
             return await self._redis.call("PING") == b"PONG"
         except (OSError, TimeoutError):

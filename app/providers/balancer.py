@@ -3,8 +3,8 @@
 Deployments that share a public ``name`` form a group. A request picks one member by
 ``models.routing``, with the semantics of LiteLLM Router's strategies of the same names:
 
-- ``simple-shuffle``: random, weighted by ``weight`` -- LiteLLM's own ``simple_shuffle`` function,
-  called with the member descriptors it expects (it is a pure function of them).
+- ``simple-shuffle``: random, weighted by ``weight``, as LiteLLM's ``simple_shuffle`` picks (without
+  importing LiteLLM, which a relay-only gateway never loads).
 - ``least-busy``: fewest calls in flight on this replica (LiteLLM's ``LeastBusyLoggingHandler``
   counts the same thing); ties are broken at random.
 - ``latency-based``: lowest average of the last ten times to first token (LiteLLM's
@@ -28,10 +28,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Final
 
-from app.errors import GatewayError, UpstreamTimeout
-from app.settings import DeploymentSettings, ModelsSettings
+from app.config.settings import DeploymentSettings, ModelsSettings
+from app.domain.errors import GatewayError, UpstreamTimeout
 
 #: LiteLLM's ``RoutingArgs.max_latency_list_size``.
 LATENCY_SAMPLES: Final = 10
@@ -44,7 +44,7 @@ FAIL_WINDOW_S: Final = 60.0
 class Member:
     """One deployment's live state on this replica."""
 
-    __slots__ = ("_latencies", "cool_until", "dep", "descriptor", "fails", "id", "in_flight", "name")
+    __slots__ = ("_latencies", "cool_until", "dep", "fails", "id", "in_flight", "name")
 
     def __init__(self, dep: DeploymentSettings) -> None:
         self.dep = dep
@@ -54,8 +54,6 @@ class Member:
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.fails: deque[float] = deque()
         self.cool_until = 0.0
-        #: What LiteLLM's simple_shuffle reads of a deployment.
-        self.descriptor: dict[str, Any] = {"litellm_params": {"weight": dep.weight}, "model_info": {"id": dep.id}}
 
     def latency(self) -> float:
         samples = self._latencies
@@ -82,21 +80,13 @@ class Group:
 
 
 def _shuffle_picker(rng: random.Random) -> Callable[[Group, list[Member]], Member]:
-    from litellm.router_strategy.simple_shuffle import simple_shuffle
-
-    def no_alias(_model: str) -> str | None:
-        return None
-
     def pick(group: Group, usable: list[Member]) -> Member:
         if len(usable) == 1:
             return usable[0]
         if all(m.dep.weight == usable[0].dep.weight for m in usable):
-            return rng.choice(usable)  # equal weights: what simple_shuffle does, without its bookkeeping
-        chosen = simple_shuffle(no_alias, [m.descriptor for m in usable], group.name, None)
-        for m in usable:
-            if m.descriptor is chosen:
-                return m
-        return usable[0]  # pragma: no cover - simple_shuffle returns one of its inputs
+            return rng.choice(usable)
+        # LiteLLM's simple-shuffle: a random member, each as likely as its weight.
+        return rng.choices(usable, weights=[m.dep.weight for m in usable])[0]
 
     return pick
 

@@ -5,45 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import msgspec
-
-from app.errors import GatewayError
-from app.protocol.openai import ChatCompletionInput
-
-
-class Usage(msgspec.Struct, frozen=True, gc=False):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class Chunk(msgspec.Struct, frozen=True, gc=False):
-    """One ``chat.completion.chunk``: its JSON bytes, ready to frame, plus what the gateway reads of it.
-
-    ``gc=False``: never tracked by the garbage collector (it holds bytes, strings and a ``Usage``, so it
-    can be part of no cycle), which matters for the millions a resume store keeps (``StreamEvent``).
-
-    Keeping the encoded bytes lets SSE and WebSocket framers (and the relay fast path) forward
-    the provider's chunk without decoding and re-encoding it.
-    """
-
-    raw: bytes
-    has_content: bool = False
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    #: A chunk with no choices that only carries usage (the `include_usage` chunk).
-    usage_only: bool = False
-
-
-class Completion(msgspec.Struct, frozen=True):
-    """A whole ``chat.completion`` object, already encoded."""
-
-    raw: bytes
-    usage: Usage | None = None
-
-
-#: What one event of a provider's stream stands for, when handed on in push mode: a chunk, the
-#: error it reports (or that reading it became), or None for the stream's clean end.
-Item = Chunk | GatewayError | None
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion, Item
 
 
 class PushSink(Protocol):
@@ -71,12 +34,3 @@ def asking_for_usage(stream_options: Any) -> dict[str, Any]:
     """The upstream's ``stream_options``: the gateway always asks for usage (its token metrics are
     honest that way); the stream drops the usage-only chunk for clients that did not ask."""
     return {**(stream_options if isinstance(stream_options, dict) else {}), "include_usage": True}
-
-
-def usage_of(data: Any) -> Usage | None:
-    if not isinstance(data, dict):
-        return None
-    return Usage(
-        prompt_tokens=int(data.get("prompt_tokens") or 0),
-        completion_tokens=int(data.get("completion_tokens") or 0),
-    )

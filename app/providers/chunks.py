@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from app.errors import GatewayError
-from app.providers.base import Chunk, Usage
+from app.domain.chunks import Chunk, Usage, estimate_text_tokens
+from app.domain.errors import GatewayError
 from app.providers.translate import from_provider_reply
 
 _NO_RAW = msgspec.Raw(b"")
@@ -79,10 +79,17 @@ def read_chunk(data: bytes) -> Chunk:
         raise error_from_reply(502, bytes(view.error), {}, in_stream=True)
     has_content = False
     finish = None
+    tokens = 0
     for choice in view.choices or ():
         d = choice.delta
         if d is not None and (d.content or d.reasoning_content or _present(d.tool_calls)):
             has_content = True
+            tokens += max(
+                1,
+                estimate_text_tokens(d.content or "")
+                + estimate_text_tokens(d.reasoning_content or "")
+                + (len(d.tool_calls) + 3) // 4,
+            )
         if choice.finish_reason:
             finish = choice.finish_reason
     usage = _usage(view.usage)
@@ -94,6 +101,7 @@ def read_chunk(data: bytes) -> Chunk:
         finish_reason=finish,
         usage=usage,
         usage_only=usage is not None and not view.choices,
+        tokens=tokens,
     )
 
 

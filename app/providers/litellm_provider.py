@@ -15,17 +15,17 @@ from typing import Any
 
 import msgspec
 
-from app.errors import GatewayError
-from app.protocol.anthropic_wire import ANTHROPIC_BODY_FIELDS
-from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, asking_for_usage, usage_of
+from app.config.settings import DeploymentSettings, Settings
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion, usage_of
+from app.domain.errors import GatewayError
+from app.providers.anthropic_fields import ANTHROPIC_BODY_FIELDS
+from app.providers.base import asking_for_usage
 from app.providers.chunks import read_chunk
 from app.providers.demo import register_demo_provider
-from app.providers.litellm_metadata import model_metadata as _shipped_metadata  # noqa: F401 - copy the map before any Router
 from app.providers.litellm_setup import import_litellm
 from app.providers.quoting import ProviderText
 from app.providers.translate import from_litellm
-from app.settings import DeploymentSettings, Settings
 
 litellm = import_litellm()
 

@@ -1,7 +1,8 @@
 """Import LiteLLM offline-safe: local model cost map, no telemetry, no callbacks.
 
 LiteLLM downloads its model map at import unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set first,
-so every module that needs LiteLLM gets it from here.
+so every module that needs LiteLLM gets it from here; the environment is set when LiteLLM is
+imported, not when this module is (a relay-only gateway never imports it at all).
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("LITELLM_TELEMETRY", "False")
-os.environ.setdefault("LITELLM_LOG", "ERROR")
+OFFLINE_ENVIRONMENT = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_TELEMETRY": "False",
+    "LITELLM_LOG": "ERROR",
+}
 
 
 def import_litellm() -> ModuleType:
+    for name, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     import litellm
 
     litellm.telemetry = False

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from app.errors import (
+from app.domain.errors import (
     ContextLengthExceeded,
     GatewayError,
     ProviderRejected,

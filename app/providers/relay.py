@@ -17,9 +17,10 @@ from collections import deque
 
 import msgspec
 
-from app.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
-from app.protocol.openai import ChatCompletionInput
-from app.providers.base import Chunk, Completion, Item, PushSink
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion, Item
+from app.domain.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from app.providers.base import PushSink
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
 from app.providers.egress import EgressSettings
 from app.providers.quoting import ProviderText

@@ -1,57 +1,103 @@
-"""What the relay sends: a deployment resolved once by LiteLLM (``RelayTarget``), and each request's body.
+"""What the relay sends: a deployment resolved once (``RelayTarget``), and each request's body.
 
-LiteLLM's own OpenAI-wire chat config does the work (URL, headers, parameter mapping), so the relay
-sends what LiteLLM would have sent; only the HTTP call and the stream's reading are the relay's own.
+A deployment takes the relay when its provider speaks OpenAI's wire: its URL and headers are
+resolved once, at start-up, and a request's body is the client's own body with what the deployment
+needs changed (its model, ``stream``, and usage asked for), so no per-request work is done on the
+client's fields and nothing in them makes the gateway fetch or read anything. The common OpenAI-wire
+providers are resolved from a table here, without importing LiteLLM; any other provider is asked of
+LiteLLM's own chat config once (imported then), which keeps the relay for every provider LiteLLM
+itself reaches through an OpenAI-wire config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 from yarl import URL
 
-from app.errors import ProviderRejected
-from app.protocol.openai import ChatCompletionInput
+from app.config.settings import DeploymentSettings
+from app.domain.chat_request import ChatCompletionInput
 from app.providers.base import asking_for_usage
-from app.providers.litellm_setup import import_litellm
 from app.providers.upstream import RequestTemplate
-from app.settings import DeploymentSettings
 
-litellm = import_litellm()
-
-_OWN_FIELDS = frozenset({"model", "messages"})
+#: OpenAI-wire providers (LiteLLM's names) and their default base URL; None: ``api_base`` is required.
+#: The URLs are LiteLLM's own (tests/providers/test_relay.py checks them against it).
+OPENAI_WIRE: dict[str, str | None] = {
+    "openai": "https://api.openai.com/v1",
+    "openai_like": None,
+    "custom_openai": None,
+    "hosted_vllm": None,
+    "vllm": None,
+    "groq": "https://api.groq.com/openai/v1",
+    "deepseek": "https://api.deepseek.com/beta",
+    "together_ai": "https://api.together.ai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "xai": "https://api.x.ai/v1",
+    "deepinfra": "https://api.deepinfra.com/v1/openai",
+    "perplexity": "https://api.perplexity.ai",
+    "cerebras": "https://api.cerebras.ai/v1",
+    "nvidia_nim": "https://integrate.api.nvidia.com/v1",
+}
+#: The client's fields the relay sets itself.
+_OWN_FIELDS = frozenset({"model", "stream", "stream_options"})
 _encode = msgspec.json.encode
 
 
 @dataclass(frozen=True)
 class RelayTarget:
-    """What LiteLLM resolved for one deployment, once."""
+    """One deployment's provider call, resolved once."""
 
     url: URL
     origin: str  # scheme://host:port: one connection pool each
     request: RequestTemplate  # the POST, prepared but for its body
     headers: dict[str, str]  # its headers, for a request that adds its own (trace context)
     model: str
-    config: Any  # LiteLLM's provider chat config: maps request parameters per request
-    supported: frozenset[str]
     timeout_s: float
-    #: What LiteLLM's own call path hands the config's transform_request (provider-specific rules,
-    #: e.g. whether prompt-cache marks survive, depend on the provider and the endpoint).
-    litellm_params: dict[str, Any]
 
 
 def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> RelayTarget | None:
     """A RelayTarget when the fast path applies to ``dep``, else None (it keeps the full LiteLLM path).
 
-    Applies when the deployment allows it, LiteLLM's chat config for the provider is an OpenAI-wire
-    config (``OpenAIGPTConfig``) and a base URL is known. Retries, cooldowns and fallbacks do not
-    matter here: they sit in front of both paths (``providers/resilient.py``).
+    Applies when the deployment allows it, its provider speaks OpenAI's wire and a base URL is known.
+    Retries, cooldowns and fallbacks do not matter here: they sit in front of both paths
+    (``providers/resilient.py``).
     """
     if not dep.fast_path:
         return None
+    provider, sep, model = dep.litellm_model.partition("/")
+    if not sep:
+        return None
+    api_key = environ.get(dep.api_key_env, "") if dep.api_key_env else "no-key"
+    if provider in OPENAI_WIRE:
+        base = dep.api_base or OPENAI_WIRE[provider]
+        if not base:
+            return None
+        url = f"{base.rstrip('/')}/chat/completions"
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    else:
+        resolved = _resolve_with_litellm(dep, api_key)
+        if resolved is None:
+            return None
+        model, url, headers = resolved
+    headers = {**headers, "Accept-Encoding": "identity"}  # a compressed stream would buffer upstream
+    parsed = URL(url)
+    return RelayTarget(
+        url=parsed,
+        origin=str(parsed.origin()),
+        request=RequestTemplate(parsed, headers),
+        headers=headers,
+        model=model,
+        timeout_s=dep.timeout_s,
+    )
+
+
+def _resolve_with_litellm(dep: DeploymentSettings, api_key: str) -> tuple[str, str, dict[str, str]] | None:
+    """(model, URL, headers) from LiteLLM's chat config when it is an OpenAI-wire one, else None."""
+    from app.providers.litellm_setup import import_litellm
+
+    litellm = import_litellm()
     from litellm.llms.openai.chat.gpt_transformation import OpenAIGPTConfig
     from litellm.utils import ProviderConfigManager
 
@@ -65,51 +111,21 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
     base = dep.api_base or default_base or ("https://api.openai.com/v1" if provider == "openai" else None)
     if not base:
         return None
-    api_key = environ.get(dep.api_key_env, "") if dep.api_key_env else "no-key"
     headers = config.validate_environment(
         headers={}, model=model, messages=[], optional_params={}, litellm_params={}, api_key=api_key, api_base=base
     )
     url = config.get_complete_url(
         api_base=base, api_key=api_key, model=model, optional_params={}, litellm_params={}, stream=True
     )
-    headers = {**headers, "Accept-Encoding": "identity"}  # a compressed stream would buffer upstream
-    supported = frozenset(config.get_supported_openai_params(model))
-    parsed = URL(url)
-    return RelayTarget(
-        url=parsed,
-        origin=str(parsed.origin()),
-        request=RequestTemplate(parsed, headers),
-        headers=headers,
-        model=model,
-        config=config,
-        supported=supported,
-        timeout_s=dep.timeout_s,
-        litellm_params={"custom_llm_provider": provider, "api_base": base},
-    )
+    return model, url, dict(headers)
 
 
 def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: bool) -> bytes:
-    params = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
-    params["stream"] = stream
-    if stream:
-        params["stream_options"] = asking_for_usage(params.get("stream_options"))
-    else:
-        params.pop("stream_options", None)
-    known = {k: v for k, v in params.items() if k in target.supported}
-    try:
-        optional = target.config.map_openai_params(
-            non_default_params=known, optional_params={}, model=target.model, drop_params=False
-        )
-        body = target.config.transform_request(
-            target.model, request.body["messages"], optional, dict(target.litellm_params), {}
-        )
-    except Exception as exc:  # LiteLLM refuses parameters the provider cannot take
-        raise ProviderRejected(
-            str(getattr(exc, "message", exc)).split("\n", 1)[0], code="unsupported_parameter"
-        ) from exc
-    # Fields LiteLLM does not know pass through to the provider untouched.
-    for key, value in params.items():
-        if key not in target.supported and key not in body:
-            body[key] = value
+    """The client's body as the provider gets it: its own fields as sent (the gateway has validated
+    them and refused provider-layer controls), the deployment's model, and usage asked for."""
+    body = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
+    body["model"] = target.model
     body["stream"] = stream
+    if stream:
+        body["stream_options"] = asking_for_usage(request.body.get("stream_options"))
     return _encode(body)

@@ -21,10 +21,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
-from app.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
-from app.protocol.openai import ChatCompletionInput
+from app.domain.chat_request import ChatCompletionInput
+from app.domain.chunks import Chunk, Completion
+from app.domain.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
 from app.providers.balancer import Balancer, Group, Member
-from app.providers.base import Chunk, Completion, Provider, PushSink
+from app.providers.base import Provider, PushSink
 
 OK: Final = "ok"
 ERROR: Final = "error"
@@ -47,19 +48,28 @@ class AttemptObserver(Protocol):
     def upstream_attempt(self, model: str, deployment: str, outcome: str) -> None: ...
 
 
+def _any_model(model: str) -> bool:
+    return True
+
+
 class Trail:
-    """What a call's attempts came to: for the access log, and the in-flight count's release."""
+    """What a call's attempts came to (for the access log, pricing and the in-flight count's
+    release), and which public models the caller lets it reach."""
 
-    __slots__ = ("_balancer", "_member", "attempts", "deployment")
+    __slots__ = ("_balancer", "_member", "allows", "attempts", "deployment", "model")
 
-    def __init__(self) -> None:
+    def __init__(self, allows: Callable[[str], bool] = _any_model) -> None:
         self.attempts = 0
         self.deployment: str | None = None  # the id of the deployment that answered
+        self.model: str | None = None  # the public name of the group that answered (a fallback's)
+        #: The caller's allow-list: a fallback it does not allow is never tried for it.
+        self.allows = allows
         self._member: Member | None = None
         self._balancer: Balancer | None = None
 
     def _answered(self, member: Member) -> None:
         self.deployment = member.id
+        self.model = member.dep.name
         self._member = member
 
     def release(self) -> None:
@@ -104,11 +114,17 @@ class Resilient:
         finally:
             trail.release()  # a whole completion holds its member only while it runs
 
+    def fallbacks(self, model: str, allows: Callable[[str], bool]) -> list[str]:
+        """``model``'s fallbacks that are configured and that the caller's allow-list lets it reach."""
+        groups = self.balancer.groups
+        group = groups.get(model)
+        return [name for name in group.fallbacks if name in groups and allows(name)] if group is not None else []
+
     async def run(self, model: str, trail: Trail, attempt: Callable[[Member], Awaitable[T]]) -> T:
         """``attempt`` on members of ``model``'s group, then of its fallbacks, until one answers."""
         balancer = self.balancer
         group = balancer.groups[model]
-        plan = [group, *(balancer.groups[name] for name in group.fallbacks if name in balancer.groups)]
+        plan = [group, *(balancer.groups[name] for name in self.fallbacks(model, trail.allows))]
         last_error: GatewayError | None = None
         failed: tuple[str, str] | None = None  # the failed attempt whose outcome waits on what follows
         for step in plan:

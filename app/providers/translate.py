@@ -1,4 +1,4 @@
-"""Provider failures -> the gateway's error tree (app/errors.py), at the provider boundary.
+"""Provider failures -> the gateway's error tree (app/domain/errors.py), at the provider boundary.
 
 Two sources, one result: a provider's own HTTP error reply (the relay reads it; the full path falls
 back to it when LiteLLM's exception class says no more than a status), and LiteLLM's (or the openai
@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from app.errors import (
+from app.domain.errors import (
     ContextLengthExceeded,
     GatewayError,
     ProviderRejected,

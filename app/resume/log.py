@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from app.chat.stream import ChatStream
-    from app.chat.stream_events import StreamEvent
+    from app.core.stream import ChatStream
+    from app.domain.events import StreamEvent
 
 
 class SharedLog(Protocol):
@@ -75,7 +75,7 @@ class StreamLog:
         self._grow = grow
         self._changed: asyncio.Event | None = None
         self.shared: SharedLog | None = None
-        #: The framing the stream was created in (``app/streaming/framing.py``): replays use it too.
+        #: The framing the stream was created in (``app/api/framing.py``): replays use it too.
         self.format = "chat"
 
     @property

@@ -6,8 +6,10 @@ Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last app
   position is an entry id (``XREAD ... <seq>-0`` returns exactly what follows ``seq``), trimmed by
   ``XADD MAXLEN`` to ``resume_max_events``. Fields: ``c`` (a chunk's bytes, as the provider sent
   them), or ``d`` (done: finish reason and usage) or ``e`` + ``st`` (error body and status).
-- ``chat:resume:<id>:meta``: the owner (gateway key scope) and, for streams of another API than
-  chat completions, the framing they replay in (``format``).
+- ``chat:resume:<id>:meta``: the owner (gateway key scope), the replica that runs the stream and,
+  for streams of another API than chat completions, the framing they replay in (``format``).
+- ``chat:resume:replica:<replica id>``: set while that replica lives (rewritten every
+  ``LIVENESS_EVERY_S``, expiring after ``LIVENESS_TTL_S``).
 - ``chat:resume:<id>:readers``: set (with a short expiry) while a replica follows the stream, so
   that the replica that runs it keeps the upstream going past its detach grace.
 - channel ``chat:resume:stop``: a DELETE that reaches another replica is published there, and the
@@ -17,17 +19,26 @@ Appending never delays the live client: ``append`` puts the event in the stream'
 no encoding) and one flusher task per process writes every outbox in one pipelined round trip,
 so under load one round trip carries many streams' events. What happens when Redis is slow or
 away: the live stream is served from memory and never waits for Redis. The circuit breaker
-(``app/redis_breaker.py``) bounds each round trip by ``OP_TIMEOUT_S`` and, during an outage,
+(``app/redis/breaker.py``) bounds each round trip by ``OP_TIMEOUT_S`` and, during an outage,
 refuses at once. A stream whose append was lost is marked broken: its copy in Redis has a hole, so
 it stops being appended to and its resumes answer 503 (a resume must never silently skip
 events). Streams that begin while the breaker is open are not copied at all (503 on resume).
 Resumes on any replica answer 503 while the breaker is open.
+
+A replica that dies mid-stream (SIGKILL, a lost host) stops appending, and its liveness key expires
+within ``LIVENESS_TTL_S``. A follower that has had no news for ``SILENCE_CHECK_S`` looks for that
+key once a second; when it is gone, the follower ends the stream's log itself with an in-band 502
+``upstream_unavailable`` (an ``XADD`` at the next seq, which fails harmlessly if the stream moved on
+meanwhile), so every reader of it ends, and every later resume ends at once. A resume that opens
+such a stream ends it the same way before it starts. Bound, from the kill to the readers' error:
+``LIVENESS_TTL_S`` + about 1 s (7 s), inside API.md's 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,13 +49,20 @@ import msgspec
 import redis.asyncio as aioredis
 import structlog
 
-from app.chat.stream_events import StreamEvent
-from app.errors import ErrorBody, InvalidResumePosition, ReplayedError, ResumeUnavailable, StreamNotFound
-from app.providers.base import Chunk, Usage
-from app.redis_breaker import BackendUnavailable, CircuitBreaker
-from app.redis_pool import IdleClosingPool, pool_options
+from app.config.settings import StreamingSettings
+from app.domain.chunks import Chunk, Usage
+from app.domain.errors import (
+    ErrorBody,
+    InvalidResumePosition,
+    ReplayedError,
+    ResumeUnavailable,
+    StreamNotFound,
+    UpstreamUnavailable,
+)
+from app.domain.events import StreamEvent
+from app.redis.breaker import BackendUnavailable, BreakerUser, CircuitBreaker
+from app.redis.pool import IdleClosingPool, pool_options
 from app.resume.log import StreamLog
-from app.settings import StreamingSettings
 
 logger = structlog.get_logger("chat.resume")
 
@@ -58,6 +76,13 @@ STALL_MARGIN_S = 5.0
 #: API.md 1.3: a position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
 STOP_CHANNEL = "chat:resume:stop"
+#: A replica rewrites its liveness key this often while it runs streams; the key lives LIVENESS_TTL_S,
+#: which is the margin a busy event loop or a slow Redis reply has before followers call it dead.
+LIVENESS_EVERY_S = 2.0
+LIVENESS_TTL_S = 6.0
+#: A follower that got no event for this long checks, once a second, that the stream's replica lives.
+SILENCE_CHECK_S = 2.0
+ORPHANED = "The replica running this stream stopped; the stream cannot go on. Retry the request."
 
 _encode = msgspec.json.encode
 _body_decoder = msgspec.json.Decoder(ErrorBody)
@@ -73,6 +98,10 @@ _done_decoder = msgspec.json.Decoder(_Done)
 
 def _key(stream_id: str) -> str:
     return f"chat:resume:{stream_id}"
+
+
+def _replica_key(replica_id: str) -> str:
+    return f"chat:resume:replica:{replica_id}"
 
 
 def encode_event(event: StreamEvent) -> dict[str, bytes]:
@@ -122,7 +151,13 @@ class _Outbox:
 
 
 class RedisResumeStore:
-    def __init__(self, url: str, settings: StreamingSettings, on_stop: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: StreamingSettings,
+        on_stop: Callable[[str], None],
+        breaker: BreakerUser | None = None,
+    ) -> None:
         self._ttl_ms = int(settings.resume_ttl_s * 1000)
         self._max_events = settings.resume_max_events
         self._stall_s = settings.idle_timeout_s + settings.detach_grace_s + STALL_MARGIN_S
@@ -137,12 +172,20 @@ class RedisResumeStore:
         self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
         parsed = urlparse(url)
         target = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
-        self.breaker = CircuitBreaker("resume_store", self._redis.ping, op_timeout_s=OP_TIMEOUT_S, target=target)
+        # The server's shared breaker (app/redis/breakers.py); a breaker of its own when used alone.
+        self._own: CircuitBreaker | None = None
+        if breaker is None:
+            self._own = CircuitBreaker("resume_store", self._redis.ping, op_timeout_s=OP_TIMEOUT_S, target=target)
+            breaker = self._own.user("resume_store", OP_TIMEOUT_S)
+        self.breaker = breaker
+        self.replica_id = os.urandom(8).hex()
+        self._announced_at = 0.0  # when this replica's liveness key was last written
         self._on_stop = on_stop
         self._dirty: dict[str, _Outbox] = {}
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._announcer: asyncio.Task[None] | None = None
 
     # -- writing (the replica that runs the stream) ------------------------------------------------
 
@@ -155,6 +198,7 @@ class RedisResumeStore:
             loop = asyncio.get_running_loop()
             self._flusher = loop.create_task(self._flush_forever(), name="resume-flusher")
             self._listener = loop.create_task(self._listen_for_stops(), name="resume-stops")
+            self._announcer = loop.create_task(self._announce_forever(), name="resume-liveness")
         if not outbox.broken:
             # The owner goes out now, before the first event: a resume on another replica that
             # arrives as soon as the client knows the stream id then finds it.
@@ -174,18 +218,39 @@ class RedisResumeStore:
             with contextlib.suppress(Exception):  # a flush failure is already accounted for per outbox
                 await self._flush(list(batch.values()))
 
+    async def _announce_forever(self) -> None:
+        """Keep this replica's liveness key: followers end the streams of a replica whose key lapsed."""
+        while True:
+            if time.monotonic() - self._announced_at >= LIVENESS_EVERY_S / 2:
+                with contextlib.suppress(Exception):  # Redis away: the breaker logs it; streams break anyway
+                    await self.breaker.run(self._redis.set, _replica_key(self.replica_id), b"1", px=self._liveness_ms)
+                    self._announced_at = time.monotonic()
+            await asyncio.sleep(LIVENESS_EVERY_S)
+
+    @property
+    def _liveness_ms(self) -> int:
+        return int(LIVENESS_TTL_S * 1000)
+
     async def _flush(self, outboxes: list[_Outbox]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        written: list[_Outbox] = []
+        written: list[tuple[_Outbox, int, int]] = []  # each outbox's commands: [first, end) in the pipeline
+        commands = 0
+        if time.monotonic() - self._announced_at >= LIVENESS_EVERY_S / 2:
+            # With the batch, so that no follower can see a stream's meta before its replica's key.
+            pipe.set(_replica_key(self.replica_id), b"1", px=self._liveness_ms)
+            commands += 1
         for outbox in outboxes:
             if outbox.broken or (outbox.started and not outbox.events):
                 continue
             events, outbox.events = outbox.events, []
             key = _key(outbox.stream_id)
+            first = commands
             if not outbox.started:
-                pipe.hset(f"{key}:meta", "owner", outbox.owner)
+                meta: dict[Any, Any] = {"owner": outbox.owner, "replica": self.replica_id}
                 if outbox.format != "chat":
-                    pipe.hset(f"{key}:meta", "format", outbox.format)
+                    meta["format"] = outbox.format
+                pipe.hset(f"{key}:meta", mapping=meta)
+                commands += 1
                 outbox.started = True
             for event in events:
                 pipe.xadd(key, encode_event(event), id=f"{event.seq}-0", maxlen=self._max_events, approximate=False)  # type: ignore[arg-type]
@@ -195,17 +260,29 @@ class RedisResumeStore:
             # and the log of a replica that died mid-stream goes away on its own.
             pipe.pexpire(key, self._ttl_ms)
             pipe.pexpire(f"{key}:meta", self._ttl_ms)
-            written.append(outbox)
-        if not written:
+            commands += len(events) + 2
+            written.append((outbox, first, commands))
+        if not commands:
             return
+        announced = time.monotonic()
         try:
-            await self.breaker.run(pipe.execute)
+            # Errors per command: one stream's refused append (a follower ended it, taking this replica
+            # for dead) must not break the other streams of the batch.
+            results = await self.breaker.run(pipe.execute, raise_on_error=False)
         except Exception as exc:
-            for outbox in written:
+            for outbox, _, _ in written:
                 outbox.broken = True  # its copy has a hole now: resumes of it answer 503
             if not isinstance(exc, BackendUnavailable):
                 logger.warning("resume_append_failed", streams=len(written), error=f"{type(exc).__name__}: {exc}"[:200])
             raise
+        if commands > sum(end - first for _, first, end in written):
+            self._announced_at = announced
+        failed = [o for o, first, end in written if any(isinstance(r, Exception) for r in results[first:end])]
+        for outbox in failed:
+            outbox.broken = True
+        if failed:
+            error = next(r for r in results if isinstance(r, Exception))
+            logger.warning("resume_append_failed", streams=len(failed), error=f"{type(error).__name__}: {error}"[:200])
 
     async def readers_elsewhere(self, stream_id: str) -> bool:
         return bool(await self.breaker.run(self._redis.exists, f"{_key(stream_id)}:readers"))
@@ -263,6 +340,8 @@ class RedisResumeStore:
         format, (found, first_seq, last_seq, ended) = await self._head_and_format(stream_id)
         if found is None or found != owner:
             raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
+        if not ended and await self.end_if_orphaned(stream_id, last_seq):
+            _, first_seq, last_seq, ended = await self._head(stream_id)
         deadline = time.monotonic() + PAST_END_WAIT_S
         while after_seq > last_seq and not ended and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # another replica may still be appending it
@@ -285,6 +364,33 @@ class RedisResumeStore:
             return []
         return [decode_event(entry_id, fields) for entry_id, fields in reply[0][1]]
 
+    async def end_if_orphaned(self, stream_id: str, last_seq: int) -> bool:
+        """End the stream's log with an in-band 502 if the replica running it is gone; True if ended.
+
+        ``last_seq`` is the last event the caller knows of: the end goes in right after it, and Redis
+        refuses it (an entry id not past the last) if the stream moved on meanwhile.
+        """
+        key = _key(stream_id)
+        try:
+            replica: Any = await self.breaker.run(self._redis.hget, f"{key}:meta", "replica")
+            if replica is None:
+                return False  # written by a replica that does not announce itself: the stall bound applies
+            alive: int = await self.breaker.run(self._redis.exists, _replica_key(replica.decode()))
+            if alive:
+                return False
+            event = StreamEvent(last_seq + 1, error=UpstreamUnavailable(ORPHANED))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xadd(key, encode_event(event), id=f"{event.seq}-0", maxlen=self._max_events, approximate=False)  # type: ignore[arg-type]
+            pipe.pexpire(key, self._ttl_ms)
+            pipe.pexpire(f"{key}:meta", self._ttl_ms)
+            results = await self.breaker.run(pipe.execute, raise_on_error=False)
+        except BackendUnavailable as exc:
+            raise ResumeUnavailable("The resume store is unreachable; retry shortly.") from exc
+        if isinstance(results[0], Exception):
+            return False  # an event came after all (or another follower ended it first): read on
+        logger.warning("resume_stream_orphaned", stream_id=stream_id, replica=replica.decode(), last_seq=last_seq)
+        return True
+
     async def stop(self, stream_id: str, owner: str) -> bool:
         """DELETE on a replica that does not run the stream: tell the one that does."""
         try:
@@ -300,11 +406,12 @@ class RedisResumeStore:
         return await self.breaker.check()
 
     async def close(self) -> None:
-        for task in (self._flusher, self._listener):
+        for task in (self._flusher, self._listener, self._announcer):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await self.breaker.aclose()
+        if self._own is not None:
+            await self._own.aclose()
         await self._redis.aclose()
         await self._blocking.aclose()
 
@@ -322,6 +429,7 @@ class RedisReplay:
         self._at_end = at_end
         self._buffer: deque[StreamEvent] = deque()
         self._last_news = time.monotonic()
+        self._checked_at = 0.0
 
     @property
     def at_end(self) -> bool:
@@ -338,7 +446,16 @@ class RedisReplay:
             return
         now = time.monotonic()
         if not events:
-            if now - self._last_news > self._store._stall_s:
+            silent = now - self._last_news
+            if silent >= SILENCE_CHECK_S and now - self._checked_at >= 1.0:
+                self._checked_at = now
+                try:
+                    if await self._store.end_if_orphaned(self.stream_id, self._seq):
+                        return  # the next read returns the end just written, as every reader gets it
+                except Exception:
+                    self._fail("The resume store became unreachable while following the stream.")
+                    return
+            if silent > self._store._stall_s:
                 self._fail("The stream's log stopped growing: the replica running it is gone.")
             return
         self._last_news = now

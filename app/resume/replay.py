@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from app.chat.stream_events import StreamEvent
-from app.errors import InvalidResumePosition
+from app.domain.errors import InvalidResumePosition
+from app.domain.events import StreamEvent
 from app.resume.log import StreamLog
 
 
 class Replay(Protocol):
     stream_id: str
-    #: The framing the stream was created in (``app/streaming/framing.py``).
+    #: The framing the stream was created in (``app/api/framing.py``).
     format: str
 
     @property

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from app.errors import InvalidResumePosition, StreamNotFound
+from app.domain.errors import InvalidResumePosition, StreamNotFound
 from app.resume.log import StreamLog
 from app.resume.memory import MemoryResumeStore
 from app.resume.replay import LocalReplay, Replay
 
 if TYPE_CHECKING:
-    from app.chat.stream import ChatStream
-    from app.settings import StreamingSettings
+    from app.config.settings import StreamingSettings
+    from app.core.stream import ChatStream
 
 #: API.md 1.3: a position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
@@ -62,10 +62,6 @@ class Resumes:
         self.local = local
         self.shared = shared
         self._on_result = on_result
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.local.bytes
 
     def begin(self, stream: ChatStream, owner: str, format: str = "chat") -> None:
         """Give a new stream its log (before it starts, so that its first event is logged);

@@ -10,16 +10,17 @@ from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 
 from app.access.keys import ANONYMOUS, Caller
-from app.chat.service import ChatService
-from app.chat.stream_events import CLIENT_DISCONNECTED
-from app.errors import UnsupportedMediaType
-from app.openapi import CHAT_RESPONSES, ChatOperation
-from app.protocol.openai import parse_chat_body
+from app.api.chat.sse import SSE_HEADERS, SseResponse
+from app.api.intent import wants_stream
+from app.config.settings import Settings
+from app.core.context import context_of
+from app.core.service import ChatService
+from app.domain.chat_request import parse_chat_body
+from app.domain.errors import UnsupportedMediaType
+from app.domain.events import CLIENT_DISCONNECTED
 from app.providers.resilient import Trail
-from app.settings import Settings
-from app.streaming.disconnect import ClientGone, DisconnectWatch
-from app.streaming.intent import wants_stream
-from app.streaming.sse import SSE_HEADERS, SseResponse
+from app.server.openapi import CHAT_RESPONSES, ChatOperation
+from app.transport.disconnect import ClientGone, DisconnectWatch
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
 CLIENT_CLOSED_REQUEST = 499
@@ -37,7 +38,7 @@ def check_content_type(value: str | None) -> None:
 
 def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
     """The client left before a response started: nothing to send, the log line says why."""
-    request.state.outcome = CLIENT_DISCONNECTED
+    context_of(request.scope).outcome = CLIENT_DISCONNECTED
     return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
@@ -84,22 +85,23 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
         return _client_gone(request)
     body = parse_chat_body(raw)
     cache_control = request.headers.get("cache-control")
-    request.state.model = body.model
+    context = context_of(request.scope)
+    context.model = body.model
     if caller.scope != ANONYMOUS.scope:
-        request.state.key = caller.name
+        context.key = caller.name
     if settings.server.log_bodies:
-        request.state.prompt = body.body["messages"]
+        context.prompt = body.body["messages"]
     streaming = wants_stream(body.request.stream, request.headers.get("accept"))
     # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
     admission = await chat.admit(body, caller)
     rate_headers = admission.headers if admission is not None else None
     if rate_headers:
-        request.state.rate_headers = rate_headers  # error responses from here on carry them too
+        context.rate_headers = rate_headers  # error responses from here on carry them too
     watch = DisconnectWatch(request.receive)
     try:
         with watch.guard():
             if not streaming:
-                request.state.trail = trail = Trail()  # the access log names the deployment that answered
+                context.trail = trail = Trail()  # the access log names the deployment that answered
                 completion, cache_status = await chat.complete(
                     body,
                     started_at=started,
@@ -123,12 +125,12 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
                 traceparent=request.headers.get("traceparent"),
                 admission=admission,
             )
-            request.state.stream = stream
+            context.stream = stream
             # The status window: errors the provider reports at once still get a real status.
             first = await stream.first_event(settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()
-        opened = request.state.get("stream")
+        opened = context.stream
         if opened is not None:
             opened.close(CLIENT_DISCONNECTED)  # stops the provider call; a no-op if it ended already
         if isinstance(exc, ClientGone):

@@ -8,11 +8,11 @@ from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 
 from app.access.keys import GatewayKeys
-from app.chat.service import ChatService
-from app.metrics import Metrics
+from app.api.chat.ws_session import ChatSocketSession
+from app.config.settings import Settings
+from app.core.service import ChatService
+from app.observability.metrics import Metrics
 from app.routes.chat import CHAT_PATHS
-from app.settings import Settings
-from app.streaming.ws_session import ChatSocketSession
 
 
 @websocket(path=CHAT_PATHS)

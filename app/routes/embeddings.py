@@ -1,4 +1,4 @@
-"""Embeddings over HTTP (API.md 9): OpenAI's body in, OpenAI's list of embeddings out."""
+"""Embeddings over HTTP: OpenAI's body in, OpenAI's list of embeddings out."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from litestar.di import NamedDependency
 from litestar.exceptions import InternalServerException
 
 from app.access.keys import ANONYMOUS, Caller
-from app.chat.stream_events import CLIENT_DISCONNECTED
+from app.api.embeddings.wire import parse_embeddings_body
+from app.core.context import context_of
+from app.domain.events import CLIENT_DISCONNECTED
 from app.embeddings.service import EmbeddingService
-from app.protocol.embeddings import parse_embeddings_body
 from app.providers.resilient import Trail
 from app.routes.chat import check_content_type
-from app.streaming.disconnect import ClientGone, DisconnectWatch
+from app.transport.disconnect import ClientGone, DisconnectWatch
 
 EMBEDDINGS_PATHS: Final = ["/v1/embeddings", "/api/embeddings"]
 CLIENT_CLOSED_REQUEST: Final = 499
@@ -37,17 +38,18 @@ class EmbeddingsController(Controller):
         try:
             raw = await request.body()
         except InternalServerException:
-            request.state.outcome = CLIENT_DISCONNECTED
+            context_of(request.scope).outcome = CLIENT_DISCONNECTED
             return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
         body = parse_embeddings_body(raw)
-        request.state.model = body.model
+        context = context_of(request.scope)
+        context.model = body.model
         if caller.scope != ANONYMOUS.scope:
-            request.state.key = caller.name
+            context.key = caller.name
         admission = await embeddings.admit(body, caller)
         headers: dict[str, str] = dict(admission.headers) if admission is not None else {}
         if headers:
-            request.state.rate_headers = headers
-        request.state.trail = trail = Trail()
+            context.rate_headers = headers
+        context.trail = trail = Trail()
         watch = DisconnectWatch(request.receive)
         try:
             with watch.guard():
@@ -61,7 +63,7 @@ class EmbeddingsController(Controller):
                     traceparent=request.headers.get("traceparent"),
                 )
         except ClientGone:
-            request.state.outcome = CLIENT_DISCONNECTED
+            context_of(request.scope).outcome = CLIENT_DISCONNECTED
             return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
         finally:
             watch.stop()

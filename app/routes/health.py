@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
 
-from app.settings import Settings
+from app.config.settings import Settings
 
 
 @get("/health/live", summary="200 while the process serves", sync_to_thread=False)

@@ -1,11 +1,11 @@
-"""The Anthropic Messages API over HTTP (API.md 8): an adapter over the chat pipeline.
+"""The Anthropic Messages API over HTTP: an adapter over the chat pipeline.
 
-A Messages body is translated into the chat request (``app/protocol/anthropic_request.py``) and run
+A Messages body is translated into the chat request (``app/api/messages/request.py``) and run
 by the same ``ChatService`` calls as chat completions (admission, cache, groups, retries,
 fallbacks, the status window, the resume log, drain, metrics, traces); what comes back is
-translated into Anthropic's message object or event stream (``anthropic_events.py``,
-``anthropic_source.py``) and framed as Anthropic's named SSE events
-(``app/streaming/anthropic_framing.py``). Errors on these routes are in Anthropic's shape.
+translated into Anthropic's message object or event stream (``app/api/messages/events.py``,
+``source.py``) and framed as Anthropic's named SSE events
+(``app/api/messages/framing.py``). Errors on these routes are in Anthropic's shape.
 """
 
 from __future__ import annotations
@@ -23,23 +23,24 @@ from litestar.exceptions import HTTPException, InternalServerException, NotFound
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from app.access.keys import ANONYMOUS
-from app.chat.stream_events import CLIENT_DISCONNECTED
-from app.errors import GatewayError, InvalidRequest, ModelNotAllowed, PayloadTooLarge, public_error
+from app.api.chat.sse import SSE_HEADERS, SseResponse
+from app.api.framing import ANTHROPIC
+from app.api.intent import wants_stream
+from app.api.messages.errors import anthropic_error_body, anthropic_status
+from app.api.messages.events import MessageEvents, message_object
+from app.api.messages.framing import ANTHROPIC_FRAMING
+from app.api.messages.request import parse_messages_body, to_chat_body, to_chat_input
+from app.api.messages.source import MessagesSource
+from app.api.messages.tokens import count_input_tokens
+from app.config.settings import Settings
+from app.core.context import context_of
+from app.domain.chunks import Chunk
+from app.domain.errors import GatewayError, InvalidRequest, ModelNotAllowed, PayloadTooLarge, public_error
+from app.domain.events import CLIENT_DISCONNECTED
 from app.limits.limiter import estimate_tokens
-from app.protocol.anthropic_errors import anthropic_error_body, anthropic_status
-from app.protocol.anthropic_events import MessageEvents, message_object
-from app.protocol.anthropic_request import parse_messages_body, to_chat_body, to_chat_input
-from app.protocol.anthropic_source import MessagesSource
-from app.protocol.anthropic_tokens import count_input_tokens
-from app.providers.base import Chunk
 from app.providers.resilient import Trail
 from app.routes.chat import ChatContext, check_content_type
-from app.settings import Settings
-from app.streaming.anthropic_framing import ANTHROPIC_FRAMING
-from app.streaming.disconnect import ClientGone, DisconnectWatch
-from app.streaming.framing import ANTHROPIC
-from app.streaming.intent import wants_stream
-from app.streaming.sse import SSE_HEADERS, SseResponse
+from app.transport.disconnect import ClientGone, DisconnectWatch
 
 logger = structlog.get_logger("chat.errors")
 
@@ -51,8 +52,8 @@ _FORWARDED_HEADERS: Final = ("anthropic-beta",)
 
 
 def _request_id(request: Request[Any, Any, Any]) -> str | None:
-    value = request.scope.get("state", {}).get("request_id")
-    return value if isinstance(value, str) else None
+    value = context_of(request.scope).request_id
+    return value or None
 
 
 def _gateway_error(request: Request[Any, Any, Any], exc: Exception) -> GatewayError:
@@ -76,10 +77,10 @@ def _gateway_error(request: Request[Any, Any, Any], exc: Exception) -> GatewayEr
 def anthropic_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Every error on these routes, in Anthropic's shape with section 4's headers."""
     error = _gateway_error(request, exc)
-    state = request.scope.setdefault("state", {})
-    state["error"] = error  # for the request's log line
+    context = context_of(request.scope)
+    context.error = error  # for the request's log line
     headers = dict(error.headers())
-    for name, value in (state.get("rate_headers") or {}).items():
+    for name, value in (context.rate_headers or {}).items():
         headers.setdefault(name, value)
     request_id = _request_id(request)
     if request_id is not None:
@@ -112,7 +113,7 @@ def _reasons(request: Request[Any, Any, Any], model: str) -> bool:
 
 
 def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
-    request.state.outcome = CLIENT_DISCONNECTED
+    context_of(request.scope).outcome = CLIENT_DISCONNECTED
     return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
@@ -177,15 +178,16 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     reasoning = _reasons(request, parsed.model)
     chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
     chat_input = to_chat_input(chat_body, _forwarded(request) if passthrough else None)
-    request.state.model = parsed.model
+    context = context_of(request.scope)
+    context.model = parsed.model
     if caller.scope != ANONYMOUS.scope:
-        request.state.key = caller.name
+        context.key = caller.name
     if settings.server.log_bodies:
-        request.state.prompt = chat_body["messages"]
+        context.prompt = chat_body["messages"]
     admission = await chat.admit(chat_input, caller)
     rate_headers = admission.headers if admission is not None else None
     if rate_headers:
-        request.state.rate_headers = rate_headers
+        context.rate_headers = rate_headers
     estimate = estimate_tokens(chat_input)
     message_id = _message_id()
     headers = _id_headers(request)
@@ -195,7 +197,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     try:
         with watch.guard():
             if not streaming:
-                request.state.trail = trail = Trail()
+                context.trail = trail = Trail()
                 completion, cache_status = await chat.complete(
                     chat_input,
                     started_at=started,
@@ -221,11 +223,11 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                 adapt=_adapter(message_id, parsed.model, estimate),
                 format=ANTHROPIC,
             )
-            request.state.stream = stream
+            context.stream = stream
             first = await stream.first_event(settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()
-        opened = request.state.get("stream")
+        opened = context.stream
         if opened is not None:
             opened.close(CLIENT_DISCONNECTED)
         if isinstance(exc, ClientGone):

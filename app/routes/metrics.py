@@ -5,8 +5,8 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from app.metrics import CONTENT_TYPE
-from app.worker_metrics import Scrape, WorkerUnavailable
+from app.observability.metrics import CONTENT_TYPE
+from app.observability.worker_metrics import Scrape, WorkerUnavailable
 
 
 @get("/metrics", include_in_schema=False)

@@ -8,11 +8,11 @@ from litestar import Controller, Request, get
 from litestar.di import NamedDependency
 
 from app.access.keys import Caller
-from app.chat.catalogue import Catalogue
-from app.chat.classify import KNOWN_CAPABILITIES, Criteria, ModelInfo, categories, search
-from app.errors import InvalidRequest
-from app.openapi import SearchOperation, error_responses
-from app.protocol.models import CategoryMap, ModelInfoList, OpenAIModel, OpenAIModelList
+from app.catalogue.catalogue import Catalogue
+from app.catalogue.classify import KNOWN_CAPABILITIES, Criteria, ModelInfo, categories, search
+from app.catalogue.wire import CategoryMap, ModelInfoList, OpenAIModel, OpenAIModelList
+from app.domain.errors import InvalidRequest
+from app.server.openapi import SearchOperation, error_responses
 
 SEARCH_PARAMS = frozenset({"capability", "provider", "mode", "category", "min_context", "max_input_cost"})
 

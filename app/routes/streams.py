@@ -10,13 +10,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 
 from app.access.keys import Caller
-from app.chat.service import ChatService
-from app.errors import ErrorBody
+from app.api.chat.sse import SSE_HEADERS
+from app.api.chat.sse_replay import ReplaySseResponse
+from app.config.settings import Settings
+from app.core.service import ChatService
+from app.domain.errors import ErrorBody
 from app.resume.service import Resumes
-from app.settings import Settings
-from app.streaming.disconnect import DisconnectWatch
-from app.streaming.sse import SSE_HEADERS
-from app.streaming.sse_replay import ReplaySseResponse
+from app.transport.disconnect import DisconnectWatch
 
 STREAM_PATH = "/v1/chat/completions/streams/{stream_id:str}"
 

@@ -1,7 +1,7 @@
 """A streaming response's body written straight to its connection, from a plain function call.
 
 uvicorn's ``send`` is a coroutine: every body message costs a coroutine frame and, for a stream
-whose chunks are pushed from the provider connection's callbacks (``app/chat/push.py``), a task to
+whose chunks are pushed from the provider connection's callbacks (``app/core/push.py``), a task to
 run it in. Once the response has started, a body message in uvicorn's HTTP/1.1 cycle is no more
 than its chunked-encoding framing and one ``transport.write``; ``DirectBody`` does exactly that for
 the cycle it was made for, and leaves everything with state to the cycle: the response start

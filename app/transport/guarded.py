@@ -23,6 +23,9 @@ at most one line per kind every ``LOG_EVERY_S`` seconds, with counts, so a flood
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 from typing import Any, Final
 
@@ -35,6 +38,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 logger = structlog.get_logger("chat.connections")
 
 LOG_EVERY_S: Final = 10.0
+_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 
 
 class ConnectionLimits(msgspec.Struct, frozen=True):
@@ -55,19 +59,39 @@ class GatewayConfig(uvicorn.Config):
 
 
 class _ClosureLog:
-    """Counts closures per reason and logs them at most once per period."""
+    """Counts closures per reason and logs them at most once per period, with their count.
+
+    The first closure of a quiet period is logged at once (``count=1``); those that follow within
+    ``LOG_EVERY_S`` are counted, and one timer per reason logs their count when the period ends, so
+    a burst of twenty is two lines whose counts add up to twenty, and none is left uncounted
+    because nothing came after it.
+    """
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
+        self._fields: dict[str, dict[str, Any]] = {}
         self._last: dict[str, float] = {}
+        self._flush: dict[str, asyncio.TimerHandle] = {}
 
     def closed(self, reason: str, **fields: Any) -> None:
         self._counts[reason] = self._counts.get(reason, 0) + 1
+        self._fields[reason] = fields
         now = time.monotonic()
-        if now - self._last.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
-            self._last[reason] = now
-            count, self._counts[reason] = self._counts[reason], 0
-            logger.warning("connection_closed", reason=reason, count=count, **fields)
+        wait = self._last.get(reason, -LOG_EVERY_S) + LOG_EVERY_S - now
+        if wait <= 0:
+            self._emit(reason, now)
+        elif reason not in self._flush:
+            self._flush[reason] = asyncio.get_running_loop().call_later(wait, self._flushed, reason)
+
+    def _flushed(self, reason: str) -> None:
+        self._flush.pop(reason, None)
+        if self._counts.get(reason):
+            self._emit(reason, time.monotonic())
+
+    def _emit(self, reason: str, now: float) -> None:
+        self._last[reason] = now
+        count, self._counts[reason] = self._counts[reason], 0
+        logger.warning("connection_closed", reason=reason, count=count, **self._fields.pop(reason, {}))
 
 
 def _limits(config: Any) -> ConnectionLimits:
@@ -130,8 +154,21 @@ class _WriteWatch:
         transport = self._transport
         if transport is not None and not transport.is_closing():
             self._log.closed("write_timeout", timeout_s=self._timeout)
-            # abort, not close: close would wait to flush a buffer the peer never drains.
-            transport.abort()  # type: ignore[attr-defined]
+            reset(transport)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Drop the connection with a TCP RST: the peer learns at once that it was dropped.
+
+    ``abort`` alone closes the socket, and the kernel then goes on delivering the megabytes queued in
+    its send buffer to a peer that reads slowly, for minutes, before the FIN: the peer never hears
+    that it was dropped. A zero linger time makes the close discard them and send a reset.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()  # type: ignore[attr-defined]
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -261,7 +298,29 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._writes = _WriteWatch(self.loop, _limits(config).write_timeout_s, _closure_log(server_state))
+        self._log = _closure_log(server_state)
+        self._writes = _WriteWatch(self.loop, _limits(config).write_timeout_s, self._log)
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn's, except for a text message that is not UTF-8: closed with 1007 as there, but
+        counted in the throttled closure log instead of one traceback per message (a client sending
+        them in a loop would otherwise write the log as fast as it can connect)."""
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self._log.closed("ws_invalid_utf8")
+            self.conn.send_close(1007)
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.providers.egress import Proxy, open_tunnel
@@ -33,14 +34,14 @@ def client_ssl_context(ssl_context: ssl.SSLContext | None) -> ssl.SSLContext:
 class _Negotiating(asyncio.Protocol):
     """Stands in until the TLS handshake is done, then gives the transport to the chosen protocol."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
+    def __init__(self, on_change: Callable[[Connection], None]) -> None:
+        self.on_change = on_change
         self.connection: Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         speaks_h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-        connection = HTTP2Connection(self.pool) if speaks_h2 else HTTP11Connection(self.pool)
+        connection = HTTP2Connection(self.on_change) if speaks_h2 else HTTP11Connection(self.on_change)
         transport.set_protocol(connection)
         connection.connection_made(transport)
         self.connection = connection
@@ -55,11 +56,11 @@ async def open_connection(
     sock = await open_tunnel(proxy, host, port) if proxy is not None else None
     if ssl_context is None:
         if sock is not None:
-            _, connection = await loop.create_connection(lambda: HTTP11Connection(pool), sock=sock)
+            _, connection = await loop.create_connection(lambda: HTTP11Connection(pool.connection_changed), sock=sock)
         else:
-            _, connection = await loop.create_connection(lambda: HTTP11Connection(pool), host, port)
+            _, connection = await loop.create_connection(lambda: HTTP11Connection(pool.connection_changed), host, port)
         return connection
-    negotiating = _Negotiating(pool)
+    negotiating = _Negotiating(pool.connection_changed)
     if sock is not None:
         await loop.create_connection(lambda: negotiating, sock=sock, ssl=ssl_context, server_hostname=host)
     else:

@@ -1,26 +1,29 @@
-"""What every upstream connection is: a state, a pool to report to, and the two ways it ends.
+"""What every upstream connection is: a state, a listener told when it changes, and the two ways
+it ends.
 
 Like httpcore's ``HTTPConnectionState``, a connection is in exactly one state, and the pool reads
-that state instead of flags. A connection ends in one of two ways, each with one verb:
+that state instead of flags. A connection does not know its pool: it calls ``on_change(self)``
+when it becomes IDLE, frees a slot for another call (HTTP/2) or closes, and the pool's listener
+reads the state and acts. A connection ends in one of two ways, each with one verb:
 
 - ``close()``: the relay ends it (a call it was carrying was dropped, a reply it could not read, the
   keep-alive sweep, shutdown). Calls still on it fail with the given error.
 - ``connection_lost()``: the transport ended under it (the provider or the network closed it). What
   that means for the calls in flight is the protocol's to say (``_end``).
 
-Both pass through ``_closed()``, which tells the pool exactly once.
+Both pass through ``_closed()``, which tells the listener exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from app.providers.upstream.errors import UpstreamConnectionError
 
 if TYPE_CHECKING:
-    from app.providers.upstream.pool import UpstreamPool
     from app.providers.upstream.request import RequestTemplate
     from app.providers.upstream.response import UpstreamResponse
 
@@ -38,13 +41,14 @@ NEW, ACTIVE, IDLE, CLOSED = ConnectionState.NEW, ConnectionState.ACTIVE, Connect
 class Connection(asyncio.Protocol):
     """The part of an HTTP/1.1 and an HTTP/2 connection that the pool and a response see."""
 
-    __slots__ = ("idle_since", "pool", "served", "state", "transport")
+    __slots__ = ("idle_since", "on_change", "served", "state", "transport")
 
     #: HTTP/2 connections carry several calls at once and stay in the pool while they do.
     http2: ClassVar[bool] = False
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
+    def __init__(self, on_change: Callable[[Connection], None]) -> None:
+        #: Told (with this connection) when it turns IDLE, has room for another call, or closes.
+        self.on_change = on_change
         self.state = NEW
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0  # loop time it last became IDLE
@@ -103,4 +107,4 @@ class Connection(asyncio.Protocol):
     def _closed(self) -> None:
         # CLOSED first: whatever the calls' owners do in reaction must see a connection that is gone.
         self.state = CLOSED
-        self.pool._forget(self)
+        self.on_change(self)

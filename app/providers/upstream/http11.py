@@ -10,6 +10,7 @@ pauses the socket (TCP back-pressure reaches the provider); reading resumes as i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httptools
@@ -19,7 +20,6 @@ from app.providers.upstream.errors import StaleConnection, UpstreamConnectionErr
 from app.providers.upstream.response import ResponseState
 
 if TYPE_CHECKING:
-    from app.providers.upstream.pool import UpstreamPool
     from app.providers.upstream.request import RequestTemplate
     from app.providers.upstream.response import UpstreamResponse
 
@@ -29,8 +29,8 @@ _SENT, _RECEIVING = ResponseState.SENT, ResponseState.RECEIVING
 class HTTP11Connection(Connection):
     __slots__ = ("_body", "_paused", "parser", "response")
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        super().__init__(pool)
+    def __init__(self, on_change: Callable[[Connection], None]) -> None:
+        super().__init__(on_change)
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
         self._paused = False
@@ -127,7 +127,7 @@ class HTTP11Connection(Connection):
             self.served += 1
             self.consumed(response, 0)  # reading resumes if a slow reader had paused it
             self.state = IDLE
-            self.pool._checkin(self)
+            self.on_change(self)
         else:
             self.close()
 

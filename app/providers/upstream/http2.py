@@ -10,6 +10,7 @@ fail as ``StaleConnection``, which the pool sends once more on another connectio
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h2.config
@@ -23,7 +24,6 @@ from app.providers.upstream.errors import StaleConnection, UpstreamConnectionErr
 from app.providers.upstream.response import ResponseState
 
 if TYPE_CHECKING:
-    from app.providers.upstream.pool import UpstreamPool
     from app.providers.upstream.request import RequestTemplate
     from app.providers.upstream.response import UpstreamResponse
 
@@ -38,8 +38,8 @@ class HTTP2Connection(Connection):
 
     http2 = True
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        super().__init__(pool)
+    def __init__(self, on_change: Callable[[Connection], None]) -> None:
+        super().__init__(on_change)
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=False)
         )
@@ -200,9 +200,9 @@ class HTTP2Connection(Connection):
         if self.state is CLOSED:
             return
         if self.streams:
-            self.pool._slot_freed()
+            self.on_change(self)
         elif self.going_away:
             self.close()
         else:
             self.state = IDLE
-            self.pool._checkin(self)
+            self.on_change(self)

@@ -155,6 +155,15 @@ class UpstreamPool:
                 self._h2.append(conn)
         return conn  # a connection lost already fails its first send as stale: it is retried once
 
+    def connection_changed(self, conn: Connection) -> None:
+        """A connection's listener: it turned IDLE, closed, or (HTTP/2) has room for one more call."""
+        if conn.state is CLOSED:
+            self._forget(conn)
+        elif conn.state is IDLE:
+            self._checkin(conn)
+        else:
+            self._wake_one()  # an HTTP/2 connection has room for one more call
+
     def _checkin(self, conn: Connection) -> None:
         """``conn`` carries nothing now and is kept alive (HTTP/1.1: back in the idle stack)."""
         conn.idle_since = asyncio.get_running_loop().time()
@@ -163,9 +172,6 @@ class UpstreamPool:
         self._wake_one()
         if self._sweep_timer is None:
             self._arm_sweep(conn.idle_since)
-
-    def _slot_freed(self) -> None:
-        self._wake_one()  # an HTTP/2 connection has room for one more call
 
     def _forget(self, conn: Connection) -> None:
         """``conn`` has closed (either side): it no longer counts, and its slot is free."""

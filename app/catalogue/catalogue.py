@@ -1,0 +1,156 @@
+"""The model catalogue: one immutable snapshot, rebuilt at most every ``refresh_s`` by one caller.
+
+Concurrent callers during a refresh share it (single-flight); a failed refresh keeps serving the
+last good snapshot and is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgspec
+import structlog
+
+from app.catalogue.classify import ModelInfo, capabilities_of, categories_of
+from app.config.settings import DeploymentSettings, ModelInfoOverride
+
+logger = structlog.get_logger("chat.catalogue")
+
+MetadataLookup = Callable[[str], Mapping[str, Any] | None]
+ProviderLookup = Callable[[str], str | None]
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    models: tuple[ModelInfo, ...]
+    by_id: dict[str, ModelInfo]
+    owned_by: dict[str, str]
+    names: frozenset[str]
+    built_at: float  # epoch seconds, the OpenAI list's `created`
+
+
+def _per_mtok(cost_per_token: Any) -> float | None:
+    return round(float(cost_per_token) * 1_000_000, 6) if isinstance(cost_per_token, int | float) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
+
+
+def model_info(dep: DeploymentSettings, metadata: Mapping[str, Any] | None, provider: str | None) -> ModelInfo:
+    meta = metadata or {}
+    o = dep.info
+    mode = o.mode if o.mode is not None else meta.get("mode")
+    max_in = o.max_input_tokens if o.max_input_tokens is not None else _int_or_none(meta.get("max_input_tokens"))
+    max_out = o.max_output_tokens if o.max_output_tokens is not None else _int_or_none(meta.get("max_output_tokens"))
+    cost_in = (
+        o.input_cost_per_mtok if o.input_cost_per_mtok is not None else _per_mtok(meta.get("input_cost_per_token"))
+    )
+    cost_out = (
+        o.output_cost_per_mtok if o.output_cost_per_mtok is not None else _per_mtok(meta.get("output_cost_per_token"))
+    )
+    caps = sorted(set(o.capabilities)) if o.capabilities is not None else capabilities_of(meta)
+    return ModelInfo(
+        id=dep.name,
+        provider=provider,
+        mode=mode,
+        max_input_tokens=max_in,
+        max_output_tokens=max_out,
+        input_cost_per_mtok=cost_in,
+        output_cost_per_mtok=cost_out,
+        capabilities=caps,
+        categories=categories_of(provider, mode, caps, max_in, cost_in),
+    )
+
+
+def merged_info(group: list[DeploymentSettings]) -> ModelInfoOverride:
+    """A group's configured metadata: per field, the first member (in file order) that sets it."""
+    values: dict[str, Any] = {}
+    for dep in group:
+        for name in ModelInfoOverride.__struct_fields__:
+            if values.get(name) is None:
+                values[name] = getattr(dep.info, name)
+    return ModelInfoOverride(**values)
+
+
+def build_snapshot(
+    deployments: list[DeploymentSettings], metadata: MetadataLookup, provider_of: ProviderLookup
+) -> Snapshot:
+    groups: dict[str, list[DeploymentSettings]] = {}
+    for dep in deployments:
+        groups.setdefault(dep.name, []).append(dep)
+    models = []
+    owned_by = {}
+    for name, group in groups.items():
+        # One entry per public name: LiteLLM's metadata of the first member it knows, under the
+        # group's merged overrides.
+        lead = next((d for d in group if metadata(d.litellm_model)), group[0])
+        provider = provider_of(lead.litellm_model)
+        dep = msgspec.structs.replace(lead, info=merged_info(group))
+        info = model_info(dep, metadata(lead.litellm_model), provider)
+        models.append(msgspec.structs.replace(info, deployments=len(group)))
+        owned_by[name] = dep.info.owned_by or provider or "unknown"
+    return Snapshot(
+        models=tuple(models),
+        by_id={m.id: m for m in models},
+        owned_by=owned_by,
+        names=frozenset(m.id for m in models),
+        built_at=time.time(),
+    )
+
+
+class Catalogue:
+    def __init__(
+        self,
+        build: Callable[[], Awaitable[Snapshot]],
+        refresh_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._build = build
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._fresh_until = 0.0
+        self._inflight: asyncio.Future[Snapshot] | None = None
+        self.builds = 0
+        self.failures = 0
+
+    def current(self) -> Snapshot | None:
+        """The last good snapshot, without waiting; starts a background refresh when it is stale."""
+        if self._snapshot is not None and self._clock() >= self._fresh_until and self._inflight is None:
+            self._start_refresh()
+        return self._snapshot
+
+    async def get(self) -> Snapshot:
+        if self._snapshot is not None and self._clock() < self._fresh_until:
+            return self._snapshot
+        future = self._inflight or self._start_refresh()
+        if self._snapshot is not None:
+            # Stale but usable: never make a caller wait for a refresh that may fail.
+            return self._snapshot
+        return await asyncio.shield(future)
+
+    def _start_refresh(self) -> asyncio.Future[Snapshot]:
+        self._inflight = asyncio.ensure_future(self._refresh())
+        return self._inflight
+
+    async def _refresh(self) -> Snapshot:
+        try:
+            self.builds += 1
+            snapshot = await self._build()
+        except Exception as exc:
+            self.failures += 1
+            # Try again after a short pause, not on every request, and not only after a full period.
+            self._fresh_until = self._clock() + min(self._refresh_s, 5.0)
+            logger.error("catalogue_refresh_failed", error=f"{type(exc).__name__}: {exc}", failures=self.failures)
+            if self._snapshot is None:
+                raise
+            return self._snapshot
+        finally:
+            self._inflight = None
+        self._snapshot = snapshot
+        self._fresh_until = self._clock() + self._refresh_s
+        return snapshot

@@ -1,0 +1,65 @@
+"""The domain's values that every layer shares: a chunk of a chat stream, its usage, a whole
+completion, and what one event of a pushed stream stands for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app.domain.errors import GatewayError
+
+
+class Usage(msgspec.Struct, frozen=True, gc=False):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Chunk(msgspec.Struct, frozen=True, gc=False):
+    """One ``chat.completion.chunk``: its JSON bytes, ready to frame, plus what the gateway reads of it.
+
+    ``gc=False``: never tracked by the garbage collector (it holds bytes, strings and a ``Usage``, so it
+    can be part of no cycle), which matters for the millions a resume store keeps (``StreamEvent``).
+
+    Keeping the encoded bytes lets SSE and WebSocket framers (and the relay fast path) forward
+    the provider's chunk without decoding and re-encoding it.
+    """
+
+    raw: bytes
+    has_content: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    #: A chunk with no choices that only carries usage (the `include_usage` chunk).
+    usage_only: bool = False
+    #: Output tokens this chunk carries, as estimated from its text (``estimate_text_tokens``): what
+    #: a call is charged when the provider's usage never arrives.
+    tokens: int = 0
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens in ``text``, erring high: four ASCII characters a token, one per other character
+    (CJK and most non-Latin scripts run about a token a character)."""
+    if not text:
+        return 0
+    return (len(text) + 3) // 4 if text.isascii() else len(text)
+
+
+class Completion(msgspec.Struct, frozen=True):
+    """A whole ``chat.completion`` object, already encoded."""
+
+    raw: bytes
+    usage: Usage | None = None
+
+
+#: What one event of a provider's stream stands for, when handed on in push mode: a chunk, the
+#: error it reports (or that reading it became), or None for the stream's clean end.
+Item = Chunk | GatewayError | None
+
+
+def usage_of(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    return Usage(
+        prompt_tokens=int(data.get("prompt_tokens") or 0),
+        completion_tokens=int(data.get("completion_tokens") or 0),
+    )

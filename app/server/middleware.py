@@ -1,0 +1,175 @@
+"""Raw ASGI middleware: request ids and the one summary log line, and compression for JSON only.
+
+Raw ASGI rather than framework middleware because both sit on every response, streams included,
+and must not add per-chunk work beyond a type check.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import msgspec
+import structlog
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.chat.sse import RAW_SEND
+from app.core.context import CONTEXT, RequestContext
+from app.core.drain import Drain
+from app.domain.errors import GatewayError
+from app.observability.failure_log import upstream_failure
+
+logger = structlog.get_logger("chat.access")
+
+RequestObserver = Callable[[Any, int, float], None]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestIdMiddleware:
+    """Every response carries X-Request-ID; every HTTP request ends with one summary log line."""
+
+    def __init__(
+        self, app: ASGIApp, observers: list[RequestObserver] | None = None, drain: Drain | None = None
+    ) -> None:
+        self.app = app
+        self.observers = observers or []
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        context = state[CONTEXT] = RequestContext(request_id)
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        encoded_id = request_id.encode("latin-1")
+        drain = self.drain
+        # Streaming responses write their body messages straight to the server's send: every layer
+        # in between only needs the response start (sse.py, RAW_SEND).
+        state[RAW_SEND] = send
+
+        def send_with_id(message: Message) -> Awaitable[None]:
+            # A plain function returning send's awaitable: no coroutine frame of its own per message.
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((b"x-request-id", encoded_id))
+                if drain is not None and drain.refusing and (b"connection", b"close") not in headers:
+                    # The listener is closed (API.md 1.4): the client must not send more on this one.
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            return send(message)
+
+        try:
+            if self.drain is not None and self.drain.refusing:
+                # A request that arrived after the listener closed (a kept-alive connection): 503.
+                await _refuse(send_with_id, self.drain.refusal())
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            # The server's send is a method of the connection's request cycle, which holds this scope:
+            # left in the scope it would make a reference cycle of the request's whole graph.
+            state.pop(RAW_SEND, None)
+            duration = time.perf_counter() - started
+            for observer in self.observers:
+                observer(scope, status, duration)
+            _log_request(scope, context, status, duration)
+            # The error (kept for that line) holds its traceback, whose frames hold this scope: dropped
+            # now, a failed request is freed at once instead of waiting, as a cycle, for the collector.
+            context.error = None
+
+
+async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayError) -> None:
+    body = msgspec.json.encode(error.body())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _log_request(scope: Scope, context: RequestContext, status: int, duration: float) -> None:
+    fields: dict[str, Any] = {
+        "method": scope.get("method"),
+        "route": scope.get("path_template") or scope.get("path"),
+        "status": status,
+        "duration_ms": round(duration * 1000, 2),
+        **context.log_fields(),
+    }
+    error = context.failure
+    if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
+        fields.update(upstream_failure(scope, fields.get("model"), error))
+    logger.info("request", **fields)
+
+
+class JsonCompressionMiddleware:
+    """gzip for whole JSON bodies of at least ``minimum_size`` bytes; streams pass untouched.
+
+    A response that announces ``more_body`` is a stream and is never compressed or buffered,
+    which is what keeps SSE flushing token by token.
+    """
+
+    def __init__(self, app: ASGIApp, minimum_size: int = 1024) -> None:
+        self.app = app
+        self.minimum_size = minimum_size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "gzip" not in (_header(scope, b"accept-encoding") or "").lower():
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+
+        async def send_maybe_compressed(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                content_type = MutableScopeHeaders(cast(Any, message)).get("content-type") or ""
+                if not content_type.lower().startswith("application/json"):
+                    # Not JSON (an SSE stream, the page): nothing to compress, and a stream's body
+                    # may not even come back through here (sse.py, RAW_SEND).
+                    await send(message)
+                    return
+                start = message
+                return
+            if start is None:
+                await send(message)
+                return
+            pending, start = start, None
+            body = cast(bytes, message.get("body", b""))
+            headers = MutableScopeHeaders(cast(Any, pending))
+            content_type = (headers.get("content-type") or "").lower()
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and content_type.startswith("application/json")
+                and len(body) >= self.minimum_size
+                and "content-encoding" not in headers
+            ):
+                body = gzip.compress(body, compresslevel=5)
+                headers["Content-Encoding"] = "gzip"
+                headers["Content-Length"] = str(len(body))
+                headers.extend_header_value("Vary", "Accept-Encoding")
+                message = {**message, "body": body}
+            await send(pending)
+            await send(message)
+
+        await self.app(scope, receive, send_maybe_compressed)

@@ -1,0 +1,86 @@
+"""Noticing the client leave an HTTP request, with one watcher task for the request's whole life.
+
+The watcher reads ``receive`` (the body has been read, so the next message is the disconnect) and,
+when the client has gone, cancels the request's own task, but only while that task waits inside a
+``watch.guard()`` block. Outside those blocks it just records that the client left, and the next
+``guard()`` raises ``ClientGone`` at once. Cancelling only at awaits inside a guard means the
+cancellation always lands where it is expected and turns into ``ClientGone``, never somewhere in the
+framework between the handler and the response body.
+
+One task instead of a task per phase: the handler's upstream call, its status window and the
+response body share it, which matters on a gateway where every request is a short stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+
+from litestar.types import Receive
+
+from app.domain.events import ClientLeft
+
+
+class ClientGone(ClientLeft):
+    """The client closed the connection."""
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    # The body has been read, so the next message the server delivers is the disconnect (uvicorn
+    # also delivers it once the response is complete): the loop is bounded by the request's life.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class DisconnectWatch:
+    """Create in the request's task after its body was read; ``stop()`` when the response is done."""
+
+    __slots__ = ("_armed", "_cancelled", "_owner", "_stopped", "_task", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        owner = asyncio.current_task()
+        assert owner is not None, "a DisconnectWatch belongs to the task that serves the request"
+        self._owner = owner
+        self._armed = False
+        self._cancelled = False
+        self._stopped = False
+        self.gone = False
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        try:
+            await wait_disconnect(receive)
+        except asyncio.CancelledError:
+            if self._stopped:
+                # Ended by stop(), the usual end: returning instead of letting the task keep the
+                # CancelledError matters. Its traceback holds this frame, the frame holds the watch,
+                # the watch its task and the task the error: a reference cycle that took the request's
+                # whole object graph (stream, relay, response) with it to the cyclic collector.
+                return
+            raise
+        self.gone = True
+        if self._armed:
+            self._cancelled = True
+            self._owner.cancel()
+
+    def guard(self) -> DisconnectWatch:
+        return self
+
+    def __enter__(self) -> None:
+        if self.gone:
+            raise ClientGone
+        self._armed = True
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._armed = False
+        if self._cancelled:
+            # Our own cancellation, for a client that left (not the server shutting the task down),
+            # whatever the guarded code turned it into.
+            self._cancelled = False
+            self._owner.uncancel()
+            raise ClientGone from None
+
+    def stop(self) -> None:
+        self._armed = False
+        self._stopped = True
+        self._task.cancel()

@@ -1,0 +1,113 @@
+"""A client that leaves closes the upstream call at once: before the first token, mid-stream, mid-JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ServerThread
+from tests.helpers.fake_provider import FakeProvider
+from tests.helpers.sse import chat_body
+
+#: The issue's target: the provider sees its connection closed within 100 ms of the client leaving.
+CLOSE_WITHIN_S = 0.1
+
+
+async def _cancel_after_upstream_started(client: httpx.AsyncClient, fake: FakeProvider, body: dict) -> float:
+    request = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+    record = await fake.await_request(1, timeout=5)
+    assert record.disconnected_at is None
+    left_at = time.monotonic()
+    request.cancel()  # httpx closes the connection of a cancelled request
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    return closed_at - left_at
+
+
+async def _open_streams_and_tasks(gateway: ServerThread) -> tuple[int, int]:
+    """Streams the gateway counts as open, and tasks alive on its loop (besides the one asking)."""
+
+    async def count() -> tuple[int, int]:
+        return sum(gateway.app.state.metrics.active.values()), len(asyncio.all_tasks()) - 1
+
+    return gateway.call(count())
+
+
+def _settled(counts: tuple[int, int], tasks_before: int) -> bool:
+    streams, tasks = counts
+    return streams == 0 and tasks <= tasks_before
+
+
+async def test_disconnect_before_first_token_within_status_window(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    delay = await _cancel_after_upstream_started(client, fake, chat_body("hang", stream=True))
+    assert delay < CLOSE_WITHIN_S, delay
+
+
+async def test_disconnect_before_first_token_after_headers(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body("hang", stream=True)) as response:
+        assert response.status_code == 200  # the status window (0.3 s) passed: headers are out
+        record = await fake.await_request(1, timeout=5)
+        left_at = time.monotonic()
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+
+
+async def test_disconnect_mid_stream(client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread) -> None:
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True)) as response:
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("data:"):
+                break
+        record = fake.requests[0]
+        left_at = time.monotonic()
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+    assert record.completed_at is None
+
+
+async def test_disconnect_during_silence(client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread) -> None:
+    async with client.stream("POST", "/v1/chat/completions", json=chat_body("silent", stream=True)) as response:
+        async for line in response.aiter_lines():
+            if line.startswith(": keep-alive"):
+                break
+        record = fake.requests[0]
+        left_at = time.monotonic()
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+
+
+async def test_disconnect_during_json_call(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    delay = await _cancel_after_upstream_started(client, fake, chat_body("hang"))
+    assert delay < CLOSE_WITHIN_S, delay
+
+
+async def test_nothing_left_open_after_disconnects(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread
+) -> None:
+    _, tasks_before = await _open_streams_and_tasks(gateway)
+    fake.reset()
+    for _ in range(5):
+        async with client.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True)) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    break
+    assert len(fake.requests) == 5
+    for record in fake.requests:
+        await fake.await_disconnect(record, timeout=3)  # every provider call was closed
+    deadline = time.monotonic() + 3
+    # At most as many tasks as before: a task of an earlier test that was still ending when they were
+    # counted may be gone by now.
+    while not _settled(await _open_streams_and_tasks(gateway), tasks_before) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    streams, tasks = await _open_streams_and_tasks(gateway)
+    assert streams == 0 and tasks <= tasks_before, (streams, tasks, tasks_before)

@@ -1,0 +1,109 @@
+"""A relayed SSE stream's rest pushed from the provider's connection (app/core/push.py), and the
+direct body writer it writes through (app/transport/direct_body.py), under real uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+import httpx
+import uvicorn
+
+from app.transport.direct_body import DirectBody
+from tests.conftest import ServerThread
+from tests.helpers.fake_provider import DEFAULT_CONTENT, FakeProvider
+from tests.helpers.sse import chat_body
+
+
+def _events(body: bytes) -> list[dict[str, str]]:
+    """SSE events as field -> value (one line each: the gateway's frames have no multi-line data)."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
+        if "data" in fields:
+            events.append(fields)
+    return events
+
+
+def _path(gateway: ServerThread) -> str:
+    return "fast" if gateway.settings.models.deployments[1].fast_path else "full"
+
+
+async def test_a_relayed_stream_is_pushed_after_its_first_chunk(gateway: ServerThread, fake: FakeProvider) -> None:
+    # "silent": two chunks, a second of silence, the rest. During the silence the stream is
+    # looked at on the server's loop: relayed, it is pushed; through LiteLLM's iterator, pulled.
+    services = gateway.app.state.services
+    headers = {"Accept": "text/event-stream"}
+    async with (
+        httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as client,
+        client.stream("POST", "/v1/chat/completions", json=chat_body("silent", stream=True), headers=headers) as r,
+    ):
+        stream_id = r.headers["x-stream-id"]
+        body = b""
+        chunks = r.aiter_bytes()
+        async with asyncio.timeout(5):
+            while body.count(b"\n\n") < 2:
+                body += await anext(chunks)
+
+        async def pushed() -> bool:
+            log = services.resumes.local.get(stream_id)
+            return log is not None and log.stream is not None and log.stream._push is not None
+
+        was_pushed = await asyncio.to_thread(gateway.call, pushed())
+        async for piece in chunks:
+            body += piece
+    events = _events(body)
+    assert was_pushed is (_path(gateway) == "fast")
+    assert events[-1]["data"] == "[DONE]"
+    assert [e["id"] for e in events] == [f"{stream_id}:{i}" for i in range(1, len(events) + 1)]
+    deltas = [json.loads(e["data"])["choices"][0]["delta"] for e in events[:-1]]
+    assert "".join(d.get("content") or "" for d in deltas) == "".join(DEFAULT_CONTENT)
+
+
+# -- DirectBody on its own, under uvicorn's HTTP/1.1 cycle -----------------------------------------
+
+
+async def _direct_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    direct = DirectBody.of(send)
+    wrapped = DirectBody.of(lambda message: send(message))  # not the server's own send: no direct path
+    assert wrapped is None
+    assert direct is not None
+    for piece in (b"one ", b"two ", b"three "):
+        assert direct.write(piece)
+    await send({"type": "http.response.body", "body": b"end", "more_body": False})
+
+
+async def test_direct_body_writes_chunks_and_the_cycle_still_ends_the_response() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(_direct_app, http="httptools", lifespan="off", log_level="warning"))
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+            # Two requests on one kept-alive connection: the second proves the first ended cleanly.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                first = await client.get("/")
+                second = await client.get("/")
+        for response in (first, second):
+            assert response.status_code == 200
+            assert response.headers["transfer-encoding"] == "chunked"
+            assert response.text == "one two three end"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+def test_direct_body_is_only_for_the_server_cycle() -> None:
+    async def send(message: Any) -> None:
+        return None
+
+    assert DirectBody.of(send) is None
+    assert DirectBody.of(None) is None

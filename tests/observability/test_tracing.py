@@ -1,0 +1,173 @@
+"""Traces (API.md 5): spans exported by OTLP/HTTP to a small receiver on loopback, the client's
+traceparent honoured, the trace context sent on to the provider on both paths, a dead collector free."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.conftest import ServerThread, make_settings
+from tests.helpers.fake_provider import FakeProvider
+from tests.helpers.sse import stream_chat
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP traces endpoint that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with receiver._lock:
+                    for resource in request.resource_spans:
+                        for scope in resource.scope_spans:
+                            receiver.spans.extend((resource, span) for span in scope.spans)
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> tuple[Any, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for resource, span in self.spans:
+                    if predicate(span):
+                        return resource, span
+            time.sleep(0.05)
+        raise AssertionError(f"no such span among {len(self.spans)} exported")
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for kv in span.attributes:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        values[kv.key] = (
+            [v.string_value for v in value.array_value.values] if kind == "array_value" else getattr(value, kind)
+        )
+    return values
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    r = OtlpReceiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module", params=["fast", "full"])
+def traced(
+    request: pytest.FixtureRequest, fake_provider: FakeProvider, receiver: OtlpReceiver
+) -> Iterator[ServerThread]:
+    settings = make_settings(
+        fake_provider.base_url,
+        fast_path=request.param == "fast",
+        tracing={"enabled": True, "otlp_endpoint": receiver.url, "service_name": "gateway-under-test"},
+    )
+    server = ServerThread(settings).start()
+    yield server
+    server.stop()
+
+
+def body(**extra: Any) -> dict[str, Any]:
+    return {"model": "normal", "messages": [{"role": "user", "content": "trace me"}], **extra}
+
+
+async def test_stream_span_follows_the_client_traceparent(
+    traced: ServerThread, fake: FakeProvider, receiver: OtlpReceiver
+) -> None:
+    async with httpx.AsyncClient(base_url=traced.base_url, timeout=10) as client:
+        result = await stream_chat(
+            client, body(stream=True, stream_options={"include_usage": True}), headers={"traceparent": TRACEPARENT}
+        )
+    assert result.status == 200
+    stream_id = result.headers["x-stream-id"]
+    resource, span = receiver.wait_for(lambda s: attributes(s).get("chat.stream_id") == stream_id)
+    assert span.trace_id.hex() == TRACE_ID
+    assert span.parent_span_id.hex() == PARENT_SPAN_ID
+    assert span.name == "chat normal"
+    attrs = attributes(span)
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == "normal"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["chat.transport"] == "sse"
+    assert attrs["chat.outcome"] == "completed"
+    assert attrs["gen_ai.usage.input_tokens"] == 7 and attrs["gen_ai.usage.output_tokens"] == 10
+    assert attrs["gen_ai.response.finish_reasons"] == ["stop"]
+    assert [e.name for e in span.events] == ["chat.first_token", "chat.first_byte"] or [
+        e.name for e in span.events
+    ] == ["chat.first_byte", "chat.first_token"]
+    service = {kv.key: kv.value.string_value for kv in resource.resource.attributes}["service.name"]
+    assert service == "gateway-under-test"
+    # The provider was called with the gateway's span as the parent, in the same trace.
+    sent = fake.requests[0].headers.get("traceparent", "")
+    assert sent.split("-")[1] == TRACE_ID
+    assert sent.split("-")[2] == span.span_id.hex()
+
+
+async def test_json_span_and_provider_context(traced: ServerThread, fake: FakeProvider, receiver: OtlpReceiver) -> None:
+    async with httpx.AsyncClient(base_url=traced.base_url, timeout=10) as client:
+        response = await client.post("/v1/chat/completions", json=body(user="json-span"))
+    assert response.status_code == 200
+    sent = fake.requests[0].headers["traceparent"]
+    trace_id = sent.split("-")[1]
+    _, span = receiver.wait_for(
+        lambda s: s.trace_id.hex() == trace_id and attributes(s).get("chat.transport") == "json"
+    )
+    assert attributes(span)["chat.outcome"] == "completed"
+    assert span.span_id.hex() == sent.split("-")[2]
+
+
+async def test_error_span_has_the_error_type(traced: ServerThread, receiver: OtlpReceiver) -> None:
+    async with httpx.AsyncClient(base_url=traced.base_url, timeout=10) as client:
+        response = await client.post("/v1/chat/completions", json={**body(), "model": "rate_limited"})
+    assert response.status_code == 429
+    _, span = receiver.wait_for(lambda s: attributes(s).get("gen_ai.request.model") == "rate_limited")
+    assert attributes(span)["error.type"] == "rate_limit_exceeded"
+    assert span.status.code == 2  # ERROR
+
+
+async def test_a_dead_collector_costs_nothing(fake_provider: FakeProvider) -> None:
+    dead = make_settings(
+        fake_provider.base_url, tracing={"enabled": True, "otlp_endpoint": "http://127.0.0.1:9/v1/traces"}
+    )
+    server = ServerThread(dead).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
+            started = time.monotonic()
+            for _ in range(20):
+                response = await client.post("/v1/chat/completions", json={**body(), "model": "fast"})
+                assert response.status_code == 200
+            took = time.monotonic() - started
+        assert took < 5, f"20 calls took {took:.1f} s with the collector down"
+    finally:
+        server.stop()

@@ -1,0 +1,249 @@
+"""Resumable streams with the Redis store: across replicas, and with Redis going away mid-stream.
+
+Two gateways on one Redis stand for two replicas: first two in-process servers (fast), then two
+real `python -m app` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config.settings import settings_from_dict
+from loadtests.processes import GatewayProcess
+from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
+from tests.helpers.fake_provider import Behaviour, FakeProvider
+from tests.helpers.sse import chat_body
+from tests.resume.test_resume import KEY_A, KEY_B, A, B, Reader, frames, resume, seq_of
+
+WAIT_S = 10.0
+GRACE_S = 1.5
+REPLICA_SLOW = Behaviour(content=[f" r{i}" for i in range(12)], gap_s=0.15)  # ~1.8 s
+
+
+def redis_server(fake: FakeProvider, url: str, **streaming: Any) -> ServerThread:
+    environ = {"GW_KEYS": f"{KEY_A},{KEY_B}"}
+    data = settings_dict(
+        fake.base_url,
+        streaming={**TEST_STREAMING, "detach_grace_s": GRACE_S, "resume_store": "redis", **streaming},
+        server={"api_keys_env": "GW_KEYS"},
+        redis={"url": url},
+    )
+    return ServerThread(settings_from_dict(data, environ=environ), environ=environ).start()
+
+
+@pytest.fixture(scope="module")
+def replicas(fake_provider: FakeProvider, redis_url: str) -> Iterator[tuple[ServerThread, ServerThread]]:
+    a = redis_server(fake_provider, redis_url)
+    b = redis_server(fake_provider, redis_url)
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+async def test_resume_on_another_replica_during_and_after_generation(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    a, b = replicas
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        body = chat_body("slow_gap", stream=True)
+        async with http.stream("POST", f"{a.base_url}/v1/chat/completions", json=body, headers=A) as r:
+            sid = r.headers["x-stream-id"]
+            first = await Reader(r).take(2)
+        # Left A; resume on B while A is still generating (the grace keeps it going).
+        during = await http.get(
+            f"{b.base_url}/v1/chat/completions/streams/{sid}", headers={**A, "Last-Event-ID": f"{sid}:2"}
+        )
+        assert during.status_code == 200, during.text
+        rest = frames(during.content)
+        assert [seq_of(f) for f in first + rest] == list(range(1, len(first + rest) + 1))
+        assert rest[-1].endswith(b"data: [DONE]\n\n")
+        # After the end, from the start, on B: byte for byte what A's client got and the rest.
+        after = await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+        assert frames(after.content) == first + rest
+        # The other key still gets a 404 on B; a position past the end a 409.
+        assert (await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=B)).status_code == 404
+        past = await http.get(
+            f"{b.base_url}/v1/chat/completions/streams/{sid}", headers={**A, "Last-Event-ID": f"{sid}:99"}
+        )
+        assert past.status_code == 409
+    assert fake.calls("slow_gap") == 1
+    assert fake.requests[0].completed_at is not None
+
+
+async def test_a_reader_on_another_replica_keeps_the_stream_past_the_grace(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    a, b = replicas
+    """slow_gap runs ~3 s: past A's grace (1.5 s) only because B's follower says it is reading."""
+    long_body = chat_body("slow_gap", stream=True)
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        async with http.stream("POST", f"{a.base_url}/v1/chat/completions", json=long_body, headers=A) as r:
+            sid = r.headers["x-stream-id"]
+            await Reader(r).take(1)
+        started = time.monotonic()
+        got = await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+        assert frames(got.content)[-1].endswith(b"data: [DONE]\n\n")
+        assert time.monotonic() - started > 0.5
+    assert fake.requests[0].completed_at is not None
+
+
+async def test_delete_on_another_replica_stops_the_stream(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    a, b = replicas
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        async with http.stream(
+            "POST", f"{a.base_url}/v1/chat/completions", json=chat_body("slow_gap", stream=True), headers=A
+        ) as r:
+            sid = r.headers["x-stream-id"]
+            reader = Reader(r)
+            await reader.take(1)
+            await asyncio.sleep(0.2)  # the first batch reaches Redis
+            gone = await http.delete(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+            assert gone.status_code == 204
+            rest = await reader.rest()
+        assert b"stream_cancelled" in rest[-1]
+    await fake.await_disconnect(fake.requests[0], timeout=3)
+
+
+async def test_redis_stopped_mid_stream_live_client_finishes_and_resume_is_503(fake: FakeProvider) -> None:
+    redis = RedisServer().start()
+    server = redis_server(fake, redis.url)
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S) as http:
+            body = chat_body("slow_gap", stream=True)
+            async with http.stream("POST", "/v1/chat/completions", json=body, headers=A) as r:
+                sid = r.headers["x-stream-id"]
+                reader = Reader(r)
+                await reader.take(1)
+                redis.stop()
+                rest = await reader.rest()
+            assert rest[-1].endswith(b"data: [DONE]\n\n")  # the live client lost nothing
+            got = await resume(http, sid, None)
+            assert got.status_code == 503, got.text
+            assert got.json()["error"]["code"] == "resume_store_unavailable"
+            assert server.app.state.metrics.resumes[("unavailable",)] >= 1
+            # New streams still work, and the process is fine.
+            ok = await http.post("/v1/chat/completions", json=chat_body("normal", stream=True), headers=A)
+            assert ok.status_code == 200 and frames(ok.content)[-1].endswith(b"[DONE]\n\n")
+            assert (await http.get("/health/live")).status_code == 200
+            assert (await http.get("/health/ready")).status_code == 503
+    finally:
+        server.stop()
+        redis.stop()
+
+
+# -- two real processes ----------------------------------------------------------------------------
+
+
+def replica(tmp: Path, name: str, fake: FakeProvider, redis_url: str) -> GatewayProcess:
+    config = (
+        '[server]\napi_keys_env = "GW_KEYS"\n\n'
+        f'[streaming]\nstatus_window_s = 0.2\ndetach_grace_s = {GRACE_S}\nresume_store = "redis"\n\n'
+        f'[redis]\nurl = "{redis_url}"\n\n'
+        f'[[models.deployments]]\nname = "replica_slow"\nlitellm_model = "openai/replica_slow"\n'
+        f'api_base = "{fake.base_url}"\n'
+    )
+    return GatewayProcess(tmp, config, {"GW_KEYS": f"{KEY_A},{KEY_B}"}, name=name)
+
+
+async def test_two_processes_on_one_redis(tmp_path: Path, fake: FakeProvider, redis_url: str) -> None:
+    fake.set_behaviour("replica_slow", REPLICA_SLOW)
+    a = replica(tmp_path, "a", fake, redis_url)
+    b = replica(tmp_path, "b", fake, redis_url)
+    try:
+        a.wait_ready(90)
+        b.wait_ready(90)
+        async with httpx.AsyncClient(timeout=WAIT_S) as http:
+            body = chat_body("replica_slow", stream=True)
+            async with http.stream("POST", f"{a.base_url}/v1/chat/completions", json=body, headers=A) as r:
+                sid = r.headers["x-stream-id"]
+                first = await Reader(r).take(3)
+            during = await http.get(
+                f"{b.base_url}/v1/chat/completions/streams/{sid}", headers={**A, "Last-Event-ID": f"{sid}:3"}
+            )
+            assert during.status_code == 200
+            rest = frames(during.content)
+            assert rest[-1].endswith(b"data: [DONE]\n\n")
+            assert [seq_of(f) for f in first + rest] == list(range(1, len(first + rest) + 1))
+            after = await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+            assert frames(after.content) == first + rest
+            text = "".join(
+                (c["choices"][0]["delta"].get("content") or "")
+                for f in first + rest
+                if b"[DONE]" not in f and (c := json.loads(f.split(b"data: ", 1)[1]))["choices"]
+            )
+            assert text == "".join(REPLICA_SLOW.content)
+        assert fake.calls("replica_slow") == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_a_stalled_redis_never_slows_the_live_stream(fake: FakeProvider) -> None:
+    """Redis SIGSTOPped mid-stream (it accepts, never answers): chunks keep their pace, the store
+    gives up within its op bound, and resumes answer 503 until it is back."""
+    import signal
+
+    redis = RedisServer().start()
+    server = redis_server(fake, redis.url)
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT_S) as http:
+            async with http.stream(
+                "POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True), headers=A
+            ) as r:
+                sid = r.headers["x-stream-id"]
+                reader = Reader(r)
+                await reader.take(1)
+                os.kill(redis.proc.pid, signal.SIGSTOP)
+                arrivals = []
+                while True:
+                    event = await reader.take(1)
+                    arrivals.append(time.monotonic())
+                    if event[0].endswith(b"[DONE]\n\n"):
+                        break
+            gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+            # slow_gap's 0.3 s pace, never Redis's stall (its op bound, 0.5 s, on top of the pace); one
+            # gap may stretch a little on a loaded machine.
+            assert max(gaps) < 0.3 + 0.45, gaps
+            assert sum(gap > 0.3 + 0.15 for gap in gaps) <= 1, gaps
+            got = await resume(http, sid, None)
+            assert got.status_code == 503
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    finally:
+        with contextlib.suppress(Exception):
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        server.stop()
+        redis.stop()
+
+
+async def test_a_messages_stream_replays_its_anthropic_events_on_another_replica(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    a, b = replicas
+    body = {"model": "normal", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        original = await http.post(f"{a.base_url}/v1/messages", json=body, headers=A)
+        assert original.status_code == 200
+        sid = original.headers["x-stream-id"]
+        assert original.content.startswith(b"event: message_start\nid: ")
+
+        async def replayed() -> httpx.Response:
+            return await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+
+        # The log reaches Redis a moment after the stream ends (the flusher): wait for its whole end.
+        deadline = time.monotonic() + WAIT_S
+        while (again := await replayed()).content != original.content and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert again.content == original.content  # Anthropic's named events, byte for byte
