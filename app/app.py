@@ -21,6 +21,7 @@ from app.catalogue.catalogue import Catalogue
 from app.config.settings import Settings, load_settings
 from app.core.drain import Drain
 from app.core.service import ChatService
+from app.embeddings.service import EmbeddingService
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.worker_metrics import Scrape, scrape_lifespan
@@ -28,7 +29,9 @@ from app.resume.service import Resumes
 from app.routes.chat import ChatContext, ChatController
 from app.routes.chat_direct import ChatRoute
 from app.routes.chat_socket import chat_socket
+from app.routes.embeddings import EmbeddingsController
 from app.routes.health import live, ready
+from app.routes.messages import MessagesController
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, schema_router, static_files, swagger_ui
@@ -64,6 +67,10 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         chat: ChatService = state.chat
         return chat
 
+    def provide_embeddings(state: State) -> EmbeddingService:
+        embeddings: EmbeddingService = state.embeddings
+        return embeddings
+
     def provide_catalogue(state: State) -> Catalogue:
         catalogue: Catalogue = state.catalogue
         return catalogue
@@ -96,6 +103,8 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app = Litestar(
         route_handlers=[
             ChatController,
+            MessagesController,
+            EmbeddingsController,
             StreamsController,
             chat_socket,
             ModelsController,
@@ -112,6 +121,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
             "catalogue": Provide(provide_catalogue, sync_to_thread=False),
+            "embeddings": Provide(provide_embeddings, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "metrics": Provide(provide_metrics, sync_to_thread=False),
             "resumes": Provide(provide_resumes, sync_to_thread=False),

@@ -24,7 +24,7 @@ from app.core.observers import FanOut, StreamObserver
 from app.core.stream import ChatStream
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion, Usage
-from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound
+from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported
 from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, Deadlines
 from app.limits.limiter import Admission, Limiter
 from app.observability.tracing import StreamTracer, Tracing
@@ -94,8 +94,11 @@ class ChatService:
         tracing: Tracing | None = None,
         limiter: Limiter | None = None,
         resumes: Resumes | None = None,
+        embedding_names: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self._settings = settings
+        #: Models that only serve embeddings: a chat call for one is a 400 model_not_supported.
+        self._embedding_names = embedding_names
         self._limiter = limiter
         self._resumes = resumes
         self._provider = provider
@@ -122,6 +125,8 @@ class ChatService:
         serves a call is decided per attempt (``providers/resilient.py``)."""
         if model not in self._model_names() or model not in self._deployments:
             raise ModelNotFound(f"The model `{model}` does not exist or is not served by this gateway.", param="model")
+        if self._embedding_names is not None and model in self._embedding_names():
+            raise ModelNotSupported(f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
         return model
 
     async def admit(self, request: ChatCompletionInput, caller: Caller) -> Admission | None:
@@ -158,7 +163,11 @@ class ChatService:
         traceparent: str | None = None,
         trail: Trail | None = None,
         admission: Admission | None = None,
+        adapt: Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]] | None = None,
+        format: str = "chat",
     ) -> ChatStream:
+        """A started stream. ``adapt`` wraps its chunks (after the cache, which keeps chat chunks) for
+        another API's events, and ``format`` names that API's framing for its resumes."""
         try:
             deployment = self.resolve(request.model)
             wait_s = min(self._deployments[deployment].timeout_s, self._deadlines.first_chunk_s)
@@ -176,6 +185,8 @@ class ChatService:
         else:
             # From here the stream owns the flight this request may lead: closing it, on any path, lands it.
             source = decision.record(self._provider.stream(request, deployment, trail))
+        if adapt is not None:
+            source = adapt(source)
         stream = ChatStream(
             stream_id=os.urandom(16).hex(),
             model=deployment,
@@ -190,7 +201,7 @@ class ChatService:
         stream.span = span
         stream.cache_status = decision.status
         if self._resumes is not None:
-            self._resumes.begin(stream, caller.scope)  # before start: the first event is logged too
+            self._resumes.begin(stream, caller.scope, format)  # before start: the first event is logged too
         closing: list[Callable[[ChatStream], None]] = []
         if admission is not None:
             closing.append(lambda s: _settle_stream(admission, s))
@@ -259,7 +270,9 @@ class ChatService:
             time.perf_counter() if started_at is None else started_at,
         )
         structlog.contextvars.bind_contextvars(trace_id=Tracing.trace_id(span))  # the request's log line
-        return span, msgspec.structs.replace(request, trace_headers=Tracing.headers(span))
+        # The request's own provider headers (an Anthropic deployment's anthropic-beta) stay.
+        headers = {**(request.trace_headers or {}), **Tracing.headers(span)}
+        return span, msgspec.structs.replace(request, trace_headers=headers)
 
     async def _complete(
         self,

@@ -32,6 +32,7 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(400, "invalid_request_error", "too_deep"),
     ErrorCode(400, "invalid_request_error", "duplicate_id"),
     ErrorCode(400, "invalid_request_error", "unsupported_content"),
+    ErrorCode(400, "invalid_request_error", "model_not_supported"),
     ErrorCode(400, "invalid_request_error", "previous_response_not_found"),
     ErrorCode(400, "invalid_request_error", "response_in_progress"),
     ErrorCode(401, "authentication_error", "invalid_api_key"),
@@ -122,6 +123,12 @@ class ContextLengthExceeded(InvalidRequest):
 
 class ProviderRejected(InvalidRequest):
     default_code = "invalid_request"
+
+
+class ModelNotSupported(InvalidRequest):
+    """The model cannot serve this API: a chat model for embeddings, or an embedding model for chat."""
+
+    default_code = "model_not_supported"
 
 
 class Unauthenticated(GatewayError):

@@ -19,6 +19,7 @@ from app.config.settings import DeploymentSettings, Settings
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion, usage_of
 from app.domain.errors import GatewayError
+from app.providers.anthropic_fields import ANTHROPIC_BODY_FIELDS
 from app.providers.base import asking_for_usage
 from app.providers.chunks import read_chunk
 from app.providers.demo import is_demo
@@ -70,9 +71,13 @@ def build_router(settings: Settings, environ: Mapping[str, str] | None = None) -
 _AMBIGUOUS_FIELDS = frozenset({"metadata"})
 
 
-def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[str, Any]:
+def _passthrough(request: ChatCompletionInput, *, stream: bool = False, anthropic: bool = False) -> dict[str, Any]:
     """The keyword arguments for ``Router.acompletion``: OpenAI's own fields as parameters (LiteLLM
-    maps them per provider), everything else only as ``extra_body``, never as an argument."""
+    maps them per provider), everything else only as ``extra_body``, never as an argument.
+
+    For an Anthropic deployment the fixed set of Anthropic request fields (``ANTHROPIC_BODY_FIELDS``:
+    ``thinking``, ``top_k``, ``context_management``, ...) are parameters too: LiteLLM's Anthropic
+    mapping writes them into Anthropic's body, where it would send ``extra_body`` itself as a field."""
     fields = request.openai_params(exclude=_OWN_FIELDS | _AMBIGUOUS_FIELDS)
     if stream:
         fields["stream_options"] = asking_for_usage(fields.get("stream_options"))
@@ -81,6 +86,9 @@ def _passthrough(request: ChatCompletionInput, *, stream: bool = False) -> dict[
     if request.trace_headers:
         fields["extra_headers"] = dict(request.trace_headers)  # ours: clients may never set this field
     extra = request.extra_fields()
+    if anthropic:
+        for name in ANTHROPIC_BODY_FIELDS & extra.keys():
+            fields[name] = extra.pop(name)
     for name in _AMBIGUOUS_FIELDS:
         if name in request.body:
             extra[name] = request.body[name]
@@ -96,6 +104,14 @@ def chunk_from_litellm(obj: Any) -> Chunk:
 class LiteLLMProvider:
     def __init__(self, router: Any, quote: ProviderText | None = None) -> None:
         self._router = router
+        registry = getattr(router, "registry", None)
+        entries = registry().all() if callable(registry) else getattr(router, "model_list", None) or ()
+        #: Deployment ids of Anthropic deployments (their Anthropic request fields are parameters).
+        self._anthropic = frozenset(
+            m["model_name"]
+            for m in entries
+            if str(m.get("litellm_params", {}).get("model", "")).startswith("anthropic/")
+        )
         self._quote = quote or ProviderText()
 
     def _error(self, exc: BaseException) -> GatewayError:
@@ -104,7 +120,10 @@ class LiteLLMProvider:
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
         try:
             response = await self._router.acompletion(
-                model=deployment, messages=request.body["messages"], stream=False, **_passthrough(request)
+                model=deployment,
+                messages=request.body["messages"],
+                stream=False,
+                **_passthrough(request, anthropic=deployment in self._anthropic),
             )
         except GatewayError as exc:
             raise self._quote.quote(exc) from None
@@ -116,7 +135,10 @@ class LiteLLMProvider:
     async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
         try:
             upstream = await self._router.acompletion(
-                model=deployment, messages=request.body["messages"], stream=True, **_passthrough(request, stream=True)
+                model=deployment,
+                messages=request.body["messages"],
+                stream=True,
+                **_passthrough(request, stream=True, anthropic=deployment in self._anthropic),
             )
         except Exception as exc:
             raise self._error(exc) from None  # the cause holds the provider's unredacted text

@@ -50,6 +50,7 @@ class StreamLog:
         "_grow",
         "ended",
         "ended_at",
+        "format",
         "last_append_at",
         "last_seq",
         "owner",
@@ -74,6 +75,8 @@ class StreamLog:
         self._grow = grow
         self._changed: asyncio.Event | None = None
         self.shared: SharedLog | None = None
+        #: The framing the stream was created in (``app/api/framing.py``): replays use it too.
+        self.format = "chat"
 
     @property
     def held(self) -> int:

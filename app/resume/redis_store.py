@@ -6,7 +6,8 @@ Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last app
   position is an entry id (``XREAD ... <seq>-0`` returns exactly what follows ``seq``), trimmed by
   ``XADD MAXLEN`` to ``resume_max_events``. Fields: ``c`` (a chunk's bytes, as the provider sent
   them), or ``d`` (done: finish reason and usage) or ``e`` + ``st`` (error body and status).
-- ``chat:resume:<id>:meta``: the owner (gateway key scope) and the replica that runs the stream.
+- ``chat:resume:<id>:meta``: the owner (gateway key scope), the replica that runs the stream and,
+  for streams of another API than chat completions, the framing they replay in (``format``).
 - ``chat:resume:replica:<replica id>``: set while that replica lives (rewritten every
   ``LIVENESS_EVERY_S``, expiring after ``LIVENESS_TTL_S``).
 - ``chat:resume:<id>:readers``: set (with a short expiry) while a replica follows the stream, so
@@ -127,12 +128,13 @@ def decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEvent:
 class _Outbox:
     """One stream's events not yet written to Redis: the ``SharedLog`` of its local log."""
 
-    __slots__ = ("broken", "ended", "events", "owner", "started", "store", "stream_id")
+    __slots__ = ("broken", "ended", "events", "format", "owner", "started", "store", "stream_id")
 
-    def __init__(self, store: RedisResumeStore, stream_id: str, owner: str) -> None:
+    def __init__(self, store: RedisResumeStore, stream_id: str, owner: str, format: str = "chat") -> None:
         self.store = store
         self.stream_id = stream_id
         self.owner = owner
+        self.format = format
         self.events: list[StreamEvent] = []
         self.started = False  # the meta key is written with the first batch
         self.ended = False
@@ -188,7 +190,7 @@ class RedisResumeStore:
     # -- writing (the replica that runs the stream) ------------------------------------------------
 
     def begin(self, log: StreamLog) -> None:
-        outbox = _Outbox(self, log.stream_id, log.owner)
+        outbox = _Outbox(self, log.stream_id, log.owner, log.format)
         outbox.broken = not self.breaker.available  # its copy would start with a hole
         log.shared = outbox
         if self._flusher is None:
@@ -244,7 +246,10 @@ class RedisResumeStore:
             key = _key(outbox.stream_id)
             first = commands
             if not outbox.started:
-                pipe.hset(f"{key}:meta", mapping={"owner": outbox.owner, "replica": self.replica_id})
+                meta: dict[Any, Any] = {"owner": outbox.owner, "replica": self.replica_id}
+                if outbox.format != "chat":
+                    meta["format"] = outbox.format
+                pipe.hset(f"{key}:meta", mapping=meta)
                 commands += 1
                 outbox.started = True
             for event in events:
@@ -310,13 +315,17 @@ class RedisResumeStore:
 
     async def _head(self, stream_id: str) -> tuple[str | None, int, int, bool]:
         """Owner, first and last seq held, and whether the last is the stream's end."""
+        _, head = await self._head_and_format(stream_id)
+        return head
+
+    async def _head_and_format(self, stream_id: str) -> tuple[str, tuple[str | None, int, int, bool]]:
         key = _key(stream_id)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hget(f"{key}:meta", "owner")
+        pipe.hmget(f"{key}:meta", ["owner", "format"])
         pipe.xrange(key, count=1)
         pipe.xrevrange(key, count=1)
         try:
-            owner, first, last = await self.breaker.run(pipe.execute)
+            (owner, format), first, last = await self.breaker.run(pipe.execute)
         except Exception as exc:
             raise ResumeUnavailable("The resume store is unreachable; retry shortly.") from exc
         first_seq = int(first[0][0].split(b"-", 1)[0]) if first else 1
@@ -324,10 +333,11 @@ class RedisResumeStore:
         if last:
             event = decode_event(*last[0])
             last_seq, ended = event.seq, event.chunk is None
-        return (owner.decode() if owner is not None else None), first_seq, last_seq, ended
+        found = owner.decode() if owner is not None else None
+        return (format.decode() if format is not None else "chat"), (found, first_seq, last_seq, ended)
 
     async def open(self, stream_id: str, owner: str, after_seq: int) -> RedisReplay:
-        found, first_seq, last_seq, ended = await self._head(stream_id)
+        format, (found, first_seq, last_seq, ended) = await self._head_and_format(stream_id)
         if found is None or found != owner:
             raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
         if not ended and await self.end_if_orphaned(stream_id, last_seq):
@@ -340,7 +350,7 @@ class RedisResumeStore:
             raise InvalidResumePosition(f"Event {after_seq} is past the end of the stream's log.")
         if after_seq < first_seq - 1:
             raise InvalidResumePosition(f"The stream's log starts at event {first_seq}: events before it were trimmed.")
-        return RedisReplay(self, stream_id, after_seq, at_end=ended and after_seq >= last_seq)
+        return RedisReplay(self, stream_id, after_seq, at_end=ended and after_seq >= last_seq, format=format)
 
     async def read_after(self, stream_id: str, seq: int) -> list[StreamEvent]:
         """Events after ``seq`` (waiting up to BLOCK_MS for some); marks this replica as a reader."""
@@ -409,8 +419,11 @@ class RedisResumeStore:
 class RedisReplay:
     """A replay read from Redis (the stream runs, or ran, on another replica)."""
 
-    def __init__(self, store: RedisResumeStore, stream_id: str, after_seq: int, *, at_end: bool) -> None:
+    def __init__(
+        self, store: RedisResumeStore, stream_id: str, after_seq: int, *, at_end: bool, format: str = "chat"
+    ) -> None:
         self.stream_id = stream_id
+        self.format = format
         self._store = store
         self._seq = after_seq
         self._at_end = at_end

@@ -11,6 +11,8 @@ from app.resume.log import StreamLog
 
 class Replay(Protocol):
     stream_id: str
+    #: The framing the stream was created in (``app/api/framing.py``).
+    format: str
 
     @property
     def at_end(self) -> bool:
@@ -32,10 +34,11 @@ class LocalReplay:
     """A replay of a log held in this process; attached to the live stream while it runs, so that
     the stream's detach grace does not run out under a resumed reader."""
 
-    __slots__ = ("_attached", "_log", "_seq", "stream_id")
+    __slots__ = ("_attached", "_log", "_seq", "format", "stream_id")
 
     def __init__(self, log: StreamLog, after_seq: int) -> None:
         self.stream_id = log.stream_id
+        self.format = log.format
         self._log = log
         self._seq = after_seq
         stream = log.stream

@@ -68,11 +68,13 @@ class Resumes:
         self.shared = shared
         self._on_result = on_result
 
-    def begin(self, stream: ChatStream, owner: str) -> None:
-        """Give a new stream its log (before it starts, so that its first event is logged)."""
+    def begin(self, stream: ChatStream, owner: str, format: str = "chat") -> None:
+        """Give a new stream its log (before it starts, so that its first event is logged);
+        ``format``: the framing its events are replayed in (the API that created it)."""
         if not self.enabled:
             return
         log = self.local.begin(stream.id, owner)
+        log.format = format
         log.stream = stream
         stream.detach(log, self.grace_s)
         if self.shared is not None:

@@ -18,6 +18,7 @@ from app.catalogue.catalogue import Catalogue, Snapshot, build_snapshot
 from app.config.settings import Settings
 from app.core.drain import Drain
 from app.core.service import ChatService
+from app.embeddings.service import EmbeddingService, embedding_models
 from app.limits.build import build_limiter
 from app.limits.limiter import Limiter
 from app.observability.metrics import Metrics
@@ -37,6 +38,7 @@ class Services:
     provider: Provider
     catalogue: Catalogue
     chat: ChatService
+    embeddings: EmbeddingService | None = None
     cache: ChatCache | None = None
     #: Deployment groups' live state (selection, cooldowns); readiness reports who rests.
     balancer: Balancer | None = None
@@ -55,6 +57,7 @@ def build_services(
     quote: ProviderText | None = None,
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
+    from app.embeddings.upstream import EmbeddingsUpstream
     from app.providers.content_urls import OPENAI_WIRE as OPENAI_WIRE_URLS
     from app.providers.content_urls import policy_for
     from app.providers.demo import DemoProvider, is_demo
@@ -129,9 +132,27 @@ def build_services(
     if settings.tracing.enabled:
         tracing = Tracing(settings.tracing)
         closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # its flush waits on the network
+    embedding_names = embedding_models(catalogue)
+    embeddings_upstream = EmbeddingsUpstream(
+        settings.models.deployments, environ, quote, EgressSettings.from_environ(environ)
+    )
+    closers.append(embeddings_upstream.aclose)
+    embeddings = EmbeddingService(
+        settings,
+        resilient,
+        embeddings_upstream,
+        embedding_names=embedding_names,
+        model_names=model_names,
+        cache=cache,
+        limiter=limiter,
+        observer=metrics,
+        drain=drain,
+        tracing=tracing,
+    )
     chat = ChatService(
         settings,
         resilient,
+        embedding_names=embedding_names,
         model_names=model_names,
         observer=metrics,
         cache=cache,
@@ -145,6 +166,7 @@ def build_services(
         provider=provider,
         catalogue=catalogue,
         chat=chat,
+        embeddings=embeddings,
         cache=cache,
         balancer=balancer,
         limiter=limiter,
@@ -226,6 +248,7 @@ def services_lifespan(
         await services.catalogue.get()
         app.state.services = services
         app.state.chat = services.chat
+        app.state.embeddings = services.embeddings
         app.state.catalogue = services.catalogue
         app.state.resumes = services.resumes
         app.state.ready_checks = services.ready_checks

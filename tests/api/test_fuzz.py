@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.helpers.fake_provider import FakeProvider
-from tests.helpers.fuzz_strategies import chat_bodies, client_frames, raw_bodies
+from tests.helpers.fuzz_strategies import chat_bodies, client_frames, embeddings_bodies, messages_bodies, raw_bodies
 
 PROVIDER_KEY = "sk-fuzz-Q1w2E3r4T5y6U7i8O9p0"
 KEY_ENV = "FUZZ_PROVIDER_KEY"
@@ -43,6 +43,14 @@ FUZZ = settings(
 @pytest.fixture(scope="module", params=["fast", "full"])
 def fuzzed(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
     data = settings_dict(fake_provider.base_url, fast_path=request.param == "fast")
+    data["models"]["deployments"].append(
+        {
+            "name": "embed",
+            "litellm_model": "openai/embed",
+            "api_base": fake_provider.base_url,
+            "info": {"mode": "embedding"},
+        }
+    )
     for dep in data["models"]["deployments"]:
         if dep["litellm_model"].startswith("openai/"):
             dep["api_key_env"] = KEY_ENV
@@ -148,3 +156,40 @@ def check_frames(ws_url: str, frames: list[str | bytes]) -> None:
 @given(frames=st.lists(client_frames(), min_size=1, max_size=6))
 def test_fuzzed_websocket_frames(fuzzed: ServerThread, frames: list[str | bytes]) -> None:
     check_frames(fuzzed.ws_url, frames)
+
+
+# ---- the Messages API and embeddings ---------------------------------------------------------------
+
+
+def check_messages_reply(response: httpx.Response, text: str) -> None:
+    assert PROVIDER_KEY not in text
+    assert response.status_code < 500, text
+    if response.status_code >= 400:
+        error = json.loads(text)
+        assert error["type"] == "error" and set(error["error"]) == {"type", "message"}
+        if response.status_code == 400:
+            assert error["error"]["message"]  # names what is wrong
+    elif response.headers.get("content-type", "").startswith("text/event-stream"):
+        for block in text.split("\n\n"):
+            if block.startswith("event: error"):
+                payload = json.loads(block.split("data: ", 1)[1])
+                assert payload["error"]["type"] not in ("api_error", "overloaded_error"), block
+
+
+@FUZZ
+@given(body=messages_bodies(), stream=st.booleans())
+def test_fuzzed_messages_bodies(fuzzed: ServerThread, body: dict[str, Any], stream: bool) -> None:
+    if stream and isinstance(body, dict) and "stream" not in body:
+        body["stream"] = True
+    with httpx.Client(base_url=fuzzed.base_url, timeout=CALL_TIMEOUT_S) as client:
+        with client.stream("POST", "/v1/messages", json=body) as response:
+            text = response.read().decode("utf-8", "replace")
+    check_messages_reply(response, text)
+
+
+@FUZZ
+@given(body=embeddings_bodies())
+def test_fuzzed_embeddings_bodies(fuzzed: ServerThread, body: dict[str, Any]) -> None:
+    with httpx.Client(base_url=fuzzed.base_url, timeout=CALL_TIMEOUT_S) as client:
+        response = client.post("/v1/embeddings", json=body)
+    check_http_reply(response, response.text)

@@ -374,6 +374,8 @@ class FakeProvider:
         path, method = scope["path"].rstrip("/"), scope["method"]
         if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
             await self._chat(scope, bytes(raw), receive, send)
+        elif method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            await _embeddings(self, scope, bytes(raw), send)
         elif method == "GET" and path in ("/v1/models", "/models"):
             with self._cond:
                 names = sorted(self._behaviours)
@@ -689,6 +691,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+# ---- embeddings (kept apart from the chat fake above) ----------------------------------------------
+
+
+def fake_vector(item: Any, dimensions: int) -> list[float]:
+    """A deterministic vector for one input: tests can recompute what the provider answered."""
+    seed = sum(ord(c) for c in item) if isinstance(item, str) else sum(item)
+    return [round(((seed * (i + 3)) % 97) / 97.0 - 0.5, 6) for i in range(dimensions)]
+
+
+async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Send) -> None:
+    """``POST /v1/embeddings``: floats per input (``dimensions``, default 8), usage = 3 tokens a
+    string or the token count; an error behaviour of the model's name answers its error."""
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        await _send_json(send, 400, _error_body(f"Invalid JSON body: {exc}", "invalid_request_error", None))
+        return
+    model = str(body.get("model", ""))
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    with provider._cond:
+        record = RequestRecord(len(provider._records), model, body, headers, time.monotonic())
+        provider._records.append(record)
+        provider._cond.notify_all()
+    b = provider.behaviour_for(model)
+    if b.kind == "error":
+        extra = [(b"retry-after", b.retry_after.encode())] if b.retry_after is not None else []
+        payload = _json_bytes(_error_body(b.error_message, b.error_type, b.error_code))
+        await provider._send_recorded(record, send, b.status, payload, extra)
+        return
+    await asyncio.sleep(b.first_delay_s)
+    value = body.get("input")
+    items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value or [])
+    dimensions = int(body.get("dimensions") or 8)
+    data = [{"object": "embedding", "index": i, "embedding": fake_vector(x, dimensions)} for i, x in enumerate(items)]
+    tokens = sum(len(x) if isinstance(x, list) else 3 for x in items)
+    reply = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    await provider._send_recorded(record, send, 200, _json_bytes(reply), [])
 
 
 if __name__ == "__main__":

@@ -199,3 +199,127 @@ def responses_frames(draw: st.DrawFn) -> str | bytes:
     if kind == 4:
         return nested(draw(st.integers(1, 3000)))
     return draw(st.binary(max_size=200) | st.text(max_size=200))
+
+
+# ---- the Messages API (Anthropic) and embeddings -------------------------------------------------
+
+BLOCK_TYPES = ["text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking", "document", "x", ""]
+SOURCES = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.just("base64"), "media_type": st.sampled_from(["image/png", "text/plain", ""]), "data": st.text()}
+    ),
+    st.fixed_dictionaries({"type": st.just("url"), "url": st.text(max_size=40)}),
+    json_values,
+)
+
+
+@st.composite
+def anthropic_blocks(draw: st.DrawFn) -> Any:
+    kind = draw(st.sampled_from(BLOCK_TYPES))
+    block: dict[str, Any] = {"type": kind}
+    fields = {
+        "text": st.text(max_size=40) | json_values,
+        "source": SOURCES,
+        "id": st.text(max_size=10) | json_values,
+        "name": st.text(max_size=10) | json_values,
+        "input": st.dictionaries(st.text(max_size=5), json_values, max_size=3) | json_values,
+        "tool_use_id": st.text(max_size=10) | json_values,
+        "content": st.text(max_size=20) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text()})),
+        "thinking": st.text(max_size=20),
+        "signature": st.text(max_size=20),
+        "data": st.text(max_size=20),
+        "cache_control": st.just({"type": "ephemeral"}) | json_values,
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(fields)), max_size=4, unique=True)):
+        block[name] = draw(fields[name])
+    return block if draw(st.integers(0, 9)) else draw(json_values)
+
+
+anthropic_messages = (
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "role": st.sampled_from(["user", "assistant", "system", "tool", ""]),
+                "content": st.text(max_size=40) | st.lists(anthropic_blocks(), max_size=4) | json_values,
+            }
+        ),
+        min_size=0,
+        max_size=4,
+    )
+    | json_values
+)
+anthropic_tools = st.lists(
+    st.fixed_dictionaries(
+        {"name": st.text(max_size=10) | json_values},
+        optional={
+            "description": st.text(max_size=20) | json_values,
+            "input_schema": st.just({"type": "object"}) | json_values,
+            "type": st.sampled_from(["custom", "web_search_20250305", "bash_20250124", ""]) | json_values,
+            "cache_control": st.just({"type": "ephemeral"}),
+        },
+    ),
+    max_size=3,
+)
+MESSAGES_FIELDS = {
+    "system": st.text(max_size=30) | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text()})),
+    "stop_sequences": st.lists(st.text(max_size=5), max_size=3) | json_values,
+    "temperature": json_values,
+    "top_p": json_values,
+    "top_k": json_values,
+    "tools": anthropic_tools | json_values,
+    "tool_choice": st.fixed_dictionaries(
+        {"type": st.sampled_from(["auto", "any", "tool", "none", "x"])}, optional={"name": st.text(max_size=8)}
+    )
+    | json_values,
+    "thinking": st.fixed_dictionaries(
+        {"type": st.sampled_from(["enabled", "disabled", "adaptive"])}, optional={"budget_tokens": json_values}
+    )
+    | json_values,
+    "metadata": st.fixed_dictionaries({}, optional={"user_id": st.text(max_size=20) | json_values}) | json_values,
+    "stream": json_values,
+    "context_management": json_values,
+    "output_config": json_values,
+}
+
+
+@st.composite
+def messages_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": draw(st.sampled_from(MODELS) | st.text(max_size=20)),
+        "max_tokens": draw(st.integers(-5, 100_000) | json_values),
+        "messages": draw(anthropic_messages),
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(MESSAGES_FIELDS)), max_size=5, unique=True)):
+        body[name] = draw(MESSAGES_FIELDS[name])
+    if draw(st.integers(0, 9)) == 0:
+        body[draw(st.sampled_from(sorted(PROVIDER_CONTROLS)))] = draw(json_values)
+    if draw(st.integers(0, 9)) == 0:
+        del body[draw(st.sampled_from(["model", "max_tokens", "messages"]))]
+    return body
+
+
+embedding_inputs = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.text(max_size=20), max_size=4),
+    st.lists(st.integers(-3, 100_000), max_size=6),
+    st.lists(st.lists(st.integers(-3, 100), max_size=4), max_size=3),
+    json_values,
+)
+
+
+@st.composite
+def embeddings_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": draw(st.sampled_from(["embed", "normal", "nope", ""]) | json_values),
+        "input": draw(embedding_inputs),
+    }
+    optional = {
+        "encoding_format": st.sampled_from(["float", "base64", "hex"]) | json_values,
+        "dimensions": st.integers(-2, 70_000) | json_values,
+        "user": st.text(max_size=20) | json_values,
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(optional)), max_size=3, unique=True)):
+        body[name] = draw(optional[name])
+    if draw(st.integers(0, 9)) == 0:
+        del body[draw(st.sampled_from(["model", "input"]))]
+    return body

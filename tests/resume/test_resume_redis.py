@@ -251,3 +251,24 @@ async def test_a_stream_id_naming_another_key_of_the_store_is_404(
                 assert (await http.delete(url, headers=A)).status_code == 404
             whole = await http.get(f"{server.base_url}/v1/chat/completions/streams/{sid}", headers=A)
             assert whole.status_code == 200
+
+
+async def test_a_messages_stream_replays_its_anthropic_events_on_another_replica(
+    replicas: tuple[ServerThread, ServerThread], fake: FakeProvider
+) -> None:
+    a, b = replicas
+    body = {"model": "normal", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        original = await http.post(f"{a.base_url}/v1/messages", json=body, headers=A)
+        assert original.status_code == 200
+        sid = original.headers["x-stream-id"]
+        assert original.content.startswith(b"event: message_start\nid: ")
+
+        async def replayed() -> httpx.Response:
+            return await http.get(f"{b.base_url}/v1/chat/completions/streams/{sid}", headers=A)
+
+        # The log reaches Redis a moment after the stream ends (the flusher): wait for its whole end.
+        deadline = time.monotonic() + WAIT_S
+        while (again := await replayed()).content != original.content and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert again.content == original.content  # Anthropic's named events, byte for byte

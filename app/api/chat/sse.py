@@ -17,7 +17,7 @@ between two events.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 from litestar import Response
@@ -61,12 +61,41 @@ def end_frame(stream_id: bytes, event: StreamEvent) -> bytes:
     return done_frame(stream_id, event.seq)
 
 
+class SseFraming(Protocol):
+    """How one API frames a stream's events: chat completions here, others (the Messages API's
+    named events) beside their protocol. A stream's log replays in the framing it was created in."""
+
+    heartbeat: bytes
+
+    def chunk(self, stream_id: bytes, seq: int, data: bytes) -> bytes: ...
+
+    def end(self, stream_id: bytes, event: StreamEvent) -> bytes: ...
+
+
+class ChatFraming:
+    """Chat completions: ``id:`` and ``data:`` per chunk, ``[DONE]`` or ``event: error`` last."""
+
+    heartbeat = HEARTBEAT
+
+    @staticmethod
+    def chunk(stream_id: bytes, seq: int, data: bytes) -> bytes:
+        return chunk_frame(stream_id, seq, data)
+
+    @staticmethod
+    def end(stream_id: bytes, event: StreamEvent) -> bytes:
+        return end_frame(stream_id, event)
+
+
+CHAT_FRAMING: Final = ChatFraming()
+
+
 class _Heartbeat:
-    """Writes ``: keep-alive`` after ``period`` seconds in which the stream produced no event."""
+    """Writes the framing's heartbeat after ``period`` seconds in which the stream produced no event."""
 
-    __slots__ = ("_beating", "_last", "_loop", "_period", "_send", "_stream", "_timer", "writing")
+    __slots__ = ("_beat_bytes", "_beating", "_last", "_loop", "_period", "_send", "_stream", "_timer", "writing")
 
-    def __init__(self, stream: ChatStream, send: Send) -> None:
+    def __init__(self, stream: ChatStream, send: Send, beat: bytes = HEARTBEAT) -> None:
+        self._beat_bytes = beat
         self._loop = asyncio.get_running_loop()
         self._stream = stream
         self._send = send
@@ -86,7 +115,7 @@ class _Heartbeat:
 
     async def _beat(self) -> None:
         try:
-            await self._send({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+            await self._send({"type": "http.response.body", "body": self._beat_bytes, "more_body": True})
         except Exception:  # the client is gone: the pump finds out on its own
             pass
         finally:
@@ -106,21 +135,25 @@ class SseWriter:
     a stream whose events are pushed from the provider's connection (``app/core/push.py``).
     """
 
-    __slots__ = ("_direct", "_heartbeat", "_held", "_send", "_sid")
+    __slots__ = ("_chunk_frame", "_direct", "_end_frame", "_heartbeat", "_held", "_send", "_sid")
 
-    def __init__(self, stream: ChatStream, send: Send, direct: DirectBody | None = None) -> None:
+    def __init__(
+        self, stream: ChatStream, send: Send, direct: DirectBody | None = None, framing: SseFraming = CHAT_FRAMING
+    ) -> None:
         self._sid = stream.id.encode()
         self._send = send
         self._direct = direct
-        self._heartbeat = _Heartbeat(stream, send)
+        self._chunk_frame = framing.chunk
+        self._end_frame = framing.end
+        self._heartbeat = _Heartbeat(stream, send, framing.heartbeat)
         self._held = b""  # frames of events that arrived together with the next one, not yet sent
 
     def can_write_now(self) -> bool:
         return self._direct is not None
 
     def _frames(self, events: list[StreamEvent]) -> bytes:
-        sid = self._sid
-        return b"".join([chunk_frame(sid, e.seq, e.chunk.raw) for e in events if e.chunk is not None])
+        sid, frame = self._sid, self._chunk_frame
+        return b"".join([frame(sid, e.seq, e.chunk.raw) for e in events if e.chunk is not None])
 
     def write_now(self, events: list[StreamEvent]) -> bool:
         assert self._direct is not None
@@ -137,7 +170,7 @@ class SseWriter:
         await self._direct.writable()
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        frame = chunk_frame(self._sid, seq, raw)
+        frame = self._chunk_frame(self._sid, seq, raw)
         if more:
             # The next event follows without a wait (no heartbeat can come between): one write for both.
             self._held += frame
@@ -151,7 +184,7 @@ class SseWriter:
 
     async def end(self, event: StreamEvent) -> None:
         self._heartbeat.stop()
-        frame = self._held + end_frame(self._sid, event)
+        frame = self._held + self._end_frame(self._sid, event)
         self._held = b""
         await self._send({"type": "http.response.body", "body": frame, "more_body": False})
 
@@ -163,12 +196,15 @@ class SseWriter:
 
 
 class _SseASGI:
-    __slots__ = ("_headers", "_stream", "_watch")
+    __slots__ = ("_framing", "_headers", "_stream", "_watch")
 
-    def __init__(self, stream: ChatStream, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, stream: ChatStream, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]], framing: SseFraming
+    ) -> None:
         self._stream = stream
         self._watch = watch
         self._headers = headers
+        self._framing = framing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream, watch = self._stream, self._watch
@@ -176,7 +212,7 @@ class _SseASGI:
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
-            writer = SseWriter(stream, raw_send, DirectBody.of(raw_send))
+            writer = SseWriter(stream, raw_send, DirectBody.of(raw_send), self._framing)
             try:
                 await stream.pump(writer, watch.guard())
             except ClientLeft:
@@ -196,12 +232,19 @@ class _SseASGI:
 class SseResponse(Response[Any]):
     """The SSE response for an open chat stream; its request's disconnect watch comes with it."""
 
-    def __init__(self, stream: ChatStream, watch: DisconnectWatch, headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        stream: ChatStream,
+        watch: DisconnectWatch,
+        headers: dict[str, str],
+        framing: SseFraming = CHAT_FRAMING,
+    ) -> None:
         super().__init__(content=None, media_type="text/event-stream")
+        self._framing = framing
         self._stream = stream
         self._watch = watch
         self._raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
         self._raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        return _SseASGI(self._stream, self._watch, self._raw_headers)
+        return _SseASGI(self._stream, self._watch, self._raw_headers, self._framing)

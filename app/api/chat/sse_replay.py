@@ -15,7 +15,8 @@ from typing import Any
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
-from app.api.chat.sse import HEARTBEAT, RAW_SEND, chunk_frame, end_frame
+from app.api.chat.sse import RAW_SEND
+from app.api.framing import framing_for
 from app.domain.events import ClientLeft
 from app.resume.replay import Replay
 from app.transport.disconnect import DisconnectWatch
@@ -49,6 +50,8 @@ class _ReplayASGI:
             await send(start)
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
             sid = replay.stream_id.encode()
+            framing = framing_for(replay.format)  # a stream replays in the API's framing it was created in
+            chunk_frame, end_frame = framing.chunk, framing.end
             held = b""  # what the log already holds goes out together, in writes of up to HELD_MAX
             loop = asyncio.get_running_loop()
             # The heartbeat keys on the last write, not on each wait: a Redis replay's wait returns
@@ -64,7 +67,7 @@ class _ReplayASGI:
                         written_at = loop.time()
                     quiet = self._heartbeat_s - (loop.time() - written_at)
                     if quiet <= 0:
-                        await raw({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                        await raw({"type": "http.response.body", "body": framing.heartbeat, "more_body": True})
                         written_at = loop.time()
                         continue
                     # The wait runs as its own task and a heartbeat never cancels it: a Redis replay's

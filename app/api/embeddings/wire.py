@@ -1,0 +1,168 @@
+"""OpenAI Embeddings wire types: the request, validated, and the response, rendered.
+
+The provider is always asked for floats; the gateway encodes them as base64 (little-endian
+float32, what the OpenAI SDKs decode) when the client asks for ``base64``, which the OpenAI SDKs
+do by default. So one cached answer serves both encodings.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from app.domain.chat_request import _param_of, decode_json, provider_control
+from app.domain.errors import InvalidRequest, UpstreamUnavailable
+
+#: OpenAI's own bounds: at most 2048 inputs per request, each a non-empty string or token array.
+MAX_INPUTS: Final = 2048
+MAX_TOKENS_PER_INPUT: Final = 8192
+
+
+def _token(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _tokens(value: Any) -> bool:
+    return isinstance(value, list) and 0 < len(value) <= MAX_TOKENS_PER_INPUT and all(_token(t) for t in value)
+
+
+def valid_input(value: Any) -> bool:
+    """A non-empty string, a list of them, a token array, or a list of token arrays (OpenAI's four
+    shapes; msgspec cannot hold a union of several list types, so this is checked by hand)."""
+    if isinstance(value, str):
+        return bool(value)
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_INPUTS:
+        return False
+    if all(isinstance(v, str) and v for v in value):
+        return True
+    return _tokens(value) or all(_tokens(v) for v in value)
+
+
+class EmbeddingsRequest(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    input: Any
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
+    user: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+
+
+def _validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
+    param = _param_of(exc)
+    param = param[:128] if param else None
+    return InvalidRequest(f"Invalid request: {str(exc)[:300]}", code=param or "invalid_request", param=param)
+
+
+def parse_embeddings_body(raw: bytes) -> EmbeddingsRequest:
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The body must be a JSON object, got {type(body).__name__}.")
+    for name in body:
+        if provider_control(name):
+            raise InvalidRequest(
+                f"`{name[:64]}` is a setting of the gateway's provider layer and cannot be set by a request.",
+                code="unsupported_parameter",
+                param=name[:64],
+            )
+    try:
+        request = msgspec.convert(body, EmbeddingsRequest)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(exc) from exc
+    field = "input"  # a field that fails validation is its own code, as on every route
+    if field not in body:
+        raise InvalidRequest("Invalid request: `input` is required.", code=field, param=field)
+    if not valid_input(body[field]):
+        raise InvalidRequest(
+            "Invalid request: `input` must be a non-empty string, a list of them, a token array, "
+            f"or a list of token arrays (at most {MAX_INPUTS} inputs).",
+            code=field,
+            param=field,
+        )
+    return request
+
+
+def input_size(value: Any) -> tuple[int, int]:
+    """How many inputs, and an estimate of their tokens (about four bytes a token, or the tokens)."""
+    if isinstance(value, str):
+        return 1, len(value.encode()) // 4 + 1
+    if value and isinstance(value[0], int):
+        return 1, len(value)
+    tokens = sum(len(v) if isinstance(v, list) else len(v.encode()) // 4 + 1 for v in value)
+    return len(value), tokens
+
+
+def upstream_body(request: EmbeddingsRequest, upstream_model: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": upstream_model, "input": request.input, "encoding_format": "float"}
+    if request.dimensions is not None:
+        body["dimensions"] = request.dimensions
+    if request.user is not None:
+        body["user"] = request.user
+    return body
+
+
+class _Item(msgspec.Struct):
+    embedding: list[float] | str
+    index: int = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = 0
+    total_tokens: int | None = 0
+
+
+class _Reply(msgspec.Struct):
+    data: list[_Item]
+    usage: _Usage | None = None
+
+
+_reply = msgspec.json.Decoder(_Reply)
+
+
+class Embeddings(msgspec.Struct, frozen=True):
+    """A provider's answer, as floats per input (in input order) and its input tokens."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+def read_reply(raw: bytes) -> Embeddings:
+    try:
+        reply = _reply.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise UpstreamUnavailable("The provider's embeddings answer was unreadable.") from exc
+    vectors: list[list[float]] = []
+    for item in sorted(reply.data, key=lambda i: i.index):
+        if isinstance(item.embedding, str):  # a provider that answered base64 anyway
+            data = base64.b64decode(item.embedding)
+            vectors.append(list(struct.unpack(f"<{len(data) // 4}f", data)))
+        else:
+            vectors.append(item.embedding)
+    usage = reply.usage
+    return Embeddings(vectors=vectors, prompt_tokens=(usage.prompt_tokens or 0) if usage is not None else 0)
+
+
+def cached_form(embeddings: Embeddings) -> bytes:
+    return msgspec.json.encode({"vectors": embeddings.vectors, "prompt_tokens": embeddings.prompt_tokens})
+
+
+def from_cached(raw: bytes) -> Embeddings:
+    return msgspec.json.decode(raw, type=Embeddings)
+
+
+def _base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
+def render(embeddings: Embeddings, model: str, encoding_format: str) -> bytes:
+    """OpenAI's ``list`` of ``embedding`` objects, under the public model name."""
+    encode = _base64 if encoding_format == "base64" else None
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode(v) if encode is not None else v}
+        for i, v in enumerate(embeddings.vectors)
+    ]
+    tokens = embeddings.prompt_tokens
+    return msgspec.json.encode(
+        {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )

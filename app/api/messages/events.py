@@ -1,0 +1,333 @@
+"""Chat completion chunks and completions -> Anthropic Messages events and message objects.
+
+``MessageEvents`` is the stream's translator: it reads each ``chat.completion.chunk`` the pipeline
+produces and returns the Anthropic events it stands for, as ``Chunk``s whose ``raw`` is the event's
+JSON (``{"type": "<event>", ...}``: the SSE framing reads the event name from it). Blocks follow
+the deltas: reasoning -> a ``thinking`` block (``thinking_delta``, ``signature_delta`` when the
+provider hands a signature on), content -> a ``text`` block, each tool call -> a ``tool_use`` block
+(``input_json_delta``); a block is stopped when the next one starts. ``message_delta`` (stop
+reason and usage) and ``message_stop`` come at the end of the provider's stream, once its usage is in.
+
+``message_object`` does the same for a whole ``chat.completion``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from app.domain.chunks import Chunk, Usage
+
+_encode = msgspec.json.encode
+
+#: OpenAI finish reasons -> Anthropic stop reasons.
+STOP_REASONS: Final = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+class _Function(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCall(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    function: _Function | None = None
+
+
+class _ThinkingBlock(msgspec.Struct):
+    type: str | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    thinking_blocks: list[_ThinkingBlock] | None = None
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class _ChunkView(msgspec.Struct):
+    choices: list[_Choice] | None = None
+    usage: _Usage | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    thinking_blocks: list[_ThinkingBlock] | None = None
+
+
+class _CompletionChoice(msgspec.Struct):
+    index: int = 0
+    message: _Message | None = None
+    finish_reason: str | None = None
+
+
+class _CompletionView(msgspec.Struct):
+    choices: list[_CompletionChoice] | None = None
+    usage: _Usage | None = None
+
+
+_chunk_view = msgspec.json.Decoder(_ChunkView)
+_completion_view = msgspec.json.Decoder(_CompletionView)
+_loose = msgspec.json.Decoder()
+
+
+def anthropic_usage(usage: _Usage | None, *, fallback_input: int, fallback_output: int) -> dict[str, int]:
+    """OpenAI usage -> Anthropic's: ``input_tokens`` there excludes the cache's reads and writes."""
+    if usage is None:
+        return {
+            "input_tokens": fallback_input,
+            "output_tokens": fallback_output,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+    read = usage.cache_read_input_tokens
+    if read is None and usage.prompt_tokens_details is not None:
+        read = usage.prompt_tokens_details.cached_tokens
+    read = read or 0
+    created = usage.cache_creation_input_tokens or 0
+    prompt = usage.prompt_tokens if usage.prompt_tokens is not None else fallback_input
+    return {
+        "input_tokens": max(prompt - read - created, 0),
+        "output_tokens": usage.completion_tokens if usage.completion_tokens is not None else fallback_output,
+        "cache_creation_input_tokens": created,
+        "cache_read_input_tokens": read,
+    }
+
+
+def _gateway_usage(usage: _Usage | None) -> Usage | None:
+    if usage is None:
+        return None
+    return Usage(prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0)
+
+
+def _event(data: dict[str, Any], *, content: bool = False) -> Chunk:
+    return Chunk(raw=_encode(data), has_content=content)
+
+
+class MessageEvents:
+    """One stream's translation; ``feed`` per chunk, ``finish`` at the provider's clean end."""
+
+    __slots__ = (
+        "_block",
+        "_finish",
+        "_index",
+        "_input_estimate",
+        "_kind",
+        "_message_id",
+        "_model",
+        "_output_chars",
+        "_started",
+        "_tool_ids",
+        "_tools",
+        "_usage",
+    )
+
+    def __init__(self, message_id: str, model: str, input_estimate: int) -> None:
+        self._message_id = message_id
+        self._model = model
+        self._input_estimate = input_estimate
+        self._started = False
+        self._index = -1  # the open block's index, -1 when none is open
+        self._block = 0  # the next block's index
+        self._kind: str | None = None
+        self._tools: dict[int, int] = {}  # the provider's tool call index -> its block's index
+        self._tool_ids: dict[int, str] = {}
+        self._finish: str | None = None
+        self._usage: _Usage | None = None
+        self._output_chars = 0
+
+    def _start(self, out: list[Chunk]) -> None:
+        if self._started:
+            return
+        self._started = True
+        message: dict[str, Any] = {
+            "id": self._message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": self._input_estimate,
+                "output_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        }
+        out.append(_event({"type": "message_start", "message": message}))
+
+    def _stop_block(self, out: list[Chunk]) -> None:
+        if self._index >= 0:
+            out.append(_event({"type": "content_block_stop", "index": self._index}))
+            self._index = -1
+            self._kind = None
+
+    def _open(self, kind: str, block: dict[str, Any], out: list[Chunk]) -> int:
+        self._stop_block(out)
+        self._index = index = self._block
+        self._block += 1
+        self._kind = kind
+        out.append(_event({"type": "content_block_start", "index": index, "content_block": block}))
+        return index
+
+    def _delta(self, index: int, delta: dict[str, Any], out: list[Chunk]) -> None:
+        out.append(_event({"type": "content_block_delta", "index": index, "delta": delta}, content=True))
+
+    def feed(self, chunk: Chunk) -> list[Chunk]:
+        out: list[Chunk] = []
+        self._start(out)
+        try:
+            view = _chunk_view.decode(chunk.raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return out  # a chunk of a shape no provider sends: nothing a client could be given of it
+        if view.usage is not None:
+            self._usage = view.usage
+        for choice in view.choices or ():
+            if choice.index != 0:
+                continue  # Anthropic messages have one choice
+            if choice.finish_reason:
+                self._finish = choice.finish_reason
+            if choice.delta is not None:
+                self._read_delta(choice.delta, out)
+        return out
+
+    def _read_delta(self, delta: _Delta, out: list[Chunk]) -> None:
+        if delta.reasoning_content:
+            if self._kind != "thinking":
+                self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+            self._output_chars += len(delta.reasoning_content)
+            self._delta(self._index, {"type": "thinking_delta", "thinking": delta.reasoning_content}, out)
+        for block in delta.thinking_blocks or ():
+            if block.type == "redacted_thinking" and block.data:
+                self._open("redacted_thinking", {"type": "redacted_thinking", "data": block.data}, out)
+                self._stop_block(out)
+            elif block.signature:
+                if self._kind != "thinking":
+                    self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+                self._delta(self._index, {"type": "signature_delta", "signature": block.signature}, out)
+        if delta.content:
+            if self._kind != "text":
+                self._open("text", {"type": "text", "text": ""}, out)
+            self._output_chars += len(delta.content)
+            self._delta(self._index, {"type": "text_delta", "text": delta.content}, out)
+        for call in delta.tool_calls or ():
+            self._read_tool_call(call, out)
+
+    def _read_tool_call(self, call: _ToolCall, out: list[Chunk]) -> None:
+        function = call.function or _Function()
+        index = self._tools.get(call.index)
+        if index is None or (call.id is not None and call.id != self._tool_ids.get(call.index)):
+            # A new call (a provider that repeats the id on every delta is still one call).
+            call_id = call.id or f"toolu_{self._message_id}_{call.index}"
+            block = {"type": "tool_use", "id": call_id, "name": function.name or "", "input": {}}
+            index = self._tools[call.index] = self._open("tool_use", block, out)
+            self._tool_ids[call.index] = call_id
+        if function.arguments:
+            self._output_chars += len(function.arguments)
+            self._delta(index, {"type": "input_json_delta", "partial_json": function.arguments}, out)
+
+    def finish(self) -> list[Chunk]:
+        """The provider's stream ended cleanly: close the open block, then message_delta and message_stop."""
+        out: list[Chunk] = []
+        self._start(out)
+        self._stop_block(out)
+        stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
+        usage = anthropic_usage(
+            self._usage, fallback_input=self._input_estimate, fallback_output=(self._output_chars + 3) // 4
+        )
+        delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        out.append(
+            Chunk(
+                raw=_encode({"type": "message_delta", "delta": delta, "usage": usage}),
+                finish_reason=self._finish or "stop",
+                usage=_gateway_usage(self._usage),
+            )
+        )
+        out.append(_event({"type": "message_stop"}))
+        return out
+
+
+def _tool_input(arguments: str | None) -> Any:
+    if not arguments:
+        return {}
+    try:
+        value = _loose.decode(arguments)
+    except msgspec.DecodeError:
+        return {}  # a model that wrote broken JSON: the block still has the object Anthropic's shape needs
+    return value if isinstance(value, dict) else {}
+
+
+def message_object(raw: bytes, message_id: str, model: str, input_estimate: int) -> bytes:
+    """A ``chat.completion``'s JSON -> the Anthropic ``message`` object's JSON."""
+    view = _completion_view.decode(raw)
+    choice = next((c for c in view.choices or () if c.index == 0), None)
+    message = choice.message if choice is not None and choice.message is not None else _Message()
+    content: list[dict[str, Any]] = []
+    signed = [b for b in message.thinking_blocks or () if b.type in ("thinking", "redacted_thinking")]
+    for block in signed:
+        if block.type == "redacted_thinking":
+            content.append({"type": "redacted_thinking", "data": block.data or ""})
+        else:
+            content.append({"type": "thinking", "thinking": block.thinking or "", "signature": block.signature or ""})
+    if not signed and message.reasoning_content:
+        content.append({"type": "thinking", "thinking": message.reasoning_content, "signature": ""})
+    if message.content:
+        content.append({"type": "text", "text": message.content})
+    for i, call in enumerate(message.tool_calls or ()):
+        function = call.function or _Function()
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.id or f"toolu_{message_id}_{i}",
+                "name": function.name or "",
+                "input": _tool_input(function.arguments),
+            }
+        )
+    finish = choice.finish_reason if choice is not None else None
+    output_chars = sum(len(c.get("text") or c.get("thinking") or "") for c in content)
+    return _encode(
+        {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": STOP_REASONS.get(finish or "stop", "end_turn"),
+            "stop_sequence": None,
+            "usage": anthropic_usage(
+                view.usage, fallback_input=input_estimate, fallback_output=(output_chars + 3) // 4
+            ),
+        }
+    )

@@ -1,0 +1,135 @@
+"""One embeddings call to one deployment: the relay's HTTP client for OpenAI-compatible providers,
+LiteLLM for the others.
+
+A deployment takes the relay when the chat relay would (``resolve_target``: LiteLLM's OpenAI-wire
+config and a base URL); its embeddings URL is the chat URL's sibling (``.../embeddings``) with the
+same headers. Errors become the gateway's at this boundary, with provider text redacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from yarl import URL
+
+from app.api.embeddings.wire import Embeddings, EmbeddingsRequest, read_reply, upstream_body
+from app.config.settings import DeploymentSettings
+from app.domain.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from app.providers.chunks import error_from_reply
+from app.providers.egress import EgressSettings
+from app.providers.quoting import ProviderText
+from app.providers.relay_target import resolve_target
+from app.providers.translate import from_litellm
+from app.providers.upstream import RequestTemplate, UpstreamConnectionError, UpstreamPool
+
+#: The most one embeddings answer may hold: 2048 inputs of 3072 floats as JSON is about 120 MB;
+#: batches that large are not what a gateway relays, so this bounds memory well below it.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+class _Target(msgspec.Struct, frozen=True):
+    url: URL
+    request: RequestTemplate
+    model: str
+
+
+def _embeddings_url(chat_url: URL) -> URL:
+    path = chat_url.path
+    base = path[: -len("/chat/completions")] if path.endswith("/chat/completions") else path.rstrip("/")
+    return chat_url.with_path(f"{base}/embeddings", encoded=False).with_query(chat_url.query)
+
+
+class EmbeddingsUpstream:
+    def __init__(
+        self,
+        deployments: list[DeploymentSettings],
+        environ: Mapping[str, str],
+        quote: ProviderText,
+        egress: EgressSettings | None = None,
+    ) -> None:
+        self._quote = quote
+        self._egress = egress
+        self._environ = environ
+        self._targets: dict[str, _Target] = {}
+        self._pools: dict[str, UpstreamPool] = {}
+        for dep in deployments:
+            target = resolve_target(dep, environ)
+            if target is not None:
+                url = _embeddings_url(target.url)
+                self._targets[dep.id] = _Target(url, RequestTemplate(url, target.headers), target.model)
+
+    def relayed(self, deployment_id: str) -> bool:
+        return deployment_id in self._targets
+
+    async def embed(self, dep: DeploymentSettings, request: EmbeddingsRequest) -> Embeddings:
+        target = self._targets.get(dep.id)
+        if target is not None:
+            return await self._relay(target, request)
+        return await self._litellm(dep, request)
+
+    def _pool(self, url: URL) -> UpstreamPool:
+        origin = str(url.origin())
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = UpstreamPool(url, egress=self._egress)
+        return pool
+
+    async def _relay(self, target: _Target, request: EmbeddingsRequest) -> Embeddings:
+        body = msgspec.json.encode(upstream_body(request, target.model))
+        try:
+            response = await self._pool(target.url).post(target.request, body)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("The provider could not be reached in time.") from exc
+        except (UpstreamConnectionError, OSError) as exc:
+            raise UpstreamUnavailable(f"The provider could not be reached: {type(exc).__name__}") from exc
+        try:
+            raw = await response.read(limit=MAX_ANSWER_BYTES + 1)
+        except (UpstreamConnectionError, OSError) as exc:
+            response.close()
+            raise UpstreamUnavailable("The provider's answer broke off.") from exc
+        except BaseException:
+            response.close()
+            raise
+        if response.status != 200:
+            response.release()
+            raise self._quote.quote(error_from_reply(response.status, raw[:65_536], response.headers))
+        if len(raw) > MAX_ANSWER_BYTES:
+            response.close()
+            raise UpstreamUnavailable("The provider's answer was larger than the gateway accepts.")
+        response.release()
+        return read_reply(raw)
+
+    async def _litellm(self, dep: DeploymentSettings, request: EmbeddingsRequest) -> Embeddings:
+        from app.providers.litellm_setup import import_litellm
+
+        litellm = import_litellm()
+        params: dict[str, Any] = {"model": dep.litellm_model, "input": request.input, "encoding_format": "float"}
+        # Retries and fallbacks are the gateway's (Resilient), never the client library's as well.
+        params.update(timeout=dep.timeout_s, num_retries=0, max_retries=0)
+        if dep.api_base:
+            params["api_base"] = dep.api_base
+        if dep.api_key_env:
+            params["api_key"] = self._environ.get(dep.api_key_env, "")
+        elif dep.api_base:
+            params["api_key"] = "no-key"
+        if request.dimensions is not None:
+            params["dimensions"] = request.dimensions
+            # LiteLLM only believes in `dimensions` for the models it knows take it; the provider
+            # is the one to say whether this model does.
+            params["allowed_openai_params"] = ["dimensions"]
+        if request.user is not None:
+            params["user"] = request.user
+        try:
+            response = await litellm.aembedding(**params)
+        except GatewayError as exc:
+            raise self._quote.quote(exc) from None
+        except Exception as exc:
+            raise self._quote.quote(from_litellm(exc)) from None
+        return read_reply(msgspec.json.encode(response.model_dump(exclude_none=True)))
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+        self._pools.clear()

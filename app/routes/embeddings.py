@@ -1,0 +1,72 @@
+"""Embeddings over HTTP: OpenAI's body in, OpenAI's list of embeddings out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
+from litestar.exceptions import InternalServerException
+
+from app.access.keys import ANONYMOUS, Caller
+from app.api.embeddings.wire import parse_embeddings_body
+from app.core.context import context_of
+from app.domain.events import CLIENT_DISCONNECTED
+from app.embeddings.service import EmbeddingService
+from app.providers.resilient import Trail
+from app.routes.chat import check_content_type
+from app.transport.disconnect import ClientGone, DisconnectWatch
+
+EMBEDDINGS_PATHS: Final = ["/v1/embeddings", "/api/embeddings"]
+CLIENT_CLOSED_REQUEST: Final = 499
+
+
+class EmbeddingsController(Controller):
+    path = ""
+    tags = ["embeddings"]
+
+    @post(path=EMBEDDINGS_PATHS, status_code=200, summary="Create embeddings (OpenAI's shape; float or base64)")
+    async def create(
+        self,
+        request: Request[Any, Any, Any],
+        embeddings: NamedDependency[EmbeddingService],
+        caller: NamedDependency[Caller],
+    ) -> Response[Any]:
+        started = time.perf_counter()
+        check_content_type(request.headers.get("content-type"))
+        try:
+            raw = await request.body()
+        except InternalServerException:
+            context_of(request.scope).outcome = CLIENT_DISCONNECTED
+            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+        body = parse_embeddings_body(raw)
+        context = context_of(request.scope)
+        context.model = body.model
+        if caller.scope != ANONYMOUS.scope:
+            context.key = caller.name
+        admission = await embeddings.admit(body, caller)
+        headers: dict[str, str] = dict(admission.headers) if admission is not None else {}
+        if headers:
+            context.rate_headers = headers
+        context.trail = trail = Trail()
+        watch = DisconnectWatch(request.receive)
+        try:
+            with watch.guard():
+                content, cache_status = await embeddings.create(
+                    body,
+                    caller,
+                    cache_control=request.headers.get("cache-control"),
+                    admission=admission,
+                    trail=trail,
+                    started_at=started,
+                    traceparent=request.headers.get("traceparent"),
+                )
+        except ClientGone:
+            context_of(request.scope).outcome = CLIENT_DISCONNECTED
+            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+        finally:
+            watch.stop()
+        if cache_status:
+            headers["X-Cache"] = cache_status
+        return Response(content=content, media_type="application/json", headers=headers)

@@ -1,0 +1,251 @@
+"""The Anthropic Messages API over HTTP: an adapter over the chat pipeline.
+
+A Messages body is translated into the chat request (``app/api/messages/request.py``) and run
+by the same ``ChatService`` calls as chat completions (admission, cache, groups, retries,
+fallbacks, the status window, the resume log, drain, metrics, traces); what comes back is
+translated into Anthropic's message object or event stream (``app/api/messages/events.py``,
+``source.py``) and framed as Anthropic's named SSE events
+(``app/api/messages/framing.py``). Errors on these routes are in Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import structlog
+from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, InternalServerException, NotFoundException, ValidationException
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+from app.access.keys import ANONYMOUS
+from app.api.chat.sse import SSE_HEADERS, SseResponse
+from app.api.framing import ANTHROPIC
+from app.api.intent import wants_stream
+from app.api.messages.errors import anthropic_error_body, anthropic_status
+from app.api.messages.events import MessageEvents, message_object
+from app.api.messages.framing import ANTHROPIC_FRAMING
+from app.api.messages.request import parse_messages_body, to_chat_body, to_chat_input
+from app.api.messages.source import MessagesSource
+from app.api.messages.tokens import count_input_tokens
+from app.config.settings import Settings
+from app.core.context import context_of
+from app.domain.chunks import Chunk
+from app.domain.errors import GatewayError, InvalidRequest, ModelNotAllowed, PayloadTooLarge, public_error
+from app.domain.events import CLIENT_DISCONNECTED
+from app.limits.limiter import estimate_tokens
+from app.providers.resilient import Trail
+from app.routes.chat import ChatContext, check_content_type
+from app.transport.disconnect import ClientGone, DisconnectWatch
+
+logger = structlog.get_logger("chat.errors")
+
+MESSAGES_PATHS: Final = ["/v1/messages", "/api/messages"]
+COUNT_TOKENS_PATHS: Final = ["/v1/messages/count_tokens", "/api/messages/count_tokens"]
+CLIENT_CLOSED_REQUEST: Final = 499
+#: Request headers an Anthropic deployment is sent on unchanged.
+_FORWARDED_HEADERS: Final = ("anthropic-beta",)
+
+
+def _request_id(request: Request[Any, Any, Any]) -> str | None:
+    value = context_of(request.scope).request_id
+    return value or None
+
+
+def _gateway_error(request: Request[Any, Any, Any], exc: Exception) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            return PayloadTooLarge("The request body is larger than the server accepts.")
+        if isinstance(exc, ValidationException | NotFoundException):
+            return InvalidRequest(str(exc.detail))
+        error = InvalidRequest(str(exc.detail))
+        error.status = exc.status_code  # type: ignore[misc]
+        return error
+    logger.error(
+        "unhandled_error", request_id=_request_id(request), route=request.scope.get("path_template"), exc_info=exc
+    )
+    settings = getattr(request.app.state, "settings", None)
+    return public_error(exc, production=bool(settings and settings.production))
+
+
+def anthropic_error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every error on these routes, in Anthropic's shape with section 4's headers."""
+    error = _gateway_error(request, exc)
+    context = context_of(request.scope)
+    context.error = error  # for the request's log line
+    headers = dict(error.headers())
+    for name, value in (context.rate_headers or {}).items():
+        headers.setdefault(name, value)
+    request_id = _request_id(request)
+    if request_id is not None:
+        headers["request-id"] = request_id
+    return Response(
+        content=anthropic_error_body(error),
+        status_code=anthropic_status(error),
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def passthrough_for(settings: Settings, model: str) -> bool:
+    """Whether every deployment of ``model`` is an Anthropic one (then Anthropic's controls go on)."""
+    group = settings.group(model)
+    return bool(group) and all(dep.litellm_model.startswith("anthropic/") for dep in group)
+
+
+def _forwarded(request: Request[Any, Any, Any]) -> dict[str, str] | None:
+    headers = {name: request.headers[name] for name in _FORWARDED_HEADERS if name in request.headers}
+    return headers or None
+
+
+def _reasons(request: Request[Any, Any, Any], model: str) -> bool:
+    """Whether the catalogue says ``model`` takes a reasoning effort (capability ``reasoning``)."""
+    catalogue = getattr(request.app.state, "catalogue", None)
+    snapshot = catalogue.current() if catalogue is not None else None
+    info = snapshot.by_id.get(model) if snapshot is not None else None
+    return info is not None and "reasoning" in info.capabilities
+
+
+def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
+    context_of(request.scope).outcome = CLIENT_DISCONNECTED
+    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+
+
+def _message_id() -> str:
+    return "msg_" + os.urandom(12).hex()
+
+
+class MessagesController(Controller):
+    path = ""
+    tags = ["messages"]
+    # Every key the app's handlers use (looked up by the exception's class first), so that none of
+    # theirs answers in the chat shape here.
+    exception_handlers = {
+        GatewayError: anthropic_error_response,
+        HTTPException: anthropic_error_response,
+        Exception: anthropic_error_response,
+    }
+
+    @post(path=MESSAGES_PATHS, status_code=200, summary="Create a message (Anthropic Messages API; JSON or SSE)")
+    async def create(
+        self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
+    ) -> Response[Any]:
+        return await create_message(request, chat_context)
+
+    @post(
+        path=COUNT_TOKENS_PATHS, status_code=200, summary="Count a Messages request's input tokens (no provider call)"
+    )
+    async def count_tokens(
+        self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
+    ) -> Response[Any]:
+        check_content_type(request.headers.get("content-type"))
+        parsed, body = parse_messages_body(await request.body(), require_max_tokens=False)
+        settings = chat_context.settings
+        chat_body = to_chat_body(parsed, body, passthrough=passthrough_for(settings, parsed.model), stream=False)
+        model = chat_context.chat.resolve(parsed.model)
+        if not chat_context.caller.policy.allows(model):
+            raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
+        dep = settings.deployment(model)
+        litellm_model = dep.litellm_model if dep is not None else model
+        # Tokenizing a large body is CPU work (and the first call loads the tokenizer's files).
+        tokens = await asyncio.to_thread(count_input_tokens, litellm_model, chat_body)
+        return Response(content={"input_tokens": tokens}, headers=_id_headers(request))
+
+
+def _id_headers(request: Request[Any, Any, Any]) -> dict[str, str]:
+    request_id = _request_id(request)
+    return {"request-id": request_id} if request_id is not None else {}
+
+
+async def create_message(request: Request[Any, Any, Any], chat_context: ChatContext) -> Response[Any]:
+    """``POST /v1/messages``: JSON or SSE."""
+    started = time.perf_counter()
+    chat, settings, caller = chat_context.chat, chat_context.settings, chat_context.caller
+    check_content_type(request.headers.get("content-type"))
+    try:
+        raw = await request.body()
+    except InternalServerException:
+        return _client_gone(request)
+    parsed, body = parse_messages_body(raw)
+    passthrough = passthrough_for(settings, parsed.model)
+    streaming = wants_stream(parsed.stream, request.headers.get("accept"))
+    reasoning = _reasons(request, parsed.model)
+    chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
+    chat_input = to_chat_input(chat_body, _forwarded(request) if passthrough else None)
+    context = context_of(request.scope)
+    context.model = parsed.model
+    if caller.scope != ANONYMOUS.scope:
+        context.key = caller.name
+    if settings.server.log_bodies:
+        context.prompt = chat_body["messages"]
+    admission = await chat.admit(chat_input, caller)
+    rate_headers = admission.headers if admission is not None else None
+    if rate_headers:
+        context.rate_headers = rate_headers
+    estimate = estimate_tokens(chat_input)
+    message_id = _message_id()
+    headers = _id_headers(request)
+    if rate_headers:
+        headers.update(rate_headers)
+    watch = DisconnectWatch(request.receive)
+    try:
+        with watch.guard():
+            if not streaming:
+                context.trail = trail = Trail()
+                completion, cache_status = await chat.complete(
+                    chat_input,
+                    started_at=started,
+                    caller=caller,
+                    cache_control=request.headers.get("cache-control"),
+                    traceparent=request.headers.get("traceparent"),
+                    trail=trail,
+                    admission=admission,
+                )
+                watch.stop()
+                if cache_status:
+                    headers["X-Cache"] = cache_status
+                content = message_object(completion.raw, message_id, parsed.model, estimate)
+                return Response(content=content, media_type="application/json", headers=headers)
+            stream = await chat.open_stream(
+                chat_input,
+                "sse",
+                started_at=started,
+                caller=caller,
+                cache_control=request.headers.get("cache-control"),
+                traceparent=request.headers.get("traceparent"),
+                admission=admission,
+                adapt=_adapter(message_id, parsed.model, estimate),
+                format=ANTHROPIC,
+            )
+            context.stream = stream
+            first = await stream.first_event(settings.streaming.status_window_s)
+    except BaseException as exc:
+        watch.stop()
+        opened = context.stream
+        if opened is not None:
+            opened.close(CLIENT_DISCONNECTED)
+        if isinstance(exc, ClientGone):
+            return _client_gone(request)
+        raise
+    if first is not None and first.error is not None:
+        watch.stop()
+        stream.mark_first_byte()
+        stream.close(first.error.outcome)
+        raise first.error
+    sse_headers = {**SSE_HEADERS, "X-Stream-ID": stream.id, **headers}
+    if stream.cache_status:
+        sse_headers["X-Cache"] = stream.cache_status
+    return SseResponse(stream, watch, sse_headers, ANTHROPIC_FRAMING)
+
+
+def _adapter(message_id: str, model: str, estimate: int) -> Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]]:
+    def adapt(source: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+        return MessagesSource(source, MessageEvents(message_id, model, estimate))
+
+    return adapt

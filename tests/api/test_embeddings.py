@@ -1,0 +1,178 @@
+"""Embeddings through the OpenAI SDK, LiteLLM's own client and raw HTTP, on both provider
+paths (the relay and LiteLLM), against the fake provider's ``/v1/embeddings``."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
+
+from app.config.settings import settings_from_dict
+from tests.conftest import ServerThread, settings_dict
+from tests.helpers.fake_provider import Behaviour, FakeProvider, fake_vector
+
+KEY = "sk-embed-all-0123456789"
+LIMITED = "sk-embed-limited-0123456789"
+CHAT_ONLY = "sk-embed-chat-only-0123456789"
+ENV = {"EMB_DEFAULT": KEY, "EMB_LIMITED": LIMITED, "EMB_CHAT_ONLY": CHAT_ONLY}
+
+
+def _settings(fake: FakeProvider, fast: bool) -> Any:
+    fake.set_behaviour("embed_down", Behaviour(kind="error", status=503, error_message="overloaded"))
+    data = settings_dict(fake.base_url, fast_path=fast, server={"api_keys_env": "EMB_DEFAULT"}, cache={"enabled": True})
+    embedding = {"mode": "embedding", "input_cost_per_mtok": 1000.0}
+    data["models"]["deployments"] += [
+        {
+            "name": "embed",
+            "litellm_model": "openai/embed",
+            "api_base": fake.base_url,
+            "fast_path": fast,
+            "info": embedding,
+        },
+        {
+            "name": "embed_fallback",
+            "litellm_model": "openai/embed_down",
+            "api_base": fake.base_url,
+            "fast_path": fast,
+            "info": embedding,
+            "fallbacks": ["embed"],
+        },
+    ]
+    data["keys"] = [
+        {"name": "limited", "key_env": "EMB_LIMITED", "tokens_per_minute": 40},
+        {"name": "chat_only", "key_env": "EMB_CHAT_ONLY", "models": ["normal"]},
+    ]
+    return settings_from_dict(data, ENV)
+
+
+@pytest.fixture(scope="module", params=["fast", "full"])
+def embed_gateway(request: pytest.FixtureRequest, fake_provider: FakeProvider) -> Iterator[ServerThread]:
+    server = ServerThread(_settings(fake_provider, request.param == "fast"), environ=ENV).start(timeout=90)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def sdk(embed_gateway: ServerThread) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=f"{embed_gateway.base_url}/v1", api_key=KEY, max_retries=0, timeout=10) as client:
+        yield client
+
+
+def floats32(values: list[float]) -> list[float]:
+    """What survives a float32 round trip (base64 answers carry float32)."""
+    return list(struct.unpack(f"<{len(values)}f", struct.pack(f"<{len(values)}f", *values)))
+
+
+async def test_float_batch_through_the_openai_sdk(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    inputs = ["alpha", "beta", "gamma"]
+    result = await sdk.embeddings.create(model="embed", input=inputs, encoding_format="float", dimensions=4)
+    assert result.object == "list" and result.model == "embed"
+    assert [d.index for d in result.data] == [0, 1, 2]
+    assert [d.embedding for d in result.data] == [fake_vector(x, 4) for x in inputs]
+    assert result.usage.prompt_tokens == 9 and result.usage.total_tokens == 9
+    sent = fake.requests[-1].body
+    assert sent["input"] == inputs and sent["dimensions"] == 4 and sent["encoding_format"] == "float"
+
+
+async def test_base64_is_the_sdk_default(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    result = await sdk.embeddings.create(model="embed", input="hello base64")  # the SDK asks for base64
+    assert result.data[0].embedding == pytest.approx(floats32(fake_vector("hello base64", 8)))
+    response = await sdk.embeddings.with_raw_response.create(
+        model="embed", input="hello base64", encoding_format="base64"
+    )
+    raw = response.http_response.json()["data"][0]["embedding"]
+    assert isinstance(raw, str)
+    data = base64.b64decode(raw)
+    assert list(struct.unpack(f"<{len(data) // 4}f", data)) == floats32(fake_vector("hello base64", 8))
+
+
+async def test_token_arrays(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    result = await sdk.embeddings.create(model="embed", input=[[1, 2, 3], [4, 5]], encoding_format="float")
+    assert [d.embedding for d in result.data] == [fake_vector([1, 2, 3], 8), fake_vector([4, 5], 8)]
+    assert result.usage.prompt_tokens == 5
+
+
+async def test_cache_answers_the_second_call(embed_gateway: ServerThread, fake: FakeProvider) -> None:
+    body = {"model": "embed", "input": "cache me please", "encoding_format": "float"}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=embed_gateway.base_url, timeout=10, headers=headers) as client:
+        first = await client.post("/v1/embeddings", json=body)
+        second = await client.post("/api/embeddings", json={**body, "encoding_format": "base64"})
+    assert first.headers["x-cache"] == "MISS" and second.headers["x-cache"] == "HIT"
+    assert fake.calls("embed") == 1
+    data = base64.b64decode(second.json()["data"][0]["embedding"])
+    assert list(struct.unpack(f"<{len(data) // 4}f", data)) == floats32(first.json()["data"][0]["embedding"])
+
+
+async def test_fallback_to_another_embedding_model(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    result = await sdk.embeddings.create(model="embed_fallback", input="fall back", encoding_format="float")
+    assert result.data[0].embedding == fake_vector("fall back", 8)
+    models = [r.model for r in fake.requests]
+    # The LiteLLM path may be retried inside LiteLLM's OpenAI embedding handler first (it reads
+    # max_retries=0 as its default); the relay's attempts are the gateway's alone.
+    assert models[0] == "embed_down" and models[-1] == "embed" and set(models) == {"embed_down", "embed"}
+
+
+async def test_chat_model_and_embedding_model_on_the_wrong_route(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        await sdk.embeddings.create(model="normal", input="hi")
+    assert caught.value.code == "model_not_supported"
+    with pytest.raises(BadRequestError) as caught:
+        await sdk.chat.completions.create(model="embed", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.code == "model_not_supported"
+    with pytest.raises(NotFoundError):
+        await sdk.embeddings.create(model="no-such-model", input="hi")
+    assert fake.calls() == 0
+
+
+async def test_allow_list_and_token_limit(embed_gateway: ServerThread, fake: FakeProvider) -> None:
+    base = f"{embed_gateway.base_url}/v1"
+    async with AsyncOpenAI(base_url=base, api_key=CHAT_ONLY, max_retries=0, timeout=10) as client:
+        with pytest.raises(PermissionDeniedError):
+            await client.embeddings.create(model="embed", input="hi")
+    async with AsyncOpenAI(base_url=base, api_key=LIMITED, max_retries=0, timeout=10) as client:
+        await client.embeddings.create(model="embed", input="x" * 100, encoding_format="float")  # ~26 tokens
+        with pytest.raises(RateLimitError):
+            await client.embeddings.create(model="embed", input="y" * 100, encoding_format="float")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "embed"}, "input"),
+        ({"model": "embed", "input": ""}, "input"),
+        ({"model": "embed", "input": []}, "input"),
+        ({"model": "embed", "input": [1, "a"]}, "input"),
+        ({"model": "embed", "input": "a", "encoding_format": "hex"}, "encoding_format"),
+        ({"model": "embed", "input": "a", "dimensions": 0}, "dimensions"),
+        ({"model": "embed", "input": "a", "api_base": "http://evil"}, "api_base"),
+    ],
+)
+async def test_bad_input_is_a_400_naming_the_field(
+    embed_gateway: ServerThread, fake: FakeProvider, body: dict[str, Any], param: str
+) -> None:
+    async with httpx.AsyncClient(base_url=embed_gateway.base_url, timeout=10) as client:
+        response = await client.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert fake.calls() == 0
+
+
+async def test_litellm_client_pointed_at_the_gateway(embed_gateway: ServerThread, fake: FakeProvider) -> None:
+    from app.providers.litellm_setup import import_litellm
+
+    litellm = import_litellm()
+    base = f"{embed_gateway.base_url}/v1"
+    result = await litellm.aembedding(
+        model="openai/embed", input=["via litellm"], api_base=base, api_key=KEY, encoding_format="float"
+    )
+    assert result.data[0]["embedding"] == fake_vector("via litellm", 8)
+    completion = await litellm.acompletion(
+        model="openai/normal", messages=[{"role": "user", "content": "hi"}], api_base=base, api_key=KEY
+    )
+    assert completion.choices[0].message.content == "Hello, world! This is the fake provider."
