@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -171,6 +173,34 @@ async def test_count_tokens_makes_no_provider_call(sdk: AsyncAnthropic, fake: Fa
     )
     assert counted.input_tokens > 5
     assert fake.calls() == 0
+
+
+async def test_count_tokens_never_fetches_an_image_url(sdk: AsyncAnthropic, fake: FakeProvider) -> None:
+    """An image by URL counts as a fixed number of tokens; the URL (a local listener here) is never read."""
+    accepted: list[object] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for _ in range(60):  # about 3 s, then the listener closes
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    watcher = threading.Thread(target=serve, daemon=True)
+    watcher.start()
+    try:
+        image = {"type": "image", "source": {"type": "url", "url": f"http://127.0.0.1:{port}/cat.png"}}
+        counted = await sdk.messages.count_tokens(
+            model="normal", messages=[{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}]
+        )
+        assert counted.input_tokens > 0
+    finally:
+        watcher.join(5)
+        listener.close()
+    assert accepted == [] and fake.calls() == 0
 
 
 # ---- errors: the SDK's own exception classes -----------------------------------------------------

@@ -82,6 +82,16 @@ async def test_websocket_accepts_the_keys_http_accepts(guarded: ServerThread, he
         assert frame["type"] == "chat.completion.done"
 
 
+@pytest.mark.usefixtures("fake")
+async def test_the_responses_websocket_accepts_x_api_key(guarded: ServerThread) -> None:
+    url = guarded.ws_url.replace("/v1/chat/completions", "/v1/responses")
+    async with connect(url, additional_headers={"X-API-Key": "key-two"}) as ws:
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "hi"}))
+        while (event := json.loads(await ws.recv()))["type"] not in ("response.completed", "error"):
+            pass
+        assert event["type"] == "response.completed"
+
+
 async def test_websocket_wrong_x_api_key_closes_1008(guarded: ServerThread) -> None:
     async with connect(guarded.ws_url, additional_headers={"X-API-Key": "wrong"}) as ws:
         with pytest.raises(ConnectionClosed) as info:
