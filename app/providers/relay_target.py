@@ -20,6 +20,7 @@ from yarl import URL
 from app.config.settings import DeploymentSettings
 from app.domain.chat_request import ChatCompletionInput
 from app.providers.base import asking_for_usage
+from app.providers.demo import is_demo
 from app.providers.upstream import RequestTemplate
 
 #: OpenAI-wire providers (LiteLLM's names) and their default base URL; None: ``api_base`` is required.
@@ -64,8 +65,8 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
     Retries, cooldowns and fallbacks do not matter here: they sit in front of both paths
     (``providers/resilient.py``).
     """
-    if not dep.fast_path:
-        return None
+    if not dep.fast_path or is_demo(dep.litellm_model):
+        return None  # the demo models are served in process (demo.py)
     provider, sep, model = dep.litellm_model.partition("/")
     if not sep:
         return None

@@ -196,14 +196,19 @@ def test_a_relay_only_gateway_never_imports_litellm(tmp_path: Any) -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_a_relay_only_server_starts_without_litellm(tmp_path: Path) -> None:
-    """The whole start-up (`python -m app`, its provider checks included) of a relay-only config."""
+@pytest.mark.parametrize("which", ["relay", "default"])
+def test_a_server_without_litellm_deployments_starts_without_litellm(tmp_path: Path, which: str) -> None:
+    """The whole start-up (`python -m app`, its provider checks included) of a relay-only config and of
+    the default one (the built-in demo models, served in process)."""
     port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        f'[server]\nport = {port}\nlog_level = "warning"\n'
-        '[[models.deployments]]\nname = "fast"\nlitellm_model = "openai/fast"\napi_base = "http://127.0.0.1:9/v1"\n'
-    )
+    config = tmp_path / "gateway.toml"
+    if which == "default":
+        config.write_text((REPO / "config" / "default.toml").read_text().replace("port = 8000", f"port = {port}", 1))
+    else:
+        config.write_text(
+            f'[server]\nport = {port}\nlog_level = "warning"\n'
+            '[[models.deployments]]\nname = "fast"\nlitellm_model = "openai/fast"\napi_base = "http://127.0.0.1:9/v1"\n'
+        )
     proc = subprocess.Popen([sys.executable, "-m", "app", "--config", str(config)], cwd=REPO)
     try:
         deadline = time.monotonic() + 60
