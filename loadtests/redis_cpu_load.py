@@ -7,7 +7,7 @@ cell per op bound: the fast fake upstream, a private redis-server and ``python -
 the prompts repeat, so there are hits as well as misses and writes). Redis never fails here, so
 every trip is the op bound firing because the event loop (or Redis) did not get the CPU in time.
 ``--features all`` puts the rate limiter and the resume store in the same Redis (one shared
-breaker, ``app/redis/breakers.py``) and sets ``rate_limit.op_timeout_s`` to the cell's bound too,
+breaker, ``app/redis_breakers.py``) and sets ``rate_limit.op_timeout_s`` to the cell's bound too,
 so a cell counts the trips of every Redis user. Prints one JSON line per cell. Bounded by
 ``--seconds`` per cell, a per-request timeout and ``--max-seconds`` overall; the hogs are killed
 with their cell.

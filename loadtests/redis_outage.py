@@ -14,7 +14,7 @@ summary:
 
 ``--features all`` puts the rate limiter (a limit every request is far under) and the resume store
 in the same Redis as the cache, and makes every other request a stream (each one's log is copied to
-Redis): the three share one circuit breaker (``app/redis/breakers.py``), so one stall costs one op
+Redis): the three share one circuit breaker (``app/redis_breakers.py``), so one stall costs one op
 bound in all, and there is one ``redis_unavailable`` line for it.
 
 It also reports readiness during the outage, ``chat_cache_requests_total{result="error"}`` and the
@@ -184,7 +184,6 @@ async def run_phases(
         "recovered_after_s": None if recovered_s is None else round(recovered_s, 3),
         "after": summary_ms([lat for _, lat, _ in after]),
         "after_non_200": sum(1 for *_, status in after if status != 200),
-        "after_statuses": sorted({status for *_, status in after}),
     }
 
 

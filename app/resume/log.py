@@ -82,6 +82,13 @@ class StreamLog:
     def held(self) -> int:
         return len(self._events)
 
+    def release(self) -> None:
+        """The log is dropped: its last event's error lets go of the traceback it was raised with.
+        Its frames hold the request that failed; freed with the log by reference counting, rather
+        than left as a cycle for the collector to find whenever it next runs."""
+        if self._events and self._events[-1].error is not None:
+            self._events[-1].error.__traceback__ = None
+
     @property
     def first_seq(self) -> int:
         """The oldest seq still held (``last_seq + 1`` when empty)."""

@@ -103,6 +103,7 @@ class MemoryResumeStore:
         if log is not None:
             self.bytes -= log.size
             log.stream = None
+            log.release()
 
     def sweep(self) -> int:
         """Drop every expired log; how many were dropped."""

@@ -669,7 +669,9 @@ async def test_a_key_in_a_link_never_replaces_the_stored_one_unasked(
         # Saved on purpose, the offered key is taken (and refused here: it is not a key of this gateway).
         await page.goto(f"{keyed_gateway.base_url}/?model=normal&key=someone-elses-key")
         await page.get_by_role("button", name="Save", exact=True).click()
-        await expect(page.locator("#status")).to_have_text("key needed")
+        await expect(page.locator("#status")).to_have_text(
+            "key refused"
+        )  # a wrong key is told apart from a missing one
         assert await page.evaluate("localStorage.getItem('chat-gateway.key')") == "someone-elses-key"
         probe.statuses = [(s, u) for s, u in probe.statuses if not (s == 401 and u.endswith("/v1/models"))]
         probe.assert_clean()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from loadtests.processes import GatewayProcess
-from tests.conftest import RedisServer
+from tests.conftest import REDIS_TEST_DB, RedisServer
 from tests.helpers.fake_provider import Behaviour, FakeProvider
 from tests.helpers.sse import chat_body
 from tests.resume.test_resume import KEY_A, A
@@ -35,6 +36,19 @@ def private_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+def wait_logged(server: RedisServer, stream_id: str) -> None:
+    """Until the stream's first event is in Redis: the producer writes it a moment after its client
+    got it, and a replica killed before that leaves nothing to resume (a 404, not what is tested)."""
+    client = redis.Redis(port=server.port, db=REDIS_TEST_DB)
+    try:
+        deadline = time.monotonic() + 10
+        while not client.xlen(f"chat:resume:{stream_id}"):
+            assert time.monotonic() < deadline, "the stream's first event never reached Redis"
+            time.sleep(0.02)
+    finally:
+        client.close()
 
 
 def replica(tmp: Path, name: str, fake: FakeProvider, redis_url: str) -> GatewayProcess:
@@ -64,6 +78,7 @@ async def test_a_resumer_of_a_dead_replica_hears_heartbeats_then_its_end(
                 async for line in r.aiter_lines():
                     if line.startswith("id: "):
                         break  # one event; then leave (the grace keeps the stream going on A)
+            wait_logged(private_redis, sid)
             url = f"{b.base_url}/v1/chat/completions/streams/{sid}"
             lines: list[tuple[float, str]] = []
             killed_at = 0.0
@@ -120,6 +135,7 @@ async def test_a_resume_opened_after_the_replica_died_ends_at_once(
                 async for line in r.aiter_lines():
                     if line.startswith("id: "):
                         break
+            wait_logged(private_redis, sid)
             a.child.signal(signal.SIGKILL)
             # Past the liveness key's life, nobody has followed the stream: the first resume finds the
             # replica gone and ends the log before it starts.
