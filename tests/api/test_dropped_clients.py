@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from loadtests.processes import GatewayProcess
+from tests.conftest import EXTRA_BEHAVIOURS
 from tests.helpers.fake_provider import FakeProvider
 
 WRITE_TIMEOUT_S = 0.5
@@ -24,7 +25,11 @@ DROPS = 3
 
 
 @pytest.fixture(scope="module")
-def gateway(fake_provider: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    # A provider of its own: firehoses that earlier tests left running on the shared one would slow
+    # this module's, and the drops it counts would come late.
+    fake_provider = FakeProvider().start()
+    fake_provider.set_behaviour("firehose_endless", EXTRA_BEHAVIOURS["firehose_endless"])
     tmp = tmp_path_factory.mktemp("dropped")
     config = (
         f"[streaming]\nwrite_timeout_s = {WRITE_TIMEOUT_S}\ndetach_grace_s = 2\n\n"
@@ -36,6 +41,7 @@ def gateway(fake_provider: FakeProvider, tmp_path_factory: pytest.TempPathFactor
         yield process.wait_ready(90)
     finally:
         process.child.stop()
+        fake_provider.stop()
 
 
 def _stalled_reader(port: int) -> socket.socket:
@@ -93,10 +99,12 @@ def test_slow_readers_are_reset_logged_with_outcome_and_counted(gateway: Gateway
 
     def counted(events: list[dict[str, Any]]) -> bool:
         lines = [e for e in events if e.get("event") == "connection_closed" and e.get("reason") == "write_timeout"]
-        return sum(e["count"] for e in lines) >= DROPS
+        logged = [e for e in events if e.get("event") == "request" and e.get("model") == "firehose_endless"]
+        return sum(e["count"] for e in lines) >= DROPS and len(logged) >= DROPS
 
-    # The first drop is logged at once, the others with their count when the 10 s period ends.
-    events = _wait_for(gateway, counted, 20.0, f"{DROPS} write timeouts counted")
+    # The first drop is logged at once, the others with their count when the 10 s period ends; each
+    # request's line when its stream lets go (after the detach grace).
+    events = _wait_for(gateway, counted, 30.0, f"{DROPS} write timeouts counted and their requests logged")
     lines = [e for e in events if e.get("event") == "connection_closed" and e.get("reason") == "write_timeout"]
     assert sum(e["count"] for e in lines) == DROPS, lines
     assert len(lines) <= 2, lines
