@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
@@ -157,6 +158,13 @@ class UpstreamResponse:
 
     # -- read by the relay ------------------------------------------------------------------------
 
+    def _failure(self) -> Exception:
+        """What to raise for the failure: a copy of ``error``. Raising the kept object itself would
+        give it a traceback whose frames hold this response, which holds it: a cycle that keeps the
+        connection, the relay stream and the request alive until the collector finds it."""
+        assert self.error is not None
+        return copy.copy(self.error)
+
     async def _wait(self) -> None:
         self._waiter = self._loop.create_future()
         try:
@@ -168,16 +176,14 @@ class UpstreamResponse:
         while not self.status and (self.state is _SENT or self.state is _RECEIVING):
             await self._wait()
         if self.state is _FAILED:
-            assert self.error is not None
-            raise self.error
+            raise self._failure()
 
     async def read_some(self) -> bytes:
         """The body bytes that have arrived (waiting for some if none have); ``b""`` at the end."""
         while not self._chunks:
             state = self.state
             if state is _FAILED:
-                assert self.error is not None
-                raise self.error
+                raise self._failure()
             if state is not _SENT and state is not _RECEIVING:  # complete, or let go
                 return b""
             await self._wait()
