@@ -111,15 +111,14 @@ class GatewayKeys:
     def from_headers(self, authorization: str | None, x_api_key: str | None = None) -> Caller:
         return self.check(bearer_token(authorization) or x_api_key)
 
-    def from_websocket(
-        self, subprotocols: Iterable[str], authorization: str | None, x_api_key: str | None = None
-    ) -> Caller:
-        """As over HTTP (``Authorization: Bearer``, ``X-API-Key``), and, since browsers cannot set
-        headers on a WebSocket, as a ``bearer.<key>`` subprotocol."""
+    def from_websocket(self, subprotocols: Iterable[str], headers: Mapping[str, str]) -> Caller:
+        """As over HTTP (``Authorization: Bearer``, ``X-API-Key``, from the handshake's headers), and,
+        since browsers cannot set headers on a WebSocket, as a ``bearer.<key>`` subprotocol. Every
+        WebSocket API reads its caller here, so none can accept fewer ways than HTTP does."""
         for proto in subprotocols:
             if proto.startswith(BEARER_PREFIX):
                 return self.check(proto[len(BEARER_PREFIX) :])
-        return self.from_headers(authorization, x_api_key)
+        return self.from_headers(headers.get("authorization"), headers.get("x-api-key"))
 
 
 def _pick(own: int | None, default: int) -> int:

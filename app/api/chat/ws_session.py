@@ -111,9 +111,7 @@ class ChatSocketSession:
             self._on_open()
         try:
             try:
-                self.caller = self.keys.from_websocket(
-                    offered, self.socket.headers.get("authorization"), self.socket.headers.get("x-api-key")
-                )
+                self.caller = self.keys.from_websocket(offered, self.socket.headers)
             except GatewayError as exc:
                 # Browsers cannot read a refused handshake's status, so refuse after accepting.
                 await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])

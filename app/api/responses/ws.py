@@ -107,9 +107,7 @@ class ResponsesSocketSession:
             self._on_open()
         try:
             try:
-                self.caller = self.keys.from_websocket(
-                    offered, self.socket.headers.get("authorization"), self.socket.headers.get("x-api-key")
-                )
+                self.caller = self.keys.from_websocket(offered, self.socket.headers)
             except GatewayError as exc:
                 await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
                 return
