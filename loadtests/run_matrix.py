@@ -230,8 +230,9 @@ class Cell:
         return f"{self.target} {self.mode} {self.shown_model} c={self.concurrency} ({self.timers} timers)"
 
 
-#: Modes that are client APIs over SSE (loadgen's --api): gateway cells only, compared with direct SSE.
-API_MODES = ("responses", "messages")
+#: Modes that are client APIs (loadgen's --api) over SSE or WebSocket (loadgen's --mode): gateway cells
+#: only, compared with direct SSE.
+API_MODES = {"responses": ("responses", "sse"), "responses_ws": ("responses", "ws"), "messages": ("messages", "sse")}
 
 
 def build_plan(args: argparse.Namespace) -> list[Cell]:
@@ -537,8 +538,12 @@ class Matrix:
         return {"failed": f"loadgen exited {proc.returncode}: {err.decode(errors='replace')[-1500:]}"}
 
     def _common(self, url: str, mode: str, model: str, key: str | None = None) -> list[str]:
-        # The Responses and Messages cells are SSE through those APIs; their baseline is direct SSE.
-        argv = ["--url", url, "--mode", "sse", "--api", mode] if mode in API_MODES else ["--url", url, "--mode", mode]
+        # The Responses and Messages cells run through those APIs; their baseline is direct SSE.
+        if mode in API_MODES:
+            api, wire = API_MODES[mode]
+            argv = ["--url", url, "--mode", wire, "--api", api]
+        else:
+            argv = ["--url", url, "--mode", mode]
         argv += ["--model", model]
         upstream = self.upstreams[key or self.headline]
         if upstream is not None:
@@ -1138,7 +1143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         type=lambda s: s.split(","),
         default=["sse", "ws", "json"],
-        help="sse,ws,json, and responses,messages (SSE through those APIs)",
+        help="sse,ws,json, and responses,responses_ws,messages (through those APIs: SSE, or WebSocket)",
     )
     p.add_argument("--deployments", type=lambda s: s.split(","), default=["fast", "full"])
     p.add_argument("--json-concurrency", type=int, default=32)
