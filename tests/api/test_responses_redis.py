@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import redis
 import pytest
+import redis
 
 from loadtests.processes import GatewayProcess
 from tests.helpers.fake_provider import DEFAULT_CONTENT, FakeProvider
