@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -49,6 +50,8 @@ logger = structlog.get_logger("app.responses")
 
 #: A chain longer than this is refused: a bound on the walk, far past any real conversation.
 MAX_CHAIN: Final = 10_000
+#: Links (a response id -> the one it follows) this process remembers, the most recent first kept.
+LINKS_KEPT: Final = 10_000
 #: How long a cancel waits for the background run to record its end before answering.
 CANCEL_WAIT_S: Final = 2.0
 _SUMMARIES: Final = frozenset({"auto", "concise", "detailed"})
@@ -262,6 +265,10 @@ class ResponsesService:
         #: The store is shared by replicas (Redis): a response is saved as it starts, not only as it ends.
         self.shared = settings.responses.store == "redis"
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Which response each response this process made or read follows. A link never changes, so
+        #: a chain known here is read from the store in one batch; the records themselves are still
+        #: read (a deleted or expired one is seen).
+        self._links: OrderedDict[str, str | None] = OrderedDict()
 
     # -- preparing -----------------------------------------------------------------------------
 
@@ -296,10 +303,13 @@ class ResponsesService:
         """The items of the chain ending at ``previous_id``, oldest first, and the chain's ids, the
         nearest first. Each record is read once, and in batches: the first record names the ids
         before it (its ``chain``), so a chain of up to ``CHAIN_HINT`` + 1 responses costs two store
-        round trips whatever its length (records without that list are walked one by one)."""
+        round trips whatever its length (records without that list are walked one by one), and one
+        when this process made or read the previous response (it remembers the links)."""
         hops: list[StoredResponse] = []
         seen: set[str] = set()
         batch = [previous_id] if previous_id is not None else []
+        while batch and len(batch) <= CHAIN_HINT and (known := self._links.get(batch[-1])) is not None:
+            batch.append(known)
         while batch:
             records = await self._read(batch, memory)
             for want, record in zip(batch, records, strict=True):
@@ -313,6 +323,7 @@ class ResponsesService:
                     )
                 seen.add(want)
                 hops.append(record)
+                self._remember(record)
             last = hops[-1]
             following = last.previous_response_id
             if following is None or following in seen or len(hops) >= MAX_CHAIN:
@@ -363,7 +374,16 @@ class ResponsesService:
         except Exception as exc:
             raise ResponseStoreUnavailable("The response store is unreachable.") from exc
 
+    def _remember(self, record: StoredResponse) -> None:
+        links = self._links
+        links[record.id] = record.previous_response_id
+        links.move_to_end(record.id)
+        if len(links) > LINKS_KEPT:
+            links.popitem(last=False)
+
     async def save(self, record: StoredResponse) -> None:
+        if record.stored:
+            self._remember(record)
         ttl = self.settings.responses.store_ttl_s if record.stored else self.settings.streaming.resume_ttl_s
         try:
             await self.store.put(record, ttl)
