@@ -75,7 +75,7 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _median(rows: list[dict[str, Any]], key: str) -> float | None:
     values = [row[key] for row in rows if row[key] is not None]
-    return round(statistics.median(values), 3) if values else None
+    return round(statistics.median(values), 4) if values else None
 
 
 def _diff(a: float | None, b: float | None) -> float | None:

@@ -212,7 +212,7 @@ class ResponsesSocketSession:
             return False
         async with self._send_lock:
             try:
-                await self.socket.send_data(data.decode(), mode="text")
+                await self.socket.send({"type": "websocket.send", "text": data.decode(), "bytes": None})
             except Exception:
                 self._closed = True
                 return False
