@@ -22,12 +22,12 @@ client's socket drains, bounded by the server's write timeout.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from app.domain.chunks import Chunk, Item
 from app.domain.errors import GatewayError, UpstreamUnavailable
 from app.domain.events import StreamEvent
-from app.providers.base import PushSink
+from app.providers.base import PushSource, implements
 
 
 class PushedStream(Protocol):
@@ -52,16 +52,7 @@ class PushedStream(Protocol):
     def close_source(self) -> None: ...
 
 
-class PushSource(Protocol):
-    def push(self, sink: PushSink) -> bool:
-        """Hand the remaining events to ``sink`` from now on; False when it cannot (nothing changed)."""
-        ...
-
-    def resume(self) -> None:
-        """The sink, which had said it was full, takes events again."""
-        ...
-
-
+@runtime_checkable
 class DirectWriter(Protocol):
     """A writer that can also write events synchronously (``SseWriter`` over uvicorn)."""
 
@@ -80,12 +71,15 @@ class DirectWriter(Protocol):
         ...
 
 
-def hand_over(stream: PushedStream, source: object, writer: object) -> PushRun | None:
-    """The rest of a running stream pushed, when its source and its writer both can; else None (pull on)."""
-    push, can_write_now = getattr(source, "push", None), getattr(writer, "can_write_now", None)
-    if push is None or can_write_now is None or not can_write_now():
+def _writes_now(writer: object) -> TypeGuard[DirectWriter]:
+    return implements(writer, DirectWriter)
+
+
+def hand_over(stream: PushedStream, source: PushSource, writer: object) -> PushRun | None:
+    """The rest of a running stream pushed, when its writer can write synchronously; else None (pull on)."""
+    if not _writes_now(writer) or not writer.can_write_now():
         return None
-    run = PushRun(stream, cast(PushSource, source), cast(DirectWriter, writer))
+    run = PushRun(stream, source, writer)
     return run if run.start() else None
 
 

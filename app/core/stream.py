@@ -5,12 +5,13 @@ transport's writer, its outcome, its close, its metrics observation and its log 
 The consumer (the SSE response or a WebSocket request) pulls events in its own task; there is no
 reader task and no queue in between, because on a gateway that relays thousands of chunks a second
 that hop cost a task wake-up and two queue operations per chunk. A relayed SSE stream goes further
-after its first chunk: the rest is pushed from the provider connection's callback (``push.py``),
-and the consumer's task only waits for the end. The first-chunk and idle deadlines
+after its first chunk: the rest is pushed from the provider connection's callback (``push.py``,
+which calls the same ``accept`` and ``last`` the pull does), and the consumer's task only waits for
+the end. The first-chunk and idle deadlines
 are a watchdog timer that cancels whichever task is waiting on the provider; every failure becomes
 an error event; ``close(outcome)`` ends the stream once and closes the upstream call at once.
-Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business:
-``last_event_at`` says when the stream last produced something.
+Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business
+(the rule is ``follow.Heartbeat``): ``last_event_at`` says when the stream last produced something.
 
 Transports are thin writers (``StreamWriter``): ``pump`` drives them, so the pull -> first byte ->
 frame -> outcome -> close sequence exists once. A drain ends a stream through ``close`` like any
@@ -20,7 +21,8 @@ The stream log (the resumable streams of ``app/resume/``) attaches here: every e
 ``log`` the moment it is pulled (no encoding: the log keeps the event, whose chunk bytes the frames
 embed), and a stream that ends without its last event (closed by a cancel, or abandoned) appends a
 ``stream_cancelled`` error so that no reader of the log waits forever. With a detach grace
-(``detach``, ``detach.py``) the stream is *followed* instead of pulled by its client. Without a
+(``detach``, ``detach.py``) the stream is *followed* instead of pulled by its client, through the
+``Follower`` every reader of a log uses (``follow.py``). Without a
 grace (the default) the client's task pulls and leaving cancels the upstream call at once.
 
 The event types, the writer and log protocols and the outcomes are in ``stream_events.py``.
@@ -40,7 +42,7 @@ from app.core.closing import close_quietly, close_soon
 from app.core.detach import Detachment
 from app.core.observers import StreamObserver
 from app.core.push import PushRun, hand_over
-from app.domain.chunks import Chunk, Usage
+from app.domain.chunks import Chunk, Usage, reaches_client
 from app.domain.errors import GatewayError, StreamCancelled, UpstreamTimeout, UpstreamUnavailable
 from app.domain.events import (
     CANCELLED,
@@ -54,6 +56,7 @@ from app.domain.events import (
     StreamLogSink,
     StreamWriter,
 )
+from app.providers.base import can_push
 from app.providers.resilient import Trail
 
 if TYPE_CHECKING:
@@ -199,9 +202,7 @@ class ChatStream:
             self.output_tokens += chunk.tokens or 1
         if chunk.usage is not None:
             self.usage = chunk.usage
-            # The gateway always asks for usage (for token metrics); a client that did not
-            # ask does not get the usage-only chunk.
-            if chunk.usage_only and not self._include_usage:
+            if not reaches_client(chunk, self._include_usage):
                 return None
         self._seq += 1
         event = StreamEvent(self._seq, chunk)
@@ -286,6 +287,8 @@ class ChatStream:
             return
         outcome = CLIENT_DISCONNECTED
         pushed: bool | None = None  # whether the rest is pushed (push.py); decided after the first chunk
+        # A source that can push also says when its next chunk is already here (``more``).
+        source = self._source if can_push(self._source) else None
         try:
             while True:
                 with guard:
@@ -293,10 +296,10 @@ class ChatStream:
                 if self.first_byte_at is None:
                     self.mark_first_byte()
                 if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw, getattr(self._source, "more", False))
+                    await writer.chunk(event.seq, event.chunk.raw, source is not None and source.more)
                     if pushed is None:
                         running = not self._finished and self._ending is None
-                        self._push = hand_over(self, self._source, writer) if running else None
+                        self._push = hand_over(self, source, writer) if running and source is not None else None
                         pushed = self._push is not None
                     if not pushed:
                         continue
