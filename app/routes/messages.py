@@ -136,6 +136,8 @@ class MessagesController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
+        # Served by routes/direct.py (same function, without the per-request pipeline) unless CORS
+        # is configured; registered here for the OpenAPI schema and as that fallback.
         return await create_message(request, chat_context)
 
     @post(
