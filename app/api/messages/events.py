@@ -13,6 +13,7 @@ reason and usage) and ``message_stop`` come at the end of the provider's stream,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -62,6 +63,9 @@ class _Choice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+    #: What stopped the answer, where an OpenAI-wire provider says it (vLLM and servers like it: the
+    #: matched stop string, or a stop token's id).
+    stop_reason: str | int | None = None
 
 
 class _PromptDetails(msgspec.Struct):
@@ -92,6 +96,7 @@ class _CompletionChoice(msgspec.Struct):
     index: int = 0
     message: _Message | None = None
     finish_reason: str | None = None
+    stop_reason: str | int | None = None
 
 
 class _CompletionView(msgspec.Struct):
@@ -102,6 +107,19 @@ class _CompletionView(msgspec.Struct):
 _chunk_view = msgspec.json.Decoder(_ChunkView)
 _completion_view = msgspec.json.Decoder(_CompletionView)
 _loose = msgspec.json.Decoder()
+
+
+def stop_of(finish: str | None, named: str | int | None, sequences: Sequence[str]) -> tuple[str, str | None]:
+    """(``stop_reason``, ``stop_sequence``) for a provider's finish reason and what it named as the cause.
+
+    OpenAI's wire says ``stop`` both for a natural end and for a matched stop sequence, and leaves
+    the sequence out of the text, so the gateway cannot tell the two apart on its own: it reports
+    ``stop_sequence`` only when the provider names one of the request's sequences as the cause, and
+    ``end_turn`` otherwise (never a guess that would tell a client its sequence matched when it did not).
+    """
+    if (finish is None or finish == "stop") and isinstance(named, str) and named in sequences:
+        return "stop_sequence", named
+    return STOP_REASONS.get(finish or "stop", "end_turn"), None
 
 
 def anthropic_usage(usage: _Usage | None, *, fallback_input: int, fallback_output: int) -> dict[str, int]:
@@ -161,13 +179,19 @@ class MessageEvents:
         "_model",
         "_output_chars",
         "_started",
+        "_stop_named",
+        "_stop_sequences",
         "_tool_ids",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, message_id: str, model: str, input_estimate: int) -> None:
+    def __init__(
+        self, message_id: str, model: str, input_estimate: int, stop_sequences: Sequence[str] | None = None
+    ) -> None:
         self._message_id = message_id
+        self._stop_sequences = stop_sequences or ()
+        self._stop_named: str | int | None = None
         self._model = model
         self._input_estimate = input_estimate
         self._started = False
@@ -240,6 +264,7 @@ class MessageEvents:
                 continue  # Anthropic messages have one choice
             if choice.finish_reason:
                 self._finish = choice.finish_reason
+                self._stop_named = choice.stop_reason
             if choice.delta is not None:
                 self._read_delta(choice.delta, out)
 
@@ -283,11 +308,11 @@ class MessageEvents:
         out: list[Chunk] = []
         self._start(out)
         self._stop_block(out)
-        stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
+        stop_reason, stop_sequence = stop_of(self._finish, self._stop_named, self._stop_sequences)
         usage = anthropic_usage(
             self._usage, fallback_input=self._input_estimate, fallback_output=(self._output_chars + 3) // 4
         )
-        delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         out.append(
             Chunk(
                 raw=_encode({"type": "message_delta", "delta": delta, "usage": usage}),
@@ -309,7 +334,9 @@ def _tool_input(arguments: str | None) -> Any:
     return value if isinstance(value, dict) else {}
 
 
-def message_object(raw: bytes, message_id: str, model: str, input_estimate: int) -> bytes:
+def message_object(
+    raw: bytes, message_id: str, model: str, input_estimate: int, stop_sequences: Sequence[str] | None = None
+) -> bytes:
     """A ``chat.completion``'s JSON -> the Anthropic ``message`` object's JSON."""
     view = _completion_view.decode(raw)
     choice = next((c for c in view.choices or () if c.index == 0), None)
@@ -336,6 +363,9 @@ def message_object(raw: bytes, message_id: str, model: str, input_estimate: int)
             }
         )
     finish = choice.finish_reason if choice is not None else None
+    stop_reason, stop_sequence = stop_of(
+        finish, choice.stop_reason if choice is not None else None, stop_sequences or ()
+    )
     output_chars = sum(len(c.get("text") or c.get("thinking") or "") for c in content)
     return _encode(
         {
@@ -344,8 +374,8 @@ def message_object(raw: bytes, message_id: str, model: str, input_estimate: int)
             "role": "assistant",
             "model": model,
             "content": content,
-            "stop_reason": STOP_REASONS.get(finish or "stop", "end_turn"),
-            "stop_sequence": None,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
             "usage": anthropic_usage(
                 view.usage, fallback_input=input_estimate, fallback_output=(output_chars + 3) // 4
             ),
