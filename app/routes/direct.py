@@ -4,7 +4,7 @@ Litestar's pipeline for one request (its exception middleware twice, the router,
 model and dependency resolution, the signature model validating the handler's arguments, the
 handler's response conversion) is work these routes do not need on every call (the figures are in
 loadtests/README.md). ``DirectRoutes`` serves ``POST`` on the paths of a table of ``Direct`` entries
-(chat completions, Responses, Messages: see ``app/app.py``), each with the same handler function its
+(chat completions, Responses, Messages, embeddings: see ``app/app.py``), each with the same handler function its
 route calls, the same route handler in the scope (so the request's body limit, exception handlers
 and type encoders resolve as before: the Messages route's answer errors in Anthropic's shape), the
 same middleware (``JsonCompressionMiddleware``) and Litestar's own exception middleware around it,

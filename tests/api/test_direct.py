@@ -76,6 +76,9 @@ CASES += [
     ("responses sse", "/v1/responses", SSE, json.dumps({"model": "normal", "input": "hi", "stream": True}).encode()),
     ("responses bad field", "/v1/responses", {}, b'{"model": "normal", "input": 3}'),
     ("responses provider error", "/v1/responses", {}, json.dumps({"model": "rate_limited", "input": "hi"}).encode()),
+    ("embeddings chat model", "/v1/embeddings", {}, json.dumps({"model": "normal", "input": "hi"}).encode()),
+    ("embeddings bad field", "/v1/embeddings", {}, b'{"model": "normal", "input": []}'),
+    ("embeddings bad json", "/api/embeddings", {}, b'{"model": '),
 ]
 #: Keys whose values differ between two answers to the same request (ids, clocks).
 _VARYING = frozenset({"id", "created", "created_at", "completed_at", "item_id", "response_id"})

@@ -257,9 +257,23 @@ class MessageEvents:
             view = _chunk_view.decode(chunk.raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return  # a chunk of a shape no provider sends: nothing a client could be given of it
+        choices = view.choices
+        if view.usage is None and choices is not None and len(choices) == 1 and self._kind == "text":
+            # The common chunk, more text for the open text block: straight to its delta.
+            choice, delta = choices[0], choices[0].delta
+            if (
+                delta is not None
+                and delta.content
+                and not (choice.index or choice.finish_reason or delta.reasoning_content)
+                and delta.tool_calls is None
+                and delta.thinking_blocks is None
+            ):
+                self._output_chars += len(delta.content)
+                out.append(Chunk(raw=_TEXT_DELTA % (self._index, _encode(delta.content)), has_content=True))
+                return
         if view.usage is not None:
             self._usage = view.usage
-        for choice in view.choices or ():
+        for choice in choices or ():
             if choice.index != 0:
                 continue  # Anthropic messages have one choice
             if choice.finish_reason:
