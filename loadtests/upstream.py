@@ -234,7 +234,7 @@ class Upstream:
         chunks: int,
         slow_first_ms: float,
         timers: str = "stream",
-        embed_ms: float = 20.0,
+        embed_ms: float = 50.0,
         embed_dims: int = 1536,
     ) -> None:
         if timers not in TIMERS:
@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=10.0, help="delay between content chunks")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--slow-first-ms", type=float, default=600_000.0, help="first-chunk delay of slow* models")
-    parser.add_argument("--embed-ms", type=float, default=20.0, help="delay before an embeddings answer")
+    parser.add_argument("--embed-ms", type=float, default=50.0, help="delay before an embeddings answer")
     parser.add_argument(
         "--embed-dims", type=int, default=1536, help="an embedding's length when the request gives no dimensions"
     )
