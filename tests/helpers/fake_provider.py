@@ -711,6 +711,11 @@ def main(argv: list[str] | None = None) -> int:
 # ---- embeddings (kept apart from the chat fake above) ----------------------------------------------
 
 
+#: An embeddings model whose answer's vectors are not arrays of numbers (a broken provider).
+EMBED_NOT_NUMBERS = "embed_not_numbers"
+NOT_NUMBERS = ["0.1", {"x": 1}]
+
+
 def fake_vector(item: Any, dimensions: int) -> list[float]:
     """A deterministic vector for one input: tests can recompute what the provider answered."""
     seed = sum(ord(c) for c in item) if isinstance(item, str) else sum(item)
@@ -741,7 +746,11 @@ async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Se
     value = body.get("input")
     items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value or [])
     dimensions = int(body.get("dimensions") or 8)
-    data = [{"object": "embedding", "index": i, "embedding": fake_vector(x, dimensions)} for i, x in enumerate(items)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": NOT_NUMBERS if model == EMBED_NOT_NUMBERS else vector}
+        for i, x in enumerate(items)
+        for vector in [fake_vector(x, dimensions)]
+    ]
     tokens = sum(len(x) if isinstance(x, list) else 3 for x in items)
     reply = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     await provider._send_recorded(record, send, 200, _json_bytes(reply), [])
