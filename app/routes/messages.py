@@ -95,27 +95,8 @@ def anthropic_error_response(request: Request[Any, Any, Any], exc: Exception) ->
 
 def passthrough_for(settings: Settings, model: str) -> bool:
     """Whether every deployment of ``model`` is an Anthropic one (then Anthropic's controls go on)."""
-    return model in _anthropic_models(settings)
-
-
-#: The settings last asked about and their Anthropic-only model names: a request's lookup is one set
-#: membership rather than a scan of every deployment (an app's settings never change).
-_anthropic_cache: tuple[Settings, frozenset[str]] | None = None
-
-
-def _anthropic_models(settings: Settings) -> frozenset[str]:
-    global _anthropic_cache
-    cached = _anthropic_cache
-    if cached is not None and cached[0] is settings:
-        return cached[1]
-    names = {dep.name for dep in settings.models.deployments}
-    models = frozenset(
-        name
-        for name in names
-        if all(dep.litellm_model.startswith("anthropic/") for dep in settings.models.deployments if dep.name == name)
-    )
-    _anthropic_cache = (settings, models)
-    return models
+    group = settings.group(model)
+    return bool(group) and all(dep.litellm_model.startswith("anthropic/") for dep in group)
 
 
 def _forwarded(request: Request[Any, Any, Any]) -> dict[str, str] | None:

@@ -32,7 +32,7 @@ class _TranslatingSink:
         out, self.held = self.held, []
         feed = self._events.feed_into
         for item in items:
-            if type(item) is Chunk:
+            if isinstance(item, Chunk):
                 feed(item, out)
             else:
                 if item is None:
