@@ -69,7 +69,7 @@ class ChatController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
-        # Served by routes/chat_direct.py (same function, without the per-request pipeline) unless CORS
+        # Served by routes/direct.py (same function, without the per-request pipeline) unless CORS
         # is configured; registered here for the OpenAPI schema and as that fallback.
         return await create_chat_completion(request, chat_context)
 
