@@ -1,21 +1,25 @@
 """One WebSocket request's frames: its chunks, then one done or error frame.
 
-The writer only frames: every frame goes to the session's bounded send queue (``send``), which
-raises ``SlowConsumer`` when the socket cannot keep up.
+The writer only frames: every frame goes to the socket's bounded send queue (``send``,
+``ws_outbox.py``), which raises ``SlowConsumer`` when the socket cannot keep up.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from app.api.chat.ws_frames import chunk_frame, done_frame, encode_id, error_frame
-from app.core.stream import ChatStream
-from app.domain.events import ClientLeft, StreamEvent
+from app.api.chat.ws_outbox import SlowConsumer
+from app.domain.chunks import Usage
+from app.domain.errors import GatewayError
+from app.domain.events import StreamEvent
 
+if TYPE_CHECKING:
+    from app.core.stream import ChatStream
 
-class SlowConsumer(ClientLeft):
-    """The socket's send queue is full: the consumer is closed with 1013."""
+__all__ = ["RequestWriter", "SlowConsumer"]
 
 
 class RequestWriter:
@@ -28,7 +32,7 @@ class RequestWriter:
         self._sid = stream_id.encode()
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        # Every frame is its own WebSocket message: queued at once (the socket's writer task sends them).
+        # Every frame is its own WebSocket message: queued at once (the socket's sender task sends them).
         self._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
 
     async def end(self, event: StreamEvent) -> None:
@@ -38,5 +42,14 @@ class RequestWriter:
             self._send(done_frame(self._frame_id, event.finish_reason, event.usage))
 
     def cancelled(self, stream: ChatStream) -> None:
+        self.answer_cancelled(stream.usage)
+
+    def answer_cancelled(self, usage: Usage | None) -> None:
+        """The request's one done frame for a cancel (best effort: a full queue is closing the socket)."""
         with contextlib.suppress(SlowConsumer):
-            self._send(done_frame(self._frame_id, "cancelled", stream.usage))
+            self._send(done_frame(self._frame_id, "cancelled", usage))
+
+    def error(self, error: GatewayError) -> None:
+        """The request's one error frame, when it ends before its stream could (best effort)."""
+        with contextlib.suppress(SlowConsumer):
+            self._send(error_frame(self._frame_id, error))
