@@ -20,6 +20,7 @@ from litestar import WebSocket
 
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
+from app.api.chat.sse import RAW_SEND
 from app.api.chat.ws_frames import (
     CancelFrame,
     CreateFrame,
@@ -42,6 +43,7 @@ from app.limits.limiter import Admission
 from app.providers.quoting import ProviderText, traceback_text
 from app.resume.replay import Replay
 from app.resume.service import Resumes
+from app.transport.direct_socket import DirectSocket
 
 logger = structlog.get_logger("chat.websocket")
 
@@ -87,6 +89,9 @@ class ChatSocketSession:
         self.inflight: dict[str, _InFlight] = {}
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=settings.websocket.send_queue_frames)
         self._closing = False
+        #: Writes a frame at once when the socket takes it (set once the handshake is done).
+        self._direct: DirectSocket | None = None
+        self._sending = False  # the sender task is writing a queued frame: later ones queue behind it
         self._close_code: int | None = None
         self._on_open = on_open
         self._on_close = on_close
@@ -107,6 +112,7 @@ class ChatSocketSession:
             await self.socket.close(code=CLOSE_POLICY_VIOLATION)
             return
         await self.socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        self._direct = DirectSocket.of(self.socket.scope.get("state", {}).get(RAW_SEND))
         if self._on_open is not None:
             self._on_open()
         try:
@@ -132,7 +138,7 @@ class ChatSocketSession:
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
-                if self._close_code is not None:
+                if self._close_code is not None and (self._direct is None or not self._direct.close_sent):
                     with contextlib.suppress(Exception):
                         await self.socket.close(code=self._close_code)
         finally:
@@ -350,7 +356,7 @@ class ChatSocketSession:
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         try:
-            await stream.pump(RequestWriter(self._send, frame_id, stream.id))
+            await stream.pump(RequestWriter(self._send, frame_id, stream.id, can_push=self._direct is not None))
         except asyncio.CancelledError:
             entry = self.inflight.get(frame_id)
             if entry is None or not entry.cancelled or self._closing:
@@ -376,7 +382,12 @@ class ChatSocketSession:
             logger.info("ws_request", id=frame_id, **context.log_fields())
 
     def _send(self, frame: bytes) -> None:
+        """Write ``frame`` now if the socket takes it and nothing is queued before it, else queue it."""
         if self._closing:
+            return
+        direct = self._direct
+        if direct is not None and not self._sending and self._queue.empty() and direct.can_write():
+            direct.write_text(frame)
             return
         try:
             self._queue.put_nowait(frame)
@@ -388,6 +399,9 @@ class ChatSocketSession:
             raise SlowConsumer from None
 
     async def _close_slow(self) -> None:
+        if self._direct is not None:
+            self._direct.close(CLOSE_TRY_AGAIN_LATER, "consumer too slow")  # not behind the full buffer
+            return
         with contextlib.suppress(Exception):
             await self.socket.close(code=CLOSE_TRY_AGAIN_LATER, reason="consumer too slow")
 
@@ -398,4 +412,8 @@ class ChatSocketSession:
             frame = await queue.get()
             if frame is None:
                 return
-            await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
+            self._sending = True
+            try:
+                await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
+            finally:
+                self._sending = False
