@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-import msgspec
 import structlog
 
 #: Longest string value a log line carries per field: a 500 KB model name or header is logged as a
@@ -24,27 +22,10 @@ def cap_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mut
     return event
 
 
-def _fallback(value: Any) -> Any:
-    return repr(value)  # as structlog's JSON renderer does for what JSON cannot hold
-
-
-_encode = msgspec.json.Encoder(enc_hook=_fallback).encode
-
-
-def _serialize(event: Any, **_kw: Any) -> str:
-    # msgspec instead of the standard library's json: one line per request is on every request's path.
-    try:
-        return _encode(event).decode()
-    except (TypeError, ValueError):  # keys msgspec cannot write (not strings or numbers): as before
-        return json.dumps(event, default=_fallback)
-
-
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=_serialize)
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=True)
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=True)
     )
     structlog.configure(
         processors=[
