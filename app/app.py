@@ -21,22 +21,20 @@ from app.catalogue.catalogue import Catalogue
 from app.config.settings import Settings, load_settings
 from app.core.drain import Drain
 from app.core.service import ChatService
-from app.embeddings.service import EmbeddingService
 from app.observability.log import configure_logging
 from app.observability.metrics import Metrics
 from app.observability.worker_metrics import Scrape, scrape_lifespan
 from app.resume.service import Resumes
-from app.routes.chat import ChatContext, ChatController
-from app.routes.chat_direct import ChatRoute
+from app.routes.chat import CHAT_PATHS, ChatContext, ChatController, create_chat_completion
 from app.routes.chat_socket import chat_socket
-from app.routes.embeddings import EmbeddingsController
+from app.routes.direct import Direct, DirectRoutes
+from app.routes.embeddings import EMBEDDINGS_PATHS, EmbeddingsContext, EmbeddingsController, create_embeddings
 from app.routes.health import live, ready
-from app.routes.messages import MessagesController
+from app.routes.messages import MESSAGES_PATHS, MessagesController, create_message
 from app.routes.metrics import metrics_endpoint
 from app.routes.models import ModelsController
 from app.routes.page import chat_page, favicon, schema_router, static_files, swagger_ui
-from app.routes.responses import ResponsesContext, ResponsesController
-from app.routes.responses_direct import ResponsesRoute
+from app.routes.responses import RESPONSES_PATHS, ResponsesContext, ResponsesController, create_response
 from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
 from app.server.http_errors import EXCEPTION_HANDLERS
@@ -67,9 +65,8 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         chat: ChatService = state.chat
         return chat
 
-    def provide_embeddings(state: State) -> EmbeddingService:
-        embeddings: EmbeddingService = state.embeddings
-        return embeddings
+    def provide_embeddings_context(request: Request[Any, Any, Any]) -> EmbeddingsContext:
+        return EmbeddingsContext(request.app.state.embeddings, provide_caller(request))
 
     def provide_catalogue(state: State) -> Catalogue:
         catalogue: Catalogue = state.catalogue
@@ -121,7 +118,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             "settings": Provide(provide_settings, sync_to_thread=False),
             "chat": Provide(provide_chat, sync_to_thread=False),
             "catalogue": Provide(provide_catalogue, sync_to_thread=False),
-            "embeddings": Provide(provide_embeddings, sync_to_thread=False),
+            "embeddings_context": Provide(provide_embeddings_context, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "metrics": Provide(provide_metrics, sync_to_thread=False),
             "resumes": Provide(provide_resumes, sync_to_thread=False),
@@ -155,11 +152,16 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app.state.drain = drain
     app.state.quote = quote
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
-    # The chat route beside Litestar's pipeline (routes/chat_direct.py), except where CORS must see it.
+    # The hottest routes beside Litestar's pipeline (routes/direct.py), except where CORS must see them.
     handler = app.asgi_handler
     if cors is None:
-        handler = ResponsesRoute(app, handler, provide_responses_context)
-        handler = ChatRoute(app, handler, provide_chat_context)
+        direct: list[Direct[Any]] = [
+            Direct(CHAT_PATHS, create_chat_completion, provide_chat_context),
+            Direct(RESPONSES_PATHS, create_response, provide_responses_context),
+            Direct(MESSAGES_PATHS, create_message, provide_chat_context),
+            Direct(EMBEDDINGS_PATHS, create_embeddings, provide_embeddings_context),
+        ]
+        handler = DirectRoutes(app, handler, direct)
     app.asgi_handler = RequestIdMiddleware(handler, observers=[metrics.http_request], drain=drain)
     return app
 

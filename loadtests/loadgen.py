@@ -79,6 +79,8 @@ APIS = {
         re.compile(rb'"type"\s*:\s*"text_delta"'),
         re.compile(rb'^\{"type"\s*:\s*"message_stop"'),
     ),
+    # JSON only: an answer is good when it holds an embedding.
+    "embeddings": Api("/v1/embeddings", re.compile(rb'"embedding"\s*:'), None),
 }
 WS_TYPE_RE = re.compile(rb'"type"\s*:\s*"(chat\.completion\.chunk|chat\.completion\.done|error)"')
 STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
@@ -403,7 +405,7 @@ class Client(asyncio.Protocol):
         if self.mode == "json":
             if self.status != 200:
                 st.error(f"http_{self.status}", bytes(self.body[:200]).decode("utf-8", "replace"))
-            elif not CONTENT_RE.search(self.body):
+            elif not self.api.content.search(self.body):
                 st.error("no_content", bytes(self.body[:200]).decode("utf-8", "replace"))
             else:
                 st.ok += 1
@@ -734,6 +736,8 @@ def client_ssl(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
 def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
     if cfg.api == "responses":
         return {"model": cfg.model, "input": cfg.prompt, "stream": bool(stream)}
+    if cfg.api == "embeddings":
+        return {"model": cfg.model, "input": cfg.prompt, "encoding_format": "float"}
     if cfg.api == "messages":
         messages = [{"role": "user", "content": cfg.prompt}]
         return {"model": cfg.model, "max_tokens": 1024, "messages": messages, "stream": bool(stream)}
@@ -763,8 +767,10 @@ class LoadRun:
     def __init__(self, cfg: LoadConfig) -> None:
         if cfg.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        if cfg.api not in APIS or (cfg.api != "chat" and cfg.mode != "sse"):
-            raise ValueError(f"api must be one of {sorted(APIS)}; responses and messages run in sse mode")
+        if cfg.api not in APIS or (cfg.api != "chat" and cfg.mode != ("json" if cfg.api == "embeddings" else "sse")):
+            raise ValueError(
+                f"api must be one of {sorted(APIS)}; responses and messages run in sse mode, embeddings in json mode"
+            )
         self.cfg = cfg
         self.api = APIS[cfg.api]
         self.host, self.port, self.path = _target(cfg.url, cfg.path or self.api.path)

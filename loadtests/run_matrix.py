@@ -203,6 +203,9 @@ def gateway_toml(
     ]
     for name, upstream_model, fast_path, base, extra in deployments:
         parts += deployment_toml(name, base, upstream_model, fast_path=fast_path, timeout_s=900, **extra)
+    # The embeddings cells' model: served by the headline upstream's /v1/embeddings over the relay.
+    parts += deployment_toml(EMBED, api_base, EMBED, fast_path=True, timeout_s=900)
+    parts += ["[models.deployments.info]", 'mode = "embedding"', ""]
     if failing_port is not None:
         parts += retry_group(RETRY, f"http://127.0.0.1:{failing_port}/v1", api_base, timeout_s=900)
     return "\n".join(parts)
@@ -250,6 +253,10 @@ class Cell:
 
 #: Modes that are client APIs over SSE (loadgen's --api): gateway cells only, compared with direct SSE.
 API_MODES = ("responses", "messages")
+#: The embeddings cells' mode (loadgen's ``--api embeddings``, JSON) and model, gateway and direct
+#: alike: at the JSON concurrency, compared with the upstream's own ``/v1/embeddings``.
+EMBEDDINGS = "embeddings"
+EMBED = "embed"
 
 
 def build_plan(args: argparse.Namespace) -> list[Cell]:
@@ -282,6 +289,11 @@ def build_plan(args: argparse.Namespace) -> list[Cell]:
             cells.append(cell("direct", "json", "fast", c, headline))
         for dep in args.deployments:
             cells.append(cell("gateway", "json", dep, c, headline))
+    if EMBEDDINGS in args.modes and args.json_concurrency > 0:
+        c = args.json_concurrency
+        if not args.no_direct:
+            cells.append(cell("direct", EMBEDDINGS, EMBED, c, headline))
+        cells.append(cell("gateway", EMBEDDINGS, EMBED, c, headline))
     return cells
 
 
@@ -565,6 +577,8 @@ class Matrix:
     def _common(self, url: str, mode: str, model: str, key: str | None = None) -> list[str]:
         # The Responses and Messages cells are SSE through those APIs; their baseline is direct SSE.
         argv = ["--url", url, "--mode", "sse", "--api", mode] if mode in API_MODES else ["--url", url, "--mode", mode]
+        if mode == EMBEDDINGS:
+            argv = ["--url", url, "--mode", "json", "--api", EMBEDDINGS]
         argv += ["--model", model]
         upstream = self.upstreams[key or self.headline]
         if upstream is not None:
@@ -780,8 +794,9 @@ def _pct(x: float | None) -> str:
 
 def _cell_rows(c: Cell, s: dict[str, Any], direct: dict[tuple[str, str, int], dict[str, Any]]) -> tuple[str, str]:
     """The latency row and the throughput/resources row of one cell (after the key columns)."""
-    is_json = c.mode == "json"
-    base = direct.get((c.up_key, "json" if is_json else "sse", c.concurrency)) if c.target != "direct" else None
+    is_json = c.mode in ("json", EMBEDDINGS)
+    base_mode = c.mode if is_json else "sse"
+    base = direct.get((c.up_key, base_mode, c.concurrency)) if c.target != "direct" else None
     ratio = "-"
     if base:
         metric = "req_per_s" if is_json else "chunks_per_s"
@@ -1002,6 +1017,35 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def _embeddings_lines(m: Matrix, direct: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
+    """The embeddings cells (issue 27): the gateway's added latency and its CPU per request."""
+    rows = []
+    for c in m.cells:
+        s = c.summary or {}
+        if c.mode != EMBEDDINGS or c.target != "gateway" or not s or s.get("failed"):
+            continue
+        base = direct.get((c.up_key, EMBEDDINGS, c.concurrency)) or {}
+        total, base_total = (s.get("total_ms") or {}).get("p50"), (base.get("total_ms") or {}).get("p50")
+        added = "-" if total is None or base_total is None else f"{total - base_total:+.2f}"
+        cpu = (s.get("server") or {}).get("cpu_ms_per_request")
+        rows.append(
+            f"| {c.concurrency} | {_fmt(base_total, 2)} | {_fmt(total, 2)} | {added} | {_fmt(cpu, 2)} | "
+            f"{_fmt(s.get('req_per_s'))} | {s.get('errors', 0)} |"
+        )
+    if not rows:
+        return []
+    return [
+        *_table_head(
+            "## Embeddings (issue 27)\n\n`POST /v1/embeddings` with one string input (`encoding_format: float`; "
+            f"the upstream answers a {EMBED!r} vector of its default length after its `--embed-ms`), "
+            "gateway against the upstream directly at the same concurrency; *added* = total p50 gateway minus direct.",
+            "| conc | direct total p50 ms | gateway total p50 ms | added p50 ms | gw CPU ms/req | req/s | errors |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ),
+        *rows,
+    ]
+
+
 def _timers_lines(m: Matrix) -> list[str]:
     a = m.args
     lines = [
@@ -1137,6 +1181,7 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
             *res_rows,
         ]
     lines += _comparison_lines(m)
+    lines += _embeddings_lines(m, direct)
     if m.idle:
         lines += [
             "",
@@ -1197,7 +1242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         type=lambda s: s.split(","),
         default=["sse", "ws", "json"],
-        help="sse,ws,json, and responses,messages (SSE through those APIs)",
+        help="sse,ws,json, responses,messages (SSE through those APIs) and embeddings (JSON, at --json-concurrency)",
     )
     p.add_argument("--deployments", type=lambda s: s.split(","), default=["fast", "full"])
     p.add_argument("--json-concurrency", type=int, default=32)

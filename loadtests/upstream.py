@@ -36,6 +36,11 @@ Behaviour is chosen by the requested model name:
 - tokens ``-f<ms>``, ``-g<ms>``, ``-n<count>`` anywhere in the name override first-ms, gap-ms
   and chunks for that model, e.g. ``fast-n100-g5``.
 
+``POST /v1/embeddings`` (and ``/embeddings``): OpenAI's ``list`` of float vectors, one per input
+(a string, strings, or token arrays), after ``--embed-ms``; ``dimensions`` (default
+``--embed-dims``) long, the same deterministic vector for every input (its JSON is encoded once per
+length), and usage counting a token per four bytes of a string or one per token.
+
 Other routes: ``GET /v1/models`` (and ``/models``), ``GET /health``, ``GET /stats``
 (``active_streams``: chat calls in progress, streaming or not; ``peak_streams``: the most at once
 since the last ``/stats?reset=1``; totals; ``tls_connections``, ``h2_connections``, ``h2_requests``)
@@ -70,6 +75,8 @@ _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER = 64 * 1024
 _MAX_BODY = 16 * 1024 * 1024
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+EMBEDDINGS_PATHS = ("/v1/embeddings", "/embeddings")
+_MAX_DIMENSIONS = 65536
 
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
@@ -221,11 +228,22 @@ class Upstream:
     """Shared state: payload cache, the timers (per stream or the 1 ms wheel), counters."""
 
     def __init__(
-        self, first_ms: float, gap_ms: float, chunks: int, slow_first_ms: float, timers: str = "stream"
+        self,
+        first_ms: float,
+        gap_ms: float,
+        chunks: int,
+        slow_first_ms: float,
+        timers: str = "stream",
+        embed_ms: float = 50.0,
+        embed_dims: int = 1536,
     ) -> None:
         if timers not in TIMERS:
             raise ValueError(f"timers must be one of {TIMERS}")
         self.loop = asyncio.get_running_loop()
+        self.embed_s = embed_ms / 1000.0
+        self.embed_dims = embed_dims
+        self._vectors: dict[int, bytes] = {}
+        self.embeddings = 0
         self.timers = timers
         self.phases = PhaseSequence()
         self.first_ms = first_ms
@@ -307,6 +325,40 @@ class Upstream:
         usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
         return self.payload(str(req.get("model", ""))), stream, usage
 
+    def _vector(self, dimensions: int) -> bytes:
+        """The JSON of the vector every input gets, ``dimensions`` long: deterministic, encoded once."""
+        vector = self._vectors.get(dimensions)
+        if vector is None:
+            values = [round(((i * 37) % 101) / 101.0 - 0.5, 6) for i in range(dimensions)]
+            vector = self._vectors[dimensions] = _json(values)
+        return vector
+
+    def embeddings_answer(self, body: bytes) -> Answer:
+        """``POST /v1/embeddings``: a vector per input, or why the request is refused (a 400)."""
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("body must be a JSON object")
+        except ValueError as exc:
+            return 400, b"Bad Request", _error_body(f"Invalid JSON body: {exc}")
+        value = req.get("input")
+        if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+            inputs = [value]
+        elif isinstance(value, list) and value:
+            inputs = value
+        else:
+            return 400, b"Bad Request", _error_body("`input` must be a string, strings or token arrays", "input")
+        dimensions = req.get("dimensions", self.embed_dims)
+        if type(dimensions) is not int or not 0 < dimensions <= _MAX_DIMENSIONS:
+            return 400, b"Bad Request", _error_body("`dimensions` must be a positive integer", "dimensions")
+        self.embeddings += 1
+        vector = self._vector(dimensions)
+        tokens = sum(len(v) if isinstance(v, list) else len(str(v).encode()) // 4 + 1 for v in inputs)
+        data = b",".join(b'{"object":"embedding","index":%d,"embedding":%b}' % (i, vector) for i in range(len(inputs)))
+        usage = b'{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens)
+        model = _json(str(req.get("model", "")))
+        return 200, b"OK", b'{"object":"list","data":[%b],"model":%b,"usage":%b}' % (data, model, usage)
+
     def begin(self, payload: Payload, stream: bool) -> float:
         """Count a chat call that starts now; return when its first tick is due."""
         self.stream_started()
@@ -345,6 +397,7 @@ class Upstream:
                 "tls_connections": self.tls_connections,
                 "h2_connections": self.h2_connections,
                 "h2_requests": self.h2_requests,
+                "embeddings": self.embeddings,
                 "timers": self.timers,
             }
         )
@@ -457,6 +510,8 @@ class Conn(asyncio.Protocol):
         path = path.rstrip("/")
         if method == "POST" and path in CHAT_PATHS:
             self._chat(body)
+        elif method == "POST" and path in EMBEDDINGS_PATHS:
+            self._embeddings(body)
         else:
             status, reason, answer = up.answer(method, path, query)
             self._finish_write(_response(status, reason, answer))
@@ -476,6 +531,23 @@ class Conn(asyncio.Protocol):
             self.transport.write(SSE_HEAD)
         self.due = up.begin(payload, self.stream)
         up.schedule(self, self.due)
+
+    def _embeddings(self, body: bytes) -> None:
+        status, reason, answer = self.up.embeddings_answer(body)
+        if status != 200:
+            self._finish_write(_response(status, reason, answer))
+            return
+        # Busy until the answer goes out, as a call to a real provider is: pipelined requests wait.
+        self.busy = True
+        self.up.loop.call_later(self.up.embed_s, self._embedded, _response(status, reason, answer))
+
+    def _embedded(self, response: bytes) -> None:
+        if self.closed:
+            return
+        self.busy = False
+        self._finish_write(response)
+        if self.buf and not self.closed:
+            self._next_request()
 
     def tick(self) -> None:
         if self.closed or not self.busy or self.payload is None:
@@ -531,7 +603,9 @@ def tls_context(ca_file: str, alpn: list[str]) -> ssl.SSLContext:
 
 
 async def serve(host: str, port: int, args: argparse.Namespace) -> None:
-    up = Upstream(args.first_ms, args.gap_ms, args.chunks, args.slow_first_ms, args.timers)
+    up = Upstream(
+        args.first_ms, args.gap_ms, args.chunks, args.slow_first_ms, args.timers, args.embed_ms, args.embed_dims
+    )
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -566,6 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=10.0, help="delay between content chunks")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--slow-first-ms", type=float, default=600_000.0, help="first-chunk delay of slow* models")
+    parser.add_argument("--embed-ms", type=float, default=50.0, help="delay before an embeddings answer")
+    parser.add_argument(
+        "--embed-dims", type=int, default=1536, help="an embedding's length when the request gives no dimensions"
+    )
     parser.add_argument(
         "--timers",
         choices=TIMERS,

@@ -4,7 +4,9 @@ and every reader (the original client included) follows the log.
 A client that leaves then costs nothing but a grace timer, and the upstream call goes on for
 ``grace_s`` waiting for a resume; a reader on another replica (a Redis store) renews the grace.
 The ``Detachment`` is owned by its ``ChatStream`` and lives exactly as long: the stream's ``close``
-cancels its timer, and the producer ends with the stream.
+cancels its timer, and the producer ends with the stream. It sees the stream through
+``DetachedStream``, the few public methods it needs, and its client reads the log as every other
+reader does (``app/core/follow.py``).
 """
 
 from __future__ import annotations
@@ -12,29 +14,43 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from app.domain.events import (
-    CANCELLED,
-    CLIENT_DISCONNECTED,
-    COMPLETED,
-    UPSTREAM_ERROR,
-    ClientLeft,
-    StreamLogSink,
-    StreamWriter,
-)
+from app.core.follow import Follower
+from app.domain.errors import InvalidResumePosition
+from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, ClientLeft, StreamEvent, StreamWriter
+from app.resume.replay import LocalReplay
 
 if TYPE_CHECKING:
-    from app.core.stream import ChatStream
+    from app.resume.log import StreamLog
+
+
+class DetachedStream(Protocol):
+    """What a detachment does with its stream: pull it, close it, answer its client's cancel."""
+
+    id: str
+    outcome: str | None
+
+    async def next_event(self) -> StreamEvent: ...
+
+    def mark_first_byte(self) -> None: ...
+
+    def close(self, outcome: str) -> None: ...
+
+    def end_cancelled(self, writer: StreamWriter | None) -> bool:
+        """When its client asked to cancel: answer it through ``writer`` and close (True)."""
+        ...
+
 
 _SCHEDULED: set[asyncio.Task[None]] = set()  # keeps grace-over checks alive until they ran
 
 
 class Detachment:
-    __slots__ = ("_grace_timer", "_producer", "_readers", "_stream", "grace_s")
+    __slots__ = ("_grace_timer", "_log", "_producer", "_readers", "_stream", "grace_s")
 
-    def __init__(self, stream: ChatStream, grace_s: float) -> None:
+    def __init__(self, stream: DetachedStream, log: StreamLog, grace_s: float) -> None:
         self._stream = stream
+        self._log = log
         self.grace_s = grace_s
         self._readers = 0
         self._grace_timer: asyncio.TimerHandle | None = None
@@ -69,9 +85,8 @@ class Detachment:
         stream = self._stream
         if self._readers > 0 or stream.outcome is not None:
             return
-        log = stream.log
         try:
-            elsewhere = log is not None and await log.readers_elsewhere()
+            elsewhere = await self._log.readers_elsewhere()
         except Exception:  # the shared store is away: nobody can be reading it elsewhere either
             elsewhere = False
         if self._readers > 0 or stream.outcome is not None:
@@ -101,44 +116,31 @@ class Detachment:
     async def follow(self, writer: StreamWriter, guard: AbstractContextManager[Any]) -> None:
         """The stream's ``pump`` for its client: write what the log holds, from the first event on."""
         stream = self._stream
-        log = stream.log
-        assert log is not None
-        self.attach()
-        seq = 0
+        self.attach()  # before reading: it starts the producer
+        follower = Follower(LocalReplay(self._log, 0, attach=False))
         try:
             while True:
                 try:
-                    event = log.after(seq)
-                except LookupError:
+                    events = follower.batch()
+                except InvalidResumePosition:
                     raise ClientLeft from None  # so far behind that the log dropped its next event
-                if event is None:
-                    with guard:
-                        await log.wait()
+                if not events:
+                    await follower.wait(guard)
                     continue
-                if stream.first_byte_at is None:
-                    stream.mark_first_byte()
-                seq = event.seq
-                if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw, _has_next(log, seq))
-                    continue
-                await writer.end(event)
-                return
-        except (ClientLeft, asyncio.CancelledError):
-            if stream.cancel_requested and stream.outcome is None:
                 stream.mark_first_byte()
-                writer.cancelled(stream)
-                stream.close(CANCELLED)
+                last = events[-1]
+                for event in events:
+                    if event.chunk is None:
+                        await writer.end(event)
+                        return
+                    # Events already logged go out together (``more``: the writer may hold this one).
+                    await writer.chunk(event.seq, event.chunk.raw, event is not last)
+        except (ClientLeft, asyncio.CancelledError):
+            stream.end_cancelled(writer)
             raise
         finally:
+            follower.close()
             self.release()
-
-
-def _has_next(log: StreamLogSink, seq: int) -> bool:
-    """Whether the log already holds the event after ``seq`` (events already there go out together)."""
-    try:
-        return log.after(seq) is not None
-    except LookupError:
-        return False  # trimmed: the next read finds out and ends the reader
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> None:

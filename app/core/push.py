@@ -5,7 +5,7 @@ the loop resumes the task through the pump, the stream, the source and the respo
 handful of coroutine frames), and the write goes out through the server's ``send`` coroutine. On a
 gateway whose streams each tick on their own timer that wake-up is most of a chunk's cost. Pushed,
 the provider connection's ``data_received`` splits the read into events (``RelayStream``), the
-stream numbers and logs them (``ChatStream._accept``, the same code the pull runs) and the writer
+stream numbers and logs them (``ChatStream.accept``, the same code the pull runs) and the writer
 frames them into one write on the client's socket (``DirectBody``): a chunk costs about what a bare
 socket relay pays for it.
 
@@ -22,27 +22,37 @@ client's socket drains, bounded by the server's write timeout.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from app.domain.chunks import Chunk, Item
 from app.domain.errors import GatewayError, UpstreamUnavailable
 from app.domain.events import ClientLeft, StreamEvent
-from app.providers.base import PushSink
-
-if TYPE_CHECKING:
-    from app.core.stream import ChatStream
+from app.providers.base import PushSource, implements
 
 
-class PushSource(Protocol):
-    def push(self, sink: PushSink) -> bool:
-        """Hand the remaining events to ``sink`` from now on; False when it cannot (nothing changed)."""
+class PushedStream(Protocol):
+    """What a push run does with its stream (``ChatStream``): the same numbering, logging and
+    deadline bookkeeping the pull runs, called directly once per upstream read."""
+
+    chunks: int
+    last_event_at: float
+
+    def accept(self, chunk: Chunk) -> StreamEvent | None:
+        """A chunk numbered and logged; None if the client does not get it."""
         ...
 
-    def resume(self) -> None:
-        """The sink, which had said it was full, takes events again."""
+    def last(self, error: GatewayError | None) -> StreamEvent:
+        """The stream's last event (done, or ``error``), numbered and logged."""
         ...
 
+    def wait_for_provider(self, now: float) -> None:
+        """The gateway waits for the provider again from ``now`` (the idle deadline restarts)."""
+        ...
 
+    def close_source(self) -> None: ...
+
+
+@runtime_checkable
 class DirectWriter(Protocol):
     """A writer that can also write events synchronously (``SseWriter`` over uvicorn)."""
 
@@ -61,12 +71,15 @@ class DirectWriter(Protocol):
         ...
 
 
-def hand_over(stream: ChatStream, source: object, writer: object) -> PushRun | None:
-    """The stream's rest pushed, when its source and its writer both can; else None (pull on)."""
-    push, can_write_now = getattr(source, "push", None), getattr(writer, "can_write_now", None)
-    if push is None or can_write_now is None or not can_write_now() or stream._finished or stream._ending:
+def _writes_now(writer: object) -> TypeGuard[DirectWriter]:
+    return implements(writer, DirectWriter)
+
+
+def hand_over(stream: PushedStream, source: PushSource, writer: object) -> PushRun | None:
+    """The rest of a running stream pushed, when its writer can write synchronously; else None (pull on)."""
+    if not _writes_now(writer) or not writer.can_write_now():
         return None
-    run = PushRun(stream, cast(PushSource, source), cast(DirectWriter, writer))
+    run = PushRun(stream, source, writer)
     return run if run.start() else None
 
 
@@ -75,7 +88,7 @@ class PushRun:
 
     __slots__ = ("_loop", "_resumer", "_source", "_stream", "_writer", "done", "held")
 
-    def __init__(self, stream: ChatStream, source: PushSource, writer: DirectWriter) -> None:
+    def __init__(self, stream: PushedStream, source: PushSource, writer: DirectWriter) -> None:
         self._stream = stream
         self._source = source
         self._writer = writer
@@ -99,14 +112,14 @@ class PushRun:
         try:
             for item in items:
                 if isinstance(item, Chunk):
-                    event = stream._accept(item)
+                    event = stream.accept(item)
                     if event is not None:
                         events.append(event)
                 else:
-                    last = stream._last(item)
+                    last = stream.last(item)
             stream.chunks += len(events)
             stream.last_event_at = now = self._loop.time()
-            stream._wait_for_provider(now)
+            stream.wait_for_provider(now)
             if last is not None:
                 if events:
                     self._writer.hold(events)  # to go out in the same write as the end
@@ -128,8 +141,8 @@ class PushRun:
         """End now with ``error`` as the last event (deadline, drain, DELETE): the upstream closes."""
         if not self.done.done():
             self._stop_resumer()
-            self.done.set_result(self._stream._last(error))
-            self._stream._close_source()
+            self.done.set_result(self._stream.last(error))
+            self._stream.close_source()
 
     def stop(self) -> None:
         """The stream closed (its client left): nothing more is taken, no resume is waited for."""
@@ -152,5 +165,5 @@ class PushRun:
         self._resumer = None
         self.held = False
         if not self.done.done():
-            self._stream._wait_for_provider(self._loop.time())
+            self._stream.wait_for_provider(self._loop.time())
             self._source.resume()

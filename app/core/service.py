@@ -8,8 +8,8 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import nullcontext
-from typing import Protocol
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -25,7 +25,7 @@ from app.core.stream import ChatStream
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion, Usage
 from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported
-from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, UPSTREAM_ERROR, Deadlines
+from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, NO_GUARD, UPSTREAM_ERROR, Deadlines
 from app.limits.limiter import Admission, Limiter
 from app.observability.tracing import StreamTracer, Tracing
 from app.providers.resilient import Resilient, Trail
@@ -143,6 +143,47 @@ class ChatService:
     async def admit_resume(self, caller: Caller) -> Admission | None:
         """A resume's reader counts against the key's concurrent-stream limit like a stream (429)."""
         return await self._limiter.lease(caller) if self._limiter is not None else None
+
+    async def open_admitted(
+        self,
+        request: ChatCompletionInput,
+        caller: Caller,
+        transport: str,
+        *,
+        started_at: float | None = None,
+        cache_control: str | None = None,
+        traceparent: str | None = None,
+        admitted: Callable[[Admission | None], None] | None = None,
+        guard: AbstractContextManager[Any] = NO_GUARD,
+    ) -> ChatStream:
+        """The one way a transport starts a chat stream: admit ``caller``'s request (404 / 403 / 429
+        raised), tell ``admitted`` (the HTTP route keeps the rate-limit headers for its answer, error
+        or not), then open the stream inside ``guard`` (the request's disconnect watch). Whatever
+        goes wrong on the way, the admission is settled once: by ``open_stream``, or by the stream."""
+        admission = await self.admit(request, caller)
+        if admitted is not None:
+            admitted(admission)
+        stream: ChatStream | None = None
+        opening = False
+        try:
+            with guard:
+                opening = True
+                stream = await self.open_stream(
+                    request,
+                    transport,
+                    started_at=started_at,
+                    caller=caller,
+                    cache_control=cache_control,
+                    traceparent=traceparent,
+                    admission=admission,
+                )
+        except BaseException:
+            if stream is not None:
+                stream.close(CLIENT_DISCONNECTED)  # its close settles the admission
+            elif not opening and admission is not None:
+                admission.settle(request.model, None)  # the client had left before the stream opened
+            raise
+        return stream
 
     async def _consult_cache(
         self, request: ChatCompletionInput, deployment: str, caller: Caller, cache_control: str | None, wait_s: float

@@ -5,12 +5,13 @@ transport's writer, its outcome, its close, its metrics observation and its log 
 The consumer (the SSE response or a WebSocket request) pulls events in its own task; there is no
 reader task and no queue in between, because on a gateway that relays thousands of chunks a second
 that hop cost a task wake-up and two queue operations per chunk. A relayed SSE stream goes further
-after its first chunk: the rest is pushed from the provider connection's callback (``push.py``),
-and the consumer's task only waits for the end. The first-chunk and idle deadlines
+after its first chunk: the rest is pushed from the provider connection's callback (``push.py``,
+which calls the same ``accept`` and ``last`` the pull does), and the consumer's task only waits for
+the end. The first-chunk and idle deadlines
 are a watchdog timer that cancels whichever task is waiting on the provider; every failure becomes
 an error event; ``close(outcome)`` ends the stream once and closes the upstream call at once.
-Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business:
-``last_event_at`` says when the stream last produced something.
+Sequence numbers are assigned here and nowhere else. Heartbeats are the SSE transport's business
+(the rule is ``follow.Heartbeat``): ``last_event_at`` says when the stream last produced something.
 
 Transports are thin writers (``StreamWriter``): ``pump`` drives them, so the pull -> first byte ->
 frame -> outcome -> close sequence exists once. A drain ends a stream through ``close`` like any
@@ -20,7 +21,8 @@ The stream log (the resumable streams of ``app/resume/``) attaches here: every e
 ``log`` the moment it is pulled (no encoding: the log keeps the event, whose chunk bytes the frames
 embed), and a stream that ends without its last event (closed by a cancel, or abandoned) appends a
 ``stream_cancelled`` error so that no reader of the log waits forever. With a detach grace
-(``detach``, ``detach.py``) the stream is *followed* instead of pulled by its client. Without a
+(``detach``, ``detach.py``) the stream is *followed* instead of pulled by its client, through the
+``Follower`` every reader of a log uses (``follow.py``). Without a
 grace (the default) the client's task pulls and leaving cancels the upstream call at once.
 
 The event types, the writer and log protocols and the outcomes are in ``stream_events.py``.
@@ -32,7 +34,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Span
 
@@ -40,7 +42,7 @@ from app.core.closing import close_quietly, close_soon
 from app.core.detach import Detachment
 from app.core.observers import StreamObserver
 from app.core.push import PushRun, hand_over
-from app.domain.chunks import Chunk, Usage
+from app.domain.chunks import Chunk, Usage, reaches_client
 from app.domain.errors import GatewayError, StreamCancelled, UpstreamTimeout, UpstreamUnavailable
 from app.domain.events import (
     CANCELLED,
@@ -54,7 +56,11 @@ from app.domain.events import (
     StreamLogSink,
     StreamWriter,
 )
+from app.providers.base import can_push
 from app.providers.resilient import Trail
+
+if TYPE_CHECKING:
+    from app.resume.log import StreamLog
 
 
 class ChatStream:
@@ -149,7 +155,7 @@ class ChatStream:
             # the next wait sets a fresh deadline. Look again later rather than spin.
             self._watchdog = loop.call_at(now + min(1.0, self.deadlines.idle_s), self._watch_upstream)
 
-    def _wait_for_provider(self, now: float) -> None:
+    def wait_for_provider(self, now: float) -> None:
         """The idle deadline runs from when the gateway waits for the provider again (pulled or
         pushed), so time spent waiting on a slow client never counts against the provider."""
         self._deadline_at = now + self.deadlines.idle_s
@@ -159,32 +165,32 @@ class ChatStream:
         source = self._source
         while True:
             if self._ending is not None:  # told to end while nobody was waiting on the provider
-                return self._last(self._ending)
+                return self.last(self._ending)
             if self._seq:
-                self._wait_for_provider(self._loop.time())
+                self.wait_for_provider(self._loop.time())
             self._puller = asyncio.current_task(self._loop)
             try:
                 chunk = await anext(source)
             except StopAsyncIteration:
-                return self._last(None)
+                return self.last(None)
             except GatewayError as exc:
-                return self._last(exc)
+                return self.last(exc)
             except asyncio.CancelledError:
                 ending = self._ending
                 if ending is None or self.outcome is not None:
                     raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 await close_quietly(source)  # the provider's call ends with the stream
-                return self._last(ending)
+                return self.last(ending)
             except Exception as exc:  # a provider bug must still end the stream in the contract's shape
-                return self._last(UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}"))
+                return self.last(UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}"))
             finally:
                 self._puller = None
-            event = self._accept(chunk)
+            event = self.accept(chunk)
             if event is not None:
                 return event
 
-    def _accept(self, chunk: Chunk) -> StreamEvent | None:
+    def accept(self, chunk: Chunk) -> StreamEvent | None:
         """A provider's chunk numbered and logged (pulled or pushed); None if this client does not get it."""
         if chunk.has_content and self.first_token_at is None:
             self.first_token_at = time.perf_counter()
@@ -196,9 +202,7 @@ class ChatStream:
             self.output_tokens += chunk.tokens or 1
         if chunk.usage is not None:
             self.usage = chunk.usage
-            # The gateway always asks for usage (for token metrics); a client that did not
-            # ask does not get the usage-only chunk.
-            if chunk.usage_only and not self._include_usage:
+            if not reaches_client(chunk, self._include_usage):
                 return None
         self._seq += 1
         event = StreamEvent(self._seq, chunk)
@@ -226,7 +230,8 @@ class ChatStream:
         the last event and the outcome is the error's."""
         self._interrupt(error)
 
-    def _last(self, error: GatewayError | None) -> StreamEvent:
+    def last(self, error: GatewayError | None) -> StreamEvent:
+        """The stream's last event (done, or ``error``), numbered and logged (pulled or pushed)."""
         self._finished = True
         self.error = error
         if self._watchdog is not None:
@@ -282,6 +287,8 @@ class ChatStream:
             return
         outcome = CLIENT_DISCONNECTED
         pushed: bool | None = None  # whether the rest is pushed (push.py); decided after the first chunk
+        # A source that can push also says when its next chunk is already here (``more``).
+        source = self._source if can_push(self._source) else None
         try:
             while True:
                 with guard:
@@ -289,9 +296,10 @@ class ChatStream:
                 if self.first_byte_at is None:
                     self.mark_first_byte()
                 if event.chunk is not None:
-                    await writer.chunk(event.seq, event.chunk.raw, getattr(self._source, "more", False))
+                    await writer.chunk(event.seq, event.chunk.raw, source is not None and source.more)
                     if pushed is None:
-                        self._push = hand_over(self, self._source, writer)
+                        running = not self._finished and self._ending is None
+                        self._push = hand_over(self, source, writer) if running and source is not None else None
                         pushed = self._push is not None
                     if not pushed:
                         continue
@@ -302,10 +310,8 @@ class ChatStream:
                 await writer.end(event)
                 return
         except (ClientLeft, asyncio.CancelledError):
-            if self.cancel_requested and outcome == CLIENT_DISCONNECTED:
-                outcome = CANCELLED
-                self.mark_first_byte()  # the cancellation's answer is this stream's first byte if none was
-                writer.cancelled(self)
+            if outcome == CLIENT_DISCONNECTED:  # left before the last event: a cancel is answered
+                self.end_cancelled(writer)
             raise
         except Exception:
             outcome = UPSTREAM_ERROR  # a failure of ours while relaying: not the client's doing
@@ -315,12 +321,12 @@ class ChatStream:
 
     # -- detached streams: one producer pulls into the log, readers follow it ------------------
 
-    def detach(self, log: StreamLogSink, grace_s: float) -> None:
+    def detach(self, log: StreamLog, grace_s: float) -> None:
         """Log every event to ``log``; with ``grace_s`` > 0 the upstream call also goes on for that
         long after the last reader left (before ``start``)."""
         self.log = log
         if grace_s > 0:
-            self.detachment = Detachment(self, grace_s)
+            self.detachment = Detachment(self, log, grace_s)
 
     def attach(self) -> None:
         """A reader (a resume) follows the stream: no grace runs meanwhile."""
@@ -338,6 +344,18 @@ class ChatStream:
     def request_cancel(self) -> None:
         """The client asked to stop: the next interruption of ``pump`` ends the stream as cancelled."""
         self.cancel_requested = True
+
+    def end_cancelled(self, writer: StreamWriter | None) -> bool:
+        """The one "answer cancelled" ending: if the client asked to cancel and the stream is still
+        open, ``writer`` tells the client (the stream's first byte if none was), and the stream closes
+        as ``cancelled`` (True). Otherwise nothing happens (False)."""
+        if not self.cancel_requested or self.outcome is not None:
+            return False
+        self.mark_first_byte()
+        if writer is not None:
+            writer.cancelled(self)
+        self.close(CANCELLED)
+        return True
 
     def log_fields(self) -> dict[str, Any]:
         """The stream's part of its request's log line."""
@@ -362,7 +380,8 @@ class ChatStream:
             if self._observer is not None:
                 self._observer.stream_first_byte(self)
 
-    def _close_source(self) -> None:
+    def close_source(self) -> None:
+        """Close the provider call behind the stream on the next loop turn (nobody may be pulling it)."""
         close_soon(self._source)
 
     def close(self, outcome: str) -> None:
@@ -396,7 +415,7 @@ class ChatStream:
             elif puller is not None and puller is not asyncio.current_task():
                 puller.cancel()
             elif puller is None:
-                self._close_source()
+                self.close_source()
         if self._observer is not None:
             self._observer.stream_closed(self)
         if self.on_close is not None:

@@ -56,6 +56,14 @@ class Completion(msgspec.Struct, frozen=True):
 Item = Chunk | GatewayError | None
 
 
+def reaches_client(chunk: Chunk, include_usage: bool) -> bool:
+    """Whether the client gets ``chunk``: every chunk does, the usage-only one only if the client
+    asked for usage (``stream_options.include_usage``). The gateway always asks the provider for
+    usage, for its token counts; the stream applies this rule, and the relay knows by it which
+    chunks of a read surely go out (those may be written together)."""
+    return include_usage or not chunk.usage_only
+
+
 def usage_of(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None

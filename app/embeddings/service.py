@@ -46,11 +46,18 @@ EMBEDDING_MODE: Final = "embedding"
 def embedding_models(catalogue: Catalogue) -> Callable[[], frozenset[str]]:
     """The public names whose catalogue mode is ``embedding``, from the current snapshot."""
 
+    # Asked on every chat and embeddings request: worked out once per snapshot (a refresh makes a new one).
+    last: list[Any] = [None, frozenset()]
+
     def names() -> frozenset[str]:
         snapshot = catalogue.current()
         if snapshot is None:
             return frozenset()
-        return frozenset(m.id for m in snapshot.models if m.mode == EMBEDDING_MODE)
+        if last[0] is not snapshot:
+            last[1] = frozenset(m.id for m in snapshot.models if m.mode == EMBEDDING_MODE)
+            last[0] = snapshot
+        found: frozenset[str] = last[1]
+        return found
 
     return names
 
@@ -159,7 +166,8 @@ class EmbeddingService:
                                 raise
                             asyncio.current_task().uncancel()  # type: ignore[union-attr]
                             raise self._drain.refusal() from None  # drain time is up: answered with a 503
-                    completion = Completion(raw=cached_form(embeddings), usage=Usage(embeddings.prompt_tokens, 0))
+                    if decision.flight is not None:  # only a call the cache waits on needs its stored form
+                        completion = Completion(raw=cached_form(embeddings), usage=Usage(embeddings.prompt_tokens, 0))
                 finally:
                     decision.land_completion(completion)  # None: the call failed, followers call themselves
             usage = Usage(prompt_tokens=embeddings.prompt_tokens, completion_tokens=0)

@@ -29,8 +29,10 @@ from app.providers.translate import from_litellm
 
 litellm = import_litellm()
 
-#: Body fields the gateway sets itself rather than passing through.
-_OWN_FIELDS = frozenset({"model", "messages", "stream"})
+#: Body fields that are ``Router.acompletion``'s own arguments (the deployment's name, the messages,
+#: the stream flag), not parameters to pass through. The relay's set differs on purpose
+#: (``relay_target.py``: the fields it rewrites in a body that otherwise goes out as sent).
+_CALL_ARGUMENTS = frozenset({"model", "messages", "stream"})
 _encoder = msgspec.json.Encoder()
 
 
@@ -78,7 +80,7 @@ def _passthrough(request: ChatCompletionInput, *, stream: bool = False, anthropi
     For an Anthropic deployment the fixed set of Anthropic request fields (``ANTHROPIC_BODY_FIELDS``:
     ``thinking``, ``top_k``, ``context_management``, ...) are parameters too: LiteLLM's Anthropic
     mapping writes them into Anthropic's body, where it would send ``extra_body`` itself as a field."""
-    fields = request.openai_params(exclude=_OWN_FIELDS | _AMBIGUOUS_FIELDS)
+    fields = request.openai_params(exclude=_CALL_ARGUMENTS | _AMBIGUOUS_FIELDS)
     if stream:
         fields["stream_options"] = asking_for_usage(fields.get("stream_options"))
     else:

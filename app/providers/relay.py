@@ -18,7 +18,7 @@ from collections import deque
 import msgspec
 
 from app.domain.chat_request import ChatCompletionInput
-from app.domain.chunks import Chunk, Completion, Item
+from app.domain.chunks import Chunk, Completion, Item, reaches_client
 from app.domain.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from app.providers.base import PushSink
 from app.providers.chunks import completion_usage, error_from_reply, read_chunk
@@ -79,10 +79,8 @@ class Relay:
             template = RequestTemplate(target.url, {**target.headers, **request.trace_headers})
         try:
             response = await self._pool(target).post(template, body)
-        except TimeoutError as exc:  # connecting took longer than the pool's connect timeout
-            raise UpstreamTimeout("The provider could not be reached in time.") from exc
-        except (UpstreamConnectionError, OSError) as exc:
-            raise UpstreamUnavailable(f"The provider could not be reached: {type(exc).__name__}") from exc
+        except (TimeoutError, UpstreamConnectionError, OSError) as exc:
+            raise broken(CONNECTING, exc) from exc
         if response.status != 200:
             try:
                 error_body = await response.read(limit=65_536)
@@ -100,7 +98,7 @@ class Relay:
             raw = await response.read(limit=MAX_ANSWER_BYTES + 1)
         except (UpstreamConnectionError, OSError) as exc:
             response.close()
-            raise UpstreamUnavailable("The provider's answer broke off.") from exc
+            raise broken(ANSWERING, exc) from exc
         except BaseException:  # cancelled (the call's deadline, the client leaving): drop the connection
             response.close()
             raise
@@ -152,12 +150,24 @@ class RelayStream:
     together are written together).
     """
 
-    __slots__ = ("_buffer", "_deployment", "_ended", "_pending", "_relay", "_request", "_response", "_sink", "more")
+    __slots__ = (
+        "_buffer",
+        "_deployment",
+        "_ended",
+        "_include_usage",
+        "_pending",
+        "_relay",
+        "_request",
+        "_response",
+        "_sink",
+        "more",
+    )
 
     def __init__(self, relay: Relay, request: ChatCompletionInput, deployment: str) -> None:
         self.more = False
         self._relay = relay
         self._request = request
+        self._include_usage = request.include_usage()  # which chunks surely reach the client
         self._deployment = deployment
         self._response: UpstreamResponse | None = None
         self._buffer = b""
@@ -180,7 +190,7 @@ class RelayStream:
                 data = await response.read_some()
             except (UpstreamConnectionError, OSError) as exc:
                 self._let_go(done=False)
-                raise UpstreamUnavailable(f"The provider's stream broke off: {type(exc).__name__}") from exc
+                raise broken(STREAMING, exc) from exc
             except BaseException:  # an error reply, a cancelled wait: the provider's call ends now
                 self._let_go(done=False)
                 raise
@@ -190,7 +200,7 @@ class RelayStream:
             # Every complete event of this read first, so that the writer can be told which chunk has
             # another one right behind it (``more``): those go out together.
             items = self._split(data)
-            pending.extend(zip(items, _followed(items), strict=True))
+            pending.extend(zip(items, _followed(items, self._include_usage), strict=True))
         item, self.more = pending.popleft()
         if isinstance(item, Chunk):
             return item
@@ -287,20 +297,34 @@ class RelayStream:
     def lost(self, error: Exception) -> None:
         if not self._ended:
             self._ended = True
-            self._hand([UpstreamUnavailable(f"The provider's stream broke off: {type(error).__name__}")])
+            self._hand([broken(STREAMING, error)])
 
 
-def _followed(items: list[Chunk | GatewayError | None]) -> list[bool]:
-    """For each item, whether one that is surely handed on comes after it in the same read.
+#: Where a call to the provider was when its connection failed.
+CONNECTING, ANSWERING, STREAMING = "connecting", "answering", "streaming"
 
-    A usage-only chunk does not count: the stream drops it for a client that did not ask for usage,
-    and a chunk held for it would then wait for the provider's next read.
-    """
+
+def broken(stage: str, exc: BaseException) -> GatewayError:
+    """The one mapping of a failed provider connection to the client's error, wherever it failed:
+    connecting (a connect timeout is a 504, anything else a 502), reading a whole answer, or
+    mid-stream (pulled or pushed)."""
+    if stage == CONNECTING:
+        if isinstance(exc, TimeoutError):  # connecting took longer than the pool's connect timeout
+            return UpstreamTimeout("The provider could not be reached in time.")
+        return UpstreamUnavailable(f"The provider could not be reached: {type(exc).__name__}")
+    if stage == ANSWERING:
+        return UpstreamUnavailable("The provider's answer broke off.")
+    return UpstreamUnavailable(f"The provider's stream broke off: {type(exc).__name__}")
+
+
+def _followed(items: list[Item], include_usage: bool) -> list[bool]:
+    """For each item, whether one that surely reaches the client (``reaches_client``) comes after it
+    in the same read: a chunk held for one that the stream then drops would wait for the next read."""
     followed, firm = [False] * len(items), False
     for i in range(len(items) - 1, -1, -1):
         followed[i] = firm
         item = items[i]
-        firm = firm or not (isinstance(item, Chunk) and item.usage_only)
+        firm = firm or not isinstance(item, Chunk) or not item.usage_only or reaches_client(item, include_usage)
     return followed
 
 

@@ -41,8 +41,10 @@ OPENAI_WIRE: dict[str, str | None] = {
     "cerebras": "https://api.cerebras.ai/v1",
     "nvidia_nim": "https://integrate.api.nvidia.com/v1",
 }
-#: The client's fields the relay sets itself.
-_OWN_FIELDS = frozenset({"model", "stream", "stream_options"})
+#: The client's body fields the relay writes itself (the deployment's model, the stream flag, usage
+#: asked for); every other field, the messages included, goes to the provider as sent. Not LiteLLM's
+#: set (``litellm_provider.py``), which names ``Router.acompletion``'s own arguments.
+_REWRITTEN_FIELDS = frozenset({"model", "stream", "stream_options"})
 _encode = msgspec.json.encode
 
 
@@ -124,7 +126,7 @@ def _resolve_with_litellm(dep: DeploymentSettings, api_key: str) -> tuple[str, s
 def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: bool) -> bytes:
     """The client's body as the provider gets it: its own fields as sent (the gateway has validated
     them and refused provider-layer controls), the deployment's model, and usage asked for."""
-    body = {k: v for k, v in request.body.items() if k not in _OWN_FIELDS}
+    body = {k: v for k, v in request.body.items() if k not in _REWRITTEN_FIELDS}
     body["model"] = target.model
     body["stream"] = stream
     if stream:

@@ -25,7 +25,7 @@ from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion
 from app.domain.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
 from app.providers.balancer import Balancer, Group, Member
-from app.providers.base import Provider, PushSink
+from app.providers.base import Provider, PushSink, PushSource, can_push, close_quietly
 
 OK: Final = "ok"
 ERROR: Final = "error"
@@ -197,12 +197,13 @@ class Resilient:
 class ResilientStream:
     """A stream source whose first ``__anext__`` runs the attempts; after it, the chosen upstream's own."""
 
-    __slots__ = ("_inner", "_inner_next", "_model", "_owner", "_request", "_trail")
+    __slots__ = ("_inner", "_inner_next", "_model", "_owner", "_pushable", "_request", "_trail")
 
     @property
     def more(self) -> bool:
-        """The chosen upstream's ``more`` (``RelayStream``): its next chunk has already arrived."""
-        return getattr(self._inner, "more", False)
+        """The chosen upstream's ``more`` (``PushSource``): its next chunk has already arrived."""
+        pushable = self._pushable
+        return pushable is not None and pushable.more
 
     def __init__(self, owner: Resilient, request: ChatCompletionInput, model: str, trail: Trail) -> None:
         self._owner = owner
@@ -211,6 +212,7 @@ class ResilientStream:
         self._trail = trail
         self._inner: AsyncIterator[Chunk] | None = None
         self._inner_next: Callable[[], Awaitable[Chunk]] | None = None
+        self._pushable: PushSource | None = None  # the chosen upstream, when it can push
 
     def __aiter__(self) -> ResilientStream:
         return self
@@ -235,10 +237,10 @@ class ResilientStream:
                 self._commit(upstream)
                 raise
             except TimeoutError as exc:
-                await _close(upstream)
+                await close_quietly(upstream)
                 raise UpstreamTimeout("The provider sent no first chunk in time.") from exc
             except BaseException:
-                await _close(upstream)
+                await close_quietly(upstream)
                 raise
             self._commit(upstream)
             return first
@@ -252,29 +254,19 @@ class ResilientStream:
             raise
 
     def push(self, sink: PushSink) -> bool:
-        """The chosen upstream's ``push`` (``RelayStream``), once one was chosen."""
-        push = getattr(self._inner, "push", None)
-        return push is not None and bool(push(sink))
+        """The chosen upstream's ``push`` (``PushSource``), once one was chosen and if it can."""
+        return self._pushable is not None and self._pushable.push(sink)
 
     def resume(self) -> None:
-        resume = getattr(self._inner, "resume", None)
-        if resume is not None:
-            resume()
+        if self._pushable is not None:
+            self._pushable.resume()
 
     def _commit(self, upstream: AsyncIterator[Chunk]) -> None:
         self._inner = upstream
         self._inner_next = upstream.__anext__
+        self._pushable = upstream if can_push(upstream) else None
 
     async def aclose(self) -> None:
         inner, self._inner = self._inner, None
         if inner is not None:
-            await _close(inner)
-
-
-async def _close(upstream: AsyncIterator[Chunk]) -> None:
-    aclose = getattr(upstream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # a provider's cleanup failing must not hide the failure being handled
-            pass
+            await close_quietly(inner)

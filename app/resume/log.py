@@ -19,8 +19,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from app.core.stream import ChatStream
     from app.domain.events import StreamEvent
+
+
+class LiveStream(Protocol):
+    """What the resume side does with the live stream behind a log (``ChatStream``): a resumed
+    reader holds off its detach grace, and ``DELETE`` stops it."""
+
+    @property
+    def outcome(self) -> str | None: ...
+
+    def attach(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class SharedLog(Protocol):
@@ -33,8 +46,8 @@ class SharedLog(Protocol):
 
 
 #: What one logged event costs beyond its chunk's bytes: the StreamEvent (5 slots), the Chunk
-#: struct, the bytes object's header and the deque slot. tracemalloc over 1,000 logs of 22 events
-#: (loadtests/resume_bench.py) measured about 220 bytes; rounded up, so the budget errs on the safe side.
+#: struct, the bytes object's header and the deque slot; rounded up from what
+#: ``loadtests/resume_bench.py`` measures, so the budget errs on the safe side.
 EVENT_OVERHEAD = 256
 
 
@@ -65,7 +78,7 @@ class StreamLog:
     ) -> None:
         self.stream_id = stream_id
         self.owner = owner  # the gateway key's scope: only it may resume or stop the stream
-        self.stream: ChatStream | None = None  # the live stream, while this process runs it
+        self.stream: LiveStream | None = None  # the live stream, while this process runs it
         self._events: deque[StreamEvent] = deque(maxlen=max_events)
         self.last_seq = 0
         self.ended = False

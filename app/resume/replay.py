@@ -36,13 +36,14 @@ class LocalReplay:
 
     __slots__ = ("_attached", "_log", "_seq", "format", "stream_id")
 
-    def __init__(self, log: StreamLog, after_seq: int) -> None:
+    def __init__(self, log: StreamLog, after_seq: int, *, attach: bool = True) -> None:
+        """``attach``: False for the stream's own client, which attaches itself (``Detachment.follow``)."""
         self.stream_id = log.stream_id
         self.format = log.format
         self._log = log
         self._seq = after_seq
         stream = log.stream
-        self._attached = stream is not None and stream.outcome is None
+        self._attached = attach and stream is not None and stream.outcome is None
         if stream is not None and self._attached:
             stream.attach()
 

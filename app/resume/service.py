@@ -13,13 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from app.domain.errors import InvalidResumePosition, StreamNotFound
-from app.resume.log import StreamLog
+from app.resume.log import LiveStream, StreamLog
 from app.resume.memory import MemoryResumeStore
 from app.resume.replay import LocalReplay, Replay
 
 if TYPE_CHECKING:
     from app.config.settings import StreamingSettings
-    from app.core.stream import ChatStream
 
 #: A position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
@@ -29,6 +28,15 @@ REPLAYED, NOT_FOUND, INVALID, UNAVAILABLE = "replayed", "not_found", "invalid", 
 #: What a stream id the gateway hands out can look like. Anything else names no stream, and is never
 #: used to build a store key (``<id>:meta`` would otherwise name another key of a stream's).
 _STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class ResumableStream(LiveStream, Protocol):
+    """A new stream that a log is given to (``ChatStream``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    def detach(self, log: StreamLog, grace_s: float) -> None: ...
 
 
 class SharedStore(Protocol):
@@ -68,7 +76,7 @@ class Resumes:
         self.shared = shared
         self._on_result = on_result
 
-    def begin(self, stream: ChatStream, owner: str, format: str = "chat") -> None:
+    def begin(self, stream: ResumableStream, owner: str, format: str = "chat") -> None:
         """Give a new stream its log (before it starts, so that its first event is logged);
         ``format``: the framing its events are replayed in (the API that created it)."""
         if not self.enabled:

@@ -15,9 +15,10 @@ from app.api.intent import wants_stream
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.core.service import ChatService
-from app.domain.chat_request import parse_chat_body
+from app.domain.chat_request import ChatCompletionInput, parse_chat_body
 from app.domain.errors import UnsupportedMediaType
 from app.domain.events import CLIENT_DISCONNECTED
+from app.limits.limiter import Admission
 from app.providers.resilient import Trail
 from app.server.openapi import CHAT_RESPONSES, ChatOperation
 from app.transport.disconnect import ClientGone, DisconnectWatch
@@ -68,7 +69,7 @@ class ChatController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
-        # Served by routes/chat_direct.py (same function, without the per-request pipeline) unless CORS
+        # Served by routes/direct.py (same function, without the per-request pipeline) unless CORS
         # is configured; registered here for the OpenAPI schema and as that fallback.
         return await create_chat_completion(request, chat_context)
 
@@ -92,41 +93,32 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
     if settings.server.log_bodies:
         context.prompt = body.body["messages"]
     streaming = wants_stream(body.request.stream, request.headers.get("accept"))
-    # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
-    admission = await chat.admit(body, caller)
-    rate_headers = admission.headers if admission is not None else None
-    if rate_headers:
-        context.rate_headers = rate_headers  # error responses from here on carry them too
+    traceparent = request.headers.get("traceparent")
+    if not streaming:
+        return await _complete(request, chat_context, body, started, cache_control, traceparent)
+    rate_headers: dict[str, str] = {}
+
+    def admitted(admission: Admission | None) -> None:
+        if admission is not None and admission.headers:
+            rate_headers.update(admission.headers)
+            context.rate_headers = rate_headers  # error responses from here on carry them too
+
     watch = DisconnectWatch(request.receive)
     try:
+        # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
+        stream = await chat.open_admitted(
+            body,
+            caller,
+            "sse",
+            started_at=started,
+            cache_control=cache_control,
+            traceparent=traceparent,
+            admitted=admitted,
+            guard=watch.guard(),
+        )
+        context.stream = stream
+        # The status window: errors the provider reports at once still get a real status.
         with watch.guard():
-            if not streaming:
-                context.trail = trail = Trail()  # the access log names the deployment that answered
-                completion, cache_status = await chat.complete(
-                    body,
-                    started_at=started,
-                    caller=caller,
-                    cache_control=cache_control,
-                    traceparent=request.headers.get("traceparent"),
-                    trail=trail,
-                    admission=admission,
-                )
-                watch.stop()
-                headers = {"X-Cache": cache_status} if cache_status else None
-                if rate_headers:
-                    headers = {**(headers or {}), **rate_headers}
-                return Response(content=completion.raw, media_type="application/json", headers=headers)
-            stream = await chat.open_stream(
-                body,
-                "sse",
-                started_at=started,
-                caller=caller,
-                cache_control=cache_control,
-                traceparent=request.headers.get("traceparent"),
-                admission=admission,
-            )
-            context.stream = stream
-            # The status window: errors the provider reports at once still get a real status.
             first = await stream.first_event(settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()
@@ -148,3 +140,42 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
     if rate_headers:
         headers.update(rate_headers)
     return SseResponse(stream, watch, headers)
+
+
+async def _complete(
+    request: Request[Any, Any, Any],
+    chat_context: ChatContext,
+    body: ChatCompletionInput,
+    started: float,
+    cache_control: str | None,
+    traceparent: str | None,
+) -> Response[Any]:
+    """The JSON answer: admitted, then one whole completion, under the request's disconnect watch."""
+    chat, caller = chat_context.chat, chat_context.caller
+    context = context_of(request.scope)
+    # Allow-list, limits and budget, before anything reaches the provider (403 / 429 from here).
+    admission = await chat.admit(body, caller)
+    rate_headers = admission.headers if admission is not None else None
+    if rate_headers:
+        context.rate_headers = rate_headers  # error responses from here on carry them too
+    watch = DisconnectWatch(request.receive)
+    try:
+        with watch.guard():
+            context.trail = trail = Trail()  # the access log names the deployment that answered
+            completion, cache_status = await chat.complete(
+                body,
+                started_at=started,
+                caller=caller,
+                cache_control=cache_control,
+                traceparent=traceparent,
+                trail=trail,
+                admission=admission,
+            )
+    except ClientGone:
+        return _client_gone(request)
+    finally:
+        watch.stop()
+    headers = {"X-Cache": cache_status} if cache_status else None
+    if rate_headers:
+        headers = {**(headers or {}), **rate_headers}
+    return Response(content=completion.raw, media_type="application/json", headers=headers)

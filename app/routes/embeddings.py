@@ -22,51 +22,66 @@ EMBEDDINGS_PATHS: Final = ["/v1/embeddings", "/api/embeddings"]
 CLIENT_CLOSED_REQUEST: Final = 499
 
 
+class EmbeddingsContext:
+    """What the create handler needs, as one dependency (see ``ChatContext`` in ``routes/chat.py``)."""
+
+    __slots__ = ("caller", "embeddings")
+
+    def __init__(self, embeddings: EmbeddingService, caller: Caller) -> None:
+        self.embeddings = embeddings
+        self.caller = caller
+
+
 class EmbeddingsController(Controller):
     path = ""
     tags = ["embeddings"]
 
     @post(path=EMBEDDINGS_PATHS, status_code=200, summary="Create embeddings (OpenAI's shape; float or base64)")
     async def create(
-        self,
-        request: Request[Any, Any, Any],
-        embeddings: NamedDependency[EmbeddingService],
-        caller: NamedDependency[Caller],
+        self, request: Request[Any, Any, Any], embeddings_context: NamedDependency[EmbeddingsContext]
     ) -> Response[Any]:
-        started = time.perf_counter()
-        check_content_type(request.headers.get("content-type"))
-        try:
-            raw = await request.body()
-        except InternalServerException:
-            context_of(request.scope).outcome = CLIENT_DISCONNECTED
-            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
-        body = parse_embeddings_body(raw)
-        context = context_of(request.scope)
-        context.model = body.model
-        if caller.scope != ANONYMOUS.scope:
-            context.key = caller.name
-        admission = await embeddings.admit(body, caller)
-        headers: dict[str, str] = dict(admission.headers) if admission is not None else {}
-        if headers:
-            context.rate_headers = headers
-        context.trail = trail = Trail()
-        watch = DisconnectWatch(request.receive)
-        try:
-            with watch.guard():
-                content, cache_status = await embeddings.create(
-                    body,
-                    caller,
-                    cache_control=request.headers.get("cache-control"),
-                    admission=admission,
-                    trail=trail,
-                    started_at=started,
-                    traceparent=request.headers.get("traceparent"),
-                )
-        except ClientGone:
-            context_of(request.scope).outcome = CLIENT_DISCONNECTED
-            return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
-        finally:
-            watch.stop()
-        if cache_status:
-            headers["X-Cache"] = cache_status
-        return Response(content=content, media_type="application/json", headers=headers)
+        # Served by routes/direct.py (same function, without the per-request pipeline) unless CORS
+        # is configured; registered here for the OpenAPI schema and as that fallback.
+        return await create_embeddings(request, embeddings_context)
+
+
+async def create_embeddings(request: Request[Any, Any, Any], embeddings_context: EmbeddingsContext) -> Response[Any]:
+    """``POST /v1/embeddings``, from the request and what the handler needs."""
+    started = time.perf_counter()
+    embeddings, caller = embeddings_context.embeddings, embeddings_context.caller
+    check_content_type(request.headers.get("content-type"))
+    try:
+        raw = await request.body()
+    except InternalServerException:
+        context_of(request.scope).outcome = CLIENT_DISCONNECTED
+        return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+    body = parse_embeddings_body(raw)
+    context = context_of(request.scope)
+    context.model = body.model
+    if caller.scope != ANONYMOUS.scope:
+        context.key = caller.name
+    admission = await embeddings.admit(body, caller)
+    headers: dict[str, str] = dict(admission.headers) if admission is not None else {}
+    if headers:
+        context.rate_headers = headers
+    context.trail = trail = Trail()
+    watch = DisconnectWatch(request.receive)
+    try:
+        with watch.guard():
+            content, cache_status = await embeddings.create(
+                body,
+                caller,
+                cache_control=request.headers.get("cache-control"),
+                admission=admission,
+                trail=trail,
+                started_at=started,
+                traceparent=request.headers.get("traceparent"),
+            )
+    except ClientGone:
+        context_of(request.scope).outcome = CLIENT_DISCONNECTED
+        return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+    finally:
+        watch.stop()
+    if cache_status:
+        headers["X-Cache"] = cache_status
+    return Response(content=content, media_type="application/json", headers=headers)

@@ -136,6 +136,8 @@ class MessagesController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
+        # Served by routes/direct.py (same function, without the per-request pipeline) unless CORS
+        # is configured; registered here for the OpenAPI schema and as that fallback.
         return await create_message(request, chat_context)
 
     @post(
@@ -210,7 +212,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                 watch.stop()
                 if cache_status:
                     headers["X-Cache"] = cache_status
-                content = message_object(completion.raw, message_id, parsed.model, estimate)
+                content = message_object(completion.raw, message_id, parsed.model, estimate, parsed.stop_sequences)
                 return Response(content=content, media_type="application/json", headers=headers)
             stream = await chat.open_stream(
                 chat_input,
@@ -220,7 +222,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                 cache_control=request.headers.get("cache-control"),
                 traceparent=request.headers.get("traceparent"),
                 admission=admission,
-                adapt=_adapter(message_id, parsed.model, estimate),
+                adapt=_adapter(message_id, parsed.model, estimate, parsed.stop_sequences),
                 format=ANTHROPIC,
             )
             context.stream = stream
@@ -244,8 +246,10 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     return SseResponse(stream, watch, sse_headers, ANTHROPIC_FRAMING)
 
 
-def _adapter(message_id: str, model: str, estimate: int) -> Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]]:
+def _adapter(
+    message_id: str, model: str, estimate: int, stop_sequences: list[str] | None
+) -> Callable[[AsyncIterator[Chunk]], AsyncIterator[Chunk]]:
     def adapt(source: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-        return MessagesSource(source, MessageEvents(message_id, model, estimate))
+        return MessagesSource(source, MessageEvents(message_id, model, estimate, stop_sequences))
 
     return adapt

@@ -76,7 +76,7 @@ class ResponsesController(Controller):
     async def create(
         self, request: Request[Any, Any, Any], responses_context: NamedDependency[ResponsesContext]
     ) -> Response[Any]:
-        # Served by routes/responses_direct.py (same function, without the per-request pipeline)
+        # Served by routes/direct.py (same function, without the per-request pipeline)
         # unless CORS is configured; registered here for the OpenAPI schema and as that fallback.
         return await create_response(request, responses_context)
 

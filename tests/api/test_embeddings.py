@@ -14,7 +14,7 @@ from openai import AsyncOpenAI, BadRequestError, NotFoundError, PermissionDenied
 
 from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
-from tests.helpers.fake_provider import Behaviour, FakeProvider, fake_vector
+from tests.helpers.fake_provider import EMBED_NOT_NUMBERS, Behaviour, FakeProvider, fake_vector
 
 KEY = "sk-embed-all-0123456789"
 LIMITED = "sk-embed-limited-0123456789"
@@ -30,6 +30,13 @@ def _settings(fake: FakeProvider, fast: bool) -> Any:
         {
             "name": "embed",
             "litellm_model": "openai/embed",
+            "api_base": fake.base_url,
+            "fast_path": fast,
+            "info": embedding,
+        },
+        {
+            "name": "embed_garbled",
+            "litellm_model": f"openai/{EMBED_NOT_NUMBERS}",
             "api_base": fake.base_url,
             "fast_path": fast,
             "info": embedding,
@@ -128,6 +135,17 @@ async def test_chat_model_and_embedding_model_on_the_wrong_route(sdk: AsyncOpenA
     with pytest.raises(NotFoundError):
         await sdk.embeddings.create(model="no-such-model", input="hi")
     assert fake.calls() == 0
+
+
+async def test_vectors_that_are_not_numbers_are_a_502(embed_gateway: ServerThread) -> None:
+    """The float answer carries the provider's arrays as they came, so each is checked first: a broken
+    provider's answer never reaches the client."""
+    async with httpx.AsyncClient(base_url=embed_gateway.base_url, timeout=10) as client:
+        for encoding in ("float", "base64"):
+            body = {"model": "embed_garbled", "input": "hi", "encoding_format": encoding}
+            response = await client.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {KEY}"})
+            assert response.status_code == 502, response.text
+            assert response.json()["error"]["type"] == "upstream_error"
 
 
 async def test_allow_list_and_token_limit(embed_gateway: ServerThread, fake: FakeProvider) -> None:

@@ -144,6 +144,29 @@ async def test_reasoning_becomes_a_thinking_block(sdk: AsyncAnthropic, fake: Fak
     assert final.content[1].text == "The answer."  # type: ignore[union-attr]
 
 
+async def test_a_stop_sequence_the_provider_names_is_the_stop_reason(sdk: AsyncAnthropic, fake: FakeProvider) -> None:
+    """A provider that names the stop sequence it stopped on (vLLM's ``stop_reason``): Anthropic's
+    ``stop_sequence`` stop reason with that sequence, JSON and streamed, on the relay and LiteLLM alike."""
+    asked: Any = {"max_tokens": 100, "messages": [{"role": "user", "content": "count"}], "stop_sequences": [" 4", "5"]}
+    message = await sdk.messages.create(model="stops_on_sequence", **asked)
+    async with sdk.messages.stream(model="stops_on_sequence", **asked) as stream:
+        final = await stream.get_final_message()
+    assert fake.requests[-1].body["stop"] == [" 4", "5"]
+    for answer in (message, final):
+        assert answer.content[0].text == "Counting: 1, 2, 3"  # type: ignore[union-attr]
+        assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", " 4")
+
+
+async def test_without_the_provider_naming_it_a_stop_is_end_turn(sdk: AsyncAnthropic, fake: FakeProvider) -> None:
+    """OpenAI's wire says ``stop`` for a natural end and a matched sequence alike: never a guess."""
+    asked: Any = {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}], "stop_sequences": ["!"]}
+    message = await sdk.messages.create(model="normal", **asked)
+    async with sdk.messages.stream(model="normal", **asked) as stream:
+        final = await stream.get_final_message()
+    for answer in (message, final):
+        assert (answer.stop_reason, answer.stop_sequence) == ("end_turn", None)
+
+
 async def test_images_base64_and_url_are_content_parts(sdk: AsyncAnthropic, fake: FakeProvider) -> None:
     await sdk.messages.create(
         model="normal",

@@ -134,3 +134,19 @@ async def test_json_keeps_anthropics_controls_and_returns_signed_thinking(
     assert message.content[0].type == "thinking" and message.content[0].signature == SIGNATURE
     assert message.content[1].text == TEXT  # type: ignore[union-attr]
     assert message.usage.cache_read_input_tokens == USAGE["cache_read_input_tokens"]
+
+
+async def test_a_stop_sequence_anthropic_reports_is_lost_in_litellm(
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic
+) -> None:
+    """Anthropic says which stop sequence matched; LiteLLM, which carries the call, reports it as a plain
+    ``stop`` without the sequence, so the gateway answers ``end_turn`` (docs/messages.md) rather than guess."""
+    asked: Any = {"model": "claude", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    asked["stop_sequences"] = ["END"]
+    message = await sdk.messages.create(**asked)
+    async with sdk.messages.stream(**asked) as stream:
+        final = await stream.get_final_message()
+    assert anthropic_fake.requests()[-1].body["stop_sequences"] == ["END"]
+    for answer in (message, final):
+        assert answer.content[-1].text == TEXT  # type: ignore[union-attr]
+        assert (answer.stop_reason, answer.stop_sequence) == ("end_turn", None)

@@ -1,6 +1,7 @@
 """A fake Anthropic Messages API provider over real HTTP: it records what reaches it (path, headers,
 body) and answers with a thinking block (with its signature), a text block and usage that counts
-prompt-cache reads and writes, streamed as Anthropic's events or as one message object."""
+prompt-cache reads and writes, streamed as Anthropic's events or as one message object; a request
+with ``stop_sequences`` is answered as stopped on the first of them."""
 
 from __future__ import annotations
 
@@ -100,14 +101,27 @@ def _message(body: dict[str, Any]) -> dict[str, Any]:
             {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
             {"type": "text", "text": TEXT},
         ],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
+        **_stop(body),
         "usage": USAGE,
     }
 
 
+def _stop(body: dict[str, Any]) -> dict[str, Any]:
+    """As if the answer had stopped on the request's first stop sequence, when it gives one."""
+    sequences = body.get("stop_sequences")
+    if isinstance(sequences, list) and sequences:
+        return {"stop_reason": "stop_sequence", "stop_sequence": sequences[0]}
+    return {"stop_reason": "end_turn", "stop_sequence": None}
+
+
 async def _stream(send: Send, body: dict[str, Any]) -> None:
-    start = {**_message(body), "content": [], "stop_reason": None, "usage": {**USAGE, "output_tokens": 1}}
+    start = {
+        **_message(body),
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**USAGE, "output_tokens": 1},
+    }
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start}),
         (
@@ -136,7 +150,7 @@ async def _stream(send: Send, body: dict[str, Any]) -> None:
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": _stop(body),
                 "usage": {"output_tokens": 6},
             },
         ),

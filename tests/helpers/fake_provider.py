@@ -75,6 +75,9 @@ class Behaviour:
     no_usage: bool = False
     # Tool calls to make instead of the get_weather one: (name, arguments JSON), one item each.
     calls: list[tuple[str, str]] | None = None
+    # The finish names the request's first stop sequence as its cause (``stop_reason`` on the choice,
+    # as vLLM and servers like it do), as if the answer had stopped on it.
+    names_stop: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -82,6 +85,13 @@ class Behaviour:
 
     def usage_counts(self) -> tuple[int, int]:
         return self.usage if self.usage is not None else (7, len(self.content))
+
+
+def _stop_reason(b: Behaviour, record: RequestRecord) -> dict[str, Any]:
+    """The finish's ``stop_reason`` member, for a behaviour that names the stop sequence it stopped on."""
+    stop = record.body.get("stop")
+    first = stop if isinstance(stop, str) else stop[0] if isinstance(stop, list) and stop else None
+    return {"stop_reason": first} if b.names_stop and first is not None else {}
 
 
 def _error(status: int, type_: str, code: str | None, message: str, **kw: Any) -> Behaviour:
@@ -101,6 +111,7 @@ def builtin_behaviours() -> dict[str, Behaviour]:
         "script": Behaviour(content=["<script>", "alert(1)", "</script>", " done"]),
         "tools": Behaviour(tool_calls=True, content=[]),
         "reasoning": Behaviour(reasoning=["Let", " me", " think", "."], content=["The", " answer", "."]),
+        "stops_on_sequence": Behaviour(content=["Counting", ": 1,", " 2,", " 3"], names_stop=True),
         "context_length": _error(
             400,
             "invalid_request_error",
@@ -455,7 +466,10 @@ class FakeProvider:
         }
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            if finish is not None:
+                choice.update(_stop_reason(b, record))
+            return _sse({**base, "choices": [choice]})
 
         for i, delta in enumerate(_token_deltas(b, n)):
             if i == 0:
@@ -522,6 +536,7 @@ class FakeProvider:
                         "index": 0,
                         "message": message,
                         "finish_reason": "tool_calls" if b.tool_calls or b.calls else "stop",
+                        **_stop_reason(b, record),
                     }
                 ],
             }
@@ -696,6 +711,11 @@ def main(argv: list[str] | None = None) -> int:
 # ---- embeddings (kept apart from the chat fake above) ----------------------------------------------
 
 
+#: An embeddings model whose answer's vectors are not arrays of numbers (a broken provider).
+EMBED_NOT_NUMBERS = "embed_not_numbers"
+NOT_NUMBERS = ["0.1", {"x": 1}]
+
+
 def fake_vector(item: Any, dimensions: int) -> list[float]:
     """A deterministic vector for one input: tests can recompute what the provider answered."""
     seed = sum(ord(c) for c in item) if isinstance(item, str) else sum(item)
@@ -726,7 +746,11 @@ async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Se
     value = body.get("input")
     items = [value] if isinstance(value, str) or (value and isinstance(value[0], int)) else list(value or [])
     dimensions = int(body.get("dimensions") or 8)
-    data = [{"object": "embedding", "index": i, "embedding": fake_vector(x, dimensions)} for i, x in enumerate(items)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": NOT_NUMBERS if model == EMBED_NOT_NUMBERS else vector}
+        for i, x in enumerate(items)
+        for vector in [fake_vector(x, dimensions)]
+    ]
     tokens = sum(len(x) if isinstance(x, list) else 3 for x in items)
     reply = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
     await provider._send_recorded(record, send, 200, _json_bytes(reply), [])

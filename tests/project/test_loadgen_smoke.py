@@ -118,6 +118,29 @@ async def test_json_against_upstream(upstream: Upstream) -> None:
     assert s["req_per_s"] > 0
 
 
+async def test_embeddings_against_upstream(upstream: Upstream) -> None:
+    cfg = LoadConfig(
+        url=upstream.url, mode="json", api="embeddings", model="embed", concurrency=4, requests=8, timeout=5
+    )
+    s = await asyncio.wait_for(run_load(cfg), 20)
+    assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
+    assert (s["requests"], s["ok"]) == (8, 8)
+    # The upstream answers an embeddings call after its --embed-ms (50 ms by default).
+    assert s["total_ms"]["p50"] >= 45
+
+
+def test_the_matrix_plans_embeddings_cells_with_their_direct_baseline() -> None:
+    from loadtests import run_matrix
+
+    args = ["--concurrency", "32", "--modes", "embeddings", "--deployments", "fast", "--idle", "0"]
+    plan = run_matrix.build_plan(run_matrix.parse_args(args))
+    assert [(c.target, c.mode, c.model, c.concurrency) for c in plan if c.mode == "embeddings"] == [
+        ("direct", "embeddings", "embed", 32),
+        ("gateway", "embeddings", "embed", 32),
+    ]
+    assert 'mode = "embedding"' in run_matrix.gateway_toml(8000, {"stream": 8001})
+
+
 async def test_sse_against_the_wheel_variant_with_an_unmeasured_warm_up(wheel_upstream: Upstream) -> None:
     cfg = LoadConfig(url=wheel_upstream.url, mode="sse", concurrency=4, requests=8, warmup=4, duration=10, timeout=5)
     s = await asyncio.wait_for(run_load(cfg), 20)

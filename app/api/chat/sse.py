@@ -8,10 +8,11 @@ CORS and the framework all see it); every body message after it goes straight to
 ``send`` (``RAW_SEND``, published by the outermost middleware), so a chunk costs one Python-level
 send and no middleware frame. Nothing but the response start is of interest to those layers.
 
-Heartbeats come from a timer that re-arms itself once per period (never per chunk) and, when the
-stream has produced nothing for ``heartbeat_s`` and no frame is being written, writes the comment
-from a short task of its own: every write is one whole SSE event, so a heartbeat can only ever land
-between two events.
+Heartbeats follow the one rule every SSE reader uses (``app/core/follow.py``): due once the stream
+has produced nothing for ``heartbeat_s``. A live stream's reader waits on the provider, so a timer
+that re-arms itself once per period (never per chunk) asks the rule and, when no frame is being
+written, writes the comment from a short task of its own: every write is one whole SSE event, so a
+heartbeat can only ever land between two events.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
 from app.core.context import context_of
+from app.core.follow import Heartbeat
 from app.core.stream import ChatStream
 from app.domain.errors import GatewayError
 from app.domain.events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
@@ -90,28 +92,34 @@ CHAT_FRAMING: Final = ChatFraming()
 
 
 class _Heartbeat:
-    """Writes the framing's heartbeat after ``period`` seconds in which the stream produced no event."""
+    """Writes the framing's heartbeat when the one rule (``Heartbeat``) says it is due: for ``period``
+    seconds the stream produced no event and nothing was written. The reader's task is waiting on
+    the provider meanwhile, so a timer asks the rule, re-armed once per period (never per chunk)."""
 
-    __slots__ = ("_beat_bytes", "_beating", "_last", "_loop", "_period", "_send", "_stream", "_timer", "writing")
+    __slots__ = ("_beat_bytes", "_beating", "_loop", "_rule", "_send", "_stream", "_timer", "writing")
 
     def __init__(self, stream: ChatStream, send: Send, beat: bytes = HEARTBEAT) -> None:
         self._beat_bytes = beat
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._stream = stream
         self._send = send
-        self._period = stream.deadlines.heartbeat_s
-        self._last = self._loop.time()
+        self._rule = rule = Heartbeat(stream.deadlines.heartbeat_s, loop.time())
         self._beating: asyncio.Task[None] | None = None
         self.writing = False  # set by the writer around each frame's write
-        self._timer = self._loop.call_at(self._last + self._period, self._check)
+        self._timer = loop.call_at(rule.last + rule.period, self._check)
 
     def _check(self) -> None:
-        quiet_since = max(self._stream.last_event_at, self._last)
-        now = self._loop.time()
-        if now - quiet_since >= self._period and not self.writing and self._beating is None:
-            self._last = quiet_since = now
-            self._beating = self._loop.create_task(self._beat())
-        self._timer = self._loop.call_at(quiet_since + self._period, self._check)
+        rule, now = self._rule, self._loop.time()
+        due = rule.due_in(now, self._stream.last_event_at)
+        if due <= 0:
+            if self.writing or self._beating is not None:
+                # A write is under way (a client slow to read): bytes are moving, look again later.
+                due = rule.period
+            else:
+                rule.wrote(now)
+                due = rule.period
+                self._beating = self._loop.create_task(self._beat())
+        self._timer = self._loop.call_at(now + due, self._check)
 
     async def _beat(self) -> None:
         try:

@@ -3,12 +3,12 @@
 The frames come from the same functions as ``SseWriter``'s (``chunk_frame``, ``end_frame``), so a
 replayed event is byte-identical to what the original connection received. The start goes
 through the middleware chain and the body straight to the server (``RAW_SEND``), as for a live
-stream. A heartbeat comment is written whenever nothing arrived for ``heartbeat_s``.
+stream. The log is followed by the one ``Follower`` (``app/core/follow.py``), which also says when a
+heartbeat comment is due (nothing written for ``heartbeat_s``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +17,7 @@ from litestar.types import Message, Receive, Scope, Send
 
 from app.api.chat.sse import RAW_SEND
 from app.api.framing import framing_for
+from app.core.follow import Follower
 from app.domain.events import ClientLeft
 from app.resume.replay import Replay
 from app.transport.disconnect import DisconnectWatch
@@ -43,58 +44,39 @@ class _ReplayASGI:
         self._heartbeat_s = heartbeat_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        replay, watch = self._replay, self._watch
-        waiting: asyncio.Future[None] | None = None  # the replay's wait in progress, if one is
+        watch = self._watch
+        follower = Follower(self._replay, self._heartbeat_s)
         try:
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
-            sid = replay.stream_id.encode()
-            framing = framing_for(replay.format)  # a stream replays in the API's framing it was created in
-            chunk_frame, end_frame = framing.chunk, framing.end
-            held = b""  # what the log already holds goes out together, in writes of up to HELD_MAX
-            loop = asyncio.get_running_loop()
-            # The heartbeat keys on the last write, not on each wait: a Redis replay's wait returns
-            # every second with nothing (it looks around between reads), which re-armed a per-wait
-            # timeout for ever and left cross-replica resumes silent.
-            written_at = loop.time()
+            sid = self._replay.stream_id.encode()
+            framing = framing_for(self._replay.format)  # a stream replays in the API's framing it was created in
+            chunk_frame = framing.chunk
             while True:
-                event = replay.take()
-                if event is None:
-                    if held:
-                        await raw({"type": "http.response.body", "body": held, "more_body": True})
-                        held = b""
-                        written_at = loop.time()
-                    quiet = self._heartbeat_s - (loop.time() - written_at)
-                    if quiet <= 0:
+                events = follower.batch()
+                if not events:
+                    if await follower.wait(watch.guard()):
                         await raw({"type": "http.response.body", "body": framing.heartbeat, "more_body": True})
-                        written_at = loop.time()
-                        continue
-                    # The wait runs as its own task and a heartbeat never cancels it: a Redis replay's
-                    # wait is a blocking read, which a cancellation would cut mid-reply.
-                    if waiting is None:
-                        waiting = asyncio.ensure_future(replay.wait())
-                    with watch.guard():
-                        await asyncio.wait((waiting,), timeout=quiet)
-                    if waiting.done():
-                        finished, waiting = waiting, None
-                        finished.result()
+                        follower.wrote()
                     continue
-                if event.chunk is not None:
+                held = b""  # what the log holds now goes out together, in writes of up to HELD_MAX
+                for event in events:
+                    if event.chunk is None:
+                        body = held + framing.end(sid, event)
+                        await raw({"type": "http.response.body", "body": body, "more_body": False})
+                        return
                     held += chunk_frame(sid, event.seq, event.chunk.raw)
                     if len(held) >= HELD_MAX:
                         await raw({"type": "http.response.body", "body": held, "more_body": True})
                         held = b""
-                        written_at = loop.time()
-                    continue
-                await raw({"type": "http.response.body", "body": held + end_frame(sid, event), "more_body": False})
-                return
+                if held:
+                    await raw({"type": "http.response.body", "body": held, "more_body": True})
+                follower.wrote()
         except ClientLeft:
             return
         finally:
-            if waiting is not None:
-                waiting.cancel()
-            replay.close()
+            follower.close()
             watch.stop()
             if self._done is not None:
                 self._done()  # the reader's stream slot (the key's concurrency lease) is free again

@@ -1,6 +1,6 @@
 """One WebSocket request's frames: its chunks, then one done or error frame.
 
-The writer only frames: every frame goes to the session's ``send``, which writes it at once when
+The writer only frames: every frame goes to the socket's ``send`` (``ws_outbox.py``), which writes it at once when
 the socket takes it and queues it otherwise (a bounded queue: ``SlowConsumer`` when the socket
 cannot keep up). Because that ``send`` is a plain call, a relayed stream's chunks can be pushed
 from the provider connection's callback as SSE's are (``app/core/push.py``): ``write_now``.
@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from app.api.chat.ws_frames import chunk_frame, done_frame, encode_id, error_frame
-from app.core.stream import ChatStream
-from app.domain.events import ClientLeft, StreamEvent
+from app.api.chat.ws_outbox import SlowConsumer
+from app.domain.chunks import Usage
+from app.domain.errors import GatewayError
+from app.domain.events import StreamEvent
 
+if TYPE_CHECKING:
+    from app.core.stream import ChatStream
 
-class SlowConsumer(ClientLeft):
-    """The socket's send queue is full: the consumer is closed with 1013."""
+__all__ = ["RequestWriter", "SlowConsumer"]
 
 
 class RequestWriter:
@@ -51,7 +55,7 @@ class RequestWriter:
         return None
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        # Every frame is its own WebSocket message: queued at once (the socket's writer task sends them).
+        # Every frame is its own WebSocket message, written or queued at once (``ws_outbox.py``).
         self._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
 
     async def end(self, event: StreamEvent) -> None:
@@ -64,5 +68,14 @@ class RequestWriter:
             self._send(done_frame(self._frame_id, event.finish_reason, event.usage))
 
     def cancelled(self, stream: ChatStream) -> None:
+        self.answer_cancelled(stream.usage)
+
+    def answer_cancelled(self, usage: Usage | None) -> None:
+        """The request's one done frame for a cancel (best effort: a full queue is closing the socket)."""
         with contextlib.suppress(SlowConsumer):
-            self._send(done_frame(self._frame_id, "cancelled", stream.usage))
+            self._send(done_frame(self._frame_id, "cancelled", usage))
+
+    def error(self, error: GatewayError) -> None:
+        """The request's one error frame, when it ends before its stream could (best effort)."""
+        with contextlib.suppress(SlowConsumer):
+            self._send(error_frame(self._frame_id, error))

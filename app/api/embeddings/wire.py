@@ -103,7 +103,7 @@ def upstream_body(request: EmbeddingsRequest, upstream_model: str) -> dict[str, 
 
 
 class _Item(msgspec.Struct):
-    embedding: list[float] | str
+    embedding: msgspec.Raw
     index: int = 0
 
 
@@ -118,41 +118,49 @@ class _Reply(msgspec.Struct):
 
 
 _reply = msgspec.json.Decoder(_Reply)
+_floats = msgspec.json.Decoder(list[float])
+_encode = msgspec.json.encode
 
 
 class Embeddings(msgspec.Struct, frozen=True):
-    """A provider's answer, as floats per input (in input order) and its input tokens."""
+    """A provider's answer: each input's vector as the JSON of its floats (in input order), and its
+    input tokens. The JSON is the provider's own, checked to be an array of numbers: the float answer
+    splices it in as it came rather than formatting every float again, which cost most of a call's CPU."""
 
-    vectors: list[list[float]]
+    vectors: list[msgspec.Raw]
     prompt_tokens: int
+
+
+def _vector(item: _Item) -> msgspec.Raw:
+    raw = item.embedding
+    if bytes(memoryview(raw)[:1]) == b'"':  # a provider that answered base64 anyway: its floats, as JSON
+        data = base64.b64decode(msgspec.json.decode(raw, type=str), validate=True)
+        return msgspec.Raw(_encode(list(struct.unpack(f"<{len(data) // 4}f", data))))
+    _floats.decode(raw)  # an array of numbers, or a ValidationError: nothing else reaches a client
+    return raw
 
 
 def read_reply(raw: bytes) -> Embeddings:
     try:
         reply = _reply.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        vectors = [_vector(item) for item in sorted(reply.data, key=lambda i: i.index)]
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise UpstreamUnavailable("The provider's embeddings answer was unreadable.") from exc
-    vectors: list[list[float]] = []
-    for item in sorted(reply.data, key=lambda i: i.index):
-        if isinstance(item.embedding, str):  # a provider that answered base64 anyway
-            data = base64.b64decode(item.embedding)
-            vectors.append(list(struct.unpack(f"<{len(data) // 4}f", data)))
-        else:
-            vectors.append(item.embedding)
     usage = reply.usage
     return Embeddings(vectors=vectors, prompt_tokens=(usage.prompt_tokens or 0) if usage is not None else 0)
 
 
 def cached_form(embeddings: Embeddings) -> bytes:
-    return msgspec.json.encode({"vectors": embeddings.vectors, "prompt_tokens": embeddings.prompt_tokens})
+    return _encode({"vectors": embeddings.vectors, "prompt_tokens": embeddings.prompt_tokens})
 
 
 def from_cached(raw: bytes) -> Embeddings:
     return msgspec.json.decode(raw, type=Embeddings)
 
 
-def _base64(vector: list[float]) -> str:
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+def _base64(vector: msgspec.Raw) -> str:
+    floats = _floats.decode(vector)
+    return base64.b64encode(struct.pack(f"<{len(floats)}f", *floats)).decode("ascii")
 
 
 def render(embeddings: Embeddings, model: str, encoding_format: str) -> bytes:

@@ -13,13 +13,16 @@ reason and usage) and ``message_stop`` come at the end of the provider's stream,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
 
-from app.domain.chunks import Chunk, Usage
+from app.domain.chunks import Chunk, Item, Usage
 
 _encode = msgspec.json.encode
+#: Where events are appended: a list of them, or a push's list of items.
+_Out = list[Chunk] | list[Item]
 
 #: OpenAI finish reasons -> Anthropic stop reasons.
 STOP_REASONS: Final = {
@@ -60,6 +63,9 @@ class _Choice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+    #: What stopped the answer, where an OpenAI-wire provider says it (vLLM and servers like it: the
+    #: matched stop string, or a stop token's id).
+    stop_reason: str | int | None = None
 
 
 class _PromptDetails(msgspec.Struct):
@@ -90,6 +96,7 @@ class _CompletionChoice(msgspec.Struct):
     index: int = 0
     message: _Message | None = None
     finish_reason: str | None = None
+    stop_reason: str | int | None = None
 
 
 class _CompletionView(msgspec.Struct):
@@ -100,6 +107,19 @@ class _CompletionView(msgspec.Struct):
 _chunk_view = msgspec.json.Decoder(_ChunkView)
 _completion_view = msgspec.json.Decoder(_CompletionView)
 _loose = msgspec.json.Decoder()
+
+
+def stop_of(finish: str | None, named: str | int | None, sequences: Sequence[str]) -> tuple[str, str | None]:
+    """(``stop_reason``, ``stop_sequence``) for a provider's finish reason and what it named as the cause.
+
+    OpenAI's wire says ``stop`` both for a natural end and for a matched stop sequence, and leaves
+    the sequence out of the text, so the gateway cannot tell the two apart on its own: it reports
+    ``stop_sequence`` only when the provider names one of the request's sequences as the cause, and
+    ``end_turn`` otherwise (never a guess that would tell a client its sequence matched when it did not).
+    """
+    if (finish is None or finish == "stop") and isinstance(named, str) and named in sequences:
+        return "stop_sequence", named
+    return STOP_REASONS.get(finish or "stop", "end_turn"), None
 
 
 def anthropic_usage(usage: _Usage | None, *, fallback_input: int, fallback_output: int) -> dict[str, int]:
@@ -135,6 +155,17 @@ def _event(data: dict[str, Any], *, content: bool = False) -> Chunk:
     return Chunk(raw=_encode(data), has_content=content)
 
 
+# The deltas, one per provider chunk, are written from templates: the same bytes ``_encode`` gives
+# the event's dict (keys in this order, no spaces), for a fraction of its cost on the hottest path.
+_TEXT_DELTA: Final = b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":%b}}'
+_THINKING_DELTA: Final = b'{"type":"content_block_delta","index":%d,"delta":{"type":"thinking_delta","thinking":%b}}'
+_JSON_DELTA: Final = b'{"type":"content_block_delta","index":%d,"delta":{"type":"input_json_delta","partial_json":%b}}'
+
+
+def _delta_event(template: bytes, index: int, text: str) -> Chunk:
+    return Chunk(raw=template % (index, _encode(text)), has_content=True)
+
+
 class MessageEvents:
     """One stream's translation; ``feed`` per chunk, ``finish`` at the provider's clean end."""
 
@@ -148,13 +179,19 @@ class MessageEvents:
         "_model",
         "_output_chars",
         "_started",
+        "_stop_named",
+        "_stop_sequences",
         "_tool_ids",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, message_id: str, model: str, input_estimate: int) -> None:
+    def __init__(
+        self, message_id: str, model: str, input_estimate: int, stop_sequences: Sequence[str] | None = None
+    ) -> None:
         self._message_id = message_id
+        self._stop_sequences = stop_sequences or ()
+        self._stop_named: str | int | None = None
         self._model = model
         self._input_estimate = input_estimate
         self._started = False
@@ -167,7 +204,7 @@ class MessageEvents:
         self._usage: _Usage | None = None
         self._output_chars = 0
 
-    def _start(self, out: list[Chunk]) -> None:
+    def _start(self, out: _Out) -> None:
         if self._started:
             return
         self._started = True
@@ -188,13 +225,13 @@ class MessageEvents:
         }
         out.append(_event({"type": "message_start", "message": message}))
 
-    def _stop_block(self, out: list[Chunk]) -> None:
+    def _stop_block(self, out: _Out) -> None:
         if self._index >= 0:
             out.append(_event({"type": "content_block_stop", "index": self._index}))
             self._index = -1
             self._kind = None
 
-    def _open(self, kind: str, block: dict[str, Any], out: list[Chunk]) -> int:
+    def _open(self, kind: str, block: dict[str, Any], out: _Out) -> int:
         self._stop_block(out)
         self._index = index = self._block
         self._block += 1
@@ -202,33 +239,55 @@ class MessageEvents:
         out.append(_event({"type": "content_block_start", "index": index, "content_block": block}))
         return index
 
-    def _delta(self, index: int, delta: dict[str, Any], out: list[Chunk]) -> None:
+    def _delta(self, index: int, delta: dict[str, Any], out: _Out) -> None:
         out.append(_event({"type": "content_block_delta", "index": index, "delta": delta}, content=True))
 
     def feed(self, chunk: Chunk) -> list[Chunk]:
         out: list[Chunk] = []
-        self._start(out)
+        self.feed_into(chunk, out)
+        return out
+
+    def feed_into(self, chunk: Chunk, out: _Out) -> None:
+        """The events ``chunk`` stands for, appended to ``out``."""
+        if not self._started:
+            self._start(out)
+        if not (chunk.has_content or chunk.finish_reason or chunk.usage) and b'"thinking_blocks"' not in chunk.raw:
+            return  # a role-only or empty chunk (what the pipeline read of it says so): no event stands for it
         try:
             view = _chunk_view.decode(chunk.raw)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return out  # a chunk of a shape no provider sends: nothing a client could be given of it
+            return  # a chunk of a shape no provider sends: nothing a client could be given of it
+        choices = view.choices
+        if view.usage is None and choices is not None and len(choices) == 1 and self._kind == "text":
+            # The common chunk, more text for the open text block: straight to its delta.
+            choice, delta = choices[0], choices[0].delta
+            if (
+                delta is not None
+                and delta.content
+                and not (choice.index or choice.finish_reason or delta.reasoning_content)
+                and delta.tool_calls is None
+                and delta.thinking_blocks is None
+            ):
+                self._output_chars += len(delta.content)
+                out.append(Chunk(raw=_TEXT_DELTA % (self._index, _encode(delta.content)), has_content=True))
+                return
         if view.usage is not None:
             self._usage = view.usage
-        for choice in view.choices or ():
+        for choice in choices or ():
             if choice.index != 0:
                 continue  # Anthropic messages have one choice
             if choice.finish_reason:
                 self._finish = choice.finish_reason
+                self._stop_named = choice.stop_reason
             if choice.delta is not None:
                 self._read_delta(choice.delta, out)
-        return out
 
-    def _read_delta(self, delta: _Delta, out: list[Chunk]) -> None:
+    def _read_delta(self, delta: _Delta, out: _Out) -> None:
         if delta.reasoning_content:
             if self._kind != "thinking":
                 self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
             self._output_chars += len(delta.reasoning_content)
-            self._delta(self._index, {"type": "thinking_delta", "thinking": delta.reasoning_content}, out)
+            out.append(_delta_event(_THINKING_DELTA, self._index, delta.reasoning_content))
         for block in delta.thinking_blocks or ():
             if block.type == "redacted_thinking" and block.data:
                 self._open("redacted_thinking", {"type": "redacted_thinking", "data": block.data}, out)
@@ -241,11 +300,11 @@ class MessageEvents:
             if self._kind != "text":
                 self._open("text", {"type": "text", "text": ""}, out)
             self._output_chars += len(delta.content)
-            self._delta(self._index, {"type": "text_delta", "text": delta.content}, out)
+            out.append(_delta_event(_TEXT_DELTA, self._index, delta.content))
         for call in delta.tool_calls or ():
             self._read_tool_call(call, out)
 
-    def _read_tool_call(self, call: _ToolCall, out: list[Chunk]) -> None:
+    def _read_tool_call(self, call: _ToolCall, out: _Out) -> None:
         function = call.function or _Function()
         index = self._tools.get(call.index)
         if index is None or (call.id is not None and call.id != self._tool_ids.get(call.index)):
@@ -256,18 +315,18 @@ class MessageEvents:
             self._tool_ids[call.index] = call_id
         if function.arguments:
             self._output_chars += len(function.arguments)
-            self._delta(index, {"type": "input_json_delta", "partial_json": function.arguments}, out)
+            out.append(_delta_event(_JSON_DELTA, index, function.arguments))
 
     def finish(self) -> list[Chunk]:
         """The provider's stream ended cleanly: close the open block, then message_delta and message_stop."""
         out: list[Chunk] = []
         self._start(out)
         self._stop_block(out)
-        stop_reason = STOP_REASONS.get(self._finish or "stop", "end_turn")
+        stop_reason, stop_sequence = stop_of(self._finish, self._stop_named, self._stop_sequences)
         usage = anthropic_usage(
             self._usage, fallback_input=self._input_estimate, fallback_output=(self._output_chars + 3) // 4
         )
-        delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         out.append(
             Chunk(
                 raw=_encode({"type": "message_delta", "delta": delta, "usage": usage}),
@@ -289,7 +348,9 @@ def _tool_input(arguments: str | None) -> Any:
     return value if isinstance(value, dict) else {}
 
 
-def message_object(raw: bytes, message_id: str, model: str, input_estimate: int) -> bytes:
+def message_object(
+    raw: bytes, message_id: str, model: str, input_estimate: int, stop_sequences: Sequence[str] | None = None
+) -> bytes:
     """A ``chat.completion``'s JSON -> the Anthropic ``message`` object's JSON."""
     view = _completion_view.decode(raw)
     choice = next((c for c in view.choices or () if c.index == 0), None)
@@ -316,6 +377,9 @@ def message_object(raw: bytes, message_id: str, model: str, input_estimate: int)
             }
         )
     finish = choice.finish_reason if choice is not None else None
+    stop_reason, stop_sequence = stop_of(
+        finish, choice.stop_reason if choice is not None else None, stop_sequences or ()
+    )
     output_chars = sum(len(c.get("text") or c.get("thinking") or "") for c in content)
     return _encode(
         {
@@ -324,8 +388,8 @@ def message_object(raw: bytes, message_id: str, model: str, input_estimate: int)
             "role": "assistant",
             "model": model,
             "content": content,
-            "stop_reason": STOP_REASONS.get(finish or "stop", "end_turn"),
-            "stop_sequence": None,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
             "usage": anthropic_usage(
                 view.usage, fallback_input=input_estimate, fallback_output=(output_chars + 3) // 4
             ),

@@ -23,11 +23,17 @@ def event_name(data: bytes) -> bytes:
     return data[_TYPE_AT:end] if data.startswith(b'{"type":"') and end > 0 else b"message"
 
 
+_DELTA: Final = b'{"type":"content_block_delta"'
+_DELTA_FRAME: Final = b"event: content_block_delta\nid: %b:%d\ndata: %b\n\n"
+
+
 class AnthropicFraming:
     heartbeat = PING
 
     @staticmethod
     def chunk(stream_id: bytes, seq: int, data: bytes) -> bytes:
+        if data.startswith(_DELTA):  # all but a few events of a stream
+            return _DELTA_FRAME % (stream_id, seq, data)
         return b"event: %b\nid: %b:%d\ndata: %b\n\n" % (event_name(data), stream_id, seq, data)
 
     @staticmethod

@@ -30,13 +30,13 @@ class _TranslatingSink:
 
     def take(self, items: list[Item]) -> bool:
         out, self.held = self.held, []
-        events = self._events
+        feed = self._events.feed_into
         for item in items:
             if isinstance(item, Chunk):
-                out.extend(events.feed(item))
+                feed(item, out)
             else:
                 if item is None:
-                    out.extend(events.finish())
+                    out.extend(self._events.finish())
                 out.append(item)
         return self._sink.take(out) if out else True
 
@@ -70,7 +70,9 @@ class MessagesSource:
                 self._ended = True
                 pending.extend(self._events.finish())
                 break
-            pending.extend(self._events.feed(chunk))
+            out: list[Chunk] = []
+            self._events.feed_into(chunk, out)
+            pending.extend(out)
         return pending.popleft()
 
     def push(self, sink: PushSink) -> bool:

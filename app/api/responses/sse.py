@@ -11,7 +11,6 @@ Heartbeats are the chat SSE transport's (``: keep-alive`` while the upstream is 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from app.api.chat.sse import HEARTBEAT, RAW_SEND
 from app.api.chat.sse import _Heartbeat as Heartbeat
 from app.api.responses.events import Event, ResponseEvents, sse_frame
 from app.api.responses.service import ResponseRun
+from app.core.follow import Follower
 from app.core.stream import ChatStream
 from app.domain.events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
 from app.resume.replay import Replay
@@ -197,33 +197,38 @@ class _ReplayASGI:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reader, watch = self._reader, self._watch
         rid = reader.events.response_id.encode()
+        follower = Follower(reader.replay, self._heartbeat_s)
         try:
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
             held = frames(rid, self._first)
             while not reader.done:
-                events = reader.take()
-                if events is None:
+                logged = follower.batch()
+                if not logged:
                     if held:
                         await raw({"type": "http.response.body", "body": held, "more_body": True})
                         held = b""
-                    try:
-                        with watch.guard():
-                            async with asyncio.timeout(self._heartbeat_s):
-                                await reader.replay.wait()
-                    except TimeoutError:
+                        follower.wrote()
+                    if await follower.wait(watch.guard()):
                         await raw({"type": "http.response.body", "body": HEARTBEAT, "more_body": True})
+                        follower.wrote()
                     continue
-                held += frames(rid, events)
-                if len(held) >= HELD_MAX:
-                    await raw({"type": "http.response.body", "body": held, "more_body": True})
-                    held = b""
+                for event in logged:
+                    if event.chunk is not None:
+                        held += frames(rid, reader.events.feed(event.chunk.raw), reader.after)
+                    else:
+                        held += frames(rid, reader.events.finish(event.error), reader.after)
+                        reader.done = True
+                    if len(held) >= HELD_MAX:
+                        await raw({"type": "http.response.body", "body": held, "more_body": True})
+                        held = b""
+                        follower.wrote()
             await raw({"type": "http.response.body", "body": held, "more_body": False})
         except ClientLeft:
             return
         finally:
-            reader.replay.close()
+            follower.close()
             watch.stop()
             if self._done is not None:
                 self._done()

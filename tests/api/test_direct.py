@@ -1,6 +1,6 @@
-"""The chat route served beside Litestar's pipeline (app/routes/chat_direct.py) answers every request
-as the router's path does: compared, request by request, with a gateway whose CORS configuration
-keeps the chat route on Litestar's router."""
+"""The routes served beside Litestar's pipeline (app/routes/direct.py: chat completions, Responses,
+Messages) answer every request as the router's path does: compared, request by request, with a
+gateway whose CORS configuration keeps them on Litestar's router."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.routes.chat_direct import ChatRoute
+from app.routes.direct import DirectRoutes
 from tests.conftest import ServerThread, make_settings
 from tests.helpers.fake_provider import FakeProvider
 from tests.helpers.sse import chat_body
@@ -23,7 +23,7 @@ def _server(fake_provider: FakeProvider, **server: Any) -> ServerThread:
 
 @pytest.fixture(scope="module")
 def pair(fake_provider: FakeProvider) -> Iterator[tuple[ServerThread, ServerThread]]:
-    """The gateway, and the same with CORS configured: its chat route goes through Litestar's router."""
+    """The gateway, and the same with CORS configured: its routes go through Litestar's router."""
     direct = _server(fake_provider)
     routed = _server(fake_provider, cors_origins=["https://app.example"])
     yield direct, routed
@@ -32,7 +32,7 @@ def pair(fake_provider: FakeProvider) -> Iterator[tuple[ServerThread, ServerThre
 
 
 def _served_directly(server: ServerThread) -> bool:
-    return isinstance(server.app.asgi_handler.app, ChatRoute)  # type: ignore[attr-defined]
+    return isinstance(server.app.asgi_handler.app, DirectRoutes)  # type: ignore[attr-defined]
 
 
 SSE = {"Accept": "text/event-stream"}
@@ -48,7 +48,48 @@ CASES: list[tuple[str, str, dict[str, str], bytes]] = [
     ("too large", "/v1/chat/completions", {}, b'{"model": "normal", "messages": [], "x": "' + b"a" * 70_000 + b'"}'),
     ("bad host", "/v1/chat/completions", {"Host": "bad host/"}, json.dumps(chat_body("normal")).encode()),
     ("trailing slash", "/v1/chat/completions/", {}, json.dumps(chat_body("normal")).encode()),
+    ("get", "/v1/messages", {}, b""),
 ]
+
+
+def _message(model: str, **extra: Any) -> bytes:
+    return json.dumps(
+        {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}], **extra}
+    ).encode()
+
+
+CASES += [
+    ("messages json", "/v1/messages", {}, _message("normal")),
+    ("messages sse", "/v1/messages", {}, _message("normal", stream=True)),
+    ("messages api path", "/api/messages", {}, _message("normal")),
+    ("messages provider error", "/v1/messages", {}, _message("rate_limited", stream=True)),
+    ("messages overloaded", "/v1/messages", {}, _message("overloaded")),
+    ("messages unknown model", "/v1/messages", {}, _message("nope")),
+    ("messages bad json", "/v1/messages", {}, b'{"model": "normal", "messages": ['),
+    ("messages bad field", "/v1/messages", {}, b'{"model": "normal", "max_tokens": 1, "messages": "x"}'),
+    ("messages content type", "/v1/messages", {"Content-Type": "text/plain"}, b"{}"),
+    ("messages too large", "/v1/messages", {}, _message("normal", x="a" * 70_000)),
+    ("messages bad host", "/v1/messages", {"Host": "bad host/"}, _message("normal")),
+    ("messages trailing slash", "/v1/messages/", {}, _message("normal")),
+    ("count tokens", "/v1/messages/count_tokens", {}, _message("normal")),
+    ("responses json", "/v1/responses", {}, json.dumps({"model": "normal", "input": "hi"}).encode()),
+    ("responses sse", "/v1/responses", SSE, json.dumps({"model": "normal", "input": "hi", "stream": True}).encode()),
+    ("responses bad field", "/v1/responses", {}, b'{"model": "normal", "input": 3}'),
+    ("responses provider error", "/v1/responses", {}, json.dumps({"model": "rate_limited", "input": "hi"}).encode()),
+    ("embeddings chat model", "/v1/embeddings", {}, json.dumps({"model": "normal", "input": "hi"}).encode()),
+    ("embeddings bad field", "/v1/embeddings", {}, b'{"model": "normal", "input": []}'),
+    ("embeddings bad json", "/api/embeddings", {}, b'{"model": '),
+]
+#: Keys whose values differ between two answers to the same request (ids, clocks).
+_VARYING = frozenset({"id", "created", "created_at", "completed_at", "item_id", "response_id"})
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in _VARYING}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
 
 
 def _shape(response: httpx.Response) -> tuple[Any, ...]:
@@ -57,15 +98,9 @@ def _shape(response: httpx.Response) -> tuple[Any, ...]:
     kept = tuple((k, headers.get(k)) for k in ("content-type", "x-cache", "retry-after", "content-encoding"))
     body = response.content
     if headers.get("content-type", "").startswith("application/json"):
-        data = response.json()
-        for key in ("id", "created"):
-            data.pop(key, None) if isinstance(data, dict) else None
-        return response.status_code, kept, data
+        return response.status_code, kept, _strip(response.json())
     lines = [line for line in body.decode().splitlines() if not line.startswith("id: ")]
-    events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
-    for event in events:
-        event.pop("id", None)
-        event.pop("created", None)
+    events = [_strip(json.loads(line[6:])) for line in lines if line.startswith("data: {")]
     return response.status_code, kept, events, [line for line in lines if not line.startswith("data: {")]
 
 

@@ -1,0 +1,124 @@
+"""The one log follower (``app/core/follow.py``), in-process over real logs and a replay whose wait
+is a slow blocking read, as a Redis replay's is."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import pytest
+
+from app.core.follow import Follower, Heartbeat
+from app.domain.chunks import Chunk
+from app.domain.errors import InvalidResumePosition
+from app.domain.events import StreamEvent
+from app.resume.log import StreamLog
+from app.resume.replay import LocalReplay
+
+
+def chunk(seq: int) -> StreamEvent:
+    return StreamEvent(seq, Chunk(raw=b'{"n":%d}' % seq))
+
+
+async def test_a_batch_is_what_the_log_holds_now_up_to_the_last_event() -> None:
+    log = StreamLog("s1", "owner", max_events=100)
+    for seq in (1, 2, 3):
+        log.append(chunk(seq))
+    follower = Follower(LocalReplay(log, 1))
+    assert [e.seq for e in follower.batch()] == [2, 3]
+    assert follower.batch() == []
+    assert not follower.ended
+    log.append(chunk(4))
+    log.append(StreamEvent(5))
+    assert [e.seq for e in follower.batch()] == [4, 5]
+    assert follower.ended
+    follower.close()
+
+
+async def test_without_a_heartbeat_the_wait_ends_with_the_next_append() -> None:
+    log = StreamLog("s2", "owner", max_events=100)
+    follower = Follower(LocalReplay(log, 0))
+    waiting = asyncio.ensure_future(follower.wait())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    log.append(chunk(1))
+    async with asyncio.timeout(2):
+        assert await waiting is False  # no heartbeat: something may be there
+    assert [e.seq for e in follower.batch()] == [1]
+    follower.close()
+
+
+async def test_a_reader_behind_a_trimmed_log_is_told_so() -> None:
+    log = StreamLog("s3", "owner", max_events=2)
+    follower = Follower(LocalReplay(log, 0))
+    for seq in (1, 2, 3):
+        log.append(chunk(seq))
+    with pytest.raises(InvalidResumePosition):
+        follower.batch()
+    follower.close()
+
+
+class _BlockingReplay:
+    """A replay whose wait is one long read (a Redis replay's blocking read), counting cancellations."""
+
+    stream_id = "s4"
+    format = "chat"
+    at_end = False
+
+    def __init__(self, read_s: float) -> None:
+        self.read_s = read_s
+        self.reads = 0
+        self.cancelled_reads = 0
+        self.closed = False
+        self._events: deque[StreamEvent] = deque()
+
+    def take(self) -> StreamEvent | None:
+        return self._events.popleft() if self._events else None
+
+    async def wait(self) -> None:
+        self.reads += 1
+        try:
+            await asyncio.sleep(self.read_s)
+        except asyncio.CancelledError:
+            self.cancelled_reads += 1
+            raise
+        self._events.append(StreamEvent(1))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_heartbeats_come_while_a_blocking_read_runs_and_never_cancel_it() -> None:
+    replay = _BlockingReplay(read_s=0.3)
+    follower = Follower(replay, heartbeat_s=0.05)
+    beats = 0
+    async with asyncio.timeout(5):
+        while not (events := follower.batch()):
+            if await follower.wait():
+                beats += 1
+                follower.wrote()
+    assert [e.seq for e in events] == [1] and follower.ended
+    assert replay.reads == 1 and replay.cancelled_reads == 0
+    assert beats >= 3  # one per 50 ms of the 300 ms read (fewer only on a badly stalled loop)
+    follower.close()
+    assert replay.closed
+
+
+async def test_closing_a_follower_cancels_the_read_it_left_running() -> None:
+    replay = _BlockingReplay(read_s=10)
+    follower = Follower(replay, heartbeat_s=0.02)
+    async with asyncio.timeout(2):
+        assert await follower.wait() is False  # the heartbeat's bound passed, the read goes on
+        assert await follower.wait() is True
+    follower.close()
+    await asyncio.sleep(0)
+    assert replay.reads == 1 and replay.cancelled_reads == 1 and replay.closed
+
+
+def test_the_heartbeat_rule_keys_on_the_later_of_a_write_and_another_sign_of_life() -> None:
+    rule = Heartbeat(period=15.0, now=100.0)
+    assert rule.due_in(110.0) == 5.0
+    assert rule.due_in(110.0, active_at=108.0) == 13.0  # the stream produced an event at 108
+    assert rule.due_in(116.0) <= 0
+    rule.wrote(116.0)
+    assert rule.due_in(116.0) == 15.0
