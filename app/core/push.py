@@ -26,7 +26,7 @@ from typing import Protocol, TypeGuard, runtime_checkable
 
 from app.domain.chunks import Chunk, Item
 from app.domain.errors import GatewayError, UpstreamUnavailable
-from app.domain.events import StreamEvent
+from app.domain.events import ClientLeft, StreamEvent
 from app.providers.base import PushSource, implements
 
 
@@ -128,6 +128,10 @@ class PushRun:
             if events and not self._writer.write_now(events):
                 self._hold_back()
                 return False
+            return True
+        except ClientLeft as exc:  # the writer found its client gone (a WebSocket's full queue)
+            self._stop_resumer()
+            self.done.set_exception(exc)  # the pump ends the stream as its client's, and closes the source
             return True
         except Exception as exc:  # a bug of ours must still end the stream in the contract's shape
             self.interrupt(UpstreamUnavailable(f"The provider's stream failed: {type(exc).__name__}"))

@@ -55,7 +55,12 @@ class RequestIdMiddleware:
         state["request_id"] = request_id
         context = state[CONTEXT] = RequestContext(request_id)
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
+            # A socket's frames may go straight to the server's protocol (app/transport/direct_socket.py).
+            state[RAW_SEND] = send
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                state.pop(RAW_SEND, None)  # the server's send holds the connection, which holds this scope
             return
         started = time.perf_counter()
         status = 500

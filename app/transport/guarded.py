@@ -39,7 +39,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.transport import head_limits
+from app.transport.disconnect import DISCONNECT_HOOK, DisconnectHook
 from app.transport.head_limits import HeadRefused
+from app.transport.head_write import HeadHeldTransport
 
 logger = structlog.get_logger("chat.connections")
 
@@ -193,6 +195,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._head_error: HeadRefused | None = None
         self._lingering = False  # a refused head was answered; what still arrives is dropped
+        #: The requests in progress (or queued behind a pipelined one) on this connection, each with the
+        #: hook its disconnect watch listens on (disconnect.py).
+        self._hooks: dict[Any, DisconnectHook] = {}
 
     # -- admission --------------------------------------------------------------------------
 
@@ -347,6 +352,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if not (self.parser.should_upgrade() and self._should_upgrade()):
             self._arm(self._limits.body_timeout_s, self._body_timeout)
+            # The cycle uvicorn just made (run now or queued behind a pipelined one) has not written yet.
+            cycle = self.cycle
+            cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
+            hook = cycle.scope["state"][DISCONNECT_HOOK] = DisconnectHook()
+            self._hooks[cycle] = hook
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -357,6 +367,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        for cycle in [c for c in self._hooks if c.response_complete]:
+            del self._hooks[cycle]
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
             self._idle[self] = None  # kept alive, waiting for its next request: evictable again
@@ -377,6 +389,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return
         super().connection_lost(exc)
+        hooks = list(self._hooks.values())
+        self._hooks.clear()
+        for hook in hooks:  # the requests still in progress on this connection: their clients left
+            hook.fire()
 
     # -- clients that stop reading ----------------------------------------------------------
 

@@ -36,12 +36,13 @@ async def _sockets_open(client: httpx.AsyncClient) -> float:
 
 async def test_consumer_that_does_not_read_is_closed_1013(small_queue: ServerThread, fake: FakeProvider) -> None:
     sock = socket.create_connection(("127.0.0.1", small_queue.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so the server's writes back up quickly
     async with (
         httpx.AsyncClient(base_url=small_queue.base_url, timeout=5) as client,
         connect(small_queue.ws_url, sock=sock, max_queue=1) as ws,
     ):
-        request = {"model": "firehose", "messages": [{"role": "user", "content": "go"}]}
+        # Endless (200 MB): more than the kernel's and the transport's buffers hold, so frames back up in
+        # the socket's own queue, and it overflows.
+        request = {"model": "firehose_endless", "messages": [{"role": "user", "content": "go"}]}
         await ws.send(json.dumps({"type": "chat.completion.create", "id": "f", "request": request}))
         # Read nothing: once its send queue is full the server gives up on this socket.
         await fake.await_request(1, timeout=5)

@@ -115,3 +115,24 @@ async def test_nothing_left_open_after_disconnects(
         await fake.await_disconnect(record, timeout=3)  # every provider call was closed
     # Exactly as many tasks as before, both counted settled: a task left behind by a disconnect shows.
     assert await _settled_tasks(gateway) == tasks_before
+
+
+async def test_the_disconnect_watch_is_no_task_under_the_gateways_server(
+    gateway: ServerThread, fake: FakeProvider
+) -> None:
+    # The protocol reports the connection's loss to the request's hook (transport/disconnect.py):
+    # while a JSON request waits on the provider, no watcher task runs beside the request's own.
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as client:
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=chat_body("hang")))
+        record = await fake.await_request(1, timeout=5)
+
+        async def watchers() -> list[str]:
+            return [repr(t.get_coro()) for t in asyncio.all_tasks() if "DisconnectWatch" in repr(t.get_coro())]
+
+        assert gateway.call(watchers()) == []
+        left_at = time.monotonic()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S

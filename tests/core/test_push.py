@@ -9,9 +9,13 @@ import socket
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedOK
 
 from app.transport.direct_body import DirectBody
+from app.transport.direct_socket import DirectSocket
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import DEFAULT_CONTENT, FakeProvider
 from tests.helpers.sse import chat_body
@@ -107,3 +111,72 @@ def test_direct_body_is_only_for_the_server_cycle() -> None:
 
     assert DirectBody.of(send) is None
     assert DirectBody.of(None) is None
+
+
+# -- the same push over a WebSocket, and DirectSocket under uvicorn's sans-I/O protocol -------------
+
+
+async def test_a_relayed_websocket_stream_is_pushed_after_its_first_chunk(
+    gateway: ServerThread, fake: FakeProvider
+) -> None:
+    services = gateway.app.state.services
+    frame = {"type": "chat.completion.create", "id": "p1", "request": chat_body("silent")}
+    frames: list[dict[str, Any]] = []
+    async with connect(gateway.ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps(frame))
+        async with asyncio.timeout(10):
+            while len(frames) < 2:
+                frames.append(json.loads(await ws.recv()))
+            stream_id = frames[0]["event_id"].split(":")[0]
+
+            async def pushed() -> bool:
+                log = services.resumes.local.get(stream_id)
+                return log is not None and log.stream is not None and log.stream._push is not None
+
+            was_pushed = await asyncio.to_thread(gateway.call, pushed())
+            while frames[-1]["type"] != "chat.completion.done":
+                frames.append(json.loads(await ws.recv()))
+    assert was_pushed is (_path(gateway) == "fast")
+    chunks = frames[:-1]
+    assert [f["event_id"] for f in chunks] == [f"{stream_id}:{i}" for i in range(1, len(chunks) + 1)]
+    text = "".join(f["chunk"]["choices"][0]["delta"].get("content") or "" for f in chunks if f["chunk"]["choices"])
+    assert text == "".join(DEFAULT_CONTENT)
+    assert frames[-1]["finish_reason"] == "stop"
+
+
+async def _socket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    assert DirectSocket.of(send) is None  # before the handshake: only send may answer it
+    await send({"type": "websocket.accept"})
+    direct = DirectSocket.of(send)
+    assert direct is not None
+    assert DirectSocket.of(lambda message: send(message)) is None  # not the server's own send
+    for text in ("one", "two", "three"):
+        assert direct.can_write()
+        direct.write_text(text.encode())
+    await send({"type": "websocket.send", "text": "four"})  # the protocol's own send still works after it
+    await send({"type": "websocket.close", "code": 1000})
+    assert not direct.can_write()
+
+
+async def test_direct_socket_writes_messages_in_order_with_the_protocols_own() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(_socket_app, ws="websockets-sansio", lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+            async with connect(f"ws://127.0.0.1:{port}/") as ws:
+                received = [await ws.recv() for _ in range(4)]
+                with pytest.raises(ConnectionClosedOK):
+                    await ws.recv()
+        assert received == ["one", "two", "three", "four"]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)

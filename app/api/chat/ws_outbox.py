@@ -1,7 +1,11 @@
-"""One WebSocket's outgoing frames: a bounded queue drained by one sender task.
+"""One WebSocket's outgoing frames: written at once when the socket takes them, else a bounded
+queue drained by one sender task.
 
-Every request on the socket queues its frames here (``send`` never waits), so a consumer that cannot
-keep up fills the queue instead of memory: the socket is then closed with 1013 and ``send`` raises
+Every request on the socket hands its frames here (``send`` never waits). While the socket's buffer
+has room and nothing is queued, a frame is written on the spot (``DirectSocket``: no task wake-up,
+no coroutine per frame, which is what lets a relayed stream's chunks be pushed from the provider's
+callback); otherwise it is queued behind the others, in order. A consumer that cannot keep up fills
+the queue instead of memory: the socket is then closed with 1013 and ``send`` raises
 ``SlowConsumer`` to the request that found it full.
 """
 
@@ -13,7 +17,9 @@ from typing import Any
 
 from litestar import WebSocket
 
+from app.api.chat.sse import RAW_SEND
 from app.domain.events import ClientLeft
+from app.transport.direct_socket import DirectSocket
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -24,22 +30,35 @@ class SlowConsumer(ClientLeft):
 
 
 class Outbox:
-    __slots__ = ("_queue", "_sender", "_socket", "close_code", "closing")
+    __slots__ = ("_direct", "_queue", "_sender", "_sending", "_socket", "close_code", "closing")
 
     def __init__(self, socket: WebSocket[Any, Any, Any], max_frames: int) -> None:
         self._socket = socket
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_frames)
         self._sender: asyncio.Task[None] | None = None
+        self._direct: DirectSocket | None = None  # once the handshake is done (``start``)
+        self._sending = False  # the sender is writing a queued frame: later ones queue behind it
         #: Nothing more is queued (the session is ending, or the consumer was too slow).
         self.closing = False
         #: The code the socket closes with when the session ends, when one was decided.
         self.close_code: int | None = None
 
+    @property
+    def can_push(self) -> bool:
+        """Frames are written synchronously when the socket takes them."""
+        return self._direct is not None
+
     def start(self) -> None:
+        """After the handshake: the server's own send is in the scope (the request-id middleware's)."""
+        self._direct = DirectSocket.of(self._socket.scope.get("state", {}).get(RAW_SEND))
         self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="ws-sender")
 
     def send(self, frame: bytes) -> None:
         if self.closing:
+            return
+        direct = self._direct
+        if direct is not None and not self._sending and self._queue.empty() and direct.can_write():
+            direct.write_text(frame)
             return
         try:
             self._queue.put_nowait(frame)
@@ -69,11 +88,14 @@ class Outbox:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
-        if self.close_code is not None:
+        if self.close_code is not None and (self._direct is None or not self._direct.close_sent):
             with contextlib.suppress(Exception):
                 await self._socket.close(code=self.close_code)
 
     async def _close_slow(self) -> None:
+        if self._direct is not None:
+            self._direct.close(CLOSE_TRY_AGAIN_LATER, "consumer too slow")  # not behind the full buffer
+            return
         with contextlib.suppress(Exception):
             await self._socket.close(code=CLOSE_TRY_AGAIN_LATER, reason="consumer too slow")
 
@@ -82,4 +104,8 @@ class Outbox:
         send = self._socket.send
         while True:
             frame = await queue.get()
-            await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
+            self._sending = True
+            try:
+                await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
+            finally:
+                self._sending = False

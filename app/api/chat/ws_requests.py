@@ -194,7 +194,7 @@ class SocketRequests:
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         try:
-            await stream.pump(RequestWriter(self._outbox.send, frame_id, stream.id))
+            await stream.pump(RequestWriter(self._outbox.send, frame_id, stream.id, can_push=self._outbox.can_push))
         except asyncio.CancelledError:
             if not self._cancelled_by_client(frame_id):
                 raise

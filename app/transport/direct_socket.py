@@ -1,0 +1,75 @@
+"""WebSocket text messages written straight to their connection, from a plain function call.
+
+uvicorn's WebSocket ``send`` is a coroutine, and a socket that serves several requests needs one
+writer to keep their frames in order, so each frame used to go through a queue to a sender task:
+a task wake-up and a coroutine frame per chunk. When the socket can take bytes, a text message in
+uvicorn's sans-I/O protocol is no more than the ``websockets`` connection's framing and one
+``transport.write``; ``DirectSocket`` does exactly that, synchronously, and leaves everything else
+(the handshake, close, a socket whose buffer is full) to ``send``.
+
+It only exists for uvicorn's sans-I/O protocol (the one this project runs, ``guarded.py``) once
+the handshake is done; anywhere else ``DirectSocket.of`` answers None and the caller keeps using
+``send``. uvicorn is pinned, and a test pins the protocol attributes read here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+
+class DirectSocket:
+    __slots__ = ("_conn", "_protocol", "_transport", "_writable")
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+        self._conn = protocol.conn
+        self._transport = protocol.transport
+        self._writable = protocol.writable
+
+    @classmethod
+    def of(cls, send: Any) -> DirectSocket | None:
+        """A DirectSocket for the connection the server's ``send`` belongs to, when that is uvicorn's
+        sans-I/O WebSocket protocol with its handshake complete; else None."""
+        protocol = getattr(send, "__self__", None)
+        if not isinstance(protocol, WebSocketsSansIOProtocol) or not protocol.handshake_complete:
+            return None
+        return cls(protocol)
+
+    def can_write(self) -> bool:
+        """The socket takes a message now: open, not closing, its buffer under the high-water mark."""
+        protocol = self._protocol
+        return (
+            self._writable.is_set()
+            and not protocol.disconnected
+            and not protocol.close_sent
+            and protocol.initial_response is None
+        )
+
+    def write_text(self, text: bytes) -> None:
+        """One text message (``text`` is UTF-8); call only when ``can_write``."""
+        conn = self._conn
+        conn.send_text(text)
+        self._transport.write(b"".join(conn.data_to_send()))
+
+    @property
+    def close_sent(self) -> bool:
+        return bool(self._protocol.close_sent)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close now, behind whatever the socket's buffer holds, as uvicorn's ``send`` of
+        ``websocket.close`` does except that it does not wait for the buffer to drain first: a
+        consumer too slow to read (the reason to close it) would hold that wait until the write
+        timeout aborted the connection, and the close code would never reach it."""
+        protocol, conn, transport = self._protocol, self._conn, self._transport
+        if protocol.close_sent or protocol.disconnected or transport.is_closing():
+            return
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        conn.send_close(code, reason)
+        transport.write(b"".join(conn.data_to_send()))
+        protocol.close_sent = True
+        if protocol.read_paused:
+            protocol.read_paused = False
+            transport.resume_reading()
+        protocol.close_timer = protocol.loop.call_later(protocol.close_timeout, transport.close)
