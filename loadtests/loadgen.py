@@ -83,6 +83,10 @@ APIS = {
     "embeddings": Api("/v1/embeddings", re.compile(rb'"embedding"\s*:'), None),
 }
 WS_TYPE_RE = re.compile(rb'"type"\s*:\s*"(chat\.completion\.chunk|chat\.completion\.done|error)"')
+#: An ``error`` event of the Responses WebSocket mode (its events are the SSE events' data, one per frame).
+WS_ERROR_EVENT_RE = re.compile(rb'^\{"type"\s*:\s*"error"')
+#: The APIs loadgen can run over WebSocket: chat completions' frames, and the Responses WebSocket mode.
+WS_APIS = ("chat", "responses")
 STATUS_RE = re.compile(rb'"status"\s*:\s*(\d+)')
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -660,6 +664,9 @@ class Client(asyncio.Protocol):
     def _ws_message(self, msg: bytes) -> None:
         if self.fut is None:
             return  # a late frame for a request that timed out
+        if self.api.end is not None:
+            self._ws_event(msg)
+            return
         m = WS_TYPE_RE.search(msg)
         kind = m.group(1) if m else None
         if kind == b"chat.completion.chunk":
@@ -673,6 +680,20 @@ class Client(asyncio.Protocol):
             self.err = f"ws_error_{s.group(1).decode() if s else 'unknown'}"
             self.err_detail = msg[:200].decode("utf-8", "replace")
             self._complete()
+
+    def _ws_event(self, msg: bytes) -> None:
+        """A Responses WebSocket-mode frame: one event, read as its SSE ``data`` would be."""
+        api = self.api
+        if api.end is not None and api.end.match(msg) is not None:
+            self.done = True
+            self._complete()
+        elif WS_ERROR_EVENT_RE.match(msg) is not None:
+            s = STATUS_RE.search(msg)
+            self.err = f"ws_error_{s.group(1).decode() if s else 'unknown'}"
+            self.err_detail = msg[:200].decode("utf-8", "replace")
+            self._complete()
+        elif api.content.search(msg):
+            self._content_chunk()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,7 +711,7 @@ class LoadConfig:
     timeout: float = 30.0
     drain: float | None = None
     path: str = ""  # default: the API's own path
-    #: The client API: "chat" (chat completions: sse, ws, json), "responses" or "messages" (sse).
+    #: The client API: "chat" (chat completions: sse, ws, json), "responses" (sse, ws) or "messages" (sse).
     api: str = "chat"
     pid: int | None = None
     upstream_pid: int | None = None
@@ -700,6 +721,8 @@ class LoadConfig:
     idle_parallel: int = 64
     sample_interval: float = 0.25
     headers: dict[str, str] = field(default_factory=dict)
+    #: Fields added to every request's body (e.g. a Responses ``previous_response_id``).
+    extra_body: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     #: Seconds over which the users start, evenly spaced (user i waits i x ramp / concurrency):
     #: concurrency N in steady state rather than N requests arriving within the same millisecond.
@@ -750,7 +773,7 @@ def _body(cfg: LoadConfig, stream: bool | None) -> dict[str, Any]:
 
 
 def http_request_bytes(cfg: LoadConfig, host: str, port: int, path: str, stream: bool) -> bytes:
-    payload = json.dumps(_body(cfg, stream), separators=(",", ":")).encode()
+    payload = json.dumps({**_body(cfg, stream), **cfg.extra_body}, separators=(",", ":")).encode()
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}:{port}",
@@ -767,9 +790,12 @@ class LoadRun:
     def __init__(self, cfg: LoadConfig) -> None:
         if cfg.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-        if cfg.api not in APIS or (cfg.api != "chat" and cfg.mode != ("json" if cfg.api == "embeddings" else "sse")):
+        native = "json" if cfg.api == "embeddings" else "sse"
+        wire_ok = cfg.api == "chat" or cfg.mode == native or (cfg.mode == "ws" and cfg.api in WS_APIS)
+        if cfg.api not in APIS or not wire_ok:
             raise ValueError(
-                f"api must be one of {sorted(APIS)}; responses and messages run in sse mode, embeddings in json mode"
+                f"api must be one of {sorted(APIS)}; chat runs in every mode, responses in sse and ws, "
+                "messages in sse, embeddings in json"
             )
         self.cfg = cfg
         self.api = APIS[cfg.api]
@@ -782,8 +808,12 @@ class LoadRun:
         self.connect_sem = asyncio.Semaphore(cfg.connect_parallel)
         self.req_bytes = http_request_bytes(cfg, self.host, self.port, self.path, stream=cfg.mode == "sse")
         self.ws_prefix = b'{"type":"chat.completion.create","id":"'
-        self.ws_suffix = b'","request":' + json.dumps(_body(cfg, True), separators=(",", ":")).encode() + b"}"
+        request = json.dumps({**_body(cfg, True), **cfg.extra_body}, separators=(",", ":")).encode()
+        self.ws_suffix = b'","request":' + request + b"}"
         self.ws_seq = 0
+        # The Responses WebSocket mode: a ``response.create`` frame (the create body, its stream implied).
+        create = {k: v for k, v in {**_body(cfg, True), **cfg.extra_body}.items() if k != "stream"}
+        self.ws_create = json.dumps({"type": "response.create", **create}, separators=(",", ":")).encode()
 
     def take(self) -> bool:
         if self.remaining <= 0 or time.monotonic() >= self.deadline:
@@ -847,6 +877,8 @@ class LoadRun:
     def _next_request(self) -> bytes:
         if self.cfg.mode != "ws":
             return self.req_bytes
+        if self.cfg.api == "responses":
+            return ws_frame(self.ws_create)
         self.ws_seq += 1
         return ws_frame(self.ws_prefix + b"r%d" % self.ws_seq + self.ws_suffix)
 
@@ -1232,6 +1264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=3.0, help="idle mode: seconds to let the server settle")
     p.add_argument("--idle-parallel", type=int, default=64, help="idle mode: streams being opened at once")
     p.add_argument("--label", default="")
+    p.add_argument("--extra-body", type=json.loads, default={}, help="a JSON object merged into every request body")
     p.add_argument(
         "--ramp",
         type=float,
@@ -1259,6 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
         upstream_pid=a.upstream_pid,
         include_usage=a.include_usage,
         headers=headers,
+        extra_body=dict(a.extra_body),
         label=a.label,
         idle_parallel=a.idle_parallel,
         ramp=max(0.0, a.ramp),

@@ -251,8 +251,9 @@ class Cell:
         return f"{self.target} {self.mode} {self.shown_model} c={self.concurrency} ({self.timers} timers)"
 
 
-#: Modes that are client APIs over SSE (loadgen's --api): gateway cells only, compared with direct SSE.
-API_MODES = ("responses", "messages")
+#: Modes that are client APIs (loadgen's --api) over SSE or WebSocket (loadgen's --mode): gateway cells
+#: only, compared with direct SSE.
+API_MODES = {"responses": ("responses", "sse"), "responses_ws": ("responses", "ws"), "messages": ("messages", "sse")}
 #: The embeddings cells' mode (loadgen's ``--api embeddings``, JSON) and model, gateway and direct
 #: alike: at the JSON concurrency, compared with the upstream's own ``/v1/embeddings``.
 EMBEDDINGS = "embeddings"
@@ -575,8 +576,12 @@ class Matrix:
         return {"failed": f"loadgen exited {proc.returncode}: {err.decode(errors='replace')[-1500:]}"}
 
     def _common(self, url: str, mode: str, model: str, key: str | None = None) -> list[str]:
-        # The Responses and Messages cells are SSE through those APIs; their baseline is direct SSE.
-        argv = ["--url", url, "--mode", "sse", "--api", mode] if mode in API_MODES else ["--url", url, "--mode", mode]
+        # The Responses and Messages cells run through those APIs; their baseline is direct SSE.
+        if mode in API_MODES:
+            api, wire = API_MODES[mode]
+            argv = ["--url", url, "--mode", wire, "--api", api]
+        else:
+            argv = ["--url", url, "--mode", mode]
         if mode == EMBEDDINGS:
             argv = ["--url", url, "--mode", "json", "--api", EMBEDDINGS]
         argv += ["--model", model]
@@ -1242,7 +1247,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--modes",
         type=lambda s: s.split(","),
         default=["sse", "ws", "json"],
-        help="sse,ws,json, responses,messages (SSE through those APIs) and embeddings (JSON, at --json-concurrency)",
+        help="sse,ws,json, responses,responses_ws,messages (through those APIs: SSE, or the Responses WebSocket "
+        "mode) and embeddings (JSON, at --json-concurrency)",
     )
     p.add_argument("--deployments", type=lambda s: s.split(","), default=["fast", "full"])
     p.add_argument("--json-concurrency", type=int, default=32)

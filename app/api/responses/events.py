@@ -170,19 +170,27 @@ class ResponseEvents:
     def _take(self, chunk: _ChatChunk, out: list[Event]) -> None:
         if chunk.usage is not None:
             self.usage = usage_object(chunk.usage)
-        for choice in (chunk.choices or [])[:1]:
-            delta = choice.delta
-            if delta is not None:
-                reasoning = delta.reasoning_content or delta.reasoning
-                if reasoning:
-                    self._reasoning(reasoning, out)
-                text = delta.content or delta.refusal
-                if text:
+        choices = chunk.choices
+        if not choices:
+            return
+        choice = choices[0]
+        delta = choice.delta
+        if delta is not None:
+            reasoning = delta.reasoning_content or delta.reasoning
+            if reasoning:
+                self._reasoning(reasoning, out)
+            text = delta.content or delta.refusal
+            if text:
+                if self._open_kind == "message":  # nearly every chunk: the open message grows
+                    self._text.append(text)
+                    self._delta(out, text)
+                else:
                     self._message(text, out)
-                for call in delta.tool_calls or []:
+            if delta.tool_calls:
+                for call in delta.tool_calls:
                     self._tool_call(call, out)
-            if choice.finish_reason is not None:
-                self.finish_reason = choice.finish_reason
+        if choice.finish_reason is not None:
+            self.finish_reason = choice.finish_reason
 
     def _index(self) -> int:
         return len(self.output)
@@ -211,9 +219,8 @@ class ResponseEvents:
         self._delta_tail = tail
 
     def _delta(self, out: list[Event], delta: str) -> None:
-        self.seq += 1
-        seq = self.seq
-        data = b"".join((self._delta_head, str(seq).encode(), self._delta_mid, _encode(delta), self._delta_tail))
+        self.seq = seq = self.seq + 1
+        data = b"%b%d%b%b%b" % (self._delta_head, seq, self._delta_mid, _encode(delta), self._delta_tail)
         out.append((self._delta_kind, seq, data))
 
     def _message(self, text: str, out: list[Event]) -> None:
@@ -339,4 +346,26 @@ def _text_part(kind: str, text: str) -> dict[str, Any]:
 
 
 def sse_frame(response_id: bytes, kind: str, seq: int, data: bytes) -> bytes:
-    return b"event: %b\nid: %b:%d\ndata: %b\n\n" % (kind.encode(), response_id, seq, data)
+    return b"event: %b\nid: %b:%d\ndata: %b\n\n" % (_event_line(kind), response_id, seq, data)
+
+
+#: The event types' names as bytes (a stream's frames name a handful of types, over and over).
+_EVENT_NAMES: dict[str, bytes] = {}
+
+
+def _event_line(kind: str) -> bytes:
+    name = _EVENT_NAMES.get(kind)
+    if name is None:
+        name = _EVENT_NAMES[kind] = kind.encode()
+    return name
+
+
+def sse_frames(response_id: bytes, events: list[Event], after: int = -1) -> bytes:
+    """Events as SSE frames (those after sequence number ``after``); one event, the usual case of a
+    streamed chunk, without building a list."""
+    if len(events) == 1:
+        kind, seq, data = events[0]
+        if seq <= after:
+            return b""
+        return b"event: %b\nid: %b:%d\ndata: %b\n\n" % (_event_line(kind), response_id, seq, data)
+    return b"".join([sse_frame(response_id, kind, seq, data) for kind, seq, data in events if seq > after])

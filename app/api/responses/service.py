@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -33,7 +34,7 @@ from app.api.responses.request import (
     translate_tool_choice,
     translate_tools,
 )
-from app.api.responses.store import ResponseStore, StoredResponse
+from app.api.responses.store import CHAIN_HINT, ResponseStore, StoredResponse
 from app.api.responses.wire import ResponsesCreate
 from app.config.settings import Settings
 from app.core.service import ChatService
@@ -49,6 +50,8 @@ logger = structlog.get_logger("app.responses")
 
 #: A chain longer than this is refused: a bound on the walk, far past any real conversation.
 MAX_CHAIN: Final = 10_000
+#: Links (a response id -> the one it follows) this process remembers, the most recent first kept.
+LINKS_KEPT: Final = 10_000
 #: How long a cancel waits for the background run to record its end before answering.
 CANCEL_WAIT_S: Final = 2.0
 _SUMMARIES: Final = frozenset({"auto", "concise", "detailed"})
@@ -68,6 +71,7 @@ class Prepared(msgspec.Struct):
     conversation: list[dict[str, Any]]  # the previous responses' items, then this request's own
     namespaces: dict[str, str]
     omitted: list[str]
+    chain: list[str] = []  # the ids of the responses it follows, the nearest first (``CHAIN_HINT`` at most)
 
     @property
     def id(self) -> str:
@@ -165,6 +169,7 @@ class ResponseRun:
             response=response,
             input=self.prepared.own_input,
             previous_response_id=create.previous_response_id,
+            chain=self.prepared.chain,
             stream_id=self.stream.id if self.stream is not None else None,
             namespaces=self.prepared.namespaces,
             stored=create.store is not False,
@@ -260,6 +265,10 @@ class ResponsesService:
         #: The store is shared by replicas (Redis): a response is saved as it starts, not only as it ends.
         self.shared = settings.responses.store == "redis"
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Which response each response this process made or read follows. A link never changes, so
+        #: a chain known here is read from the store in one batch; the records themselves are still
+        #: read (a deleted or expired one is seen).
+        self._links: OrderedDict[str, str | None] = OrderedDict()
 
     # -- preparing -----------------------------------------------------------------------------
 
@@ -272,7 +281,7 @@ class ResponsesService:
         choice = translate_tool_choice(create.tool_choice, tools)
         fmt = response_format(create.text)
         effort = reasoning_effort(create.reasoning)
-        prior = await self.conversation(create.previous_response_id, caller, memory)
+        prior, chain = await self.conversation(create.previous_response_id, caller, memory)
         conversation = prior + own
         messages = to_messages(create.instructions, conversation)
         chat = build_chat_request(create, messages, tools, choice, fmt, effort)
@@ -285,36 +294,73 @@ class ResponsesService:
             conversation=conversation,
             namespaces=tools.namespaces,
             omitted=tools.omitted,
+            chain=chain[:CHAIN_HINT],
         )
 
     async def conversation(
         self, previous_id: str | None, caller: Caller, memory: dict[str, StoredResponse] | None = None
-    ) -> list[dict[str, Any]]:
-        """The items of the chain ending at ``previous_id``, oldest first; each record read once."""
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The items of the chain ending at ``previous_id``, oldest first, and the chain's ids, the
+        nearest first. Each record is read once, and in batches: the first record names the ids
+        before it (its ``chain``), so a chain of up to ``CHAIN_HINT`` + 1 responses costs two store
+        round trips whatever its length (records without that list are walked one by one), and one
+        when this process made or read the previous response (it remembers the links)."""
         hops: list[StoredResponse] = []
         seen: set[str] = set()
-        next_id = previous_id
-        while next_id is not None:
-            if next_id in seen or len(hops) >= MAX_CHAIN:
+        batch = [previous_id] if previous_id is not None else []
+        while batch and len(batch) <= CHAIN_HINT and (known := self._links.get(batch[-1])) is not None:
+            batch.append(known)
+        while batch:
+            records = await self._read(batch, memory)
+            for want, record in zip(batch, records, strict=True):
+                expected = hops[-1].previous_response_id if hops else previous_id
+                if want != expected or want in seen or len(hops) >= MAX_CHAIN:
+                    break  # past the end of the chain (or a batch that no longer follows its links)
+                if record is None or record.owner != caller.scope:
+                    raise PreviousResponseNotFound(
+                        f"Previous response {want[:128]!r} not found (unknown, expired, or not yours).",
+                        param="previous_response_id",
+                    )
+                seen.add(want)
+                hops.append(record)
+                self._remember(record)
+            last = hops[-1]
+            following = last.previous_response_id
+            if following is None or following in seen or len(hops) >= MAX_CHAIN:
                 break
-            seen.add(next_id)
-            record = memory.get(next_id) if memory is not None else None
-            if record is None:
-                record = await self._get(next_id)
-                if record is not None and not record.stored:
-                    record = None
-            if record is None or record.owner != caller.scope:
-                raise PreviousResponseNotFound(
-                    f"Previous response {next_id[:128]!r} not found (unknown, expired, or not yours).",
-                    param="previous_response_id",
-                )
-            hops.append(record)
-            next_id = record.previous_response_id
+            hint = last.chain[:CHAIN_HINT]
+            batch = hint if hint[:1] == [following] else [following]
         items: list[dict[str, Any]] = []
         for record in reversed(hops):
             items += record.input
             items += [item for item in record.response.get("output", []) if isinstance(item, dict)]
-        return items
+        return items, [record.id for record in hops]
+
+    async def _read(
+        self, response_ids: list[str], memory: dict[str, StoredResponse] | None
+    ) -> list[StoredResponse | None]:
+        """Records from the socket's memory, else running here, else the store (one ``get_many``);
+        a response made with ``store: false`` is None except from the socket's own memory."""
+        found: list[StoredResponse | None] = []
+        wanted: list[int] = []
+        for i, response_id in enumerate(response_ids):
+            record = memory.get(response_id) if memory is not None else None
+            if record is None:
+                run = self.running.get(response_id)
+                if run is not None:
+                    record = run.record(run.events.snapshot())
+                    record = record if record.stored else None
+                else:
+                    wanted.append(i)
+            found.append(record)
+        if wanted:
+            try:
+                fetched = await self.store.get_many([response_ids[i] for i in wanted])
+            except Exception as exc:
+                raise ResponseStoreUnavailable("The response store is unreachable.") from exc
+            for i, record in zip(wanted, fetched, strict=True):
+                found[i] = record if record is not None and record.stored else None
+        return found
 
     # -- the store -----------------------------------------------------------------------------
 
@@ -328,7 +374,16 @@ class ResponsesService:
         except Exception as exc:
             raise ResponseStoreUnavailable("The response store is unreachable.") from exc
 
+    def _remember(self, record: StoredResponse) -> None:
+        links = self._links
+        links[record.id] = record.previous_response_id
+        links.move_to_end(record.id)
+        if len(links) > LINKS_KEPT:
+            links.popitem(last=False)
+
     async def save(self, record: StoredResponse) -> None:
+        if record.stored:
+            self._remember(record)
         ttl = self.settings.responses.store_ttl_s if record.stored else self.settings.streaming.resume_ttl_s
         try:
             await self.store.put(record, ttl)

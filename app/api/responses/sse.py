@@ -19,7 +19,7 @@ from litestar.types import Message, Receive, Scope, Send
 
 from app.api.chat.sse import HEARTBEAT, RAW_SEND
 from app.api.chat.sse import _Heartbeat as Heartbeat
-from app.api.responses.events import Event, ResponseEvents, sse_frame
+from app.api.responses.events import Event, ResponseEvents, sse_frames
 from app.api.responses.service import ResponseRun
 from app.core.follow import Follower
 from app.core.stream import ChatStream
@@ -32,7 +32,7 @@ HELD_MAX = 64 * 1024
 
 
 def frames(response_id: bytes, events: list[Event], after: int = -1) -> bytes:
-    return b"".join([sse_frame(response_id, kind, seq, data) for kind, seq, data in events if seq > after])
+    return sse_frames(response_id, events, after)
 
 
 def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -7,12 +7,16 @@ One response runs at a time per socket (a create while one runs -> an ``error`` 
 ``{"type": "error", "status", "error"}`` event and the socket stays open; a frame over
 ``websocket.max_frame_bytes`` closes it with 1009, a failed gateway auth with 1008 (after the
 handshake, as for chat sockets). The socket leaving cancels the running response's provider call.
+
+Frames go out through the chat socket's ``Outbox`` (``app/api/chat/ws_outbox.py``): written at once
+when the socket takes them, so a relayed stream's events are pushed from the provider's callback as
+chat frames are (``app/core/push.py``), else queued in order; a client that cannot keep up with
+``websocket.send_queue_frames`` frames is closed with 1013.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -23,6 +27,7 @@ from litestar import WebSocket
 
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
+from app.api.chat.ws_outbox import Outbox, SlowConsumer
 from app.api.responses.events import Event
 from app.api.responses.request import validate_create
 from app.api.responses.service import ResponseRun, ResponsesService
@@ -48,22 +53,48 @@ def error_event(error: GatewayError) -> bytes:
 
 
 class _SocketWriter:
-    """A chat stream's events as Responses event frames on this socket (a ``StreamWriter``)."""
+    """A chat stream's events as Responses event frames on this socket (a ``StreamWriter``, and a
+    ``DirectWriter`` when the outbox writes synchronously)."""
 
-    def __init__(self, session: ResponsesSocketSession, run: ResponseRun) -> None:
-        self.session = session
+    __slots__ = ("_can_push", "_held", "_send", "run")
+
+    def __init__(self, outbox: Outbox, run: ResponseRun) -> None:
+        self._send = outbox.send
+        self._can_push = outbox.can_push
         self.run = run
+        self._held: list[StreamEvent] = []
 
-    async def _write(self, events: list[Event]) -> None:
+    def _write(self, events: list[Event]) -> None:
+        send = self._send
         for _kind, _seq, data in events:
-            if not await self.session.send(data):
-                raise ClientLeft  # the socket is gone: the stream ends as the client's
+            send(data)  # raises SlowConsumer (a ClientLeft) when the client cannot keep up
+
+    # Pushed (``DirectWriter``): the outbox's queue absorbs a slow reader and bounds it with 1013.
+
+    def can_write_now(self) -> bool:
+        return self._can_push
+
+    def write_now(self, events: list[StreamEvent]) -> bool:
+        feed = self.run.feed
+        for event in events:
+            if event.chunk is not None:
+                self._write(feed(event.chunk.raw))
+        return True
+
+    def hold(self, events: list[StreamEvent]) -> None:
+        self._held += events
+
+    async def writable(self) -> None:
+        return None
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        await self._write(self.run.feed(raw))
+        self._write(self.run.feed(raw))
 
     async def end(self, event: StreamEvent) -> None:
-        await self._write(await self.run.finish(event))
+        if self._held:
+            held, self._held = self._held, []
+            self.write_now(held)
+        self._write(await self.run.finish(event))
 
     def cancelled(self, stream: ChatStream) -> None:
         return None
@@ -91,7 +122,7 @@ class ResponsesSocketSession:
         self.running: asyncio.Task[None] | None = None
         #: The socket's last response, with its whole conversation as input (``previous_response_id``).
         self.memory: dict[str, StoredResponse] = {}
-        self._send_lock = asyncio.Lock()
+        self._outbox = Outbox(socket, settings.websocket.send_queue_frames)
         self._on_open = on_open
         self._on_close = on_close
         self._closed = False
@@ -111,24 +142,27 @@ class ResponsesSocketSession:
             except GatewayError as exc:
                 await self.socket.close(code=CLOSE_POLICY_VIOLATION, reason=exc.message[:120])
                 return
+            self._outbox.start()
             if self.drain is not None:
                 self.drain.track_session(self)
             try:
                 await self._receive_loop()
             finally:
                 self._closed = True
+                self._outbox.closing = True
                 if self.drain is not None:
                     self.drain.session_closed(self)
                 if self.running is not None:
                     self.running.cancel()
                     await asyncio.gather(self.running, return_exceptions=True)
+                await self._outbox.stop()
         finally:
             if self._on_close is not None:
                 self._on_close()
 
     async def _receive_loop(self) -> None:
         max_bytes = self.settings.websocket.max_frame_bytes
-        while True:
+        while not self._outbox.closing:
             message = await self.socket.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -137,8 +171,7 @@ class ResponsesSocketSession:
                 data = cast(bytes, message.get("bytes") or b"")
             size = len(data.encode()) if isinstance(data, str) else len(data)
             if size > max_bytes:
-                with contextlib.suppress(Exception):
-                    await self.socket.close(code=CLOSE_TOO_BIG)
+                self._outbox.close_code = CLOSE_TOO_BIG
                 return
             try:
                 await self._frame(data)
@@ -184,7 +217,7 @@ class ResponsesSocketSession:
             )
             assert run.stream is not None
             with run.writing():
-                await run.stream.pump(_SocketWriter(self, run))
+                await run.stream.pump(_SocketWriter(self._outbox, run))
         except ClientLeft:
             return
         except GatewayError as exc:
@@ -207,22 +240,21 @@ class ResponsesSocketSession:
             }
 
     async def send(self, data: bytes) -> bool:
-        """One frame; False when the socket can no longer take it."""
-        if self._closed:
+        """One frame (written or queued at once); False when the socket can no longer take it."""
+        if self._closed or self._outbox.closing:
             return False
-        async with self._send_lock:
-            try:
-                await self.socket.send_data(data.decode(), mode="text")
-            except Exception:
-                self._closed = True
-                return False
+        try:
+            self._outbox.send(data)
+        except SlowConsumer:
+            return False
         return True
 
     async def close_for_shutdown(self) -> None:
-        """The drain's last phase: the running response ended in-band; then close with 1001."""
+        """The drain's last phase: the running response ended in-band and its frames went out;
+        then close with 1001."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.5
         while self.running is not None and not self.running.done() and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        with contextlib.suppress(Exception):
-            await self.socket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+        await self._outbox.flush(deadline)
+        await self._outbox.close_now(CLOSE_GOING_AWAY, "server shutting down")
