@@ -18,9 +18,9 @@ import structlog
 
 from app.access.keys import Caller
 from app.api.chat.ws_frames import error_frame
-from app.api.chat.ws_outbox import Outbox, SlowConsumer
 from app.api.chat.ws_resume import resume_on_socket
 from app.api.chat.ws_writer import RequestWriter
+from app.api.outbox import Outbox, SlowConsumer
 from app.config.settings import Settings
 from app.core.context import RequestContext
 from app.core.drain import Drain

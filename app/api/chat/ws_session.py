@@ -1,7 +1,7 @@
 """One session per chat WebSocket: the handshake (origin, gateway key), the receive loop and the
 session's end. What it delegates: the requests in flight to ``SocketRequests`` (``ws_requests.py``:
 create, resume, cancel, one done or error frame each) and every outgoing frame to the socket's
-bounded send queue (``Outbox``, ``ws_outbox.py``: a consumer that cannot keep up is closed with 1013).
+bounded send queue (``Outbox``, ``app/api/outbox.py``: a consumer that cannot keep up is closed with 1013).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from app.api.chat.ws_frames import (
     decode_client_frame,
     error_frame,
 )
-from app.api.chat.ws_outbox import CLOSE_GOING_AWAY, Outbox, SlowConsumer
 from app.api.chat.ws_requests import SocketRequests
+from app.api.outbox import CLOSE_GOING_AWAY, Outbox, SlowConsumer
 from app.config.settings import Settings
 from app.core.drain import Drain
 from app.core.service import ChatService

@@ -1,6 +1,6 @@
 """One WebSocket request's frames: its chunks, then one done or error frame.
 
-The writer only frames: every frame goes to the socket's ``send`` (``ws_outbox.py``), which writes it at once when
+The writer only frames: every frame goes to the socket's ``send`` (``app/api/outbox.py``), which writes it at once when
 the socket takes it and queues it otherwise (a bounded queue: ``SlowConsumer`` when the socket
 cannot keep up). Because that ``send`` is a plain call, a relayed stream's chunks can be pushed
 from the provider connection's callback as SSE's are (``app/core/push.py``): ``write_now``.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.api.chat.ws_frames import chunk_frame, done_frame, encode_id, error_frame
-from app.api.chat.ws_outbox import SlowConsumer
+from app.api.outbox import SlowConsumer
 from app.domain.chunks import Usage
 from app.domain.errors import GatewayError
 from app.domain.events import StreamEvent
@@ -55,7 +55,7 @@ class RequestWriter:
         return None
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        # Every frame is its own WebSocket message, written or queued at once (``ws_outbox.py``).
+        # Every frame is its own WebSocket message, written or queued at once (``app/api/outbox.py``).
         self._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
 
     async def end(self, event: StreamEvent) -> None:

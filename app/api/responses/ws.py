@@ -8,7 +8,7 @@ One response runs at a time per socket (a create while one runs -> an ``error`` 
 ``websocket.max_frame_bytes`` closes it with 1009, a failed gateway auth with 1008 (after the
 handshake, as for chat sockets). The socket leaving cancels the running response's provider call.
 
-Frames go out through the chat socket's ``Outbox`` (``app/api/chat/ws_outbox.py``): written at once
+Frames go out through the socket's ``Outbox`` (``app/api/outbox.py``, the chat socket's too): written at once
 when the socket takes them, so a relayed stream's events are pushed from the provider's callback as
 chat frames are (``app/core/push.py``), else queued in order; a client that cannot keep up with
 ``websocket.send_queue_frames`` frames is closed with 1013.
@@ -27,7 +27,7 @@ from litestar import WebSocket
 
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
-from app.api.chat.ws_outbox import Outbox, SlowConsumer
+from app.api.outbox import Outbox, SlowConsumer
 from app.api.responses.events import Event
 from app.api.responses.request import validate_create
 from app.api.responses.service import ResponseRun, ResponsesService
