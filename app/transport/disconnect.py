@@ -85,7 +85,10 @@ class DisconnectWatch:
         if hook is None:
             self._task = asyncio.get_running_loop().create_task(self._watch(receive))
         elif hook.lost:
-            self.gone = True
+            # Lost already (while the request was being admitted): found out on the loop's next turn,
+            # as the task would, so that the first guarded wait has begun and its work (which owns
+            # the admission from then on) ends the way it does for a client that leaves mid-call.
+            asyncio.get_running_loop().call_soon(self._lost)
         else:
             hook.callback = self._lost
 
@@ -103,6 +106,8 @@ class DisconnectWatch:
         self._lost()
 
     def _lost(self) -> None:
+        if self._stopped:
+            return
         self.gone = True
         if self._armed:
             self._cancelled = True
