@@ -71,6 +71,16 @@ def _end_of(sock: socket.socket, bound_s: float) -> str:
     return "open"
 
 
+def _write_timeouts(n: int) -> Any:
+    """A predicate over the log: ``n`` connections closed for their write timeout, counted."""
+
+    def seen(events: list[dict[str, Any]]) -> bool:
+        lines = [e for e in events if e.get("event") == "connection_closed" and e.get("reason") == "write_timeout"]
+        return sum(e["count"] for e in lines) >= n
+
+    return seen
+
+
 def _wait_for(gateway: GatewayProcess, predicate: Any, timeout: float, what: str) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
@@ -85,8 +95,10 @@ def _wait_for(gateway: GatewayProcess, predicate: Any, timeout: float, what: str
 def test_slow_readers_are_reset_logged_with_outcome_and_counted(gateway: GatewayProcess) -> None:
     sockets = [_stalled_reader(gateway.port) for _ in range(DROPS)]
     try:
-        # Never read until the gateway has let go: after write_timeout_s its send buffers stay full.
-        time.sleep(WRITE_TIMEOUT_S + 3.0)
+        # Never read until the gateway has let go of every reader (its send buffers full for
+        # write_timeout_s): waited for in its log, since a stream whose provider is slower to fill the
+        # buffers is let go later (a fixed sleep read one such reader too early, 1 run in 2).
+        _wait_for(gateway, _write_timeouts(DROPS), 30.0, f"{DROPS} write timeouts counted")
         started = time.monotonic()
         ends = [_end_of(sock, 10.0) for sock in sockets]
         took = time.monotonic() - started
@@ -98,9 +110,8 @@ def test_slow_readers_are_reset_logged_with_outcome_and_counted(gateway: Gateway
     print(f"{DROPS} dropped readers saw their reset within {took:.2f} s of reading again")
 
     def counted(events: list[dict[str, Any]]) -> bool:
-        lines = [e for e in events if e.get("event") == "connection_closed" and e.get("reason") == "write_timeout"]
         logged = [e for e in events if e.get("event") == "request" and e.get("model") == "firehose_endless"]
-        return sum(e["count"] for e in lines) >= DROPS and len(logged) >= DROPS
+        return _write_timeouts(DROPS)(events) and len(logged) >= DROPS
 
     # The first drop is logged at once, the others with their count when the 10 s period ends; each
     # request's line when its stream lets go (after the detach grace).
