@@ -192,13 +192,7 @@ async def test_stop_cancels_midstream(
     await send_message(page, "Tell me something slowly")
 
     # First token visible, stream still running (tokens arrive every 300 ms).
-    await page.wait_for_function(
-        """() => {
-            const m = document.querySelector('.msg.assistant');
-            return m && m.dataset.state === 'streaming' && m.querySelector('.content').textContent.length > 0;
-        }""",
-        timeout=TIMEOUT_MS,
-    )
+    await first_token_shown(page)
     await expect(page.locator("#stop")).to_be_enabled()
     await page.click("#stop")
 
@@ -283,6 +277,17 @@ def keyed_gateway(fake_provider: FakeProvider) -> Iterator[ServerThread]:
     server = ServerThread(page_settings(fake_provider, api_keys_env="PAGE_KEYS"), {"PAGE_KEYS": GATEWAY_KEY}).start()
     yield server
     server.stop()
+
+
+async def first_token_shown(page: Page) -> None:
+    """Until the answer being streamed shows its first text (the stream still running)."""
+    await page.wait_for_function(
+        """() => {
+            const m = document.querySelector('.msg.assistant');
+            return m && m.dataset.state === 'streaming' && m.querySelector('.content').textContent.length > 0;
+        }""",
+        timeout=TIMEOUT_MS,
+    )
 
 
 async def ask(page: Page, text: str, *, answers: int) -> None:

@@ -20,9 +20,9 @@ from tests.page.test_browser import (
     ASSISTANT,
     CONTENT,
     FULL_REPLY,
-    TIMEOUT_MS,
     ask,
     browser,
+    first_token_shown,
     new_probe,
     open_chat,
     page_gateway,
@@ -142,13 +142,7 @@ async def test_stop_closes_the_responses_socket_and_the_next_turn_resends_the_co
         await open_chat(page, page_gateway, "slow_gap")
         await use_responses(page)
         await send_message(page, "Tell me something slowly")
-        await page.wait_for_function(
-            """() => {
-                const m = document.querySelector('.msg.assistant');
-                return m && m.dataset.state === 'streaming' && m.querySelector('.content').textContent.length > 0;
-            }""",
-            timeout=TIMEOUT_MS,
-        )
+        await first_token_shown(page)
         await page.click("#stop")
         assistant = page.locator(ASSISTANT)
         await expect(assistant).to_have_attribute("data-state", "cancelled")

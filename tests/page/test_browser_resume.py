@@ -17,7 +17,15 @@ from app.config.settings import settings_from_dict
 from tests.conftest import TEST_STREAMING, ServerThread, settings_dict
 from tests.helpers.fake_provider import DEFAULT_CONTENT, Behaviour, FakeProvider
 from tests.helpers.sse import chat_body
-from tests.page.test_browser import ASSISTANT, TIMEOUT_MS, browser, new_probe, open_chat, send_message
+from tests.page.test_browser import (
+    ASSISTANT,
+    TIMEOUT_MS,
+    browser,
+    first_token_shown,
+    new_probe,
+    open_chat,
+    send_message,
+)
 from tests.resume.test_resume import Reader
 
 pytestmark = pytest.mark.browser
@@ -163,13 +171,7 @@ async def test_the_chat_page_resumes_an_answer_whose_socket_dropped(
         page = probe.page
         await open_chat(page, grace_gateway, "slow_gap")
         await send_message(page, "Tell me something slowly")
-        await page.wait_for_function(
-            """() => {
-                const m = document.querySelector('.msg.assistant');
-                return m && m.dataset.state === 'streaming' && m.querySelector('.content').textContent.length > 0;
-            }""",
-            timeout=TIMEOUT_MS,
-        )
+        await first_token_shown(page)
 
         async def drop_sockets() -> None:
             # The server side of a network drop: every socket closes under its answers.
