@@ -120,6 +120,8 @@ class _Reply(msgspec.Struct):
 _reply = msgspec.json.Decoder(_Reply)
 _floats = msgspec.json.Decoder(list[float])
 _encode = msgspec.json.encode
+#: What a JSON array of numbers is made of, but for its brackets.
+_NUMBER_BYTES: Final = b"0123456789.,-+eE \t\r\n"
 
 
 class Embeddings(msgspec.Struct, frozen=True):
@@ -136,7 +138,11 @@ def _vector(item: _Item) -> msgspec.Raw:
     if bytes(memoryview(raw)[:1]) == b'"':  # a provider that answered base64 anyway: its floats, as JSON
         data = base64.b64decode(msgspec.json.decode(raw, type=str), validate=True)
         return msgspec.Raw(_encode(list(struct.unpack(f"<{len(data) // 4}f", data))))
-    _floats.decode(raw)  # an array of numbers, or a ValidationError: nothing else reaches a client
+    # An array of numbers or a ValidationError: nothing else reaches a client. ``raw`` is already
+    # valid JSON (the reply's decoder checked it), so once the number bytes are taken out, ``[]`` left
+    # means one flat array of numbers; a quarter of the cost of decoding its floats.
+    if bytes(raw).translate(None, _NUMBER_BYTES) != b"[]":
+        raise msgspec.ValidationError("an embedding is not an array of numbers")
     return raw
 
 
