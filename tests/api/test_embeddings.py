@@ -194,3 +194,21 @@ async def test_litellm_client_pointed_at_the_gateway(embed_gateway: ServerThread
         model="openai/normal", messages=[{"role": "user", "content": "hi"}], api_base=base, api_key=KEY
     )
     assert completion.choices[0].message.content == "Hello, world! This is the fake provider."
+
+
+@pytest.mark.parametrize(
+    "vector", [b"[1,[2]]", b'[1,"a"]', b"[true]", b'{"a":1}', b"[1,null]", b"[[1]]", b'"AAAA"x', b"[1,]"]
+)
+def test_a_vector_that_is_not_a_flat_array_of_numbers_is_unreadable(vector: bytes) -> None:
+    from app.api.embeddings.wire import read_reply
+    from app.domain.errors import UpstreamUnavailable
+
+    with pytest.raises(UpstreamUnavailable):
+        read_reply(b'{"data":[{"embedding":' + vector + b',"index":0}]}')
+
+
+def test_a_flat_array_of_numbers_in_any_json_spelling_is_spliced_as_sent() -> None:
+    from app.api.embeddings.wire import read_reply
+
+    vector = b"[ 1e5, -2.5E-3,\n0.125 ]"
+    assert bytes(read_reply(b'{"data":[{"embedding":' + vector + b"}]}").vectors[0]) == vector
