@@ -12,11 +12,14 @@ translated into the OpenAI-shaped body that pipeline takes:
 - ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``; ``max_tokens``, ``temperature``,
   ``top_p`` as they are.
 
-For an Anthropic deployment (``passthrough``) what only Anthropic has travels on in the shape the
-provider layer (LiteLLM's Anthropic mapping) hands to Anthropic: ``cache_control`` marks on blocks,
-system blocks and tools, thinking blocks with their signatures (``thinking_blocks`` on the
-assistant message), ``thinking``, ``top_k`` and the request's Anthropic-only controls
-(``context_management``, ``output_config``, ...). For every other provider those are dropped:
+For a model whose deployments are all Anthropic ones (``passthrough``) the client's own body also
+travels on (``native_request``): an Anthropic deployment on the relay sends it to Anthropic as it
+came, and this translation serves only the pipeline's own reading of the request (limits, cache
+key, logs) and a deployment that goes through LiteLLM (``fast_path = false``). For that one, what
+only Anthropic has travels on in the shape LiteLLM's Anthropic mapping hands to Anthropic:
+``cache_control`` marks on blocks, system blocks and tools, thinking blocks with their signatures
+(``thinking_blocks`` on the assistant message), ``thinking``, ``top_k`` and the request's
+Anthropic-only controls (``context_management``, ``output_config``, ...). For every other provider those are dropped:
 they mean nothing to it, and an OpenAI-wire provider refuses fields it does not know. Thinking
 blocks of earlier turns are dropped too (their signatures are only Anthropic's to check).
 """
