@@ -13,8 +13,9 @@ stands for, keeping what chat chunks can carry of Anthropic's answer:
   in the choice's ``stop_reason``, where OpenAI-wire servers such as vLLM put it) and usage:
   ``prompt_tokens`` counts the cache's reads and writes as OpenAI's does, and both are kept as
   Anthropic's own fields;
-- ``message_stop`` -> the end; ``error`` -> the gateway error it stands for; ``message_start``,
-  ``ping``, ``content_block_stop`` and event or block types chat chunks have no place for -> nothing.
+- ``message_start`` -> a chunk with the assistant's role and nothing else (usage comes at the end);
+- ``message_stop`` -> the end; ``error`` -> the gateway error it stands for; ``ping``,
+  ``content_block_stop`` and event or block types chat chunks have no place for -> nothing.
 
 ``completion_of`` does the same for a whole message object.
 """
@@ -213,8 +214,12 @@ class StreamReader:
         if kind == "message_stop":
             return None
         if kind == "message_start":
+            # A chunk of its own, as the message's start is an event of its own to Anthropic's
+            # clients: the stream's first-chunk deadline, the status window and the client's
+            # ``message_start`` follow Anthropic's start, not its first content (which, for thinking
+            # that is not shown, may be the signature at the thinking's end).
             self._start(event.message)
-            return False
+            return self._chunk(b'"content":""')
         if kind == "error":
             said = event.error
             if isinstance(said, _Error):

@@ -268,14 +268,11 @@ async def test_a_tool_use_round_trip(sdk: AsyncAnthropic, anthropic_fake: FakeAn
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("model", ["claude-overloaded", "claude-error-first"])
-async def test_an_overloaded_anthropic_is_the_sdks_overloaded_error(
-    sdk: AsyncAnthropic, model: str, stream: bool
-) -> None:
-    """A 529, or an ``overloaded_error`` event before any content, is retryable: with nothing left to
-    try, the client gets Anthropic's 529 again."""
+async def test_an_overloaded_anthropic_is_the_sdks_overloaded_error(sdk: AsyncAnthropic, stream: bool) -> None:
+    """A 529 is retryable: with nothing left to try, the client gets Anthropic's 529 again."""
+    asked = {"model": "claude-overloaded", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(anthropic.OverloadedError) as caught:
-        await answer(sdk, {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}, stream)
+        await answer(sdk, asked, stream)
     assert caught.value.status_code == 529
     assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
 
@@ -293,20 +290,22 @@ async def test_an_overloaded_anthropic_falls_back(
     assert tried == [OVERLOADED_MODEL, "claude-sonnet-4-5"]
 
 
-async def test_an_error_event_after_content_ends_the_stream_in_band(client: httpx.AsyncClient) -> None:
-    body = {
-        "model": "claude-midstream",
-        "max_tokens": 10,
-        "stream": True,
-        "messages": [{"role": "user", "content": "hi"}],
-    }
-    async with client.stream("POST", "/v1/messages", json=body) as response:
+async def test_an_error_event_ends_the_stream_in_band(client: httpx.AsyncClient) -> None:
+    """Anthropic's error event after its ``message_start`` (which the client has been given): the
+    stream ends with Anthropic's error event, of the type Anthropic gave (docs/messages.md)."""
+    body: dict[str, Any] = {"max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with client.stream("POST", "/v1/messages", json={**body, "model": "claude-midstream"}) as response:
         assert response.status_code == 200
         events = [e for e in await read_events(response) if e.data is not None]
     names = [e.event for e in events]
     assert names == ["message_start", "content_block_start", "content_block_delta", "error"]
     assert events[2].json()["delta"] == {"type": "text_delta", "text": PARTIAL}
     assert events[3].json()["error"]["type"] == "api_error"
+    async with client.stream("POST", "/v1/messages", json={**body, "model": "claude-error-first"}) as response:
+        assert response.status_code == 200
+        events = [e for e in await read_events(response) if e.data is not None]
+    assert [e.event for e in events] == ["message_start", "error"]
+    assert events[1].json()["error"]["type"] == "overloaded_error"
 
 
 async def test_chat_completions_on_an_anthropic_model_takes_litellm(

@@ -109,9 +109,10 @@ def test_the_recorded_events_become_chat_chunks() -> None:
     data = [json.loads(c.raw) for c in chunks]
     assert all(d["object"] == "chat.completion.chunk" and d["id"] == "msg_01XFDUDYJgAACzvnptvVoYEL" for d in data)
     deltas = [d["choices"][0]["delta"] for d in data]
-    assert deltas[0] == {"role": "assistant", "reasoning_content": "Let me "}
-    assert deltas[2] == {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "EqQBCgIYAhIM1g=="}]}
-    assert deltas[3] == {"thinking_blocks": [{"type": "redacted_thinking", "data": "EmwKAhgBEgy3"}]}
+    assert deltas[0] == {"role": "assistant", "content": ""}  # message_start
+    assert deltas[1] == {"reasoning_content": "Let me "}
+    assert deltas[3] == {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "EqQBCgIYAhIM1g=="}]}
+    assert deltas[4] == {"thinking_blocks": [{"type": "redacted_thinking", "data": "EmwKAhgBEgy3"}]}
     assert "".join(d.get("content") or "" for d in deltas) == "I'll check the weather."
     calls = [call for d in deltas for call in d.get("tool_calls", ())]
     assert calls[0] == {
@@ -125,9 +126,9 @@ def test_the_recorded_events_become_chat_chunks() -> None:
     assert last.finish_reason == "tool_calls"
     assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (3544, 89)
     assert data[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 2048}
-    # Text, reasoning and tool calls are content (first token, output estimate); signatures and
-    # redacted thinking are not, as on every path that reads chat chunks.
-    assert [c.has_content for c in chunks] == [i not in (2, 3, len(chunks) - 1) for i in range(len(chunks))]
+    # Text, reasoning and tool calls are content (first token, output estimate); the start,
+    # signatures and redacted thinking are not, as on every path that reads chat chunks.
+    assert [c.has_content for c in chunks] == [i not in (0, 3, 4, len(chunks) - 1) for i in range(len(chunks))]
     assert all(c.tokens >= 1 for c in chunks if c.has_content)
 
 
