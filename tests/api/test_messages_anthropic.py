@@ -319,3 +319,10 @@ async def test_chat_completions_on_an_anthropic_model_takes_litellm(
     seen = anthropic_fake.requests()[-1]
     # LiteLLM's translation: the chat request's ``stop`` as Anthropic's ``stop_sequences``.
     assert seen.body["stop_sequences"] == ["END"] and seen.body["model"] == "claude-sonnet-4-5"
+
+
+def test_which_path_each_deployment_takes(anthropic_gateway: ServerThread) -> None:
+    provider = anthropic_gateway.app.state.services.provider
+    assert provider.path_of(f"{NATIVE}-1", messages=True) == "fast"
+    assert provider.path_of(f"{NATIVE}-1") == "full"  # chat completions: LiteLLM translates
+    assert provider.path_of(f"{LITELLM}-1", messages=True) == "full"  # fast_path = false
