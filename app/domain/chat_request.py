@@ -109,6 +109,15 @@ def provider_control(name: str) -> bool:
     return name in PROVIDER_CONTROLS or name.startswith(PROVIDER_CONTROL_PREFIXES)
 
 
+class NativeRequest(msgspec.Struct, frozen=True):
+    """A request in its provider's own API, for a deployment that speaks it (the Messages API's
+    body for an Anthropic deployment): the client's body, already validated, and the API's headers
+    the client chose (``anthropic-version``, ``anthropic-beta``)."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
 class ChatCompletionInput(msgspec.Struct, frozen=True):
     """A validated request: the typed view plus the client's own fields, untouched, for passthrough."""
 
@@ -116,6 +125,10 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
     body: dict[str, Any]
     #: W3C trace context for the provider's request (the gateway's own, never the client's fields).
     trace_headers: dict[str, str] | None = None
+    #: The same request in Anthropic's Messages API, set only by the Messages route for a model
+    #: whose deployments are all Anthropic ones (never from a client's field): an Anthropic
+    #: deployment on the relay sends it instead of translating ``body`` back.
+    anthropic: NativeRequest | None = None
 
     @property
     def model(self) -> str:

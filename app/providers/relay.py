@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 
 import msgspec
 
@@ -72,11 +73,32 @@ class Relay:
         for target in self.targets.values():
             self._pool(target)
 
-    async def _post(self, target: RelayTarget, body: bytes, request: ChatCompletionInput) -> UpstreamResponse:
-        template = target.request
+    # -- the provider's wire: what a subclass for another API changes (anthropic_relay.py) ----------
+
+    def _template(self, target: RelayTarget, request: ChatCompletionInput) -> RequestTemplate:
         if request.trace_headers:
             # A traced request carries its W3C context: a template of its own (only when tracing is on).
-            template = RequestTemplate(target.url, {**target.headers, **request.trace_headers})
+            return RequestTemplate(target.url, {**target.headers, **request.trace_headers})
+        return target.request
+
+    def _body(self, target: RelayTarget, request: ChatCompletionInput, *, stream: bool) -> bytes:
+        return request_body(target, request, stream=stream)
+
+    def _reply_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+        return error_from_reply(status, body, headers)
+
+    def _completion(self, raw: bytes) -> Completion:
+        """The provider's whole answer as the gateway's ``chat.completion``."""
+        try:
+            usage = completion_usage(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamUnavailable("The provider's answer was not valid JSON.") from exc
+        return Completion(raw=raw, usage=usage)
+
+    # -- the calls ----------------------------------------------------------------------------------
+
+    async def _post(self, target: RelayTarget, body: bytes, request: ChatCompletionInput) -> UpstreamResponse:
+        template = self._template(target, request)
         try:
             response = await self._pool(target).post(template, body)
         except (TimeoutError, UpstreamConnectionError, OSError) as exc:
@@ -88,12 +110,12 @@ class Relay:
                 error_body = b""
             finally:
                 response.release()
-            raise self._quote.quote(error_from_reply(response.status, error_body, response.headers))
+            raise self._quote.quote(self._reply_error(response.status, error_body, response.headers))
         return response
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
         target = self.targets[deployment]
-        response = await self._post(target, request_body(target, request, stream=False), request)
+        response = await self._post(target, self._body(target, request, stream=False), request)
         try:
             raw = await response.read(limit=MAX_ANSWER_BYTES + 1)
         except (UpstreamConnectionError, OSError) as exc:
@@ -106,18 +128,14 @@ class Relay:
             response.close()  # the rest is never read: the provider sees its connection close
             raise UpstreamUnavailable("The provider's answer was larger than the gateway accepts.")
         response.release()
-        try:
-            usage = completion_usage(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamUnavailable("The provider's answer was not valid JSON.") from exc
-        return Completion(raw=raw, usage=usage)
+        return self._completion(raw)
 
     def stream(self, request: ChatCompletionInput, deployment: str) -> RelayStream:
         return RelayStream(self, request, deployment)
 
     async def open_stream(self, request: ChatCompletionInput, deployment: str) -> UpstreamResponse:
         target = self.targets[deployment]
-        return await self._post(target, request_body(target, request, stream=True), request)
+        return await self._post(target, self._body(target, request, stream=True), request)
 
     def _item(self, payload: bytes) -> Chunk | GatewayError | None:
         """One event's data: a chunk, the error it stands for, or None for ``[DONE]``."""

@@ -1,5 +1,6 @@
 """Per deployment, the relay fast path, the built-in demo models or the full LiteLLM path, behind the
-one Provider Protocol."""
+one Provider Protocol; and, for Messages API requests on Anthropic deployments, the relay in
+Anthropic's own API (``anthropic_relay.py``)."""
 
 from __future__ import annotations
 
@@ -24,16 +25,27 @@ class RoutingProvider:
         url_policies: Mapping[str, UrlPolicy] | None = None,
         *,
         demo: DemoProvider | None = None,
+        anthropic: Relay | None = None,
     ) -> None:
-        """``full``: the LiteLLM path, None when every deployment takes the relay or is a demo model."""
+        """``full``: the LiteLLM path, None when every deployment takes the relay or is a demo model;
+        ``anthropic``: the relay for the Anthropic deployments that take it with a Messages API request."""
         self._relay = relay
+        self._anthropic = anthropic
+        self._native = frozenset(anthropic.targets) if anthropic is not None else frozenset()
         self._full = full
         self._demo = demo
         self._fast = frozenset(relay.targets)
         self._url_policies = dict(url_policies or {})
 
-    def path_of(self, deployment: str) -> str:
-        return "fast" if deployment in self._fast else "full"
+    def path_of(self, deployment: str, *, messages: bool = False) -> str:
+        """Which path a request for ``deployment`` takes (``messages``: a Messages API request on a
+        model whose deployments are all Anthropic ones)."""
+        return "fast" if deployment in self._fast or (messages and deployment in self._native) else "full"
+
+    def _native_path(self, request: ChatCompletionInput, deployment: str) -> Relay | None:
+        if request.anthropic is not None and deployment in self._native:
+            return self._anthropic
+        return None
 
     def _check_urls(self, request: ChatCompletionInput, deployment: str) -> None:
         if request.has_parts:
@@ -43,6 +55,8 @@ class RoutingProvider:
         self._check_urls(request, deployment)
         if deployment in self._fast:
             return await self._relay.complete(request, deployment)
+        if (native := self._native_path(request, deployment)) is not None:
+            return await native.complete(request, deployment)
         if self._demo is not None and self._demo.serves(deployment):
             return await self._demo.complete(request, deployment)
         return await self._full_path().complete(request, deployment)
@@ -51,6 +65,8 @@ class RoutingProvider:
         self._check_urls(request, deployment)
         if deployment in self._fast:
             return self._relay.stream(request, deployment)
+        if (native := self._native_path(request, deployment)) is not None:
+            return native.stream(request, deployment)
         if self._demo is not None and self._demo.serves(deployment):
             return self._demo.stream(request, deployment)
         return self._full_path().stream(request, deployment)
@@ -62,5 +78,7 @@ class RoutingProvider:
 
     async def aclose(self) -> None:
         await self._relay.aclose()
+        if self._anthropic is not None:
+            await self._anthropic.aclose()
         if self._full is not None:
             await self._full.aclose()

@@ -29,7 +29,7 @@ from app.api.intent import wants_stream
 from app.api.messages.errors import anthropic_error_body, anthropic_status
 from app.api.messages.events import MessageEvents, message_object
 from app.api.messages.framing import ANTHROPIC_FRAMING
-from app.api.messages.request import parse_messages_body, to_chat_body, to_chat_input
+from app.api.messages.request import native_request, parse_messages_body, to_chat_body, to_chat_input
 from app.api.messages.source import MessagesSource
 from app.api.messages.tokens import count_input_tokens
 from app.config.settings import Settings
@@ -179,7 +179,11 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     streaming = wants_stream(parsed.stream, request.headers.get("accept"))
     reasoning = _reasons(request, parsed.model)
     chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
-    chat_input = to_chat_input(chat_body, _forwarded(request) if passthrough else None)
+    chat_input = to_chat_input(
+        chat_body,
+        _forwarded(request) if passthrough else None,
+        native_request(body, request.headers) if passthrough else None,
+    )
     context = context_of(request.scope)
     context.model = parsed.model
     if caller.scope != ANONYMOUS.scope:

@@ -58,6 +58,8 @@ def build_services(
 ) -> Services:
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.embeddings.upstream import EmbeddingsUpstream
+    from app.providers.anthropic_relay import AnthropicRelay
+    from app.providers.anthropic_target import resolve_anthropic_target
     from app.providers.content_urls import OPENAI_WIRE as OPENAI_WIRE_URLS
     from app.providers.content_urls import policy_for
     from app.providers.demo import DemoProvider, is_demo
@@ -70,8 +72,15 @@ def build_services(
     environ = os.environ if environ is None else environ
     quote = quote or provider_text(settings, environ)
     targets = {d.id: t for d in settings.models.deployments if (t := resolve_target(d, environ)) is not None}
-    relay = Relay(targets, quote=quote, egress=EgressSettings.from_environ(environ))
+    egress = EgressSettings.from_environ(environ)
+    relay = Relay(targets, quote=quote, egress=egress)
     relay.open_pools()  # one connection pool per upstream origin, before the first request
+    # Anthropic deployments take the relay for Messages API requests (in Anthropic's own API), and
+    # LiteLLM for chat completions requests (which need its OpenAI -> Anthropic translation).
+    native = {d.id: t for d in settings.models.deployments if (t := resolve_anthropic_target(d, environ)) is not None}
+    anthropic = AnthropicRelay(native, quote=quote, egress=egress) if native else None
+    if anthropic is not None:
+        anthropic.open_pools()
     demo = DemoProvider({d.id: d.litellm_model for d in settings.models.deployments if is_demo(d.litellm_model)})
     full = None
     if any(d.id not in targets and not demo.serves(d.id) for d in settings.models.deployments):
@@ -86,7 +95,7 @@ def build_services(
         for d in settings.models.deployments
         if not demo.serves(d.id)  # the demo models take no URLs
     }
-    provider = RoutingProvider(relay, full, url_policies, demo=demo)
+    provider = RoutingProvider(relay, full, url_policies, demo=demo, anthropic=anthropic)
     shipped = ShippedMetadata(d.litellm_model for d in settings.models.deployments)
 
     async def build() -> Snapshot:
@@ -133,9 +142,7 @@ def build_services(
         tracing = Tracing(settings.tracing)
         closers.append(lambda: asyncio.to_thread(tracing.shutdown))  # its flush waits on the network
     embedding_names = embedding_models(catalogue)
-    embeddings_upstream = EmbeddingsUpstream(
-        settings.models.deployments, environ, quote, EgressSettings.from_environ(environ)
-    )
+    embeddings_upstream = EmbeddingsUpstream(settings.models.deployments, environ, quote, egress)
     closers.append(embeddings_upstream.aclose)
     embeddings = EmbeddingService(
         settings,

@@ -1,23 +1,45 @@
 """An Anthropic deployment behind the Messages API: what only Anthropic has (cache_control
 marks, thinking blocks with their signatures, ``thinking``, ``top_k``, ``context_management``,
 ``output_config``, the ``anthropic-beta`` header) reaches the provider, read at a fake Anthropic
-provider over real HTTP; its thinking, signatures and cache usage come back to the SDK."""
+provider over real HTTP; its thinking, signatures, tool calls, stop reasons and cache usage come
+back to the SDK. On the relay (the default) the client's own body goes to Anthropic; a deployment
+with ``fast_path: false`` keeps LiteLLM, as every chat completions request on an Anthropic model does."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anthropic
+import httpx
 import pytest
 from anthropic import AsyncAnthropic
+from anthropic.types import Message
 
 from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
-from tests.helpers.fake_anthropic import SIGNATURE, TEXT, THINKING, USAGE, FakeAnthropic
+from tests.helpers.fake_anthropic import (
+    ERROR_FIRST_MODEL,
+    ERROR_MIDSTREAM_MODEL,
+    OVERLOADED_MODEL,
+    PARTIAL,
+    SIGNATURE,
+    TEXT,
+    THINKING,
+    TOOL_ID,
+    TOOL_INPUT,
+    TOOL_MODEL,
+    USAGE,
+    FakeAnthropic,
+)
+from tests.helpers.sse import read_events
 
 BETAS = "context-management-2025-06-27,interleaved-thinking-2025-05-14"
 EPHEMERAL = {"type": "ephemeral"}
 ENV = {"MSG_ANTHROPIC_KEY": "sk-ant-test-0123456789"}
+#: The public models: on the relay (``claude``) and on LiteLLM (``claude-litellm``, fast_path off).
+NATIVE, LITELLM = "claude", "claude-litellm"
+BASH = {"name": "Bash", "description": "Run a command.", "input_schema": {"type": "object"}}
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +53,41 @@ def anthropic_fake() -> Iterator[FakeAnthropic]:
 def anthropic_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iterator[ServerThread]:
     # LiteLLM's first Anthropic call loads its Anthropic mapping: longer than the suite's short deadlines.
     data = settings_dict(fake_provider.base_url, streaming={"first_token_timeout_s": 30, "idle_timeout_s": 30})
-    data["models"]["deployments"].append(
-        {
-            "name": "claude",
-            "litellm_model": "anthropic/claude-sonnet-4-5",
+
+    def deployment(name: str, model: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "litellm_model": f"anthropic/{model}",
             "api_base": anthropic_fake.base_url,
             "api_key_env": "MSG_ANTHROPIC_KEY",
+            **extra,
         }
-    )
+
+    data["models"]["deployments"] += [
+        deployment(NATIVE, "claude-sonnet-4-5"),
+        deployment(LITELLM, "claude-sonnet-4-5", fast_path=False),
+        deployment("claude-tools", TOOL_MODEL),
+        deployment("claude-overloaded", OVERLOADED_MODEL),
+        deployment("claude-busy", OVERLOADED_MODEL, fallbacks=[NATIVE]),
+        deployment("claude-error-first", ERROR_FIRST_MODEL),
+        deployment("claude-midstream", ERROR_MIDSTREAM_MODEL),
+    ]
     server = ServerThread(settings_from_dict(data, ENV), environ=ENV).start(timeout=90)
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def client(anthropic_gateway: ServerThread) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=anthropic_gateway.base_url, timeout=20) as c:
+        yield c
+
+
+async def answer(sdk: AsyncAnthropic, asked: dict[str, Any], stream: bool) -> Message:
+    if not stream:
+        return await sdk.messages.create(**asked)
+    async with sdk.messages.stream(**asked) as s:
+        return await s.get_final_message()
 
 
 @pytest.fixture
@@ -50,9 +96,9 @@ async def sdk(anthropic_gateway: ServerThread) -> AsyncIterator[AsyncAnthropic]:
         yield c
 
 
-def conversation() -> dict[str, Any]:
+def conversation(model: str = NATIVE) -> dict[str, Any]:
     return {
-        "model": "claude",
+        "model": model,
         "max_tokens": 2000,
         "system": [{"type": "text", "text": "one"}, {"type": "text", "text": "two", "cache_control": EPHEMERAL}],
         "thinking": {"type": "enabled", "budget_tokens": 1024},
@@ -109,10 +155,11 @@ def assert_anthropic_controls_arrived(fake: FakeAnthropic) -> None:
     assert "extra_body" not in body
 
 
+@pytest.mark.parametrize("model", [NATIVE, LITELLM])
 async def test_stream_keeps_anthropics_controls_and_returns_signed_thinking(
-    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, model: str
 ) -> None:
-    async with sdk.messages.stream(**conversation()) as stream:
+    async with sdk.messages.stream(**conversation(model)) as stream:
         final = await stream.get_final_message()
     assert_anthropic_controls_arrived(anthropic_fake)
     assert anthropic_fake.requests()[-1].body["stream"] is True
@@ -125,28 +172,157 @@ async def test_stream_keeps_anthropics_controls_and_returns_signed_thinking(
     assert final.usage.output_tokens == USAGE["output_tokens"]
 
 
+@pytest.mark.parametrize("model", [NATIVE, LITELLM])
 async def test_json_keeps_anthropics_controls_and_returns_signed_thinking(
-    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, model: str
 ) -> None:
-    message = await sdk.messages.create(**conversation())
+    message = await sdk.messages.create(**conversation(model))
     assert_anthropic_controls_arrived(anthropic_fake)
-    assert message.model == "claude"
+    assert message.model == model
     assert message.content[0].type == "thinking" and message.content[0].signature == SIGNATURE
     assert message.content[1].text == TEXT  # type: ignore[union-attr]
     assert message.usage.cache_read_input_tokens == USAGE["cache_read_input_tokens"]
+    assert message.usage.cache_creation_input_tokens == USAGE["cache_creation_input_tokens"]
+    assert message.usage.input_tokens == USAGE["input_tokens"]
 
 
-async def test_a_stop_sequence_anthropic_reports_is_lost_in_litellm(
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_stop_sequence_anthropic_reports_reaches_the_client(
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, stream: bool
+) -> None:
+    asked: Any = {"model": NATIVE, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    asked["stop_sequences"] = ["END"]
+    message = await answer(sdk, asked, stream)
+    assert anthropic_fake.requests()[-1].body["stop_sequences"] == ["END"]
+    assert message.content[-1].text == TEXT  # type: ignore[union-attr]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
+
+
+async def test_on_litellm_the_stop_sequence_is_reported_as_end_turn(
     sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic
 ) -> None:
-    """Anthropic says which stop sequence matched; LiteLLM, which carries the call, reports it as a plain
-    ``stop`` without the sequence, so the gateway answers ``end_turn`` (docs/messages.md) rather than guess."""
-    asked: Any = {"model": "claude", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    """LiteLLM reports Anthropic's ``stop_sequence`` as a plain ``stop`` without the sequence: a
+    deployment with the fast path off answers ``end_turn`` (docs/messages.md) rather than guess."""
+    asked: Any = {"model": LITELLM, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
     asked["stop_sequences"] = ["END"]
     message = await sdk.messages.create(**asked)
-    async with sdk.messages.stream(**asked) as stream:
-        final = await stream.get_final_message()
     assert anthropic_fake.requests()[-1].body["stop_sequences"] == ["END"]
-    for answer in (message, final):
-        assert answer.content[-1].text == TEXT  # type: ignore[union-attr]
-        assert (answer.stop_reason, answer.stop_sequence) == ("end_turn", None)
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+
+
+async def test_the_relay_sends_the_clients_own_body_and_anthropic_headers(
+    client: httpx.AsyncClient, anthropic_fake: FakeAnthropic
+) -> None:
+    body: dict[str, Any] = {
+        "model": NATIVE,
+        "max_tokens": 32000,
+        "system": [{"type": "text", "text": "one", "cache_control": EPHEMERAL}],
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "tools": [{**BASH, "defer_loading": True}, {"type": "web_search_20250305", "name": "web_search"}],
+        "metadata": {"user_id": '{"session": "abc"}'},
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": EPHEMERAL}]}],
+        "a_control_added_later": {"any": ["shape"]},
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}],
+    }
+    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": BETAS}
+    response = await client.post("/v1/messages", json=body, headers={"x-api-key": "unused", **headers})
+    assert response.status_code == 200, response.text
+    seen = anthropic_fake.requests()[-1]
+    sent = {k: v for k, v in body.items() if k != "mcp_servers"}  # never passed on (docs/messages.md)
+    assert seen.body == {**sent, "model": "claude-sonnet-4-5", "stream": False}
+    assert seen.headers["anthropic-beta"] == BETAS
+    assert seen.headers["anthropic-version"] == "2023-06-01"
+    assert seen.headers["x-api-key"] == ENV["MSG_ANTHROPIC_KEY"]
+    assert seen.headers["accept-encoding"] == "identity"
+    # A client that names no version: Anthropic's SDKs' default.
+    del body["mcp_servers"]
+    response = await client.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    assert anthropic_fake.requests()[-1].headers["anthropic-version"] == "2023-06-01"
+    assert "anthropic-beta" not in anthropic_fake.requests()[-1].headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_use_round_trip(sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, stream: bool) -> None:
+    asked: Any = {
+        "model": "claude-tools",
+        "max_tokens": 100,
+        "tools": [BASH],
+        "messages": [{"role": "user", "content": "Say hi with the shell."}],
+    }
+    first = await answer(sdk, asked, stream)
+    assert first.stop_reason == "tool_use"
+    assert [b.type for b in first.content] == ["text", "tool_use"]
+    call = first.content[1]
+    assert call.type == "tool_use"
+    assert (call.id, call.name, call.input) == (TOOL_ID, "Bash", TOOL_INPUT)
+    asked["messages"] += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "hi"}]},
+    ]
+    second = await answer(sdk, asked, stream)
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].text == "The command said: hi"  # type: ignore[union-attr]
+    sent = anthropic_fake.requests()[-1].body["messages"]
+    assert sent[1]["content"][1] == {"type": "tool_use", "id": TOOL_ID, "name": "Bash", "input": TOOL_INPUT}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_overloaded_anthropic_is_the_sdks_overloaded_error(sdk: AsyncAnthropic, stream: bool) -> None:
+    """A 529 is retryable: with nothing left to try, the client gets Anthropic's 529 again."""
+    asked = {"model": "claude-overloaded", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(anthropic.OverloadedError) as caught:
+        await answer(sdk, asked, stream)
+    assert caught.value.status_code == 529
+    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_overloaded_anthropic_falls_back(
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, stream: bool
+) -> None:
+    before = len(anthropic_fake.requests())
+    asked = {"model": "claude-busy", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    message = await answer(sdk, asked, stream)
+    assert message.content[-1].text == TEXT  # type: ignore[union-attr]
+    assert message.model == "claude-busy"
+    tried = [seen.body["model"] for seen in anthropic_fake.requests()[before:]]
+    assert tried == [OVERLOADED_MODEL, "claude-sonnet-4-5"]
+
+
+async def test_an_error_event_ends_the_stream_in_band(client: httpx.AsyncClient) -> None:
+    """Anthropic's error event after its ``message_start`` (which the client has been given): the
+    stream ends with Anthropic's error event, of the type Anthropic gave (docs/messages.md)."""
+    body: dict[str, Any] = {"max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with client.stream("POST", "/v1/messages", json={**body, "model": "claude-midstream"}) as response:
+        assert response.status_code == 200
+        events = [e for e in await read_events(response) if e.data is not None]
+    names = [e.event for e in events]
+    assert names == ["message_start", "content_block_start", "content_block_delta", "error"]
+    assert events[2].json()["delta"] == {"type": "text_delta", "text": PARTIAL}
+    assert events[3].json()["error"]["type"] == "api_error"
+    async with client.stream("POST", "/v1/messages", json={**body, "model": "claude-error-first"}) as response:
+        assert response.status_code == 200
+        events = [e for e in await read_events(response) if e.data is not None]
+    assert [e.event for e in events] == ["message_start", "error"]
+    assert events[1].json()["error"]["type"] == "overloaded_error"
+
+
+async def test_chat_completions_on_an_anthropic_model_takes_litellm(
+    client: httpx.AsyncClient, anthropic_fake: FakeAnthropic
+) -> None:
+    body = {"model": NATIVE, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}], "stop": ["END"]}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["message"]["content"] == TEXT
+    seen = anthropic_fake.requests()[-1]
+    # LiteLLM's translation: the chat request's ``stop`` as Anthropic's ``stop_sequences``.
+    assert seen.body["stop_sequences"] == ["END"] and seen.body["model"] == "claude-sonnet-4-5"
+
+
+def test_which_path_each_deployment_takes(anthropic_gateway: ServerThread) -> None:
+    provider = anthropic_gateway.app.state.services.provider
+    assert provider.path_of(f"{NATIVE}-1", messages=True) == "fast"
+    assert provider.path_of(f"{NATIVE}-1") == "full"  # chat completions: LiteLLM translates
+    assert provider.path_of(f"{LITELLM}-1", messages=True) == "full"  # fast_path = false

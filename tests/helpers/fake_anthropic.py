@@ -1,7 +1,9 @@
 """A fake Anthropic Messages API provider over real HTTP: it records what reaches it (path, headers,
 body) and answers with a thinking block (with its signature), a text block and usage that counts
-prompt-cache reads and writes, streamed as Anthropic's events or as one message object; a request
-with ``stop_sequences`` is answered as stopped on the first of them."""
+prompt-cache reads and writes, streamed as Anthropic's events (with a ``ping``) or as one message
+object; a request with ``stop_sequences`` is answered as stopped on the first of them. A few model
+names answer otherwise (``TOOL_MODEL``, ``OVERLOADED_MODEL``, ``ERROR_FIRST_MODEL``,
+``ERROR_MIDSTREAM_MODEL``)."""
 
 from __future__ import annotations
 
@@ -85,25 +87,63 @@ class FakeAnthropic:
         if not scope["path"].rstrip("/").endswith("/messages"):
             await _json(send, 404, {"type": "error", "error": {"type": "not_found_error", "message": "no route"}})
             return
-        if body.get("stream"):
+        if body.get("model") == OVERLOADED_MODEL or (
+            body.get("model") in (ERROR_FIRST_MODEL, ERROR_MIDSTREAM_MODEL) and not body.get("stream")
+        ):
+            await _json(send, 529, OVERLOADED)
+        elif body.get("stream"):
             await _stream(send, body)
         else:
             await _json(send, 200, _message(body))
 
 
+#: Models (the deployment's name after ``anthropic/``) that answer otherwise than with thinking and text.
+TOOL_MODEL = "tool-user"  # asks for Bash, then answers from the tool's result
+OVERLOADED_MODEL = "overloaded"  # 529 overloaded_error
+ERROR_FIRST_MODEL = "error-first"  # a stream whose first event after message_start is an error event
+ERROR_MIDSTREAM_MODEL = "error-midstream"  # a stream that reports an error after some text
+TOOL_ID = "toolu_fake_1"
+TOOL_INPUT = {"command": "echo hi"}
+PARTIAL = "Partial answer"
+OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+API_ERROR = {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}
+
+
 def _message(body: dict[str, Any]) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [
+        {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
+        {"type": "text", "text": TEXT},
+    ]
+    stop = _stop(body)
+    if body.get("model") == TOOL_MODEL:
+        result = _tool_result(body)
+        if result is None:
+            content = [
+                {"type": "text", "text": "Let me run it."},
+                {"type": "tool_use", "id": TOOL_ID, "name": "Bash", "input": TOOL_INPUT},
+            ]
+            stop = {"stop_reason": "tool_use", "stop_sequence": None}
+        else:
+            content = [{"type": "text", "text": f"The command said: {result}"}]
     return {
         "id": "msg_fake_anthropic",
         "type": "message",
         "role": "assistant",
         "model": body.get("model"),
-        "content": [
-            {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE},
-            {"type": "text", "text": TEXT},
-        ],
-        **_stop(body),
+        "content": content,
+        **stop,
         "usage": USAGE,
     }
+
+
+def _tool_result(body: dict[str, Any]) -> str | None:
+    """The text of the last message's ``tool_result`` block for TOOL_ID, if it has one."""
+    last = body.get("messages", [{}])[-1].get("content")
+    for block in last if isinstance(last, list) else ():
+        if block.get("type") == "tool_result" and block.get("tool_use_id") == TOOL_ID:
+            content = block.get("content")
+            return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+    return None
 
 
 def _stop(body: dict[str, Any]) -> dict[str, Any]:
@@ -114,51 +154,57 @@ def _stop(body: dict[str, Any]) -> dict[str, Any]:
     return {"stop_reason": "end_turn", "stop_sequence": None}
 
 
-async def _stream(send: Send, body: dict[str, Any]) -> None:
+def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+    """One content block as Anthropic streams it: start (empty), deltas, stop."""
+    kind = block["type"]
+    start = {"type": kind, "text": ""} if kind == "text" else {"type": kind, "thinking": "", "signature": ""}
+    deltas: list[dict[str, Any]] = []
+    if kind == "text":
+        deltas = [{"type": "text_delta", "text": block["text"]}]
+    elif kind == "thinking":
+        deltas = [
+            {"type": "thinking_delta", "thinking": block["thinking"]},
+            {"type": "signature_delta", "signature": block["signature"]},
+        ]
+    elif kind == "tool_use":
+        start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+        arguments = json.dumps(block["input"])
+        cut = len(arguments) // 2
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in ("", arguments[:cut], arguments[cut:])]
+    return [
+        {"type": "content_block_start", "index": index, "content_block": start},
+        *({"type": "content_block_delta", "index": index, "delta": d} for d in deltas),
+        {"type": "content_block_stop", "index": index},
+    ]
+
+
+def _events(body: dict[str, Any]) -> list[dict[str, Any]]:
+    message = _message(body)
     start = {
-        **_message(body),
+        **message,
         "content": [],
         "stop_reason": None,
         "stop_sequence": None,
         "usage": {**USAGE, "output_tokens": 1},
     }
-    events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"type": "message_start", "message": start}),
-        (
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
-        ),
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": THINKING}},
-        ),
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}},
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "content_block_start",
-            {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
-        ),
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": TEXT}},
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": _stop(body),
-                "usage": {"output_tokens": 6},
-            },
-        ),
-        ("message_stop", {"type": "message_stop"}),
-    ]
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": start}, {"type": "ping"}]
+    model = body.get("model")
+    if model == ERROR_FIRST_MODEL:
+        return [*events, OVERLOADED]
+    if model == ERROR_MIDSTREAM_MODEL:
+        return [*events, *_block_events(0, {"type": "text", "text": PARTIAL})[:2], API_ERROR]
+    for index, block in enumerate(message["content"]):
+        events.extend(_block_events(index, block))
+    stop = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+    events.append({"type": "message_delta", "delta": stop, "usage": {"output_tokens": USAGE["output_tokens"]}})
+    events.append({"type": "message_stop"})
+    return events
+
+
+async def _stream(send: Send, body: dict[str, Any]) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    for name, data in events:
-        frame = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+    for data in _events(body):
+        frame = f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -31,6 +31,9 @@ STOP_REASONS: Final = {
     "tool_calls": "tool_use",
     "function_call": "tool_use",
     "content_filter": "refusal",
+    # Anthropic's own, which an Anthropic deployment on the relay hands on as they are.
+    "pause_turn": "pause_turn",
+    "model_context_window_exceeded": "model_context_window_exceeded",
 }
 
 

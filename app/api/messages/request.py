@@ -12,11 +12,14 @@ translated into the OpenAI-shaped body that pipeline takes:
 - ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``; ``max_tokens``, ``temperature``,
   ``top_p`` as they are.
 
-For an Anthropic deployment (``passthrough``) what only Anthropic has travels on in the shape the
-provider layer (LiteLLM's Anthropic mapping) hands to Anthropic: ``cache_control`` marks on blocks,
-system blocks and tools, thinking blocks with their signatures (``thinking_blocks`` on the
-assistant message), ``thinking``, ``top_k`` and the request's Anthropic-only controls
-(``context_management``, ``output_config``, ...). For every other provider those are dropped:
+For a model whose deployments are all Anthropic ones (``passthrough``) the client's own body also
+travels on (``native_request``): an Anthropic deployment on the relay sends it to Anthropic as it
+came, and this translation serves only the pipeline's own reading of the request (limits, cache
+key, logs) and a deployment that goes through LiteLLM (``fast_path = false``). For that one, what
+only Anthropic has travels on in the shape LiteLLM's Anthropic mapping hands to Anthropic:
+``cache_control`` marks on blocks, system blocks and tools, thinking blocks with their signatures
+(``thinking_blocks`` on the assistant message), ``thinking``, ``top_k`` and the request's
+Anthropic-only controls (``context_management``, ``output_config``, ...). For every other provider those are dropped:
 they mean nothing to it, and an OpenAI-wire provider refuses fields it does not know. Thinking
 blocks of earlier turns are dropped too (their signatures are only Anthropic's to check).
 """
@@ -24,6 +27,7 @@ blocks of earlier turns are dropped too (their signatures are only Anthropic's t
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
@@ -47,7 +51,14 @@ from app.api.messages.wire import (
     ToolUseBlock,
     UrlSource,
 )
-from app.domain.chat_request import ChatCompletionInput, ChatRequest, _param_of, decode_json, provider_control
+from app.domain.chat_request import (
+    ChatCompletionInput,
+    ChatRequest,
+    NativeRequest,
+    _param_of,
+    decode_json,
+    provider_control,
+)
 from app.domain.errors import InvalidRequest
 from app.providers.anthropic_fields import ANTHROPIC_BODY_FIELDS
 
@@ -58,6 +69,8 @@ _OWN: Final = frozenset(MessagesRequest.__struct_fields__)
 #: client (remote MCP servers, containers and the like reach out from the provider on the
 #: provider's account), and none of them is needed for a conversation.
 _NEVER: Final = frozenset({"mcp_servers", "container"})
+#: The client's request headers an Anthropic deployment is sent, when it sends the client's own body.
+NATIVE_HEADERS: Final = ("anthropic-version", "anthropic-beta")
 #: The longest ``user`` the chat request accepts (OpenAI's limit): a longer ``metadata.user_id``
 #: (Claude Code's is a JSON object) is not passed on rather than refused.
 _USER_MAX: Final = 512
@@ -320,8 +333,19 @@ def to_chat_body(
     return body
 
 
-def to_chat_input(body: dict[str, Any], trace_headers: dict[str, str] | None = None) -> ChatCompletionInput:
-    """The translated body as the chat pipeline's request (it was built by us, from checked values)."""
+def native_request(raw: dict[str, Any], headers: Mapping[str, str]) -> NativeRequest:
+    """The client's own Messages request, for an Anthropic deployment that is sent it as it came (the
+    relay's): its body (validated by ``parse_messages_body``) minus what is never passed on, and its
+    ``anthropic-version`` and ``anthropic-beta`` headers."""
+    body = {name: value for name, value in raw.items() if name not in _NEVER}
+    return NativeRequest(body=body, headers={name: headers[name] for name in NATIVE_HEADERS if name in headers})
+
+
+def to_chat_input(
+    body: dict[str, Any], trace_headers: dict[str, str] | None = None, anthropic: NativeRequest | None = None
+) -> ChatCompletionInput:
+    """The translated body as the chat pipeline's request (it was built by us, from checked values);
+    ``anthropic``: the request as it came, for an Anthropic deployment that takes it so."""
     try:
         chat = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:  # a value valid for Anthropic but not for the chat shape
@@ -329,4 +353,4 @@ def to_chat_input(body: dict[str, Any], trace_headers: dict[str, str] | None = N
         raise InvalidRequest(
             f"Invalid request: {str(exc)[:300]}", code=param or "invalid_request", param=param
         ) from exc
-    return ChatCompletionInput(request=chat, body=body, trace_headers=trace_headers)
+    return ChatCompletionInput(request=chat, body=body, trace_headers=trace_headers, anthropic=anthropic)
