@@ -190,7 +190,12 @@ class ChatService:
     ) -> CacheDecision:
         if self._cache is None:
             return NO_CACHE
-        key = cache_key(request.body, self._deployments[deployment], caller.scope)
+        body = request.body
+        if request.anthropic is not None:
+            # Sent in Anthropic's own API: its every field may change the answer, not only those the
+            # chat body carries (Anthropic-only controls the translation does not name).
+            body = {**body, "\x00anthropic": request.anthropic.body}
+        key = cache_key(body, self._deployments[deployment], caller.scope)
         return await self._cache.consult(key, cache_control, wait_s)
 
     async def open_stream(

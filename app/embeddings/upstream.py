@@ -126,6 +126,7 @@ class EmbeddingsUpstream:
         except GatewayError as exc:
             raise self._quote.quote(exc) from None
         except Exception as exc:
+            exc.__traceback__ = None  # LiteLLM keeps it in a cycle of its own (litellm_provider.py)
             raise self._quote.quote(from_litellm(exc)) from None
         return read_reply(msgspec.json.encode(response.model_dump(exclude_none=True)))
 

@@ -117,6 +117,10 @@ class LiteLLMProvider:
         self._quote = quote or ProviderText()
 
     def _error(self, exc: BaseException) -> GatewayError:
+        # LiteLLM's logging object keeps the exception, and the exception's traceback runs through
+        # frames that hold that logging object: a cycle, which without this would also hold the
+        # frame of ours the traceback starts in (the request, the stream) until the collector runs.
+        exc.__traceback__ = None
         return self._quote.quote(from_litellm(exc))
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:

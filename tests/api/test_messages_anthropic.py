@@ -326,3 +326,38 @@ def test_which_path_each_deployment_takes(anthropic_gateway: ServerThread) -> No
     assert provider.path_of(f"{NATIVE}-1", messages=True) == "fast"
     assert provider.path_of(f"{NATIVE}-1") == "full"  # chat completions: LiteLLM translates
     assert provider.path_of(f"{LITELLM}-1", messages=True) == "full"  # fast_path = false
+
+
+@pytest.fixture(scope="module")
+def cached_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iterator[ServerThread]:
+    data = settings_dict(fake_provider.base_url, cache={"enabled": True})
+    data["models"]["deployments"] += [
+        {
+            "name": NATIVE,
+            "litellm_model": "anthropic/claude-sonnet-4-5",
+            "api_base": anthropic_fake.base_url,
+            "api_key_env": "MSG_ANTHROPIC_KEY",
+        }
+    ]
+    server = ServerThread(settings_from_dict(data, ENV), environ=ENV).start(timeout=90)
+    yield server
+    server.stop()
+
+
+async def test_the_cache_keys_on_every_field_anthropic_gets(
+    cached_gateway: ServerThread, anthropic_fake: FakeAnthropic
+) -> None:
+    """On the relay Anthropic gets the client's whole body, so a control the chat translation does
+    not name (here a future one) still tells two requests apart; the same body again is a hit."""
+    asked: dict[str, Any] = {"model": NATIVE, "max_tokens": 50, "messages": [{"role": "user", "content": "cache me"}]}
+    headers = {"anthropic-version": "2023-06-01"}
+    async with httpx.AsyncClient(base_url=cached_gateway.base_url, timeout=20) as c:
+        before = len(anthropic_fake.requests())
+        first = await c.post("/v1/messages", json=asked, headers=headers)
+        other = await c.post("/v1/messages", json={**asked, "future_control": {"level": 2}}, headers=headers)
+        again = await c.post("/v1/messages", json=asked, headers=headers)
+    assert [r.status_code for r in (first, other, again)] == [200, 200, 200]
+    assert [r.headers["x-cache"] for r in (first, other, again)] == ["MISS", "MISS", "HIT"]
+    assert len(anthropic_fake.requests()) - before == 2
+    assert anthropic_fake.requests()[-1].body["future_control"] == {"level": 2}
+    assert again.json()["content"] == first.json()["content"]
