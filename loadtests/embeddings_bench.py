@@ -2,7 +2,7 @@
 
     .venv/bin/python -m loadtests.embeddings_bench [--rounds 4] [--requests 640] [--concurrency 32]
 
-One `python -m app` (the matrix's configuration: `run_matrix.gateway_toml`, whose `embed`
+One `python -m app` (the matrix's configuration, its access line at info: `run_matrix.gateway_toml`, whose `embed`
 deployment is served by the upstream's `/v1/embeddings` over the relay) in front of one
 `loadtests.upstream`; each round runs a direct cell (loadgen against the upstream) and a gateway
 cell (the same requests through the gateway), JSON, one string input, `encoding_format: float`,
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.loadgen import LoadConfig, run_load
-from loadtests.processes import GatewayProcess, UpstreamProcess, free_port
+from loadtests.processes import ACCESS_LOG, GatewayProcess, UpstreamProcess, free_port
 from loadtests.run_matrix import EMBED, gateway_toml
 
 
@@ -53,7 +53,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="embeddings-bench-"))
     upstream = UpstreamProcess(workdir, extra=["--embed-ms", str(args.embed_ms)]).wait_ready()
     # The gateway's own port comes from its environment (GatewayProcess), over the TOML's.
-    gateway = GatewayProcess(workdir, gateway_toml(free_port(), {"stream": upstream.port}))
+    gateway = GatewayProcess(
+        workdir, gateway_toml(free_port(), {"stream": upstream.port}, full_path=False), env=ACCESS_LOG
+    )
     rows: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     try:
         gateway.wait_ready()

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m loadtests.messages_bench [--rounds 4] [--requests 640] [--concurrency 32]
 
-One `python -m app` in front of one `loadtests.upstream`; each round runs a chat completions SSE
+One `python -m app` (the matrix's configuration: limits on, the access line at info) in front of
+one `loadtests.upstream`; each round runs a chat completions SSE
 cell and a Messages SSE cell (`/v1/messages`, the same model, prompt and upstream stream) back to
 back, in A B B A order, so that a drift of the shared machine weighs on both. The report gives
 each round's gateway CPU per 1000 content chunks and TTFB p50, and the medians with the Messages
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.loadgen import LoadConfig, run_load
-from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml
+from loadtests.processes import ACCESS_LOG, GatewayProcess, UpstreamProcess, free_port
+from loadtests.run_matrix import gateway_toml
 
 
 async def cell(gateway: GatewayProcess, api: str, concurrency: int, requests: int) -> dict[str, Any]:
@@ -53,7 +55,10 @@ def figures(summary: dict[str, Any]) -> dict[str, Any]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="messages-bench-"))
     upstream = UpstreamProcess(workdir).wait_ready()
-    gateway = GatewayProcess(workdir, deployments_toml({"fast": "fast"}, upstream.base_url))
+    # The matrix's configuration (limits on, the access line at info): what a deployment does per request.
+    gateway = GatewayProcess(
+        workdir, gateway_toml(free_port(), {"stream": upstream.port}, full_path=False), env=ACCESS_LOG
+    )
     rows: dict[str, list[dict[str, Any]]] = {"chat": [], "messages": []}
     try:
         gateway.wait_ready()

@@ -197,6 +197,11 @@ def deployments_toml(models: dict[str, str], api_base: str) -> str:
     return "\n".join(parts)
 
 
+#: A gateway's access line per request, as a deployment runs it: GatewayProcess starts at ``warning``
+#: (a long run's log stays small), so a cell whose figure stands for a deployment passes this.
+ACCESS_LOG = {"CHAT_SERVER__LOG_LEVEL": "info"}
+
+
 class GatewayProcess:
     """``python -m app`` on a free port: configuration from ``config_toml`` plus ``CHAT_*`` overrides.
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.loadgen import LoadConfig, run_load
-from loadtests.processes import ROOT, GatewayProcess, RedisProcess, UpstreamProcess, deployments_toml
+from loadtests.processes import ACCESS_LOG, ROOT, GatewayProcess, RedisProcess, UpstreamProcess, deployments_toml
 
 #: A cell: its client API and transport (loadgen's --api and --mode).
 CELLS = {
@@ -94,7 +94,9 @@ def requests_for(concurrency: int, minimum: int) -> int:
 async def cpu(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="responses-bench-"))
     upstream = UpstreamProcess(workdir).wait_ready()
-    gateway = GatewayProcess(workdir, deployments_toml({"fast": "fast"}, upstream.base_url), root=args.root)
+    gateway = GatewayProcess(
+        workdir, deployments_toml({"fast": "fast"}, upstream.base_url), env=ACCESS_LOG, root=args.root
+    )
     direct_url = f"http://127.0.0.1:{upstream.port}"
     out: dict[str, Any] = {}
     try:
@@ -150,7 +152,7 @@ async def chain(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="responses-chain-"))
     redis = RedisProcess(workdir).start() if args.store == "redis" else None
     upstream = UpstreamProcess(workdir).wait_ready()
-    env = {"CHAT_RESPONSES__STORE": args.store}
+    env = {**ACCESS_LOG, "CHAT_RESPONSES__STORE": args.store}
     if redis is not None:
         env["CHAT_REDIS__URL"] = redis.url
     gateway = GatewayProcess(workdir, deployments_toml({"fast": "fast"}, upstream.base_url), env=env, root=args.root)
