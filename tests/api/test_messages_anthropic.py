@@ -7,6 +7,7 @@ with ``fast_path: false`` keeps LiteLLM, as every chat completions request on an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.helpers.fake_anthropic import (
     OVERLOADED_MODEL,
     PARTIAL,
     SIGNATURE,
+    SLOW_MODEL,
     TEXT,
     THINKING,
     TOOL_ID,
@@ -71,6 +73,7 @@ def anthropic_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iter
         deployment("claude-busy", OVERLOADED_MODEL, fallbacks=[NATIVE]),
         deployment("claude-error-first", ERROR_FIRST_MODEL),
         deployment("claude-midstream", ERROR_MIDSTREAM_MODEL),
+        deployment("claude-slow", SLOW_MODEL),
     ]
     server = ServerThread(settings_from_dict(data, ENV), environ=ENV).start(timeout=90)
     yield server
@@ -361,3 +364,21 @@ async def test_the_cache_keys_on_every_field_anthropic_gets(
     assert len(anthropic_fake.requests()) - before == 2
     assert anthropic_fake.requests()[-1].body["future_control"] == {"level": 2}
     assert again.json()["content"] == first.json()["content"]
+
+
+async def test_a_client_that_leaves_mid_stream_ends_the_call_to_anthropic(
+    client: httpx.AsyncClient, anthropic_fake: FakeAnthropic
+) -> None:
+    """The relay's Anthropic call is the client's: when the client goes, the gateway closes its
+    connection to Anthropic at once, rather than leave the answer running (and billed)."""
+    anthropic_fake.left_mid_stream.clear()
+    asked = {"model": "claude-slow", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with client.stream("POST", "/v1/messages", json=asked, headers={"anthropic-version": "2023-06-01"}) as r:
+        assert r.status_code == 200
+        seen = b""
+        async for piece in r.aiter_bytes():
+            seen += piece
+            if b"thinking_delta" in seen:
+                break  # leaving the block closes the connection mid-stream
+    assert b"event: message_start" in seen
+    assert await asyncio.to_thread(anthropic_fake.left_mid_stream.wait, 5), "the gateway kept Anthropic's call open"

@@ -38,6 +38,8 @@ class Seen:
 class FakeAnthropic:
     def __init__(self) -> None:
         self.seen: list[Seen] = []
+        #: Set when a client of SLOW_MODEL's stream (the gateway) closed its connection mid-stream.
+        self.left_mid_stream = threading.Event()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self.port = 0
@@ -91,10 +93,26 @@ class FakeAnthropic:
             body.get("model") in (ERROR_FIRST_MODEL, ERROR_MIDSTREAM_MODEL) and not body.get("stream")
         ):
             await _json(send, 529, OVERLOADED)
+        elif body.get("stream") and body.get("model") == SLOW_MODEL:
+            await self._stall(send, receive, body)
         elif body.get("stream"):
             await _stream(send, body)
         else:
             await _json(send, 200, _message(body))
+
+    async def _stall(self, send: Send, receive: Receive, body: dict[str, Any]) -> None:
+        """The start of an answer (up to its first thinking delta), then nothing until the client leaves
+        (at most STALL_S): what the gateway does with the provider's call when its own client goes."""
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for data in _events(body)[:4]:  # message_start, ping, the thinking block's start and its first delta
+            frame = f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        try:
+            message = await asyncio.wait_for(receive(), STALL_S)
+        except TimeoutError:
+            return
+        if message["type"] == "http.disconnect":
+            self.left_mid_stream.set()
 
 
 #: Models (the deployment's name after ``anthropic/``) that answer otherwise than with thinking and text.
@@ -102,6 +120,8 @@ TOOL_MODEL = "tool-user"  # asks for Bash, then answers from the tool's result
 OVERLOADED_MODEL = "overloaded"  # 529 overloaded_error
 ERROR_FIRST_MODEL = "error-first"  # a stream whose first event after message_start is an error event
 ERROR_MIDSTREAM_MODEL = "error-midstream"  # a stream that reports an error after some text
+SLOW_MODEL = "slow"  # a stream that stops after its first text until the client leaves
+STALL_S = 30.0
 TOOL_ID = "toolu_fake_1"
 TOOL_INPUT = {"command": "echo hi"}
 PARTIAL = "Partial answer"
