@@ -63,6 +63,12 @@ def end_frame(stream_id: bytes, event: StreamEvent) -> bytes:
     return done_frame(stream_id, event.seq)
 
 
+#: Frames of events that are already here (``more``) go out together, in writes of up to about this
+#: size: few writes, a bounded buffer, and a reader far behind its log (a detach grace) waits for
+#: room between writes instead of having megabytes joined (and held) for it in one piece.
+HELD_MAX: Final = 64 * 1024
+
+
 class SseFraming(Protocol):
     """How one API frames a stream's events: chat completions here, others (the Messages API's
     named events) beside their protocol. A stream's log replays in the framing it was created in."""
@@ -179,7 +185,7 @@ class SseWriter:
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
         frame = self._chunk_frame(self._sid, seq, raw)
-        if more:
+        if more and len(self._held) < HELD_MAX:
             # The next event follows without a wait (no heartbeat can come between): one write for both.
             self._held += frame
             return

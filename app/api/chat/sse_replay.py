@@ -15,15 +15,12 @@ from typing import Any
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
-from app.api.chat.sse import RAW_SEND
+from app.api.chat.sse import HELD_MAX, RAW_SEND
 from app.api.framing import framing_for
 from app.core.follow import Follower
 from app.domain.events import ClientLeft
 from app.resume.replay import Replay
 from app.transport.disconnect import DisconnectWatch
-
-#: Replayed frames are written in pieces of about this size: few writes, and a bounded buffer.
-HELD_MAX = 64 * 1024
 
 
 class _ReplayASGI:

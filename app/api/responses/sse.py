@@ -17,7 +17,7 @@ from typing import Any
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
-from app.api.chat.sse import HEARTBEAT, RAW_SEND
+from app.api.chat.sse import HEARTBEAT, HELD_MAX, RAW_SEND
 from app.api.chat.sse import _Heartbeat as Heartbeat
 from app.api.responses.events import Event, ResponseEvents, sse_frames
 from app.api.responses.service import ResponseRun
@@ -27,8 +27,6 @@ from app.domain.events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
 from app.resume.replay import Replay
 from app.transport.direct_body import DirectBody
 from app.transport.disconnect import DisconnectWatch
-
-HELD_MAX = 64 * 1024
 
 
 def frames(response_id: bytes, events: list[Event], after: int = -1) -> bytes:
@@ -78,7 +76,7 @@ class ResponsesSseWriter:
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
         frame = frames(self._rid, self._run.feed(raw))
-        if more or not frame:
+        if not frame or (more and len(self._held) < HELD_MAX):
             self._held += frame
             return
         if self._held:
