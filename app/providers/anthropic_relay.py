@@ -11,14 +11,15 @@ completions request for an Anthropic model needs the OpenAI -> Anthropic transla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 from app.domain.chat_request import ChatCompletionInput, NativeRequest
-from app.domain.chunks import Chunk, Completion, Item
-from app.domain.errors import GatewayError, UpstreamUnavailable
+from app.domain.chunks import Completion, Item
+from app.domain.errors import GatewayError
 from app.providers.anthropic_chunks import StreamReader, completion_of, error_from_reply
 from app.providers.anthropic_target import anthropic_body
-from app.providers.relay import MAX_EVENT_BYTES, Relay, RelayStream, _data_of
+from app.providers.relay import Relay, RelayStream
 from app.providers.relay_target import RelayTarget
 from app.providers.upstream import RequestTemplate
 
@@ -55,37 +56,22 @@ class AnthropicRelay(Relay):
 class AnthropicStream(RelayStream):
     """A relayed stream whose events are Anthropic's: each read into the chunk it stands for, if any."""
 
-    __slots__ = ("_reader",)
+    __slots__ = ()
 
     def __init__(self, relay: AnthropicRelay, request: ChatCompletionInput, deployment: str) -> None:
         super().__init__(relay, request, deployment)
-        self._reader = StreamReader()
+        self._read = _event_reader(relay)
 
-    def _split(self, data: bytes) -> list[Item]:
-        """The items the events completed by ``data`` stand for, up to and including the stream's end."""
-        buffer = self._buffer + data
-        if b"\r" in data:  # the whole buffer: a CRLF may be split between two reads
-            buffer = buffer.replace(b"\r\n", b"\n")
-        items: list[Item] = []
-        read = self._reader.read
-        while (end := buffer.find(b"\n\n")) >= 0:
-            payload = _data_of(buffer[:end])
-            buffer = buffer[end + 2 :]
-            if payload is None:
-                continue
-            item = read(payload)
-            if item is False:
-                continue  # an event with no chunk of its own (message_start, ping, a block's stop)
-            if isinstance(item, Chunk):
-                items.append(item)
-                continue
-            items.append(self._relay._quote.quote(item) if isinstance(item, GatewayError) else item)
-            self._ended = True
-            buffer = b""
-            break
-        if len(buffer) > MAX_EVENT_BYTES:
-            self._ended = True
-            buffer = b""
-            items.append(UpstreamUnavailable("The provider sent a stream event larger than the gateway accepts."))
-        self._buffer = buffer
-        return items
+
+def _event_reader(relay: Relay) -> Callable[[bytes], Item | Literal[False]]:
+    """One stream's reader of Anthropic's events: the item each stands for, False for one with none
+    of its own (message_start, ping, a block's stop); an error redacted as the relay's own are. A
+    closure over the reader rather than a method of the stream: the stream holding its own bound
+    method would be a reference cycle per stream."""
+    read, quote = StreamReader().read, relay._quote.quote
+
+    def event(data: bytes) -> Item | Literal[False]:
+        item = read(data)
+        return quote(item) if isinstance(item, GatewayError) else item
+
+    return event

@@ -20,7 +20,6 @@ from yarl import URL
 from app.config.settings import DeploymentSettings
 from app.domain.chat_request import NativeRequest
 from app.providers.relay_target import RelayTarget
-from app.providers.upstream import RequestTemplate
 
 #: LiteLLM's prefix for Anthropic's own API (``anthropic/claude-...``).
 PROVIDER: Final = "anthropic"
@@ -59,14 +58,7 @@ def resolve_anthropic_target(dep: DeploymentSettings, environ: Mapping[str, str]
         "content-type": "application/json",
         "accept-encoding": "identity",  # a compressed stream would buffer upstream
     }
-    return RelayTarget(
-        url=url,
-        origin=str(url.origin()),
-        request=RequestTemplate(url, headers),
-        headers=headers,
-        model=model,
-        timeout_s=dep.timeout_s,
-    )
+    return RelayTarget.to(url, headers, model, dep.timeout_s)
 
 
 def anthropic_body(target: RelayTarget, native: NativeRequest, *, stream: bool) -> bytes:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import msgspec
 
@@ -174,6 +175,7 @@ class RelayStream:
         "_ended",
         "_include_usage",
         "_pending",
+        "_read",
         "_relay",
         "_request",
         "_response",
@@ -192,6 +194,8 @@ class RelayStream:
         self._pending: deque[tuple[Item, bool]] = deque()  # split from the last read, not handed out yet
         self._ended = False  # the end (done or an error) has been split off; nothing after it counts
         self._sink: PushSink | None = None
+        #: One event's data -> what it stands for (False: nothing); the provider's wire decides.
+        self._read: Callable[[bytes], Item | Literal[False]] = relay._item
 
     def __aiter__(self) -> RelayStream:
         return self
@@ -228,19 +232,25 @@ class RelayStream:
         raise item
 
     def _split(self, data: bytes) -> list[Item]:
-        """The events completed by ``data``, up to and including the stream's end."""
-        buffer = self._buffer + (data.replace(b"\r\n", b"\n") if b"\r" in data else data)
+        """The items the events completed by ``data`` stand for, up to and including the stream's end."""
+        buffer = self._buffer + data
+        if b"\r" in buffer:  # the whole buffer: a CRLF may be split between two reads
+            buffer = buffer.replace(b"\r\n", b"\n")
         items: list[Item] = []
+        read = self._read
         while (end := buffer.find(b"\n\n")) >= 0:
             payload = _data_of(buffer[:end])
             buffer = buffer[end + 2 :]
-            if payload is not None:
-                item = self._relay._item(payload)
-                items.append(item)
-                if not isinstance(item, Chunk):
-                    self._ended = True
-                    buffer = b""
-                    break
+            if payload is None:
+                continue
+            item = read(payload)
+            if item is False:
+                continue  # an event with no item of its own
+            items.append(item)
+            if not isinstance(item, Chunk):
+                self._ended = True
+                buffer = b""
+                break
         if len(buffer) > MAX_EVENT_BYTES:
             self._ended = True
             buffer = b""

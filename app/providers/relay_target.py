@@ -59,6 +59,18 @@ class RelayTarget:
     model: str
     timeout_s: float
 
+    @classmethod
+    def to(cls, url: URL, headers: dict[str, str], model: str, timeout_s: float) -> RelayTarget:
+        """The POST to ``url`` with ``headers`` (its pool keyed by the URL's origin)."""
+        return cls(
+            url=url,
+            origin=str(url.origin()),
+            request=RequestTemplate(url, headers),
+            headers=headers,
+            model=model,
+            timeout_s=timeout_s,
+        )
+
 
 def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> RelayTarget | None:
     """A RelayTarget when the fast path applies to ``dep``, else None (it keeps the full LiteLLM path).
@@ -85,15 +97,7 @@ def resolve_target(dep: DeploymentSettings, environ: Mapping[str, str]) -> Relay
             return None
         model, url, headers = resolved
     headers = {**headers, "Accept-Encoding": "identity"}  # a compressed stream would buffer upstream
-    parsed = URL(url)
-    return RelayTarget(
-        url=parsed,
-        origin=str(parsed.origin()),
-        request=RequestTemplate(parsed, headers),
-        headers=headers,
-        model=model,
-        timeout_s=dep.timeout_s,
-    )
+    return RelayTarget.to(URL(url), headers, model, dep.timeout_s)
 
 
 def _resolve_with_litellm(dep: DeploymentSettings, api_key: str) -> tuple[str, str, dict[str, str]] | None:

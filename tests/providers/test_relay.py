@@ -17,7 +17,7 @@ from app.config.settings import DeploymentSettings
 from app.domain.chat_request import parse_chat_body
 from app.domain.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
 from app.providers.chunks import error_from_reply, read_chunk
-from app.providers.relay import Relay, _data_of
+from app.providers.relay import Relay, RelayStream, _data_of
 from app.providers.relay_target import OPENAI_WIRE, _resolve_with_litellm, resolve_target
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import free_port
@@ -227,3 +227,21 @@ def test_a_server_without_litellm_deployments_starts_without_litellm(tmp_path: P
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_the_stream_splits_events_across_reads(newline: str) -> None:
+    """Reads that cut events, lines and CRLFs anywhere give the chunks the whole stream gives."""
+    request = parse_chat_body(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode())
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
+        for i in range(5)
+    ]
+    raw = "".join(f"data: {json.dumps(c)}{newline}{newline}" for c in chunks) + f"data: [DONE]{newline}{newline}"
+    stream = RelayStream(Relay({}), request, "d")
+    items: list[Any] = []
+    encoded = raw.encode()
+    for at in range(0, len(encoded), 7):
+        items.extend(stream._split(encoded[at : at + 7]))
+    assert items[-1] is None
+    assert [json.loads(c.raw)["choices"][0]["delta"]["content"] for c in items[:-1]] == [f"t{i}" for i in range(5)]
