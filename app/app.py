@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     """The app for ``settings``; ``environ`` (default: the process environment) holds the keys it names."""
     environ = os.environ if environ is None else environ
     settings = settings or load_settings(environ=environ)
-    configure_logging(settings.server.log_level)
+    info_line = configure_logging(settings.server.log_level)
     metrics = Metrics()
 
     def provide_settings() -> Settings:
@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             Direct(EMBEDDINGS_PATHS, create_embeddings, provide_embeddings_context),
         ]
         handler = DirectRoutes(app, handler, direct)
-    app.asgi_handler = RequestIdMiddleware(handler, observers=[metrics.http_request], drain=drain)
+    app.asgi_handler = RequestIdMiddleware(handler, observers=[metrics.http_request], drain=drain, info_line=info_line)
     return app
 
 

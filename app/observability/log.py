@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import IO, Any
 
 import structlog
 
@@ -22,21 +22,28 @@ def cap_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mut
     return event
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+#: Writes one ``info`` line: the event's name and its fields (the dict is the writer's to change).
+InfoLine = Callable[[str, dict[str, Any]], None]
+
+
+def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoLine:
+    """Configure structlog; return the writer of the access line (``info_line``) for this set-up."""
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=True)
     )
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        cap_fields,
+        renderer,
+    ]
+    threshold = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            cap_fields,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -44,3 +51,27 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     # Its errors reach the client and our summary line already, so only its criticals are kept.
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "httpx"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    return info_line(processors, sys.stderr, enabled=threshold <= logging.INFO)
+
+
+def info_line(processors: Sequence[Any], file: IO[str], *, enabled: bool = True) -> InfoLine:
+    """A writer of ``info`` lines that runs ``processors`` (the ones structlog was given) itself.
+
+    The same line a structlog logger writes, without its per-call wrapping (the bound logger's
+    level method, its event processing, the print logger's lock and ``print``): for the one line
+    every request writes, that wrapping cost about as much as rendering the line (``timeit``:
+    30 us against 20 us a line; loadtests/README.md). One ``write`` per line, flushed at once.
+    """
+    if not enabled:
+        return lambda _event, _fields: None
+    chain = tuple(processors)
+
+    def write(event: str, fields: dict[str, Any]) -> None:
+        fields["event"] = event
+        line: Any = fields
+        for processor in chain:
+            line = processor(None, "info", line)
+        file.write(f"{line}\n")
+        file.flush()
+
+    return write

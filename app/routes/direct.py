@@ -8,9 +8,12 @@ loadtests/README.md). ``DirectRoutes`` serves ``POST`` on the paths of a table o
 route calls, the same route handler in the scope (so the request's body limit, exception handlers
 and type encoders resolve as before: the Messages route's answer errors in Anthropic's shape), the
 same middleware (``JsonCompressionMiddleware``) and Litestar's own exception middleware around it,
-so an error answers exactly as through the router. Everything else, including these paths with any
-other method or a trailing slash, goes to Litestar. Not used with CORS configured: Litestar's CORS
-middleware sits in front of its router, and a preflight or a cross-origin response must get it.
+so an error answers exactly as through the router. A plain answer (bytes, as the JSON routes return)
+is sent as the two messages Litestar's response would send, built without its response and header
+objects; anything else (a stream, an error) goes through Litestar's response. Everything else,
+including these paths with any other method or a trailing slash, goes to Litestar. Not used with
+CORS configured: Litestar's CORS middleware sits in front of its router, and a preflight or a
+cross-origin response must get it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from litestar.exceptions import ClientException
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware._internal.exceptions.middleware import ExceptionHandlerMiddleware
 from litestar.routes import HTTPRoute
-from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, HTTPScope, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
 
 from app.server.middleware import JsonCompressionMiddleware
@@ -52,16 +55,6 @@ def _served(app: Litestar, direct: Direct[Any]) -> ASGIApp:
     type_encoders = handler.resolve_type_encoders()
     handle, context = direct.handle, direct.context
 
-    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        request: AnyRequest = Request(scope, receive, send)
-        response = await handle(request, context(request))
-        asgi = response.to_asgi_response(app=None, request=request, type_encoders=type_encoders)
-        await asgi(scope, receive, send)
-
-    # The route's middleware and the route's exception middleware: the layers the router's path had
-    # around the handler.
-    routed = JsonCompressionMiddleware(_exceptions(serve))
-
     async def route(scope: Scope, receive: Receive, send: Send) -> None:
         # What Litestar's router does for this route: a bad Host is answered by the app's handlers
         # (no route was chosen), then the route's handler and its exception handlers go in the scope.
@@ -74,10 +67,50 @@ def _served(app: Litestar, direct: Direct[Any]) -> ASGIApp:
         scope["route_handler"] = handler
         scope["path_template"] = scope["path"]
         state.exception_handlers = exception_handlers
-        await routed(scope, receive, send)
+        request: AnyRequest = Request(scope, receive, send)
+        response = await handle(request, context(request))
+        start = _plain_start(response)
+        if start is not None:
+            await send(start)
+            await send({"type": "http.response.body", "body": response.content, "more_body": False})
+            return
+        asgi = response.to_asgi_response(app=None, request=request, type_encoders=type_encoders)
+        await asgi(scope, receive, send)
 
-    # The app's exception middleware, outermost, as in front of Litestar's router.
-    return _exceptions(route)
+    # The route's middleware around one exception middleware. Through the router there are two (the
+    # app's in front of the router, the route's around the handler), but both read the handlers the
+    # scope names when they catch, which ``route`` sets (the app's for a bad Host, else the route's),
+    # so the outer one could only catch what the inner one already answered.
+    return JsonCompressionMiddleware(_exceptions(route))
+
+
+def _plain_start(response: Response[Any]) -> HTTPResponseStartEvent | None:
+    """The start message of ``response`` when it is a plain body (bytes, no cookies, no background
+    task, a status that has a body): the message Litestar's ASGI response would send, built without
+    its header object. None for anything else, which goes through Litestar."""
+    content = response.content
+    status = response.status_code or 200
+    if (
+        type(response) is not Response
+        or type(content) is not bytes
+        or response.cookies
+        or response.background is not None
+        or status < 200
+        or status in (204, 304)
+    ):
+        return None
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in response.headers.items()]
+    names = {name for name, _ in headers}
+    if b"content-type" not in names:
+        media = response.media_type or "application/json"
+        if not isinstance(media, str):
+            return None  # an enum member: Litestar's to handle
+        if media.startswith("text/"):
+            media = f"{media}; charset={response.encoding}"
+        headers.append((b"content-type", media.encode("latin-1")))
+    if b"content-length" not in names:
+        headers.append((b"content-length", str(len(content)).encode("latin-1")))
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 class DirectRoutes:

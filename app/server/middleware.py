@@ -22,8 +22,14 @@ from app.core.context import CONTEXT, RequestContext
 from app.core.drain import Drain
 from app.domain.errors import GatewayError
 from app.observability.failure_log import upstream_failure
+from app.observability.log import InfoLine
 
 logger = structlog.get_logger("chat.access")
+
+
+def _structlog_line(event: str, fields: dict[str, Any]) -> None:
+    logger.info(event, **fields)
+
 
 RequestObserver = Callable[[Any, int, float], None]
 
@@ -39,11 +45,17 @@ class RequestIdMiddleware:
     """Every response carries X-Request-ID; every HTTP request ends with one summary log line."""
 
     def __init__(
-        self, app: ASGIApp, observers: list[RequestObserver] | None = None, drain: Drain | None = None
+        self,
+        app: ASGIApp,
+        observers: list[RequestObserver] | None = None,
+        drain: Drain | None = None,
+        info_line: InfoLine | None = None,
     ) -> None:
         self.app = app
         self.observers = observers or []
         self.drain = drain
+        # The writer configure_logging returned (the same line without structlog's per-call wrapping).
+        self.info_line = info_line or _structlog_line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -96,7 +108,7 @@ class RequestIdMiddleware:
             duration = time.perf_counter() - started
             for observer in self.observers:
                 observer(scope, status, duration)
-            _log_request(scope, context, status, duration)
+            _log_request(scope, context, status, duration, self.info_line)
             # The error (kept for that line) holds its traceback, whose frames hold this scope: dropped
             # now, a failed request is freed at once instead of waiting, as a cycle, for the collector.
             context.error = None
@@ -113,7 +125,7 @@ async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayErro
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _log_request(scope: Scope, context: RequestContext, status: int, duration: float) -> None:
+def _log_request(scope: Scope, context: RequestContext, status: int, duration: float, write: InfoLine) -> None:
     fields: dict[str, Any] = {
         "method": scope.get("method"),
         "route": scope.get("path_template") or scope.get("path"),
@@ -124,7 +136,7 @@ def _log_request(scope: Scope, context: RequestContext, status: int, duration: f
     error = context.failure
     if error is not None:  # which deployment, host and exception: "status": 502 alone tells an operator nothing
         fields.update(upstream_failure(scope, fields.get("model"), error))
-    logger.info("request", **fields)
+    write("request", fields)
 
 
 class JsonCompressionMiddleware:

@@ -12,13 +12,22 @@ import httpx
 import pytest
 
 from app.routes.direct import DirectRoutes
-from tests.conftest import ServerThread, make_settings
+from tests.conftest import ServerThread, settings_dict, settings_from_dict
 from tests.helpers.fake_provider import FakeProvider
 from tests.helpers.sse import chat_body
 
 
 def _server(fake_provider: FakeProvider, **server: Any) -> ServerThread:
-    return ServerThread(make_settings(fake_provider.base_url, server=server)).start()
+    data = settings_dict(fake_provider.base_url, server=server)
+    data["models"]["deployments"].append(
+        {
+            "name": "embed",
+            "litellm_model": "openai/embed",
+            "api_base": fake_provider.base_url,
+            "info": {"mode": "embedding"},
+        }
+    )
+    return ServerThread(settings_from_dict(data, environ={})).start()
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +88,22 @@ CASES += [
     ("embeddings chat model", "/v1/embeddings", {}, json.dumps({"model": "normal", "input": "hi"}).encode()),
     ("embeddings bad field", "/v1/embeddings", {}, b'{"model": "normal", "input": []}'),
     ("embeddings bad json", "/api/embeddings", {}, b'{"model": '),
+    ("embeddings", "/v1/embeddings", {}, json.dumps({"model": "embed", "input": "hi"}).encode()),
+    # An answer over the compression threshold (httpx asks for gzip): compressed the same way.
+    ("embeddings gzip", "/v1/embeddings", {}, json.dumps({"model": "embed", "input": ["a"] * 40}).encode()),
+    (
+        "embeddings identity",
+        "/v1/embeddings",
+        {"Accept-Encoding": "identity"},
+        json.dumps({"model": "embed", "input": ["a"] * 40}).encode(),
+    ),
 ]
 #: Keys whose values differ between two answers to the same request (ids, clocks).
 _VARYING = frozenset({"id", "created", "created_at", "completed_at", "item_id", "response_id"})
+#: Response headers whose values differ between two answers (ids, clocks, the length of a body with ids).
+_VARYING_HEADERS = frozenset(
+    {b"date", b"x-request-id", b"request-id", b"x-stream-id", b"x-response-id", b"content-length"}
+)
 
 
 def _strip(value: Any) -> Any:
@@ -123,3 +145,10 @@ async def test_the_direct_route_answers_as_the_router_does(
             )
     assert _shape(answers[0]) == _shape(answers[1])
     assert all(answer.headers.get("x-request-id") for answer in answers)
+    # Every header, in the order sent (the direct route writes a plain answer's start itself).
+    assert [_header(h) for h in answers[0].headers.raw] == [_header(h) for h in answers[1].headers.raw]
+
+
+def _header(header: tuple[bytes, bytes]) -> tuple[bytes, bytes | None]:
+    name, value = header
+    return name.lower(), None if name.lower() in _VARYING_HEADERS else value
