@@ -1,6 +1,6 @@
 """What the gateway adds to an embeddings call (issue 27's figure), against the upstream directly.
 
-    .venv/bin/python -m loadtests.embeddings_bench [--rounds 4] [--requests 640] [--concurrency 32]
+    .venv/bin/python -m loadtests.embeddings_bench [--rounds 4] [--requests 640] [--concurrency 32] [--floor]
 
 One `python -m app` (the matrix's configuration, its access line at info: `run_matrix.gateway_toml`, whose `embed`
 deployment is served by the upstream's `/v1/embeddings` over the relay) in front of one
@@ -8,7 +8,9 @@ deployment is served by the upstream's `/v1/embeddings` over the relay) in front
 cell (the same requests through the gateway), JSON, one string input, `encoding_format: float`,
 back to back in A B B A order, so that a drift of the shared machine weighs on both. The report
 gives each round's total p50 and the gateway's CPU per request, and the medians with the gateway's
-added latency. Everything listens on 127.0.0.1; every child is killed on exit.
+added latency. ``--floor`` adds a third cell per round: ``asgi_floor.py`` (the same server and
+upstream client with no gateway in between), so the report also says what the gateway's own
+request path adds above that floor. Everything listens on 127.0.0.1; every child is killed on exit.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import asyncio
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from loadtests.loadgen import LoadConfig, run_load
-from loadtests.processes import ACCESS_LOG, GatewayProcess, UpstreamProcess, free_port
+from loadtests.processes import ACCESS_LOG, PY, Child, GatewayProcess, UpstreamProcess, free_port, tail
 from loadtests.run_matrix import EMBED, gateway_toml
 
 
@@ -57,28 +60,56 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         workdir, gateway_toml(free_port(), {"stream": upstream.port}, full_path=False), env=ACCESS_LOG
     )
     rows: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
+    floor: Child | None = None
     try:
         gateway.wait_ready()
         direct_url = f"http://127.0.0.1:{upstream.port}"
+        targets: dict[str, tuple[str, int | None]] = {
+            "direct": (direct_url, None),
+            "gateway": (gateway.base_url, gateway.pid),
+        }
+        if args.floor:
+            port = free_port()
+            floor = Child(
+                [PY, "-m", "loadtests.asgi_floor", "--port", str(port), "--upstream", direct_url],
+                workdir / "floor.log",
+            )
+            targets["floor"] = (f"http://127.0.0.1:{port}", floor.pid)
+            rows["floor"] = []
+            _wait_ready(floor)
+        names = list(targets)
         for r in range(args.rounds):
-            order = ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]
-            for target in order:
-                url, pid = (direct_url, None) if target == "direct" else (gateway.base_url, gateway.pid)
+            for target in names if r % 2 == 0 else names[::-1]:
+                url, pid = targets[target]
                 rows[target].append(await cell(url, pid, args.concurrency, args.requests))
     finally:
+        if floor is not None:
+            floor.stop()
         gateway.stop()
         upstream.stop()
-    direct = statistics.median(row["total_p50_ms"] for row in rows["direct"])
-    through = statistics.median(row["total_p50_ms"] for row in rows["gateway"])
-    return {
+    medians = {name: statistics.median(row["total_p50_ms"] for row in cells) for name, cells in rows.items()}
+    report: dict[str, Any] = {
         "concurrency": args.concurrency,
         "requests_per_cell": args.requests,
         "embed_ms": args.embed_ms,
         "rounds": rows,
-        "median_total_p50_ms": {"direct": direct, "gateway": through},
-        "added_p50_ms": round(through - direct, 3),
+        "median_total_p50_ms": medians,
+        "added_p50_ms": round(medians["gateway"] - medians["direct"], 3),
         "gateway_cpu_ms_per_request": statistics.median(row["cpu_ms_per_request"] for row in rows["gateway"]),
     }
+    if "floor" in rows:
+        report["floor_added_p50_ms"] = round(medians["floor"] - medians["direct"], 3)
+        report["floor_cpu_ms_per_request"] = statistics.median(row["cpu_ms_per_request"] for row in rows["floor"])
+    return report
+
+
+def _wait_ready(floor: Child, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and floor.alive():
+        if b"READY " in floor.log.read_bytes():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"asgi_floor not ready within {timeout} s:\n{tail(floor.log)}")
 
 
 if __name__ == "__main__":
@@ -87,4 +118,5 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=640)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--embed-ms", type=float, default=50.0, help="the upstream's delay before an answer")
+    parser.add_argument("--floor", action="store_true", help="also run asgi_floor.py's cells (the floor)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=1))
