@@ -1,14 +1,16 @@
-"""The floor under the gateway's embeddings path: the same server and upstream client, nothing else.
+"""The floor under the gateway: the same server and upstream client, nothing else (JSON and SSE).
 
     .venv/bin/python -m loadtests.asgi_floor --port 9400 --upstream http://127.0.0.1:9100   # prints READY <port>
 
 uvicorn (uvloop, httptools, as the gateway runs) serving one plain ASGI function: read the body,
-send the model and input on to the upstream's ``/v1/embeddings`` through the gateway's own
-``UpstreamPool`` (the relay's HTTP/1.1 client), check the reply's vectors as the gateway does
-(``read_reply``) and write the reply back. No framework, no keys, limits, metrics, log line,
-retries or cache. What the gateway costs above this is its request path, not the server or the
-client (``embeddings_bench.py --floor`` runs it beside the gateway; figures in README.md).
-Only 127.0.0.1; stops by itself after ``--max-seconds``.
+post it unchanged to the same path on the upstream through the gateway's own ``UpstreamPool`` (the
+relay's HTTP/1.1 client), for ``/v1/embeddings`` check the reply's vectors as the gateway does
+(``read_reply``), and write the reply back; a request with ``"stream": true`` gets the upstream's
+SSE body relayed as it arrives, one ``send`` per read, as an ASGI app written the usual way does.
+No framework, no keys, limits, metrics, log line, retries or cache. What the gateway costs above
+this is its request path, not the server or the client (``embeddings_bench.py --floor`` runs it
+beside the gateway; ``loadgen`` cells against it give the same for chat completions, JSON and SSE;
+figures in loadtests/README.md). Only 127.0.0.1; stops by itself after ``--max-seconds``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ MAX_BODY = 1 << 20
 
 
 def floor_app(upstream: str) -> Any:
-    url = URL(upstream) / "v1" / "embeddings"
-    template = RequestTemplate(url, {"Content-Type": "application/json", "Authorization": "Bearer floor"})
+    origin = URL(upstream)
+    templates: dict[str, RequestTemplate] = {}
     pools: list[UpstreamPool] = []  # made on first use, inside the server's loop
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -46,13 +48,25 @@ def floor_app(upstream: str) -> Any:
             if not message.get("more_body"):
                 break
         if not pools:
-            pools.append(UpstreamPool(url.origin()))
-        request = msgspec.json.decode(body)
-        out = msgspec.json.encode({"model": request["model"], "input": request["input"], "encoding_format": "float"})
-        response = await pools[0].post(template, out)
+            pools.append(UpstreamPool(origin))
+        path = scope["path"]
+        template = templates.get(path)
+        if template is None:
+            headers = {"Content-Type": "application/json", "Authorization": "Bearer floor"}
+            template = templates[path] = RequestTemplate(origin.with_path(path), headers)
+        response = await pools[0].post(template, body)
+        if msgspec.json.decode(body).get("stream") is True:
+            headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            while data := await response.read_some():
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            response.release()
+            await send({"type": "http.response.body", "body": b""})
+            return
         raw = await response.read(limit=64 << 20)
         response.release()
-        read_reply(raw)
+        if path == "/v1/embeddings":
+            read_reply(raw)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})

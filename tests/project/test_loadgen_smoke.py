@@ -166,7 +166,7 @@ async def test_sse_through_the_bare_relay(upstream: Upstream) -> None:
         assert s["server"]["cpu_s"] is not None
 
 
-async def test_embeddings_through_the_asgi_floor(upstream: Upstream) -> None:
+async def test_embeddings_and_sse_through_the_asgi_floor(upstream: Upstream) -> None:
     # The floor under the gateway's embeddings path: the same server and upstream client, no gateway.
     argv = [sys.executable, "-m", "loadtests.asgi_floor", "--port", "0", "--upstream", upstream.url]
     with contextlib.contextmanager(_start)(argv) as floor:
@@ -177,6 +177,10 @@ async def test_embeddings_through_the_asgi_floor(upstream: Upstream) -> None:
         assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
         assert (s["requests"], s["ok"]) == (8, 8)
         assert s["total_ms"]["p50"] >= 45  # the upstream's own 50 ms, relayed
+        cfg = LoadConfig(url=floor.url, mode="sse", concurrency=4, requests=8, duration=10, timeout=5)
+        s = await asyncio.wait_for(run_load(cfg), 20)
+        assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
+        assert (s["ok"], s["chunks"]) == (8, 8 * CHUNKS)
 
 
 def test_the_matrix_plans_a_bare_relay_cell_next_to_each_headline_direct_cell() -> None:
