@@ -346,6 +346,7 @@ class Matrix:
         self.gateway_workers = 1  # --workers-cell runs its gateway with several (their CPU is not read)
         self.startup_s: float | None = None
         self.startups: list[float] = []
+        self.startup_workers: list[int] = []  # each start-up's worker count, for the report
         self.restarts = 0
         self.gateway_log = self.tmp / "gateway.log"
         self.cells: list[Cell] = []
@@ -487,6 +488,7 @@ class Matrix:
             await asyncio.sleep(0.05)
         startup = time.perf_counter() - t0
         self.startups.append(startup)
+        self.startup_workers.append(workers)
         if self.startup_s is None:
             self.startup_s = startup
         print(f"gateway: pid {self.gateway.pid}, port {self.gateway_port}, ready in {startup:.2f} s", flush=True)
@@ -1086,7 +1088,11 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
             direct[(c.up_key, c.mode, c.concurrency)] = c.summary
     restarts = ""
     if m.startups[1:]:
-        restarts = f" (fresh gateways for the idle tests: {', '.join(f'{x:.2f}' for x in m.startups[1:])} s)"
+        later = [
+            f"{x:.2f} s" + (f" ({w} workers)" if w > 1 else "")
+            for x, w in zip(m.startups[1:], m.startup_workers[1:], strict=True)
+        ]
+        restarts = f" (later starts: the workers cell's, the idle tests', restarts: {', '.join(later)})"
     lines = [
         "# Load test results",
         "",
