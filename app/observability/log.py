@@ -60,7 +60,8 @@ def info_line(processors: Sequence[Any], file: IO[str], *, enabled: bool = True)
     The same line a structlog logger writes, without its per-call wrapping (the bound logger's
     level method, its event processing, the print logger's lock and ``print``): for the one line
     every request writes, that wrapping cost about as much as rendering the line (``timeit``:
-    30 us against 20 us a line; loadtests/README.md). One ``write`` per line, flushed at once.
+    30 us against 20 us a line; loadtests/README.md). One ``write`` per line, flushed at once, and
+    no lock: the access line is only ever written from the event loop's thread.
     """
     if not enabled:
         return lambda _event, _fields: None

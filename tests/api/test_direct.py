@@ -1,6 +1,7 @@
 """The routes served beside Litestar's pipeline (app/routes/direct.py: chat completions, Responses,
-Messages) answer every request as the router's path does: compared, request by request, with a
-gateway whose CORS configuration keeps them on Litestar's router."""
+Messages, embeddings) answer every request as the router's path does: compared, request by request,
+status, headers in order and body, with a gateway whose CORS configuration keeps them on Litestar's
+router."""
 
 from __future__ import annotations
 
