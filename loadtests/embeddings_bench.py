@@ -20,12 +20,11 @@ import asyncio
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from loadtests.loadgen import LoadConfig, run_load
-from loadtests.processes import ACCESS_LOG, PY, Child, GatewayProcess, UpstreamProcess, free_port, tail
+from loadtests.processes import ACCESS_LOG, PY, GatewayProcess, ReadyProcess, UpstreamProcess, free_port
 from loadtests.run_matrix import EMBED, gateway_toml
 
 
@@ -60,7 +59,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         workdir, gateway_toml(free_port(), {"stream": upstream.port}, full_path=False), env=ACCESS_LOG
     )
     rows: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
-    floor: Child | None = None
+    floor: ReadyProcess | None = None
     try:
         gateway.wait_ready()
         direct_url = f"http://127.0.0.1:{upstream.port}"
@@ -69,14 +68,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "gateway": (gateway.base_url, gateway.pid),
         }
         if args.floor:
-            port = free_port()
-            floor = Child(
-                [PY, "-m", "loadtests.asgi_floor", "--port", str(port), "--upstream", direct_url],
-                workdir / "floor.log",
-            )
-            targets["floor"] = (f"http://127.0.0.1:{port}", floor.pid)
+            argv = [PY, "-m", "loadtests.asgi_floor", "--port", "0", "--upstream", direct_url]
+            floor = ReadyProcess(argv, workdir / "floor.log").wait_ready()
+            targets["floor"] = (f"http://127.0.0.1:{floor.port}", floor.pid)
             rows["floor"] = []
-            _wait_ready(floor)
         names = list(targets)
         for r in range(args.rounds):
             for target in names if r % 2 == 0 else names[::-1]:
@@ -101,15 +96,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report["floor_added_p50_ms"] = round(medians["floor"] - medians["direct"], 3)
         report["floor_cpu_ms_per_request"] = statistics.median(row["cpu_ms_per_request"] for row in rows["floor"])
     return report
-
-
-def _wait_ready(floor: Child, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and floor.alive():
-        if b"READY " in floor.log.read_bytes():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"asgi_floor not ready within {timeout} s:\n{tail(floor.log)}")
 
 
 if __name__ == "__main__":

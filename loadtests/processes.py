@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -147,12 +147,12 @@ class RedisProcess:
             self.kill()
 
 
-class UpstreamProcess:
-    """``loadtests.upstream``: the fast fake OpenAI-compatible provider."""
+class ReadyProcess:
+    """A child that prints ``READY <port>`` on stdout once it listens (``--port 0``: the port it got);
+    its stderr goes to ``log``."""
 
-    def __init__(self, workdir: Path, *, max_seconds: float = 600, extra: list[str] | None = None) -> None:
-        argv = [PY, "-m", "loadtests.upstream", "--port", "0", "--max-seconds", str(max_seconds), *(extra or [])]
-        self.log = workdir / "upstream.log"
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
         # stdout is read for the READY line, so this one is not a plain Child.
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
@@ -160,18 +160,18 @@ class UpstreamProcess:
             )
         self.port = 0
 
-    def wait_ready(self, timeout: float = 15.0) -> UpstreamProcess:
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 15.0) -> Self:
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else b""
         if not line.startswith(b"READY "):
-            raise RuntimeError(f"upstream not ready within {timeout} s ({line!r}):\n{tail(self.log)}")
+            raise RuntimeError(f"{self.log.stem} not ready within {timeout} s ({line!r}):\n{tail(self.log)}")
         self.port = int(line.split()[1])
         return self
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -180,6 +180,18 @@ class UpstreamProcess:
             self.proc.wait(5.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class UpstreamProcess(ReadyProcess):
+    """``loadtests.upstream``: the fast fake OpenAI-compatible provider."""
+
+    def __init__(self, workdir: Path, *, max_seconds: float = 600, extra: list[str] | None = None) -> None:
+        argv = [PY, "-m", "loadtests.upstream", "--port", "0", "--max-seconds", str(max_seconds), *(extra or [])]
+        super().__init__(argv, workdir / "upstream.log")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
 
 
 def deployments_toml(models: dict[str, str], api_base: str) -> str:
