@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import msgspec
-import structlog
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,13 +22,6 @@ from app.core.drain import Drain
 from app.domain.errors import GatewayError
 from app.observability.failure_log import upstream_failure
 from app.observability.log import InfoLine
-
-logger = structlog.get_logger("chat.access")
-
-
-def _structlog_line(event: str, fields: dict[str, Any]) -> None:
-    logger.info(event, **fields)
-
 
 RequestObserver = Callable[[Any, int, float], None]
 
@@ -49,13 +41,14 @@ class RequestIdMiddleware:
         app: ASGIApp,
         observers: list[RequestObserver] | None = None,
         drain: Drain | None = None,
-        info_line: InfoLine | None = None,
+        *,
+        info_line: InfoLine,
     ) -> None:
         self.app = app
         self.observers = observers or []
         self.drain = drain
         # The writer configure_logging returned (the same line without structlog's per-call wrapping).
-        self.info_line = info_line or _structlog_line
+        self.info_line = info_line
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
