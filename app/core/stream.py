@@ -192,22 +192,23 @@ class ChatStream:
 
     def accept(self, chunk: Chunk) -> StreamEvent | None:
         """A provider's chunk numbered and logged (pulled or pushed); None if this client does not get it."""
-        if chunk.has_content and self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-            if self._observer is not None:
-                self._observer.stream_first_token(self)
+        if chunk.has_content:
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+                if self._observer is not None:
+                    self._observer.stream_first_token(self)
+            self.output_tokens += chunk.tokens or 1
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
-        if chunk.has_content:
-            self.output_tokens += chunk.tokens or 1
         if chunk.usage is not None:
             self.usage = chunk.usage
             if not reaches_client(chunk, self._include_usage):
                 return None
-        self._seq += 1
-        event = StreamEvent(self._seq, chunk)
-        if self.log is not None:
-            self.log.append(event)
+        self._seq = seq = self._seq + 1
+        event = StreamEvent(seq, chunk)
+        log = self.log
+        if log is not None:
+            log.append(event)
         return event
 
     def _interrupt(self, error: GatewayError) -> None:

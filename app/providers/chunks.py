@@ -73,36 +73,39 @@ def _usage(u: _Usage | None) -> Usage | None:
 
 
 def read_chunk(data: bytes) -> Chunk:
-    """A ``chat.completion.chunk``'s JSON -> Chunk; raises the mapped error for an in-stream ``error``."""
+    """A ``chat.completion.chunk``'s JSON -> Chunk; raises the mapped error for an in-stream ``error``.
+
+    Runs once per provider event on every relayed stream, so it is written flat: locals instead of
+    repeated attribute reads, the token estimate only for text that is there, the Chunk built from
+    positional arguments (the field order of ``Chunk``).
+    """
     view = _chunk_view.decode(data)
-    if _present(view.error):
+    if view.error and _present(view.error):  # an empty Raw (absent) is false: no call per chunk
         raise error_from_reply(502, bytes(view.error), {}, in_stream=True)
     has_content = False
     finish = None
     tokens = 0
-    for choice in view.choices or ():
-        d = choice.delta
-        if d is not None and (d.content or d.reasoning_content or _present(d.tool_calls)):
-            has_content = True
-            tokens += max(
-                1,
-                estimate_text_tokens(d.content or "")
-                + estimate_text_tokens(d.reasoning_content or "")
-                + (len(d.tool_calls) + 3) // 4,
-            )
-        if choice.finish_reason:
-            finish = choice.finish_reason
-    usage = _usage(view.usage)
+    choices = view.choices
+    if choices:
+        for choice in choices:
+            d = choice.delta
+            if d is not None:
+                content, reasoning, calls = d.content, d.reasoning_content, d.tool_calls
+                if content or reasoning or (calls and _present(calls)):
+                    has_content = True
+                    estimate = (len(calls) + 3) // 4
+                    if content:
+                        estimate += estimate_text_tokens(content)
+                    if reasoning:
+                        estimate += estimate_text_tokens(reasoning)
+                    tokens += estimate or 1
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    u = view.usage
+    usage = None if u is None else Usage(u.prompt_tokens or 0, u.completion_tokens or 0)
     if b"\n" in data:
         data = _encode(_loose.decode(data))  # SSE framing needs one line; providers almost never do this
-    return Chunk(
-        raw=data,
-        has_content=has_content,
-        finish_reason=finish,
-        usage=usage,
-        usage_only=usage is not None and not view.choices,
-        tokens=tokens,
-    )
+    return Chunk(data, has_content, finish, usage, usage is not None and not choices, tokens)
 
 
 def completion_usage(raw: bytes) -> Usage | None:

@@ -232,17 +232,25 @@ class RelayStream:
         raise item
 
     def _split(self, data: bytes) -> list[Item]:
-        """The items the events completed by ``data`` stand for, up to and including the stream's end."""
-        buffer = self._buffer + data
-        if b"\r" in buffer:  # the whole buffer: a CRLF may be split between two reads
+        """The items the events completed by ``data`` stand for, up to and including the stream's end.
+
+        Runs once per provider read on every relayed stream: the usual event (one ``data:`` line,
+        no carriage return) is read here without a call to ``_data_of``."""
+        buffer = self._buffer + data if self._buffer else data
+        crlf = b"\r" in buffer
+        if crlf:  # the whole buffer: a CRLF may be split between two reads
             buffer = buffer.replace(b"\r\n", b"\n")
         items: list[Item] = []
         read = self._read
         while (end := buffer.find(b"\n\n")) >= 0:
-            payload = _data_of(buffer[:end])
+            event = buffer[:end]
             buffer = buffer[end + 2 :]
-            if payload is None:
-                continue
+            if not crlf and event.startswith(b"data: ") and b"\n" not in event:
+                payload: bytes | None = event[6:]
+            else:
+                payload = _data_of(event)
+                if payload is None:
+                    continue
             item = read(payload)
             if item is False:
                 continue  # an event with no item of its own

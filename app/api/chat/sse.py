@@ -84,10 +84,7 @@ class ChatFraming:
     """Chat completions: ``id:`` and ``data:`` per chunk, ``[DONE]`` or ``event: error`` last."""
 
     heartbeat = HEARTBEAT
-
-    @staticmethod
-    def chunk(stream_id: bytes, seq: int, data: bytes) -> bytes:
-        return chunk_frame(stream_id, seq, data)
+    chunk = staticmethod(chunk_frame)  # the function itself: one call per frame, not two
 
     @staticmethod
     def end(stream_id: bytes, event: StreamEvent) -> bytes:
@@ -167,6 +164,9 @@ class SseWriter:
 
     def _frames(self, events: list[StreamEvent]) -> bytes:
         sid, frame = self._sid, self._chunk_frame
+        if len(events) == 1:  # the usual read: one chunk
+            chunk = events[0].chunk
+            return frame(sid, events[0].seq, chunk.raw) if chunk is not None else b""
         return b"".join([frame(sid, e.seq, e.chunk.raw) for e in events if e.chunk is not None])
 
     def write_now(self, events: list[StreamEvent]) -> bool:
