@@ -164,14 +164,13 @@ class SseWriter:
 
     def _frames(self, events: list[StreamEvent]) -> bytes:
         sid, frame = self._sid, self._chunk_frame
-        if len(events) == 1:  # the usual read: one chunk
-            chunk = events[0].chunk
-            return frame(sid, events[0].seq, chunk.raw) if chunk is not None else b""
         return b"".join([frame(sid, e.seq, e.chunk.raw) for e in events if e.chunk is not None])
 
     def write_now(self, events: list[StreamEvent]) -> bool:
         assert self._direct is not None
-        frames = self._frames(events)
+        chunk = events[0].chunk if len(events) == 1 else None
+        # The usual read, one chunk, framed here; several go through ``_frames``.
+        frames = self._chunk_frame(self._sid, events[0].seq, chunk.raw) if chunk is not None else self._frames(events)
         if self._held:
             frames, self._held = self._held + frames, b""
         return self._direct.write(frames)
