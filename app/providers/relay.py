@@ -246,11 +246,12 @@ class RelayStream:
             event = buffer[:end]
             buffer = buffer[end + 2 :]
             if not crlf and event.startswith(b"data: ") and b"\n" not in event:
-                payload: bytes | None = event[6:]
+                payload = event[6:]
             else:
-                payload = _data_of(event)
-                if payload is None:
+                joined = _data_of(event)
+                if joined is None:
                     continue
+                payload = joined
             item = read(payload)
             if item is False:
                 continue  # an event with no item of its own
