@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import IO, Any
 
+import msgspec
 import structlog
 
 #: Longest string value a log line carries per field: a 500 KB model name or header is logged as a
@@ -22,6 +24,41 @@ def cap_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mut
     return event
 
 
+def _unencodable(value: Any) -> str:
+    return repr(value)  # what structlog's own JSON renderer falls back to
+
+
+_JSON_LINE = msgspec.json.Encoder(enc_hook=_unencodable)
+
+
+def render_json(event: Any, **_kwargs: Any) -> str:
+    """``JSONRenderer``'s serializer: msgspec instead of ``json.dumps``, which builds an encoder per
+    call (4.6 against 0.6 us for the access line, ``timeit``). Compact separators, UTF-8 as is;
+    values JSON cannot hold are written as their ``repr``, as structlog does."""
+    return _JSON_LINE.encode(event).decode()
+
+
+class UtcStamper:
+    """``timestamp``: the time in ISO 8601, UTC, to the microsecond (``2026-12-06T16:56:36.123456Z``),
+    as ``TimeStamper(fmt="iso", utc=True)`` writes it (which leaves out a zero fraction) without a
+    ``datetime`` per line: the date and time of day are formatted once a second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        return event
+
+
 #: Writes one ``info`` line: the event's name and its fields (the dict is the writer's to change).
 InfoLine = Callable[[str, dict[str, Any]], None]
 
@@ -30,12 +67,14 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoL
     """Configure structlog; return the writer of the access line (``info_line``) for this set-up."""
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=True)
+        structlog.processors.JSONRenderer(serializer=render_json)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=True)
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcStamper(),
         structlog.processors.format_exc_info,
         cap_fields,
         renderer,

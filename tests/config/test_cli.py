@@ -328,7 +328,7 @@ def test_banner_then_ready_then_serving(gateway_process: tuple[Gateway, int, Pat
         timeout=10,
     )
     assert down.status_code == 502 and down.json()["error"]["code"] == "upstream_unavailable"
-    line = json.loads(gateway.wait_for('"status": 502', QUICK_S))
+    line = json.loads(gateway.wait_for('"status":502', QUICK_S))
     api_host = urlsplit(next(p for p in path.read_text().split('"') if p.startswith("http://"))).netloc
     assert line["deployment"] == "down"
     assert line["provider_model"] == "openai/x"

@@ -167,7 +167,7 @@ async def test_sigterm_ends_long_streams_in_band_after_drain_s(
             await drain_fake.await_end(record, timeout=5)
             assert record.completed_at is None, "the provider saw its call closed, not finished"
         log = gateway.child.log.read_text()
-        assert '"outcome": "shutdown"' in log
+        assert '"outcome":"shutdown"' in log
     finally:
         gateway.stop()
 

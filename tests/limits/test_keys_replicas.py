@@ -124,7 +124,7 @@ def test_lease_of_a_killed_replica_lapses_after_its_ttl(replicas: Any) -> None:
     other.stop()
     log = other.child.log.read_text()
     assert log.count("rate_limit_backend_unavailable") == 1, log
-    assert '"key": "lease"' in log  # request lines name the key, by its configured name only
+    assert '"key":"lease"' in log  # request lines name the key, by its configured name only
     for replica in pair:
         text = replica.child.log.read_text()
         assert SHARED_KEY not in text and LEASE_KEY not in text and SHARED_KEY[3:15] not in text

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
 
-from app.observability.log import MAX_FIELD_CHARS, configure_logging, info_line
+from app.observability.log import MAX_FIELD_CHARS, UtcStamper, configure_logging, info_line, render_json
 
 
 @pytest.fixture
@@ -45,3 +47,25 @@ def test_the_level_decides_as_for_structlog(restore_structlog: None, capsys: pyt
     assert capsys.readouterr().err == ""
     configure_logging("info", json=True)("request", _fields())
     assert json.loads(capsys.readouterr().err)["route"] == "/v1/embeddings"
+
+
+def test_the_timestamp_is_utc_to_the_microsecond() -> None:
+    stamper = UtcStamper()
+    before = datetime.now(UTC)
+    stamps = [stamper(None, "info", {})["timestamp"] for _ in range(3)]
+    after = datetime.now(UTC)
+    for stamp in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        # Microseconds truncated here, rounded by datetime: a microsecond either way is the same time.
+        slack = timedelta(microseconds=1)
+        assert before - slack <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after + slack
+    assert stamps == sorted(stamps)
+
+
+def test_values_json_cannot_hold_are_written_as_their_repr() -> None:
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    line = json.loads(render_json({"what": Opaque(), "text": "héllo", "n": 2}))
+    assert line == {"what": "<opaque>", "text": "héllo", "n": 2}
