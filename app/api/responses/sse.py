@@ -28,9 +28,8 @@ from app.resume.replay import Replay
 from app.transport.direct_body import DirectBody
 from app.transport.disconnect import DisconnectWatch
 
-
-def frames(response_id: bytes, events: list[Event], after: int = -1) -> bytes:
-    return sse_frames(response_id, events, after)
+#: Events as SSE frames (``sse_frames`` itself: one call per chunk, not two).
+frames = sse_frames
 
 
 def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -55,6 +54,9 @@ class ResponsesSseWriter:
 
     def _frames(self, events: list[StreamEvent]) -> bytes:
         feed, rid = self._run.feed, self._rid
+        if len(events) == 1:  # the usual read: one chunk
+            chunk = events[0].chunk
+            return frames(rid, feed(chunk.raw)) if chunk is not None else b""
         return b"".join([frames(rid, feed(e.chunk.raw)) for e in events if e.chunk is not None])
 
     def can_write_now(self) -> bool:
