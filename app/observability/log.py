@@ -43,19 +43,21 @@ class UtcStamper:
     as ``TimeStamper(fmt="iso", utc=True)`` writes it (which leaves out a zero fraction) without a
     ``datetime`` per line: the date and time of day are formatted once a second."""
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("_second",)
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        # The second and its text as one object: a line logged from another thread meanwhile reads
+        # either the old pair or the new one, never one's second with the other's text.
+        self._second: tuple[int, str] = (-1, "")
 
     def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        second, prefix = self._second
+        if int(now) != second:
+            second = int(now)
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        event["timestamp"] = f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
         return event
 
 
