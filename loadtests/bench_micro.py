@@ -132,11 +132,12 @@ _READ = (
 )
 
 
-async def _push_us(reads: int, streams: int) -> float:
+async def push_path(reads: int, streams: int) -> tuple[float, int]:
+    """Microseconds per read of ``_READ`` through ``streams`` pushed streams, and the bytes written."""
     relay = Relay({})
     body = parse_chat_body(b'{"model":"fast","messages":[{"role":"user","content":"hi"}],"stream":true}')
     store = MemoryResumeStore(60, 100_000, 1 << 40)
-    elapsed = 0.0
+    elapsed, written = 0.0, 0
     for n in range(streams):
         connection = _Connection()
         source = RelayStream(relay, body, "fast")
@@ -152,7 +153,8 @@ async def _push_us(reads: int, streams: int) -> float:
         elapsed += time.perf_counter() - started
         writer.stop()
         stream.last(None)
-    return elapsed / (reads * streams) * 1e6
+        written += connection.written
+    return elapsed / (reads * streams) * 1e6, written
 
 
 async def _unused_send(message: object) -> None:
@@ -160,7 +162,7 @@ async def _unused_send(message: object) -> None:
 
 
 def bench_push() -> None:
-    runs = [asyncio.run(_push_us(2000, 10)) for _ in range(7)]
+    runs = [asyncio.run(push_path(2000, 10))[0] for _ in range(7)]
     median, best = statistics.median(runs), min(runs)
     print(f"push path per provider read of one chunk: {median:.2f} us (median of 7, min {best:.2f})")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests.bench_micro import push_path
 from loadtests.loadgen import LoadConfig, run_load
 from loadtests.upstream import PhaseSequence
 
@@ -212,3 +213,11 @@ def test_stream_phases_are_spread_evenly_and_repeat_after_a_reset() -> None:
     assert widest < 3 / 32  # no stretch of the gap without streams (a random draw leaves ~4/32)
     phases.reset()
     assert [phases.take() for _ in range(32)] == first  # every cell gets the same phases
+
+
+async def test_the_push_path_benchmark_writes_every_chunk() -> None:
+    per_read_us, written = await push_path(reads=50, streams=2)
+    # Each read is one chunk framed as `id: <stream>:<seq>` + its data, chunk-encoded: at least the
+    # provider's event itself, 100 times.
+    assert per_read_us > 0
+    assert written > 100 * 150
