@@ -184,6 +184,21 @@ async def test_embeddings_and_sse_through_the_asgi_floor(upstream: Upstream) -> 
         assert (s["ok"], s["chunks"]) == (8, 8 * CHUNKS)
 
 
+async def test_json_embeddings_and_sse_through_the_protocol_floor(upstream: Upstream) -> None:
+    # The floor below ASGI: its own HTTP/1.1 protocol and the gateway's upstream client, no gateway.
+    argv = [sys.executable, "-m", "loadtests.protocol_floor", "--port", "0", "--upstream", upstream.url]
+    with contextlib.contextmanager(_start)(argv) as floor:
+        for mode, api, model in (("json", "chat", "fast"), ("json", "embeddings", "embed")):
+            cfg = LoadConfig(url=floor.url, mode=mode, api=api, model=model, concurrency=4, requests=8, timeout=5)
+            s = await asyncio.wait_for(run_load(cfg), 20)
+            assert s["errors"] == 0, (api, s["error_kinds"], s["error_samples"])
+            assert (s["requests"], s["ok"]) == (8, 8)
+        cfg = LoadConfig(url=floor.url, mode="sse", concurrency=4, requests=8, duration=10, timeout=5)
+        s = await asyncio.wait_for(run_load(cfg), 20)
+        assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
+        assert (s["ok"], s["chunks"]) == (8, 8 * CHUNKS)  # every chunk, over kept-alive connections
+
+
 def test_the_matrix_plans_a_bare_relay_cell_next_to_each_headline_direct_cell() -> None:
     from loadtests import run_matrix
 
