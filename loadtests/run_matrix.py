@@ -139,6 +139,8 @@ RESILIENT = "fast_resilient"
 RETRY = "retry"
 #: The deployment ``--h2`` adds: ``fast`` on the TLS upstream, relayed over HTTP/2.
 H2 = "fast_h2"
+#: ``--floors``: the cells' targets and the modules that serve them, the lowest first.
+FLOORS = {"proto": "loadtests.protocol_floor", "asgi": "loadtests.asgi_floor"}
 
 
 def gateway_toml(
@@ -280,6 +282,8 @@ def build_plan(args: argparse.Namespace) -> list[Cell]:
                 cells.append(cell("direct", "sse", "fast", c, timers))
             if args.bare and timers == headline:
                 cells.append(cell("bare", "sse", "fast", c, timers))
+            if args.floors and timers == headline:
+                cells += [cell(floor, "sse", "fast", c, timers) for floor in FLOORS]
             for mode in modes:
                 for dep in args.deployments:
                     cells.append(cell("gateway", mode, dep, c, timers))
@@ -288,6 +292,8 @@ def build_plan(args: argparse.Namespace) -> list[Cell]:
         c = args.json_concurrency
         if not args.no_direct:
             cells.append(cell("direct", "json", "fast", c, headline))
+        if args.floors:
+            cells += [cell(floor, "json", "fast", c, headline) for floor in FLOORS]
         for dep in args.deployments:
             cells.append(cell("gateway", "json", dep, c, headline))
     if EMBEDDINGS in args.modes and args.json_concurrency > 0:
@@ -341,6 +347,7 @@ class Matrix:
         self.failing_port = 0
         self.bare: asyncio.subprocess.Process | None = None  # --bare: the bare uvloop relay
         self.bare_url = ""
+        self.floors: dict[str, tuple[asyncio.subprocess.Process, str]] = {}  # --floors: target -> (process, url)
         self.gateway: asyncio.subprocess.Process | None = None
         self.gateway_port = 0
         self.gateway_workers = 1  # --workers-cell runs its gateway with several (their CPU is not read)
@@ -432,6 +439,15 @@ class Matrix:
         proc, port = await self._spawn_ready(argv, "bare-relay.log", "the bare relay")
         self.bare, self.bare_url = proc, f"http://127.0.0.1:{port}"
         print(f"bare relay: pid {proc.pid}, {self.bare_url}", flush=True)
+
+    async def start_floors(self) -> None:
+        """``--floors``: the two floors under the gateway, on the headline upstream (FLOORS)."""
+        upstream = f"http://127.0.0.1:{self.upstream_ports[self.headline]}"
+        for target, module in FLOORS.items():
+            argv = [PY, "-m", module, "--port", "0", "--upstream", upstream]
+            proc, port = await self._spawn_ready(argv, f"{target}.log", module)
+            self.floors[target] = (proc, f"http://127.0.0.1:{port}")
+            print(f"{module}: pid {proc.pid}, {self.floors[target][1]}", flush=True)
 
     async def start_failing(self) -> None:
         """The provider of ``resilience_bench`` that answers 500 at once, for the ``retry`` group."""
@@ -594,6 +610,9 @@ class Matrix:
             argv += ["--pid", str(self.gateway.pid)]
         elif url == self.bare_url and self.bare is not None:
             argv += ["--pid", str(self.bare.pid)]
+        else:
+            pids = [proc.pid for proc, floor_url in self.floors.values() if url == floor_url]
+            argv += ["--pid", str(pids[0])] if pids else []
         return argv
 
     def ramp_s(self) -> float:
@@ -603,7 +622,9 @@ class Matrix:
         return (a.first_ms + (a.chunks - 1) * a.gap_ms) / 1000  # users start over one stream's length
 
     async def run_cell(self, cell: Cell) -> None:
-        url = {"direct": self.upstream_url_for(cell.up_key), "bare": self.bare_url}.get(cell.target, self.gateway_url)
+        targets = {"direct": self.upstream_url_for(cell.up_key), "bare": self.bare_url}
+        targets.update({target: url for target, (_, url) in self.floors.items()})
+        url = targets.get(cell.target, self.gateway_url)
         argv = self._common(url, cell.mode, cell.model, cell.up_key)
         argv += ["--concurrency", str(cell.concurrency), "--requests", str(cell.requests)]
         argv += ["--duration", str(cell.duration), "--timeout", str(cell.timeout), "--label", cell.name]
@@ -703,6 +724,8 @@ class Matrix:
             await self.start_failing()
         if a.bare:
             await self.start_bare()
+        if a.floors:
+            await self.start_floors()
         await self.start_gateway()
         if not a.no_warmup:
             await self.warmup()
@@ -1311,6 +1334,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bare",
         action="store_true",
         help="also SSE cells through a bare uvloop TCP relay (loadtests.bare_relay): the floor for a Python relay",
+    )
+    p.add_argument(
+        "--floors",
+        action="store_true",
+        help="also SSE and JSON cells through the floors under the gateway: its own HTTP/1.1 protocol on its"
+        " upstream client (loadtests.protocol_floor, target 'proto') and uvicorn with a plain ASGI relay"
+        " (loadtests.asgi_floor, target 'asgi')",
     )
     p.add_argument("--no-warmup", action="store_true")
     p.add_argument(

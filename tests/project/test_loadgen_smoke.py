@@ -219,6 +219,25 @@ def test_the_matrix_plans_a_bare_relay_cell_next_to_each_headline_direct_cell() 
     ]
 
 
+def test_the_matrix_plans_the_floors_beside_the_bare_relay_and_before_the_gateway() -> None:
+    from loadtests import run_matrix
+
+    args = ["--concurrency", "32", "--modes", "sse,json", "--deployments", "fast", "--idle", "0"]
+    assert not [c for c in run_matrix.build_plan(run_matrix.parse_args(args)) if c.target in run_matrix.FLOORS]
+    plan = run_matrix.build_plan(run_matrix.parse_args([*args, "--bare", "--floors"]))
+    assert [(c.target, c.mode, c.model) for c in plan] == [
+        ("direct", "sse", "fast"),
+        ("bare", "sse", "fast"),
+        ("proto", "sse", "fast"),
+        ("asgi", "sse", "fast"),
+        ("gateway", "sse", "fast"),
+        ("direct", "json", "fast"),
+        ("proto", "json", "fast"),
+        ("asgi", "json", "fast"),
+        ("gateway", "json", "fast"),
+    ]
+
+
 def test_stream_phases_are_spread_evenly_and_repeat_after_a_reset() -> None:
     phases = PhaseSequence()
     first = [phases.take() for _ in range(32)]
