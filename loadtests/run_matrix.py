@@ -444,7 +444,8 @@ class Matrix:
         """``--floors``: the two floors under the gateway, on the headline upstream (FLOORS)."""
         upstream = f"http://127.0.0.1:{self.upstream_ports[self.headline]}"
         for target, module in FLOORS.items():
-            argv = [PY, "-m", module, "--port", "0", "--upstream", upstream]
+            # Stopped with the matrix's other children; their own time limit only has to outlast the run.
+            argv = [PY, "-m", module, "--port", "0", "--upstream", upstream, "--max-seconds", "86400"]
             proc, port = await self._spawn_ready(argv, f"{target}.log", module)
             self.floors[target] = (proc, f"http://127.0.0.1:{port}")
             print(f"{module}: pid {proc.pid}, {self.floors[target][1]}", flush=True)
