@@ -15,25 +15,16 @@ figures in loadtests/README.md). Only 127.0.0.1; stops by itself after ``--max-s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import socket
 from typing import Any
 
-import msgspec
 import uvicorn
-from yarl import URL
 
-from app.api.embeddings.wire import read_reply
-from app.providers.upstream import RequestTemplate, UpstreamPool
-
-MAX_BODY = 1 << 20
+from loadtests.floor_parts import MAX_BODY, FloorUpstream, floor_args, loopback_socket, wants_stream
 
 
-def floor_app(upstream: str) -> Any:
-    origin = URL(upstream)
-    templates: dict[str, RequestTemplate] = {}
-    pools: list[UpstreamPool] = []  # made on first use, inside the server's loop
+def floor_app(upstream_url: str) -> Any:
+    upstream = FloorUpstream(upstream_url)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -47,15 +38,9 @@ def floor_app(upstream: str) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if not pools:
-            pools.append(UpstreamPool(origin))
         path = scope["path"]
-        template = templates.get(path)
-        if template is None:
-            headers = {"Content-Type": "application/json", "Authorization": "Bearer floor"}
-            template = templates[path] = RequestTemplate(origin.with_path(path), headers)
-        response = await pools[0].post(template, body)
-        if msgspec.json.decode(body).get("stream") is True:
+        response = await upstream.post(path, body)
+        if wants_stream(body):
             headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
             while data := await response.read_some():
@@ -63,10 +48,7 @@ def floor_app(upstream: str) -> Any:
             response.release()
             await send({"type": "http.response.body", "body": b""})
             return
-        raw = await response.read(limit=64 << 20)
-        response.release()
-        if path == "/v1/embeddings":
-            read_reply(raw)
+        raw = await upstream.whole(response, path)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": raw})
@@ -75,14 +57,8 @@ def floor_app(upstream: str) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, required=True, help="0: any free port (READY says which)")
-    parser.add_argument("--upstream", required=True, help="the upstream's origin, e.g. http://127.0.0.1:9100")
-    parser.add_argument("--max-seconds", type=float, default=600)
-    args = parser.parse_args()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
+    args = floor_args(__doc__)
+    sock = loopback_socket(args.port)
     config = uvicorn.Config(floor_app(args.upstream), log_level="warning", access_log=False)
     server = uvicorn.Server(config)
 

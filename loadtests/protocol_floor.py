@@ -17,36 +17,13 @@ a time per connection (reading pauses while one is answered). Only 127.0.0.1; st
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import socket
 from typing import cast
 
 import httptools
-import msgspec
 import uvloop
-from yarl import URL
 
-from app.api.embeddings.wire import read_reply
-from app.providers.upstream import RequestTemplate, UpstreamPool, UpstreamResponse
-
-MAX_BODY = 1 << 20
-
-
-class _Floor:
-    """The upstream client and its prepared requests, shared by every connection."""
-
-    def __init__(self, upstream: str) -> None:
-        self.origin = URL(upstream)
-        self.pool = UpstreamPool(self.origin)
-        self.templates: dict[str, RequestTemplate] = {}
-
-    async def post(self, path: str, body: bytes) -> UpstreamResponse:
-        template = self.templates.get(path)
-        if template is None:
-            headers = {"Content-Type": "application/json", "Authorization": "Bearer floor"}
-            template = self.templates[path] = RequestTemplate(self.origin.with_path(path), headers)
-        return await self.pool.post(template, body)
+from loadtests.floor_parts import MAX_BODY, FloorUpstream, floor_args, loopback_socket, wants_stream
 
 
 class _Chunks:
@@ -70,7 +47,7 @@ class _Chunks:
 
 
 class _Client(asyncio.Protocol):
-    def __init__(self, floor: _Floor) -> None:
+    def __init__(self, floor: FloorUpstream) -> None:
         self.floor = floor
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -117,7 +94,7 @@ class _Client(asyncio.Protocol):
             return
         try:
             response = await self.floor.post(path, body)
-            if msgspec.json.decode(body).get("stream") is True:
+            if wants_stream(body):
                 transport.write(
                     b"HTTP/1.1 %d OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                     b"transfer-encoding: chunked\r\n\r\n" % response.status
@@ -128,10 +105,7 @@ class _Client(asyncio.Protocol):
                 response.release()
                 transport.write(b"0\r\n\r\n")
             else:
-                raw = await response.read(limit=64 << 20)
-                response.release()
-                if path == "/v1/embeddings":
-                    read_reply(raw)
+                raw = await self.floor.whole(response, path)
                 head = b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
                 transport.write(head % (response.status, len(raw)) + raw)
         except Exception:
@@ -150,25 +124,19 @@ class _Client(asyncio.Protocol):
 
 async def serve(port: int, upstream: str, max_seconds: float) -> None:
     loop = asyncio.get_running_loop()
-    floor = _Floor(upstream)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    floor = FloorUpstream(upstream)
+    sock = loopback_socket(port)
     server = await loop.create_server(lambda: _Client(floor), sock=sock, backlog=4096)
     print(f"READY {sock.getsockname()[1]}", flush=True)
     try:
         await asyncio.sleep(max_seconds)
     finally:
         server.close()
-        await floor.pool.aclose()
+        await floor.aclose()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, required=True, help="0: any free port (READY says which)")
-    parser.add_argument("--upstream", required=True, help="the upstream's origin, e.g. http://127.0.0.1:9100")
-    parser.add_argument("--max-seconds", type=float, default=600)
-    args = parser.parse_args()
+    args = floor_args(__doc__)
     uvloop.run(serve(args.port, args.upstream, args.max_seconds))
 
 
