@@ -167,32 +167,22 @@ async def test_sse_through_the_bare_relay(upstream: Upstream) -> None:
         assert s["server"]["cpu_s"] is not None
 
 
-async def test_embeddings_and_sse_through_the_asgi_floor(upstream: Upstream) -> None:
-    # The floor under the gateway's embeddings path: the same server and upstream client, no gateway.
-    argv = [sys.executable, "-m", "loadtests.asgi_floor", "--port", "0", "--upstream", upstream.url]
+@pytest.mark.parametrize(
+    "module",
+    [
+        "loadtests.asgi_floor",  # the same server and upstream client as the gateway, no gateway
+        "loadtests.protocol_floor",  # below ASGI: its own HTTP/1.1 protocol and the gateway's upstream client
+    ],
+)
+async def test_json_embeddings_and_sse_through_a_floor(upstream: Upstream, module: str) -> None:
+    argv = [sys.executable, "-m", module, "--port", "0", "--upstream", upstream.url]
     with contextlib.contextmanager(_start)(argv) as floor:
-        cfg = LoadConfig(
-            url=floor.url, mode="json", api="embeddings", model="embed", concurrency=4, requests=8, timeout=5
-        )
-        s = await asyncio.wait_for(run_load(cfg), 20)
-        assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
-        assert (s["requests"], s["ok"]) == (8, 8)
-        assert s["total_ms"]["p50"] >= 45  # the upstream's own 50 ms, relayed
-        cfg = LoadConfig(url=floor.url, mode="sse", concurrency=4, requests=8, duration=10, timeout=5)
-        s = await asyncio.wait_for(run_load(cfg), 20)
-        assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
-        assert (s["ok"], s["chunks"]) == (8, 8 * CHUNKS)
-
-
-async def test_json_embeddings_and_sse_through_the_protocol_floor(upstream: Upstream) -> None:
-    # The floor below ASGI: its own HTTP/1.1 protocol and the gateway's upstream client, no gateway.
-    argv = [sys.executable, "-m", "loadtests.protocol_floor", "--port", "0", "--upstream", upstream.url]
-    with contextlib.contextmanager(_start)(argv) as floor:
-        for mode, api, model in (("json", "chat", "fast"), ("json", "embeddings", "embed")):
-            cfg = LoadConfig(url=floor.url, mode=mode, api=api, model=model, concurrency=4, requests=8, timeout=5)
+        for api, model in (("chat", "fast"), ("embeddings", "embed")):
+            cfg = LoadConfig(url=floor.url, mode="json", api=api, model=model, concurrency=4, requests=8, timeout=5)
             s = await asyncio.wait_for(run_load(cfg), 20)
             assert s["errors"] == 0, (api, s["error_kinds"], s["error_samples"])
             assert (s["requests"], s["ok"]) == (8, 8)
+            assert s["total_ms"]["p50"] >= 45  # the upstream's own 50 ms (embeddings) or more, relayed
         cfg = LoadConfig(url=floor.url, mode="sse", concurrency=4, requests=8, duration=10, timeout=5)
         s = await asyncio.wait_for(run_load(cfg), 20)
         assert s["errors"] == 0, (s["error_kinds"], s["error_samples"])
