@@ -234,8 +234,8 @@ class RelayStream:
     def _split(self, data: bytes) -> list[Item]:
         """The items the events completed by ``data`` stand for, up to and including the stream's end.
 
-        Runs once per provider read on every relayed stream: the usual event (one ``data:`` line,
-        no carriage return) is read here without a call to ``_data_of``."""
+        Runs once per provider read on every relayed stream: the usual event (one ``data:`` line)
+        is read here; ``_data_of`` reads the others."""
         buffer = self._buffer + data if self._buffer else data
         crlf = b"\r" in buffer
         if crlf:  # the whole buffer: a CRLF may be split between two reads
@@ -245,8 +245,8 @@ class RelayStream:
         while (end := buffer.find(b"\n\n")) >= 0:
             event = buffer[:end]
             buffer = buffer[end + 2 :]
-            if not crlf and event.startswith(b"data: ") and b"\n" not in event:
-                payload = event[6:]
+            if event.startswith(b"data: ") and b"\n" not in event:
+                payload = event[6:].rstrip(b"\r") if crlf else event[6:]  # a CR left over once CRLFs became LFs
             else:
                 joined = _data_of(event)
                 if joined is None:
@@ -366,9 +366,8 @@ def _followed(items: list[Item], include_usage: bool) -> list[bool]:
 
 
 def _data_of(event: bytes) -> bytes | None:
-    """The data of one SSE event (CRLF tolerated); comments and other fields are ignored."""
-    if event.startswith(b"data: ") and b"\n" not in event:
-        return event[6:].rstrip(b"\r")  # the common case: one data line
+    """The data of one SSE event of several lines, or of one that is not ``data: ...`` (CRLF
+    tolerated); comments and other fields are ignored."""
     lines = [line.rstrip(b"\r") for line in event.split(b"\n")]
     data = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in lines]
     parts = [d for d in data if d is not None]
