@@ -101,8 +101,7 @@ def read_chunk(data: bytes) -> Chunk:
                     tokens += estimate or 1
             if choice.finish_reason:
                 finish = choice.finish_reason
-    u = view.usage
-    usage = None if u is None else Usage(u.prompt_tokens or 0, u.completion_tokens or 0)
+    usage = _usage(view.usage)
     if b"\n" in data:
         data = _encode(_loose.decode(data))  # SSE framing needs one line; providers almost never do this
     return Chunk(data, has_content, finish, usage, usage is not None and not choices, tokens)
