@@ -10,6 +10,12 @@ uvicorn's sans-I/O protocol is no more than the ``websockets`` connection's fram
 It only exists for uvicorn's sans-I/O protocol (the one this project runs, ``guarded.py``) once
 the handshake is done; anywhere else ``DirectSocket.of`` answers None and the caller keeps using
 ``send``. uvicorn is pinned, and a test pins the protocol attributes read here.
+
+When the handshake negotiated no extension (no ``permessage-deflate``), a server's text message is
+its payload behind a 2, 4 or 10 byte header (RFC 6455 5.2: FIN and the text opcode, the length, no
+mask): that header is written here, where ``websockets`` builds a ``Frame`` and serializes it
+generically (1.0 against 0.15 us a message; figures in loadtests/README.md). With an extension the
+connection's own framing runs, as it must.
 """
 
 from __future__ import annotations
@@ -17,16 +23,29 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import OPEN
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame (a server's, with no extension) carrying ``payload``."""
+    size = len(payload)
+    if size < 126:
+        return b"\x81%c%b" % (size, payload)
+    if size < 65536:
+        return b"\x81\x7e%b%b" % (size.to_bytes(2, "big"), payload)
+    return b"\x81\x7f%b%b" % (size.to_bytes(8, "big"), payload)
 
 
 class DirectSocket:
-    __slots__ = ("_conn", "_protocol", "_transport", "_writable")
+    __slots__ = ("_conn", "_plain", "_protocol", "_transport", "_writable")
 
     def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
         self._protocol = protocol
         self._conn = protocol.conn
         self._transport = protocol.transport
         self._writable = protocol.writable
+        #: No extension was negotiated: messages are framed here (the handshake fixed that for good).
+        self._plain = not protocol.conn.extensions
 
     @classmethod
     def of(cls, send: Any) -> DirectSocket | None:
@@ -50,7 +69,10 @@ class DirectSocket:
     def write_text(self, text: bytes) -> None:
         """One text message (``text`` is UTF-8); call only when ``can_write``."""
         conn = self._conn
-        conn.send_text(text)
+        if self._plain and conn.state is OPEN:
+            self._transport.write(text_frame(text))
+            return
+        conn.send_text(text)  # an extension's framing, or the connection's own error for its state
         self._transport.write(b"".join(conn.data_to_send()))
 
     @property

@@ -13,9 +13,11 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 
 from app.transport.direct_body import DirectBody
-from app.transport.direct_socket import DirectSocket
+from app.transport.direct_socket import DirectSocket, text_frame
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import DEFAULT_CONTENT, FakeProvider
 from tests.helpers.sse import chat_body
@@ -153,7 +155,7 @@ async def _socket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     direct = DirectSocket.of(send)
     assert direct is not None
     assert DirectSocket.of(lambda message: send(message)) is None  # not the server's own send
-    for text in ("one", "two", "three"):
+    for text in _DIRECT_TEXTS:
         assert direct.can_write()
         direct.write_text(text.encode())
     await send({"type": "websocket.send", "text": "four"})  # the protocol's own send still works after it
@@ -161,7 +163,24 @@ async def _socket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert not direct.can_write()
 
 
-async def test_direct_socket_writes_messages_in_order_with_the_protocols_own() -> None:
+#: Written by DirectSocket: short ones, and lengths either side of the 7-, 16- and 64-bit length forms
+#: (UTF-8 that is not ASCII, so characters and bytes differ).
+_DIRECT_TEXTS = ["one", "two", "é" * 62 + "x", "é" * 63, "x" * 65_535, "é" * 32_768, "three"]
+
+
+def test_text_frame_is_the_frame_websockets_would_send() -> None:
+    for size in (0, 1, 125, 126, 127, 65_535, 65_536, 70_000):
+        payload = b"x" * size
+        protocol = ServerProtocol()
+        protocol.state = OPEN
+        protocol.send_text(payload)
+        assert text_frame(payload) == b"".join(protocol.data_to_send()), size
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_direct_socket_writes_messages_in_order_with_the_protocols_own(compression: str | None) -> None:
+    # Without an extension DirectSocket frames the messages itself; with permessage-deflate the
+    # connection's own framing compresses them.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -172,11 +191,11 @@ async def test_direct_socket_writes_messages_in_order_with_the_protocols_own() -
         async with asyncio.timeout(10):
             while not server.started:
                 await asyncio.sleep(0.01)
-            async with connect(f"ws://127.0.0.1:{port}/") as ws:
-                received = [await ws.recv() for _ in range(4)]
+            async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
+                received = [await ws.recv() for _ in range(len(_DIRECT_TEXTS) + 1)]
                 with pytest.raises(ConnectionClosedOK):
                     await ws.recv()
-        assert received == ["one", "two", "three", "four"]
+        assert received == [*_DIRECT_TEXTS, "four"]
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
