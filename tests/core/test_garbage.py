@@ -118,7 +118,11 @@ async def test_websocket_requests_leave_no_cycles_of_ours(
     gateway: ServerThread, fake: FakeProvider, saved_garbage: list[object]
 ) -> None:
     # Per request, on one connection. The connection itself ends in a cycle of Litestar's (its
-    # WebSocket's receive and send wrappers close over the WebSocket), once per connection.
+    # WebSocket's receive and send wrappers close over the WebSocket), once per connection: an
+    # earlier test's connection still closing (its session task ending) would leave its own in the
+    # window looked at.
+    await _connections_gone(gateway)
+    await _requests_done(gateway)
     async with connect(gateway.ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
         await ws.send(create("warm"))
         await until_end(ws, "warm")
