@@ -247,17 +247,23 @@ class ChatStream:
         """Wait up to ``timeout`` for the first event and keep it for ``next_event``; None if none came.
 
         The wait runs in its own task so that the window can end without cancelling the provider's
-        stream, which keeps going and is picked up by ``next_event``.
+        stream, which keeps going and is picked up by ``next_event``. The first call starts that task
+        (with no time to wait, it lets the task send the provider call off before returning); a later
+        one with no time left answers at once.
         """
-        if self._first is None:
-            self._first = asyncio.get_running_loop().create_task(self._pull(), name=f"first-event:{self.id}")
+        first = self._first
+        if first is None:
+            first = self._first = asyncio.get_running_loop().create_task(self._pull(), name=f"first-event:{self.id}")
+            if timeout <= 0:
+                # The provider call still goes out now, before the response is built and its headers
+                # written: that work then overlaps the provider's time to first chunk.
+                await asyncio.sleep(0)
+        if first.done():
+            return first.result()
         if timeout <= 0:
-            # No window, but the provider call still goes out now, before the response is built and
-            # its headers written: that work then overlaps the provider's time to first chunk.
-            await asyncio.sleep(0)
-            return self._first.result() if self._first.done() else None
-        done, _ = await asyncio.wait((self._first,), timeout=timeout)
-        return self._first.result() if done else None
+            return None
+        done, _ = await asyncio.wait((first,), timeout=timeout)
+        return first.result() if done else None
 
     async def next_event(self) -> StreamEvent:
         """The next event, pulled in the caller's task; the last one is a done or error event.

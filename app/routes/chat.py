@@ -12,6 +12,7 @@ from litestar.exceptions import InternalServerException
 from app.access.keys import ANONYMOUS, Caller
 from app.api.chat.sse import SSE_HEADERS, SseResponse
 from app.api.intent import wants_stream
+from app.api.status_window import CLIENT_CLOSED_REQUEST, window_end
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.core.service import ChatService
@@ -24,7 +25,6 @@ from app.server.openapi import CHAT_RESPONSES, ChatOperation
 from app.transport.disconnect import ClientGone, DisconnectWatch
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
-CLIENT_CLOSED_REQUEST = 499
 
 
 def check_content_type(value: str | None) -> None:
@@ -117,9 +117,11 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
             guard=watch.guard(),
         )
         context.stream = stream
-        # The status window: errors the provider reports at once still get a real status.
+        # The status window (errors the provider reports at once still get a real status) is waited
+        # out by the response; the provider call goes out now, before the response is built.
+        window_ends = window_end(settings.streaming.status_window_s)
         with watch.guard():
-            first = await stream.first_event(settings.streaming.status_window_s)
+            await stream.first_event(0)
     except BaseException as exc:
         watch.stop()
         opened = context.stream
@@ -128,18 +130,13 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
         if isinstance(exc, ClientGone):
             return _client_gone(request)
         raise
-    if first is not None and first.error is not None:
-        watch.stop()
-        stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
-        stream.close(first.error.outcome)
-        raise first.error
     # From here the response owns the watch and drives the stream.
     headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
     if stream.cache_status:
         headers["X-Cache"] = stream.cache_status
     if rate_headers:
         headers.update(rate_headers)
-    return SseResponse(stream, watch, headers)
+    return SseResponse(stream, watch, headers, window_ends)
 
 
 async def _complete(

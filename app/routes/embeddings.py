@@ -11,6 +11,7 @@ from litestar.exceptions import InternalServerException
 
 from app.access.keys import ANONYMOUS, Caller
 from app.api.embeddings.wire import parse_embeddings_body
+from app.api.status_window import CLIENT_CLOSED_REQUEST
 from app.core.context import context_of
 from app.domain.events import CLIENT_DISCONNECTED
 from app.embeddings.service import EmbeddingService
@@ -19,7 +20,6 @@ from app.routes.chat import check_content_type
 from app.transport.disconnect import ClientGone, DisconnectWatch
 
 EMBEDDINGS_PATHS: Final = ["/v1/embeddings", "/api/embeddings"]
-CLIENT_CLOSED_REQUEST: Final = 499
 
 
 class EmbeddingsContext:

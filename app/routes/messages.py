@@ -32,6 +32,7 @@ from app.api.messages.framing import ANTHROPIC_FRAMING
 from app.api.messages.request import native_request, parse_messages_body, to_chat_body, to_chat_input
 from app.api.messages.source import MessagesSource
 from app.api.messages.tokens import count_input_tokens
+from app.api.status_window import CLIENT_CLOSED_REQUEST, window_end
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.domain.chunks import Chunk
@@ -46,7 +47,6 @@ logger = structlog.get_logger("chat.errors")
 
 MESSAGES_PATHS: Final = ["/v1/messages", "/api/messages"]
 COUNT_TOKENS_PATHS: Final = ["/v1/messages/count_tokens", "/api/messages/count_tokens"]
-CLIENT_CLOSED_REQUEST: Final = 499
 #: Request headers an Anthropic deployment is sent on unchanged.
 _FORWARDED_HEADERS: Final = ("anthropic-beta",)
 
@@ -230,7 +230,9 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                 format=ANTHROPIC,
             )
             context.stream = stream
-            first = await stream.first_event(settings.streaming.status_window_s)
+            # The response waits out the status window; the provider call goes out now.
+            window_ends = window_end(settings.streaming.status_window_s)
+            await stream.first_event(0)
     except BaseException as exc:
         watch.stop()
         opened = context.stream
@@ -239,15 +241,10 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
         if isinstance(exc, ClientGone):
             return _client_gone(request)
         raise
-    if first is not None and first.error is not None:
-        watch.stop()
-        stream.mark_first_byte()
-        stream.close(first.error.outcome)
-        raise first.error
     sse_headers = {**SSE_HEADERS, "X-Stream-ID": stream.id, **headers}
     if stream.cache_status:
         sse_headers["X-Cache"] = stream.cache_status
-    return SseResponse(stream, watch, sse_headers, ANTHROPIC_FRAMING)
+    return SseResponse(stream, watch, sse_headers, window_ends, ANTHROPIC_FRAMING)
 
 
 def _adapter(

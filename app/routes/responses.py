@@ -22,12 +22,13 @@ from app.api.responses.request import parse_create
 from app.api.responses.service import Prepared, ResponseRun, ResponsesService
 from app.api.responses.sse import ResponseReplay, ResponsesReplayResponse, ResponsesSseResponse
 from app.api.responses.store import StoredResponse
+from app.api.status_window import CLIENT_CLOSED_REQUEST, window_end
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.domain.errors import InvalidRequest, InvalidResumePosition
 from app.domain.events import CLIENT_DISCONNECTED
 from app.providers.resilient import Trail
-from app.routes.chat import CLIENT_CLOSED_REQUEST, check_content_type
+from app.routes.chat import check_content_type
 from app.transport.disconnect import ClientGone, DisconnectWatch
 
 RESPONSES_PATHS = ["/v1/responses", "/api/responses"]
@@ -280,7 +281,9 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
             )
             assert run.stream is not None
             context.stream = run.stream
-            first = await run.stream.first_event(settings.streaming.status_window_s)
+            # The response waits out the status window; the provider call goes out now.
+            window_ends = window_end(settings.streaming.status_window_s)
+            await run.stream.first_event(0)
     except BaseException as exc:
         watch.stop()
         if run is not None and run.stream is not None:
@@ -289,14 +292,9 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
             return _gone(request)
         raise
     stream = run.stream
-    if first is not None and first.error is not None:
-        watch.stop()
-        stream.mark_first_byte()
-        stream.close(first.error.outcome)
-        raise first.error
     headers.update(SSE_HEADERS)
     headers["X-Stream-ID"] = stream.id
     headers["X-Response-ID"] = run.id
     if stream.cache_status:
         headers["X-Cache"] = stream.cache_status
-    return ResponsesSseResponse(run, watch, headers)
+    return ResponsesSseResponse(run, watch, headers, window_ends)

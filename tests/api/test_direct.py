@@ -86,6 +86,12 @@ CASES += [
     ("responses sse", "/v1/responses", SSE, json.dumps({"model": "normal", "input": "hi", "stream": True}).encode()),
     ("responses bad field", "/v1/responses", {}, b'{"model": "normal", "input": 3}'),
     ("responses provider error", "/v1/responses", {}, json.dumps({"model": "rate_limited", "input": "hi"}).encode()),
+    (
+        "responses sse provider error",
+        "/v1/responses",
+        SSE,
+        json.dumps({"model": "rate_limited", "input": "hi", "stream": True}).encode(),
+    ),
     ("embeddings chat model", "/v1/embeddings", {}, json.dumps({"model": "normal", "input": "hi"}).encode()),
     ("embeddings bad field", "/v1/embeddings", {}, b'{"model": "normal", "input": []}'),
     ("embeddings bad json", "/api/embeddings", {}, b'{"model": '),

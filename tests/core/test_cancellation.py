@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import FakeProvider
@@ -136,3 +138,49 @@ async def test_the_disconnect_watch_is_no_task_under_the_gateways_server(
             await request
         closed_at = await fake.await_disconnect(record, timeout=3)
     assert closed_at - left_at < CLOSE_WITHIN_S
+
+
+def _requests_logged(text: str, route: str, status: str) -> float:
+    """How many requests on ``route`` ended with ``status``, from the metrics' request histogram."""
+    for family in text_string_to_metric_families(text):
+        if family.name == "http_server_request_duration_seconds":
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_count")
+                and s.labels.get("route") == route
+                and s.labels.get("status_code") == status
+            )
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", chat_body("hang", stream=True)),
+        (
+            "/v1/messages",
+            {"model": "hang", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        ("/v1/responses", {"model": "hang", "input": "hi", "stream": True}),
+    ],
+    ids=["chat", "messages", "responses"],
+)
+async def test_a_client_gone_inside_the_status_window_is_a_499_and_closes_the_provider_call(
+    client: httpx.AsyncClient, fake: FakeProvider, gateway: ServerThread, path: str, body: dict[str, Any]
+) -> None:
+    # The response waits out the status window before it starts (app/api/status_window.py): a client
+    # leaving then still ends the provider call at once and is logged (and counted) as 499.
+    before = _requests_logged((await client.get("/metrics")).text, path, "499")
+    request = asyncio.create_task(client.post(path, json=body))
+    record = await fake.await_request(1, timeout=5)
+    left_at = time.monotonic()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    closed_at = await fake.await_disconnect(record, timeout=3)
+    assert closed_at - left_at < CLOSE_WITHIN_S
+    deadline = time.monotonic() + 5
+    while _requests_logged((await client.get("/metrics")).text, path, "499") < before + 1:
+        assert time.monotonic() < deadline, "the request was never counted as 499"
+        await asyncio.sleep(0.05)

@@ -24,6 +24,7 @@ import msgspec
 from litestar import Response
 from litestar.types import Message, Receive, Scope, Send
 
+from app.api.status_window import wait_window
 from app.core.context import context_of
 from app.core.follow import Heartbeat
 from app.core.stream import ChatStream
@@ -209,19 +210,27 @@ class SseWriter:
 
 
 class _SseASGI:
-    __slots__ = ("_framing", "_headers", "_stream", "_watch")
+    __slots__ = ("_framing", "_headers", "_stream", "_watch", "_window_ends")
 
     def __init__(
-        self, stream: ChatStream, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]], framing: SseFraming
+        self,
+        stream: ChatStream,
+        watch: DisconnectWatch,
+        headers: list[tuple[bytes, bytes]],
+        framing: SseFraming,
+        window_ends: float,
     ) -> None:
         self._stream = stream
         self._watch = watch
         self._headers = headers
         self._framing = framing
+        self._window_ends = window_ends
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream, watch = self._stream, self._watch
         try:
+            if not await wait_window(stream, watch, self._window_ends, scope, send):
+                return
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
@@ -243,21 +252,24 @@ class _SseASGI:
 
 
 class SseResponse(Response[Any]):
-    """The SSE response for an open chat stream; its request's disconnect watch comes with it."""
+    """The SSE response for an open chat stream; its request's disconnect watch comes with it, and
+    the end of its status window (``window_end``), which it waits out before it starts."""
 
     def __init__(
         self,
         stream: ChatStream,
         watch: DisconnectWatch,
         headers: dict[str, str],
+        window_ends: float,
         framing: SseFraming = CHAT_FRAMING,
     ) -> None:
         super().__init__(content=None, media_type="text/event-stream")
         self._framing = framing
         self._stream = stream
         self._watch = watch
+        self._window_ends = window_ends
         self._raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
         self._raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        return _SseASGI(self._stream, self._watch, self._raw_headers, self._framing)
+        return _SseASGI(self._stream, self._watch, self._raw_headers, self._framing, self._window_ends)

@@ -21,6 +21,7 @@ from app.api.chat.sse import HEARTBEAT, HELD_MAX, RAW_SEND
 from app.api.chat.sse import _Heartbeat as Heartbeat
 from app.api.responses.events import Event, ResponseEvents, sse_frames
 from app.api.responses.service import ResponseRun
+from app.api.status_window import wait_window
 from app.core.follow import Follower
 from app.core.stream import ChatStream
 from app.domain.events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
@@ -102,18 +103,23 @@ class ResponsesSseWriter:
 
 
 class _LiveASGI:
-    __slots__ = ("_headers", "_run", "_stream", "_watch")
+    __slots__ = ("_headers", "_run", "_stream", "_watch", "_window_ends")
 
-    def __init__(self, run: ResponseRun, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, run: ResponseRun, watch: DisconnectWatch, headers: list[tuple[bytes, bytes]], window_ends: float
+    ) -> None:
         assert run.stream is not None
         self._run = run
         self._stream = run.stream
         self._watch = watch
         self._headers = headers
+        self._window_ends = window_ends
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream, watch = self._stream, self._watch
         try:
+            if not await wait_window(stream, watch, self._window_ends, scope, send):
+                return
             start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
             await send(start)
             raw_send: Send = scope.get("state", {}).get(RAW_SEND) or send
@@ -133,14 +139,17 @@ class _LiveASGI:
 
 
 class ResponsesSseResponse(Response[Any]):
-    def __init__(self, run: ResponseRun, watch: DisconnectWatch, headers: dict[str, str]) -> None:
+    """A live Responses stream's answer; like chat's, it waits out its status window before it starts."""
+
+    def __init__(self, run: ResponseRun, watch: DisconnectWatch, headers: dict[str, str], window_ends: float) -> None:
         super().__init__(content=None, media_type="text/event-stream")
         self._run = run
         self._watch = watch
         self._raw = _raw_headers(headers)
+        self._window_ends = window_ends
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> Any:
-        return _LiveASGI(self._run, self._watch, self._raw)
+        return _LiveASGI(self._run, self._watch, self._raw, self._window_ends)
 
 
 class ResponseReplay:

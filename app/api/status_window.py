@@ -1,0 +1,56 @@
+"""The status window of an SSE answer, waited out by the response itself before it starts.
+
+A stream's status window (``streaming.status_window_s``) holds its answer's status back until the
+first event has come or the window has ended, so that a provider error reported at once is
+answered with its real status instead of a 200 and an error event. The handler sends the provider
+call off and returns its response at once; the response waits out the rest of the window before it
+starts. So when the first chunk comes inside the window, as it usually does, everything about the
+answer that could be done before it (the handler's return, the response's conversion) has been,
+and the chunk waits only for the response's start and writer (loadtests/README.md has the figures). A provider error that comes inside the window is raised from the response
+before anything was sent: the exception handlers around the route answer it, as they answer the
+handler's own errors. A client that leaves inside the window gets the request logged as 499.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from litestar.types import Scope, Send
+
+from app.core.context import context_of
+from app.core.stream import ChatStream
+from app.domain.events import CLIENT_DISCONNECTED
+from app.transport.disconnect import ClientGone, DisconnectWatch
+
+#: The status of a request whose client left before its answer started (nginx's; never sent).
+CLIENT_CLOSED_REQUEST: Final = 499
+
+
+def window_end(window_s: float) -> float:
+    """When a status window of ``window_s`` opened now ends (``time.monotonic``)."""
+    return time.monotonic() + window_s
+
+
+async def wait_window(stream: ChatStream, watch: DisconnectWatch, ends_at: float, scope: Scope, send: Send) -> bool:
+    """Until ``stream``'s first event or ``ends_at``; True when the answer may start.
+
+    Raises the first event's error (the stream closed with its outcome, before anything was sent).
+    False when the client left meanwhile: the stream is closed as the client's and the request
+    answered (for its log line) with 499.
+    """
+    try:
+        with watch.guard():
+            first = await stream.first_event(ends_at - time.monotonic())
+    except ClientGone:
+        context_of(scope).outcome = CLIENT_DISCONNECTED
+        stream.close(CLIENT_DISCONNECTED)
+        start = {"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": [(b"content-length", b"0")]}
+        await send(start)  # type: ignore[arg-type]
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return False
+    if first is not None and first.error is not None:
+        stream.mark_first_byte()  # the JSON error about to be written is this stream's first byte
+        stream.close(first.error.outcome)
+        raise first.error
+    return True
