@@ -6,9 +6,10 @@ answered with its real status instead of a 200 and an error event. The handler s
 call off and returns its response at once; the response waits out the rest of the window before it
 starts. So when the first chunk comes inside the window, as it usually does, everything about the
 answer that could be done before it (the handler's return, the response's conversion) has been,
-and the chunk waits only for the response's start and writer (loadtests/README.md has the figures). A provider error that comes inside the window is raised from the response
-before anything was sent: the exception handlers around the route answer it, as they answer the
-handler's own errors. A client that leaves inside the window gets the request logged as 499.
+and the chunk waits only for the response's start and writer (loadtests/README.md has the
+figures). A provider error that comes inside the window is raised from the response before
+anything was sent: the exception handlers around the route answer it, as they answer the handler's
+own errors. A client that leaves inside the window gets the request logged as 499.
 """
 
 from __future__ import annotations
