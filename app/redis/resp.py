@@ -113,6 +113,11 @@ class _Protocol(asyncio.Protocol):
         return futures
 
 
+def _seen(attempt: asyncio.Future[_Protocol]) -> None:
+    if not attempt.cancelled():
+        attempt.exception()  # marks it retrieved; whoever awaits the attempt still gets it raised
+
+
 class RespClient:
     def __init__(self, url: str, *, timeout_s: float) -> None:
         parsed = urlparse(url)
@@ -132,8 +137,11 @@ class RespClient:
         if protocol is not None and not protocol.closed:
             return protocol
         if self._connecting is None or self._connecting.done():
-            # One connection attempt at a time; everybody who needs it waits for that one.
+            # One connection attempt at a time; everybody who needs it waits for that one. Its
+            # callers may all have given up (their own deadline, cancelled) before it fails: its
+            # error is theirs to see, not the loop's to log as never retrieved, once per attempt.
             self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(_seen)
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> _Protocol:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -48,3 +52,35 @@ async def test_client_pipelines_selects_the_db_and_reconnects(redis: RedisServer
         assert await client.call("PING") == b"PONG"  # a new connection after the old one was lost
     finally:
         await client.close()
+
+
+async def test_a_connect_that_times_out_after_its_callers_leaves_nothing_unretrieved() -> None:
+    # A Redis that accepts the connection and never answers its AUTH: the caller's own timeout and
+    # the connect's end at the same moment. The caller gets TimeoutError; the connect's own failure,
+    # which nobody awaits any more, must not be reported as "Task exception was never retrieved"
+    # (one traceback in the log per attempt, for as long as Redis hangs).
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    async def calls() -> None:
+        client = RespClient(f"redis://:secret@127.0.0.1:{port}", timeout_s=0.05)
+        try:
+            for _ in range(3):
+                with pytest.raises(TimeoutError):
+                    await client.call("PING")
+            await asyncio.sleep(0.1)  # every connect attempt has ended by now
+        finally:
+            await client.close()
+
+    try:
+        await calls()
+        gc.collect()  # the client and its connect tasks are gone: the collector reports what they held
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+        silent.close()
+    assert [c.get("message") for c in reported] == []
