@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from litestar.types import Scope, Send
+from litestar.types import Message, Scope, Send
 
 from app.core.context import context_of
 from app.core.stream import ChatStream
@@ -46,8 +46,12 @@ async def wait_window(stream: ChatStream, watch: DisconnectWatch, ends_at: float
     except ClientGone:
         context_of(scope).outcome = CLIENT_DISCONNECTED
         stream.close(CLIENT_DISCONNECTED)
-        start = {"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST, "headers": [(b"content-length", b"0")]}
-        await send(start)  # type: ignore[arg-type]
+        start: Message = {
+            "type": "http.response.start",
+            "status": CLIENT_CLOSED_REQUEST,
+            "headers": [(b"content-length", b"0")],
+        }
+        await send(start)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return False
     if first is not None and first.error is not None:
