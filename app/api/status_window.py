@@ -9,14 +9,16 @@ answer that could be done before it (the handler's return, the response's conver
 and the chunk waits only for the response's start and writer (loadtests/README.md has the
 figures). A provider error that comes inside the window is raised from the response before
 anything was sent: the exception handlers around the route answer it, as they answer the handler's
-own errors. A client that leaves inside the window gets the request logged as 499.
+own errors. A client that leaves inside the window gets the request logged as 499, as every
+route answers a client that left before its answer started (``client_gone``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import Any, Final
 
+from litestar import Response
 from litestar.types import Message, Scope, Send
 
 from app.core.context import context_of
@@ -26,6 +28,13 @@ from app.transport.disconnect import ClientGone, DisconnectWatch
 
 #: The status of a request whose client left before its answer started (nginx's; never sent).
 CLIENT_CLOSED_REQUEST: Final = 499
+
+
+def client_gone(scope: Scope) -> Response[Any]:
+    """The answer to a request whose client left before it started: nothing reaches the client, and
+    the request's log line says why."""
+    context_of(scope).outcome = CLIENT_DISCONNECTED
+    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
 def window_end(window_s: float) -> float:

@@ -12,7 +12,7 @@ from litestar.exceptions import InternalServerException
 from app.access.keys import ANONYMOUS, Caller
 from app.api.chat.sse import SSE_HEADERS, SseResponse
 from app.api.intent import wants_stream
-from app.api.status_window import CLIENT_CLOSED_REQUEST, window_end
+from app.api.status_window import client_gone, window_end
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.core.service import ChatService
@@ -35,12 +35,6 @@ def check_content_type(value: str | None) -> None:
         raise UnsupportedMediaType(
             f"Content-Type must be application/json, got {media or 'an empty value'!r}.", param="Content-Type"
         )
-
-
-def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
-    """The client left before a response started: nothing to send, the log line says why."""
-    context_of(request.scope).outcome = CLIENT_DISCONNECTED
-    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
 class ChatContext:
@@ -83,7 +77,7 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
         raw = await request.body()
     except InternalServerException:
         # Litestar's way of saying the client left while its body was being read: not our 500.
-        return _client_gone(request)
+        return client_gone(request.scope)
     body = parse_chat_body(raw)
     cache_control = request.headers.get("cache-control")
     context = context_of(request.scope)
@@ -128,7 +122,7 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
         if opened is not None:
             opened.close(CLIENT_DISCONNECTED)  # stops the provider call; a no-op if it ended already
         if isinstance(exc, ClientGone):
-            return _client_gone(request)
+            return client_gone(request.scope)
         raise
     # From here the response owns the watch and drives the stream.
     headers = {**SSE_HEADERS, "X-Stream-ID": stream.id}
@@ -169,7 +163,7 @@ async def _complete(
                 admission=admission,
             )
     except ClientGone:
-        return _client_gone(request)
+        return client_gone(request.scope)
     finally:
         watch.stop()
     headers = {"X-Cache": cache_status} if cache_status else None

@@ -11,9 +11,8 @@ from litestar.exceptions import InternalServerException
 
 from app.access.keys import ANONYMOUS, Caller
 from app.api.embeddings.wire import parse_embeddings_body
-from app.api.status_window import CLIENT_CLOSED_REQUEST
+from app.api.status_window import client_gone
 from app.core.context import context_of
-from app.domain.events import CLIENT_DISCONNECTED
 from app.embeddings.service import EmbeddingService
 from app.providers.resilient import Trail
 from app.routes.chat import check_content_type
@@ -53,8 +52,7 @@ async def create_embeddings(request: Request[Any, Any, Any], embeddings_context:
     try:
         raw = await request.body()
     except InternalServerException:
-        context_of(request.scope).outcome = CLIENT_DISCONNECTED
-        return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+        return client_gone(request.scope)
     body = parse_embeddings_body(raw)
     context = context_of(request.scope)
     context.model = body.model
@@ -78,8 +76,7 @@ async def create_embeddings(request: Request[Any, Any, Any], embeddings_context:
                 traceparent=request.headers.get("traceparent"),
             )
     except ClientGone:
-        context_of(request.scope).outcome = CLIENT_DISCONNECTED
-        return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
+        return client_gone(request.scope)
     finally:
         watch.stop()
     if cache_status:

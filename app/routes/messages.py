@@ -32,7 +32,7 @@ from app.api.messages.framing import ANTHROPIC_FRAMING
 from app.api.messages.request import native_request, parse_messages_body, to_chat_body, to_chat_input
 from app.api.messages.source import MessagesSource
 from app.api.messages.tokens import count_input_tokens
-from app.api.status_window import CLIENT_CLOSED_REQUEST, window_end
+from app.api.status_window import client_gone, window_end
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.domain.chunks import Chunk
@@ -112,11 +112,6 @@ def _reasons(request: Request[Any, Any, Any], model: str) -> bool:
     return info is not None and "reasoning" in info.capabilities
 
 
-def _client_gone(request: Request[Any, Any, Any]) -> Response[Any]:
-    context_of(request.scope).outcome = CLIENT_DISCONNECTED
-    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
-
-
 def _message_id() -> str:
     return "msg_" + os.urandom(12).hex()
 
@@ -173,7 +168,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     try:
         raw = await request.body()
     except InternalServerException:
-        return _client_gone(request)
+        return client_gone(request.scope)
     parsed, body = parse_messages_body(raw)
     passthrough = passthrough_for(settings, parsed.model)
     streaming = wants_stream(parsed.stream, request.headers.get("accept"))
@@ -239,7 +234,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
         if opened is not None:
             opened.close(CLIENT_DISCONNECTED)
         if isinstance(exc, ClientGone):
-            return _client_gone(request)
+            return client_gone(request.scope)
         raise
     sse_headers = {**SSE_HEADERS, "X-Stream-ID": stream.id, **headers}
     if stream.cache_status:

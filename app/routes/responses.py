@@ -22,7 +22,7 @@ from app.api.responses.request import parse_create
 from app.api.responses.service import Prepared, ResponseRun, ResponsesService
 from app.api.responses.sse import ResponseReplay, ResponsesReplayResponse, ResponsesSseResponse
 from app.api.responses.store import StoredResponse
-from app.api.status_window import CLIENT_CLOSED_REQUEST, window_end
+from app.api.status_window import client_gone, window_end
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.domain.errors import InvalidRequest, InvalidResumePosition
@@ -42,11 +42,6 @@ _encode = msgspec.json.encode
 
 def _json(obj: Any, headers: dict[str, str] | None = None) -> Response[Any]:
     return Response(content=_encode(obj), media_type="application/json", headers=headers)
-
-
-def _gone(request: Request[Any, Any, Any]) -> Response[Any]:
-    context_of(request.scope).outcome = CLIENT_DISCONNECTED
-    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
 def _query_int(request: Request[Any, Any, Any], name: str, default: int | None) -> int | None:
@@ -232,7 +227,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
     try:
         raw = await request.body()
     except InternalServerException:
-        return _gone(request)
+        return client_gone(request.scope)
     create, _ = parse_create(raw)
     context = context_of(request.scope)
     context.model = create.model
@@ -289,7 +284,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
         if run is not None and run.stream is not None:
             run.stream.close(CLIENT_DISCONNECTED)
         if isinstance(exc, ClientGone):
-            return _gone(request)
+            return client_gone(request.scope)
         raise
     stream = run.stream
     headers.update(SSE_HEADERS)
