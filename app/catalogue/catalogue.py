@@ -16,6 +16,7 @@ import structlog
 
 from app.catalogue.classify import ModelInfo, capabilities_of, categories_of
 from app.config.settings import DeploymentSettings, ModelInfoOverride
+from app.core.shared_attempt import shared_attempt
 
 logger = structlog.get_logger("chat.catalogue")
 
@@ -134,7 +135,8 @@ class Catalogue:
         return await asyncio.shield(future)
 
     def _start_refresh(self) -> asyncio.Future[Snapshot]:
-        self._inflight = asyncio.ensure_future(self._refresh())
+        # The first build's callers may all give up before it fails (nothing to fall back on then).
+        self._inflight = shared_attempt(self._refresh())
         return self._inflight
 
     async def _refresh(self) -> Snapshot:

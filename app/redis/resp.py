@@ -15,6 +15,8 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from app.core.shared_attempt import shared_attempt
+
 _INCOMPLETE = object()
 
 
@@ -113,11 +115,6 @@ class _Protocol(asyncio.Protocol):
         return futures
 
 
-def _seen(attempt: asyncio.Future[_Protocol]) -> None:
-    if not attempt.cancelled():
-        attempt.exception()  # marks it retrieved; whoever awaits the attempt still gets it raised
-
-
 class RespClient:
     def __init__(self, url: str, *, timeout_s: float) -> None:
         parsed = urlparse(url)
@@ -137,11 +134,8 @@ class RespClient:
         if protocol is not None and not protocol.closed:
             return protocol
         if self._connecting is None or self._connecting.done():
-            # One connection attempt at a time; everybody who needs it waits for that one. Its
-            # callers may all have given up (their own deadline, cancelled) before it fails: its
-            # error is theirs to see, not the loop's to log as never retrieved, once per attempt.
-            self._connecting = asyncio.ensure_future(self._connect())
-            self._connecting.add_done_callback(_seen)
+            # One connection attempt at a time; everybody who needs it waits for that one.
+            self._connecting = shared_attempt(self._connect())
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> _Protocol:

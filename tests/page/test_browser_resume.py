@@ -88,19 +88,27 @@ class CuttingProxy:
 
         pumping = asyncio.create_task(upstream())
         seen = 0
+        dropped = False
         try:
             while data := await up_reader.read(65536):
                 writer.write(data)
                 await writer.drain()
                 seen += data.count(b"\ndata: ")
                 if cut and seen >= self._cut_after:
+                    dropped = True
                     break  # drop the connection mid-stream, without a proper end
         except Exception:
             pass
         finally:
             pumping.cancel()
-            for w in (writer, up_writer):
-                w.transport.abort()
+            up_writer.transport.abort()
+            if dropped:
+                # A FIN after the last piece, not a reset: a reset makes the browser's kernel discard
+                # what it has not read yet, and the browser could reconnect without having seen (and
+                # without naming) the events this connection did deliver.
+                writer.close()
+            else:
+                writer.transport.abort()
 
 
 @pytest.fixture

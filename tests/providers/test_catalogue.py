@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import httpx
@@ -116,6 +117,37 @@ async def test_single_flight_cold_refresh() -> None:
     results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
     assert built == 1
     assert all(r is results[0] for r in results)
+
+
+async def test_a_first_build_that_fails_after_its_callers_left_leaves_nothing_unretrieved() -> None:
+    # The only caller gives up (its request ended) while the first build runs; the build then fails.
+    # Its error was for that caller, not for the loop to log as "Task exception was never retrieved".
+    gate = asyncio.Event()
+
+    async def build() -> Snapshot:
+        await gate.wait()
+        raise RuntimeError("metadata source down")
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        catalogue = Catalogue(build, refresh_s=60)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(catalogue.get(), 0.01)
+        gate.set()
+        for _ in range(100):  # bounded: the build ends on the next turns
+            if catalogue.failures:
+                break
+            await asyncio.sleep(0.001)
+        assert catalogue.failures == 1
+        del catalogue
+        gc.collect()  # the catalogue and its build are gone: the collector reports what they held
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in reported] == []
 
 
 async def test_refresh_at_most_every_period_and_failure_keeps_snapshot() -> None:
