@@ -41,6 +41,7 @@ from app.server.http_errors import EXCEPTION_HANDLERS
 from app.server.lifespan import provider_text, services_lifespan
 from app.server.middleware import JsonCompressionMiddleware, RequestIdMiddleware
 from app.server.version import version
+from app.transport.request_parts import header
 
 
 def create_app(settings: Settings | None = None, environ: Mapping[str, str] | None = None) -> Litestar:
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         return keys
 
     def provide_caller(request: Request[Any, Any, Any]) -> Caller:
-        return keys.from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        return keys.from_headers(header(request.scope, b"authorization"), header(request.scope, b"x-api-key"))
 
     cors = CORSConfig(allow_origins=settings.server.cors_origins) if settings.server.cors_origins else None
     app = Litestar(

@@ -23,6 +23,7 @@ from app.limits.limiter import Admission
 from app.providers.resilient import Trail
 from app.server.openapi import CHAT_RESPONSES, ChatOperation
 from app.transport.disconnect import ClientGone, DisconnectWatch
+from app.transport.request_parts import header, read_body
 
 CHAT_PATHS = ["/v1/chat/completions", "/api/chat/completions"]
 
@@ -72,22 +73,22 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
     """``POST /v1/chat/completions``: JSON or SSE, from the request and what the handler needs."""
     started = time.perf_counter()
     chat, settings, caller = chat_context.chat, chat_context.settings, chat_context.caller
-    check_content_type(request.headers.get("content-type"))
+    check_content_type(header(request.scope, b"content-type"))
     try:
-        raw = await request.body()
+        raw = await read_body(request)
     except InternalServerException:
-        # Litestar's way of saying the client left while its body was being read: not our 500.
+        # The client left while its body was being read (Litestar's exception for it): not our 500.
         return client_gone(request.scope)
     body = parse_chat_body(raw)
-    cache_control = request.headers.get("cache-control")
+    cache_control = header(request.scope, b"cache-control")
     context = context_of(request.scope)
     context.model = body.model
     if caller.scope != ANONYMOUS.scope:
         context.key = caller.name
     if settings.server.log_bodies:
         context.prompt = body.body["messages"]
-    streaming = wants_stream(body.request.stream, request.headers.get("accept"))
-    traceparent = request.headers.get("traceparent")
+    streaming = wants_stream(body.request.stream, header(request.scope, b"accept"))
+    traceparent = header(request.scope, b"traceparent")
     if not streaming:
         return await _complete(request, chat_context, body, started, cache_control, traceparent)
     rate_headers: dict[str, str] = {}

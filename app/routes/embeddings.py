@@ -17,6 +17,7 @@ from app.embeddings.service import EmbeddingService
 from app.providers.resilient import Trail
 from app.routes.chat import check_content_type
 from app.transport.disconnect import ClientGone, DisconnectWatch
+from app.transport.request_parts import header, read_body
 
 EMBEDDINGS_PATHS: Final = ["/v1/embeddings", "/api/embeddings"]
 
@@ -48,9 +49,9 @@ async def create_embeddings(request: Request[Any, Any, Any], embeddings_context:
     """``POST /v1/embeddings``, from the request and what the handler needs."""
     started = time.perf_counter()
     embeddings, caller = embeddings_context.embeddings, embeddings_context.caller
-    check_content_type(request.headers.get("content-type"))
+    check_content_type(header(request.scope, b"content-type"))
     try:
-        raw = await request.body()
+        raw = await read_body(request)
     except InternalServerException:
         return client_gone(request.scope)
     body = parse_embeddings_body(raw)
@@ -69,11 +70,11 @@ async def create_embeddings(request: Request[Any, Any, Any], embeddings_context:
             content, cache_status = await embeddings.create(
                 body,
                 caller,
-                cache_control=request.headers.get("cache-control"),
+                cache_control=header(request.scope, b"cache-control"),
                 admission=admission,
                 trail=trail,
                 started_at=started,
-                traceparent=request.headers.get("traceparent"),
+                traceparent=header(request.scope, b"traceparent"),
             )
     except ClientGone:
         return client_gone(request.scope)

@@ -42,6 +42,7 @@ from app.limits.limiter import estimate_tokens
 from app.providers.resilient import Trail
 from app.routes.chat import ChatContext, check_content_type
 from app.transport.disconnect import ClientGone, DisconnectWatch
+from app.transport.request_parts import header, read_body
 
 logger = structlog.get_logger("chat.errors")
 
@@ -141,7 +142,7 @@ class MessagesController(Controller):
     async def count_tokens(
         self, request: Request[Any, Any, Any], chat_context: NamedDependency[ChatContext]
     ) -> Response[Any]:
-        check_content_type(request.headers.get("content-type"))
+        check_content_type(header(request.scope, b"content-type"))
         parsed, body = parse_messages_body(await request.body(), require_max_tokens=False)
         settings = chat_context.settings
         chat_body = to_chat_body(parsed, body, passthrough=passthrough_for(settings, parsed.model), stream=False)
@@ -164,14 +165,14 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     """``POST /v1/messages``: JSON or SSE."""
     started = time.perf_counter()
     chat, settings, caller = chat_context.chat, chat_context.settings, chat_context.caller
-    check_content_type(request.headers.get("content-type"))
+    check_content_type(header(request.scope, b"content-type"))
     try:
-        raw = await request.body()
+        raw = await read_body(request)
     except InternalServerException:
         return client_gone(request.scope)
     parsed, body = parse_messages_body(raw)
     passthrough = passthrough_for(settings, parsed.model)
-    streaming = wants_stream(parsed.stream, request.headers.get("accept"))
+    streaming = wants_stream(parsed.stream, header(request.scope, b"accept"))
     reasoning = _reasons(request, parsed.model)
     chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
     chat_input = to_chat_input(
@@ -203,8 +204,8 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                     chat_input,
                     started_at=started,
                     caller=caller,
-                    cache_control=request.headers.get("cache-control"),
-                    traceparent=request.headers.get("traceparent"),
+                    cache_control=header(request.scope, b"cache-control"),
+                    traceparent=header(request.scope, b"traceparent"),
                     trail=trail,
                     admission=admission,
                 )
@@ -218,8 +219,8 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                 "sse",
                 started_at=started,
                 caller=caller,
-                cache_control=request.headers.get("cache-control"),
-                traceparent=request.headers.get("traceparent"),
+                cache_control=header(request.scope, b"cache-control"),
+                traceparent=header(request.scope, b"traceparent"),
                 admission=admission,
                 adapt=_adapter(message_id, parsed.model, estimate, parsed.stop_sequences),
                 format=ANTHROPIC,

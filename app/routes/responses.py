@@ -30,6 +30,7 @@ from app.domain.events import CLIENT_DISCONNECTED
 from app.providers.resilient import Trail
 from app.routes.chat import check_content_type
 from app.transport.disconnect import ClientGone, DisconnectWatch
+from app.transport.request_parts import header, read_body
 
 RESPONSES_PATHS = ["/v1/responses", "/api/responses"]
 _ONE = ["/v1/responses/{response_id:str}", "/api/responses/{response_id:str}"]
@@ -87,7 +88,7 @@ class ResponsesController(Controller):
     ) -> Response[Any]:
         if request.query_params.get("stream") in ("true", "1"):
             after = _query_int(request, "starting_after", None)
-            last_event_id = request.headers.get("last-event-id")
+            last_event_id = header(request.scope, b"last-event-id")
             if after is None and last_event_id:
                 rid, _, seq = last_event_id.strip().rpartition(":")
                 if rid != response_id or not seq.isdigit() or len(seq) > 12:
@@ -170,7 +171,7 @@ async def _background(
             param="background",
         )
     run = await responses.start_background(
-        prepared, caller, admission, "sse" if streaming else "json", traceparent=request.headers.get("traceparent")
+        prepared, caller, admission, "sse" if streaming else "json", traceparent=header(request.scope, b"traceparent")
     )
     headers["X-Response-ID"] = run.id
     if not streaming:
@@ -223,9 +224,9 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
     started = time.perf_counter()
     responses, caller = responses_context.responses, responses_context.caller
     settings = responses.settings
-    check_content_type(request.headers.get("content-type"))
+    check_content_type(header(request.scope, b"content-type"))
     try:
-        raw = await request.body()
+        raw = await read_body(request)
     except InternalServerException:
         return client_gone(request.scope)
     create, _ = parse_create(raw)
@@ -233,7 +234,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
     context.model = create.model
     if caller.scope != ANONYMOUS.scope:
         context.key = caller.name
-    streaming = wants_stream(create.stream, request.headers.get("accept"))
+    streaming = wants_stream(create.stream, header(request.scope, b"accept"))
     prepared = await responses.prepare(create, caller)
     chat = responses.chat
     admission = await chat.admit(prepared.chat, caller)
@@ -243,7 +244,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
         headers.update(admission.headers)
     if prepared.omitted:
         headers[OMITTED_HEADER] = ", ".join(dict.fromkeys(prepared.omitted))
-    traceparent = request.headers.get("traceparent")
+    traceparent = header(request.scope, b"traceparent")
     if create.background:
         return await _background(request, responses, settings, prepared, caller, admission, streaming, headers)
     watch = DisconnectWatch(request.receive)
@@ -257,7 +258,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
                     caller,
                     admission,
                     started_at=started,
-                    cache_control=request.headers.get("cache-control"),
+                    cache_control=header(request.scope, b"cache-control"),
                     traceparent=traceparent,
                     trail=trail,
                 )
@@ -271,7 +272,7 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
                 admission,
                 "sse",
                 started_at=started,
-                cache_control=request.headers.get("cache-control"),
+                cache_control=header(request.scope, b"cache-control"),
                 traceparent=traceparent,
             )
             assert run.stream is not None

@@ -22,15 +22,9 @@ from app.core.drain import Drain
 from app.domain.errors import GatewayError
 from app.observability.failure_log import upstream_failure
 from app.observability.log import InfoLine
+from app.transport.request_parts import header
 
 RequestObserver = Callable[[Any, int, float], None]
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 class RequestIdMiddleware:
@@ -54,7 +48,7 @@ class RequestIdMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
+        incoming = header(scope, b"x-request-id")
         request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -144,7 +138,7 @@ class JsonCompressionMiddleware:
         self.minimum_size = minimum_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or "gzip" not in (_header(scope, b"accept-encoding") or "").lower():
+        if scope["type"] != "http" or "gzip" not in (header(scope, b"accept-encoding") or "").lower():
             await self.app(scope, receive, send)
             return
         start: Message | None = None
