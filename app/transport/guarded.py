@@ -194,6 +194,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_fed = 0
         self._header_bytes = 0
         self._head_error: HeadRefused | None = None
+        self._hosts = 0  # Host headers of the current head
+        # Where the current request is, for the deadline armed after each read (``_arm_phase``).
+        self._head_started = False
+        self._in_body = False
         self._lingering = False  # a refused head was answered; what still arrives is dropped
         #: The requests in progress (or queued behind a pipelined one) on this connection, each with the
         #: hook its disconnect watch listens on (disconnect.py).
@@ -237,6 +241,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._feed(data)
         else:
             self._feed_bounded(memoryview(data))
+        if self._phase_timer is None:
+            self._arm_phase()
 
     def _feed_bounded(self, view: memoryview) -> None:
         """Feed ``view`` without letting one request's head past MAX_HEAD_BYTES into the parser."""
@@ -281,7 +287,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._header_bytes > head_limits.MAX_HEADER_BYTES or len(self.headers) >= head_limits.MAX_HEADER_LINES:
             self._head_error = head_limits.headers_too_large()
             raise self._head_error
-        super().on_header(name, value)
+        # uvicorn's on_header, in this frame (a call per header of every request), counting Hosts.
+        name = name.lower()
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def send_400_response(self, msg: str) -> None:
         self._refuse_head(head_limits.bad_request())
@@ -318,6 +330,17 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._phase_timer.cancel()
             self._phase_timer = None
 
+    def _arm_phase(self) -> None:
+        """After a read, the deadline of the phase the request is left in: its head's or its body's.
+        Armed here rather than from the parser's callbacks, so that a request whose head and body
+        came in one read (almost every one) arms and cancels no timer at all."""
+        if self.parser is None or self._lingering or self.transport.is_closing():
+            return  # upgraded to a WebSocket, refused, or closing
+        if self._head_started:
+            self._arm(self._limits.header_timeout_s, self._header_timeout)
+        elif self._in_body:
+            self._arm(self._limits.body_timeout_s, self._body_timeout)
+
     def _header_timeout(self) -> None:
         self._phase_timer = None
         if not self.transport.is_closing():
@@ -338,20 +361,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._header_bytes = 0
+        self._hosts = 0
+        self._head_started = True  # a kept-alive connection's next request: its headers' deadline
         super().on_message_begin()
-        if self._phase_timer is None:  # a kept-alive connection's next request: its headers' deadline
-            self._arm(self._limits.header_timeout_s, self._header_timeout)
 
     def on_headers_complete(self) -> None:
-        if self.parser.get_http_version() == "1.1" and sum(name == b"host" for name, _ in self.headers) != 1:
+        if self._hosts != 1 and self.parser.get_http_version() == "1.1":
             self._head_error = head_limits.bad_request("An HTTP/1.1 request must carry exactly one Host header.")
             raise self._head_error
         self._in_head = False
+        self._head_started = False
         self._disarm()
         self._idle.pop(self, None)  # a request in progress is never evicted
         super().on_headers_complete()
         if not (self.parser.should_upgrade() and self._should_upgrade()):
-            self._arm(self._limits.body_timeout_s, self._body_timeout)
+            self._in_body = True  # its deadline is armed after this read, if the body is not all here
             # The cycle uvicorn just made (run now or queued behind a pipelined one) has not written yet.
             cycle = self.cycle
             cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
@@ -359,6 +383,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._hooks[cycle] = hook
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._disarm()
         # What follows is the next request's head. (Of a read that also ends this request, the part
         # after its end is not counted: at most one read, which asyncio caps at 256 KiB.)

@@ -59,23 +59,38 @@ def test_connection_that_sends_nothing_is_closed(tight: ServerThread) -> None:
         assert _closed_within(sock, SHORT + SLACK) >= SHORT * 0.8
 
 
+def _drip_until_cut(sock: socket.socket) -> None:
+    """Send a request's head one byte every 0.1 s until the server closes the connection."""
+    started = time.monotonic()
+    request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    sock.settimeout(0.1)
+    for byte in request:
+        try:
+            sock.sendall(bytes([byte]))
+            if sock.recv(1) == b"":
+                break
+        except TimeoutError:
+            continue  # nothing to read yet: keep dripping
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if time.monotonic() - started > SHORT + SLACK:
+            pytest.fail("a request whose headers drip in one byte at a time was never cut")
+    assert time.monotonic() - started < SHORT + SLACK
+
+
 def test_slowloris_headers_are_cut(tight: ServerThread) -> None:
     with _connect(tight) as sock:
-        started = time.monotonic()
-        request = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
-        sock.settimeout(0.1)
-        for byte in request:
-            try:
-                sock.sendall(bytes([byte]))
-                if sock.recv(1) == b"":
-                    break
-            except TimeoutError:
-                continue  # nothing to read yet: keep dripping
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if time.monotonic() - started > SHORT + SLACK:
-                pytest.fail("a request whose headers drip in one byte at a time was never cut")
-        assert time.monotonic() - started < SHORT + SLACK
+        _drip_until_cut(sock)
+
+
+def test_slowloris_headers_of_a_kept_alive_connections_next_request_are_cut(tight: ServerThread) -> None:
+    # The next request's head has its own deadline, from its first byte: each byte that arrives
+    # ends the keep-alive wait, so without it a drip would hold the connection for ever.
+    with _connect(tight) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        _drip_until_cut(sock)
 
 
 def test_body_that_stops_arriving_is_cut(tight: ServerThread, fake: FakeProvider) -> None:

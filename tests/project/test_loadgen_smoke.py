@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.bench_micro import push_path
+from loadtests.bench_micro import protocol_request, push_path
 from loadtests.loadgen import LoadConfig, run_load
 from loadtests.upstream import PhaseSequence
 
@@ -245,3 +245,9 @@ async def test_the_push_path_benchmark_writes_every_chunk() -> None:
     # provider's event itself, 100 times.
     assert per_read_us > 0
     assert written > 100 * 150
+
+
+async def test_the_protocol_benchmark_answers_every_request() -> None:
+    per_request_us, writes = await protocol_request(requests=50)
+    assert per_request_us > 0
+    assert writes == 50  # each answer's head and (empty) body in one write
