@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 import structlog
 
+from app.aio.shared_attempt import shared_attempt
 from app.catalogue.classify import ModelInfo, capabilities_of, categories_of
 from app.config.settings import DeploymentSettings, ModelInfoOverride
-from app.core.shared_attempt import shared_attempt
 
 logger = structlog.get_logger("chat.catalogue")
 

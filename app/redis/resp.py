@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from app.core.shared_attempt import shared_attempt
+from app.aio.shared_attempt import shared_attempt
 
 _INCOMPLETE = object()
 
