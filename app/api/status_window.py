@@ -3,8 +3,8 @@
 A stream's status window (``streaming.status_window_s``) holds its answer's status back until the
 first event has come or the window has ended, so that a provider error reported at once is
 answered with its real status instead of a 200 and an error event. The handler sends the provider
-call off and returns its response at once; the response waits out the rest of the window before it
-starts. So when the first chunk comes inside the window, as it usually does, everything about the
+call off and returns its response at once (``open_window``); the response waits out the rest of the
+window before it starts. So when the first chunk comes inside the window, as it usually does, everything about the
 answer that could be done before it (the handler's return, the response's conversion) has been,
 and the chunk waits only for the response's start and writer (loadtests/README.md has the
 figures). A provider error that comes inside the window is raised from the response before
@@ -37,9 +37,20 @@ def client_gone(scope: Scope) -> Response[Any]:
     return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
-def window_end(window_s: float) -> float:
-    """When a status window of ``window_s`` opened now ends (``time.monotonic``)."""
-    return time.monotonic() + window_s
+async def open_window(stream: ChatStream, window_s: float) -> float:
+    """Open ``stream``'s status window of ``window_s``; when it ends (``time.monotonic``).
+
+    With a window, the provider call goes out now, before the response is built (its first event
+    then has that much less to wait for). Without one the response starts at once, and its pump
+    pulls the first event in its own task: the call goes out in the same loop turn as the
+    response's start, and the first chunk is written by the task it wakes, not handed from a task
+    of its own to the response's (each hand-over a whole loop turn, which under load is the time to
+    first byte: loadtests/README.md has the figures).
+    """
+    ends_at = time.monotonic() + window_s
+    if window_s > 0:
+        await stream.first_event(0)
+    return ends_at
 
 
 async def wait_window(stream: ChatStream, watch: DisconnectWatch, ends_at: float, scope: Scope, send: Send) -> bool:
@@ -49,6 +60,8 @@ async def wait_window(stream: ChatStream, watch: DisconnectWatch, ends_at: float
     False when the client left meanwhile: the stream is closed as the client's and the request
     answered (for its log line) with 499.
     """
+    if not stream.first_pending:
+        return True  # no window: the pump pulls the first event (``open_window``)
     try:
         with watch.guard():
             first = await stream.first_event(ends_at - time.monotonic())

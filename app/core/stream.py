@@ -249,7 +249,8 @@ class ChatStream:
         The wait runs in its own task so that the window can end without cancelling the provider's
         stream, which keeps going and is picked up by ``next_event``. The first call starts that task
         (with no time to wait, it lets the task send the provider call off before returning); a later
-        one with no time left answers at once.
+        one with no time left answers at once. Only for a status window: without one, ``next_event``
+        pulls the first event in its caller's task (``api/status_window.py`` ``open_window``).
         """
         first = self._first
         if first is None:
@@ -264,6 +265,11 @@ class ChatStream:
             return None
         done, _ = await asyncio.wait((first,), timeout=timeout)
         return first.result() if done else None
+
+    @property
+    def first_pending(self) -> bool:
+        """``first_event`` has started the first pull, and nobody has taken its event yet."""
+        return self._first is not None
 
     async def next_event(self) -> StreamEvent:
         """The next event, pulled in the caller's task; the last one is a done or error event.

@@ -12,7 +12,7 @@ from litestar.exceptions import InternalServerException
 from app.access.keys import ANONYMOUS, Caller
 from app.api.chat.sse import SSE_HEADERS, SseResponse
 from app.api.intent import wants_stream
-from app.api.status_window import client_gone, window_end
+from app.api.status_window import client_gone, open_window
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.core.service import ChatService
@@ -113,10 +113,9 @@ async def create_chat_completion(request: Request[Any, Any, Any], chat_context: 
         )
         context.stream = stream
         # The status window (errors the provider reports at once still get a real status) is waited
-        # out by the response; the provider call goes out now, before the response is built.
-        window_ends = window_end(settings.streaming.status_window_s)
+        # out by the response; with one, the provider call goes out now (open_window).
         with watch.guard():
-            await stream.first_event(0)
+            window_ends = await open_window(stream, settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()
         opened = context.stream

@@ -32,7 +32,7 @@ from app.api.messages.framing import ANTHROPIC_FRAMING
 from app.api.messages.request import native_request, parse_messages_body, to_chat_body, to_chat_input
 from app.api.messages.source import MessagesSource
 from app.api.messages.tokens import count_input_tokens
-from app.api.status_window import client_gone, window_end
+from app.api.status_window import client_gone, open_window
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.domain.chunks import Chunk
@@ -226,9 +226,8 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
                 format=ANTHROPIC,
             )
             context.stream = stream
-            # The response waits out the status window; the provider call goes out now.
-            window_ends = window_end(settings.streaming.status_window_s)
-            await stream.first_event(0)
+            # The response waits out the status window (open_window: the provider call goes out now).
+            window_ends = await open_window(stream, settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()
         opened = context.stream

@@ -22,7 +22,7 @@ from app.api.responses.request import parse_create
 from app.api.responses.service import Prepared, ResponseRun, ResponsesService
 from app.api.responses.sse import ResponseReplay, ResponsesReplayResponse, ResponsesSseResponse
 from app.api.responses.store import StoredResponse
-from app.api.status_window import client_gone, window_end
+from app.api.status_window import client_gone, open_window
 from app.config.settings import Settings
 from app.core.context import context_of
 from app.domain.errors import InvalidRequest, InvalidResumePosition
@@ -277,9 +277,8 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
             )
             assert run.stream is not None
             context.stream = run.stream
-            # The response waits out the status window; the provider call goes out now.
-            window_ends = window_end(settings.streaming.status_window_s)
-            await run.stream.first_event(0)
+            # The response waits out the status window (open_window: the provider call goes out now).
+            window_ends = await open_window(run.stream, settings.streaming.status_window_s)
     except BaseException as exc:
         watch.stop()
         if run is not None and run.stream is not None:
