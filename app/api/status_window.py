@@ -3,14 +3,15 @@
 A stream's status window (``streaming.status_window_s``) holds its answer's status back until the
 first event has come or the window has ended, so that a provider error reported at once is
 answered with its real status instead of a 200 and an error event. The handler sends the provider
-call off and returns its response at once (``open_window``); the response waits out the rest of the
-window before it starts. So when the first chunk comes inside the window, as it usually does, everything about the
-answer that could be done before it (the handler's return, the response's conversion) has been,
-and the chunk waits only for the response's start and writer (loadtests/README.md has the
-figures). A provider error that comes inside the window is raised from the response before
-anything was sent: the exception handlers around the route answer it, as they answer the handler's
-own errors. A client that leaves inside the window gets the request logged as 499, as every
-route answers a client that left before its answer started (``client_gone``).
+call off and returns its response at once (``open_window``); the response waits out the rest of
+the window before it starts. So when the first chunk comes inside the window, as it usually does,
+everything about the answer that could be done before it (the handler's return, the response's
+conversion) has been, and the chunk waits only for the response's start and writer
+(loadtests/README.md has the figures). A provider error that comes inside the window is raised
+from the response before anything was sent: the exception handlers around the route answer it, as
+they answer the handler's own errors. A client that leaves inside the window gets the request
+logged as 499, as every route answers a client that left before its answer started
+(``client_gone``).
 """
 
 from __future__ import annotations
