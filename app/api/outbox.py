@@ -107,5 +107,7 @@ class Outbox:
             self._sending = True
             try:
                 await send({"type": "websocket.send", "text": frame.decode(), "bytes": None})
+            except OSError:  # the client is gone (uvicorn's ClientDisconnected): the receive loop ends the session
+                return
             finally:
                 self._sending = False

@@ -57,10 +57,16 @@ class DirectSocket:
         return cls(protocol)
 
     def can_write(self) -> bool:
-        """The socket takes a message now: open, not closing, its buffer under the high-water mark."""
+        """The socket takes a message now: open, not closing, its buffer under the high-water mark.
+
+        Open in the connection's own state too: when the peer's close frame arrives, uvicorn answers
+        it and closes the transport, but marks nothing until the transport is lost, a loop turn later;
+        a message written in between would be the connection's ``InvalidState`` error, raised in the
+        writer of whatever stream was being pushed, as if its provider had failed."""
         protocol = self._protocol
         return (
             self._writable.is_set()
+            and self._conn.state is OPEN
             and not protocol.disconnected
             and not protocol.close_sent
             and protocol.initial_response is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
-from websockets.protocol import OPEN
+from websockets.protocol import CLOSING, OPEN
 from websockets.server import ServerProtocol
 
 from app.transport.direct_body import DirectBody
@@ -166,6 +167,23 @@ async def _socket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 #: Written by DirectSocket: short ones, and lengths either side of the 7-, 16- and 64-bit length forms
 #: (UTF-8 that is not ASCII, so characters and bytes differ).
 _DIRECT_TEXTS = ["one", "two", "é" * 62 + "x", "é" * 63, "x" * 65_535, "é" * 32_768, "three"]
+
+
+def test_a_socket_whose_peer_is_closing_takes_no_message() -> None:
+    # Between the peer's close frame (uvicorn answers it and closes the transport) and the transport's
+    # loss (a loop turn later) only the connection's state says so: a write then would raise
+    # InvalidState in the writer of a pushed stream, and end it as the provider's failure.
+    conn = ServerProtocol()
+    conn.state = OPEN
+    writable = asyncio.Event()
+    writable.set()
+    protocol = SimpleNamespace(
+        conn=conn, transport=None, writable=writable, disconnected=False, close_sent=False, initial_response=None
+    )
+    direct = DirectSocket(protocol)  # type: ignore[arg-type]
+    assert direct.can_write()
+    conn.state = CLOSING
+    assert not direct.can_write()
 
 
 def test_text_frame_is_the_frame_websockets_would_send() -> None:

@@ -103,9 +103,11 @@ class CuttingProxy:
             pumping.cancel()
             up_writer.transport.abort()
             if dropped:
-                # A FIN after the last piece, not a reset: a reset makes the browser's kernel discard
-                # what it has not read yet, and the browser could reconnect without having seen (and
-                # without naming) the events this connection did deliver.
+                # The browser must have handled the events it was sent before the connection breaks:
+                # Chromium fails a response whose last piece and its end arrive together without
+                # dispatching that piece (and a replay's first piece holds every event it sends), so
+                # it would reconnect without a Last-Event-ID, having seen nothing. Then a FIN.
+                await asyncio.sleep(0.5)
                 writer.close()
             else:
                 writer.transport.abort()
