@@ -43,10 +43,7 @@ async def test_a_stream_is_answered_whole(client: httpx.AsyncClient, fake: FakeP
 async def test_a_provider_error_comes_in_band(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     # With no window the status is sent before the provider answers: its error is the last event.
     result = await stream_chat(client, chat_body("rate_limited", stream=True))
-    assert result.status == 200
-    last = result.data_events[-1]
-    assert last.event == "error"
-    assert last.json()["error"]["code"] == "rate_limit_exceeded"
+    assert result.error_in_band()["code"] == "rate_limit_exceeded"
 
 
 async def test_a_first_chunk_that_never_comes_ends_the_stream_at_its_deadline(
@@ -54,9 +51,7 @@ async def test_a_first_chunk_that_never_comes_ends_the_stream_at_its_deadline(
 ) -> None:
     async with asyncio.timeout(5):
         result = await stream_chat(client, chat_body("hang_after_headers", stream=True))
-    assert result.status == 200
-    assert result.data_events[-1].event == "error"
-    assert result.data_events[-1].json()["error"]["code"] == "upstream_timeout"
+    assert result.error_in_band()["code"] == "upstream_timeout"
 
 
 async def test_the_first_event_is_pulled_by_the_response_itself(

@@ -167,32 +167,21 @@ async def test_provider_errors_before_first_chunk_get_real_status(
 
 async def test_drop_mid_stream_is_in_band_error(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     result = await stream_chat(client, chat_body("drop", stream=True))
-    assert result.status == 200
-    last = result.data_events[-1]
-    assert last.event == "error"
-    assert last.json()["error"]["code"] == "upstream_unavailable"
-    assert all(e.data != "[DONE]" for e in result.data_events)
+    assert result.error_in_band()["code"] == "upstream_unavailable"
     assert result.content() == "Hello,"
 
 
 async def test_hang_gives_heartbeats_then_timeout_error(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     result = await stream_chat(client, chat_body("hang", stream=True))
-    assert result.status == 200
     assert len(result.comments) >= 3
-    last = result.data_events[-1]
-    assert last.event == "error"
-    assert last.json()["error"]["type"] == "timeout_error"
-    assert last.json()["error"]["code"] == "upstream_timeout"
-    assert all(e.data != "[DONE]" for e in result.data_events)
+    error = result.error_in_band()
+    assert (error["type"], error["code"]) == ("timeout_error", "upstream_timeout")
 
 
 async def test_idle_timeout_mid_stream(client: httpx.AsyncClient, fake: FakeProvider) -> None:
     result = await stream_chat(client, chat_body("silent_long", stream=True))
-    assert result.status == 200
     assert result.content() == "Hello,"
-    last = result.data_events[-1]
-    assert last.event == "error"
-    assert last.json()["error"]["code"] == "upstream_timeout"
+    assert result.error_in_band()["code"] == "upstream_timeout"
     # The idle deadline closed the upstream call rather than leaving it running.
     record = fake.requests[0]
     await fake.await_end(record, timeout=3)

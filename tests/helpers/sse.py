@@ -38,6 +38,15 @@ class SSEResult:
     def comments(self) -> list[Event]:
         return [e for e in self.events if e.comment is not None]
 
+    def error_in_band(self) -> dict[str, Any]:
+        """The error body of a stream that started (200) and ended with an ``event: error``, no [DONE]."""
+        assert self.status == 200
+        last = self.data_events[-1]
+        assert last.event == "error"
+        assert all(e.data != "[DONE]" for e in self.data_events)
+        error: dict[str, Any] = last.json()["error"]
+        return error
+
     def content(self) -> str:
         text = ""
         for e in self.data_events:

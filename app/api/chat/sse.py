@@ -253,7 +253,7 @@ class _SseASGI:
 
 class SseResponse(Response[Any]):
     """The SSE response for an open chat stream; its request's disconnect watch comes with it, and
-    the end of its status window (``window_end``), which it waits out before it starts."""
+    the end of its status window (``open_window``), which it waits out before it starts."""
 
     def __init__(
         self,
