@@ -37,6 +37,11 @@ class PushedStream(Protocol):
     chunks: int
     last_event_at: float
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the stream runs on."""
+        ...
+
     def accept(self, chunk: Chunk) -> StreamEvent | None:
         """A chunk numbered and logged; None if the client does not get it."""
         ...
@@ -92,7 +97,7 @@ class PushRun:
         self._stream = stream
         self._source = source
         self._writer = writer
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = loop = stream.loop
         #: The stream's last event (done or an error), once it came.
         self.done: asyncio.Future[StreamEvent] = loop.create_future()
         #: The client is full: the provider is held back, so its silence is not the provider's.

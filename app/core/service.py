@@ -4,7 +4,6 @@ complete a call."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +25,7 @@ from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion, Usage
 from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported
 from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, NO_GUARD, UPSTREAM_ERROR, Deadlines
+from app.domain.ids import random_hex
 from app.limits.limiter import Admission, Limiter
 from app.observability.tracing import StreamTracer, Tracing
 from app.providers.resilient import Resilient, Trail
@@ -234,7 +234,7 @@ class ChatService:
         if adapt is not None:
             source = adapt(source)
         stream = ChatStream(
-            stream_id=os.urandom(16).hex(),
+            stream_id=random_hex(16),
             model=deployment,
             transport=transport,
             source=source,

@@ -121,8 +121,9 @@ class ChatStream:
         self._push: PushRun | None = None  # the pushed remainder of the stream, once handed over
 
     def start(self) -> ChatStream:
-        # Kept: on Python 3.11 every asyncio.get_running_loop() (and current_task() without a loop)
-        # is a getpid() system call, and the pull below needs the loop twice per chunk.
+        # Kept (``loop``): on Python 3.11 every asyncio.get_running_loop() (and current_task() without
+        # a loop) is a getpid() system call, and the pull below needs the loop twice per chunk, its
+        # writer and its push run once each.
         self._loop = loop = asyncio.get_running_loop()
         self.upstream_started_at = time.perf_counter()
         self.last_event_at = loop.time()
@@ -132,13 +133,18 @@ class ChatStream:
             self._observer.stream_opened(self)
         return self
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the stream runs on (taken by ``start()``)."""
+        return self._loop
+
     # The deadlines are one watchdog timer that re-arms itself once per period, rather than a timeout
     # context per chunk: per chunk the hot path only stores a timestamp.
 
     def _watch_upstream(self) -> None:
         if self._finished or self.outcome is not None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         now = loop.time()
         if now < self._deadline_at:
             self._watchdog = loop.call_at(self._deadline_at, self._watch_upstream)
@@ -254,7 +260,7 @@ class ChatStream:
         """
         first = self._first
         if first is None:
-            first = self._first = asyncio.get_running_loop().create_task(self._pull(), name=f"first-event:{self.id}")
+            first = self._first = self._loop.create_task(self._pull(), name=f"first-event:{self.id}")
             if timeout <= 0:
                 # The provider call still goes out now, before the response is built and its headers
                 # written: that work then overlaps the provider's time to first chunk.

@@ -19,7 +19,6 @@ to its end; the next request is the one refused.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from app.access.policy import KeyPolicy
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Usage
 from app.domain.errors import BudgetExceeded, RateLimited
+from app.domain.ids import random_hex
 from app.limits.backend import BUDGET, Ask, BackendUnavailable, LimitBackend, Settlement, Verdict
 from app.limits.windows import budget_resets_in, budget_window_id, minute_of, seconds_to_next_minute
 
@@ -177,7 +177,7 @@ class Limiter:
             return Admission(self, caller, None, {}, request)
         now = self._clock()
         # Every limited call holds a lease while it runs: its concurrency slot and its reservation.
-        lease_id = os.urandom(8).hex()
+        lease_id = random_hex(8)
         whole = request is not None
         input_tokens = estimate_tokens(request) if request is not None else 0
         budgeted = whole and policy.budget_usd is not None

@@ -12,7 +12,6 @@ origin, a request written in one piece; see that module for why not aiohttp or h
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Literal
@@ -277,7 +276,7 @@ class RelayStream:
         if response is not None:
             let_go = response.release if done else response.close
             if soon:
-                asyncio.get_running_loop().call_soon(let_go)
+                response.loop.call_soon(let_go)
             else:
                 let_go()
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
+from app.aio.deadline import Deadline
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion
 from app.domain.errors import GatewayError, RateLimited, UpstreamOverloaded, UpstreamTimeout, UpstreamUnavailable
@@ -101,10 +102,11 @@ class Resilient:
 
     async def complete(self, request: ChatCompletionInput, model: str, trail: Trail) -> Completion:
         provider = self._provider
+        loop = asyncio.get_running_loop()  # once: each ask is a system call on Python 3.11 (Deadline)
 
         async def attempt(member: Member) -> Completion:
             try:
-                async with asyncio.timeout(member.dep.timeout_s):
+                async with Deadline(loop, member.dep.timeout_s):
                     return await provider.complete(request, member.id)
             except TimeoutError as exc:
                 raise UpstreamTimeout("The provider did not complete the call in time.") from exc
@@ -226,11 +228,12 @@ class ResilientStream:
     async def _open(self) -> Chunk:
         provider = self._owner._provider
         request = self._request
+        loop = asyncio.get_running_loop()  # once: each ask is a system call on Python 3.11 (Deadline)
 
         async def attempt(member: Member) -> Chunk:
             upstream = provider.stream(request, member.id)
             try:
-                async with asyncio.timeout(member.dep.timeout_s):
+                async with Deadline(loop, member.dep.timeout_s):
                     first = await anext(upstream)
             except StopAsyncIteration:
                 # An empty stream still answered: hand on its end.

@@ -11,7 +11,6 @@ translated into Anthropic's message object or event stream (``app/api/messages/e
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
@@ -38,6 +37,7 @@ from app.core.context import context_of
 from app.domain.chunks import Chunk
 from app.domain.errors import GatewayError, InvalidRequest, ModelNotAllowed, PayloadTooLarge, public_error
 from app.domain.events import CLIENT_DISCONNECTED
+from app.domain.ids import random_hex
 from app.limits.limiter import estimate_tokens
 from app.providers.resilient import Trail
 from app.routes.chat import ChatContext, check_content_type
@@ -114,7 +114,7 @@ def _reasons(request: Request[Any, Any, Any], model: str) -> bool:
 
 
 def _message_id() -> str:
-    return "msg_" + os.urandom(12).hex()
+    return "msg_" + random_hex(12)
 
 
 class MessagesController(Controller):

@@ -7,7 +7,6 @@ and must not add per-chunk work beyond a type check.
 from __future__ import annotations
 
 import gzip
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -20,6 +19,7 @@ from app.api.chat.sse import RAW_SEND
 from app.core.context import CONTEXT, RequestContext
 from app.core.drain import Drain
 from app.domain.errors import GatewayError
+from app.domain.ids import random_hex
 from app.observability.failure_log import upstream_failure
 from app.observability.log import InfoLine
 from app.transport.request_parts import header
@@ -49,7 +49,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = header(scope, b"x-request-id")
-        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else os.urandom(16).hex()
+        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else random_hex(16)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         context = state[CONTEXT] = RequestContext(request_id)

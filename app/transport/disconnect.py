@@ -36,11 +36,15 @@ DISCONNECT_HOOK: Final = "chat.disconnect_hook"
 
 
 class DisconnectHook:
-    """One request's line from its connection: ``fire`` when the connection is lost (guarded.py)."""
+    """One request's line from its connection: ``fire`` when the connection is lost (guarded.py).
 
-    __slots__ = ("callback", "lost")
+    ``loop``: the connection's, which the request's task runs on; the watch reads it from here
+    rather than ask for the running loop (on Python 3.11 a ``getpid()`` system call each time)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("callback", "loop", "lost")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.lost = False
         self.callback: Callable[[], None] | None = None
 
@@ -73,7 +77,8 @@ class DisconnectWatch:
     __slots__ = ("_armed", "_cancelled", "_hook", "_owner", "_stopped", "_task", "gone")
 
     def __init__(self, receive: Receive) -> None:
-        owner = asyncio.current_task()
+        self._hook = hook = _hook_of(receive)
+        owner = asyncio.current_task(None if hook is None else hook.loop)
         assert owner is not None, "a DisconnectWatch belongs to the task that serves the request"
         self._owner = owner
         self._armed = False
@@ -81,14 +86,13 @@ class DisconnectWatch:
         self._stopped = False
         self.gone = False
         self._task: asyncio.Task[None] | None = None
-        self._hook = hook = _hook_of(receive)
         if hook is None:
             self._task = asyncio.get_running_loop().create_task(self._watch(receive))
         elif hook.lost:
             # Lost already (while the request was being admitted): found out on the loop's next turn,
             # as the task would, so that the first guarded wait has begun and its work (which owns
             # the admission from then on) ends the way it does for a client that leaves mid-call.
-            asyncio.get_running_loop().call_soon(self._lost)
+            hook.loop.call_soon(self._lost)
         else:
             hook.callback = self._lost
 

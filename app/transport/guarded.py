@@ -379,7 +379,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             # The cycle uvicorn just made (run now or queued behind a pipelined one) has not written yet.
             cycle = self.cycle
             cycle.transport = HeadHeldTransport(self.transport, self.loop)  # type: ignore[assignment]
-            hook = cycle.scope["state"][DISCONNECT_HOOK] = DisconnectHook()
+            hook = cycle.scope["state"][DISCONNECT_HOOK] = DisconnectHook(self.loop)
             self._hooks[cycle] = hook
 
     def on_message_complete(self) -> None:

@@ -16,12 +16,12 @@ Each answer is the contract's JSON error body with ``X-Request-ID`` and ``Connec
 
 from __future__ import annotations
 
-import os
 from typing import Final
 
 import msgspec
 
 from app.domain.errors import ErrorBody, ErrorObject
+from app.domain.ids import random_hex
 
 MAX_REQUEST_LINE_BYTES: Final = 8 * 1024
 MAX_HEADER_BYTES: Final = 64 * 1024
@@ -67,7 +67,7 @@ def valid_request_id(incoming: str | None) -> str:
     """The client's X-Request-ID when it is a sane one, else a new one."""
     if incoming and len(incoming) <= 128 and incoming.isprintable():
         return incoming
-    return os.urandom(16).hex()
+    return random_hex(16)
 
 
 def request_id_of(headers: list[tuple[bytes, bytes]] | None) -> str:

@@ -21,7 +21,7 @@ class _Cycle:
 
 
 async def test_a_connection_lost_mid_wait_ends_the_guarded_wait() -> None:
-    hook = DisconnectHook()
+    hook = DisconnectHook(asyncio.get_running_loop())
     watch = DisconnectWatch(_Cycle(hook).receive)
     asyncio.get_running_loop().call_later(0.05, hook.fire)
     with pytest.raises(ClientGone):
@@ -35,7 +35,7 @@ async def test_a_connection_lost_mid_wait_ends_the_guarded_wait() -> None:
 async def test_a_connection_lost_before_the_watch_ends_the_first_guarded_wait_not_its_start() -> None:
     # Lost while the request was being admitted: the guarded work must begin (it owns the admission
     # from then on and settles it as it ends), and then end as for a client that leaves mid-call.
-    hook = DisconnectHook()
+    hook = DisconnectHook(asyncio.get_running_loop())
     hook.fire()
     watch = DisconnectWatch(_Cycle(hook).receive)
     began = False
@@ -49,7 +49,7 @@ async def test_a_connection_lost_before_the_watch_ends_the_first_guarded_wait_no
 
 
 async def test_a_stopped_watch_ignores_the_loss() -> None:
-    hook = DisconnectHook()
+    hook = DisconnectHook(asyncio.get_running_loop())
     watch = DisconnectWatch(_Cycle(hook).receive)
     watch.stop()
     hook.fire()  # the response was done: nothing is cancelled

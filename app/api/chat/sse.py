@@ -104,7 +104,7 @@ class _Heartbeat:
 
     def __init__(self, stream: ChatStream, send: Send, beat: bytes = HEARTBEAT) -> None:
         self._beat_bytes = beat
-        self._loop = loop = asyncio.get_running_loop()
+        self._loop = loop = stream.loop
         self._stream = stream
         self._send = send
         self._rule = rule = Heartbeat(stream.deadlines.heartbeat_s, loop.time())

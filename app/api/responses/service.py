@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from app.core.stream import ChatStream
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.errors import GatewayError
 from app.domain.events import NO_GUARD, StreamEvent
+from app.domain.ids import random_hex
 from app.limits.limiter import Admission
 from app.providers.resilient import Trail
 from app.resume.service import Resumes
@@ -58,7 +58,7 @@ _SUMMARIES: Final = frozenset({"auto", "concise", "detailed"})
 
 
 def new_response_id() -> str:
-    return "resp_" + os.urandom(16).hex()
+    return "resp_" + random_hex(16)
 
 
 class Prepared(msgspec.Struct):

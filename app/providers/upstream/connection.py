@@ -41,7 +41,7 @@ NEW, ACTIVE, IDLE, CLOSED = ConnectionState.NEW, ConnectionState.ACTIVE, Connect
 class Connection(asyncio.Protocol):
     """The part of an HTTP/1.1 and an HTTP/2 connection that the pool and a response see."""
 
-    __slots__ = ("idle_since", "on_change", "served", "state", "transport")
+    __slots__ = ("idle_since", "loop", "on_change", "served", "state", "transport")
 
     #: HTTP/2 connections carry several calls at once and stay in the pool while they do.
     http2: ClassVar[bool] = False
@@ -51,6 +51,10 @@ class Connection(asyncio.Protocol):
         self.on_change = on_change
         self.state = NEW
         self.transport: asyncio.Transport | None = None
+        # Its loop, taken once (a connection is made inside it): on Python 3.11 every
+        # asyncio.get_running_loop() is a getpid() system call (its fork check), and the pool and every
+        # response on the connection need the loop's clock or its futures.
+        self.loop = asyncio.get_running_loop()
         self.idle_since = 0.0  # loop time it last became IDLE
         self.served = 0  # calls it has carried to their end: a reused connection may have gone stale
 

@@ -97,17 +97,17 @@ class UpstreamPool:
     # -- connections out and back -----------------------------------------------------------------
 
     async def _checkout(self) -> Connection:
-        loop = asyncio.get_running_loop()
+        # Each connection's clock is its own loop's (Connection.loop): the usual call, a kept-alive
+        # connection, asks no one for the running loop.
         while True:
             if self._closed:
                 raise UpstreamConnectionError("the relay is shutting down")
-            now = loop.time()
             for shared in self._h2:
-                if shared.has_room() and not shared.expired(now, self._keepalive_s):
+                if shared.has_room() and not shared.expired(shared.loop.time(), self._keepalive_s):
                     return shared
             while self._idle:
                 conn, _ = self._idle.popitem()  # the most recently used: the least likely to be stale
-                if not conn.expired(now, self._keepalive_s):
+                if not conn.expired(conn.loop.time(), self._keepalive_s):
                     conn.state = ACTIVE
                     return conn
                 conn.close()  # the sweep has not come round to it yet
@@ -120,7 +120,7 @@ class UpstreamPool:
                 return await self._connect()
             # Every connection is busy: wait for one to come back or close. Bounded by the caller's
             # own deadline (a stream's first-chunk timeout, a call's timeout), which cancels this.
-            waiter = loop.create_future()
+            waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
@@ -166,7 +166,7 @@ class UpstreamPool:
 
     def _checkin(self, conn: Connection) -> None:
         """``conn`` carries nothing now and is kept alive (HTTP/1.1: back in the idle stack)."""
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         if not conn.http2:
             self._idle[conn] = None
         self._wake_one()

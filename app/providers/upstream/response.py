@@ -73,9 +73,7 @@ class UpstreamResponse:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        # Taken once: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call (its
-        # fork check), and a stream waits for its next chunk once per chunk.
-        self._loop = asyncio.get_running_loop()
+        self._loop = conn.loop  # its connection's, taken once per connection (Connection.loop)
         self.state = _SENT
         self.stream_id = 0  # an HTTP/2 stream's id; 0 on HTTP/1.1
         self.status = 0
@@ -235,6 +233,11 @@ class UpstreamResponse:
             if limit is not None and size >= limit:
                 break
         return b"".join(parts)[:limit] if limit is not None else b"".join(parts)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop its connection runs on."""
+        return self._loop
 
     def release(self) -> None:
         """Done with the response: the connection is free for the next call once the body has ended.
