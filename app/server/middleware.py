@@ -19,9 +19,9 @@ from app.api.chat.sse import RAW_SEND
 from app.core.context import CONTEXT, RequestContext
 from app.core.drain import Drain
 from app.domain.errors import GatewayError
-from app.domain.ids import random_hex
 from app.observability.failure_log import upstream_failure
 from app.observability.log import InfoLine
+from app.transport.head_limits import valid_request_id
 from app.transport.request_parts import header
 
 RequestObserver = Callable[[Any, int, float], None]
@@ -48,8 +48,7 @@ class RequestIdMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = header(scope, b"x-request-id")
-        request_id = incoming if incoming and len(incoming) <= 128 and incoming.isprintable() else random_hex(16)
+        request_id = valid_request_id(header(scope, b"x-request-id"))
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         context = state[CONTEXT] = RequestContext(request_id)
