@@ -81,6 +81,17 @@ class DirectSocket:
         conn.send_text(text)  # an extension's framing, or the connection's own error for its state
         self._transport.write(b"".join(conn.data_to_send()))
 
+    def write_texts(self, texts: list[bytes]) -> None:
+        """Several text messages, each its own frame, in one write (one system call for the events of
+        one provider read, as an SSE response writes them); call only when ``can_write``."""
+        conn = self._conn
+        if self._plain and conn.state is OPEN:
+            self._transport.write(b"".join([text_frame(text) for text in texts]))
+            return
+        for text in texts:
+            conn.send_text(text)
+        self._transport.write(b"".join(conn.data_to_send()))
+
     @property
     def close_sent(self) -> bool:
         return bool(self._protocol.close_sent)

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import CLOSING, OPEN
 from websockets.server import ServerProtocol
 
@@ -159,6 +160,7 @@ async def _socket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     for text in _DIRECT_TEXTS:
         assert direct.can_write()
         direct.write_text(text.encode())
+    direct.write_texts([text.encode() for text in _BATCH_TEXTS])  # several messages, one write
     await send({"type": "websocket.send", "text": "four"})  # the protocol's own send still works after it
     await send({"type": "websocket.close", "code": 1000})
     assert not direct.can_write()
@@ -167,6 +169,8 @@ async def _socket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 #: Written by DirectSocket: short ones, and lengths either side of the 7-, 16- and 64-bit length forms
 #: (UTF-8 that is not ASCII, so characters and bytes differ).
 _DIRECT_TEXTS = ["one", "two", "é" * 62 + "x", "é" * 63, "x" * 65_535, "é" * 32_768, "three"]
+#: Written by one ``write_texts``: each its own message.
+_BATCH_TEXTS = ["b1", "", "é" * 200, "b4"]
 
 
 def test_a_socket_whose_peer_is_closing_takes_no_message() -> None:
@@ -184,6 +188,40 @@ def test_a_socket_whose_peer_is_closing_takes_no_message() -> None:
     assert direct.can_write()
     conn.state = CLOSING
     assert not direct.can_write()
+
+
+class _Writes:
+    """A transport that records its writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+@pytest.mark.parametrize("deflate", [False, True])
+def test_write_texts_is_one_write_of_the_frames_the_connection_would_send(deflate: bool) -> None:
+    # The events of one provider read go out as one system call, each still its own message.
+    texts = [b"one", b"", b"x" * 200, "\u00e9".encode() * 70_000]
+    conn = ServerProtocol(extensions=[_deflate()] if deflate else None)
+    conn.state = OPEN
+    expected = ServerProtocol(extensions=[_deflate()] if deflate else None)
+    expected.state = OPEN
+    for text in texts:
+        expected.send_text(text)
+    writable = asyncio.Event()
+    writable.set()
+    transport = _Writes()
+    protocol = SimpleNamespace(
+        conn=conn, transport=transport, writable=writable, disconnected=False, close_sent=False, initial_response=None
+    )
+    DirectSocket(protocol).write_texts(texts)  # type: ignore[arg-type]
+    assert transport.writes == [b"".join(expected.data_to_send())]
+
+
+def _deflate() -> PerMessageDeflate:
+    return PerMessageDeflate(False, False, 15, 15)
 
 
 def test_text_frame_is_the_frame_websockets_would_send() -> None:
@@ -210,10 +248,10 @@ async def test_direct_socket_writes_messages_in_order_with_the_protocols_own(com
             while not server.started:
                 await asyncio.sleep(0.01)
             async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
-                received = [await ws.recv() for _ in range(len(_DIRECT_TEXTS) + 1)]
+                received = [await ws.recv() for _ in range(len(_DIRECT_TEXTS) + len(_BATCH_TEXTS) + 1)]
                 with pytest.raises(ConnectionClosedOK):
                     await ws.recv()
-        assert received == [*_DIRECT_TEXTS, "four"]
+        assert received == [*_DIRECT_TEXTS, *_BATCH_TEXTS, "four"]
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)

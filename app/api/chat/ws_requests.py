@@ -194,7 +194,15 @@ class SocketRequests:
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         try:
-            await stream.pump(RequestWriter(self._outbox.send, frame_id, stream.id, can_push=self._outbox.can_push))
+            await stream.pump(
+                RequestWriter(
+                    self._outbox.send,
+                    frame_id,
+                    stream.id,
+                    can_push=self._outbox.can_push,
+                    send_all=self._outbox.send_all,
+                )
+            )
         except asyncio.CancelledError:
             if not self._cancelled_by_client(frame_id):
                 raise

@@ -1,8 +1,9 @@
 """One WebSocket request's frames: its chunks, then one done or error frame.
 
-The writer only frames: every frame goes to the socket's ``send`` (``app/api/outbox.py``), which writes it at once when
-the socket takes it and queues it otherwise (a bounded queue: ``SlowConsumer`` when the socket
-cannot keep up). Because that ``send`` is a plain call, a relayed stream's chunks can be pushed
+The writer only frames: its frames go to the socket's outbox (``app/api/outbox.py``), those of one
+provider read (and a stream's end) together (``send_all``), which writes them at once, in one write,
+when the socket takes them and queues them otherwise (a bounded queue: ``SlowConsumer`` when the
+socket cannot keep up). Because that ``send`` is a plain call, a relayed stream's chunks can be pushed
 from the provider connection's callback as SSE's are (``app/core/push.py``): ``write_now``.
 """
 
@@ -25,10 +26,20 @@ __all__ = ["RequestWriter", "SlowConsumer"]
 
 
 class RequestWriter:
-    __slots__ = ("_can_push", "_encoded_id", "_frame_id", "_held", "_send", "_sid")
+    __slots__ = ("_can_push", "_encoded_id", "_frame_id", "_held", "_send", "_send_all", "_sid")
 
-    def __init__(self, send: Callable[[bytes], None], frame_id: str, stream_id: str, *, can_push: bool = False) -> None:
+    def __init__(
+        self,
+        send: Callable[[bytes], None],
+        frame_id: str,
+        stream_id: str,
+        *,
+        can_push: bool = False,
+        send_all: Callable[[list[bytes]], None] | None = None,
+    ) -> None:
         self._send = send
+        #: Several frames in one write when the socket takes them (``Outbox.send_all``).
+        self._send_all = send_all if send_all is not None else _one_by_one(send)
         self._frame_id = frame_id
         self._encoded_id = encode_id(frame_id)
         self._sid = stream_id.encode()
@@ -42,11 +53,12 @@ class RequestWriter:
         return self._can_push
 
     def write_now(self, events: list[StreamEvent]) -> bool:
-        send, fid, sid = self._send, self._encoded_id, self._sid
-        for event in events:
-            if event.chunk is not None:
-                send(chunk_frame(fid, sid, event.seq, event.chunk.raw))
+        self._send_all(self._frames(events))
         return True
+
+    def _frames(self, events: list[StreamEvent]) -> list[bytes]:
+        fid, sid = self._encoded_id, self._sid
+        return [chunk_frame(fid, sid, event.seq, event.chunk.raw) for event in events if event.chunk is not None]
 
     def hold(self, events: list[StreamEvent]) -> None:
         self._held += events
@@ -59,13 +71,14 @@ class RequestWriter:
         self._send(chunk_frame(self._encoded_id, self._sid, seq, raw))
 
     async def end(self, event: StreamEvent) -> None:
-        if self._held:
-            held, self._held = self._held, []
-            self.write_now(held)
+        # What was held for the end and the end itself: one write.
+        frames = self._frames(self._held) if self._held else []
+        self._held = []
         if event.error is not None:
-            self._send(error_frame(self._frame_id, event.error))
+            frames.append(error_frame(self._frame_id, event.error))
         else:
-            self._send(done_frame(self._frame_id, event.finish_reason, event.usage))
+            frames.append(done_frame(self._frame_id, event.finish_reason, event.usage))
+        self._send_all(frames)
 
     def cancelled(self, stream: ChatStream) -> None:
         self.answer_cancelled(stream.usage)
@@ -79,3 +92,11 @@ class RequestWriter:
         """The request's one error frame, when it ends before its stream could (best effort)."""
         with contextlib.suppress(SlowConsumer):
             self._send(error_frame(self._frame_id, error))
+
+
+def _one_by_one(send: Callable[[bytes], None]) -> Callable[[list[bytes]], None]:
+    def send_all(frames: list[bytes]) -> None:
+        for frame in frames:
+            send(frame)
+
+    return send_all

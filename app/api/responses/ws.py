@@ -56,18 +56,18 @@ class _SocketWriter:
     """A chat stream's events as Responses event frames on this socket (a ``StreamWriter``, and a
     ``DirectWriter`` when the outbox writes synchronously)."""
 
-    __slots__ = ("_can_push", "_held", "_send", "run")
+    __slots__ = ("_can_push", "_held", "_send_all", "run")
 
     def __init__(self, outbox: Outbox, run: ResponseRun) -> None:
-        self._send = outbox.send
+        self._send_all = outbox.send_all
         self._can_push = outbox.can_push
         self.run = run
         self._held: list[StreamEvent] = []
 
     def _write(self, events: list[Event]) -> None:
-        send = self._send
-        for _kind, _seq, data in events:
-            send(data)  # raises SlowConsumer (a ClientLeft) when the client cannot keep up
+        # One write for all of them when the socket takes them now (``Outbox.send_all``); raises
+        # SlowConsumer (a ClientLeft) when the client cannot keep up.
+        self._send_all([data for _kind, _seq, data in events])
 
     # Pushed (``DirectWriter``): the outbox's queue absorbs a slow reader and bounds it with 1013.
 
@@ -75,11 +75,16 @@ class _SocketWriter:
         return self._can_push
 
     def write_now(self, events: list[StreamEvent]) -> bool:
+        self._write(self._events_of(events))
+        return True
+
+    def _events_of(self, events: list[StreamEvent]) -> list[Event]:
         feed = self.run.feed
+        out: list[Event] = []
         for event in events:
             if event.chunk is not None:
-                self._write(feed(event.chunk.raw))
-        return True
+                out += feed(event.chunk.raw)
+        return out
 
     def hold(self, events: list[StreamEvent]) -> None:
         self._held += events
@@ -91,10 +96,11 @@ class _SocketWriter:
         self._write(self.run.feed(raw))
 
     async def end(self, event: StreamEvent) -> None:
-        if self._held:
-            held, self._held = self._held, []
-            self.write_now(held)
-        self._write(await self.run.finish(event))
+        # What was held for the end and the end's own events: one write.
+        held, self._held = self._held, []
+        events = self._events_of(held) if held else []
+        events += await self.run.finish(event)
+        self._write(events)
 
     def cancelled(self, stream: ChatStream) -> None:
         return None
