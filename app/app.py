@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     app.state.metrics = metrics
     app.state.drain = drain
     app.state.quote = quote
+    app.state.info_line = info_line  # the access line's writer, for the WebSocket requests' lines too
     # Outside the router, so that unroutable requests (404, 405) get an X-Request-ID and a log line too.
     # The hottest routes beside Litestar's pipeline (routes/direct.py), except where CORS must see them.
     handler = app.asgi_handler

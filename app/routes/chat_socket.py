@@ -33,5 +33,6 @@ async def chat_socket(
         on_open=metrics.socket_opened,
         on_close=metrics.socket_closed,
         quote=socket.app.state.quote,
+        info_line=socket.app.state.info_line,
     )
     await session.run()

@@ -6,7 +6,9 @@ its socket with 1007 and one throttled line, no traceback. Raw sockets against a
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import os
 import socket
 import struct
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
 from loadtests.processes import GatewayProcess
 from tests.conftest import EXTRA_BEHAVIOURS
@@ -201,3 +204,30 @@ def test_invalid_utf8_websocket_frames_close_1007_with_a_throttled_line(gateway:
     text = gateway.child.log.read_text(errors="replace")
     assert "Traceback" not in text
     assert "Invalid UTF-8" not in text
+
+
+async def test_a_websocket_request_is_logged_once_with_its_fields(gateway: GatewayProcess) -> None:
+    # Each request on a socket ends with one summary line, written as the HTTP access line is.
+    create = {"type": "chat.completion.create", "id": "logged-1", "request": {"model": "firehose_endless"}}
+    create["request"]["messages"] = [{"role": "user", "content": "hi"}]  # type: ignore[index]
+    url = f"ws://127.0.0.1:{gateway.port}/v1/chat/completions"
+    async with connect(url, subprotocols=["chat.v1"], open_timeout=10) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps(create))
+        async with asyncio.timeout(20):
+            first = json.loads(await ws.recv())
+            assert first["type"] == "chat.completion.chunk"
+            await ws.send(json.dumps({"type": "chat.completion.cancel", "id": "logged-1"}))
+            while (frame := json.loads(await ws.recv()))["type"] != "chat.completion.done":
+                pass
+    assert frame["finish_reason"] == "cancelled"
+    stream_id = first["event_id"].split(":")[0]
+
+    def logged(events: list[dict[str, Any]]) -> bool:
+        return any(e.get("event") == "ws_request" and e.get("id") == "logged-1" for e in events)
+
+    events = await asyncio.to_thread(_wait_for, gateway, logged, 20.0, "the request's ws_request line")
+    lines = [e for e in events if e.get("event") == "ws_request" and e.get("id") == "logged-1"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["level"] == "info" and line["timestamp"].endswith("Z")
+    assert line["model"] == "firehose_endless" and line["stream_id"] == stream_id

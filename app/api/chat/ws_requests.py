@@ -29,6 +29,7 @@ from app.core.stream import ChatStream
 from app.domain.chat_request import ChatCompletionInput, validate_chat_body
 from app.domain.errors import GatewayError, InvalidRequest, RateLimited, public_error
 from app.domain.events import CANCELLED, CLIENT_DISCONNECTED
+from app.observability.log import InfoLine
 from app.providers.quoting import ProviderText, traceback_text
 from app.resume.service import Resumes
 
@@ -59,6 +60,7 @@ class SocketRequests:
         drain: Drain | None = None,
         resumes: Resumes | None = None,
         quote: ProviderText | None = None,
+        info_line: InfoLine | None = None,
     ) -> None:
         self.inflight: dict[str, _InFlight] = {}
         self._outbox = outbox
@@ -70,6 +72,9 @@ class SocketRequests:
         self._drain = drain
         self._resumes = resumes
         self._quote = quote  # redacts an unexpected error's detail (shown in development) and traceback
+        #: Each request's summary line: the HTTP access line's writer (the same line as structlog's
+        #: logger writes, without its per-call wrapping), when the app hands it over.
+        self._info_line = info_line
 
     def public_error(self, exc: BaseException) -> GatewayError:
         redact = self._quote.redact if self._quote is not None else None
@@ -223,4 +228,8 @@ class SocketRequests:
             self.inflight.pop(frame_id, None)
             context = RequestContext(self._request_id or "")
             context.key, context.stream = self._caller.name, stream
-            logger.info("ws_request", id=frame_id, **context.log_fields())
+            fields = {"id": frame_id, **context.log_fields()}
+            if self._info_line is not None:
+                self._info_line("ws_request", fields)
+            else:
+                logger.info("ws_request", **fields)

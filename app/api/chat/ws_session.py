@@ -29,6 +29,7 @@ from app.config.settings import Settings
 from app.core.drain import Drain
 from app.core.service import ChatService
 from app.domain.errors import GatewayError, InvalidRequest
+from app.observability.log import InfoLine
 from app.providers.quoting import ProviderText, traceback_text
 from app.resume.service import Resumes
 
@@ -54,6 +55,7 @@ class ChatSocketSession:
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
         quote: ProviderText | None = None,
+        info_line: InfoLine | None = None,
     ) -> None:
         self.socket = socket
         self.chat = chat
@@ -67,6 +69,7 @@ class ChatSocketSession:
         self._on_open = on_open
         self._on_close = on_close
         self._quote = quote
+        self._info_line = info_line
         self.request_id = socket.scope.get("state", {}).get("request_id")
 
     async def run(self) -> None:
@@ -97,6 +100,7 @@ class ChatSocketSession:
                 drain=self.drain,
                 resumes=self.resumes,
                 quote=self._quote,
+                info_line=self._info_line,
             )
             self._outbox.start()
             if self.drain is not None:
