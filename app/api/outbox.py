@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from litestar import WebSocket
@@ -80,6 +81,23 @@ class Outbox:
             return
         for frame in frames:
             self.send(frame)
+
+    def take_messages(self, handler: Callable[[str | bytes], None]) -> bool:
+        """The client's messages to ``handler`` from the connection's callback, when the socket
+        allows it now (``DirectSocket.take_messages``); False: keep receiving them."""
+        return self._direct is not None and self._direct.take_messages(handler)
+
+    def release_messages(self) -> None:
+        if self._direct is not None:
+            self._direct.release_messages()
+
+    def close_at_once(self, code: int, reason: str = "") -> None:
+        """Decide the close and send it now, from a plain call (a message handler): the server's
+        receive queue then carries the disconnect that ends the session's loop."""
+        self.close_code = code
+        self.closing = True
+        if self._direct is not None:
+            self._direct.close(code, reason)
 
     async def flush(self, deadline: float) -> None:
         """Until the sender has sent what is queued, or the loop's clock reaches ``deadline``."""

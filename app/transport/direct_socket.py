@@ -20,10 +20,13 @@ framing runs, as it must.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN
+
+from app.transport.guarded import GuardedWebSocketProtocol
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -91,6 +94,26 @@ class DirectSocket:
         for text in texts:
             conn.send_text(text)
         self._transport.write(b"".join(conn.data_to_send()))
+
+    def take_messages(self, handler: Callable[[str | bytes], None]) -> bool:
+        """From now on each message the client sends goes to ``handler``, called from the
+        connection's callback as it is parsed, instead of to the app's receive queue (which then
+        only carries the disconnect). Only while that queue is empty, so that no message overtakes
+        one queued before it; False (nothing changes) otherwise, or on a protocol without the hook."""
+        protocol = self._protocol
+        if not isinstance(protocol, GuardedWebSocketProtocol) or not protocol.queue.empty():
+            return False
+        protocol.on_message = handler
+        if protocol.read_paused:  # (uvicorn pauses reading after each queued message until it is taken)
+            protocol.read_paused = False
+            self._transport.resume_reading()
+        return True
+
+    def release_messages(self) -> None:
+        """Messages go back to the receive queue (the handler is let go of)."""
+        protocol = self._protocol
+        if isinstance(protocol, GuardedWebSocketProtocol):
+            protocol.on_message = None
 
     @property
     def close_sent(self) -> bool:

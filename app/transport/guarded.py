@@ -29,6 +29,7 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import httptools
@@ -431,28 +432,41 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with the write timeout (pings already drop dead peers)."""
+    """uvicorn's sans-I/O WebSocket protocol with the write timeout (pings already drop dead peers),
+    whose messages the app may take from the connection's callback instead of its receive queue."""
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._log = _closure_log(server_state)
         self._writes = _WriteWatch(self.loop, _limits(config).write_timeout_s, self._log)
+        #: Takes each message (text as str, binary as bytes) as it is parsed, when the app asked for
+        #: that (``DirectSocket.take_messages``); only the disconnect still goes through the queue.
+        self.on_message: Callable[[str | bytes], None] | None = None
 
     def send_receive_event_to_app(self) -> None:
         """uvicorn's, except for a text message that is not UTF-8: closed with 1007 as there, but
         counted in the throttled closure log instead of one traceback per message (a client sending
-        them in a loop would otherwise write the log as fast as it can connect)."""
-        if self.curr_msg_data_type != "text" or self.close_sent:
+        them in a loop would otherwise write the log as fast as it can connect); and a message goes
+        to ``on_message`` when one is set, with no queue, no task wake-up and no paused reading."""
+        if self.close_sent or (self.curr_msg_data_type != "text" and self.on_message is None):
             super().send_receive_event_to_app()
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
+        on_message = self.on_message
+        if self.curr_msg_data_type != "text":
+            if on_message is not None:  # (else uvicorn's, above)
+                on_message(data)
+            return
         try:
             text = data.decode()
         except UnicodeDecodeError:
             self._log.closed("ws_invalid_utf8")
             self.conn.send_close(1007)
             self.handle_parser_exception()
+            return
+        if on_message is not None:
+            on_message(text)
             return
         self.queue.put_nowait({"type": "websocket.receive", "text": text})
         if not self.read_paused:
@@ -469,4 +483,5 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._writes.resumed()
+        self.on_message = None  # the app's handler holds its session, which holds this connection
         super().connection_lost(exc)

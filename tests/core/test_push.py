@@ -20,6 +20,7 @@ from websockets.server import ServerProtocol
 
 from app.transport.direct_body import DirectBody
 from app.transport.direct_socket import DirectSocket, text_frame
+from app.transport.guarded import ConnectionLimits, GatewayConfig
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import DEFAULT_CONTENT, FakeProvider
 from tests.helpers.sse import chat_body
@@ -252,6 +253,63 @@ async def test_direct_socket_writes_messages_in_order_with_the_protocols_own(com
                 with pytest.raises(ConnectionClosedOK):
                     await ws.recv()
         assert received == [*_DIRECT_TEXTS, *_BATCH_TEXTS, "four"]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+def _taking_app(taken: list[str | bytes], queued: list[dict[str, Any]]) -> Any:
+    """An app that reads the first message from its queue, then takes the rest from the connection's
+    callback (``take_messages``), answering ``last`` with what the handler got."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        direct = DirectSocket.of(send)
+        assert direct is not None
+        queued.append(await receive())  # the first one, through the queue
+
+        def handler(message: str | bytes) -> None:
+            taken.append(message)
+            if message == "last":
+                direct.write_text(json.dumps([m if isinstance(m, str) else m.hex() for m in taken]).encode())
+
+        assert direct.take_messages(handler)
+        direct.write_text(b"taking")
+        queued.append(await receive())  # nothing but the disconnect comes through the queue now
+        direct.release_messages()
+
+    return app
+
+
+async def test_messages_taken_from_the_connection_come_in_order_and_only_the_disconnect_is_queued() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    taken: list[str | bytes] = []
+    queued: list[dict[str, Any]] = []
+    config = GatewayConfig(
+        _taking_app(taken, queued), connection_limits=ConnectionLimits(), lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+            async with connect(f"ws://127.0.0.1:{port}/") as ws:
+                await ws.send("first")
+                assert await ws.recv() == "taking"
+                for message in ("two", b"\x00\xff", "é" * 40_000, "last"):
+                    await ws.send(message)
+                answered = json.loads(await ws.recv())
+            while len(queued) < 2:
+                await asyncio.sleep(0.01)
+        assert answered == ["two", "00ff", "é" * 40_000, "last"]
+        assert queued[0] == {"type": "websocket.receive", "text": "first"}
+        assert queued[1]["type"] == "websocket.disconnect"
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)

@@ -118,34 +118,56 @@ class ChatSocketSession:
                 self._on_close()
 
     async def _receive_loop(self, requests: SocketRequests) -> None:
-        max_bytes = self.settings.websocket.max_frame_bytes
+        """Until the client leaves or the session must end. Once nothing is queued the client's
+        messages are taken from the connection's callback (``Outbox.take_messages``): a request's
+        task then starts in the turn its frame arrived in, not a turn after this loop's wake-up, and
+        this loop only waits for the disconnect (which the handler's own closes also send)."""
         outbox = self._outbox
-        while not outbox.closing:
-            message = await self.socket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = cast("str | bytes | None", message.get("text"))
-            if data is None:
-                data = cast(bytes, message.get("bytes") or b"")
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-            if size > max_bytes:
-                outbox.close_code = CLOSE_TOO_BIG
-                return
-            try:
-                self._handle_frame(requests, data)
-            except SlowConsumer:
-                return
-            except Exception as exc:  # a frame must never take the socket (and its other requests) down
-                logger.error(
-                    "ws_frame_failed",
-                    request_id=self.request_id,
-                    error=type(exc).__name__,
-                    exception=traceback_text(exc, self._quote),
-                )
-                try:
-                    outbox.send(error_frame(None, requests.public_error(exc)))
-                except SlowConsumer:
+
+        def on_message(data: str | bytes) -> None:
+            if not outbox.closing and not self._take(requests, data):
+                outbox.close_at_once(outbox.close_code or CLOSE_GOING_AWAY)
+
+        direct = False
+        try:
+            while not outbox.closing:
+                if not direct:
+                    direct = outbox.take_messages(on_message)
+                message = await self.socket.receive()
+                if message["type"] == "websocket.disconnect":
                     return
+                data = cast("str | bytes | None", message.get("text"))
+                if data is None:
+                    data = cast(bytes, message.get("bytes") or b"")
+                if not self._take(requests, data):
+                    return
+        finally:
+            if direct:
+                outbox.release_messages()
+
+    def _take(self, requests: SocketRequests, data: str | bytes) -> bool:
+        """One client message handled; False when the session must end (too big, a slow consumer)."""
+        outbox = self._outbox
+        size = len(data.encode()) if isinstance(data, str) else len(data)
+        if size > self.settings.websocket.max_frame_bytes:
+            outbox.close_code = CLOSE_TOO_BIG
+            return False
+        try:
+            self._handle_frame(requests, data)
+        except SlowConsumer:
+            return False
+        except Exception as exc:  # a frame must never take the socket (and its other requests) down
+            logger.error(
+                "ws_frame_failed",
+                request_id=self.request_id,
+                error=type(exc).__name__,
+                exception=traceback_text(exc, self._quote),
+            )
+            try:
+                outbox.send(error_frame(None, requests.public_error(exc)))
+            except SlowConsumer:
+                return False
+        return True
 
     def _handle_frame(self, requests: SocketRequests, data: str | bytes) -> None:
         try:
