@@ -167,25 +167,46 @@ class ResponsesSocketSession:
                 self._on_close()
 
     async def _receive_loop(self) -> None:
-        max_bytes = self.settings.websocket.max_frame_bytes
-        while not self._outbox.closing:
-            message = await self.socket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = cast("str | bytes | None", message.get("text"))
-            if data is None:
-                data = cast(bytes, message.get("bytes") or b"")
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-            if size > max_bytes:
-                self._outbox.close_code = CLOSE_TOO_BIG
-                return
-            try:
-                await self._frame(data)
-            except Exception as exc:  # a frame never takes the socket down
-                logger.error("responses_ws_frame_failed", exc_info=exc)
-                await self.send(error_event(public_error(exc, production=self.settings.production)))
+        """Until the client leaves or the session must end; once nothing is queued, the client's
+        frames are taken from the connection's callback (as the chat socket's: ``Outbox.take_messages``),
+        so a response's task starts in the turn its frame arrived in."""
+        outbox = self._outbox
 
-    async def _frame(self, data: str | bytes) -> None:
+        def on_message(data: str | bytes) -> None:
+            if not outbox.closing and not self._take(data):
+                outbox.close_at_once(outbox.close_code or CLOSE_GOING_AWAY)
+
+        direct = False
+        try:
+            while not outbox.closing:
+                if not direct:
+                    direct = outbox.take_messages(on_message)
+                message = await self.socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = cast("str | bytes | None", message.get("text"))
+                if data is None:
+                    data = cast(bytes, message.get("bytes") or b"")
+                if not self._take(data):
+                    return
+        finally:
+            if direct:
+                outbox.release_messages()
+
+    def _take(self, data: str | bytes) -> bool:
+        """One client frame handled; False when the session must end (too big)."""
+        size = len(data.encode()) if isinstance(data, str) else len(data)
+        if size > self.settings.websocket.max_frame_bytes:
+            self._outbox.close_code = CLOSE_TOO_BIG
+            return False
+        try:
+            self._frame(data)
+        except Exception as exc:  # a frame never takes the socket down
+            logger.error("responses_ws_frame_failed", exc_info=exc)
+            self._send_now(error_event(public_error(exc, production=self.settings.production)))
+        return True
+
+    def _frame(self, data: str | bytes) -> None:
         try:
             frame = decode_json(data, "frame")
             if not isinstance(frame, dict) or frame.get("type") != CREATE_FRAME:
@@ -203,7 +224,7 @@ class ResponsesSocketSession:
                     "`background` is not available over a WebSocket.", code="unsupported_parameter", param="background"
                 )
         except GatewayError as exc:
-            await self.send(error_event(exc))
+            self._send_now(error_event(exc))
             return
         self.running = asyncio.get_running_loop().create_task(self._respond(create), name="responses-ws")
 
@@ -247,6 +268,9 @@ class ResponsesSocketSession:
 
     async def send(self, data: bytes) -> bool:
         """One frame (written or queued at once); False when the socket can no longer take it."""
+        return self._send_now(data)
+
+    def _send_now(self, data: bytes) -> bool:
         if self._closed or self._outbox.closing:
             return False
         try:
