@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from litestar import WebSocket
@@ -25,6 +25,7 @@ from app.api.chat.ws_frames import (
 )
 from app.api.chat.ws_requests import SocketRequests
 from app.api.outbox import CLOSE_GOING_AWAY, Outbox, SlowConsumer
+from app.api.socket_receive import receive_frames
 from app.config.settings import Settings
 from app.core.drain import Drain
 from app.core.service import ChatService
@@ -118,32 +119,9 @@ class ChatSocketSession:
                 self._on_close()
 
     async def _receive_loop(self, requests: SocketRequests) -> None:
-        """Until the client leaves or the session must end. Once nothing is queued the client's
-        messages are taken from the connection's callback (``Outbox.take_messages``): a request's
-        task then starts in the turn its frame arrived in, not a turn after this loop's wake-up, and
-        this loop only waits for the disconnect (which the handler's own closes also send)."""
-        outbox = self._outbox
-
-        def on_message(data: str | bytes) -> None:
-            if not outbox.closing and not self._take(requests, data):
-                outbox.close_at_once(outbox.close_code or CLOSE_GOING_AWAY)
-
-        direct = False
-        try:
-            while not outbox.closing:
-                if not direct:
-                    direct = outbox.take_messages(on_message)
-                message = await self.socket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = cast("str | bytes | None", message.get("text"))
-                if data is None:
-                    data = cast(bytes, message.get("bytes") or b"")
-                if not self._take(requests, data):
-                    return
-        finally:
-            if direct:
-                outbox.release_messages()
+        # The first frames from the server's queue, the rest from the connection's callback: a
+        # request starts in the loop turn its frame arrived in (app/api/socket_receive.py).
+        await receive_frames(self.socket, self._outbox, lambda data: self._take(requests, data))
 
     def _take(self, requests: SocketRequests, data: str | bytes) -> bool:
         """One client message handled; False when the session must end (too big, a slow consumer)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import structlog
@@ -33,6 +33,7 @@ from app.api.responses.request import validate_create
 from app.api.responses.service import ResponseRun, ResponsesService
 from app.api.responses.store import StoredResponse
 from app.api.responses.wire import CREATE_FRAME
+from app.api.socket_receive import receive_frames
 from app.config.settings import Settings
 from app.core.drain import Drain
 from app.core.stream import ChatStream
@@ -167,31 +168,8 @@ class ResponsesSocketSession:
                 self._on_close()
 
     async def _receive_loop(self) -> None:
-        """Until the client leaves or the session must end; once nothing is queued, the client's
-        frames are taken from the connection's callback (as the chat socket's: ``Outbox.take_messages``),
-        so a response's task starts in the turn its frame arrived in."""
-        outbox = self._outbox
-
-        def on_message(data: str | bytes) -> None:
-            if not outbox.closing and not self._take(data):
-                outbox.close_at_once(outbox.close_code or CLOSE_GOING_AWAY)
-
-        direct = False
-        try:
-            while not outbox.closing:
-                if not direct:
-                    direct = outbox.take_messages(on_message)
-                message = await self.socket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = cast("str | bytes | None", message.get("text"))
-                if data is None:
-                    data = cast(bytes, message.get("bytes") or b"")
-                if not self._take(data):
-                    return
-        finally:
-            if direct:
-                outbox.release_messages()
+        # As the chat socket's: a response's task starts in the turn its frame arrived in.
+        await receive_frames(self.socket, self._outbox, self._take)
 
     def _take(self, data: str | bytes) -> bool:
         """One client frame handled; False when the session must end (too big)."""

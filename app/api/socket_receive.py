@@ -1,0 +1,44 @@
+"""A WebSocket session's incoming frames: read from the server's queue, then from the connection.
+
+uvicorn queues each client message for the app's ``receive()`` and pauses reading until it is taken,
+so every frame used to cost the session's loop a wake-up (a loop turn, several coroutine frames) and
+its request a second turn before anything was sent to the provider. Once nothing is queued (so that
+no message overtakes one queued before it) the session takes them from the connection's callback
+instead (``Outbox.take_messages``); the loop then only waits for the disconnect, which the
+handler's own closes (``Outbox.close_at_once``) also put in the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from litestar import WebSocket
+
+from app.api.outbox import CLOSE_GOING_AWAY, Outbox
+
+
+async def receive_frames(socket: WebSocket[Any, Any, Any], outbox: Outbox, take: Callable[[str | bytes], bool]) -> None:
+    """Hand each client frame to ``take`` (False: the session must end, with the outbox's close code
+    if one was decided) until the client leaves or the outbox closes."""
+
+    def on_message(data: str | bytes) -> None:
+        if not outbox.closing and not take(data):
+            outbox.close_at_once(outbox.close_code or CLOSE_GOING_AWAY)
+
+    direct = False
+    try:
+        while not outbox.closing:
+            if not direct:
+                direct = outbox.take_messages(on_message)
+            message = await socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = cast("str | bytes | None", message.get("text"))
+            if data is None:
+                data = cast(bytes, message.get("bytes") or b"")
+            if not take(data):
+                return
+    finally:
+        if direct:
+            outbox.release_messages()  # the handler holds the session
