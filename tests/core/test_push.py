@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK
 from websockets.extensions.permessage_deflate import PerMessageDeflate
@@ -20,7 +21,7 @@ from websockets.server import ServerProtocol
 
 from app.transport.direct_body import DirectBody
 from app.transport.direct_socket import DirectSocket, text_frame
-from app.transport.guarded import ConnectionLimits, GatewayConfig
+from app.transport.guarded import ConnectionLimits, GatewayConfig, GuardedWebSocketProtocol
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import DEFAULT_CONTENT, FakeProvider
 from tests.helpers.sse import chat_body
@@ -313,3 +314,20 @@ async def test_messages_taken_from_the_connection_come_in_order_and_only_the_dis
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
+
+
+async def test_messages_are_not_taken_while_one_is_queued() -> None:
+    # A message already queued for the app's receive() would be overtaken by the ones the handler
+    # takes: the switch waits until the queue is empty, and is undone by release_messages.
+    config = GatewayConfig(_socket_app, connection_limits=ConnectionLimits(), lifespan="off", log_level="warning")
+    protocol = GuardedWebSocketProtocol(config, ServerState(), {})
+    protocol.transport = _Writes()  # type: ignore[assignment]
+    direct = DirectSocket(protocol)
+    protocol.queue.put_nowait({"type": "websocket.receive", "text": "queued"})
+    assert not direct.take_messages(lambda message: None)
+    assert protocol.on_message is None
+    await protocol.queue.get()
+    assert direct.take_messages(print)
+    assert protocol.on_message is print
+    direct.release_messages()
+    assert protocol.on_message is None
