@@ -60,7 +60,7 @@ class SocketRequests:
         drain: Drain | None = None,
         resumes: Resumes | None = None,
         quote: ProviderText | None = None,
-        info_line: InfoLine | None = None,
+        info_line: InfoLine,
     ) -> None:
         self.inflight: dict[str, _InFlight] = {}
         self._outbox = outbox
@@ -73,7 +73,7 @@ class SocketRequests:
         self._resumes = resumes
         self._quote = quote  # redacts an unexpected error's detail (shown in development) and traceback
         #: Each request's summary line: the HTTP access line's writer (the same line as structlog's
-        #: logger writes, without its per-call wrapping), when the app hands it over.
+        #: logger writes, without its per-call wrapping).
         self._info_line = info_line
 
     def public_error(self, exc: BaseException) -> GatewayError:
@@ -141,7 +141,7 @@ class SocketRequests:
         return entry is not None and entry.cancelled and not self._outbox.closing
 
     async def _run_resume(self, frame_id: str, stream_id: str, last_event_id: str | None) -> None:
-        writer = RequestWriter(self._outbox.send, frame_id, stream_id)
+        writer = RequestWriter(self._outbox, frame_id, stream_id)
         try:
             await resume_on_socket(
                 writer,
@@ -168,10 +168,10 @@ class SocketRequests:
     def _answer_cancelled(self, frame_id: str, stream: ChatStream | None) -> None:
         """A request cancelled before its stream was pumped: its one done frame, and its outcome."""
         if stream is None:
-            RequestWriter(self._outbox.send, frame_id, "").answer_cancelled(None)
+            RequestWriter(self._outbox, frame_id, "").answer_cancelled(None)
             return
         stream.request_cancel()
-        stream.end_cancelled(RequestWriter(self._outbox.send, frame_id, stream.id))
+        stream.end_cancelled(RequestWriter(self._outbox, frame_id, stream.id))
 
     async def _run_request(self, frame_id: str, request: ChatCompletionInput) -> None:
         entry = self.inflight.get(frame_id)
@@ -185,7 +185,7 @@ class SocketRequests:
             )
         except GatewayError as exc:
             self.inflight.pop(frame_id, None)
-            RequestWriter(self._outbox.send, frame_id, "").error(exc)
+            RequestWriter(self._outbox, frame_id, "").error(exc)
             return
         if entry is not None:
             entry.stream = stream
@@ -199,15 +199,7 @@ class SocketRequests:
 
     async def _relay(self, frame_id: str, stream: ChatStream) -> None:
         try:
-            await stream.pump(
-                RequestWriter(
-                    self._outbox.send,
-                    frame_id,
-                    stream.id,
-                    can_push=self._outbox.can_push,
-                    send_all=self._outbox.send_all,
-                )
-            )
+            await stream.pump(RequestWriter(self._outbox, frame_id, stream.id))
         except asyncio.CancelledError:
             if not self._cancelled_by_client(frame_id):
                 raise
@@ -223,13 +215,9 @@ class SocketRequests:
                 error=type(exc).__name__,
                 exception=traceback_text(exc, self._quote),
             )
-            RequestWriter(self._outbox.send, frame_id, stream.id).error(self.public_error(exc))
+            RequestWriter(self._outbox, frame_id, stream.id).error(self.public_error(exc))
         finally:
             self.inflight.pop(frame_id, None)
             context = RequestContext(self._request_id or "")
             context.key, context.stream = self._caller.name, stream
-            fields = {"id": frame_id, **context.log_fields()}
-            if self._info_line is not None:
-                self._info_line("ws_request", fields)
-            else:
-                logger.info("ws_request", **fields)
+            self._info_line("ws_request", {"id": frame_id, **context.log_fields()})

@@ -56,7 +56,7 @@ class ChatSocketSession:
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
         quote: ProviderText | None = None,
-        info_line: InfoLine | None = None,
+        info_line: InfoLine,
     ) -> None:
         self.socket = socket
         self.chat = chat

@@ -10,11 +10,10 @@ from the provider connection's callback as SSE's are (``app/core/push.py``): ``w
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.api.chat.ws_frames import chunk_frame, done_frame, encode_id, error_frame
-from app.api.outbox import SlowConsumer
+from app.api.outbox import Outbox, SlowConsumer
 from app.domain.chunks import Usage
 from app.domain.errors import GatewayError
 from app.domain.events import StreamEvent
@@ -28,22 +27,13 @@ __all__ = ["RequestWriter", "SlowConsumer"]
 class RequestWriter:
     __slots__ = ("_can_push", "_encoded_id", "_frame_id", "_held", "_send", "_send_all", "_sid")
 
-    def __init__(
-        self,
-        send: Callable[[bytes], None],
-        frame_id: str,
-        stream_id: str,
-        *,
-        can_push: bool = False,
-        send_all: Callable[[list[bytes]], None] | None = None,
-    ) -> None:
-        self._send = send
-        #: Several frames in one write when the socket takes them (``Outbox.send_all``).
-        self._send_all = send_all if send_all is not None else _one_by_one(send)
+    def __init__(self, outbox: Outbox, frame_id: str, stream_id: str) -> None:
+        self._send = outbox.send
+        self._send_all = outbox.send_all  # several frames in one write when the socket takes them
         self._frame_id = frame_id
         self._encoded_id = encode_id(frame_id)
         self._sid = stream_id.encode()
-        self._can_push = can_push  # the session writes synchronously (``DirectSocket``)
+        self._can_push = outbox.can_push  # the session writes synchronously (``DirectSocket``)
         self._held: list[StreamEvent] = []
 
     # Pushed (``DirectWriter``): the socket's own queue absorbs a slow reader and bounds it with 1013,
@@ -92,11 +82,3 @@ class RequestWriter:
         """The request's one error frame, when it ends before its stream could (best effort)."""
         with contextlib.suppress(SlowConsumer):
             self._send(error_frame(self._frame_id, error))
-
-
-def _one_by_one(send: Callable[[bytes], None]) -> Callable[[list[bytes]], None]:
-    def send_all(frames: list[bytes]) -> None:
-        for frame in frames:
-            send(frame)
-
-    return send_all
