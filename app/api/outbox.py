@@ -23,6 +23,8 @@ from app.domain.events import ClientLeft
 from app.transport.direct_socket import DirectSocket
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
 

@@ -15,15 +15,25 @@ from typing import Any, cast
 
 from litestar import WebSocket
 
-from app.api.outbox import CLOSE_GOING_AWAY, Outbox
+from app.api.outbox import CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbox
 
 
-async def receive_frames(socket: WebSocket[Any, Any, Any], outbox: Outbox, take: Callable[[str | bytes], bool]) -> None:
-    """Hand each client frame to ``take`` (False: the session must end, with the outbox's close code
-    if one was decided) until the client leaves or the outbox closes."""
+async def receive_frames(
+    socket: WebSocket[Any, Any, Any], outbox: Outbox, max_bytes: int, take: Callable[[str | bytes], bool]
+) -> None:
+    """Hand each client frame of at most ``max_bytes`` (UTF-8) to ``take`` (False: the session must
+    end, with the outbox's close code if one was decided) until the client leaves or the outbox
+    closes; a larger frame ends the session with 1009."""
+
+    def taken(data: str | bytes) -> bool:
+        size = len(data.encode()) if isinstance(data, str) else len(data)
+        if size > max_bytes:
+            outbox.close_code = CLOSE_TOO_BIG
+            return False
+        return take(data)
 
     def on_message(data: str | bytes) -> None:
-        if not outbox.closing and not take(data):
+        if not outbox.closing and not taken(data):
             outbox.close_at_once(outbox.close_code or CLOSE_GOING_AWAY)
 
     direct = False
@@ -37,7 +47,7 @@ async def receive_frames(socket: WebSocket[Any, Any, Any], outbox: Outbox, take:
             data = cast("str | bytes | None", message.get("text"))
             if data is None:
                 data = cast(bytes, message.get("bytes") or b"")
-            if not take(data):
+            if not taken(data):
                 return
     finally:
         if direct:

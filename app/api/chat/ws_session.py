@@ -24,7 +24,7 @@ from app.api.chat.ws_frames import (
     error_frame,
 )
 from app.api.chat.ws_requests import SocketRequests
-from app.api.outbox import CLOSE_GOING_AWAY, Outbox, SlowConsumer
+from app.api.outbox import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, Outbox, SlowConsumer
 from app.api.socket_receive import receive_frames
 from app.config.settings import Settings
 from app.core.drain import Drain
@@ -36,8 +36,6 @@ from app.resume.service import Resumes
 
 logger = structlog.get_logger("chat.websocket")
 
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
 #: How long a draining server waits for a socket's requests to send their last frames.
 SHUTDOWN_FLUSH_S = 1.5
 
@@ -121,15 +119,12 @@ class ChatSocketSession:
     async def _receive_loop(self, requests: SocketRequests) -> None:
         # The first frames from the server's queue, the rest from the connection's callback: a
         # request starts in the loop turn its frame arrived in (app/api/socket_receive.py).
-        await receive_frames(self.socket, self._outbox, lambda data: self._take(requests, data))
+        max_bytes = self.settings.websocket.max_frame_bytes
+        await receive_frames(self.socket, self._outbox, max_bytes, lambda data: self._take(requests, data))
 
     def _take(self, requests: SocketRequests, data: str | bytes) -> bool:
-        """One client message handled; False when the session must end (too big, a slow consumer)."""
+        """One client message handled; False when the session must end (a slow consumer)."""
         outbox = self._outbox
-        size = len(data.encode()) if isinstance(data, str) else len(data)
-        if size > self.settings.websocket.max_frame_bytes:
-            outbox.close_code = CLOSE_TOO_BIG
-            return False
         try:
             self._handle_frame(requests, data)
         except SlowConsumer:

@@ -27,7 +27,7 @@ from litestar import WebSocket
 
 from app.access.keys import ANONYMOUS, SUBPROTOCOL, GatewayKeys
 from app.access.origins import OriginPolicy
-from app.api.outbox import Outbox, SlowConsumer
+from app.api.outbox import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, Outbox, SlowConsumer
 from app.api.responses.events import Event
 from app.api.responses.request import validate_create
 from app.api.responses.service import ResponseRun, ResponsesService
@@ -43,9 +43,6 @@ from app.domain.events import ClientLeft, StreamEvent
 
 logger = structlog.get_logger("app.responses")
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
 _encode = msgspec.json.encode
 
 
@@ -169,14 +166,10 @@ class ResponsesSocketSession:
 
     async def _receive_loop(self) -> None:
         # As the chat socket's: a response's task starts in the turn its frame arrived in.
-        await receive_frames(self.socket, self._outbox, self._take)
+        await receive_frames(self.socket, self._outbox, self.settings.websocket.max_frame_bytes, self._take)
 
     def _take(self, data: str | bytes) -> bool:
-        """One client frame handled; False when the session must end (too big)."""
-        size = len(data.encode()) if isinstance(data, str) else len(data)
-        if size > self.settings.websocket.max_frame_bytes:
-            self._outbox.close_code = CLOSE_TOO_BIG
-            return False
+        """One client frame handled (the session goes on whatever it held)."""
         try:
             self._frame(data)
         except Exception as exc:  # a frame never takes the socket down
