@@ -77,22 +77,17 @@ class DirectSocket:
 
     def write_text(self, text: bytes) -> None:
         """One text message (``text`` is UTF-8); call only when ``can_write``."""
-        conn = self._conn
-        if self._plain and conn.state is OPEN:
-            self._transport.write(text_frame(text))
-            return
-        conn.send_text(text)  # an extension's framing, or the connection's own error for its state
-        self._transport.write(b"".join(conn.data_to_send()))
+        self.write_texts([text])
 
     def write_texts(self, texts: list[bytes]) -> None:
-        """Several text messages, each its own frame, in one write (one system call for the events of
+        """Text messages (UTF-8), each its own frame, in one write (one system call for the events of
         one provider read, as an SSE response writes them); call only when ``can_write``."""
         conn = self._conn
         if self._plain and conn.state is OPEN:
             self._transport.write(b"".join([text_frame(text) for text in texts]))
             return
         for text in texts:
-            conn.send_text(text)
+            conn.send_text(text)  # an extension's framing, or the connection's own error for its state
         self._transport.write(b"".join(conn.data_to_send()))
 
     def take_messages(self, handler: Callable[[str | bytes], None]) -> bool:
