@@ -4,8 +4,10 @@ direct body writer it writes through (app/transport/direct_body.py), under real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -88,27 +90,35 @@ async def _direct_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"end", "more_body": False})
 
 
-async def test_direct_body_writes_chunks_and_the_cycle_still_ends_the_response() -> None:
+@contextlib.asynccontextmanager
+async def _serving(config: uvicorn.Config) -> AsyncIterator[int]:
+    """``config``'s app served on a loopback port of its own for the block (started within 10 s,
+    stopped after it); yields the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_direct_app, http="httptools", lifespan="off", log_level="warning"))
+    server = uvicorn.Server(config)
     serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):
             while not server.started:
                 await asyncio.sleep(0.01)
-            # Two requests on one kept-alive connection: the second proves the first ended cleanly.
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-                first = await client.get("/")
-                second = await client.get("/")
-        for response in (first, second):
-            assert response.status_code == 200
-            assert response.headers["transfer-encoding"] == "chunked"
-            assert response.text == "one two three end"
+        yield sock.getsockname()[1]
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
+
+
+async def test_direct_body_writes_chunks_and_the_cycle_still_ends_the_response() -> None:
+    config = uvicorn.Config(_direct_app, http="httptools", lifespan="off", log_level="warning")
+    async with _serving(config) as port, asyncio.timeout(10):
+        # Two requests on one kept-alive connection: the second proves the first ended cleanly.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            first = await client.get("/")
+            second = await client.get("/")
+    for response in (first, second):
+        assert response.status_code == 200
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert response.text == "one two three end"
 
 
 def test_direct_body_is_only_for_the_server_cycle() -> None:
@@ -239,24 +249,13 @@ def test_text_frame_is_the_frame_websockets_would_send() -> None:
 async def test_direct_socket_writes_messages_in_order_with_the_protocols_own(compression: str | None) -> None:
     # Without an extension DirectSocket frames the messages itself; with permessage-deflate the
     # connection's own framing compresses them.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     config = uvicorn.Config(_socket_app, ws="websockets-sansio", lifespan="off", log_level="warning")
-    server = uvicorn.Server(config)
-    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-            async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
-                received = [await ws.recv() for _ in range(len(_DIRECT_TEXTS) + len(_BATCH_TEXTS) + 1)]
-                with pytest.raises(ConnectionClosedOK):
-                    await ws.recv()
-        assert received == [*_DIRECT_TEXTS, *_BATCH_TEXTS, "four"]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
+    async with _serving(config) as port, asyncio.timeout(10):
+        async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
+            received = [await ws.recv() for _ in range(len(_DIRECT_TEXTS) + len(_BATCH_TEXTS) + 1)]
+            with pytest.raises(ConnectionClosedOK):
+                await ws.recv()
+    assert received == [*_DIRECT_TEXTS, *_BATCH_TEXTS, "four"]
 
 
 def _taking_app(taken: list[str | bytes], queued: list[dict[str, Any]]) -> Any:
@@ -286,34 +285,23 @@ def _taking_app(taken: list[str | bytes], queued: list[dict[str, Any]]) -> Any:
 
 
 async def test_messages_taken_from_the_connection_come_in_order_and_only_the_disconnect_is_queued() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     taken: list[str | bytes] = []
     queued: list[dict[str, Any]] = []
     config = GatewayConfig(
         _taking_app(taken, queued), connection_limits=ConnectionLimits(), lifespan="off", log_level="warning"
     )
-    server = uvicorn.Server(config)
-    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-            async with connect(f"ws://127.0.0.1:{port}/") as ws:
-                await ws.send("first")
-                assert await ws.recv() == "taking"
-                for message in ("two", b"\x00\xff", "é" * 40_000, "last"):
-                    await ws.send(message)
-                answered = json.loads(await ws.recv())
-            while len(queued) < 2:
-                await asyncio.sleep(0.01)
-        assert answered == ["two", "00ff", "é" * 40_000, "last"]
-        assert queued[0] == {"type": "websocket.receive", "text": "first"}
-        assert queued[1]["type"] == "websocket.disconnect"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
+    async with _serving(config) as port, asyncio.timeout(10):
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send("first")
+            assert await ws.recv() == "taking"
+            for message in ("two", b"\x00\xff", "é" * 40_000, "last"):
+                await ws.send(message)
+            answered = json.loads(await ws.recv())
+        while len(queued) < 2:
+            await asyncio.sleep(0.01)
+    assert answered == ["two", "00ff", "é" * 40_000, "last"]
+    assert queued[0] == {"type": "websocket.receive", "text": "first"}
+    assert queued[1]["type"] == "websocket.disconnect"
 
 
 async def test_messages_are_not_taken_while_one_is_queued() -> None:
