@@ -1,8 +1,8 @@
 """A WebSocket session's incoming frames: read from the server's queue, then from the connection.
 
 uvicorn queues each client message for the app's ``receive()`` and pauses reading until it is taken,
-so every frame used to cost the session's loop a wake-up (a loop turn, several coroutine frames) and
-its request a second turn before anything was sent to the provider. Once nothing is queued (so that
+so a frame read that way costs the session's loop a wake-up (a loop turn, several coroutine frames)
+and its request a second turn before anything is sent to the provider. Once nothing is queued (so that
 no message overtakes one queued before it) the session takes them from the connection's callback
 instead (``Outbox.take_messages``); the loop then only waits for the disconnect, which the
 handler's own closes (``Outbox.close_at_once``) also put in the queue.

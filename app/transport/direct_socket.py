@@ -1,11 +1,13 @@
 """WebSocket text messages written straight to their connection, from a plain function call.
 
 uvicorn's WebSocket ``send`` is a coroutine, and a socket that serves several requests needs one
-writer to keep their frames in order, so each frame used to go through a queue to a sender task:
-a task wake-up and a coroutine frame per chunk. When the socket can take bytes, a text message in
-uvicorn's sans-I/O protocol is no more than the ``websockets`` connection's framing and one
-``transport.write``; ``DirectSocket`` does exactly that, synchronously, and leaves everything else
-(the handshake, close, a socket whose buffer is full) to ``send``.
+writer to keep their frames in order, so through ``send`` each frame goes through a queue to a
+sender task: a task wake-up and a coroutine frame per chunk. When the socket can take bytes, a text
+message in uvicorn's sans-I/O protocol is no more than the ``websockets`` connection's framing and
+one ``transport.write``; ``DirectSocket`` does exactly that, synchronously (several messages in one
+write), and leaves everything else (the handshake, close, a socket whose buffer is full) to
+``send``. The other way, ``take_messages`` hands the client's messages to the app from the
+connection's callback instead of through uvicorn's receive queue.
 
 It only exists for uvicorn's sans-I/O protocol (the one this project runs, ``guarded.py``) once
 the handshake is done; anywhere else ``DirectSocket.of`` answers None and the caller keeps using
