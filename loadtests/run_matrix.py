@@ -139,6 +139,8 @@ RESILIENT = "fast_resilient"
 RETRY = "retry"
 #: The deployment ``--h2`` adds: ``fast`` on the TLS upstream, relayed over HTTP/2.
 H2 = "fast_h2"
+#: ``--floor-rounds``: the group of the cells that compare the gateway with the bare relay in rounds.
+FLOOR_GROUP = "floor"
 #: ``--floors``: the cells' targets and the modules that serve them, the lowest first.
 FLOORS = {"proto": "loadtests.protocol_floor", "asgi": "loadtests.asgi_floor"}
 
@@ -317,6 +319,17 @@ def _comparison_cells(args: argparse.Namespace, cell: Any) -> list[Cell]:
                 order = ("fast", other) if r % 2 else (other, "fast")
                 cells.extend(cell("gateway", "sse", dep, c, headline, group=group, round=r) for dep in order)
 
+    if args.floor_rounds and args.bare:
+        # The per-chunk targets are ratios (the gateway against the bare relay, WebSocket against SSE):
+        # the cells of one ratio run back to back, the order turned every other round, so that the
+        # machine's drift over the minutes between the headline cells weighs on both sides alike.
+        streams = [("bare", "sse"), ("gateway", "sse")] + ([("gateway", "ws")] if "ws" in args.modes else [])
+        for c in args.floor_concurrency:
+            for r in range(1, args.floor_rounds + 1):
+                order = streams if r % 2 else streams[::-1]
+                cells.extend(
+                    cell(target, mode, "fast", c, headline, group=FLOOR_GROUP, round=r) for target, mode in order
+                )
     if args.resilience:
         pairs("resilience", RESILIENT, args.resilience_concurrency)
         pairs("retry", RETRY, args.retry_concurrency)
@@ -917,10 +930,60 @@ def _table_head(intro: str, header: str, align: str) -> list[str]:
     return ["", intro, "", header, align]
 
 
+def _floor_lines(m: Matrix) -> list[str]:
+    """``--floor-rounds``: the gateway's CPU per chunk against the bare relay's and WebSocket's against
+    SSE's, each ratio taken within a round (cells back to back) and the median over the rounds."""
+    cells = [c for c in m.cells if c.group == FLOOR_GROUP and c.summary and not c.summary.get("failed")]
+    if not cells:
+        return []
+    lines = _table_head(
+        "The bare relay, gateway SSE and gateway WebSocket cells on `fast` back to back in each round (the order "
+        "turned every other round, so that a drift of the machine weighs on all alike); CPU seconds per 1000 "
+        "content chunks, medians over the rounds. *gw / bare* and *WS / SSE*: the ratio within each round, "
+        "then their median (targets: <= 3x and within 10%).",
+        "| conc | rounds | bare CPU/1k | gw SSE CPU/1k | gw / bare | by round | gw WS CPU/1k | WS / SSE | by round "
+        "| errors |",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
+    )
+
+    def of(target: str, mode: str, conc: int, r: int) -> float | None:
+        return _median_of(
+            [c for c in cells if (c.target, c.mode, c.concurrency, c.round) == (target, mode, conc, r)], _cpu_per_1k
+        )
+
+    def ratios(num: tuple[str, str], den: tuple[str, str], conc: int, rounds: list[int]) -> list[float]:
+        pairs = [(of(*num, conc, r), of(*den, conc, r)) for r in rounds]
+        return [a / b for a, b in pairs if a is not None and b]
+
+    for conc in sorted({c.concurrency for c in cells}):
+        rounds = sorted({c.round for c in cells if c.concurrency == conc})
+        mine = [c for c in cells if c.concurrency == conc]
+
+        def median(target: str, mode: str) -> float | None:
+            return _median_of([c for c in mine if (c.target, c.mode) == (target, mode)], _cpu_per_1k)  # noqa: B023
+
+        floor = ratios(("gateway", "sse"), ("bare", "sse"), conc, rounds)
+        ws = ratios(("gateway", "ws"), ("gateway", "sse"), conc, rounds)
+        lines.append(
+            f"| {conc} | {len(rounds)} | {_fmt(median('bare', 'sse'), 3)} | {_fmt(median('gateway', 'sse'), 3)} | "
+            f"{_ratio(floor)} | {_rounds(floor)} | {_fmt(median('gateway', 'ws'), 3)} | {_ratio(ws)} | "
+            f"{_rounds(ws)} | {_errors(mine)} |"
+        )
+    return ["", "## The gateway against the bare relay, in rounds (issue 29)", *lines]
+
+
+def _ratio(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f}x" if ratios else "-"
+
+
+def _rounds(ratios: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in ratios) or "-"
+
+
 def _comparison_lines(m: Matrix) -> list[str]:
     """Issue 15's comparisons (``--resilience``, ``--h2``), each from cells of this run."""
     lines: list[str] = []
-    cells = [c for c in m.cells if c.group]
+    cells = [c for c in m.cells if c.group and c.group != FLOOR_GROUP]
     if not cells:
         return lines
     lines += ["", "## Resilience and HTTP/2 (issue 15)"]
@@ -1215,6 +1278,7 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             *res_rows,
         ]
+    lines += _floor_lines(m)
     lines += _comparison_lines(m)
     lines += _embeddings_lines(m, direct)
     if m.idle:
@@ -1336,6 +1400,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also SSE cells through a bare uvloop TCP relay (loadtests.bare_relay): the floor for a Python relay",
     )
+    p.add_argument(
+        "--floor-rounds",
+        type=int,
+        default=0,
+        help="with --bare: also the bare relay, gateway SSE and gateway WebSocket cells back to back, this many"
+        " rounds per --floor-concurrency, and the ratios of each round (reported in their own section)",
+    )
+    p.add_argument("--floor-concurrency", type=_ints, default=[32, 256], help="--floor-rounds cells (default 32,256)")
     p.add_argument(
         "--floors",
         action="store_true",
