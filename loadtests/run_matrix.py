@@ -46,6 +46,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -1071,6 +1072,25 @@ def _comparison_lines(m: Matrix) -> list[str]:
     return lines
 
 
+def interpreter_build(executable: str, maps: str | None = None) -> str:
+    """How the interpreter that runs the gateway was built, as far as it shows: the gateway's time is
+    mostly its own Python, and an interpreter linked to a shared ``libpython`` without profile-guided
+    optimisation (a plain ``pyenv install``) runs it measurably slower than a distribution's or the
+    official image's build (loadtests/README.md). ``maps``: ``/proc/self/maps`` (this process runs
+    ``executable``, as the gateway's children do)."""
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            maps = ""
+    shared = "libpython" in maps
+    optimized = "--enable-optimizations" in str(sysconfig.get_config_var("CONFIG_ARGS") or "")
+    return (
+        f"{executable}; libpython {'shared' if shared else 'linked in'}; "
+        f"configured {'with' if optimized else 'without'} --enable-optimizations"
+    )
+
+
 def machine_info() -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -1103,7 +1123,7 @@ def machine_info() -> dict[str, str]:
         "nproc": nproc,
         "cpu": cpu,
         "memory": mem,
-        "python": platform.python_version(),
+        "python": f"{platform.python_version()} ({interpreter_build(sys.executable)})",
         "kernel": platform.release(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "git commit": commit,

@@ -61,3 +61,11 @@ def test_the_report_gives_each_rounds_ratio_and_their_median() -> None:
     # 3.0) for the floor, 1.0, 1.1, 1.0 for WebSocket; one error in all.
     assert "| 32 | 3 | 0.010 | 0.032 | 3.00x | 2.80, 3.00, 3.20 | 0.032 | 1.00x | 1.00, 1.10, 1.00 | 1 |" in text
     assert other == []  # the rounds are not issue 15's comparisons
+
+
+def test_the_machine_section_says_how_the_interpreter_was_built() -> None:
+    shared = "7f5e9a600000-7f5e9a700000 r-xp 00000000 08:01 42 /opt/lib/libpython3.11.so.1.0\n"
+    assert "libpython shared" in run_matrix.interpreter_build("/opt/bin/python3.11", shared)
+    assert "libpython linked in" in run_matrix.interpreter_build("/usr/bin/python3.11", "")
+    line = run_matrix.machine_info()["python"]
+    assert "--enable-optimizations" in line and ("libpython shared" in line or "libpython linked in" in line)
