@@ -437,5 +437,8 @@ class ChatStream:
                 self.close_source()
         if self._observer is not None:
             self._observer.stream_closed(self)
-        if self.on_close is not None:
-            self.on_close(self)
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            # Called once and dropped: an adapter's callback holds what it adapts (a Responses run),
+            # which holds this stream; kept, the pair would wait, as a cycle, for the collector.
+            on_close(self)

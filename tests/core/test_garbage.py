@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -84,9 +85,36 @@ async def _bad_body(client: httpx.AsyncClient, gateway: ServerThread) -> None:
     assert r.status_code == 400
 
 
+async def _responses_sse(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    body = {"model": "normal", "input": "hi", "stream": True}
+    async with client.stream("POST", "/v1/responses", json=body) as r:
+        text = b"".join([piece async for piece in r.aiter_bytes()])
+    assert r.status_code == 200 and b"response.completed" in text
+
+
+async def _responses_json(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    r = await client.post("/v1/responses", json={"model": "normal", "input": "hi"})
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+
+
+async def _messages_sse(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    body = {"model": "normal", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with client.stream("POST", "/v1/messages", json=body) as r:
+        text = b"".join([piece async for piece in r.aiter_bytes()])
+    assert r.status_code == 200 and b"message_stop" in text
+
+
 async def _connections_gone(gateway: ServerThread) -> None:
     # A connection's end is what is looked at: wait for the server to see it.
     await wait_until(lambda: not gateway.server.server_state.connections, 5, "the server to see the close")
+
+
+async def _connection_closed(gateway: ServerThread) -> None:
+    """A socket's own cycle (once per connection, see below) is made when the server has seen it
+    close: within the test that opened it, not in the next one's window (whose server is another,
+    but the collector is the process's)."""
+    await _connections_gone(gateway)
+    await _requests_done(gateway)
 
 
 async def _own_connection(client: httpx.AsyncClient, gateway: ServerThread) -> None:
@@ -97,8 +125,28 @@ async def _own_connection(client: httpx.AsyncClient, gateway: ServerThread) -> N
 
 @pytest.mark.parametrize(
     "request_once",
-    [_sse, _json, _left_mid_stream, _provider_error, _bad_body, _own_connection],
-    ids=["sse", "json", "client-left-mid-stream", "provider-error", "bad-body", "connection-per-request"],
+    [
+        _sse,
+        _json,
+        _left_mid_stream,
+        _provider_error,
+        _bad_body,
+        _own_connection,
+        _responses_sse,
+        _responses_json,
+        _messages_sse,
+    ],
+    ids=[
+        "sse",
+        "json",
+        "client-left-mid-stream",
+        "provider-error",
+        "bad-body",
+        "connection-per-request",
+        "responses-sse",
+        "responses-json",
+        "messages-sse",
+    ],
 )
 async def test_finished_requests_leave_no_cycles_of_ours(
     gateway: ServerThread,
@@ -138,6 +186,7 @@ async def test_websocket_requests_leave_no_cycles_of_ours(
             await asyncio.sleep(0.01)
         gc.collect()
         assert _ours(saved_garbage) == Counter()
+    await _connection_closed(gateway)
 
 
 def test_a_resume_log_holds_chunk_events_the_collector_does_not_track() -> None:
@@ -154,3 +203,33 @@ def test_a_resume_log_holds_chunk_events_the_collector_does_not_track() -> None:
     assert not gc.is_tracked(StreamEvent(2, Chunk(raw=b"{}", usage=Usage(1, 2), usage_only=True)))
     assert not gc.is_tracked(StreamEvent(3, finish_reason="stop", usage=Usage(1, 2)))
     assert gc.is_tracked(StreamEvent(3, error=UpstreamUnavailable("gone")))
+
+
+async def test_responses_websocket_requests_leave_no_cycles_of_ours(
+    gateway: ServerThread, fake: FakeProvider, saved_garbage: list[object]
+) -> None:
+    # As above, on the Responses API's socket: its run's close callback (held by the stream) holds
+    # the run, which holds the stream.
+    await _connections_gone(gateway)
+    await _requests_done(gateway)
+    url = gateway.ws_url.replace("/v1/chat/completions", "/v1/responses")
+
+    async def completed() -> None:
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "hi"}))
+        while (event := json.loads(await ws.recv()))["type"] not in ("response.completed", "error"):
+            pass
+        assert event["type"] == "response.completed"
+
+    async with connect(url, open_timeout=5) as ws:
+        await completed()
+        idle_tasks = await _task_count(gateway)
+        gc.collect()
+        saved_garbage.clear()
+        for _ in range(5):
+            await completed()
+        deadline = time.monotonic() + 5
+        while await _task_count(gateway) > idle_tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        gc.collect()
+        assert _ours(saved_garbage) == Counter()
+    await _connection_closed(gateway)
