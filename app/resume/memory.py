@@ -76,6 +76,9 @@ class MemoryResumeStore:
         self._logs: OrderedDict[str, StreamLog] = OrderedDict()
         self._ended: OrderedDict[str, StreamLog] = OrderedDict()  # in the order they ended
         self._sweeper: asyncio.TimerHandle | None = None
+        # One bound method for every log: a log outlives its stream by ``ttl_s``, and a method bound
+        # per log would be one more object per log for the collector to walk all that time.
+        self._grow_log = self._grew
 
     def __len__(self) -> int:
         return len(self._logs)
@@ -83,7 +86,7 @@ class MemoryResumeStore:
     def begin(self, stream_id: str, owner: str) -> StreamLog:
         if self._sweeper is None:
             self._start_sweeper()
-        log = StreamLog(stream_id, owner, self.max_events, self._grew)
+        log = StreamLog(stream_id, owner, self.max_events, self._grow_log)
         self._logs[stream_id] = log
         return log
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -153,3 +154,19 @@ def test_the_auto_memory_budget_is_a_share_of_the_machine_within_bounds() -> Non
     assert auto_budget_mb(1024 * 1024 * 1024) == 32
     assert auto_budget_mb(64 * 1024**3) == 64
     assert 8 <= auto_budget_mb() <= 64
+
+
+def test_an_ended_log_leaves_the_collector_two_objects_to_walk() -> None:
+    # Ended logs are kept for ttl_s (300 s by default: hundreds of thousands of them at a busy
+    # worker), and each object of theirs the collector tracks is walked by every collection of its
+    # generation all that time: the log and its deque, not a callback, an event or a chunk per log.
+    store = MemoryResumeStore(ttl_s=60, max_events=100, budget_bytes=1 << 30)
+    gc.collect()
+    before = len(gc.get_objects())
+    logs = [store.begin(f"s{i}", "owner") for i in range(200)]
+    for log in logs:
+        fill(log, 20)
+    del log
+    assert all(log.ended for log in logs)
+    gc.collect()
+    assert len(gc.get_objects()) - before <= 2 * len(logs) + 1  # + the list holding them
