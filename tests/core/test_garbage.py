@@ -109,6 +109,17 @@ async def _connections_gone(gateway: ServerThread) -> None:
     await wait_until(lambda: not gateway.server.server_state.connections, 5, "the server to see the close")
 
 
+async def _messages_json(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    body = {"model": "normal", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    r = await client.post("/v1/messages", json=body)
+    assert r.status_code == 200 and r.json()["type"] == "message"
+
+
+async def _responses_provider_error(client: httpx.AsyncClient, gateway: ServerThread) -> None:
+    r = await client.post("/v1/responses", json={"model": "rate_limited", "input": "hi", "stream": True})
+    assert r.status_code == 429
+
+
 async def _connection_closed(gateway: ServerThread) -> None:
     """A socket's own cycle (once per connection, see below) is made when the server has seen it
     close: within the test that opened it, not in the next one's window (whose server is another,
@@ -135,6 +146,8 @@ async def _own_connection(client: httpx.AsyncClient, gateway: ServerThread) -> N
         _responses_sse,
         _responses_json,
         _messages_sse,
+        _messages_json,
+        _responses_provider_error,
     ],
     ids=[
         "sse",
@@ -146,6 +159,8 @@ async def _own_connection(client: httpx.AsyncClient, gateway: ServerThread) -> N
         "responses-sse",
         "responses-json",
         "messages-sse",
+        "messages-json",
+        "responses-provider-error",
     ],
 )
 async def test_finished_requests_leave_no_cycles_of_ours(
