@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.api.responses.events import ResponseEvents
+from app.api.responses.events import ResponseEvents, sse_frames
 from app.api.responses.request import input_items, to_messages, translate_tool_choice, translate_tools
 from app.api.responses.service import skeleton_of
 from app.api.responses.wire import ResponsesCreate
@@ -115,6 +115,34 @@ def test_the_same_chunks_give_the_same_bytes() -> None:
         return [data for _, _, data in out]
 
     assert frames() == frames()
+
+
+def test_an_sse_frame_per_chunk_is_the_frames_of_its_events() -> None:
+    # feed_sse frames the usual chunk (text for the open message) in one step; every chunk, usual or
+    # not, must give the bytes feed and sse_frames give, and leave the same response behind.
+    usage = {"prompt_tokens": 3, "completion_tokens": 9}
+    chunks = [
+        chunk({"role": "assistant"}),
+        chunk({"content": "Hel"}),  # opens the message: the general path
+        chunk({"content": 'lo \u00e9"\n'}),  # the usual chunk, text JSON must escape
+        chunk({"refusal": "no"}),
+        b"not json",
+        chunk({"reasoning_content": "think"}),  # closes the message, opens a reasoning item
+        chunk({"content": "again"}),  # a new message: the general path again
+        chunk({"content": "more"}),
+        chunk({"content": "x", "tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        chunk({"content": "after the call"}),
+        chunk({"content": "and"}),
+        chunk({"content": "last"}, "stop"),
+        chunk(None, usage=usage),
+    ]
+    rid = b"resp_" + b"ab" * 16
+    fused, general = new_events(), new_events()
+    for raw in chunks:
+        assert fused.feed_sse(rid, raw) == sse_frames(rid, general.feed(raw))
+    assert fused.finish(None) == general.finish(None)
+    assert fused.snapshot() == general.snapshot()
 
 
 def test_unreadable_provider_chunks_are_skipped() -> None:

@@ -122,6 +122,7 @@ class ResponseEvents:
         self._delta_head = b""
         self._delta_mid = b""
         self._delta_tail = b""
+        self._delta_event = b""  # its type as bytes, for an SSE frame's ``event:`` line
         self._extra: dict[str, Any] = {}  # error or incomplete_details, once the response ended
 
     # -- events ------------------------------------------------------------------------------
@@ -151,6 +152,43 @@ class ResponseEvents:
             return out  # provider bytes the gateway cannot read: nothing a client could use either
         self._take(chunk, out)
         return out
+
+    def feed_sse(self, response_id: bytes, raw: bytes) -> bytes:
+        """``feed`` and ``sse_frames`` for one chunk, the same bytes. The usual chunk (text for the
+        message being streamed, and nothing else) is framed here in one step: it is nearly every
+        event of a stream, and through ``feed``, ``_take``, ``_delta`` and ``sse_frames`` it cost
+        four more calls and an event list (``cProfile``: +28% a stream over chat's SSE)."""
+        if self._open_kind != "message":
+            return sse_frames(response_id, self.feed(raw))
+        try:
+            chunk = _decode_chunk(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return b""
+        choices = chunk.choices
+        if choices and chunk.usage is None:
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                delta is not None
+                and choice.finish_reason is None
+                and not (delta.reasoning_content or delta.reasoning or delta.tool_calls)
+                and (text := delta.content or delta.refusal)
+            ):
+                self._text.append(text)  # what _take and _delta do with it
+                self.seq = seq = self.seq + 1
+                return b"event: %b\nid: %b:%d\ndata: %b%d%b%b%b\n\n" % (
+                    self._delta_event,
+                    response_id,
+                    seq,
+                    self._delta_head,
+                    seq,
+                    self._delta_mid,
+                    _encode(text),
+                    self._delta_tail,
+                )
+        out: list[Event] = []
+        self._take(chunk, out)
+        return sse_frames(response_id, out)
 
     def feed_completion(self, raw: bytes) -> None:
         """A whole ``chat.completion`` (the JSON path), taken like one chunk holding everything."""
@@ -213,6 +251,7 @@ class ResponseEvents:
         """The open item's delta event as bytes around its sequence number and delta: deltas are
         nearly every event of a stream, and this spares each one a dict and a whole encode."""
         self._delta_kind = kind
+        self._delta_event = _event_line(kind)
         self._delta_head = b'{"type":"%b","sequence_number":' % kind.encode()
         mid = b',"item_id":%b,"output_index":%d' % (_encode(item_id), index)
         self._delta_mid = mid + (b',"content_index":0,"delta":' if content_index else b',"delta":')

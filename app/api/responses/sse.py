@@ -54,11 +54,12 @@ class ResponsesSseWriter:
         self._held = b""
 
     def _frames(self, events: list[StreamEvent]) -> bytes:
-        feed, rid = self._run.feed, self._rid
+        # The run's events as they are now (a run whose client left rebuilds them from the log).
+        feed, rid = self._run.events.feed_sse, self._rid
         if len(events) == 1:  # the usual read: one chunk
             chunk = events[0].chunk
-            return frames(rid, feed(chunk.raw)) if chunk is not None else b""
-        return b"".join([frames(rid, feed(e.chunk.raw)) for e in events if e.chunk is not None])
+            return feed(rid, chunk.raw) if chunk is not None else b""
+        return b"".join([feed(rid, e.chunk.raw) for e in events if e.chunk is not None])
 
     def can_write_now(self) -> bool:
         return self._direct is not None
@@ -78,7 +79,7 @@ class ResponsesSseWriter:
         await self._direct.writable()
 
     async def chunk(self, seq: int, raw: bytes, more: bool) -> None:
-        frame = frames(self._rid, self._run.feed(raw))
+        frame = self._run.events.feed_sse(self._rid, raw)
         if not frame or (more and len(self._held) < HELD_MAX):
             self._held += frame
             return
