@@ -120,6 +120,23 @@ async def _responses_provider_error(client: httpx.AsyncClient, gateway: ServerTh
     assert r.status_code == 429
 
 
+async def _window_opened(gateway: ServerThread, saved_garbage: list[object]) -> int:
+    """A socket's requests looked at from here, after a warm one: the server's tasks when idle."""
+    idle_tasks = await _task_count(gateway)
+    gc.collect()
+    saved_garbage.clear()
+    return idle_tasks
+
+
+async def _no_cycles_once_idle(gateway: ServerThread, idle_tasks: int, saved_garbage: list[object]) -> None:
+    """Once the socket's request tasks have ended (bounded: 5 s), no cycle of ours was left."""
+    deadline = time.monotonic() + 5
+    while await _task_count(gateway) > idle_tasks and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    gc.collect()
+    assert _ours(saved_garbage) == Counter()
+
+
 async def _connection_closed(gateway: ServerThread) -> None:
     """A socket's own cycle (once per connection, see below) is made when the server has seen it
     close: within the test that opened it, not in the next one's window (whose server is another,
@@ -189,18 +206,12 @@ async def test_websocket_requests_leave_no_cycles_of_ours(
     async with connect(gateway.ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
         await ws.send(create("warm"))
         await until_end(ws, "warm")
-        idle_tasks = await _task_count(gateway)
-        gc.collect()
-        saved_garbage.clear()
+        idle_tasks = await _window_opened(gateway, saved_garbage)
         for i in range(5):
             await ws.send(create(f"q{i}"))
             frames = await until_end(ws, f"q{i}")
             assert frames[-1]["type"] == "chat.completion.done"
-        deadline = time.monotonic() + 5
-        while await _task_count(gateway) > idle_tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        gc.collect()
-        assert _ours(saved_garbage) == Counter()
+        await _no_cycles_once_idle(gateway, idle_tasks, saved_garbage)
     await _connection_closed(gateway)
 
 
@@ -237,14 +248,8 @@ async def test_responses_websocket_requests_leave_no_cycles_of_ours(
 
     async with connect(url, open_timeout=5) as ws:
         await completed()
-        idle_tasks = await _task_count(gateway)
-        gc.collect()
-        saved_garbage.clear()
+        idle_tasks = await _window_opened(gateway, saved_garbage)
         for _ in range(5):
             await completed()
-        deadline = time.monotonic() + 5
-        while await _task_count(gateway) > idle_tasks and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        gc.collect()
-        assert _ours(saved_garbage) == Counter()
+        await _no_cycles_once_idle(gateway, idle_tasks, saved_garbage)
     await _connection_closed(gateway)
