@@ -947,28 +947,30 @@ def _floor_lines(m: Matrix) -> list[str]:
         "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     )
 
-    def of(target: str, mode: str, conc: int, r: int) -> float | None:
+    def cpu(target: str, mode: str, conc: int, r: int | None = None) -> float | None:
+        """The median CPU per 1000 chunks of those cells, of round ``r`` or (None) of every round."""
         return _median_of(
-            [c for c in cells if (c.target, c.mode, c.concurrency, c.round) == (target, mode, conc, r)], _cpu_per_1k
+            [
+                c
+                for c in cells
+                if (c.target, c.mode, c.concurrency) == (target, mode, conc) and (r is None or c.round == r)
+            ],
+            _cpu_per_1k,
         )
 
     def ratios(num: tuple[str, str], den: tuple[str, str], conc: int, rounds: list[int]) -> list[float]:
-        pairs = [(of(*num, conc, r), of(*den, conc, r)) for r in rounds]
+        pairs = [(cpu(*num, conc, r), cpu(*den, conc, r)) for r in rounds]
         return [a / b for a, b in pairs if a is not None and b]
 
     for conc in sorted({c.concurrency for c in cells}):
         rounds = sorted({c.round for c in cells if c.concurrency == conc})
-        mine = [c for c in cells if c.concurrency == conc]
-
-        def median(target: str, mode: str) -> float | None:
-            return _median_of([c for c in mine if (c.target, c.mode) == (target, mode)], _cpu_per_1k)  # noqa: B023
-
         floor = ratios(("gateway", "sse"), ("bare", "sse"), conc, rounds)
         ws = ratios(("gateway", "ws"), ("gateway", "sse"), conc, rounds)
         lines.append(
-            f"| {conc} | {len(rounds)} | {_fmt(median('bare', 'sse'), 3)} | {_fmt(median('gateway', 'sse'), 3)} | "
-            f"{_ratio(floor)} | {_rounds(floor)} | {_fmt(median('gateway', 'ws'), 3)} | {_ratio(ws)} | "
-            f"{_rounds(ws)} | {_errors(mine)} |"
+            f"| {conc} | {len(rounds)} | {_fmt(cpu('bare', 'sse', conc), 3)} | "
+            f"{_fmt(cpu('gateway', 'sse', conc), 3)} | "
+            f"{_ratio(floor)} | {_rounds(floor)} | {_fmt(cpu('gateway', 'ws', conc), 3)} | {_ratio(ws)} | "
+            f"{_rounds(ws)} | {_errors([c for c in cells if c.concurrency == conc])} |"
         )
     return ["", "## The gateway against the bare relay, in rounds (issue 29)", *lines]
 
