@@ -13,6 +13,7 @@ from app.config.settings import Settings
 from app.core.service import ChatService
 from app.observability.metrics import Metrics
 from app.routes.chat import CHAT_PATHS
+from app.transport.socket_release import release
 
 
 @websocket(path=CHAT_PATHS)
@@ -35,4 +36,7 @@ async def chat_socket(
         quote=socket.app.state.quote,
         info_line=socket.app.state.info_line,
     )
-    await session.run()
+    try:
+        await session.run()
+    finally:
+        release(socket)

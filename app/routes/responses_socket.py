@@ -13,6 +13,7 @@ from app.api.responses.ws import ResponsesSocketSession
 from app.config.settings import Settings
 from app.observability.metrics import Metrics
 from app.routes.responses import RESPONSES_PATHS
+from app.transport.socket_release import release
 
 
 @websocket(path=RESPONSES_PATHS)
@@ -32,4 +33,7 @@ async def responses_socket(
         on_open=metrics.socket_opened,
         on_close=metrics.socket_closed,
     )
-    await session.run()
+    try:
+        await session.run()
+    finally:
+        release(socket)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.api.test_websocket import _task_count, create, until_end
 from tests.conftest import ServerThread, wait_until
@@ -138,9 +138,8 @@ async def _no_cycles_once_idle(gateway: ServerThread, idle_tasks: int, saved_gar
 
 
 async def _connection_closed(gateway: ServerThread) -> None:
-    """A socket's own cycle (once per connection, see below) is made when the server has seen it
-    close: within the test that opened it, not in the next one's window (whose server is another,
-    but the collector is the process's)."""
+    """A socket's end happens when the server has seen it close: within the test that opened it,
+    not in the next one's window (whose server is another, but the collector is the process's)."""
     await _connections_gone(gateway)
     await _requests_done(gateway)
 
@@ -197,10 +196,8 @@ async def test_finished_requests_leave_no_cycles_of_ours(
 async def test_websocket_requests_leave_no_cycles_of_ours(
     gateway: ServerThread, fake: FakeProvider, saved_garbage: list[object]
 ) -> None:
-    # Per request, on one connection. The connection itself ends in a cycle of Litestar's (its
-    # WebSocket's receive and send wrappers close over the WebSocket), once per connection: an
-    # earlier test's connection still closing (its session task ending) would leave its own in the
-    # window looked at.
+    # Per request, on one connection (the connection's own end: the test after the next). An earlier
+    # test's connection still closing (its session task ending) would end inside the window.
     await _connections_gone(gateway)
     await _requests_done(gateway)
     async with connect(gateway.ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
@@ -253,3 +250,57 @@ async def test_responses_websocket_requests_leave_no_cycles_of_ours(
             await completed()
         await _no_cycles_once_idle(gateway, idle_tasks, saved_garbage)
     await _connection_closed(gateway)
+
+
+def _server_side(garbage: list[object]) -> Counter[str]:
+    """What of a connection's server side is in ``garbage`` (the test's client runs on asyncio's
+    own loop, so uvloop's transports are the server's)."""
+    server = ("app.", "litestar.", "uvicorn.", "websockets.", "uvloop.")
+    return Counter(
+        f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage if type(o).__module__.startswith(server)
+    )
+
+
+async def _chat_socket_request(ws: ClientConnection) -> None:
+    await ws.send(create("once"))
+    frames = await until_end(ws, "once")
+    assert frames[-1]["type"] == "chat.completion.done"
+
+
+async def _responses_socket_request(ws: ClientConnection) -> None:
+    await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "hi"}))
+    while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] not in ("response.completed", "error"):
+        pass
+    assert event["type"] == "response.completed"
+
+
+@pytest.mark.parametrize(
+    ("path", "subprotocols", "request_once"),
+    [
+        ("/v1/chat/completions", ["chat.v1"], _chat_socket_request),
+        ("/v1/responses", None, _responses_socket_request),
+    ],
+    ids=["chat", "responses"],
+)
+async def test_a_websocket_connection_leaves_no_cycle_when_it_ends(
+    gateway: ServerThread,
+    fake: FakeProvider,
+    saved_garbage: list[object],
+    path: str,
+    subprotocols: list[str] | None,
+    request_once: Callable[[ClientConnection], Awaitable[None]],
+) -> None:
+    # Litestar's WebSocket wraps its receive and send in closures over itself: unless the route
+    # releases them (socket_release.py), each connection ends as a cycle holding the socket, its
+    # scope, uvicorn's protocol and transport and the websockets connection with its zlib state.
+    await _connections_gone(gateway)
+    await _requests_done(gateway)
+    gc.collect()
+    saved_garbage.clear()
+    url = gateway.ws_url.replace("/v1/chat/completions", path)
+    for _ in range(3):
+        async with connect(url, subprotocols=subprotocols, open_timeout=5) as ws:  # type: ignore[arg-type]
+            await request_once(ws)
+        await _connection_closed(gateway)
+    gc.collect()
+    assert _server_side(saved_garbage) == Counter()
