@@ -254,8 +254,9 @@ async def test_responses_websocket_requests_leave_no_cycles_of_ours(
 
 def _server_side(garbage: list[object]) -> Counter[str]:
     """What of a connection's server side is in ``garbage`` (the test's client runs on asyncio's
-    own loop, so uvloop's transports are the server's)."""
-    server = ("app.", "litestar.", "uvicorn.", "websockets.", "uvloop.")
+    own loop, so uvloop's transports are the server's; a client whose connection broke leaves a
+    cycle of its own, in ``websockets.client``)."""
+    server = ("app.", "litestar.", "uvicorn.", "uvloop.", "websockets.server.")
     return Counter(
         f"{type(o).__module__}.{type(o).__qualname__}" for o in garbage if type(o).__module__.startswith(server)
     )
@@ -301,6 +302,52 @@ async def test_a_websocket_connection_leaves_no_cycle_when_it_ends(
     for _ in range(3):
         async with connect(url, subprotocols=subprotocols, open_timeout=5) as ws:  # type: ignore[arg-type]
             await request_once(ws)
+        await _connection_closed(gateway)
+    gc.collect()
+    assert _server_side(saved_garbage) == Counter()
+
+
+async def _chat_socket_streaming(ws: ClientConnection) -> None:
+    await ws.send(create("left", model="silent"))
+    while (frame := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "chat.completion.chunk":
+        assert frame["type"] != "error", frame
+
+
+async def _responses_socket_streaming(ws: ClientConnection) -> None:
+    await ws.send(json.dumps({"type": "response.create", "model": "silent", "input": "hi"}))
+    while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "response.output_text.delta":
+        assert event["type"] != "error", event
+
+
+@pytest.mark.parametrize(
+    ("path", "subprotocols", "streaming"),
+    [
+        ("/v1/chat/completions", ["chat.v1"], _chat_socket_streaming),
+        ("/v1/responses", None, _responses_socket_streaming),
+    ],
+    ids=["chat", "responses"],
+)
+async def test_a_websocket_client_gone_mid_stream_leaves_no_cycle(
+    gateway: ServerThread,
+    fake: FakeProvider,
+    saved_garbage: list[object],
+    path: str,
+    subprotocols: list[str] | None,
+    streaming: Callable[[ClientConnection], Awaitable[None]],
+) -> None:
+    # The socket's request task is cancelled as the connection goes, and a cancelled task keeps its
+    # exception, whose traceback holds the request's frame: whatever held the task (the chat
+    # socket's in-flight entry, the Responses session) must have let go of it.
+    await _connections_gone(gateway)
+    await _requests_done(gateway)
+    gc.collect()
+    saved_garbage.clear()
+    url = gateway.ws_url.replace("/v1/chat/completions", path)
+    for _ in range(3):
+        ws = await connect(url, subprotocols=subprotocols, open_timeout=5)  # type: ignore[arg-type]
+        await streaming(ws)
+        ws.transport.abort()  # no close frame: the connection just breaks
+        await asyncio.wait_for(ws.wait_closed(), 5)
         await _connection_closed(gateway)
     gc.collect()
     assert _server_side(saved_garbage) == Counter()

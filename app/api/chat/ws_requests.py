@@ -40,7 +40,8 @@ class _InFlight:
     __slots__ = ("cancelled", "resumed", "started", "stream", "task")
 
     def __init__(self, task: asyncio.Task[None]) -> None:
-        self.task = task
+        #: None once the task is done (``_ended``).
+        self.task: asyncio.Task[None] | None = task
         self.stream: ChatStream | None = None
         self.cancelled = False
         self.started = False
@@ -102,16 +103,17 @@ class SocketRequests:
         entry.cancelled = True
         if entry.stream is not None:
             entry.stream.request_cancel()
-        if entry.started or entry.resumed is not None:
+        if entry.task is not None and (entry.started or entry.resumed is not None):
             entry.task.cancel()
         # else: the task has not run yet; it sees the flag first thing and ends the request itself.
 
     async def cancel_all(self) -> None:
         """The socket is closing: every request's task is cancelled (no frame goes out any more)."""
-        for entry in list(self.inflight.values()):
-            entry.task.cancel()
-        if self.inflight:
-            await asyncio.gather(*(e.task for e in self.inflight.values()), return_exceptions=True)
+        tasks = [entry.task for entry in self.inflight.values() if entry.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _admit(self, frame_id: str) -> bool:
         """The checks every request frame passes (drain, duplicate id, in-flight bound); False -> answered."""
@@ -134,7 +136,7 @@ class SocketRequests:
         entry = _InFlight(task)
         entry.resumed = resumed
         self.inflight[frame_id] = entry
-        task.add_done_callback(lambda _t: self._never_ran(frame_id, entry))
+        task.add_done_callback(lambda _t: self._ended(frame_id, entry))
 
     def _cancelled_by_client(self, frame_id: str) -> bool:
         entry = self.inflight.get(frame_id)
@@ -155,8 +157,12 @@ class SocketRequests:
         finally:
             self.inflight.pop(frame_id, None)
 
-    def _never_ran(self, frame_id: str, entry: _InFlight) -> None:
-        """A task cancelled before its first step never runs its body, so its cleanup happens here."""
+    def _ended(self, frame_id: str, entry: _InFlight) -> None:
+        """The request's task is done. The entry lets go of it: a cancelled task keeps its
+        exception, whose traceback holds the request's frame, which holds the entry (a cycle the
+        collector would have to find). A task cancelled before its first step never ran its body,
+        so its cleanup happens here."""
+        entry.task = None
         if self.inflight.get(frame_id) is not entry:
             return  # the request ran and cleaned up after itself
         del self.inflight[frame_id]

@@ -156,9 +156,12 @@ class ResponsesSocketSession:
                 self._outbox.closing = True
                 if self.drain is not None:
                     self.drain.session_closed(self)
-                if self.running is not None:
-                    self.running.cancel()
-                    await asyncio.gather(self.running, return_exceptions=True)
+                running, self.running = self.running, None
+                if running is not None:
+                    # Not kept: a cancelled task keeps its exception, whose traceback holds
+                    # ``_respond``'s frame, which holds this session (a cycle for the collector).
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
                 await self._outbox.stop()
         finally:
             if self._on_close is not None:
