@@ -25,6 +25,11 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_interval": ws.ping_s,
         "ws_ping_timeout": ws.ping_s,
         "ws_max_size": ws.max_frame_bytes,
+        # No permessage-deflate (which browsers offer): a token's frame is a couple of hundred bytes,
+        # and compressing each one cost a WebSocket stream ~35% more CPU per chunk (loadtests/README.md)
+        # and every socket its zlib state, to save a few KB/s per stream. Declined, frames are plain
+        # (DirectSocket writes them itself) and a client's frames are never inflated by the server.
+        "ws_per_message_deflate": False,
         "timeout_keep_alive": settings.server.keepalive_s,
         # After the drain (app/core/drain.py) has ended everything, uvicorn's own wait has nothing left to
         # wait for; this bounds it anyway.

@@ -16,8 +16,9 @@ the handshake is done; anywhere else ``DirectSocket.of`` answers None and the ca
 When the handshake negotiated no extension (no ``permessage-deflate``), a server's text message is
 its payload behind a 2, 4 or 10 byte header (RFC 6455 5.2: FIN and the text opcode, the length, no
 mask): that header is written here, where ``websockets`` would build a ``Frame`` and serialize it
-generically, several times the cost (loadtests/README.md). With an extension the connection's own
-framing runs, as it must.
+generically, several times the cost (loadtests/README.md). The server negotiates no extension
+(``app/server/serve.py`` declines ``permessage-deflate``); were one negotiated, the connection's own
+framing would run, as it must.
 """
 
 from __future__ import annotations

@@ -75,6 +75,19 @@ async def test_create_chunks_done(ws: ClientConnection, fake: FakeProvider) -> N
     assert all(f["chunk"]["object"] == "chat.completion.chunk" for f in frames[:-1])
 
 
+async def test_compression_offered_is_declined(ws: ClientConnection, fake: FakeProvider) -> None:
+    # The client offers permessage-deflate, as browsers do; the server takes no extension (compressing
+    # each token's frame costs more CPU than the bytes it saves: app/server/serve.py), so every frame
+    # either way is plain (the client would refuse a compressed one now).
+    assert ws.request is not None and ws.response is not None
+    assert "permessage-deflate" in (ws.request.headers.get("Sec-WebSocket-Extensions") or "")
+    assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+    assert ws.protocol.extensions == []
+    await ws.send(create("plain"))
+    frames = await until_end(ws, "plain")
+    assert text_of(frames) == "Hello, world! This is the fake provider."
+
+
 async def test_stream_false_still_streams(ws: ClientConnection, fake: FakeProvider) -> None:
     await ws.send(create("s", stream=False))
     frames = await until_end(ws, "s")
