@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.gateway_keys = keys  # not "keys": State is a mapping, whose keys() method would answer
     app.state.drain = drain
     app.state.quote = quote
     app.state.info_line = info_line  # the access line's writer, for the WebSocket requests' lines too
