@@ -15,8 +15,8 @@ from app.transport.socket_release import release
 @websocket(path=CHAT_PATHS)
 async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
     # The services from the app's state, not as injected dependencies: Litestar resolves a
-    # handler's dependencies in an anyio task group, a task per dependency, which was ~15% of a
-    # connection's CPU (loadtests/README.md); a socket's handler runs once per connection.
+    # handler's dependencies in an anyio task group, a task per dependency, which was a fifth of
+    # a connection's CPU (loadtests/README.md); a socket's handler runs once per connection.
     state = socket.app.state
     metrics: Metrics = state.metrics
     session = ChatSocketSession(

@@ -1,12 +1,12 @@
 """A finished WebSocket's objects freed as it ends, not by the garbage collector.
 
 Litestar's ``WebSocket`` wraps its ``receive`` and ``send`` in closures over itself (they track its
-connection state), so each connection ends as a reference cycle: the socket, its scope, uvicorn's
-protocol and transport, and the websockets connection with its permessage-deflate state (zlib's
-compressor and decompressor, a few hundred KiB) all wait for a collection. Under connection churn
-(a browser tab per chat, each with its own socket) that is memory held between collections and
-long young-generation pauses for every stream of the worker. Once a socket's session has ended,
-``release`` swaps the wrappers for functions that hold nothing, which breaks the cycle.
+connection state), so each connection would end as a reference cycle: the socket, its scope,
+uvicorn's protocol and transport, and the websockets connection with its buffers would all wait
+for a collection. Under connection churn (a browser tab per chat, each with its own socket) that is
+memory held between collections and long young-generation pauses for every stream of the worker.
+Once a socket's session has ended, ``release`` swaps the wrappers for functions that hold nothing,
+which breaks the cycle.
 """
 
 from __future__ import annotations

@@ -196,8 +196,8 @@ async def test_finished_requests_leave_no_cycles_of_ours(
 async def test_websocket_requests_leave_no_cycles_of_ours(
     gateway: ServerThread, fake: FakeProvider, saved_garbage: list[object]
 ) -> None:
-    # Per request, on one connection (the connection's own end: the test after the next). An earlier
-    # test's connection still closing (its session task ending) would end inside the window.
+    # Per request, on one connection (the connection's own end has a test of its own, below). An
+    # earlier test's connection still closing (its session task ending) would end inside the window.
     await _connections_gone(gateway)
     await _requests_done(gateway)
     async with connect(gateway.ws_url, subprotocols=["chat.v1"], open_timeout=5) as ws:  # type: ignore[list-item]
@@ -293,7 +293,7 @@ async def test_a_websocket_connection_leaves_no_cycle_when_it_ends(
 ) -> None:
     # Litestar's WebSocket wraps its receive and send in closures over itself: unless the route
     # releases them (socket_release.py), each connection ends as a cycle holding the socket, its
-    # scope, uvicorn's protocol and transport and the websockets connection with its zlib state.
+    # scope, uvicorn's protocol and transport and the websockets connection.
     await _connections_gone(gateway)
     await _requests_done(gateway)
     gc.collect()
