@@ -39,7 +39,7 @@ from app.routes.responses_socket import responses_socket
 from app.routes.streams import StreamsController
 from app.server.http_errors import EXCEPTION_HANDLERS
 from app.server.lifespan import provider_text, services_lifespan
-from app.server.middleware import JsonCompressionMiddleware, RequestIdMiddleware
+from app.server.middleware import ConditionalGetMiddleware, JsonCompressionMiddleware, RequestIdMiddleware
 from app.server.version import version
 from app.transport.request_parts import header
 
@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
         ],
         on_shutdown=[lambda: metrics.shutdown()],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[DefineMiddleware(JsonCompressionMiddleware)],
+        middleware=[DefineMiddleware(JsonCompressionMiddleware), DefineMiddleware(ConditionalGetMiddleware)],
         cors_config=cors,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(

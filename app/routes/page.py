@@ -77,7 +77,10 @@ async def chat_page() -> Response[bytes]:
     # Read per request, so that an edited page is served without a restart; in a worker thread, as
     # every file read on the request path is (no client makes the event loop wait on a disk).
     page = await anyio.Path(PAGE).read_bytes()
-    headers = {"Cache-Control": "no-cache", **page_headers(page)}
+    # Its ETag from its bytes: a browser's revalidation on every load gets a 304 while it is the same
+    # (ConditionalGetMiddleware), and the page itself as soon as it changes.
+    etag = '"' + hashlib.blake2b(page, digest_size=16).hexdigest() + '"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag, **page_headers(page)}
     # Litestar appends "; charset=utf-8" to text/* media types itself: naming it here sent it twice.
     return Response(page, media_type="text/html", headers=headers)
 
@@ -90,7 +93,8 @@ async def favicon() -> Response[bytes]:
 
 
 def static_files() -> Router:
-    # no-cache: browsers revalidate (cheap, by ETag) and see a new vendored version at once.
+    # no-cache: browsers revalidate (by ETag: a 304 from ConditionalGetMiddleware) and see a new
+    # vendored version at once.
     return create_static_files_router(
         path=STATIC_PATH, directories=[STATIC], cache_control=CacheControlHeader(no_cache=True)
     )

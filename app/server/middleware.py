@@ -1,4 +1,5 @@
-"""Raw ASGI middleware: request ids and the one summary log line, and compression for JSON only.
+"""Raw ASGI middleware: request ids and the one summary log line, compression for JSON only, and
+conditional GETs (304) for responses that carry an ETag.
 
 Raw ASGI rather than framework middleware because both sit on every response, streams included,
 and must not add per-chunk work beyond a type check.
@@ -13,7 +14,7 @@ from typing import Any, cast
 
 import msgspec
 from litestar.datastructures import MutableScopeHeaders
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app.api.chat.sse import RAW_SEND
 from app.core.context import CONTEXT, RequestContext
@@ -176,3 +177,58 @@ class JsonCompressionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_maybe_compressed)
+
+
+def _etag_matches(if_none_match: str, etag: bytes) -> bool:
+    """RFC 9110 13.1.2: ``If-None-Match`` matches with "*" or with any listed tag, compared weakly
+    (a ``W/`` prefix on either side is ignored)."""
+    tag = etag.decode("latin-1").strip().removeprefix("W/")
+    for listed in if_none_match.split(","):
+        listed = listed.strip()
+        if listed == "*" or listed.removeprefix("W/") == tag:
+            return True
+    return False
+
+
+#: What a 304 keeps of the 200 it stands for (RFC 9110 15.4.5), and the request's id.
+_NOT_MODIFIED_KEEPS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"x-request-id"}
+)
+
+
+class ConditionalGetMiddleware:
+    """``GET`` or ``HEAD`` with ``If-None-Match`` answered ``304 Not Modified``, without its body,
+    when the response it would get is a 200 whose ``ETag`` matches (the page and its static files,
+    which are served ``no-cache`` so that browsers revalidate on every load). Litestar sets the
+    ETag of a file it serves but does not compare it: without this, a revalidation downloaded the
+    whole file again. Every other request passes untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or cast(HTTPScope, scope)["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if_none_match = header(scope, b"if-none-match")
+        if not if_none_match:
+            await self.app(scope, receive, send)
+            return
+        answered = False  # a 304 went out: what the app still sends is dropped
+
+        async def send_conditional(message: Message) -> None:
+            nonlocal answered
+            if answered:
+                return
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                headers = message.get("headers") or []
+                etag = next((value for name, value in headers if name.lower() == b"etag"), None)
+                if etag is not None and _etag_matches(if_none_match, etag):
+                    answered = True
+                    kept = [(n, v) for n, v in headers if n.lower() in _NOT_MODIFIED_KEEPS]
+                    await send({"type": "http.response.start", "status": 304, "headers": kept})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+            await send(message)
+
+        await self.app(scope, receive, send_conditional)
