@@ -275,38 +275,6 @@ async def _responses_socket_request(ws: ClientConnection) -> None:
     assert event["type"] == "response.completed"
 
 
-@pytest.mark.parametrize(
-    ("path", "subprotocols", "request_once"),
-    [
-        ("/v1/chat/completions", ["chat.v1"], _chat_socket_request),
-        ("/v1/responses", None, _responses_socket_request),
-    ],
-    ids=["chat", "responses"],
-)
-async def test_a_websocket_connection_leaves_no_cycle_when_it_ends(
-    gateway: ServerThread,
-    fake: FakeProvider,
-    saved_garbage: list[object],
-    path: str,
-    subprotocols: list[str] | None,
-    request_once: Callable[[ClientConnection], Awaitable[None]],
-) -> None:
-    # Litestar's WebSocket wraps its receive and send in closures over itself: unless the route
-    # releases them (socket_release.py), each connection ends as a cycle holding the socket, its
-    # scope, uvicorn's protocol and transport and the websockets connection.
-    await _connections_gone(gateway)
-    await _requests_done(gateway)
-    gc.collect()
-    saved_garbage.clear()
-    url = gateway.ws_url.replace("/v1/chat/completions", path)
-    for _ in range(3):
-        async with connect(url, subprotocols=subprotocols, open_timeout=5) as ws:  # type: ignore[arg-type]
-            await request_once(ws)
-        await _connection_closed(gateway)
-    gc.collect()
-    assert _server_side(saved_garbage) == Counter()
-
-
 async def _chat_socket_streaming(ws: ClientConnection) -> None:
     await ws.send(create("left", model="silent"))
     while (frame := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "chat.completion.chunk":
@@ -319,35 +287,37 @@ async def _responses_socket_streaming(ws: ClientConnection) -> None:
         assert event["type"] != "error", event
 
 
-@pytest.mark.parametrize(
-    ("path", "subprotocols", "streaming"),
-    [
-        ("/v1/chat/completions", ["chat.v1"], _chat_socket_streaming),
-        ("/v1/responses", None, _responses_socket_streaming),
-    ],
-    ids=["chat", "responses"],
-)
-async def test_a_websocket_client_gone_mid_stream_leaves_no_cycle(
-    gateway: ServerThread,
-    fake: FakeProvider,
-    saved_garbage: list[object],
-    path: str,
-    subprotocols: list[str] | None,
-    streaming: Callable[[ClientConnection], Awaitable[None]],
+#: Each socket's path, subprotocols, a request run to its end, and a request left mid-stream.
+_SOCKETS = {
+    "chat": ("/v1/chat/completions", ["chat.v1"], _chat_socket_request, _chat_socket_streaming),
+    "responses": ("/v1/responses", None, _responses_socket_request, _responses_socket_streaming),
+}
+
+
+@pytest.mark.parametrize("ending", ["closed", "broken-mid-stream"])
+@pytest.mark.parametrize("socket", list(_SOCKETS))
+async def test_a_websocket_connection_leaves_no_cycle_when_it_ends(
+    gateway: ServerThread, fake: FakeProvider, saved_garbage: list[object], socket: str, ending: str
 ) -> None:
-    # The socket's request task is cancelled as the connection goes, and a cancelled task keeps its
-    # exception, whose traceback holds the request's frame: whatever held the task (the chat
-    # socket's in-flight entry, the Responses session) must have let go of it.
-    await _connections_gone(gateway)
-    await _requests_done(gateway)
-    gc.collect()
-    saved_garbage.clear()
+    # Closed: Litestar's WebSocket wraps its receive and send in closures over itself; unless the
+    # route releases them (socket_release.py), each connection ends as a cycle holding the socket,
+    # its scope, uvicorn's protocol and transport and the websockets connection.
+    # Broken mid-stream: the socket's request task is cancelled as the connection goes, and a
+    # cancelled task keeps its exception, whose traceback holds the request's frame: whatever held
+    # the task (the chat socket's in-flight entry, the Responses session) must have let go of it.
+    path, subprotocols, request_once, streaming = _SOCKETS[socket]
+    await _connection_closed(gateway)  # an earlier test's socket ends outside the window
+    await _window_opened(gateway, saved_garbage)
     url = gateway.ws_url.replace("/v1/chat/completions", path)
     for _ in range(3):
         ws = await connect(url, subprotocols=subprotocols, open_timeout=5)  # type: ignore[arg-type]
-        await streaming(ws)
-        ws.transport.abort()  # no close frame: the connection just breaks
-        await asyncio.wait_for(ws.wait_closed(), 5)
+        if ending == "closed":
+            await request_once(ws)
+            await ws.close()
+        else:
+            await streaming(ws)
+            ws.transport.abort()  # no close frame: the connection just breaks
+            await asyncio.wait_for(ws.wait_closed(), 5)
         await _connection_closed(gateway)
     gc.collect()
     assert _server_side(saved_garbage) == Counter()
