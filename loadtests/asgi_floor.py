@@ -19,6 +19,7 @@ import asyncio
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from loadtests.floor_parts import MAX_BODY, FloorUpstream, floor_args, loopback_socket, wants_stream
 
@@ -59,7 +60,11 @@ def floor_app(upstream_url: str) -> Any:
 def main() -> None:
     args = floor_args(__doc__)
     sock = loopback_socket(args.port)
-    config = uvicorn.Config(floor_app(args.upstream), log_level="warning", access_log=False)
+    # As the gateway runs uvicorn (app/server/serve.py): uvloop's loop, httptools, no proxy-headers
+    # middleware. ``Server.serve`` inside our own loop does not pick the loop from the config.
+    config = uvicorn.Config(
+        floor_app(args.upstream), log_level="warning", access_log=False, http="httptools", proxy_headers=False
+    )
     server = uvicorn.Server(config)
 
     async def run() -> None:
@@ -72,7 +77,7 @@ def main() -> None:
             server.should_exit = True
             await task
 
-    asyncio.run(run())
+    uvloop.run(run())
 
 
 if __name__ == "__main__":
