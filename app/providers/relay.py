@@ -97,10 +97,12 @@ class Relay:
 
     # -- the calls ----------------------------------------------------------------------------------
 
-    async def _post(self, target: RelayTarget, body: bytes, request: ChatCompletionInput) -> UpstreamResponse:
+    async def _post(
+        self, target: RelayTarget, body: bytes, request: ChatCompletionInput, *, until_body: bool = False
+    ) -> UpstreamResponse:
         template = self._template(target, request)
         try:
-            response = await self._pool(target).post(template, body)
+            response = await self._pool(target).post(template, body, until_body=until_body)
         except (TimeoutError, UpstreamConnectionError, OSError) as exc:
             raise broken(CONNECTING, exc) from exc
         if response.status != 200:
@@ -135,7 +137,7 @@ class Relay:
 
     async def open_stream(self, request: ChatCompletionInput, deployment: str) -> UpstreamResponse:
         target = self.targets[deployment]
-        return await self._post(target, self._body(target, request, stream=True), request)
+        return await self._post(target, self._body(target, request, stream=True), request, until_body=True)
 
     def _item(self, payload: bytes) -> Chunk | GatewayError | None:
         """One event's data: a chunk, the error it stands for, or None for ``[DONE]``."""

@@ -162,6 +162,79 @@ async def test_provider_dropping_mid_body_is_an_error(serve) -> None:  # type: i
     await pool.aclose()
 
 
+async def test_a_call_until_its_body_returns_with_the_first_bytes_not_the_head(serve) -> None:  # type: ignore[no-untyped-def]
+    """A stream's reader is woken once, by its first bytes: a 200's head alone does not return."""
+    head_sent, body_due = asyncio.Event(), asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            head_sent.set()
+            await body_due.wait()
+            writer.write(b"5\r\nfirst\r\n0\r\n\r\n")
+            await writer.drain()
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    call = asyncio.ensure_future(pool.post(template(url), BODY, until_body=True))
+    await asyncio.wait_for(head_sent.wait(), 5)
+    await asyncio.sleep(0.05)  # the head has long been read
+    assert not call.done()
+    body_due.set()
+    response = await asyncio.wait_for(call, 5)
+    assert response.status == 200
+    assert response.headers["content-type"] == "text/plain"
+    assert await asyncio.wait_for(response.read_some(), 5) == b"first"
+    response.release()
+    # Without ``until_body`` the same reply returns at its head.
+    head_sent.clear()
+    body_due.clear()
+    response = await asyncio.wait_for(pool.post(template(url), BODY), 5)
+    assert head_sent.is_set() and not body_due.is_set()
+    body_due.set()
+    assert await asyncio.wait_for(response.read(), 5) == b"first"
+    response.release()
+    await pool.aclose()
+
+
+@pytest.mark.parametrize("status", [429, 500])
+async def test_a_call_until_its_body_returns_an_error_reply_at_its_head(serve, status: int) -> None:  # type: ignore[no-untyped-def]
+    released = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 %d Nope\r\nTransfer-Encoding: chunked\r\n\r\n" % status)
+        await writer.drain()
+        await released.wait()  # its body would come later: the head alone must answer
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await asyncio.wait_for(pool.post(template(url), BODY, until_body=True), 5)
+    assert response.status == status
+    response.close()
+    released.set()
+    await pool.aclose()
+
+
+async def test_a_call_until_its_body_that_breaks_after_its_head_fails_on_reading(serve) -> None:  # type: ignore[no-untyped-def]
+    """Once the head is in, a broken connection is the body's failure: its reader gets it."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK_HEAD + b"Content-Length: 100\r\n\r\n")
+        await writer.drain()  # and the connection closes
+
+    server, url = await serve(handler)
+    pool = UpstreamPool(url.origin())
+    response = await asyncio.wait_for(pool.post(template(url), BODY, until_body=True), 5)
+    assert response.status == 200
+    with pytest.raises(UpstreamConnectionError):
+        await asyncio.wait_for(response.read_some(), 5)
+    response.close()
+    await pool.aclose()
+
+
 async def test_not_http_is_an_error(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)

@@ -71,8 +71,9 @@ class UpstreamPool:
     def idle_connections(self) -> int:
         return len(self._idle) + sum(1 for conn in self._h2 if conn.state is IDLE)
 
-    async def post(self, request: RequestTemplate, body: bytes) -> UpstreamResponse:
-        """Send ``request`` with ``body`` and return the response once its headers are in.
+    async def post(self, request: RequestTemplate, body: bytes, *, until_body: bool = False) -> UpstreamResponse:
+        """Send ``request`` with ``body`` and return the response once its headers are in; with
+        ``until_body`` a 200 is returned once its first body bytes are in too (or its body ended).
 
         A call the provider never handled (a kept-alive connection it had closed, before any byte of
         the reply; an HTTP/2 stream refused or cut by GOAWAY) is sent once more, on a fresh connection.
@@ -80,6 +81,7 @@ class UpstreamPool:
         for attempt in range(2):
             conn = await self._checkout()
             response = UpstreamResponse(conn)
+            response.wake_on_head = not until_body
             try:
                 await conn.send(response, request, body)
                 await response._wait_headers()

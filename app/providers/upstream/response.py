@@ -69,6 +69,7 @@ class UpstreamResponse:
         "state",
         "status",
         "stream_id",
+        "wake_on_head",
     )
 
     def __init__(self, conn: Connection) -> None:
@@ -86,6 +87,9 @@ class UpstreamResponse:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._sink: BodySink | None = None
         self._sink_paused = False
+        #: Whether a 200's headers wake the reader. A stream's reader wants its first bytes, which
+        #: come later (a provider's time to first token): it is woken once, by them, not twice.
+        self.wake_on_head = True
 
     # -- fed by the connection --------------------------------------------------------------------
 
@@ -99,7 +103,8 @@ class UpstreamResponse:
         self.keep_alive = keep_alive
         if self.state is _SENT:
             self.state = _RECEIVING
-        self._wake()
+        if self.wake_on_head or status != 200:
+            self._wake()
 
     def _on_body(self, data: bytes) -> None:
         if self.state is _DRAINING:  # nobody will read these bytes; HTTP/2 must still acknowledge them
@@ -173,7 +178,9 @@ class UpstreamResponse:
     async def _wait_headers(self) -> None:
         while not self.status and (self.state is _SENT or self.state is _RECEIVING):
             await self._wait()
-        if self.state is _FAILED:
+        if self.state is _FAILED and not self.status:
+            # Failed before a byte of the reply. Once its head is in, a failure is the body's: its
+            # reader gets it (a stream that broke off, not a provider that could not be reached).
             raise self._failure()
 
     async def read_some(self) -> bytes:
