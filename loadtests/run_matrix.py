@@ -142,6 +142,10 @@ RETRY = "retry"
 H2 = "fast_h2"
 #: ``--floor-rounds``: the group of the cells that compare the gateway with the bare relay in rounds.
 FLOOR_GROUP = "floor"
+#: ``--adapter-rounds``: the group of the cells that compare the client APIs with chat completions in rounds.
+ADAPTER_GROUP = "adapters"
+#: Each client API's mode and the chat completions mode it is measured against (the same transport).
+ADAPTER_BASES = {"responses": "sse", "messages": "sse", "responses_ws": "ws"}
 #: ``--floors``: the cells' targets and the modules that serve them, the lowest first.
 FLOORS = {"proto": "loadtests.protocol_floor", "asgi": "loadtests.asgi_floor"}
 
@@ -331,6 +335,19 @@ def _comparison_cells(args: argparse.Namespace, cell: Any) -> list[Cell]:
                 cells.extend(
                     cell(target, mode, "fast", c, headline, group=FLOOR_GROUP, round=r) for target, mode in order
                 )
+    adapters = [mode for mode in ADAPTER_BASES if mode in args.modes]
+    if args.adapter_rounds and adapters:
+        # The adapters' target is their CPU against chat completions' on the same transport: each API's
+        # cells and their base run back to back, the order turned every other round, as the floor's do.
+        streams: list[str] = []
+        for base in ("sse", "ws"):
+            on_base = [mode for mode in adapters if ADAPTER_BASES[mode] == base]
+            if on_base:
+                streams += [base, *on_base]
+        for c in args.adapter_concurrency:
+            for r in range(1, args.adapter_rounds + 1):
+                order = streams if r % 2 else streams[::-1]
+                cells.extend(cell("gateway", mode, "fast", c, headline, group=ADAPTER_GROUP, round=r) for mode in order)
     if args.resilience:
         pairs("resilience", RESILIENT, args.resilience_concurrency)
         pairs("retry", RETRY, args.retry_concurrency)
@@ -983,10 +1000,53 @@ def _rounds(ratios: list[float]) -> str:
     return ", ".join(f"{x:.2f}" for x in ratios) or "-"
 
 
+def _adapter_lines(m: Matrix) -> list[str]:
+    """``--adapter-rounds``: each client API's CPU per chunk and time to first byte against chat
+    completions' on the same transport, each taken within a round (cells back to back), and the
+    median over the rounds."""
+    cells = [c for c in m.cells if c.group == ADAPTER_GROUP and c.summary and not c.summary.get("failed")]
+    if not cells:
+        return []
+    lines = _table_head(
+        "Chat completions' and each client API's gateway cells on `fast` back to back in each round (the order "
+        "turned every other round, so that a drift of the machine weighs on all alike); CPU seconds per 1000 "
+        "content chunks and TTFB p50, medians over the rounds. *change*: the API's CPU against chat "
+        "completions' on the same transport within each round, then their median (target: within 15%); "
+        "*+TTFB*: the API's TTFB p50 minus chat completions' within each round, median (target: within 1 ms).",
+        "| conc | rounds | API | chat CPU/1k | API CPU/1k | change | by round | +TTFB p50 ms | errors |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|",
+    )
+
+    def value(mode: str, conc: int, get: Any, r: int | None = None) -> float | None:
+        return _median_of(
+            [c for c in cells if (c.mode, c.concurrency) == (mode, conc) and (r is None or c.round == r)], get
+        )
+
+    for conc in sorted({c.concurrency for c in cells}):
+        rounds = sorted({c.round for c in cells if c.concurrency == conc})
+        for mode, base in ADAPTER_BASES.items():
+            if not any(c.mode == mode and c.concurrency == conc for c in cells):
+                continue
+            per_round = [(value(mode, conc, _cpu_per_1k, r), value(base, conc, _cpu_per_1k, r)) for r in rounds]
+            changes = [(a / b - 1) * 100 for a, b in per_round if a is not None and b]
+            ttfb = [(value(mode, conc, _ttfb("p50"), r), value(base, conc, _ttfb("p50"), r)) for r in rounds]
+            added = [a - b for a, b in ttfb if a is not None and b is not None]
+            api, transport = API_MODES[mode]
+            lines.append(
+                f"| {conc} | {len(rounds)} | {api} {transport.upper() if transport == 'sse' else 'WebSocket'} | "
+                f"{_fmt(value(base, conc, _cpu_per_1k), 3)} | {_fmt(value(mode, conc, _cpu_per_1k), 3)} | "
+                f"{f'{statistics.median(changes):+.1f}%' if changes else '-'} | "
+                f"{', '.join(f'{x:+.1f}%' for x in changes) or '-'} | "
+                f"{f'{statistics.median(added):+.2f}' if added else '-'} | "
+                f"{_errors([c for c in cells if c.concurrency == conc and c.mode in (mode, base)])} |"
+            )
+    return ["", "## The client APIs against chat completions, in rounds (issue 29)", *lines]
+
+
 def _comparison_lines(m: Matrix) -> list[str]:
     """Issue 15's comparisons (``--resilience``, ``--h2``), each from cells of this run."""
     lines: list[str] = []
-    cells = [c for c in m.cells if c.group and c.group != FLOOR_GROUP]
+    cells = [c for c in m.cells if c.group and c.group not in (FLOOR_GROUP, ADAPTER_GROUP)]
     if not cells:
         return lines
     lines += ["", "## Resilience and HTTP/2 (issue 15)"]
@@ -1301,6 +1361,7 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
             *res_rows,
         ]
     lines += _floor_lines(m)
+    lines += _adapter_lines(m)
     lines += _comparison_lines(m)
     lines += _embeddings_lines(m, direct)
     if m.idle:
@@ -1430,6 +1491,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " rounds per --floor-concurrency, and the ratios of each round (reported in their own section)",
     )
     p.add_argument("--floor-concurrency", type=_ints, default=[32, 256], help="--floor-rounds cells (default 32,256)")
+    p.add_argument(
+        "--adapter-rounds",
+        type=int,
+        default=0,
+        help="also the client APIs' cells of --modes (responses, messages, responses_ws) and chat completions' on"
+        " the same transport back to back, this many rounds per --adapter-concurrency, and each API's change"
+        " against chat's in each round (reported in their own section)",
+    )
+    p.add_argument("--adapter-concurrency", type=_ints, default=[32], help="--adapter-rounds cells (default 32)")
     p.add_argument(
         "--floors",
         action="store_true",
