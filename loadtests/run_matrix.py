@@ -146,6 +146,8 @@ FLOOR_GROUP = "floor"
 ADAPTER_GROUP = "adapters"
 #: Each client API's mode and the chat completions mode it is measured against (the same transport).
 ADAPTER_BASES = {"responses": "sse", "messages": "sse", "responses_ws": "ws"}
+#: The groups of issue 15's comparisons (``--resilience``, ``--h2``), the only ones its section reports.
+ISSUE_15_GROUPS = frozenset({"resilience", "retry", "h2"})
 #: ``--floors``: the cells' targets and the modules that serve them, the lowest first.
 FLOORS = {"proto": "loadtests.protocol_floor", "asgi": "loadtests.asgi_floor"}
 
@@ -1046,7 +1048,7 @@ def _adapter_lines(m: Matrix) -> list[str]:
 def _comparison_lines(m: Matrix) -> list[str]:
     """Issue 15's comparisons (``--resilience``, ``--h2``), each from cells of this run."""
     lines: list[str] = []
-    cells = [c for c in m.cells if c.group and c.group not in (FLOOR_GROUP, ADAPTER_GROUP)]
+    cells = [c for c in m.cells if c.group in ISSUE_15_GROUPS]
     if not cells:
         return lines
     lines += ["", "## Resilience and HTTP/2 (issue 15)"]

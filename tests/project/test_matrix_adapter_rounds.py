@@ -70,3 +70,17 @@ def test_the_report_gives_each_apis_change_by_round_and_its_median() -> None:
     assert "| 32 | 3 | messages SSE | 0.080 | 0.096 | +15.0% | +20.0%, +10.0%, +15.0% | +0.20 | 1 |" in text
     assert "| 32 | 3 | responses WebSocket | 0.080 | 0.096 | +20.0% | +10.0%, +20.0%, +20.0% | +0.80 | 0 |" in text
     assert floor == [] and other == []  # neither the floor's rounds nor issue 15's comparisons
+
+
+def test_the_workers_cells_open_no_section_of_issue_15() -> None:
+    args = run_matrix.parse_args([*BASE, "--modes", "sse", "--workers-cell", "512"])
+    m = run_matrix.Matrix(args)
+    try:
+        for target in ("direct", "gateway"):
+            cell = run_matrix.Cell(target, "sse", "fast", 512, 5120, 30.0, 20.0, group="workers")
+            cell.summary = {"requests": 5120, "ok": 5120, "errors": 0, "chunks_per_s": 30000.0}
+            m.cells.append(cell)
+        lines = run_matrix._comparison_lines(m)
+    finally:
+        shutil.rmtree(m.tmp, ignore_errors=True)
+    assert lines == []  # an empty "Resilience and HTTP/2" heading in every report with a workers cell, before
