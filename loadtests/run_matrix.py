@@ -966,20 +966,11 @@ def _floor_lines(m: Matrix) -> list[str]:
         "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     )
 
-    def cpu(target: str, mode: str, conc: int, r: int | None = None) -> float | None:
-        """The median CPU per 1000 chunks of those cells, of round ``r`` or (None) of every round."""
-        return _median_of(
-            [
-                c
-                for c in cells
-                if (c.target, c.mode, c.concurrency) == (target, mode, conc) and (r is None or c.round == r)
-            ],
-            _cpu_per_1k,
-        )
+    def cpu(target: str, mode: str, conc: int) -> float | None:
+        return _median_in(cells, _cpu_per_1k, (target, mode), conc)
 
     def ratios(num: tuple[str, str], den: tuple[str, str], conc: int, rounds: list[int]) -> list[float]:
-        pairs = [(cpu(*num, conc, r), cpu(*den, conc, r)) for r in rounds]
-        return [a / b for a, b in pairs if a is not None and b]
+        return [a / b for a, b in _by_round(cells, _cpu_per_1k, num, den, conc, rounds) if b]
 
     for conc in sorted({c.concurrency for c in cells}):
         rounds = sorted({c.round for c in cells if c.concurrency == conc})
@@ -992,6 +983,23 @@ def _floor_lines(m: Matrix) -> list[str]:
             f"{_rounds(ws)} | {_errors([c for c in cells if c.concurrency == conc])} |"
         )
     return ["", "## The gateway against the bare relay, in rounds (issue 29)", *lines]
+
+
+def _median_in(cells: list[Cell], get: Any, kind: tuple[str, str], conc: int, r: int | None = None) -> float | None:
+    """The median of ``get`` over the cells of ``kind`` (target, mode) at ``conc``: of round ``r``, or
+    (None) of every round."""
+    return _median_of(
+        [c for c in cells if (c.target, c.mode, c.concurrency) == (*kind, conc) and (r is None or c.round == r)], get
+    )
+
+
+def _by_round(
+    cells: list[Cell], get: Any, num: tuple[str, str], den: tuple[str, str], conc: int, rounds: list[int]
+) -> list[tuple[float, float]]:
+    """``get`` of ``num``'s cells and of ``den``'s within each round (cells back to back), for the rounds
+    that have both: what a comparison in rounds takes its ratio or difference from."""
+    pairs = [(_median_in(cells, get, num, conc, r), _median_in(cells, get, den, conc, r)) for r in rounds]
+    return [(a, b) for a, b in pairs if a is not None and b is not None]
 
 
 def _ratio(ratios: list[float]) -> str:
@@ -1019,24 +1027,21 @@ def _adapter_lines(m: Matrix) -> list[str]:
         "|---:|---:|---|---:|---:|---:|---|---:|---:|",
     )
 
-    def value(mode: str, conc: int, get: Any, r: int | None = None) -> float | None:
-        return _median_of(
-            [c for c in cells if (c.mode, c.concurrency) == (mode, conc) and (r is None or c.round == r)], get
-        )
-
     for conc in sorted({c.concurrency for c in cells}):
         rounds = sorted({c.round for c in cells if c.concurrency == conc})
         for mode, base in ADAPTER_BASES.items():
             if not any(c.mode == mode and c.concurrency == conc for c in cells):
                 continue
-            per_round = [(value(mode, conc, _cpu_per_1k, r), value(base, conc, _cpu_per_1k, r)) for r in rounds]
-            changes = [(a / b - 1) * 100 for a, b in per_round if a is not None and b]
-            ttfb = [(value(mode, conc, _ttfb("p50"), r), value(base, conc, _ttfb("p50"), r)) for r in rounds]
-            added = [a - b for a, b in ttfb if a is not None and b is not None]
+            api_kind, chat_kind = ("gateway", mode), ("gateway", base)
+            cpu = _by_round(cells, _cpu_per_1k, api_kind, chat_kind, conc, rounds)
+            changes = [(a / b - 1) * 100 for a, b in cpu if b]
+            ttfb = _by_round(cells, _ttfb("p50"), api_kind, chat_kind, conc, rounds)
+            added = [a - b for a, b in ttfb]
             api, transport = API_MODES[mode]
             lines.append(
                 f"| {conc} | {len(rounds)} | {api} {transport.upper() if transport == 'sse' else 'WebSocket'} | "
-                f"{_fmt(value(base, conc, _cpu_per_1k), 3)} | {_fmt(value(mode, conc, _cpu_per_1k), 3)} | "
+                f"{_fmt(_median_in(cells, _cpu_per_1k, chat_kind, conc), 3)} | "
+                f"{_fmt(_median_in(cells, _cpu_per_1k, api_kind, conc), 3)} | "
                 f"{f'{statistics.median(changes):+.1f}%' if changes else '-'} | "
                 f"{', '.join(f'{x:+.1f}%' for x in changes) or '-'} | "
                 f"{f'{statistics.median(added):+.2f}' if added else '-'} | "
