@@ -3,9 +3,8 @@ back-to-back cells (issue 29's target for the adapters)."""
 
 from __future__ import annotations
 
-import shutil
-
 from loadtests import run_matrix
+from tests.helpers.matrix_report import cell_summary, report_matrix
 
 BASE = ["--concurrency", "32", "--deployments", "fast", "--idle", "0"]
 ALL = [*BASE, "--modes", "sse,ws,responses,responses_ws,messages"]
@@ -37,7 +36,6 @@ def test_each_api_runs_beside_chat_on_its_transport_in_turned_rounds() -> None:
 
 def test_the_report_gives_each_apis_change_by_round_and_its_median() -> None:
     args = run_matrix.parse_args([*ALL, "--adapter-rounds", "3"])
-    m = run_matrix.Matrix(args)
     # CPU per 1000 chunks by round: the machine drifts (round 2 is slower for every cell alike).
     cpu = {
         "sse": [0.080, 0.100, 0.080],
@@ -47,23 +45,18 @@ def test_the_report_gives_each_apis_change_by_round_and_its_median() -> None:
         "responses_ws": [0.088, 0.120, 0.096],
     }
     ttfb = {"sse": 56.0, "responses": 56.5, "messages": 56.2, "ws": 55.8, "responses_ws": 56.6}
-    try:
+    with report_matrix(args) as m:
         for cell in run_matrix.build_plan(args):
             if cell.group != run_matrix.ADAPTER_GROUP:
                 continue
-            cell.summary = {
-                "requests": 320,
-                "ok": 320,
-                "errors": 1 if (cell.mode, cell.round) == ("messages", 2) else 0,
-                "chunks_per_s": 2400.0,
-                "server": {"cpu_s_per_1k_chunks": cpu[cell.mode][cell.round - 1]},
-                "ttfb_ms": {"p50": ttfb[cell.mode], "p95": 60.0, "p99": 61.0},
-            }
+            cell.summary = cell_summary(
+                cpu[cell.mode][cell.round - 1],
+                errors=1 if (cell.mode, cell.round) == ("messages", 2) else 0,
+                ttfb_p50=ttfb[cell.mode],
+            )
             m.cells.append(cell)
         text = "\n".join(run_matrix._adapter_lines(m))
         floor, other = run_matrix._floor_lines(m), run_matrix._comparison_lines(m)
-    finally:
-        shutil.rmtree(m.tmp, ignore_errors=True)
     assert "## The client APIs against chat completions, in rounds (issue 29)" in text
     # Each API's change within each round (Responses SSE: +15%, +25%, +10%) and their median.
     assert "| 32 | 3 | responses SSE | 0.080 | 0.092 | +15.0% | +15.0%, +25.0%, +10.0% | +0.50 | 0 |" in text
@@ -74,13 +67,10 @@ def test_the_report_gives_each_apis_change_by_round_and_its_median() -> None:
 
 def test_the_workers_cells_open_no_section_of_issue_15() -> None:
     args = run_matrix.parse_args([*BASE, "--modes", "sse", "--workers-cell", "512"])
-    m = run_matrix.Matrix(args)
-    try:
+    with report_matrix(args) as m:
         for target in ("direct", "gateway"):
             cell = run_matrix.Cell(target, "sse", "fast", 512, 5120, 30.0, 20.0, group="workers")
             cell.summary = {"requests": 5120, "ok": 5120, "errors": 0, "chunks_per_s": 30000.0}
             m.cells.append(cell)
         lines = run_matrix._comparison_lines(m)
-    finally:
-        shutil.rmtree(m.tmp, ignore_errors=True)
     assert lines == []  # an empty "Resilience and HTTP/2" heading in every report with a workers cell, before

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
 from loadtests import run_matrix
+from tests.helpers.matrix_report import cell_summary, report_matrix
 
 BASE = ["--concurrency", "32", "--modes", "sse,ws", "--deployments", "fast", "--idle", "0", "--bare"]
 
@@ -32,30 +31,23 @@ def test_the_plan_runs_each_ratio_back_to_back_in_turned_rounds() -> None:
 
 def test_the_report_gives_each_rounds_ratio_and_their_median() -> None:
     args = run_matrix.parse_args([*BASE, "--floor-rounds", "3", "--floor-concurrency", "32"])
-    m = run_matrix.Matrix(args)
     # CPU per 1000 chunks by round: the machine drifts (round 2 is slower for every cell alike).
     cpu = {
         ("bare", "sse"): [0.010, 0.020, 0.010],
         ("gateway", "sse"): [0.028, 0.060, 0.032],
         ("gateway", "ws"): [0.028, 0.066, 0.032],
     }
-    try:
+    with report_matrix(args) as m:
         for cell in run_matrix.build_plan(args):
             if cell.group != run_matrix.FLOOR_GROUP:
                 continue
-            cell.summary = {
-                "requests": 320,
-                "ok": 320,
-                "errors": 1 if (cell.target, cell.round) == ("bare", 3) else 0,
-                "chunks_per_s": 2400.0,
-                "server": {"cpu_s_per_1k_chunks": cpu[(cell.target, cell.mode)][cell.round - 1]},
-                "ttfb_ms": {"p50": 55.0, "p95": 60.0, "p99": 61.0},
-            }
+            cell.summary = cell_summary(
+                cpu[(cell.target, cell.mode)][cell.round - 1],
+                errors=1 if (cell.target, cell.round) == ("bare", 3) else 0,
+            )
             m.cells.append(cell)
         text = "\n".join(run_matrix._floor_lines(m))
         other = run_matrix._comparison_lines(m)
-    finally:
-        shutil.rmtree(m.tmp, ignore_errors=True)
     assert "## The gateway against the bare relay, in rounds (issue 29)" in text
     # Medians of the cells (0.010 bare, 0.032 SSE, 0.032 WS); the ratios within rounds: 2.8, 3.0, 3.2 (median
     # 3.0) for the floor, 1.0, 1.1, 1.0 for WebSocket; one error in all.

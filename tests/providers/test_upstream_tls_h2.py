@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 import tomllib
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from app.providers.upstream import RequestTemplate, UpstreamPool
 from loadtests import run_matrix
 from loadtests.loadgen import LoadConfig, http_get, run_load
 from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml
+from tests.helpers.matrix_report import report_matrix
 from tests.helpers.sse import post_raw, read_to_done
 
 CHUNKS = 5
@@ -184,8 +184,7 @@ def test_the_matrix_plans_and_configures_the_resilience_and_h2_cells() -> None:
 def test_the_report_compares_each_pair_of_cells() -> None:
     base = ["--concurrency", "32", "--modes", "sse", "--deployments", "fast"]
     args = run_matrix.parse_args([*base, "--resilience", "--h2", "--resilience-rounds", "1"])
-    m = run_matrix.Matrix(args)
-    try:
+    with report_matrix(args) as m:
         summary = {
             "fast": (1000.0, 0.100, 55.0),
             run_matrix.RESILIENT: (990.0, 0.104, 55.0),
@@ -206,8 +205,6 @@ def test_the_report_compares_each_pair_of_cells() -> None:
             cell.extra = {"h2_requests": 352, "h2_connections": 1, "h2_connections_total": 1}
             m.cells.append(cell)
         text = "\n".join(run_matrix._comparison_lines(m))
-    finally:
-        shutil.rmtree(m.tmp, ignore_errors=True)
     assert "| 32 | 1 | 1000 / 990 | -1.0% | 0.100 / 0.104 | +4.0% | +4.0% | 0 / 0 |" in text
     assert "| 1 | 1 | 55.0 / 60.0 | 57.5 / 62.5 | +2.5 / +2.5 | 0 / 0 |" in text
     assert "| 32 | 1000 | 1000 | 1.00 | 0.120 | 0.100 | +20.0% | 352 / 352 | 1 / 1 | 0 |" in text
