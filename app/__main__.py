@@ -102,7 +102,7 @@ def serve(settings: Settings, file: Path, source: str, started: float) -> int:
         return report(problems)
     launch.watch_ready(
         sock,
-        lambda: print(banner.ready_line(settings, time.perf_counter() - started), file=sys.stderr, flush=True),
+        lambda: banner.write_line(banner.ready_line(settings, time.perf_counter() - started), sys.stderr),
     )
     config = gateway_config(
         settings,

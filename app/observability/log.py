@@ -85,7 +85,9 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoL
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One ``write`` per line (``print`` makes two: the text, then the newline): a line another
+        # thread writes to stderr between them (the ready banner) would be glued to this one.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     # LiteLLM logs through the standard library; keep its chatter out of the request log.

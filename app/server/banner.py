@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 from app.config.settings import Settings
@@ -132,3 +133,12 @@ def loading_line(litellm: bool) -> str:
 
 def ready_line(settings: Settings, seconds: float) -> str:
     return f"  ready in {seconds:.1f} s: {base_url(settings)}/ (chat page; API reference at /schema/swagger)"
+
+
+def write_line(text: str, file: IO[str]) -> None:
+    """``text`` and its newline in one ``write``: the ready line is written from the ready watch's
+    thread while the server may already be logging, and ``print`` writes the text and the newline
+    separately, so a log line written between them was glued to the banner's (and lost to a reader
+    of JSON lines)."""
+    file.write(f"{text}\n")
+    file.flush()

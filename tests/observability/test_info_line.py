@@ -5,13 +5,18 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import structlog
 
 from app.observability.log import MAX_FIELD_CHARS, UtcStamper, configure_logging, info_line, render_json
+from app.server.banner import write_line
 
 
 @pytest.fixture
@@ -69,3 +74,35 @@ def test_values_json_cannot_hold_are_written_as_their_repr() -> None:
 
     line = json.loads(render_json({"what": Opaque(), "text": "héllo", "n": 2}))
     assert line == {"what": "<opaque>", "text": "héllo", "n": 2}
+
+
+def test_log_lines_and_the_ready_line_written_at_once_stay_whole(
+    restore_structlog: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ready line is written from the ready watch's thread while the server may already log (a
+    # client's first request races it). Written with ``print`` on both sides, one line in a few
+    # hundred was glued to the other's: the log line lost to a reader of JSON lines.
+    # Built as Python builds stderr: unbuffered, each write a system call (where threads switch).
+    raw = io.FileIO(tmp_path / "stderr", "w")
+    with io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", write_through=True) as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        configure_logging("info", json=True)
+        log = structlog.get_logger("chat.connections")
+        ready = "  ready in 0.8 s: http://127.0.0.1:8000/ (chat page; API reference at /schema/swagger)"
+        until = time.monotonic() + 1.0
+
+        def banner() -> None:
+            while time.monotonic() < until:
+                write_line(ready, stderr)
+
+        thread = threading.Thread(target=banner)
+        thread.start()
+        logged = 0
+        while time.monotonic() < until:
+            log.warning("connection_closed", reason="ws_invalid_utf8", count=1)
+            logged += 1
+        thread.join(5.0)
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    torn = [line for line in lines if line != ready and not (line.startswith("{") and line.endswith("}"))]
+    assert torn == [], torn[:3]
+    assert sum(line.startswith("{") for line in lines) == logged
