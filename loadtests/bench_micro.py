@@ -7,6 +7,9 @@
 - push path: one provider read of one chunk through a pushed relayed stream (split and read,
   numbered and logged in a memory resume log, framed as SSE), up to the client connection's write
   (a stand-in that counts bytes): the Python every chunk of every relayed SSE stream costs
+- JSON depth check: the nesting check every request body and WebSocket frame passes before it is
+  decoded (``check_depth``), on an agent's body (a conversation and sixty tools with schemas, ~140 KB)
+  and on 1 MB bodies built to make it work (sibling arrays, escapes, short strings, nests at the limit)
 - protocol: one request through the server's HTTP/1.1 protocol (``guarded.py`` on uvicorn's
   httptools protocol) on a kept-alive connection, head and body in one read, 14 headers as the
   OpenAI SDK sends them, to a plain ASGI app answering an empty 200: what the server costs a request
@@ -24,6 +27,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import uvloop
 
@@ -32,7 +36,7 @@ from app.cache.chat_cache import cache_key
 from app.config.settings import DeploymentSettings
 from app.core.push import PushRun
 from app.core.stream import ChatStream
-from app.domain.chat_request import parse_chat_body
+from app.domain.chat_request import MAX_JSON_DEPTH, check_depth, parse_chat_body
 from app.domain.chunks import Usage
 from app.domain.events import Deadlines
 from app.observability.metrics import Metrics
@@ -70,6 +74,37 @@ def bench_keys() -> None:
     dump = per_call_us(lambda: "chat:" + json.dumps(body, sort_keys=True))
     print(f"cache key, SHA-256 over canonical msgspec: {ours:.2f} us/request")
     print(f"cache key, json.dumps(sort_keys=True) dump: {dump:.2f} us/request (key length {len(json.dumps(body))} B)")
+
+
+def _nest(depth: int) -> object:
+    value: object = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k[": value}
+    return value
+
+
+def depth_check_bodies() -> dict[str, bytes]:
+    props = {f"p{j}": {"type": "string", "description": "x" * 80, "enum": ["a", "b"]} for j in range(12)}
+    schema = {"type": "object", "properties": props, "required": ["p0"]}
+    tools = [
+        {"type": "function", "function": {"name": f"t{i}", "description": "d" * 300, "parameters": schema}}
+        for i in range(60)
+    ]
+    agent = {"model": "m", "messages": [{"role": "user", "content": 'say "hi" \\ ' * 500}], "tools": tools}
+    deep_enough = b'{"a": [' + b"[]," * 100 + b"[]], "
+    return {
+        "an agent's body": json.dumps(agent).encode(),
+        "1 MB of sibling arrays": b"[" + b"[]," * 333_000 + b"[]]",
+        "1 MB of escapes": deep_enough + b'"b": "' + b'\\\\\\"' * 250_000 + b'"}',
+        "1 MB of short strings": deep_enough + b'"b": [' + b'"",' * 330_000 + b'""]}',
+        "1 MB of nests at the limit": json.dumps([_nest(MAX_JSON_DEPTH - 1)] * 3_100).encode(),
+    }
+
+
+def bench_depth_check() -> None:
+    for name, body in depth_check_bodies().items():
+        took = per_call_us(partial(check_depth, body), n=3 if len(body) > 500_000 else 50)
+        print(f"JSON depth check, {name} ({len(body) // 1000} KB): {took / 1000:.2f} ms")
 
 
 async def _nothing() -> None:
@@ -256,4 +291,5 @@ if __name__ == "__main__":
     bench_keys()
     bench_metrics()
     bench_push()
+    bench_depth_check()
     bench_protocol()
