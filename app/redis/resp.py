@@ -70,6 +70,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.WriteTransport | None = None
         self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.sent_at: deque[float] = deque()  # when each waiter's command was written, in order
         self.buf = bytearray()
         self.closed = False
 
@@ -86,6 +87,7 @@ class _Protocol(asyncio.Protocol):
                     break
                 pos = pos_after
                 waiter = self.waiters.popleft()
+                self.sent_at.popleft()
                 if not waiter.done():  # a caller that timed out no longer waits; the reply is dropped
                     waiter.set_result(value)
         except (ValueError, ConnectionError) as exc:
@@ -101,6 +103,7 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self.closed = True
+        self.sent_at.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -111,8 +114,19 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self.waiters.extend(futures)
+        self.sent_at.extend([loop.time()] * replies)
         self.transport.write(payload)
         return futures
+
+    def overdue(self, now: float, bound: float) -> bool:
+        """Whether the oldest reply still owed has been owed for longer than ``bound``."""
+        return bool(self.sent_at) and now - self.sent_at[0] > bound
+
+    def abandon(self) -> None:
+        """Close the connection at once; whatever still waits on it fails."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail(ConnectionError("connection to Redis abandoned: a reply was overdue"))
 
 
 class RespClient:
@@ -132,7 +146,15 @@ class RespClient:
     async def _connection(self) -> _Protocol:
         protocol = self._protocol
         if protocol is not None and not protocol.closed:
-            return protocol
+            if not protocol.overdue(asyncio.get_running_loop().time(), self._timeout_s):
+                return protocol
+            # A reply is owed for longer than any caller waits for one. A Redis that went away without
+            # a word (a failover to another address, a flow dropped on the way) leaves the connection
+            # open until the kernel gives up on it, a quarter of an hour later, and every command on it
+            # times out meanwhile; a new connection finds where Redis is now. Replies already late
+            # are nobody's: their callers have timed out.
+            protocol.abandon()
+            self._protocol = None
         if self._connecting is None or self._connecting.done():
             # One connection attempt at a time; everybody who needs it waits for that one.
             self._connecting = shared_attempt(self._connect())

@@ -84,3 +84,53 @@ async def test_a_connect_that_times_out_after_its_callers_leaves_nothing_unretri
         loop.set_exception_handler(previous)
         silent.close()
     assert [c.get("message") for c in reported] == []
+
+
+async def test_a_connection_whose_reply_is_overdue_is_replaced() -> None:
+    # A Redis that went away without a word (a failover to another address, a flow dropped on the
+    # way): the first connection is accepted and never answered, as a dead peer's would be until the
+    # kernel gives up on it; a new connection reaches a Redis that answers. Kept, the first would make
+    # every command time out for a quarter of an hour, the breaker's probe included.
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        silent = connections == 1
+        try:
+            while data := await reader.read(4096):
+                if not silent:
+                    writer.write(b"+PONG\r\n" * data.count(b"PING"))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(f"redis://127.0.0.1:{port}", timeout_s=0.2)
+    try:
+        with pytest.raises(TimeoutError):
+            await client.call("PING")
+        await asyncio.sleep(0.05)  # the unanswered PING is now owed for longer than the bound
+        assert await client.call("PING") == b"PONG"
+        assert connections == 2
+        assert await client.pipeline([("PING",), ("PING",)]) == [b"PONG", b"PONG"]
+        assert connections == 2  # an answering connection is kept
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_reply_late_within_the_bound_keeps_the_connection(redis: RedisServer) -> None:
+    # A slow reply (a busy Redis) that its caller gave up on but that comes within the bound does not
+    # cost the connection: only one owed for longer than any caller waits does.
+    client = RespClient(redis.url, timeout_s=1)
+    try:
+        assert await client.call("PING") == b"PONG"
+        first = await client.call("CLIENT", "ID")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await client.call("BLPOP", "nothing-here", "0.2")  # the caller leaves; the reply comes later
+        assert await client.call("CLIENT", "ID") == first  # the same connection, the replies in step
+    finally:
+        await client.close()
