@@ -7,6 +7,7 @@ and must not add per-chunk work beyond a type check.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from collections.abc import Awaitable, Callable
@@ -126,6 +127,10 @@ def _log_request(scope: Scope, context: RequestContext, status: int, duration: f
     write("request", fields)
 
 
+#: Bodies at least this large are compressed in a worker thread, not on the event loop.
+OFF_LOOP_BYTES = 256 * 1024
+
+
 class JsonCompressionMiddleware:
     """gzip for whole JSON bodies of at least ``minimum_size`` bytes; streams pass untouched.
 
@@ -168,7 +173,12 @@ class JsonCompressionMiddleware:
                 and len(body) >= self.minimum_size
                 and "content-encoding" not in headers
             ):
-                body = gzip.compress(body, compresslevel=5)
+                if len(body) < OFF_LOOP_BYTES:
+                    body = gzip.compress(body, compresslevel=5)
+                else:
+                    # zlib lets go of the GIL while it works: in a thread, the loop serves every other
+                    # stream meanwhile (a large embeddings answer took the loop for tens of ms a MB).
+                    body = await asyncio.to_thread(gzip.compress, body, compresslevel=5)
                 headers["Content-Encoding"] = "gzip"
                 headers["Content-Length"] = str(len(body))
                 headers.extend_header_value("Vary", "Accept-Encoding")
