@@ -14,6 +14,8 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.server.banner import write_line
+
 #: uvicorn's own line after a failed start-up; redundant once ours is printed.
 _UVICORN_FAILED = "Application startup failed. Exiting."
 
@@ -59,7 +61,9 @@ class StartupGuard:
             await self.app(scope, receive, send_quietly)
         except BaseException as exc:
             if not started:
-                print(f"start-up error: {describe(exc)}", file=sys.stderr, flush=True)
+                # One write (the ready line's writer): with several workers, another process's lines
+                # share this stderr, and print's two writes let one land in the middle.
+                write_line(f"start-up error: {describe(exc)}", sys.stderr)
                 logging.getLogger("uvicorn.error").addFilter(_DropLine(_UVICORN_FAILED))
             raise
 
