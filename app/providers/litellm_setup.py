@@ -29,4 +29,9 @@ def import_litellm() -> ModuleType:
     litellm.failure_callback = []
     litellm.callbacks = []
     litellm.turn_off_message_logging = True
+    # Its token counter fetches a Hugging Face tokenizer for some model names (Llama, DeepSeek,
+    # Command R: ``meta-llama/...`` behind a vLLM deployment) from huggingface.co, on the first count
+    # of each: the gateway would reach the internet because a client asked for a count (or retry for
+    # some 20 s, printing each try, where it cannot). The count is an estimate: tiktoken's, shipped.
+    litellm.disable_hf_tokenizer_download = True
     return litellm
