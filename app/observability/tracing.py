@@ -61,10 +61,15 @@ class Tracing:
             )
         )
         self._tracer = self._provider.get_tracer("chat-gateway")
-        # The exporter logs every failed batch through the standard library; a collector that is
-        # down would fill the log once a second.
-        logging.getLogger("opentelemetry.exporter.otlp.proto.http").setLevel(logging.CRITICAL)
-        logging.getLogger("opentelemetry.sdk.trace.export").setLevel(logging.CRITICAL)
+        # The exporter logs every failed batch through the standard library, and the batch processor
+        # every span a full queue drops: a collector that is down would fill the log once a second,
+        # and then once a request.
+        for name in (
+            "opentelemetry.exporter.otlp.proto.http",
+            "opentelemetry.sdk.trace.export",
+            "opentelemetry.sdk._shared_internal",  # the batch processor's own logger (SDK 1.3x and later)
+        ):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
     def start(
         self, model: str, deployment_model: str, transport: str, traceparent: str | None, started_at: float

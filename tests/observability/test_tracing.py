@@ -3,6 +3,7 @@ traceparent honoured, the trace context sent on to the provider on both paths, a
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -26,13 +27,16 @@ TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 class OtlpReceiver:
     """An OTLP/HTTP traces endpoint that keeps every span it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        """``hold``: every export waits for it (up to 10 s) before it is answered (a stalled collector)."""
         self.spans: list[Any] = []
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                if hold is not None:
+                    hold.wait(10)
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
@@ -195,3 +199,26 @@ async def test_a_dead_collector_costs_nothing(fake_provider: FakeProvider, colle
     )
     assert traced < 2 * untraced + 0.25, figures
     assert traced_max < untraced_max + 0.25, figures
+
+
+def test_spans_a_full_queue_drops_are_not_logged_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    # A stalled collector holds the export thread, so the queue (4096 spans) fills and every span
+    # after it is dropped: each drop was a warning line, one a request.
+    from app.config.settings import TracingSettings
+    from app.observability.tracing import Tracing
+
+    hold = threading.Event()
+    receiver = OtlpReceiver(hold)
+    tracing = Tracing(TracingSettings(enabled=True, otlp_endpoint=receiver.url))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            for _ in range(4096 + 200):
+                span = tracing.start("m", "openai/m", "json", None, time.perf_counter())
+                tracing.end(span, outcome="ok", usage=None, finish_reason=None, error=None)
+    finally:
+        hold.set()  # the collector answers again: the shutdown's flush goes through
+        tracing.shutdown()
+        receiver.stop()
+    logged = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert logged == [], [r.getMessage() for r in logged[:3]]
+    assert 0 < len(receiver.spans) < 4096 + 200  # some were dropped, and the rest exported
