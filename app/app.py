@@ -147,6 +147,9 @@ def create_app(settings: Settings | None = None, environ: Mapping[str, str] | No
             openapi_router=schema_router(),
         ),
         debug=False,
+        # The standard library's records go through configure_logging's handler (JSON lines, as the
+        # gateway's own); Litestar's default would add a queue thread writing them as plain text.
+        logging_config=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -90,6 +90,25 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoL
         logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    # Records of the standard library's logging (asyncio's "Task exception was never retrieved",
+    # uvicorn's "Exception in ASGI application", any library's warning) as the same lines: one JSON
+    # object each, a traceback in its ``exception`` field, written in one write. Libraries' info
+    # and debug records are chatter, not the request log.
+    stdlib = logging.StreamHandler(sys.stderr)
+    stdlib.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, UtcStamper()],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                cap_fields,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [stdlib]
+    root.setLevel(max(threshold, logging.WARNING))
     # LiteLLM logs through the standard library; keep its chatter out of the request log.
     # Its errors reach the client and our summary line already, so only its criticals are kept.
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "httpx"):

@@ -35,6 +35,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # wait for; this bounds it anyway.
         "timeout_graceful_shutdown": 5,
         "access_log": False,
+        # uvicorn's own records (an exception in the app, a failed start-up) reach the root logger,
+        # which configure_logging writes as JSON lines; its default configuration writes plain text.
+        "log_config": None,
         "proxy_headers": False,
         "server_header": False,
     }

@@ -1,9 +1,11 @@
-"""The access line's writer (``configure_logging``'s return) writes what a structlog logger writes."""
+"""What the gateway writes to stderr: the access line (``configure_logging``'s return) as a structlog logger
+writes it, lines from several threads whole, and the standard library's records as the same JSON lines."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
 import threading
@@ -106,3 +108,48 @@ def test_log_lines_and_the_ready_line_written_at_once_stay_whole(
     torn = [line for line in lines if line != ready and not (line.startswith("{") and line.endswith("}"))]
     assert torn == [], torn[:3]
     assert sum(line.startswith("{") for line in lines) == logged
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_standard_library_records_are_json_lines_too(
+    restore_structlog: None, restore_root_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # asyncio's and uvicorn's errors come through the standard library's logging: written by a
+    # framework's default handler they were plain text, a traceback over many lines, in a JSON log.
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("info", json=True)
+    try:
+        raise ValueError("the provider sent nonsense")
+    except ValueError:
+        logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=True)
+    logging.getLogger("some.library").info("chatter")  # below warning: not the request log
+    logging.getLogger("some.library").warning("a warning of its own")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    error, warning = (json.loads(line) for line in lines)
+    assert error["event"] == "Task exception was never retrieved" and error["level"] == "error"
+    assert error["logger"] == "asyncio" and error["timestamp"].endswith("Z")
+    assert "ValueError: the provider sent nonsense" in error["exception"]
+    assert warning == {**warning, "event": "a warning of its own", "level": "warning", "logger": "some.library"}
+
+
+def test_the_app_leaves_the_standard_library_to_that_handler(
+    restore_structlog: None, restore_root_logging: None
+) -> None:
+    from app.app import create_app
+    from app.config.settings import settings_from_dict
+    from tests.conftest import settings_dict
+
+    create_app(settings_from_dict(settings_dict("http://127.0.0.1:9/v1")))
+    handlers = logging.getLogger().handlers
+    assert [type(h).__name__ for h in handlers] == ["StreamHandler"], handlers  # no framework queue thread
+    assert isinstance(handlers[0].formatter, structlog.stdlib.ProcessorFormatter)
