@@ -151,8 +151,8 @@ class RespClient:
             # A reply is owed for longer than any caller waits for one. A Redis that went away without
             # a word (a failover to another address, a flow dropped on the way) leaves the connection
             # open until the kernel gives up on it, a quarter of an hour later, and every command on it
-            # times out meanwhile; a new connection finds where Redis is now. Replies already late
-            # are nobody's: their callers have timed out.
+            # times out meanwhile; a new connection finds where Redis is now. The oldest reply's caller
+            # has timed out; any other still waiting fails now, as its wait would have.
             protocol.abandon()
             self._protocol = None
         if self._connecting is None or self._connecting.done():
