@@ -249,6 +249,11 @@ class Cell:
         return self.upstream or self.timers
 
     @property
+    def measured(self) -> bool:
+        """It ran and did not fail: its summary is a figure."""
+        return bool(self.summary) and not (self.summary or {}).get("failed")
+
+    @property
     def shown_model(self) -> str:
         """The model column: what the cell is, beyond the model name."""
         if self.group == "workers" and self.target == "gateway":
@@ -915,9 +920,13 @@ def _summaries(m: Matrix, group: str | None, model: str, conc: int) -> list[Cell
         and c.mode == "sse"
         and c.model == model
         and c.concurrency == conc
-        and c.summary
-        and not c.summary.get("failed")
+        and c.measured
     ]
+
+
+def _measured_in(m: Matrix, group: str) -> list[Cell]:
+    """The cells of ``group`` that ran and did not fail, in run order."""
+    return [c for c in m.cells if c.group == group and c.measured]
 
 
 def _median_of(cells: list[Cell], get: Any) -> float | None:
@@ -953,7 +962,7 @@ def _table_head(intro: str, header: str, align: str) -> list[str]:
 def _floor_lines(m: Matrix) -> list[str]:
     """``--floor-rounds``: the gateway's CPU per chunk against the bare relay's and WebSocket's against
     SSE's, each ratio taken within a round (cells back to back) and the median over the rounds."""
-    cells = [c for c in m.cells if c.group == FLOOR_GROUP and c.summary and not c.summary.get("failed")]
+    cells = _measured_in(m, FLOOR_GROUP)
     if not cells:
         return []
     lines = _table_head(
@@ -1014,7 +1023,7 @@ def _adapter_lines(m: Matrix) -> list[str]:
     """``--adapter-rounds``: each client API's CPU per chunk and time to first byte against chat
     completions' on the same transport, each taken within a round (cells back to back), and the
     median over the rounds."""
-    cells = [c for c in m.cells if c.group == ADAPTER_GROUP and c.summary and not c.summary.get("failed")]
+    cells = _measured_in(m, ADAPTER_GROUP)
     if not cells:
         return []
     lines = _table_head(
@@ -1119,11 +1128,7 @@ def _comparison_lines(m: Matrix) -> list[str]:
         )
         for conc in sorted({c.concurrency for c in h2_cells}):
             relay = _summaries(m, "h2", H2, conc)
-            direct = [
-                c
-                for c in h2_cells
-                if c.target == "direct" and c.concurrency == conc and c.summary and not c.summary.get("failed")
-            ]
+            direct = [c for c in h2_cells if c.target == "direct" and c.concurrency == conc and c.measured]
             h2_cps, base = _median_of(relay, _chunks_per_s), _median_of(direct, _chunks_per_s)
             h2_cpu = _median_of(relay, _cpu_per_1k)
             fast_cpu = _median_of(_summaries(m, None, "fast", conc), _cpu_per_1k)
@@ -1260,7 +1265,7 @@ def render(m: Matrix, machine: dict[str, str], wall_s: float) -> str:
     a = m.args
     direct: dict[tuple[str, str, int], dict[str, Any]] = {}
     for c in m.cells:
-        if c.target == "direct" and c.summary and not c.summary.get("failed"):
+        if c.target == "direct" and c.summary and not c.summary.get("failed"):  # measured, with the type narrowed
             direct[(c.up_key, c.mode, c.concurrency)] = c.summary
     restarts = ""
     if m.startups[1:]:
