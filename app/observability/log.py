@@ -73,13 +73,14 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoL
         if use_json
         else structlog.dev.ConsoleRenderer(colors=True)
     )
+    stamper = UtcStamper()
+    # What makes a line of an event: the gateway's own lines and the standard library's records alike.
+    rendering: list[structlog.typing.Processor] = [structlog.processors.format_exc_info, cap_fields, renderer]
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        UtcStamper(),
-        structlog.processors.format_exc_info,
-        cap_fields,
-        renderer,
+        stamper,
+        *rendering,
     ]
     threshold = logging.getLevelName(level.upper())
     structlog.configure(
@@ -97,13 +98,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoL
     stdlib = logging.StreamHandler(sys.stderr)
     stdlib.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, UtcStamper()],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                cap_fields,
-                renderer,
-            ],
+            foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, stamper],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
         )
     )
     root = logging.getLogger()
