@@ -206,9 +206,12 @@ async def test_reservations_hold_the_budget_against_concurrent_calls(charged: Se
 
 
 async def test_token_reservations_hold_the_minute(charged: ServerThread) -> None:
-    """400 tokens a minute; a call with max_tokens=390 holds them while it runs."""
+    """400 tokens a minute; a call with max_tokens=395 holds them while it runs."""
+    # The reservation alone must leave no room for the next call's input (9 tokens): with 390, a
+    # minute that began between the two calls dropped the first call's input from the count (it is
+    # the old minute's), 390 + 9 fit, and the second call was admitted (one CI run in many).
     async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
-        body = chat_body("held", stream=True) | {"max_tokens": 390}
+        body = chat_body("held", stream=True) | {"max_tokens": 395}
         async with c.stream("POST", CHAT, json=body, headers=auth("tpm")) as first:
             assert first.status_code == 200
             refused = await c.post(CHAT, json=chat_body("held"), headers=auth("tpm"))
