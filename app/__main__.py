@@ -114,6 +114,10 @@ def serve(settings: Settings, file: Path, source: str, started: float) -> int:
         loop="auto",
         log_level="warning",
     )
+    if server.workers > 1:
+        from app.observability.log import configure_supervisor_logging
+
+        configure_supervisor_logging(server.log_level)
     with worker_metrics_dir(server.workers):  # several workers: one /metrics for all
         return 0 if launch.serve(config, sock) else STARTUP_FAILED
 

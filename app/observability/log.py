@@ -112,6 +112,19 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> InfoL
     return info_line(processors, sys.stderr, enabled=threshold <= logging.INFO)
 
 
+def configure_supervisor_logging(level: str) -> None:
+    """Logging for the parent of several workers (uvicorn's supervisor), which serves no request.
+
+    Its records ("Child process [N] died", "Received SIGTERM, exiting.") come out as JSON lines like
+    the workers' (without a root handler they printed as bare text through Python's last resort),
+    and at the configured level rather than warning: a worker's death and its replacement are rare
+    and what an operator of this process wants in the log. Called after uvicorn's Config is built,
+    which sets its loggers to the level it was given; the workers set theirs again.
+    """
+    configure_logging(level)
+    logging.getLogger("uvicorn.error").setLevel(logging.getLevelName(level.upper()))
+
+
 def info_line(processors: Sequence[Any], file: IO[str], *, enabled: bool = True) -> InfoLine:
     """A writer of ``info`` lines that runs ``processors`` (the ones structlog was given) itself.
 

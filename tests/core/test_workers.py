@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.observability.metrics import Metrics
 from app.observability.metrics_merge import merge_expositions
 from app.observability.worker_metrics import WORKER_METRICS_DIR_ENV
-from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml
+from loadtests.processes import GatewayProcess, UpstreamProcess, deployments_toml, http_get
 
 SCRAPES = 30
 STREAMS = 6
@@ -217,3 +218,54 @@ async def test_streams_active_counts_streams_on_both_workers(
     while await active() != 0:
         assert time.monotonic() < deadline, "closed streams were still counted"
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(180)
+def test_a_dead_worker_is_replaced_and_the_parent_says_so_in_a_json_line(tmp_path: Path) -> None:
+    upstream = UpstreamProcess(tmp_path, max_seconds=170, extra=["--first-ms", "5", "--chunks", "3", "--gap-ms", "1"])
+    upstream.wait_ready()
+    config = deployments_toml({"fast": "fast"}, upstream.base_url)
+    gateway = GatewayProcess(tmp_path, config, {"CHAT_SERVER__WORKERS": "2", "CHAT_SERVER__LOG_LEVEL": "info"})
+    try:
+        gateway.wait_ready(timeout=90)
+
+        deadline = time.monotonic() + 30
+        while not (dirs := {environ_of(k).get(WORKER_METRICS_DIR_ENV) for k in children_of(gateway.pid)} - {None}):
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.1)
+        directory = Path(dirs.pop() or "")
+
+        def workers() -> set[int]:
+            return {int(s.stem.removeprefix("worker-")) for s in directory.glob("worker-*.sock")}
+
+        deadline = time.monotonic() + 30
+        while len(before := workers()) != 2:
+            assert time.monotonic() < deadline, f"two workers did not start: {before}"
+            time.sleep(0.1)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+
+        deadline = time.monotonic() + 30
+        while True:
+            died = [e for e in gateway.log_events() if e.get("event") == f"Child process [{victim}] died"]
+            after = workers() - {victim}
+            if died and len(after) == 2:
+                break
+            assert time.monotonic() < deadline, f"no JSON line for the death of {victim}, or no replacement: {after}"
+            time.sleep(0.1)
+        assert died[0]["logger"] == "uvicorn.error" and died[0]["level"] == "info"
+        assert "timestamp" in died[0]
+        started = [e for e in gateway.log_events() if str(e.get("event", "")).startswith("Started parent process")]
+        assert started, "the parent's start was not logged as a JSON line"
+        # Nothing the parent wrote came out as bare text.
+        bare = [
+            line
+            for line in gateway.child.log.read_text().splitlines()
+            if "Child process" in line and not line.startswith("{")
+        ]
+        assert bare == []
+        status, _ = http_get(gateway.base_url + "/v1/models")
+        assert status == 200
+    finally:
+        gateway.stop()
+        upstream.stop()
