@@ -197,14 +197,35 @@ _PAIR = b"\x01\xff"
 _PEELS = 12
 
 
+#: An escape: a backslash and the byte it escapes (a ``\\uXXXX``'s hex digits hold no quote or bracket).
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+#: Bytes per backslash above which the regular expression takes the escapes out (see below).
+_SPARSE_ESCAPES = 64
+
+
+def _without_escapes(data: bytes) -> bytes:
+    """``data`` with its escapes taken out, so that every quote left opens or closes a string.
+
+    Two ways, the same result, each the cheaper where it is used. A real body's escapes are sparse
+    (Claude Code's 115 KB: ~1,500 backslashes): one pass of the regular expression costs it 150-260 us
+    where ``bytes.replace``'s two passes cost 400 (a two-byte pattern is searched at ~2-3 ns a byte
+    whatever it finds). A body dense with escapes is the reverse: at ~70 ns a match, 1 MB of ``\\n``
+    costs the regular expression 74 ms and the passes 3. They cost alike at about one backslash in 64
+    bytes. The passes take out ``\\\\`` pairs first, then ``\\"``: no other escape holds a quote or
+    a bracket.
+    """
+    if data.count(b"\\") * _SPARSE_ESCAPES < len(data):
+        return _ESCAPE.sub(b"", data)
+    return data.replace(b"\\\\", b"").replace(b'\\"', b"")
+
+
 def _deeper_than(data: bytes, limit: int) -> bool:
     """Whether ``data``'s arrays and objects nest deeper than ``limit``, brackets inside strings not
     counted. Every step runs over the bytes in C, none is a Python loop over them: a document that
     passes the count above is any request with tools (an agent's body is 50-200 KB of schemas),
     and a hostile one is as large as the body limit allows."""
-    # Escapes first, a pair at a time left to right as a decoder reads them: ``\\`` pairs, then
-    # ``\"``; no other escape holds a quote or a bracket.
-    text = data.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in data else data
+    # Escapes first, read left to right as a decoder reads them.
+    text = _without_escapes(data) if b"\\" in data else data
     # Then strings: with their escaped quotes gone, every other piece between quotes is one.
     if b'"' in text:
         text = b"".join(text.split(b'"')[::2])

@@ -44,6 +44,15 @@ def test_it_agrees_with_the_depth_of_the_decoded_document(value: Any, limit: int
     assert _deeper_than(data, limit) == (_depth(value) > limit), data
 
 
+@settings(max_examples=200, deadline=None)
+@given(_json, st.integers(min_value=0, max_value=8), st.integers(min_value=0, max_value=4000))
+def test_escapes_sparse_or_dense_are_read_alike(value: Any, limit: int, padding: int) -> None:
+    """Padding dilutes the escapes until the check takes them out the other way (a real body's escapes
+    are sparse; a small tricky document's are dense): the same answer either way."""
+    data = json.dumps([value, "x" * padding], ensure_ascii=False).encode()
+    assert _deeper_than(data, limit) == (_depth([value, ""]) > limit), data
+
+
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH - 1, MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1, 400])
 def test_the_limit_is_exact(depth: int) -> None:
     data = json.dumps({"messages": [], "x": _nest(depth - 1)}).encode()  # the outer object is a level
