@@ -45,9 +45,22 @@ _encode = msgspec.json.Encoder().encode
 PROBE_S = 0.5
 
 
+#: What a provider reads as the prompt besides the messages: tool definitions (an agent's are 50-200 KB
+#: of schemas, billed as input) and a structured answer's schema.
+_PROMPT_FIELDS = ("tools", "functions", "response_format")
+
+
 def estimate_tokens(request: ChatCompletionInput) -> int:
-    """Input tokens as a limiter may count them before the provider does: about four bytes a token."""
-    return len(_encode(request.body.get("messages"))) // 4 + 1
+    """Input tokens as a limiter may count them before the provider does: about four bytes a token
+    of the messages and of the other fields the prompt is made of. Counted whole, so that neither
+    admission (``tokens_per_minute``, a budget's reservation) nor the charge of a call whose usage
+    never arrives can be walked around by moving the prompt's bulk out of ``messages``."""
+    body = request.body
+    size = len(_encode(body.get("messages")))
+    for name in _PROMPT_FIELDS:
+        if name in body:
+            size += len(_encode(body[name]))
+    return size // 4 + 1
 
 
 def output_cap(request: ChatCompletionInput) -> int:

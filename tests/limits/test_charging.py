@@ -29,6 +29,8 @@ KEYS = {
     "tpm": "sk-tpmres-0123456789abcdef",
     "narrow": "sk-narrow-0123456789abcdef",
     "wide": "sk-wide-0123456789abcdef",
+    "tooled": "sk-tooled-0123456789abcdef",
+    "tooltpm": "sk-tooltpm-0123456789abcdef",
 }
 ENV = {f"KEY_{name.upper()}": key for name, key in KEYS.items()}
 #: $1 a token in and out: a charge in USD reads as a token count.
@@ -73,6 +75,8 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         {"name": "tpm", "key_env": "KEY_TPM", "tokens_per_minute": 400, "models": ["held"]},
         key("narrow", models=["broken"]),
         key("wide", models=["broken", "premium"]),
+        key("tooled"),
+        {"name": "tooltpm", "key_env": "KEY_TOOLTPM", "tokens_per_minute": 400, "models": ["held"]},
     ]
     return data
 
@@ -148,6 +152,40 @@ async def test_leaving_after_the_finish_chunk_is_charged(charged: ServerThread, 
     assert charged_usd >= delivered  # $1 a token: at least every token the client got
     assert metrics.usage_estimates[("metered",)] == before + 1
     await in_flight_settles(charged, "leaver")
+
+
+#: Tool definitions of ~2,000 tokens (four bytes a token) beside a one-line conversation.
+TOOLS = [
+    {"type": "function", "function": {"name": f"tool{i}", "description": "d" * 1000, "parameters": {"type": "object"}}}
+    for i in range(8)
+]
+
+
+async def test_a_call_whose_usage_never_arrives_is_charged_its_tools(charged: ServerThread) -> None:
+    """The tools are input the provider bills: the estimate that charges a call left before its usage
+    counts them (an agent's tools are most of its prompt)."""
+    tools_tokens = len(json.dumps(TOOLS)) // 4
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        body = chat_body("metered", stream=True) | {"tools": TOOLS}
+        async with c.stream("POST", CHAT, json=body, headers=auth("tooled")) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["finish_reason"]:
+                    break  # before the usage chunk
+    charged_usd = await charge_of(charged, "tooled", "metered", tools_tokens)
+    assert tools_tokens <= charged_usd < tools_tokens + 200
+    await in_flight_settles(charged, "tooled")
+
+
+async def test_tools_count_against_tokens_per_minute(charged: ServerThread) -> None:
+    """400 tokens a minute: a one-line conversation carrying ~2,000 tokens of tools is refused before any
+    provider call; without the tools it is admitted."""
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        refused = await c.post(CHAT, json=chat_body("held") | {"tools": TOOLS}, headers=auth("tooltpm"))
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded", refused.text
+        admitted = await c.post(CHAT, json=chat_body("held"), headers=auth("tooltpm"))
+        assert admitted.status_code == 200, admitted.text
+    await in_flight_settles(charged, "tooltpm")
 
 
 async def test_a_websocket_cancel_is_charged(charged: ServerThread) -> None:
