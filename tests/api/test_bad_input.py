@@ -356,3 +356,39 @@ async def test_server_still_serves_after_bad_input(
     assert b"data: [DONE]" in text
     assert fake.calls("normal") == 2
     assert (await client.get("/health/live")).status_code == 200
+
+
+# ---- the Responses API's fields where a string belongs ---------------------------------------------
+
+RESPONSES = "/v1/responses"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"input": [{"role": ["user"], "content": "x"}]}, "input[0].role"),
+        ({"input": [{"role": {"a": 1}, "content": "x"}]}, "input[0].role"),
+        ({"input": [{"type": {}}]}, "input[0].type"),
+        ({"input": [{"type": ["reasoning"]}]}, "input[0].type"),
+        ({"tools": [{"type": ["function"]}]}, "tools[0].type"),
+        ({"reasoning": {"effort": ["low"]}}, "reasoning.effort"),
+    ],
+)
+async def test_responses_unhashable_values_are_400_naming_the_field(
+    client: httpx.AsyncClient, fake: FakeProvider, extra: dict[str, Any], param: str
+) -> None:
+    """A list or an object where the API wants a name (a role, a type, an effort) is the client's 400,
+    not a failed set lookup's 500."""
+    body = {"model": "normal", "input": "hi", **extra}
+    response = await client.post(RESPONSES, json=body)
+    assert_error(response, 400, param=param)
+    assert fake.calls() == 0
+
+
+async def test_responses_a_message_item_typed_null_is_sent(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    """``"type": null`` with a role reads as a message in the check and in the translation alike."""
+    body = {"model": "normal", "input": [{"type": None, "role": "user", "content": "typed null"}], "stream": False}
+    response = await client.post(RESPONSES, json=body)
+    assert response.status_code == 200, response.text
+    sent = fake.requests[-1].body["messages"]
+    assert sent[-1] == {"role": "user", "content": "typed null"}

@@ -116,7 +116,7 @@ def input_items(value: str | list[Any] | None) -> list[dict[str, Any]]:
             else:
                 _str(output, f"{path}.output")
             items.append(item)
-        elif kind in DROPPED_ITEMS:
+        elif isinstance(kind, str) and kind in DROPPED_ITEMS:
             items.append(item)
         elif isinstance(kind, str):
             raise unsupported(f"Input items of type `{kind[:64]}` are not supported by this gateway.", f"{path}.type")
@@ -127,7 +127,7 @@ def input_items(value: str | list[Any] | None) -> list[dict[str, Any]]:
 
 def _check_message(item: dict[str, Any], path: str) -> dict[str, Any]:
     role = item.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise bad(f"`{path}.role` must be one of user, assistant, system, developer.", f"{path}.role")
     content = item.get("content")
     if isinstance(content, list):
@@ -206,7 +206,7 @@ def to_messages(instructions: str | None, items: list[dict[str, Any]]) -> list[d
         messages.append({"role": "system", "content": instructions})
     for item in items:
         kind = item.get("type", "message")
-        if kind == "message":
+        if kind == "message" or (kind is None and "role" in item):  # as the check above reads it
             role = ROLES[item["role"]]
             content = item["content"]
             if isinstance(content, list):
@@ -310,7 +310,7 @@ def translate_tools(tools: list[Any] | None) -> Tools:
                     "tools": echoed,
                 }
             )
-        elif kind in BUILTIN_TOOLS:
+        elif isinstance(kind, str) and kind in BUILTIN_TOOLS:
             result.omitted.append(kind)
         elif isinstance(kind, str):
             raise unsupported(f"Tools of type `{kind[:64]}` are not supported by this gateway.", f"{path}.type")
@@ -379,7 +379,7 @@ def reasoning_effort(reasoning: dict[str, Any] | None) -> str | None:
     if not reasoning or reasoning.get("effort") is None:
         return None
     effort = reasoning["effort"]
-    if effort not in REASONING_EFFORTS:
+    if not isinstance(effort, str) or effort not in REASONING_EFFORTS:
         raise bad(f"`reasoning.effort` must be one of {', '.join(sorted(REASONING_EFFORTS))}.", "reasoning.effort")
     return str(effort)
 

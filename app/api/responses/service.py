@@ -103,7 +103,10 @@ def skeleton_of(create: ResponsesCreate, response_id: str, tools_echo: list[dict
         "parallel_tool_calls": create.parallel_tool_calls is not False,
         "previous_response_id": create.previous_response_id,
         "prompt_cache_key": create.prompt_cache_key,
-        "reasoning": {"effort": reasoning.get("effort"), "summary": summary if summary in _SUMMARIES else None},
+        "reasoning": {
+            "effort": reasoning.get("effort"),
+            "summary": summary if isinstance(summary, str) and summary in _SUMMARIES else None,
+        },
         "safety_identifier": create.safety_identifier,
         "store": create.store is not False,
         "temperature": create.temperature,
