@@ -179,7 +179,14 @@ async def _background(
         response["status"] = "queued" if not run.events.started else response["status"]
         return _json(response, headers)
     record = run.record(run.events.snapshot())
-    return await _replay(request, responses, settings, record, caller, -1, headers)
+    try:
+        # The run holds this call's admission (its stream slot): reading its log is the same call.
+        return await _replay(request, responses, settings, record, caller, -1, headers, admitted=True)
+    except BaseException:
+        # Its event stream cannot be served: the client has no response id to follow or cancel it by.
+        if run.stream is not None:
+            run.stream.stop("The response's event stream could not be served.")
+        raise
 
 
 async def _replay(
@@ -190,12 +197,15 @@ async def _replay(
     caller: Caller,
     after: int,
     headers: dict[str, str] | None = None,
+    *,
+    admitted: bool = False,
 ) -> Response[Any]:
-    """The response's events after ``after`` from its stream's log, then live (docs/responses.md, resuming)."""
+    """The response's events after ``after`` from its stream's log, then live (docs/responses.md, resuming).
+    ``admitted``: the reader is the call that started the response, already holding its admission."""
     resumes = responses.resumes
     if record.stream_id is None or resumes is None:
         raise InvalidRequest("This response was not streamed: it has no event stream to resume.", param="stream")
-    admission = await responses.chat.admit_resume(caller)
+    admission = None if admitted else await responses.chat.admit_resume(caller)
 
     def done() -> None:
         if admission is not None:

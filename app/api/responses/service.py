@@ -40,7 +40,7 @@ from app.core.service import ChatService
 from app.core.stream import ChatStream
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.errors import GatewayError
-from app.domain.events import NO_GUARD, StreamEvent
+from app.domain.events import CLIENT_DISCONNECTED, NO_GUARD, StreamEvent
 from app.domain.ids import random_hex
 from app.limits.limiter import Admission
 from app.providers.resilient import Trail
@@ -473,7 +473,13 @@ class ResponsesService:
         self.running[run.id] = run
         if self.shared:
             # Other replicas learn of it from the store (this one serves it from ``running``).
-            await self.save(run.record(run.events.snapshot()))
+            try:
+                await self.save(run.record(run.events.snapshot()))
+            except BaseException:
+                # The client left during the save (a slow Redis): no caller will pump or close the
+                # stream it never got, so it is closed here, which settles its admission's lease.
+                stream.close(CLIENT_DISCONNECTED)
+                raise
         return run
 
     async def start_background(
