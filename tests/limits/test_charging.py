@@ -31,11 +31,13 @@ KEYS = {
     "wide": "sk-wide-0123456789abcdef",
     "tooled": "sk-tooled-0123456789abcdef",
     "tooltpm": "sk-tooltpm-0123456789abcdef",
+    "messenger": "sk-messenger-0123456789abcdef",
 }
 ENV = {f"KEY_{name.upper()}": key for name, key in KEYS.items()}
 #: $1 a token in and out: a charge in USD reads as a token count.
 DOLLAR_A_TOKEN = {"input_cost_per_mtok": 1e6, "output_cost_per_mtok": 1e6}
 TOKENS = [f" t{i % 10}" for i in range(30)]  # 30 chunks of one token each (three characters)
+WORDY = [" forty characters of text, ten tokens..."] * 10  # 10 chunks of ten tokens each
 
 
 def auth(name: str) -> dict[str, str]:
@@ -45,6 +47,7 @@ def auth(name: str) -> dict[str, str]:
 def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[str, Any]:
     fake.set_behaviour("metered", Behaviour(content=TOKENS, usage_delay_s=1.0))
     fake.set_behaviour("unmetered", Behaviour(content=TOKENS, no_usage=True))
+    fake.set_behaviour("wordy", Behaviour(content=WORDY, usage_delay_s=1.0))
     fake.set_behaviour("held", Behaviour(first_delay_s=1.0, content=["a", "b"], usage=(5, 2)))
     fake.set_behaviour("broken", Behaviour(kind="error", status=503, error_message="down"))
     fake.set_behaviour("premium", Behaviour(content=["p"] * 4, usage=(10, 4)))
@@ -59,6 +62,7 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
     data["models"]["deployments"] += [
         deployment("metered", DOLLAR_A_TOKEN),
         deployment("unmetered", DOLLAR_A_TOKEN),
+        deployment("wordy", DOLLAR_A_TOKEN),
         deployment("held", DOLLAR_A_TOKEN),
         deployment("broken", {"input_cost_per_mtok": 0.01, "output_cost_per_mtok": 0.01}, fallbacks=["premium"]),
         deployment("premium", DOLLAR_A_TOKEN),
@@ -76,6 +80,7 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         key("narrow", models=["broken"]),
         key("wide", models=["broken", "premium"]),
         key("tooled"),
+        key("messenger"),
         {"name": "tooltpm", "key_env": "KEY_TOOLTPM", "tokens_per_minute": 400, "models": ["held"]},
     ]
     return data
@@ -186,6 +191,24 @@ async def test_tools_count_against_tokens_per_minute(charged: ServerThread) -> N
         admitted = await c.post(CHAT, json=chat_body("held"), headers=auth("tooltpm"))
         assert admitted.status_code == 200, admitted.text
     await in_flight_settles(charged, "tooltpm")
+
+
+async def test_a_messages_stream_left_before_its_usage_is_charged_what_it_carried(charged: ServerThread) -> None:
+    """Through the Messages API, the estimate counts the text each event carried (ten tokens a chunk
+    here), as chat completions' does, not one token an event."""
+    assert len(WORDY[0]) == 40
+    body = {"model": "wordy", "max_tokens": 200, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    deltas = 0
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        async with c.stream("POST", "/v1/messages", json=body, headers={"x-api-key": KEYS["messenger"]}) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                deltas += line.startswith("data: ") and '"text_delta"' in line
+                if deltas == len(WORDY):
+                    break  # all the text, before message_delta (the usage is a second away)
+    charged_usd = await charge_of(charged, "messenger", "wordy", 10 * len(WORDY))
+    assert 10 * len(WORDY) <= charged_usd < 10 * len(WORDY) + 50
+    await in_flight_settles(charged, "messenger")
 
 
 async def test_a_websocket_cancel_is_charged(charged: ServerThread) -> None:

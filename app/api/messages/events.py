@@ -272,10 +272,12 @@ class MessageEvents:
                 and delta.thinking_blocks is None
             ):
                 self._output_chars += len(delta.content)
-                out.append(Chunk(raw=_TEXT_DELTA % (self._index, _encode(delta.content)), has_content=True))
+                raw = _TEXT_DELTA % (self._index, _encode(delta.content))
+                out.append(Chunk(raw=raw, has_content=True, tokens=chunk.tokens))
                 return
         if view.usage is not None:
             self._usage = view.usage
+        start = len(out)
         for choice in choices or ():
             if choice.index != 0:
                 continue  # Anthropic messages have one choice
@@ -284,6 +286,15 @@ class MessageEvents:
                 self._stop_named = choice.stop_reason
             if choice.delta is not None:
                 self._read_delta(choice.delta, out)
+        if chunk.tokens:
+            # The chunk's estimated tokens ride on the first event with content made of it: the
+            # stream counts its output from its events (what a call whose usage never arrives is
+            # charged), and without them each event counted one token, whatever it carried.
+            for i in range(start, len(out)):
+                event = out[i]
+                if isinstance(event, Chunk) and event.has_content:
+                    out[i] = msgspec.structs.replace(event, tokens=chunk.tokens)
+                    break
 
     def _read_delta(self, delta: _Delta, out: _Out) -> None:
         if delta.reasoning_content:
