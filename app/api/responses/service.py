@@ -39,7 +39,7 @@ from app.config.settings import Settings
 from app.core.service import ChatService
 from app.core.stream import ChatStream
 from app.domain.chat_request import ChatCompletionInput
-from app.domain.errors import GatewayError
+from app.domain.errors import ContextLengthExceeded, GatewayError
 from app.domain.events import CLIENT_DISCONNECTED, NO_GUARD, StreamEvent
 from app.domain.ids import random_hex
 from app.limits.limiter import Admission
@@ -47,9 +47,14 @@ from app.providers.resilient import Trail
 from app.resume.service import Resumes
 
 logger = structlog.get_logger("app.responses")
+_encode = msgspec.json.encode
 
 #: A chain longer than this is refused: a bound on the walk, far past any real conversation.
 MAX_CHAIN: Final = 10_000
+#: The most a chain may rebuild (its records' input and output items, as stored): past any model's
+#: context window (the largest take ~1M tokens, ~4 MB of text), and the bound on what one request
+#: makes this process read from the store. A chain grows a record per call, failed calls included.
+MAX_CONVERSATION_BYTES: Final = 32 * 1024 * 1024
 #: Links (a response id -> the one it follows) this process remembers, the most recent first kept.
 LINKS_KEPT: Final = 10_000
 #: How long a cancel waits for the background run to record its end before answering.
@@ -258,8 +263,17 @@ class _BackgroundWriter:
 
 
 class ResponsesService:
-    def __init__(self, settings: Settings, chat: ChatService, store: ResponseStore, resumes: Resumes | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        chat: ChatService,
+        store: ResponseStore,
+        resumes: Resumes | None,
+        *,
+        max_conversation_bytes: int = MAX_CONVERSATION_BYTES,
+    ) -> None:
         self.settings = settings
+        self.max_conversation_bytes = max_conversation_bytes
         self.chat = chat
         self.store = store
         self.resumes = resumes
@@ -310,6 +324,7 @@ class ResponsesService:
         when this process made or read the previous response (it remembers the links)."""
         hops: list[StoredResponse] = []
         seen: set[str] = set()
+        size = 0
         batch = [previous_id] if previous_id is not None else []
         while batch and len(batch) <= CHAIN_HINT and (known := self._links.get(batch[-1])) is not None:
             batch.append(known)
@@ -317,11 +332,18 @@ class ResponsesService:
             records = await self._read(batch, memory)
             for want, record in zip(batch, records, strict=True):
                 expected = hops[-1].previous_response_id if hops else previous_id
-                if want != expected or want in seen or len(hops) >= MAX_CHAIN:
+                if want != expected or want in seen:
                     break  # past the end of the chain (or a batch that no longer follows its links)
                 if record is None or record.owner != caller.scope:
                     raise PreviousResponseNotFound(
                         f"Previous response {want[:128]!r} not found (unknown, expired, or not yours).",
+                        param="previous_response_id",
+                    )
+                size += len(_encode(record.input)) + len(_encode(record.response.get("output")))
+                if len(hops) >= MAX_CHAIN or size > self.max_conversation_bytes:
+                    raise ContextLengthExceeded(
+                        f"The conversation before this response is over {MAX_CHAIN} responses or "
+                        f"{self.max_conversation_bytes} bytes: start a new one, or send the input you want kept.",
                         param="previous_response_id",
                     )
                 seen.add(want)
@@ -329,7 +351,7 @@ class ResponsesService:
                 self._remember(record)
             last = hops[-1]
             following = last.previous_response_id
-            if following is None or following in seen or len(hops) >= MAX_CHAIN:
+            if following is None or following in seen:
                 break
             hint = last.chain[:CHAIN_HINT]
             batch = hint if hint[:1] == [following] else [following]
