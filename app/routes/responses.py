@@ -240,6 +240,11 @@ async def create_response(request: Request[Any, Any, Any], responses_context: Re
     except InternalServerException:
         return client_gone(request.scope)
     create, _ = parse_create(raw)
+    if create.background and create.store is False:
+        # A background response is followed, read and cancelled through its record (as at OpenAI).
+        raise InvalidRequest(
+            "A background response must be stored (`store` true).", code="unsupported_parameter", param="store"
+        )
     context = context_of(request.scope)
     context.model = create.model
     if caller.scope != ANONYMOUS.scope:

@@ -392,3 +392,11 @@ async def test_responses_a_message_item_typed_null_is_sent(client: httpx.AsyncCl
     assert response.status_code == 200, response.text
     sent = fake.requests[-1].body["messages"]
     assert sent[-1] == {"role": "user", "content": "typed null"}
+
+
+async def test_responses_background_without_store_is_refused(client: httpx.AsyncClient, fake: FakeProvider) -> None:
+    """A background response that is not stored could be neither read nor cancelled: refused, nothing runs."""
+    for stream in (False, True):
+        body = {"model": "normal", "input": "hi", "background": True, "store": False, "stream": stream}
+        assert_error(await client.post(RESPONSES, json=body), 400, code="unsupported_parameter", param="store")
+    assert fake.calls() == 0
