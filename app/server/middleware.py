@@ -18,6 +18,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app.api.chat.sse import RAW_SEND
+from app.api.messages.errors import anthropic_error_body, anthropic_status
 from app.core.context import CONTEXT, RequestContext
 from app.core.drain import Drain
 from app.domain.errors import GatewayError
@@ -86,7 +87,7 @@ class RequestIdMiddleware:
         try:
             if self.drain is not None and self.drain.refusing:
                 # A request that arrived after the listener closed (a kept-alive connection): 503.
-                await _refuse(send_with_id, self.drain.refusal())
+                await _refuse(send_with_id, self.drain.refusal(), scope["path"], encoded_id)
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
@@ -102,14 +103,30 @@ class RequestIdMiddleware:
             context.error = None
 
 
-async def _refuse(send: Callable[[Message], Awaitable[None]], error: GatewayError) -> None:
-    body = msgspec.json.encode(error.body())
+#: Paths whose errors are in the Anthropic Messages API's shape (``app/api/messages/errors.py``).
+_ANTHROPIC_PATHS: tuple[str, ...] = ("/v1/messages", "/api/messages")
+
+
+async def _refuse(
+    send: Callable[[Message], Awaitable[None]], error: GatewayError, path: str, request_id: bytes
+) -> None:
+    status = error.status
+    extra: list[tuple[bytes, bytes]] = []
+    if path.startswith(_ANTHROPIC_PATHS):
+        # An Anthropic SDK (Claude Code) retries a 529 overloaded_error; our 503 body would be read
+        # as an unknown error.
+        body = anthropic_error_body(error)
+        status = anthropic_status(error)
+        extra.append((b"request-id", request_id))
+    else:
+        body = msgspec.json.encode(error.body())
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
+        *extra,
     ]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

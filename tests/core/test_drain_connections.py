@@ -7,6 +7,7 @@ once the stream has ended.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
@@ -36,6 +37,14 @@ def _post(model: str, stream: bool) -> bytes:
     )
     return (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+
+
+def _post_messages() -> bytes:
+    body = b'{"model": "drain_short", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}'
+    return (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
     )
 
@@ -90,6 +99,9 @@ def test_drain_answers_kept_alive_and_pipelined_requests(tmp_path: Path, short_f
         first = _read_until(idle, b"}", 5)  # the whole answer: the connection is idle and kept alive now
         assert first.startswith(b"HTTP/1.1 200"), first
         assert b"connection: close" not in first.lower()
+        anthropic = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)  # another, for /v1/messages
+        anthropic.sendall(GET_LIVE)
+        assert _read_until(anthropic, b"}", 5).startswith(b"HTTP/1.1 200")
 
         piped = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
         piped.sendall(_post("drain_short", stream=True) + _post("drain_short", stream=False))
@@ -108,6 +120,17 @@ def test_drain_answers_kept_alive_and_pipelined_requests(tmp_path: Path, short_f
         assert answer.startswith(b"HTTP/1.1 503"), answer
         assert b"server_shutting_down" in answer and b"connection: close" in answer.lower(), answer
         assert closed
+        # The Messages API's clients get Anthropic's shape: 529 overloaded_error, which they retry.
+        anthropic.sendall(_post_messages())
+        answer, closed = _read_to_eof(anthropic, 5)
+        assert answer.startswith(b"HTTP/1.1 529"), answer
+        head_part, _, body = answer.partition(b"\r\n\r\n")
+        assert json.loads(body) == {
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": json.loads(body)["error"]["message"]},
+        }
+        assert b"request-id: " in head_part.lower() and closed
+        anthropic.close()
 
         # The pipelined request: the stream runs to its end, then the 503, then EOF.
         rest, closed = _read_to_eof(piped, 15)
