@@ -328,6 +328,52 @@ async def test_websocket_mode_with_connect(sdk: AsyncOpenAI, fake: FakeProvider)
     assert [m["content"] for m in messages] == ["one", HELLO, "two"]
 
 
+async def test_websocket_session_lanes_get_their_events(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    """The SDK's session routes a socket's events to lanes by the create's ``stream_id``: each
+    named lane's response (one after the other) reaches that lane."""
+    from openai.lib.responses_websocket import AsyncResponsesWebSocketSession, ResponsesWebSocketLimits
+
+    limits = ResponsesWebSocketLimits(
+        max_lanes=4, max_events_per_lane=128, max_events=512, max_bytes_per_lane=1 << 24, max_bytes=1 << 25
+    )
+    async with (
+        sdk.responses.connect() as connection,
+        AsyncResponsesWebSocketSession(connection, limits=limits) as session,
+    ):
+        first, second = session.lane("first"), session.lane("second.lane-2")
+        await first.send({"type": "response.create", "model": "normal", "input": "one"})
+        one = await asyncio.wait_for(first.get_final_response(), 15)
+        assert one.status == "completed" and one.output_text == HELLO
+        await second.send(
+            {"type": "response.create", "model": "normal", "input": "two", "previous_response_id": one.id}
+        )
+        two = await asyncio.wait_for(second.get_final_response(), 15)
+        assert two.status == "completed" and two.output_text == HELLO
+    assert [m["content"] for m in fake.requests[-1].body["messages"]] == ["one", HELLO, "two"]
+
+
+async def test_websocket_events_carry_the_creates_stream_id(gw: GatewayProcess) -> None:
+    url = f"ws://127.0.0.1:{gw.port}/v1/responses"
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    async with ws_connect(url, additional_headers=auth, open_timeout=10) as ws:
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "x", "stream_id": "a.b_c-1"}))
+        events = []
+        while not events or events[-1]["type"] != "response.completed":
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        assert {e.get("stream_id") for e in events} == {"a.b_c-1"}
+        await ws.send(
+            json.dumps({"type": "response.create", "model": "normal", "input": "x", "stream_id": "no spaces"})
+        )
+        refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert refused["type"] == "error" and refused["error"]["param"] == "stream_id" and "stream_id" not in refused
+        await ws.send(json.dumps({"type": "response.create", "model": "nope", "input": "x", "stream_id": "lane"}))
+        unknown = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert unknown["type"] == "error" and unknown["stream_id"] == "lane"
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "x"}))
+        plain = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert plain["type"] == "response.created" and "stream_id" not in plain
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ chat frames are (``app/core/push.py``), else queued in order; a client that cann
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,26 +47,53 @@ logger = structlog.get_logger("app.responses")
 _encode = msgspec.json.encode
 
 
-def error_event(error: GatewayError) -> bytes:
-    return _encode({"type": "error", "status": error.status, "error": error.body().error})
+#: A ``response.create``'s ``stream_id``: what the OpenAI SDK's session lanes route events by.
+_STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+
+
+def error_event(error: GatewayError, tag: bytes = b"") -> bytes:
+    return tagged(_encode({"type": "error", "status": error.status, "error": error.body().error}), tag)
+
+
+def stream_tag(stream_id: object) -> bytes:
+    """The head that puts a create's ``stream_id`` first in each of its events (``b""``: none sent)."""
+    if stream_id is None:
+        return b""
+    if not isinstance(stream_id, str) or _STREAM_ID.fullmatch(stream_id) is None:
+        raise InvalidRequest(
+            "`stream_id` must be 1-256 ASCII letters, digits, underscores, hyphens or periods.",
+            code="invalid_parameter",
+            param="stream_id",
+        )
+    return b'{"stream_id":%b,' % _encode(stream_id)
+
+
+def tagged(event: bytes, tag: bytes) -> bytes:
+    """``event`` (a JSON object) with the create's ``stream_id`` as its first field."""
+    return tag + event[1:] if tag else event
 
 
 class _SocketWriter:
     """A chat stream's events as Responses event frames on this socket (a ``StreamWriter``, and a
     ``DirectWriter`` when the outbox writes synchronously)."""
 
-    __slots__ = ("_can_push", "_held", "_send_all", "run")
+    __slots__ = ("_can_push", "_held", "_send_all", "_tag", "run")
 
-    def __init__(self, outbox: Outbox, run: ResponseRun) -> None:
+    def __init__(self, outbox: Outbox, run: ResponseRun, tag: bytes = b"") -> None:
         self._send_all = outbox.send_all
         self._can_push = outbox.can_push
         self.run = run
+        self._tag = tag
         self._held: list[StreamEvent] = []
 
     def _write(self, events: list[Event]) -> None:
         # One write for all of them when the socket takes them now (``Outbox.send_all``); raises
         # SlowConsumer (a ClientLeft) when the client cannot keep up.
-        self._send_all([data for _kind, _seq, data in events])
+        tag = self._tag
+        if tag:
+            self._send_all([tag + data[1:] for _kind, _seq, data in events])
+        else:
+            self._send_all([data for _kind, _seq, data in events])
 
     # Pushed (``DirectWriter``): the outbox's queue absorbs a slow reader and bounds it with 1013.
 
@@ -181,10 +209,14 @@ class ResponsesSocketSession:
         return True
 
     def _frame(self, data: str | bytes) -> None:
+        tag = b""
         try:
             frame = decode_json(data, "frame")
             if not isinstance(frame, dict) or frame.get("type") != CREATE_FRAME:
                 raise InvalidRequest(f"A frame must be an object of type `{CREATE_FRAME}`.", param="type")
+            # Its events and errors carry its ``stream_id`` back, so that a client routing a
+            # session's events by it (the OpenAI SDK's lanes) gets them; responses still run one at a time.
+            tag = stream_tag(frame.get("stream_id"))
             if self.drain is not None and self.drain.refusing:
                 raise self.drain.refusal()
             if self.running is not None and not self.running.done():
@@ -198,11 +230,11 @@ class ResponsesSocketSession:
                     "`background` is not available over a WebSocket.", code="unsupported_parameter", param="background"
                 )
         except GatewayError as exc:
-            self._send_now(error_event(exc))
+            self._send_now(error_event(exc, tag))
             return
-        self.running = asyncio.get_running_loop().create_task(self._respond(create), name="responses-ws")
+        self.running = asyncio.get_running_loop().create_task(self._respond(create, tag), name="responses-ws")
 
-    async def _respond(self, create: Any) -> None:
+    async def _respond(self, create: Any, tag: bytes = b"") -> None:
         started = time.perf_counter()
         run: ResponseRun | None = None
         try:
@@ -218,16 +250,16 @@ class ResponsesSocketSession:
             )
             assert run.stream is not None
             with run.writing():
-                await run.stream.pump(_SocketWriter(self._outbox, run))
+                await run.stream.pump(_SocketWriter(self._outbox, run, tag))
         except ClientLeft:
             return
         except GatewayError as exc:
-            await self.send(error_event(exc))
+            await self.send(error_event(exc, tag))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             logger.error("responses_ws_failed", exc_info=exc)
-            await self.send(error_event(public_error(exc, production=self.settings.production)))
+            await self.send(error_event(public_error(exc, production=self.settings.production), tag))
         if run is not None and run.events.ended:
             snapshot = run.events.snapshot()
             self.memory = {
