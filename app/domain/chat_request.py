@@ -130,6 +130,9 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
     #: whose deployments are all Anthropic ones (never from a client's field): an Anthropic
     #: deployment on the relay sends it instead of translating ``body`` back.
     anthropic: NativeRequest | None = None
+    #: The same request without what only Anthropic takes, for a deployment that is not Anthropic's
+    #: (a fallback of an Anthropic model); set by the Messages route only when such a fallback exists.
+    portable: ChatCompletionInput | None = None
 
     @property
     def model(self) -> str:

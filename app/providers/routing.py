@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
+import msgspec
+
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion
 from app.providers.base import Provider
@@ -26,6 +28,7 @@ class RoutingProvider:
         *,
         demo: DemoProvider | None = None,
         anthropic: Relay | None = None,
+        anthropic_ids: frozenset[str] = frozenset(),
     ) -> None:
         """``full``: the LiteLLM path, None when every deployment takes the relay or is a demo model;
         ``anthropic``: the relay for the Anthropic deployments that take it with a Messages API request."""
@@ -36,6 +39,8 @@ class RoutingProvider:
         self._demo = demo
         self._fast = frozenset(relay.targets)
         self._url_policies = dict(url_policies or {})
+        #: Every Anthropic deployment, on either path: the ones that take Anthropic's own controls.
+        self._anthropic_ids = anthropic_ids | self._native
 
     def path_of(self, deployment: str, *, messages: bool = False) -> str:
         """Which path a request for ``deployment`` takes (``messages``: a Messages API request on a
@@ -51,7 +56,16 @@ class RoutingProvider:
         if request.has_parts:
             self._url_policies.get(deployment, NO_URLS).check(request.body["messages"])
 
+    def _for(self, request: ChatCompletionInput, deployment: str) -> ChatCompletionInput:
+        # A Messages request on an Anthropic model carries Anthropic's controls (thinking, cache
+        # marks, context_management, ...); a fallback to another provider gets it without them,
+        # which that provider would refuse.
+        if request.portable is not None and deployment not in self._anthropic_ids:
+            return msgspec.structs.replace(request.portable, trace_headers=request.trace_headers)
+        return request
+
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
+        request = self._for(request, deployment)
         self._check_urls(request, deployment)
         if deployment in self._fast:
             return await self._relay.complete(request, deployment)
@@ -62,6 +76,7 @@ class RoutingProvider:
         return await self._full_path().complete(request, deployment)
 
     def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
+        request = self._for(request, deployment)
         self._check_urls(request, deployment)
         if deployment in self._fast:
             return self._relay.stream(request, deployment)

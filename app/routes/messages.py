@@ -100,6 +100,12 @@ def passthrough_for(settings: Settings, model: str) -> bool:
     return bool(group) and all(dep.litellm_model.startswith("anthropic/") for dep in group)
 
 
+def falls_back_elsewhere(settings: Settings, model: str) -> bool:
+    """Whether one of ``model``'s fallbacks has a deployment that is not Anthropic's."""
+    fallbacks = {name for dep in settings.group(model) for name in dep.fallbacks}
+    return any(not dep.litellm_model.startswith("anthropic/") for name in fallbacks for dep in settings.group(name))
+
+
 def _forwarded(request: Request[Any, Any, Any]) -> dict[str, str] | None:
     headers = {name: request.headers[name] for name in _FORWARDED_HEADERS if name in request.headers}
     return headers or None
@@ -175,10 +181,14 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     streaming = wants_stream(parsed.stream, header(request.scope, b"accept"))
     reasoning = _reasons(request, parsed.model)
     chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
+    portable = None
+    if passthrough and falls_back_elsewhere(settings, parsed.model):
+        portable = to_chat_input(to_chat_body(parsed, body, passthrough=False, stream=streaming))
     chat_input = to_chat_input(
         chat_body,
         _forwarded(request) if passthrough else None,
         native_request(body, request.headers) if passthrough else None,
+        portable,
     )
     context = context_of(request.scope)
     context.model = parsed.model

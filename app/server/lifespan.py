@@ -95,7 +95,8 @@ def build_services(
         for d in settings.models.deployments
         if not demo.serves(d.id)  # the demo models take no URLs
     }
-    provider = RoutingProvider(relay, full, url_policies, demo=demo, anthropic=anthropic)
+    anthropic_ids = frozenset(d.id for d in settings.models.deployments if d.litellm_model.startswith("anthropic/"))
+    provider = RoutingProvider(relay, full, url_policies, demo=demo, anthropic=anthropic, anthropic_ids=anthropic_ids)
     shipped = ShippedMetadata(d.litellm_model for d in settings.models.deployments)
 
     async def build() -> Snapshot:

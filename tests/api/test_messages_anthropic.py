@@ -8,6 +8,7 @@ with ``fast_path: false`` keeps LiteLLM, as every chat completions request on an
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ from tests.helpers.fake_anthropic import (
     USAGE,
     FakeAnthropic,
 )
+from tests.helpers.fake_provider import DEFAULT_CONTENT
 from tests.helpers.sse import read_events
 
 BETAS = "context-management-2025-06-27,interleaved-thinking-2025-05-14"
@@ -71,6 +73,7 @@ def anthropic_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iter
         deployment("claude-tools", TOOL_MODEL),
         deployment("claude-overloaded", OVERLOADED_MODEL),
         deployment("claude-busy", OVERLOADED_MODEL, fallbacks=[NATIVE]),
+        deployment("claude-busy-elsewhere", OVERLOADED_MODEL, fallbacks=["normal"]),  # an OpenAI-wire fallback
         deployment("claude-error-first", ERROR_FIRST_MODEL),
         deployment("claude-midstream", ERROR_MIDSTREAM_MODEL),
         deployment("claude-slow", SLOW_MODEL),
@@ -291,6 +294,26 @@ async def test_an_overloaded_anthropic_falls_back(
     assert message.model == "claude-busy"
     tried = [seen.body["model"] for seen in anthropic_fake.requests()[before:]]
     assert tried == [OVERLOADED_MODEL, "claude-sonnet-4-5"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallback_to_another_provider_gets_no_anthropic_controls(
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, fake_provider: Any, stream: bool
+) -> None:
+    """Claude Code's controls (thinking, cache marks, context_management, ...) go to Anthropic; when
+    Anthropic is overloaded and the fallback is an OpenAI-wire model, it gets the conversation
+    without them (it would refuse them with a 400, which ends the call)."""
+    before = len(anthropic_fake.requests())
+    message = await answer(sdk, conversation("claude-busy-elsewhere"), stream)
+    assert message.content[-1].text == "".join(DEFAULT_CONTENT)  # type: ignore[union-attr]
+    assert [seen.body["model"] for seen in anthropic_fake.requests()[before:]] == [OVERLOADED_MODEL]
+    sent = fake_provider.requests[-1].body
+    assert sent["model"] == "normal"
+    for field in ("thinking", "top_k", "context_management", "output_config", "thinking_blocks"):
+        assert field not in sent, field
+    assert "cache_control" not in json.dumps(sent) and "earlier thought" not in json.dumps(sent)
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["Bash"]
 
 
 async def test_an_error_event_ends_the_stream_in_band(client: httpx.AsyncClient) -> None:

@@ -342,10 +342,14 @@ def native_request(raw: dict[str, Any], headers: Mapping[str, str]) -> NativeReq
 
 
 def to_chat_input(
-    body: dict[str, Any], trace_headers: dict[str, str] | None = None, anthropic: NativeRequest | None = None
+    body: dict[str, Any],
+    trace_headers: dict[str, str] | None = None,
+    anthropic: NativeRequest | None = None,
+    portable: ChatCompletionInput | None = None,
 ) -> ChatCompletionInput:
     """The translated body as the chat pipeline's request (it was built by us, from checked values);
-    ``anthropic``: the request as it came, for an Anthropic deployment that takes it so."""
+    ``anthropic``: the request as it came, for an Anthropic deployment that takes it so;
+    ``portable``: the translation without Anthropic's controls, for a fallback that is not Anthropic's."""
     try:
         chat = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:  # a value valid for Anthropic but not for the chat shape
@@ -353,4 +357,6 @@ def to_chat_input(
         raise InvalidRequest(
             f"Invalid request: {str(exc)[:300]}", code=param or "invalid_request", param=param
         ) from exc
-    return ChatCompletionInput(request=chat, body=body, trace_headers=trace_headers, anthropic=anthropic)
+    return ChatCompletionInput(
+        request=chat, body=body, trace_headers=trace_headers, anthropic=anthropic, portable=portable
+    )
