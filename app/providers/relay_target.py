@@ -2,11 +2,11 @@
 
 A deployment takes the relay when its provider speaks OpenAI's wire: its URL and headers are
 resolved once, at start-up, and a request's body is the client's own body with what the deployment
-needs changed (its model, ``stream``, and usage asked for), so no per-request work is done on the
-client's fields and nothing in them makes the gateway fetch or read anything. The common OpenAI-wire
-providers are resolved from a table here, without importing LiteLLM; any other provider is asked of
-LiteLLM's own chat config once (imported then), which keeps the relay for every provider LiteLLM
-itself reaches through an OpenAI-wire config.
+needs changed (its model, ``stream``, usage asked for, the output cap's name for OpenAI), so no
+per-request work is done on the client's fields and nothing in them makes the gateway fetch or read
+anything. The common OpenAI-wire providers are resolved from a table here, without importing
+LiteLLM; any other provider is asked of LiteLLM's own chat config once (imported then), which keeps
+the relay for every provider LiteLLM itself reaches through an OpenAI-wire config.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ OPENAI_WIRE: dict[str, str | None] = {
 #: asked for); every other field, the messages included, goes to the provider as sent. Not LiteLLM's
 #: set (``litellm_provider.py``), which names ``Router.acompletion``'s own arguments.
 _REWRITTEN_FIELDS = frozenset({"model", "stream", "stream_options"})
+OPENAI_HOST = "api.openai.com"
 _encode = msgspec.json.encode
 
 
@@ -58,6 +59,9 @@ class RelayTarget:
     headers: dict[str, str]  # its headers, for a request that adds its own (trace context)
     model: str
     timeout_s: float
+    #: OpenAI's own API: its reasoning models refuse ``max_tokens`` and every model takes
+    #: ``max_completion_tokens``, so the output cap is sent under that name.
+    completion_tokens: bool = False
 
     @classmethod
     def to(cls, url: URL, headers: dict[str, str], model: str, timeout_s: float) -> RelayTarget:
@@ -69,6 +73,7 @@ class RelayTarget:
             headers=headers,
             model=model,
             timeout_s=timeout_s,
+            completion_tokens=url.host == OPENAI_HOST,
         )
 
 
@@ -129,10 +134,14 @@ def _resolve_with_litellm(dep: DeploymentSettings, api_key: str) -> tuple[str, s
 
 def request_body(target: RelayTarget, request: ChatCompletionInput, *, stream: bool) -> bytes:
     """The client's body as the provider gets it: its own fields as sent (the gateway has validated
-    them and refused provider-layer controls), the deployment's model, and usage asked for."""
+    them and refused provider-layer controls), the deployment's model, usage asked for, and for
+    OpenAI's own API the output cap under the name all its models take."""
     body = {k: v for k, v in request.body.items() if k not in _REWRITTEN_FIELDS}
     body["model"] = target.model
     body["stream"] = stream
+    if target.completion_tokens and "max_tokens" in body and "max_completion_tokens" not in body:
+        # The Messages and Responses APIs' caps arrive as max_tokens (and so do older clients').
+        body["max_completion_tokens"] = body.pop("max_tokens")
     if stream:
         body["stream_options"] = asking_for_usage(request.body.get("stream_options"))
     return _encode(body)

@@ -18,7 +18,7 @@ from app.domain.chat_request import parse_chat_body
 from app.domain.errors import ContextLengthExceeded, RateLimited, UpstreamUnavailable
 from app.providers.chunks import error_from_reply, read_chunk
 from app.providers.relay import Relay, RelayStream, _data_of
-from app.providers.relay_target import OPENAI_WIRE, _resolve_with_litellm, resolve_target
+from app.providers.relay_target import OPENAI_WIRE, _resolve_with_litellm, request_body, resolve_target
 from tests.conftest import ServerThread
 from tests.helpers.fake_provider import free_port
 
@@ -62,6 +62,31 @@ def test_resolved_target_uses_litellm_url_and_key() -> None:
     assert "Authorization: Bearer sk-test" in head
     assert "Accept-Encoding: identity" in head
     assert target.model == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("litellm_model", "api_base", "renamed"),
+    [
+        ("openai/o3", "", True),
+        ("openai/gpt-4o", "https://api.openai.com/v1", True),
+        ("hosted_vllm/m", "http://127.0.0.1:8001/v1", False),
+        ("groq/llama3-8b", "", False),
+    ],
+)
+def test_openais_own_api_gets_the_cap_as_max_completion_tokens(
+    litellm_model: str, api_base: str, renamed: bool
+) -> None:
+    """OpenAI's reasoning models refuse max_tokens (which the Messages and Responses translations
+    send); every OpenAI model takes max_completion_tokens. Other providers get the body as sent."""
+    target = resolve_target(DeploymentSettings(name="m", litellm_model=litellm_model, api_base=api_base), {})
+    assert target is not None
+    asked = parse_chat_body(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}')
+    sent = json.loads(request_body(target, asked, stream=True))
+    assert (sent.get("max_completion_tokens"), sent.get("max_tokens")) == ((50, None) if renamed else (None, 50))
+    both = parse_chat_body(
+        b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5, "max_completion_tokens": 9}'
+    )
+    assert json.loads(request_body(target, both, stream=False))["max_completion_tokens"] == 9  # the client's own
 
 
 def test_sse_event_parsing() -> None:
