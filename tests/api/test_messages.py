@@ -14,6 +14,7 @@ import httpx
 import pytest
 from anthropic import AsyncAnthropic
 
+from app.api.messages.request import IMAGES_FOLLOW
 from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.helpers.fake_provider import TOOL_NAME, FakeProvider
@@ -188,6 +189,40 @@ async def test_images_base64_and_url_are_content_parts(sdk: AsyncAnthropic, fake
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
         {"type": "text", "text": "What is this?"},
     ]
+
+
+async def test_a_tool_results_images_follow_it_in_a_user_message(sdk: AsyncAnthropic, fake: FakeProvider) -> None:
+    """OpenAI's tool messages take text only: a screenshot a tool returned (Claude Code reading an image)
+    goes to a user message right after the tool results, the text stays in the tool message."""
+    png = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "a.png"}}
+    shot = {"type": "tool_use", "id": "toolu_2", "name": "Shot", "input": {}}
+    await sdk.messages.create(
+        model="normal",
+        max_tokens=10,
+        messages=[
+            {"role": "user", "content": "look"},
+            {"role": "assistant", "content": [call, shot]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": "a.png:"}, png],
+                    },
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": [png]},
+                    {"type": "text", "text": "What is it?"},
+                ],
+            },
+        ],
+    )
+    sent = fake.requests[-1].body["messages"]
+    assert sent[2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "a.png:"}
+    assert sent[3] == {"role": "tool", "tool_call_id": "toolu_2", "content": IMAGES_FOLLOW}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    assert sent[4] == {"role": "user", "content": [image, image, {"type": "text", "text": "What is it?"}]}
+    assert len(sent) == 5
 
 
 async def test_count_tokens_makes_no_provider_call(sdk: AsyncAnthropic, fake: FakeProvider) -> None:

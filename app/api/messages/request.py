@@ -155,21 +155,32 @@ def _tool_result_content(block: ToolResultBlock, where: str, passthrough: bool) 
     return parts
 
 
+#: A tool's result whose only content was images, as the tool message's text (the images follow it).
+IMAGES_FOLLOW: Final = "(the result is the image in the next message)"
+
+
 def _user_messages(blocks: list[Block], where: str, passthrough: bool) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []  # from tool results, for a provider that takes none in a tool message
     for i, block in enumerate(blocks):
         at = f"{where}.content[{i}]"
         if isinstance(block, ToolResultBlock):
             content = _tool_result_content(block, at, passthrough)
+            if not passthrough and isinstance(content, list):
+                # OpenAI's tool messages take text only (an image part is a 400): the text stays in
+                # the tool message and the images go to the user message that follows the results.
+                images += [p for p in content if p["type"] != "text"]
+                text = "\n".join(p["text"] for p in content if p["type"] == "text") or IMAGES_FOLLOW
+                content = f"Error: {text}" if block.is_error else text
             tools.append(_cached({"role": "tool", "tool_call_id": block.tool_use_id, "content": content}, block, False))
         elif isinstance(block, TextBlock | ImageBlock | DocumentBlock):
             parts.append(_part(block, at, passthrough))
         else:
             raise InvalidRequest(f"`{at}`: a {block_type(block)} block belongs to an assistant message.", param=at)
     out = tools
-    if parts:
-        out.append({"role": "user", "content": parts})
+    if images or parts:
+        out.append({"role": "user", "content": images + parts})
     return out
 
 
