@@ -316,6 +316,22 @@ async def test_a_fallback_to_another_provider_gets_no_anthropic_controls(
     assert [t["function"]["name"] for t in sent["tools"]] == ["Bash"]
 
 
+@pytest.mark.parametrize("model", [NATIVE, LITELLM])
+async def test_a_pdf_reaches_an_anthropic_model(sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, model: str) -> None:
+    """A PDF is refused only where the provider cannot take it: Anthropic can (on the relay the
+    client's own block goes; through LiteLLM a file part that it makes a document of)."""
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}
+    asked = {
+        "model": model,
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [pdf, {"type": "text", "text": "sum it up"}]}],
+    }
+    message = await sdk.messages.create(**asked)
+    assert message.content[-1].text == TEXT  # type: ignore[union-attr]
+    block = anthropic_fake.requests()[-1].body["messages"][0]["content"][0]
+    assert block["type"] == "document" and block["source"]["data"] == "JVBERi0xLjQK"
+
+
 async def test_an_error_event_ends_the_stream_in_band(client: httpx.AsyncClient) -> None:
     """Anthropic's error event after its ``message_start`` (which the client has been given): the
     stream ends with Anthropic's error event, of the type Anthropic gave (docs/messages.md)."""

@@ -140,6 +140,15 @@ def _part(block: TextBlock | ImageBlock | DocumentBlock, where: str, passthrough
     if isinstance(block, ImageBlock):
         url = _image_url(block.source, where)
         return _cached({"type": "image_url", "image_url": {"url": url}}, block, passthrough)
+    source = block.source
+    if passthrough and isinstance(source, Base64Source) and not source.media_type.startswith("text/"):
+        # A PDF for an Anthropic model: the relay sends the client's own block; LiteLLM's Anthropic
+        # mapping makes a document of a file part.
+        data = f"data:{source.media_type};base64,{source.data}"
+        return _cached({"type": "file", "file": {"file_data": data}}, block, passthrough)
+    if passthrough and isinstance(source, UrlSource):
+        # Never fetched by the gateway: passed on where the deployment's provider takes file URLs.
+        return _cached({"type": "file", "file": {"file_id": source.url}}, block, passthrough)
     return _cached({"type": "text", "text": _document_text(block, where)}, block, passthrough)
 
 
