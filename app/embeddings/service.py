@@ -121,7 +121,9 @@ class EmbeddingService:
         if self._limiter is None:
             return None
         _, estimate = input_size(request.input)
-        return await self._limiter.admit(caller, _admission_request(request, estimate))
+        # Priced at the dearest model the call may reach: its own and the fallbacks this key may use.
+        reach = self._resilient.fallbacks(model, caller.policy.allows)
+        return await self._limiter.admit(caller, _admission_request(request, estimate), reach=reach)
 
     async def create(
         self,
@@ -142,6 +144,7 @@ class EmbeddingService:
             span = self._tracing.start(model, self._first[model].litellm_model, "json", traceparent, started)
             structlog.contextvars.bind_contextvars(trace_id=Tracing.trace_id(span))
         trail = trail or Trail()
+        trail.allows = caller.policy.allows  # a fallback this key may not use is never tried
         usage: Usage | None = None
         error: GatewayError | None = None
         outcome = "client_disconnected"
@@ -170,7 +173,10 @@ class EmbeddingService:
                         completion = Completion(raw=cached_form(embeddings), usage=Usage(embeddings.prompt_tokens, 0))
                 finally:
                     decision.land_completion(completion)  # None: the call failed, followers call themselves
-            usage = Usage(prompt_tokens=embeddings.prompt_tokens, completion_tokens=0)
+            # A provider that reports no usage (0) is charged from the estimate, below.
+            usage = (
+                Usage(prompt_tokens=embeddings.prompt_tokens, completion_tokens=0) if embeddings.prompt_tokens else None
+            )
             outcome = "completed"
             return render(embeddings, model, request.encoding_format), decision.status
         except GatewayError as exc:
@@ -185,7 +191,12 @@ class EmbeddingService:
             if span is not None:
                 Tracing.end(span, outcome=outcome, usage=usage, finish_reason=None, error=error)
             if admission is not None:
-                admission.settle(model, usage, from_cache=from_cache)
+                # Without usage, a call that reached a provider is charged its estimated input (the
+                # client left, a deadline, a drain, no usage sent); a provider's refusal is not.
+                billed = usage is None and trail.attempts > 0 and outcome != "upstream_error" and not from_cache
+                admission.settle(
+                    model, usage, from_cache=from_cache, priced_as=trail.model, output_tokens=0 if billed else None
+                )
             if self._observer is not None:
                 self._observer.json_call(
                     model,

@@ -3,8 +3,10 @@ paths (the relay and LiteLLM), against the fake provider's ``/v1/embeddings``.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -19,11 +21,22 @@ from tests.helpers.fake_provider import EMBED_NOT_NUMBERS, Behaviour, FakeProvid
 KEY = "sk-embed-all-0123456789"
 LIMITED = "sk-embed-limited-0123456789"
 CHAT_ONLY = "sk-embed-chat-only-0123456789"
-ENV = {"EMB_DEFAULT": KEY, "EMB_LIMITED": LIMITED, "EMB_CHAT_ONLY": CHAT_ONLY}
+NARROW = "sk-embed-narrow-0123456789"
+WIDE = "sk-embed-wide-0123456789"
+SILENT = "sk-embed-silent-0123456789"
+ENV = {
+    "EMB_DEFAULT": KEY,
+    "EMB_LIMITED": LIMITED,
+    "EMB_CHAT_ONLY": CHAT_ONLY,
+    "EMB_NARROW": NARROW,
+    "EMB_WIDE": WIDE,
+    "EMB_SILENT": SILENT,
+}
 
 
 def _settings(fake: FakeProvider, fast: bool) -> Any:
     fake.set_behaviour("embed_down", Behaviour(kind="error", status=503, error_message="overloaded"))
+    fake.set_behaviour("embed_silent", Behaviour(no_usage=True))
     data = settings_dict(fake.base_url, fast_path=fast, server={"api_keys_env": "EMB_DEFAULT"}, cache={"enabled": True})
     embedding = {"mode": "embedding", "input_cost_per_mtok": 1000.0}
     data["models"]["deployments"] += [
@@ -50,9 +63,28 @@ def _settings(fake: FakeProvider, fast: bool) -> Any:
             "fallbacks": ["embed"],
         },
     ]
+    data["models"]["deployments"] += [
+        {
+            "name": name,
+            "litellm_model": f"openai/{upstream}",
+            "api_base": fake.base_url,
+            "fast_path": fast,
+            "info": {"mode": "embedding", "input_cost_per_mtok": price},
+            **extra,
+        }
+        for name, upstream, price, extra in [
+            ("embed_dear", "embed", 1e6, {}),  # $1 a token
+            ("embed_cheap_down", "embed_down", 1.0, {"fallbacks": ["embed_dear"]}),
+            ("embed_silent", "embed_silent", 1e6, {}),
+        ]
+    ]
+    unlimited = {"budget_usd": 1e9, "budget_window": "total"}
     data["keys"] = [
         {"name": "limited", "key_env": "EMB_LIMITED", "tokens_per_minute": 40},
         {"name": "chat_only", "key_env": "EMB_CHAT_ONLY", "models": ["normal"]},
+        {"name": "narrow", "key_env": "EMB_NARROW", "models": ["embed_cheap_down"], **unlimited},
+        {"name": "wide", "key_env": "EMB_WIDE", "models": ["embed_cheap_down", "embed_dear"], **unlimited},
+        {"name": "silent", "key_env": "EMB_SILENT", **unlimited},
     ]
     return settings_from_dict(data, ENV)
 
@@ -123,6 +155,39 @@ async def test_fallback_to_another_embedding_model(sdk: AsyncOpenAI, fake: FakeP
     # The LiteLLM path may be retried inside LiteLLM's OpenAI embedding handler first (it reads
     # max_retries=0 as its default); the relay's attempts are the gateway's alone.
     assert models[0] == "embed_down" and models[-1] == "embed" and set(models) == {"embed_down", "embed"}
+
+
+async def spend(server: ServerThread, key: str, model: str, at_least: float) -> float:
+    """The key's spend on ``model`` once it reaches ``at_least`` (bounded)."""
+    metrics = server.app.state.metrics
+    deadline = time.monotonic() + 5
+    while metrics.spend.get((key, model), 0.0) < at_least:
+        assert time.monotonic() < deadline, f"{key} was charged {metrics.spend.get((key, model))}, not {at_least}"
+        await asyncio.sleep(0.01)
+    return float(metrics.spend[(key, model)])
+
+
+async def test_fallbacks_stay_inside_the_allow_list_and_are_priced_as_answered(
+    embed_gateway: ServerThread, fake: FakeProvider
+) -> None:
+    body = {"model": "embed_cheap_down", "input": "fall back", "encoding_format": "float"}
+    async with httpx.AsyncClient(base_url=embed_gateway.base_url, timeout=10) as c:
+        narrow = await c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {NARROW}"})
+        assert narrow.status_code == 503, narrow.text  # its one fallback is a model this key may not use
+        assert {r.model for r in fake.requests} == {"embed_down"}
+        wide = await c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {WIDE}"})
+        assert wide.status_code == 200, wide.text
+    assert fake.requests[-1].model == "embed"
+    # Three tokens answered by the $1-a-token fallback, under the requested name: $3, not $0.000003.
+    assert await spend(embed_gateway, "wide", "embed_cheap_down", 3.0) == pytest.approx(3.0)
+
+
+async def test_an_answer_without_usage_is_charged_its_estimated_input(embed_gateway: ServerThread) -> None:
+    body = {"model": "embed_silent", "input": ["a sentence of some forty characters here"] * 4}
+    async with httpx.AsyncClient(base_url=embed_gateway.base_url, timeout=10) as c:
+        r = await c.post("/v1/embeddings", json=body, headers={"Authorization": f"Bearer {SILENT}"})
+        assert r.status_code == 200, r.text
+    assert await spend(embed_gateway, "silent", "embed_silent", 40.0) >= 40.0  # ~10 tokens an input at $1
 
 
 async def test_chat_model_and_embedding_model_on_the_wrong_route(sdk: AsyncOpenAI, fake: FakeProvider) -> None:

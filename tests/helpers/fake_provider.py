@@ -752,7 +752,9 @@ async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Se
         for vector in [fake_vector(x, dimensions)]
     ]
     tokens = sum(len(x) if isinstance(x, list) else 3 for x in items)
-    reply = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    reply: dict[str, Any] = {"object": "list", "data": data, "model": model}
+    if not b.no_usage:
+        reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     await provider._send_recorded(record, send, 200, _json_bytes(reply), [])
 
 
