@@ -150,7 +150,8 @@ class RedisBackend:
         self._breaker = breaker  # the Redis server's shared breaker (app/redis/breakers.py), if any
         self._scripts = {script: _sha1(script) for script in (ADMIT, SETTLE, COMPENSATE)}
         self._lease_ttl_s = lease_ttl_s
-        self._leases: dict[str, str] = {}  # lease id -> its sorted set, for the leases this replica holds
+        #: lease id -> its sorted set and its reservations' hash, for the leases this replica holds
+        self._leases: dict[str, tuple[str, str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
         # Calls whose last Redis call timed out: admissions to take back, settlements to send again.
@@ -210,12 +211,18 @@ class RedisBackend:
             if ask.lease_id:
                 self._unknown_admits.append(ask)  # it may still run once Redis answers again
             raise BackendUnavailable(type(exc).__name__) from exc
+        except asyncio.CancelledError:
+            # The caller left while the script was on its way: it may have run, and its lease would
+            # hold a stream slot until it lapsed. Taken back before the next admission, as above.
+            if ask.lease_id:
+                self._unknown_admits.append(ask)
+            raise
         except ReplyError as exc:
             raise BackendUnavailable(type(exc).__name__) from exc
         if reason == b"stale":  # only an id this replica gave up on is tombstoned; never a live call's
             raise BackendUnavailable("stale admission")
         if not reason and ask.lease_id:
-            self._leases[ask.lease_id] = keys[2]
+            self._leases[ask.lease_id] = (keys[2], keys[4])
             self._ensure_refresher()
         return Verdict(reason.decode() if reason else None, int(requests), int(tokens), float(spend))
 
@@ -287,7 +294,15 @@ class RedisBackend:
         while self._leases:
             await asyncio.sleep(self._lease_ttl_s / 3)
             expiry = repr(time.time() + self._lease_ttl_s)
-            commands = [("ZADD", leases, "XX", expiry, lease_id) for lease_id, leases in list(self._leases.items())]
+            held = list(self._leases.items())
+            commands: list[tuple[Any, ...]] = [
+                ("ZADD", leases, "XX", expiry, lease_id) for lease_id, (leases, _) in held
+            ]
+            # The keys themselves too: admission sets their TTL, and a key no call was admitted on
+            # for that long would vanish with its running calls' leases and reservations.
+            ttl = int(self._lease_ttl_s * 4) + 1
+            for key in {key for _, pair in held for key in pair}:
+                commands.append(("EXPIRE", key, ttl))
             with contextlib.suppress(OSError, TimeoutError):
                 if commands:
                     await self._redis.pipeline(commands)

@@ -5,16 +5,20 @@ test in test_keys_replicas.py reads a real process's log.)"""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 
 from app.config.settings import settings_from_dict
+from loadtests.processes import RedisProcess
 from tests.conftest import RedisServer, ServerThread
 from tests.helpers.fake_provider import FakeProvider
-from tests.helpers.keys_config import ENV, auth, keys_settings_dict
+from tests.helpers.keys_config import ENV, KEYS, auth, keys_settings_dict
 from tests.helpers.sse import chat_body
 
 CHAT = "/v1/chat/completions"
@@ -102,3 +106,33 @@ async def test_a_redis_that_stops_answering_costs_requests_the_timeout_only_once
             assert len(waited) <= 3, took
     finally:
         server.stop()
+
+
+async def test_a_websocket_request_left_during_its_admission_gives_its_slot_back(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """One stream a key; a socket closed while its request's admission was on its way to a stalled
+    Redis: the script runs once Redis answers, and its lease is taken back before the next admission
+    instead of holding the key's one slot until it lapses (30 s)."""
+    redis = RedisProcess(tmp_path).start()
+    sections = {"rate_limit": {"backend": "redis", "op_timeout_s": 2.0}, "redis": {"url": redis.url}}
+    server = ServerThread(settings_from_dict(keys_settings_dict(fake, **sections), ENV), environ=ENV).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+            assert (await c.post(CHAT, json=chat_body("normal"), headers=auth("conc"))).status_code == 200
+            redis.pause()
+            async with connect(server.ws_url, subprotocols=["chat.v1", f"bearer.{KEYS['conc']}"]) as ws:  # type: ignore[list-item]
+                frame = {"type": "chat.completion.create", "id": "a", "request": chat_body("normal")}
+                await ws.send(json.dumps(frame))
+                await asyncio.sleep(0.3)  # the admission is waiting on Redis; the socket goes
+            await asyncio.sleep(0.2)
+            redis.resume()
+            deadline = time.monotonic() + 5
+            while (r := await c.post(CHAT, json=chat_body("normal"), headers=auth("conc"))).status_code != 200:
+                assert r.status_code == 429, r.text
+                assert time.monotonic() < deadline, "the left request's lease still holds the key's one stream"
+                await asyncio.sleep(0.1)
+    finally:
+        server.stop()
+        redis.resume()
+        redis.stop()

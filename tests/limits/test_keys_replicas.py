@@ -89,6 +89,26 @@ def test_two_replicas_share_one_limit_exactly(replicas: Any) -> None:
     assert refused == attempts - SHARED_RPM
 
 
+def test_a_lease_outlives_its_keys_first_ttl_while_its_replica_lives(replicas: Any) -> None:
+    """Admission gives a key's lease set a TTL (4 x lease_ttl_s + 1 = 7 s here); with no admission for
+    longer than that, the refresher keeps the set alive with the running call's lease in it."""
+    pair, _ = replicas
+    holder, other = pair
+    headers = {"Authorization": f"Bearer {LEASE_KEY}"}
+    with httpx.Client(base_url=holder.base_url, timeout=20) as client:
+        with client.stream("POST", CHAT, json=chat_body("hang_after_headers", stream=True), headers=headers) as sse:
+            assert sse.status_code == 200
+            time.sleep(int(LEASE_TTL_S * 4) + 1 + 2)
+            refused = httpx.post(f"{other.base_url}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10)
+            assert refused.status_code == 429, "the running call's lease was gone: a second stream was admitted"
+    deadline = time.monotonic() + 10
+    while (
+        httpx.post(f"{other.base_url}{CHAT}", json=chat_body("normal"), headers=headers, timeout=10).status_code != 200
+    ):
+        assert time.monotonic() < deadline, "the closed stream's lease was never released"
+        time.sleep(0.1)
+
+
 def test_lease_of_a_killed_replica_lapses_after_its_ttl(replicas: Any) -> None:
     pair, redis = replicas
     holder, other = pair
