@@ -63,11 +63,17 @@ def estimate_tokens(request: ChatCompletionInput) -> int:
     return size // 4 + 1
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def output_cap(request: ChatCompletionInput) -> int:
-    """The output tokens a request allows itself (``max_completion_tokens`` / ``max_tokens``), 0 if none."""
+    """The output tokens a request allows itself, 0 if it names no cap: the larger of
+    ``max_completion_tokens`` and ``max_tokens`` (a provider may honour either), for each of its ``n``
+    choices."""
     body = request.body
-    cap = body.get("max_completion_tokens") or body.get("max_tokens")
-    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else 0
+    cap = max(_count(body.get("max_completion_tokens")), _count(body.get("max_tokens")))
+    return cap * max(1, _count(body.get("n")))
 
 
 class KeyRateLimited(RateLimited):

@@ -68,8 +68,13 @@ class MemoryBackend:
                 self._reserved_usd[bucket] = left if left > 1e-12 else 0.0
             if tokens:
                 self._reserved_tokens[bucket] -= tokens
-        if settlement.tokens and settlement.minute == self._minute:
-            self._tokens[bucket] += settlement.tokens
+        if settlement.tokens:
+            # A call that ends in a minute no admission has opened yet opens it: its tokens count
+            # there (as Redis's key for that minute does), not nowhere.
+            if settlement.minute > self._minute:
+                self._roll(settlement.minute)
+            if settlement.minute == self._minute:
+                self._tokens[bucket] += settlement.tokens
         if settlement.budget_window_id is not None and settlement.spend:
             key = (bucket, settlement.budget_window_id)
             self._spend[key] = self._spend.get(key, 0.0) + settlement.spend
