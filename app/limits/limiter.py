@@ -279,13 +279,17 @@ class Limiter:
         if not policy.limited:
             return
         now = self._clock()
-        charge_tokens = policy.tokens_per_minute and usage is not None and usage.completion_tokens
+        tokens = 0
+        if policy.tokens_per_minute and usage is not None:
+            # Output, and the input the provider counted beyond admission's estimate (images, a
+            # tokenizer unlike four bytes a token): the minute holds what the call really cost.
+            tokens = int(usage.completion_tokens) + max(0, int(usage.prompt_tokens) - admission.input_tokens)
         self._backend.settle(
             Settlement(
                 admission.caller.bucket,
                 lease_id=admission.lease_id,
                 minute=minute_of(now),
-                tokens=int(usage.completion_tokens) if charge_tokens and usage is not None else 0,
+                tokens=tokens,
                 budget_window_id=budget_window_id(policy.budget_window, now) if policy.budget_usd is not None else None,
                 spend=spend,
             )

@@ -32,6 +32,7 @@ KEYS = {
     "tooled": "sk-tooled-0123456789abcdef",
     "tooltpm": "sk-tooltpm-0123456789abcdef",
     "messenger": "sk-messenger-0123456789abcdef",
+    "bigprompt": "sk-bigprompt-0123456789abcdef",
 }
 ENV = {f"KEY_{name.upper()}": key for name, key in KEYS.items()}
 #: $1 a token in and out: a charge in USD reads as a token count.
@@ -48,6 +49,7 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
     fake.set_behaviour("metered", Behaviour(content=TOKENS, usage_delay_s=1.0))
     fake.set_behaviour("unmetered", Behaviour(content=TOKENS, no_usage=True))
     fake.set_behaviour("wordy", Behaviour(content=WORDY, usage_delay_s=1.0))
+    fake.set_behaviour("imagery", Behaviour(content=["ok"], usage=(900, 1)))  # input the estimate cannot see
     fake.set_behaviour("held", Behaviour(first_delay_s=1.0, content=["a", "b"], usage=(5, 2)))
     fake.set_behaviour("broken", Behaviour(kind="error", status=503, error_message="down"))
     fake.set_behaviour("premium", Behaviour(content=["p"] * 4, usage=(10, 4)))
@@ -63,6 +65,7 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         deployment("metered", DOLLAR_A_TOKEN),
         deployment("unmetered", DOLLAR_A_TOKEN),
         deployment("wordy", DOLLAR_A_TOKEN),
+        deployment("imagery", DOLLAR_A_TOKEN),
         deployment("held", DOLLAR_A_TOKEN),
         deployment("broken", {"input_cost_per_mtok": 0.01, "output_cost_per_mtok": 0.01}, fallbacks=["premium"]),
         deployment("premium", DOLLAR_A_TOKEN),
@@ -81,6 +84,7 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         key("wide", models=["broken", "premium"]),
         key("tooled"),
         key("messenger"),
+        {"name": "bigprompt", "key_env": "KEY_BIGPROMPT", "tokens_per_minute": 500},
         {"name": "tooltpm", "key_env": "KEY_TOOLTPM", "tokens_per_minute": 400, "models": ["held"]},
     ]
     return data
@@ -209,6 +213,19 @@ async def test_a_messages_stream_left_before_its_usage_is_charged_what_it_carrie
     charged_usd = await charge_of(charged, "messenger", "wordy", 10 * len(WORDY))
     assert 10 * len(WORDY) <= charged_usd < 10 * len(WORDY) + 50
     await in_flight_settles(charged, "messenger")
+
+
+async def test_the_providers_input_count_corrects_the_minutes_estimate(charged: ServerThread) -> None:
+    """500 tokens a minute; the provider counts 900 input tokens (images, say) where admission estimated
+    ~10: the minute holds the provider's count, so the next call waits for the next minute."""
+    if time.time() % 60 > 50:
+        await asyncio.sleep(61 - time.time() % 60)  # both calls in one clock minute
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        first = await c.post(CHAT, json=chat_body("imagery"), headers=auth("bigprompt"))
+        assert first.status_code == 200, first.text
+        await in_flight_settles(charged, "bigprompt")
+        second = await c.post(CHAT, json=chat_body("imagery"), headers=auth("bigprompt"))
+        assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limit_exceeded", second.text
 
 
 async def test_a_websocket_cancel_is_charged(charged: ServerThread) -> None:
