@@ -87,6 +87,8 @@ class ResponsesController(Controller):
         caller: NamedDependency[Caller],
     ) -> Response[Any]:
         if request.query_params.get("stream") in ("true", "1"):
+            # Whose it is first: an unknown or another key's response is a 404 whatever the position says.
+            record = await responses.owned(response_id, caller, stored_only=False)
             after = _query_int(request, "starting_after", None)
             last_event_id = header(request.scope, b"last-event-id")
             if after is None and last_event_id:
@@ -97,7 +99,6 @@ class ResponsesController(Controller):
                         param="Last-Event-ID",
                     )
                 after = int(seq)
-            record = await responses.owned(response_id, caller, stored_only=False)
             return await _replay(request, responses, settings, record, caller, -1 if after is None else after)
         record = await responses.owned(response_id, caller)
         return _json(record.response)

@@ -400,3 +400,11 @@ async def test_responses_background_without_store_is_refused(client: httpx.Async
         body = {"model": "normal", "input": "hi", "background": True, "store": False, "stream": stream}
         assert_error(await client.post(RESPONSES, json=body), 400, code="unsupported_parameter", param="store")
     assert fake.calls() == 0
+
+
+async def test_responses_resume_of_an_unknown_response_is_404_whatever_its_position(client: httpx.AsyncClient) -> None:
+    """Ownership before the position (as chat's resume): a malformed Last-Event-ID on a response that
+    is not the caller's says nothing about it."""
+    for headers in ({"Last-Event-ID": "garbage"}, {"Last-Event-ID": "resp_nope:3"}, {}):
+        r = await client.get(f"{RESPONSES}/resp_nope", params={"stream": "true"}, headers=headers)
+        assert_error(r, 404, code="response_not_found")
