@@ -374,6 +374,42 @@ async def test_websocket_events_carry_the_creates_stream_id(gw: GatewayProcess) 
         assert plain["type"] == "response.created" and "stream_id" not in plain
 
 
+async def test_websocket_generate_false_prepares_a_turn_without_a_provider_call(
+    gw: GatewayProcess, fake: FakeProvider
+) -> None:
+    """``generate: false`` (the Codex CLI's prewarm): a completed response with no output, no provider
+    call; the next turn names it as its previous response and gets its input."""
+    url = f"ws://127.0.0.1:{gw.port}/v1/responses"
+    auth = {"Authorization": f"Bearer {KEY_A}"}
+    calls = len(fake.requests)
+    async with ws_connect(url, additional_headers=auth, open_timeout=10) as ws:
+        await ws.send(
+            json.dumps(
+                {"type": "response.create", "model": "normal", "input": "one", "generate": False, "store": False}
+            )
+        )
+        events = []
+        while not events or events[-1]["type"] != "response.completed":
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        assert [e["type"] for e in events] == ["response.created", "response.in_progress", "response.completed"]
+        prepared = events[-1]["response"]
+        assert prepared["output"] == [] and prepared["status"] == "completed"
+        valid_response(prepared)
+        assert len(fake.requests) == calls
+        await ws.send(
+            json.dumps(
+                {"type": "response.create", "model": "normal", "input": "two", "previous_response_id": prepared["id"]}
+            )
+        )
+        while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "response.completed":
+            pass
+        assert event["response"]["output"][0]["content"][0]["text"] == HELLO
+        await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "x", "generate": "no"}))
+        refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert refused["type"] == "error" and refused["error"]["param"] == "generate"
+    assert [m["content"] for m in fake.requests[-1].body["messages"]] == ["one", "two"]
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ chat frames are (``app/core/push.py``), else queued in order; a client that cann
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -223,7 +224,10 @@ class ResponsesSocketSession:
                 raise InvalidRequest(
                     "A response is already running on this socket: one at a time.", code="response_in_progress"
                 )
-            body = {k: v for k, v in frame.items() if k not in ("type", "stream", "stream_id")}
+            generate = frame.get("generate", True)
+            if not isinstance(generate, bool):
+                raise InvalidRequest("`generate` must be a boolean.", param="generate")
+            body = {k: v for k, v in frame.items() if k not in ("type", "stream", "stream_id", "generate")}
             create, _ = validate_create(body)
             if create.background:
                 raise InvalidRequest(
@@ -232,7 +236,40 @@ class ResponsesSocketSession:
         except GatewayError as exc:
             self._send_now(error_event(exc, tag))
             return
-        self.running = asyncio.get_running_loop().create_task(self._respond(create, tag), name="responses-ws")
+        work = self._respond(create, tag) if generate else self._prepare_only(create, tag)
+        self.running = asyncio.get_running_loop().create_task(work, name="responses-ws")
+
+    async def _prepare_only(self, create: Any, tag: bytes) -> None:
+        """``generate: false`` (a client preparing its next turn, as the Codex CLI's prewarm does): the
+        response is made of the input alone, no provider is called and nothing is charged; its id
+        serves as ``previous_response_id`` for the turn that follows."""
+        try:
+            prepared = await self.service.prepare(create, self.caller, self.memory)
+            run = ResponseRun(self.service, prepared, self.caller.scope)
+            events = run.events.start() + run.events.finish(None)
+            snapshot = run.events.snapshot()
+            if create.store is not False:
+                await self.service.save(run.record(snapshot))
+            self._remember(run, snapshot)
+            self._send_all([tagged(data, tag) for _kind, _seq, data in events])
+        except GatewayError as exc:
+            await self.send(error_event(exc, tag))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error("responses_ws_failed", exc_info=exc)
+            await self.send(error_event(public_error(exc, production=self.settings.production), tag))
+
+    def _remember(self, run: ResponseRun, snapshot: dict[str, Any]) -> None:
+        self.memory = {
+            run.id: StoredResponse(
+                id=run.id,
+                owner=self.caller.scope,
+                response=snapshot,
+                input=run.prepared.conversation,
+                previous_response_id=None,
+            )
+        }
 
     async def _respond(self, create: Any, tag: bytes = b"") -> None:
         started = time.perf_counter()
@@ -261,16 +298,13 @@ class ResponsesSocketSession:
             logger.error("responses_ws_failed", exc_info=exc)
             await self.send(error_event(public_error(exc, production=self.settings.production), tag))
         if run is not None and run.events.ended:
-            snapshot = run.events.snapshot()
-            self.memory = {
-                run.id: StoredResponse(
-                    id=run.id,
-                    owner=self.caller.scope,
-                    response=snapshot,
-                    input=run.prepared.conversation,
-                    previous_response_id=None,
-                )
-            }
+            self._remember(run, run.events.snapshot())
+
+    def _send_all(self, frames: list[bytes]) -> None:
+        if self._closed or self._outbox.closing:
+            return
+        with contextlib.suppress(SlowConsumer):
+            self._outbox.send_all(frames)
 
     async def send(self, data: bytes) -> bool:
         """One frame (written or queued at once); False when the socket can no longer take it."""
