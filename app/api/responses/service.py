@@ -409,6 +409,8 @@ class ResponsesService:
     async def save(self, record: StoredResponse) -> None:
         if record.stored:
             self._remember(record)
+        elif record.stream_id is None:
+            return  # unstored and no stream to resume: nothing could ever read it
         ttl = self.settings.responses.store_ttl_s if record.stored else self.settings.streaming.resume_ttl_s
         try:
             await self.store.put(record, ttl)

@@ -57,53 +57,81 @@ class ResponseStore(Protocol):
 
 
 class MemoryResponseStore:
+    """Records in this process, oldest dropped first past ``budget_bytes``. Records kept only so
+    that their streams can be resumed (``store: false``) have a budget of their own, a quarter of
+    that: a client that streams every turn unstored (the Codex CLI, each turn carrying the whole
+    conversation) evicts its own kind, never another key's stored responses."""
+
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
-        self.bytes = 0
-        self._records: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._kinds = {True: _Fifo(budget_bytes), False: _Fifo(max(1, budget_bytes // 4))}
+
+    @property
+    def bytes(self) -> int:
+        return sum(kind.bytes for kind in self._kinds.values())
 
     def __len__(self) -> int:
-        return len(self._records)
+        return sum(len(kind.records) for kind in self._kinds.values())
 
     async def get(self, response_id: str) -> StoredResponse | None:
-        entry = self._records.get(response_id)
-        if entry is None:
-            return None
-        if entry[0] <= time.monotonic():
-            self._drop(response_id)
-            return None
-        return _decode(entry[1])
+        for kind in self._kinds.values():
+            data = kind.get(response_id)
+            if data is not None:
+                return _decode(data)
+        return None
 
     async def get_many(self, response_ids: list[str]) -> list[StoredResponse | None]:
         return [await self.get(response_id) for response_id in response_ids]
 
     async def put(self, record: StoredResponse, ttl_s: float) -> None:
         data = _encode(record)
-        self._drop(record.id)
-        if len(data) > self.budget:
-            return  # larger than the whole store: never kept (a GET is then a 404, as after expiry)
-        self._records[record.id] = (time.monotonic() + ttl_s, data)
-        self.bytes += len(data)
-        while self.bytes > self.budget:
-            oldest = next(iter(self._records))
-            self._drop(oldest)
-
-    def _drop(self, response_id: str) -> None:
-        entry = self._records.pop(response_id, None)
-        if entry is not None:
-            self.bytes -= len(entry[1])
+        for kind in self._kinds.values():
+            kind.drop(record.id)
+        self._kinds[record.stored].put(record.id, data, ttl_s)
 
     async def delete(self, response_id: str) -> bool:
-        found = response_id in self._records
-        self._drop(response_id)
-        return found
+        return any([kind.drop(response_id) for kind in self._kinds.values()])
 
     async def health(self) -> bool:
         return True
 
     async def close(self) -> None:
-        self._records.clear()
+        for kind in self._kinds.values():
+            kind.records.clear()
+            kind.bytes = 0
+
+
+class _Fifo:
+    """Encoded records by id with their expiry, the oldest dropped first past ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
         self.bytes = 0
+        self.records: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def get(self, response_id: str) -> bytes | None:
+        entry = self.records.get(response_id)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self.drop(response_id)
+            return None
+        return entry[1]
+
+    def put(self, response_id: str, data: bytes, ttl_s: float) -> None:
+        if len(data) > self.budget:
+            return  # larger than the whole store: never kept (a GET is then a 404, as after expiry)
+        self.records[response_id] = (time.monotonic() + ttl_s, data)
+        self.bytes += len(data)
+        while self.bytes > self.budget:
+            self.drop(next(iter(self.records)))
+
+    def drop(self, response_id: str) -> bool:
+        entry = self.records.pop(response_id, None)
+        if entry is None:
+            return False
+        self.bytes -= len(entry[1])
+        return True
 
 
 class RedisResponseStore:
