@@ -58,8 +58,9 @@ def test_a_stream_left_while_its_record_is_saved_gives_its_slot_back(
 ) -> None:
     redis = RedisProcess(tmp_path).start()
     extra = f'{ONE_STREAM}[redis]\nurl = "{redis.url}"\n\n[responses]\nstore = "redis"\n\n'
-    gateway = start_gateway(tmp_path, fake_provider, extra=extra, name="stalled-store")
+    gateway: GatewayProcess | None = None
     try:
+        gateway = start_gateway(tmp_path, fake_provider, extra=extra, name="stalled-store")
         redis.pause()  # the in-progress record's save now waits out the store's 1 s bound
         with client(gateway, timeout=0.3) as http, pytest.raises(httpx.TimeoutException):
             http.post("/v1/responses", json={"model": "normal", "input": "leaving", "stream": True})
@@ -70,5 +71,6 @@ def test_a_stream_left_while_its_record_is_saved_gives_its_slot_back(
         assert sse_events(again.text)[-1][2]["type"] == "response.completed"
     finally:
         redis.resume()
-        gateway.stop()
+        if gateway is not None:
+            gateway.stop()
         redis.stop()

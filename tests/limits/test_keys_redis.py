@@ -116,8 +116,9 @@ async def test_a_websocket_request_left_during_its_admission_gives_its_slot_back
     instead of holding the key's one slot until it lapses (30 s)."""
     redis = RedisProcess(tmp_path).start()
     sections = {"rate_limit": {"backend": "redis", "op_timeout_s": 2.0}, "redis": {"url": redis.url}}
-    server = ServerThread(settings_from_dict(keys_settings_dict(fake, **sections), ENV), environ=ENV).start()
+    server: ServerThread | None = None
     try:
+        server = ServerThread(settings_from_dict(keys_settings_dict(fake, **sections), ENV), environ=ENV).start()
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
             assert (await c.post(CHAT, json=chat_body("normal"), headers=auth("conc"))).status_code == 200
             redis.pause()
@@ -133,6 +134,7 @@ async def test_a_websocket_request_left_during_its_admission_gives_its_slot_back
                 assert time.monotonic() < deadline, "the left request's lease still holds the key's one stream"
                 await asyncio.sleep(0.1)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         redis.resume()
         redis.stop()
