@@ -132,7 +132,8 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
     anthropic: NativeRequest | None = None
     #: The same request without what only Anthropic takes, for a deployment that is not Anthropic's
     #: (a fallback of an Anthropic model); set by the Messages route only when such a fallback exists.
-    portable: ChatCompletionInput | None = None
+    #: An error instead: the request holds what no other provider takes (a PDF), refused there.
+    portable: ChatCompletionInput | InvalidRequest | None = None
 
     @property
     def model(self) -> str:
@@ -209,13 +210,13 @@ _SPARSE_ESCAPES = 64
 def _without_escapes(data: bytes) -> bytes:
     """``data`` with its escapes taken out, so that every quote left opens or closes a string.
 
-    Two ways, the same result, each the cheaper where it is used. A real body's escapes are sparse
-    (Claude Code's 115 KB: ~1,500 backslashes): one pass of the regular expression costs it 150-260 us
-    where ``bytes.replace``'s two passes cost 400 (a two-byte pattern is searched at ~2-3 ns a byte
-    whatever it finds). A body dense with escapes is the reverse: at ~70 ns a match, 1 MB of ``\\n``
-    costs the regular expression 74 ms and the passes 3. They cost alike at about one backslash in 64
-    bytes. The passes take out ``\\\\`` pairs first, then ``\\"``: no other escape holds a quote or
-    a bracket.
+    Two ways, the same result, each the cheaper where it is used. ``bytes.replace`` searches a
+    two-byte pattern a byte at a time over the whole body, whatever it finds, so a body with few
+    escapes (any real one: prose and schemas) goes faster through one pass of the regular
+    expression, which jumps from backslash to backslash; but the expression pays per match, so a
+    body dense with escapes (a hostile one) goes through the replace passes, whose cost is the
+    body's length. The threshold between them, and the figures, are in ``loadtests/README.md``. The
+    passes take out ``\\\\`` pairs first, then ``\\"``: no other escape holds a quote or a bracket.
     """
     if data.count(b"\\") * _SPARSE_ESCAPES < len(data):
         return _ESCAPE.sub(b"", data)

@@ -10,10 +10,14 @@ import msgspec
 
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion
+from app.domain.errors import InvalidRequest
 from app.providers.base import Provider
 from app.providers.content_urls import NO_URLS, UrlPolicy
 from app.providers.demo import DemoProvider
 from app.providers.relay import Relay
+
+#: The W3C trace context headers a request's provider call carries.
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 class RoutingProvider:
@@ -60,9 +64,14 @@ class RoutingProvider:
         # A Messages request on an Anthropic model carries Anthropic's controls (thinking, cache
         # marks, context_management, ...); a fallback to another provider gets it without them,
         # which that provider would refuse.
-        if request.portable is not None and deployment not in self._anthropic_ids:
-            return msgspec.structs.replace(request.portable, trace_headers=request.trace_headers)
-        return request
+        portable = request.portable
+        if portable is None or deployment in self._anthropic_ids:
+            return request
+        if isinstance(portable, InvalidRequest):
+            raise portable
+        # The trace context only: the rest of the original's headers are Anthropic's (anthropic-beta).
+        trace = {k: v for k, v in (request.trace_headers or {}).items() if k in _TRACE_HEADERS}
+        return msgspec.structs.replace(portable, trace_headers=trace or None)
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
         request = self._for(request, deployment)

@@ -34,6 +34,7 @@ from app.api.messages.tokens import count_input_tokens
 from app.api.status_window import client_gone, open_window
 from app.config.settings import Settings
 from app.core.context import context_of
+from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk
 from app.domain.errors import GatewayError, InvalidRequest, ModelNotAllowed, PayloadTooLarge, public_error
 from app.domain.events import CLIENT_DISCONNECTED
@@ -181,9 +182,12 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     streaming = wants_stream(parsed.stream, header(request.scope, b"accept"))
     reasoning = _reasons(request, parsed.model)
     chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
-    portable = None
+    portable: ChatCompletionInput | InvalidRequest | None = None
     if passthrough and falls_back_elsewhere(settings, parsed.model):
-        portable = to_chat_input(to_chat_body(parsed, body, passthrough=False, stream=streaming))
+        try:
+            portable = to_chat_input(to_chat_body(parsed, body, passthrough=False, stream=streaming))
+        except InvalidRequest as exc:
+            portable = exc  # content only Anthropic takes (a PDF): refused if such a fallback is reached
     chat_input = to_chat_input(
         chat_body,
         _forwarded(request) if passthrough else None,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from anthropic import AsyncAnthropic
 
-from app.api.messages.request import IMAGES_FOLLOW
+from app.api.messages.request import IMAGES_FOLLOW, IMAGES_OF
 from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
 from tests.helpers.fake_provider import TOOL_NAME, FakeProvider
@@ -218,10 +218,17 @@ async def test_a_tool_results_images_follow_it_in_a_user_message(sdk: AsyncAnthr
         ],
     )
     sent = fake.requests[-1].body["messages"]
-    assert sent[2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "a.png:"}
+    assert sent[2] == {"role": "tool", "tool_call_id": "toolu_1", "content": f"a.png:\n{IMAGES_FOLLOW}"}
     assert sent[3] == {"role": "tool", "tool_call_id": "toolu_2", "content": IMAGES_FOLLOW}
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    assert sent[4] == {"role": "user", "content": [image, image, {"type": "text", "text": "What is it?"}]}
+
+    def of(call: str) -> dict[str, str]:
+        return {"type": "text", "text": f"{IMAGES_OF} {call}:"}
+
+    assert sent[4] == {
+        "role": "user",
+        "content": [of("toolu_1"), image, of("toolu_2"), image, {"type": "text", "text": "What is it?"}],
+    }
     assert len(sent) == 5
 
 

@@ -74,6 +74,7 @@ def anthropic_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iter
         deployment("claude-overloaded", OVERLOADED_MODEL),
         deployment("claude-busy", OVERLOADED_MODEL, fallbacks=[NATIVE]),
         deployment("claude-busy-elsewhere", OVERLOADED_MODEL, fallbacks=["normal"]),  # an OpenAI-wire fallback
+        deployment("claude-falls-elsewhere", "claude-sonnet-4-5", fallbacks=["normal"]),  # answers itself
         deployment("claude-error-first", ERROR_FIRST_MODEL),
         deployment("claude-midstream", ERROR_MIDSTREAM_MODEL),
         deployment("claude-slow", SLOW_MODEL),
@@ -314,6 +315,21 @@ async def test_a_fallback_to_another_provider_gets_no_anthropic_controls(
     assert "cache_control" not in json.dumps(sent) and "earlier thought" not in json.dumps(sent)
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
     assert [t["function"]["name"] for t in sent["tools"]] == ["Bash"]
+    assert "anthropic-beta" not in fake_provider.requests[-1].headers  # Anthropic's header stays with it
+
+
+async def test_a_pdf_goes_to_anthropic_and_is_refused_only_by_a_fallback_that_cannot_take_it(
+    sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, fake_provider: Any
+) -> None:
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}}
+    messages = [{"role": "user", "content": [pdf, {"type": "text", "text": "sum it up"}]}]
+    message = await sdk.messages.create(model="claude-falls-elsewhere", max_tokens=10, messages=messages)
+    assert message.content[-1].text == TEXT  # type: ignore[union-attr]
+    calls = len(fake_provider.requests)
+    with pytest.raises(anthropic.BadRequestError) as refused:  # Anthropic overloaded; the fallback takes no PDF
+        await sdk.messages.create(model="claude-busy-elsewhere", max_tokens=10, messages=messages)
+    assert "only text documents" in str(refused.value)
+    assert len(fake_provider.requests) == calls
 
 
 @pytest.mark.parametrize("model", [NATIVE, LITELLM])

@@ -164,8 +164,10 @@ def _tool_result_content(block: ToolResultBlock, where: str, passthrough: bool) 
     return parts
 
 
-#: A tool's result whose only content was images, as the tool message's text (the images follow it).
-IMAGES_FOLLOW: Final = "(the result is the image in the next message)"
+#: The tool message's note when its result had images (they follow, in the next user message), and
+#: the line before each tool's images there.
+IMAGES_FOLLOW: Final = "(the result's images are in the next message)"
+IMAGES_OF: Final = "Images returned by tool call"
 
 
 def _user_messages(blocks: list[Block], where: str, passthrough: bool) -> list[dict[str, Any]]:
@@ -178,9 +180,12 @@ def _user_messages(blocks: list[Block], where: str, passthrough: bool) -> list[d
             content = _tool_result_content(block, at, passthrough)
             if not passthrough and isinstance(content, list):
                 # OpenAI's tool messages take text only (an image part is a 400): the text stays in
-                # the tool message and the images go to the user message that follows the results.
-                images += [p for p in content if p["type"] != "text"]
-                text = "\n".join(p["text"] for p in content if p["type"] == "text") or IMAGES_FOLLOW
+                # the tool message and the images go to the user message that follows the results,
+                # each tool's under a line naming its call.
+                shown = [p for p in content if p["type"] != "text"]
+                images += [{"type": "text", "text": f"{IMAGES_OF} {block.tool_use_id}:"}, *shown]
+                text = "\n".join(p["text"] for p in content if p["type"] == "text")
+                text = f"{text}\n{IMAGES_FOLLOW}" if text else IMAGES_FOLLOW
                 content = f"Error: {text}" if block.is_error else text
             tools.append(_cached({"role": "tool", "tool_call_id": block.tool_use_id, "content": content}, block, False))
         elif isinstance(block, TextBlock | ImageBlock | DocumentBlock):
@@ -365,7 +370,7 @@ def to_chat_input(
     body: dict[str, Any],
     trace_headers: dict[str, str] | None = None,
     anthropic: NativeRequest | None = None,
-    portable: ChatCompletionInput | None = None,
+    portable: ChatCompletionInput | InvalidRequest | None = None,
 ) -> ChatCompletionInput:
     """The translated body as the chat pipeline's request (it was built by us, from checked values);
     ``anthropic``: the request as it came, for an Anthropic deployment that takes it so;
