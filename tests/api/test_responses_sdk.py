@@ -407,6 +407,10 @@ async def test_websocket_generate_false_prepares_a_turn_without_a_provider_call(
         await ws.send(json.dumps({"type": "response.create", "model": "normal", "input": "x", "generate": "no"}))
         refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert refused["type"] == "error" and refused["error"]["param"] == "generate"
+        # Admitted as any request: an unknown model is the contract's 404, prepared or not.
+        await ws.send(json.dumps({"type": "response.create", "model": "nope", "input": "x", "generate": False}))
+        unknown = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert unknown["type"] == "error" and unknown["error"]["code"] == "model_not_found"
     assert [m["content"] for m in fake.requests[-1].body["messages"]] == ["one", "two"]
 
 

@@ -34,7 +34,7 @@ from app.api.responses.events import Event
 from app.api.responses.request import validate_create
 from app.api.responses.service import ResponseRun, ResponsesService
 from app.api.responses.store import StoredResponse
-from app.api.responses.wire import CREATE_FRAME
+from app.api.responses.wire import CREATE_FRAME, ResponsesCreate
 from app.api.socket_receive import receive_frames
 from app.config.settings import Settings
 from app.core.drain import Drain
@@ -239,12 +239,17 @@ class ResponsesSocketSession:
         work = self._respond(create, tag) if generate else self._prepare_only(create, tag)
         self.running = asyncio.get_running_loop().create_task(work, name="responses-ws")
 
-    async def _prepare_only(self, create: Any, tag: bytes) -> None:
+    async def _prepare_only(self, create: ResponsesCreate, tag: bytes) -> None:
         """``generate: false`` (a client preparing its next turn, as the Codex CLI's prewarm does): the
         response is made of the input alone, no provider is called and nothing is charged; its id
         serves as ``previous_response_id`` for the turn that follows."""
         try:
             prepared = await self.service.prepare(create, self.caller, self.memory)
+            # Admitted as any request (the model known and allowed, counted against the key's
+            # requests a minute), then settled at once: it holds nothing and costs nothing.
+            admission = await self.service.chat.admit(prepared.chat, self.caller)
+            if admission is not None:
+                admission.settle(prepared.chat.model, None)
             run = ResponseRun(self.service, prepared, self.caller.scope)
             events = run.events.start() + run.events.finish(None)
             snapshot = run.events.snapshot()
