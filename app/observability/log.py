@@ -116,8 +116,8 @@ def configure_supervisor_logging(level: str) -> None:
     """Logging for the parent of several workers (uvicorn's supervisor), which serves no request.
 
     Its records ("Child process [N] died", "Received SIGTERM, exiting.") come out as JSON lines like
-    the workers' (without a root handler they printed as bare text through Python's last resort),
-    and at the configured level rather than warning: a worker's death and its replacement are rare
+    the workers' (without a root handler of its own, Python's last-resort handler prints them as
+    bare text), and at the configured level rather than warning: a worker's death and its replacement are rare
     and what an operator of this process wants in the log. Called after uvicorn's Config is built,
     which sets its loggers to the level it was given; the workers set theirs again.
     """

@@ -70,7 +70,8 @@ def test_a_stream_left_while_its_record_is_saved_gives_its_slot_back(
         assert again.status_code == 200, again.text
         assert sse_events(again.text)[-1][2]["type"] == "response.completed"
     finally:
-        redis.resume()
-        if gateway is not None:
-            gateway.stop()
-        redis.stop()
+        try:
+            if gateway is not None:
+                gateway.stop()
+        finally:
+            redis.stop()  # resumes a paused server first

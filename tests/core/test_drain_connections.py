@@ -92,6 +92,7 @@ def _refused(port: int) -> bool:
 
 def test_drain_answers_kept_alive_and_pipelined_requests(tmp_path: Path, short_fake: FakeProvider) -> None:
     gateway = drain_gateway(tmp_path, short_fake, drain_s=10, delay_s=DELAY_S)
+    opened: list[socket.socket] = []
     try:
         gateway.wait_ready(90)
         idle = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
@@ -100,6 +101,7 @@ def test_drain_answers_kept_alive_and_pipelined_requests(tmp_path: Path, short_f
         assert first.startswith(b"HTTP/1.1 200"), first
         assert b"connection: close" not in first.lower()
         anthropic = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)  # another, for /v1/messages
+        opened.append(anthropic)
         anthropic.sendall(GET_LIVE)
         assert _read_until(anthropic, b"}", 5).startswith(b"HTTP/1.1 200")
 
@@ -142,4 +144,6 @@ def test_drain_answers_kept_alive_and_pipelined_requests(tmp_path: Path, short_f
         piped.close()
         assert gateway.child.proc.wait(15) == 0, gateway.child.log.read_text()[-2000:]
     finally:
+        for sock in opened:
+            sock.close()
         gateway.stop()

@@ -223,10 +223,11 @@ async def test_streams_active_counts_streams_on_both_workers(
 @pytest.mark.timeout(180)
 def test_a_dead_worker_is_replaced_and_the_parent_says_so_in_a_json_line(tmp_path: Path) -> None:
     upstream = UpstreamProcess(tmp_path, max_seconds=170, extra=["--first-ms", "5", "--chunks", "3", "--gap-ms", "1"])
-    upstream.wait_ready()
-    config = deployments_toml({"fast": "fast"}, upstream.base_url)
-    gateway = GatewayProcess(tmp_path, config, {"CHAT_SERVER__WORKERS": "2", "CHAT_SERVER__LOG_LEVEL": "info"})
+    gateway: GatewayProcess | None = None
     try:
+        upstream.wait_ready()
+        config = deployments_toml({"fast": "fast"}, upstream.base_url)
+        gateway = GatewayProcess(tmp_path, config, {"CHAT_SERVER__WORKERS": "2", "CHAT_SERVER__LOG_LEVEL": "info"})
         gateway.wait_ready(timeout=90)
 
         deadline = time.monotonic() + 30
@@ -267,5 +268,8 @@ def test_a_dead_worker_is_replaced_and_the_parent_says_so_in_a_json_line(tmp_pat
         status, _ = http_get(gateway.base_url + "/v1/models")
         assert status == 200
     finally:
-        gateway.stop()
-        upstream.stop()
+        try:
+            if gateway is not None:
+                gateway.stop()
+        finally:
+            upstream.stop()

@@ -288,8 +288,8 @@ class MessageEvents:
                 self._read_delta(choice.delta, out)
         if chunk.tokens:
             # The chunk's estimated tokens ride on the first event with content made of it: the
-            # stream counts its output from its events (what a call whose usage never arrives is
-            # charged), and without them each event counted one token, whatever it carried.
+            # stream counts its output from its events, and that count is what a call whose usage
+            # never arrives is charged.
             for i in range(start, len(out)):
                 event = out[i]
                 if isinstance(event, Chunk) and event.has_content:
