@@ -21,7 +21,7 @@ from app.config.settings import DeploymentSettings, Settings
 from app.core.drain import Drain
 from app.core.observers import FanOut, StreamObserver
 from app.core.stream import ChatStream
-from app.domain.chat_request import ChatCompletionInput
+from app.domain.chat_request import ChatCompletionInput, ChatRequest, Message
 from app.domain.chunks import Chunk, Completion, Usage
 from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported
 from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, NO_GUARD, UPSTREAM_ERROR, Deadlines
@@ -128,6 +128,19 @@ class ChatService:
         if self._embedding_names is not None and model in self._embedding_names():
             raise ModelNotSupported(f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
         return model
+
+    async def admit_unbilled(self, model: str, caller: Caller) -> None:
+        """A request that asks nothing of a provider (a prepared Responses turn): the model known
+        (404) and allowed for the key (403), counted against its requests a minute and its other
+        limits (429) as a request of an empty message, then settled at once: nothing held, nothing
+        charged, and no input of its own counted against its tokens a minute."""
+        stand_in = ChatCompletionInput(
+            request=ChatRequest(model=model, messages=[Message(role="user", content="")]),
+            body={"model": model, "messages": [{"role": "user", "content": ""}]},
+        )
+        admission = await self.admit(stand_in, caller)
+        if admission is not None:
+            admission.settle(model, None)
 
     async def admit(self, request: ChatCompletionInput, caller: Caller) -> Admission | None:
         """Whether ``caller`` may make this request now: model known (404), allowed for the key (403),

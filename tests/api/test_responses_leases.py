@@ -4,6 +4,8 @@ it, and a stream whose client left while its record was being saved to a stalled
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect as ws_connect
 
 from loadtests.processes import GatewayProcess, RedisProcess
 from tests.helpers.fake_provider import FakeProvider
 from tests.helpers.responses_support import KEY_A, sse_events, start_gateway
 
-ONE_STREAM = "[rate_limit]\nconcurrent_streams = 1\n\n"
+ONE_STREAM = "[rate_limit]\nconcurrent_streams = 1\ntokens_per_minute = 300\n\n"
 
 
 def client(gateway: GatewayProcess, timeout: float = 15) -> httpx.Client:
@@ -49,6 +52,23 @@ def test_a_streamed_background_response_takes_one_slot(one_stream: GatewayProces
         assert sse_events(r.text)[-1][2]["type"] == "response.completed"
         rid = r.headers["x-response-id"]
         assert http.get(f"/v1/responses/{rid}").json()["status"] == "completed"
+    again = admitted_again(one_stream, 5)
+    assert again.status_code == 200, again.text
+
+
+async def test_a_prepared_turn_counts_as_a_request_not_as_tokens(one_stream: GatewayProcess) -> None:
+    """``generate: false`` over the WebSocket: admitted (the model known, the key's requests counted)
+    but its input, which no provider reads, is not counted against the key's 300 tokens a minute."""
+    url = f"ws://127.0.0.1:{one_stream.port}/v1/responses"
+    async with ws_connect(url, additional_headers={"Authorization": f"Bearer {KEY_A}"}, open_timeout=10) as ws:
+        long_input = "word " * 400  # ~500 tokens at four bytes a token, over the minute's 300
+        await ws.send(
+            json.dumps({"type": "response.create", "model": "normal", "input": long_input, "generate": False})
+        )
+        event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        while event["type"] not in ("response.completed", "error"):
+            event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert event["type"] == "response.completed", event
     again = admitted_again(one_stream, 5)
     assert again.status_code == 200, again.text
 

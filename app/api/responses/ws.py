@@ -245,11 +245,9 @@ class ResponsesSocketSession:
         serves as ``previous_response_id`` for the turn that follows."""
         try:
             prepared = await self.service.prepare(create, self.caller, self.memory)
-            # Admitted as any request (the model known and allowed, counted against the key's
-            # requests a minute), then settled at once: it holds nothing and costs nothing.
-            admission = await self.service.chat.admit(prepared.chat, self.caller)
-            if admission is not None:
-                admission.settle(prepared.chat.model, None)
+            # The model known and allowed, and counted against the key's requests a minute; its
+            # input is not counted against the key's tokens (no provider reads it).
+            await self.service.chat.admit_unbilled(prepared.chat.model, self.caller)
             run = ResponseRun(self.service, prepared, self.caller.scope)
             events = run.events.start() + run.events.finish(None)
             snapshot = run.events.snapshot()
