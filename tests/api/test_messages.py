@@ -232,6 +232,28 @@ async def test_a_tool_results_images_follow_it_in_a_user_message(sdk: AsyncAnthr
     assert len(sent) == 5
 
 
+async def test_a_turn_that_only_thought_keeps_its_place_with_empty_text(
+    sdk: AsyncAnthropic, fake: FakeProvider
+) -> None:
+    """Its thinking is Anthropic's only; OpenAI refuses an assistant message with neither content nor
+    tool calls, so the turn goes as an empty text (turns still alternate)."""
+    await sdk.messages.create(
+        model="normal",
+        max_tokens=10,
+        messages=[
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"}]},
+            {"role": "user", "content": "again"},
+        ],
+    )
+    sent = fake.requests[-1].body["messages"]
+    assert sent == [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "again"},
+    ]
+
+
 async def test_count_tokens_makes_no_provider_call(sdk: AsyncAnthropic, fake: FakeProvider) -> None:
     counted = await sdk.messages.count_tokens(
         model="normal", messages=[{"role": "user", "content": "hello there, how are you?"}], tools=[WEATHER]

@@ -227,8 +227,13 @@ def _assistant_message(blocks: list[Block], where: str, passthrough: bool) -> di
     message: dict[str, Any] = {"role": "assistant"}
     if passthrough and any("cache_control" in t for t in texts):
         message["content"] = texts
+    elif texts:
+        message["content"] = "".join(t["text"] for t in texts)
     else:
-        message["content"] = "".join(t["text"] for t in texts) if texts else None
+        # No text: None beside tool calls (OpenAI's shape); alone (a turn that only thought, whose
+        # thinking other providers do not get) an empty text, as OpenAI refuses an assistant message
+        # with neither content nor calls, and dropping the turn would put two user turns together.
+        message["content"] = None if calls or thinking else ""
     if calls:
         message["tool_calls"] = calls
     if thinking:
