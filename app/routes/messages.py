@@ -40,6 +40,7 @@ from app.domain.errors import GatewayError, InvalidRequest, ModelNotAllowed, Pay
 from app.domain.events import CLIENT_DISCONNECTED
 from app.domain.ids import random_hex
 from app.limits.limiter import estimate_tokens
+from app.providers.anthropic_target import is_anthropic
 from app.providers.resilient import Trail
 from app.routes.chat import ChatContext, check_content_type
 from app.transport.disconnect import ClientGone, DisconnectWatch
@@ -98,13 +99,13 @@ def anthropic_error_response(request: Request[Any, Any, Any], exc: Exception) ->
 def passthrough_for(settings: Settings, model: str) -> bool:
     """Whether every deployment of ``model`` is an Anthropic one (then Anthropic's controls go on)."""
     group = settings.group(model)
-    return bool(group) and all(dep.litellm_model.startswith("anthropic/") for dep in group)
+    return bool(group) and all(is_anthropic(dep.litellm_model) for dep in group)
 
 
 def falls_back_elsewhere(settings: Settings, model: str) -> bool:
     """Whether one of ``model``'s fallbacks has a deployment that is not Anthropic's."""
     fallbacks = {name for dep in settings.group(model) for name in dep.fallbacks}
-    return any(not dep.litellm_model.startswith("anthropic/") for name in fallbacks for dep in settings.group(name))
+    return any(not is_anthropic(dep.litellm_model) for name in fallbacks for dep in settings.group(name))
 
 
 def _forwarded(request: Request[Any, Any, Any]) -> dict[str, str] | None:

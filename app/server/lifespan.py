@@ -59,7 +59,7 @@ def build_services(
     # Imported here so that importing the app (and --help, and config errors) never pays for LiteLLM.
     from app.embeddings.upstream import EmbeddingsUpstream
     from app.providers.anthropic_relay import AnthropicRelay
-    from app.providers.anthropic_target import resolve_anthropic_target
+    from app.providers.anthropic_target import is_anthropic, resolve_anthropic_target
     from app.providers.content_urls import OPENAI_WIRE as OPENAI_WIRE_URLS
     from app.providers.content_urls import policy_for
     from app.providers.demo import DemoProvider, is_demo
@@ -95,7 +95,7 @@ def build_services(
         for d in settings.models.deployments
         if not demo.serves(d.id)  # the demo models take no URLs
     }
-    anthropic_ids = frozenset(d.id for d in settings.models.deployments if d.litellm_model.startswith("anthropic/"))
+    anthropic_ids = frozenset(d.id for d in settings.models.deployments if is_anthropic(d.litellm_model))
     provider = RoutingProvider(relay, full, url_policies, demo=demo, anthropic=anthropic, anthropic_ids=anthropic_ids)
     shipped = ShippedMetadata(d.litellm_model for d in settings.models.deployments)
 
