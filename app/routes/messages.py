@@ -25,7 +25,7 @@ from app.access.keys import ANONYMOUS
 from app.api.chat.sse import SSE_HEADERS, SseResponse
 from app.api.framing import ANTHROPIC
 from app.api.intent import wants_stream
-from app.api.messages.errors import anthropic_error_body, anthropic_status
+from app.api.messages.errors import MESSAGES_PATHS, anthropic_error_body, anthropic_status
 from app.api.messages.events import MessageEvents, message_object
 from app.api.messages.framing import ANTHROPIC_FRAMING
 from app.api.messages.request import native_request, parse_messages_body, to_chat_body, to_chat_input
@@ -48,7 +48,6 @@ from app.transport.request_parts import header, read_body
 
 logger = structlog.get_logger("chat.errors")
 
-MESSAGES_PATHS: Final = ["/v1/messages", "/api/messages"]
 COUNT_TOKENS_PATHS: Final = ["/v1/messages/count_tokens", "/api/messages/count_tokens"]
 #: Request headers an Anthropic deployment is sent on unchanged.
 _FORWARDED_HEADERS: Final = ("anthropic-beta",)

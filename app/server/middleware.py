@@ -18,7 +18,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app.api.chat.sse import RAW_SEND
-from app.api.messages.errors import anthropic_error_body, anthropic_status
+from app.api.messages.errors import MESSAGES_PATHS, anthropic_error_body, anthropic_status
 from app.core.context import CONTEXT, RequestContext
 from app.core.drain import Drain
 from app.domain.errors import GatewayError
@@ -103,8 +103,8 @@ class RequestIdMiddleware:
             context.error = None
 
 
-#: Paths whose errors are in the Anthropic Messages API's shape (``app/api/messages/errors.py``).
-_ANTHROPIC_PATHS: tuple[str, ...] = ("/v1/messages", "/api/messages")
+#: The Messages API's paths (and those under them): their errors are in Anthropic's shape.
+_ANTHROPIC_PATHS = tuple(MESSAGES_PATHS)
 
 
 async def _refuse(

@@ -14,6 +14,8 @@ import msgspec
 from app.domain.errors import GatewayError
 
 OVERLOADED_STATUS: Final = 529
+#: The Messages API's paths: errors on them, and on the paths under them, are in this shape.
+MESSAGES_PATHS: Final = ["/v1/messages", "/api/messages"]
 
 _TYPES: Final = {
     400: "invalid_request_error",
