@@ -21,7 +21,7 @@ from app.config.settings import DeploymentSettings, Settings
 from app.core.drain import Drain
 from app.core.observers import FanOut, StreamObserver
 from app.core.stream import ChatStream
-from app.domain.chat_request import ChatCompletionInput, ChatRequest, Message
+from app.domain.chat_request import ChatCompletionInput, one_message_input
 from app.domain.chunks import Chunk, Completion, Usage
 from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported
 from app.domain.events import CLIENT_DISCONNECTED, COMPLETED, NO_GUARD, UPSTREAM_ERROR, Deadlines
@@ -134,11 +134,7 @@ class ChatService:
         (404) and allowed for the key (403), counted against its requests a minute and its other
         limits (429) as a request of an empty message, then settled at once: nothing held, nothing
         charged, and no input of its own counted against its tokens a minute."""
-        stand_in = ChatCompletionInput(
-            request=ChatRequest(model=model, messages=[Message(role="user", content="")]),
-            body={"model": model, "messages": [{"role": "user", "content": ""}]},
-        )
-        admission = await self.admit(stand_in, caller)
+        admission = await self.admit(one_message_input(model, ""), caller)
         if admission is not None:
             admission.settle(model, None)
 

@@ -249,6 +249,16 @@ def _deeper_than(data: bytes, limit: int) -> bool:
     return peeled + max(accumulate(memoryview(brackets).cast("b"))) > limit
 
 
+def one_message_input(model: str, text: str) -> ChatCompletionInput:
+    """A chat request of one user message holding ``text``: how a call that is not a chat completion
+    (an embeddings call, a prepared Responses turn) is shown to the limiter, which counts a chat
+    request's messages and names its model."""
+    return ChatCompletionInput(
+        request=ChatRequest(model=model, messages=[Message(role="user", content=text)]),
+        body={"model": model, "messages": [{"role": "user", "content": text}]},
+    )
+
+
 def parse_chat_body(raw: bytes) -> ChatCompletionInput:
     return validate_chat_body(decode_json(raw))
 

@@ -32,7 +32,7 @@ from app.cache.chat_cache import NO_CACHE, ChatCache, cache_key
 from app.catalogue.catalogue import Catalogue
 from app.config.settings import DeploymentSettings, Settings
 from app.core.drain import Drain
-from app.domain.chat_request import ChatCompletionInput, ChatRequest, Message
+from app.domain.chat_request import ChatCompletionInput, one_message_input
 from app.domain.chunks import Completion, Usage
 from app.domain.errors import GatewayError, ModelNotAllowed, ModelNotFound, ModelNotSupported, UpstreamTimeout
 from app.limits.limiter import Admission, Limiter
@@ -65,11 +65,7 @@ def embedding_models(catalogue: Catalogue) -> Callable[[], frozenset[str]]:
 def _admission_request(request: EmbeddingsRequest, estimate: int) -> ChatCompletionInput:
     """The limiter counts a chat request's messages (about four bytes a token): an embeddings call
     is shown to it as one message of its estimated input size, with no output to reserve."""
-    text = "x" * (4 * estimate)
-    message = {"role": "user", "content": text}
-    body = {"model": request.model, "messages": [message]}
-    chat = ChatRequest(model=request.model, messages=[Message(role="user", content=text)])
-    return ChatCompletionInput(request=chat, body=body)
+    return one_message_input(request.model, "x" * (4 * estimate))
 
 
 class EmbeddingsCall(Protocol):
