@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -237,24 +237,14 @@ class ResponsesSocketSession:
             self._send_now(error_event(exc, tag))
             return
         work = self._respond(create, tag) if generate else self._prepare_only(create, tag)
-        self.running = asyncio.get_running_loop().create_task(work, name="responses-ws")
+        self.running = asyncio.get_running_loop().create_task(self._answer(work, tag), name="responses-ws")
 
-    async def _prepare_only(self, create: ResponsesCreate, tag: bytes) -> None:
-        """``generate: false`` (a client preparing its next turn, as the Codex CLI's prewarm does): the
-        response is made of the input alone, no provider is called and nothing is charged; its id
-        serves as ``previous_response_id`` for the turn that follows."""
+    async def _answer(self, work: Coroutine[Any, Any, None], tag: bytes) -> None:
+        """One create's work; however it fails, an error event on this socket, which stays open."""
         try:
-            prepared = await self.service.prepare(create, self.caller, self.memory)
-            # The model known and allowed, and counted against the key's requests a minute; its
-            # input is not counted against the key's tokens (no provider reads it).
-            await self.service.chat.admit_unbilled(prepared.chat.model, self.caller)
-            run = ResponseRun(self.service, prepared, self.caller.scope)
-            events = run.events.start() + run.events.finish(None)
-            snapshot = run.events.snapshot()
-            if create.store is not False:
-                await self.service.save(run.record(snapshot))
-            self._remember(run, snapshot)
-            self._send_all([tagged(data, tag) for _kind, _seq, data in events])
+            await work
+        except ClientLeft:
+            return
         except GatewayError as exc:
             await self.send(error_event(exc, tag))
         except asyncio.CancelledError:
@@ -262,6 +252,22 @@ class ResponsesSocketSession:
         except Exception as exc:
             logger.error("responses_ws_failed", exc_info=exc)
             await self.send(error_event(public_error(exc, production=self.settings.production), tag))
+
+    async def _prepare_only(self, create: ResponsesCreate, tag: bytes) -> None:
+        """``generate: false`` (a client preparing its next turn, as the Codex CLI's prewarm does): the
+        response is made of the input alone, no provider is called and nothing is charged; its id
+        serves as ``previous_response_id`` for the turn that follows."""
+        prepared = await self.service.prepare(create, self.caller, self.memory)
+        # The model known and allowed, and counted against the key's requests a minute; its input is
+        # not counted against the key's tokens (no provider reads it).
+        await self.service.chat.admit_unbilled(prepared.chat.model, self.caller)
+        run = ResponseRun(self.service, prepared, self.caller.scope)
+        events = run.events.start() + run.events.finish(None)
+        snapshot = run.events.snapshot()
+        if create.store is not False:
+            await self.service.save(run.record(snapshot))
+        self._remember(run, snapshot)
+        self._send_all([tagged(data, tag) for _kind, _seq, data in events])
 
     def _remember(self, run: ResponseRun, snapshot: dict[str, Any]) -> None:
         self.memory = {
@@ -274,7 +280,7 @@ class ResponsesSocketSession:
             )
         }
 
-    async def _respond(self, create: Any, tag: bytes = b"") -> None:
+    async def _respond(self, create: ResponsesCreate, tag: bytes) -> None:
         started = time.perf_counter()
         run: ResponseRun | None = None
         try:
@@ -291,17 +297,10 @@ class ResponsesSocketSession:
             assert run.stream is not None
             with run.writing():
                 await run.stream.pump(_SocketWriter(self._outbox, run, tag))
-        except ClientLeft:
-            return
-        except GatewayError as exc:
-            await self.send(error_event(exc, tag))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.error("responses_ws_failed", exc_info=exc)
-            await self.send(error_event(public_error(exc, production=self.settings.production), tag))
-        if run is not None and run.events.ended:
-            self._remember(run, run.events.snapshot())
+        finally:
+            # A response that ended (in-band errors included) is the socket's last, whatever followed.
+            if run is not None and run.events.ended:
+                self._remember(run, run.events.snapshot())
 
     def _send_all(self, frames: list[bytes]) -> None:
         if self._closed or self._outbox.closing:
