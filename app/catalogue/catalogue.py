@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -22,6 +22,8 @@ logger = structlog.get_logger("chat.catalogue")
 
 MetadataLookup = Callable[[str], Mapping[str, Any] | None]
 ProviderLookup = Callable[[str], str | None]
+#: USD per million input and output tokens (None: unknown, charged as free).
+Prices = tuple[float | None, float | None]
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -30,6 +32,10 @@ class Snapshot(msgspec.Struct, frozen=True):
     owned_by: dict[str, str]
     names: frozenset[str]
     built_at: float  # epoch seconds, the OpenAI list's `created`
+    #: Per deployment id: what a call it answers costs (its own prices, else its group's).
+    member_prices: dict[str, Prices] = {}
+    #: Per public name: the dearest of its members' prices, which admission reserves at.
+    dearest: dict[str, Prices] = {}
 
 
 def _per_mtok(cost_per_token: Any) -> float | None:
@@ -84,6 +90,8 @@ def build_snapshot(
         groups.setdefault(dep.name, []).append(dep)
     models = []
     owned_by = {}
+    member_prices: dict[str, Prices] = {}
+    dearest: dict[str, Prices] = {}
     for name, group in groups.items():
         # One entry per public name: LiteLLM's metadata of the first member it knows, under the
         # group's merged overrides.
@@ -93,13 +101,31 @@ def build_snapshot(
         info = model_info(dep, metadata(lead.litellm_model), provider)
         models.append(msgspec.structs.replace(info, deployments=len(group)))
         owned_by[name] = dep.info.owned_by or provider or "unknown"
+        # A group may mix providers and prices (a cheap model beside a dear one): each member is
+        # charged at its own, and admission reserves at the dearest, whichever member answers.
+        listed = (info.input_cost_per_mtok, info.output_cost_per_mtok)
+        for member in group:
+            own = model_info(member, metadata(member.litellm_model), provider_of(member.litellm_model))
+            member_prices[member.id] = (
+                own.input_cost_per_mtok if own.input_cost_per_mtok is not None else listed[0],
+                own.output_cost_per_mtok if own.output_cost_per_mtok is not None else listed[1],
+            )
+        members = [member_prices[member.id] for member in group]
+        dearest[name] = (_most(p[0] for p in members), _most(p[1] for p in members))
     return Snapshot(
         models=tuple(models),
         by_id={m.id: m for m in models},
         owned_by=owned_by,
         names=frozenset(m.id for m in models),
         built_at=time.time(),
+        member_prices=member_prices,
+        dearest=dearest,
     )
+
+
+def _most(prices: Iterable[float | None]) -> float | None:
+    known = [p for p in prices if p is not None]
+    return max(known) if known else None
 
 
 class Catalogue:

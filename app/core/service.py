@@ -66,7 +66,7 @@ def _settle_stream(admission: Admission, stream: ChatStream) -> None:
         stream.model,
         stream.usage,
         from_cache=stream.cache_status == "HIT",
-        priced_as=trail.model if trail is not None else None,
+        answered_by=trail.deployment if trail is not None else None,
         output_tokens=stream.output_tokens if may_bill else None,
     )
 
@@ -377,7 +377,7 @@ class ChatService:
                     output: int | None = _completion_tokens(completion_or_none)
                 else:
                     output = 0 if outcome != UPSTREAM_ERROR and trail.attempts else None
-                admission.settle(deployment, usage, priced_as=trail.model, output_tokens=output)
+                admission.settle(deployment, usage, answered_by=trail.deployment, output_tokens=output)
 
     def _record_call(
         self,

@@ -191,7 +191,11 @@ class EmbeddingService:
                 # client left, a deadline, a drain, no usage sent); a provider's refusal is not.
                 billed = usage is None and trail.attempts > 0 and outcome != "upstream_error" and not from_cache
                 admission.settle(
-                    model, usage, from_cache=from_cache, priced_as=trail.model, output_tokens=0 if billed else None
+                    model,
+                    usage,
+                    from_cache=from_cache,
+                    answered_by=trail.deployment,
+                    output_tokens=0 if billed else None,
                 )
             if self._observer is not None:
                 self._observer.json_call(

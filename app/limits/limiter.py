@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import structlog
@@ -37,8 +37,18 @@ from app.limits.windows import budget_resets_in, budget_window_id, minute_of, se
 
 logger = structlog.get_logger("chat.limits")
 
-#: Public model name -> (input, output) USD per million tokens; None when unknown (then no spend).
-PriceLookup = Callable[[str], tuple[float | None, float | None]]
+
+class PriceLookup(Protocol):
+    """(input, output) USD per million tokens; None when unknown (then no spend)."""
+
+    def reserved(self, model: str) -> tuple[float | None, float | None]:
+        """The dearest a call to the public name ``model`` can be charged at (any member of its group)."""
+        ...
+
+    def charged(self, model: str, deployment: str | None) -> tuple[float | None, float | None]:
+        """What a call to ``model`` answered by the deployment id ``deployment`` costs (None: none answered)."""
+        ...
+
 
 _encode = msgspec.json.Encoder().encode
 #: While the backend is down, how often a request tries it again (the others skip it).
@@ -131,15 +141,15 @@ class Admission:
         usage: Usage | None,
         *,
         from_cache: bool = False,
-        priced_as: str | None = None,
+        answered_by: str | None = None,
         output_tokens: int | None = None,
     ) -> None:
         """Release the lease and its reservation and charge the call; later calls do nothing.
 
         ``usage`` is the provider's; without it, ``output_tokens`` (what was counted of the
         provider's output, None when nothing was asked of a provider) makes the charge an estimate.
-        ``priced_as`` is the public name of the deployment that answered (a fallback's) when not
-        ``model``."""
+        ``answered_by`` is the id of the deployment that answered (a group member's, a fallback's):
+        the call is priced at its prices."""
         if self._settled:
             return
         self._settled = True
@@ -148,7 +158,7 @@ class Admission:
         elif usage is None and output_tokens is not None and self._request is not None:
             usage = Usage(prompt_tokens=self.input_tokens, completion_tokens=output_tokens)
             self._limiter._estimated(model)
-        self._limiter._settle(self, model, usage, priced_as or model)
+        self._limiter._settle(self, model, usage, answered_by)
 
 
 class Limiter:
@@ -186,7 +196,7 @@ class Limiter:
             return 0.0
         cost_in = cost_out = 0.0
         for model in (request.model, *reach):
-            price_in, price_out = self._prices(model)
+            price_in, price_out = self._prices.reserved(model)
             cost_in, cost_out = max(cost_in, price_in or 0.0), max(cost_out, price_out or 0.0)
         return (input_tokens * cost_in + output_cap(request) * cost_out) / 1e6
 
@@ -271,9 +281,9 @@ class Limiter:
         if self._observer is not None:
             self._observer.usage_estimated(model)
 
-    def _settle(self, admission: Admission, model: str, usage: Usage | None, priced_as: str) -> None:
+    def _settle(self, admission: Admission, model: str, usage: Usage | None, deployment: str | None) -> None:
         policy = admission.caller.policy
-        spend = self._spend(priced_as, usage)
+        spend = self._spend(model, deployment, usage)
         if spend and self._observer is not None:
             self._observer.spent(policy.name, model, spend)
         if not policy.limited:
@@ -295,10 +305,10 @@ class Limiter:
             )
         )
 
-    def _spend(self, model: str, usage: Usage | None) -> float:
+    def _spend(self, model: str, deployment: str | None, usage: Usage | None) -> float:
         if usage is None or self._prices is None:
             return 0.0
-        cost_in, cost_out = self._prices(model)
+        cost_in, cost_out = self._prices.charged(model, deployment)
         return (usage.prompt_tokens * (cost_in or 0.0) + usage.completion_tokens * (cost_out or 0.0)) / 1e6
 
     async def health(self) -> bool:

@@ -15,6 +15,7 @@ from litestar import Litestar
 from app.cache.backends import build_backend
 from app.cache.chat_cache import ChatCache
 from app.catalogue.catalogue import Catalogue, Snapshot, build_snapshot
+from app.catalogue.prices import CataloguePrices
 from app.config.settings import Settings
 from app.core.drain import Drain
 from app.core.service import ChatService
@@ -123,16 +124,11 @@ def build_services(
         if settings.cache.backend == "redis":
             ready_checks["cache"] = cache.health
 
-    def prices(model: str) -> tuple[float | None, float | None]:
-        snapshot = catalogue.current()
-        info = snapshot.by_id.get(model) if snapshot is not None else None
-        return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else (None, None)
-
     resumes = build_resumes(settings, metrics, breakers)
     closers.append(resumes.close)
     if resumes.shared is not None:
         ready_checks["resume_store"] = resumes.shared.health
-    limiter = build_limiter(settings, prices=prices, observer=metrics, breakers=breakers)
+    limiter = build_limiter(settings, prices=CataloguePrices(catalogue), observer=metrics, breakers=breakers)
     closers.append(limiter.close)
     if settings.rate_limit.backend == "redis":
         ready_checks["rate_limit"] = limiter.health

@@ -33,10 +33,13 @@ KEYS = {
     "tooltpm": "sk-tooltpm-0123456789abcdef",
     "messenger": "sk-messenger-0123456789abcdef",
     "bigprompt": "sk-bigprompt-0123456789abcdef",
+    "mixer": "sk-mixer-0123456789abcdef",
+    "mixbudget": "sk-mixbudget-0123456789abcdef",
 }
 ENV = {f"KEY_{name.upper()}": key for name, key in KEYS.items()}
 #: $1 a token in and out: a charge in USD reads as a token count.
 DOLLAR_A_TOKEN = {"input_cost_per_mtok": 1e6, "output_cost_per_mtok": 1e6}
+CENT_A_MILLION = {"input_cost_per_mtok": 0.01, "output_cost_per_mtok": 0.01}
 TOKENS = [f" t{i % 10}" for i in range(30)]  # 30 chunks of one token each (three characters)
 WORDY = [" forty characters of text, ten tokens..."] * 10  # 10 chunks of ten tokens each
 
@@ -67,8 +70,14 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         deployment("wordy", DOLLAR_A_TOKEN),
         deployment("imagery", DOLLAR_A_TOKEN),
         deployment("held", DOLLAR_A_TOKEN),
-        deployment("broken", {"input_cost_per_mtok": 0.01, "output_cost_per_mtok": 0.01}, fallbacks=["premium"]),
+        deployment("broken", CENT_A_MILLION, fallbacks=["premium"]),
         deployment("premium", DOLLAR_A_TOKEN),
+        # A group whose first member is cheap and (by weight) all but never answers: its dear
+        # member answers, at its own prices.
+        deployment("mixed", CENT_A_MILLION, weight=1e-9) | {"litellm_model": "openai/cheap"},
+        deployment("mixed", DOLLAR_A_TOKEN, weight=1e9) | {"litellm_model": "openai/premium"},
+        deployment("mixheld", CENT_A_MILLION, weight=1e-9) | {"litellm_model": "openai/cheap"},
+        deployment("mixheld", DOLLAR_A_TOKEN, weight=1e9) | {"litellm_model": "openai/held"},
     ]
 
     def key(name: str, **extra: Any) -> dict[str, Any]:
@@ -86,6 +95,8 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         key("messenger"),
         {"name": "bigprompt", "key_env": "KEY_BIGPROMPT", "tokens_per_minute": 500},
         {"name": "tooltpm", "key_env": "KEY_TOOLTPM", "tokens_per_minute": 400, "models": ["held"]},
+        key("mixer", models=["mixed"]),
+        key("mixbudget", budget_usd=50.0, models=["mixheld"]),
     ]
     return data
 
@@ -312,3 +323,28 @@ async def test_fallbacks_stay_inside_the_allow_list_and_are_priced_as_answered(
     # Priced by premium ($1 a token: 10 in + 4 out), kept under the requested name.
     assert await charge_of(charged, "wide", "broken", 14) == pytest.approx(14.0)
     assert charged.app.state.metrics.spend.get(("narrow", "broken"), 0.0) == 0.0  # a refusal costs nothing
+
+
+async def test_a_group_member_is_charged_at_its_own_prices(charged: ServerThread, fake: FakeProvider) -> None:
+    # The group lists its first member's prices (a cent a million tokens); its dear member answered.
+    before = fake.calls("premium")
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        answer = await c.post(CHAT, json=chat_body("mixed"), headers=auth("mixer"))
+        assert answer.status_code == 200, answer.text
+    assert fake.calls("premium") == before + 1 and fake.calls("cheap") == 0
+    assert await charge_of(charged, "mixer", "mixed", 14) == pytest.approx(14.0)  # 10 in + 4 out, $1 each
+
+
+async def test_admission_reserves_at_a_groups_dearest_member(charged: ServerThread) -> None:
+    """$50 budget on a group listed at a cent a million tokens whose answering member costs $1 a
+    token: a running call with max_tokens=60 holds the budget at the dear member's prices."""
+    body = chat_body("mixheld", stream=True) | {"max_tokens": 60}
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        async with c.stream("POST", CHAT, json=body, headers=auth("mixbudget")) as first:
+            assert first.status_code == 200
+            refused = await c.post(CHAT, json=chat_body("mixheld") | {"max_tokens": 1}, headers=auth("mixbudget"))
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "budget_exceeded"
+            await first.aread()
+        assert await charge_of(charged, "mixbudget", "mixheld", 7) == pytest.approx(7.0)
+    await in_flight_settles(charged, "mixbudget")

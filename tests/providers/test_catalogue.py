@@ -87,6 +87,24 @@ def test_override_wins_over_litellm() -> None:
     assert snap.by_id["mini"].capabilities == ["tools"]
 
 
+def test_each_group_member_has_its_own_prices() -> None:
+    members = [
+        dep("mixed", "openai/gpt-4o-mini"),  # LiteLLM's prices
+        dep("mixed", "openai/o1", input_cost_per_mtok=20.0),  # its own input price, LiteLLM's output price
+        dep("mixed", "hosted_vllm/unknown-model"),  # none of its own: the group's listed ones
+    ]
+    for n, member in enumerate(members):
+        member.id = f"mixed-{n}"
+    snap = build_snapshot(members, model_metadata, provider_of)
+    listed = (snap.by_id["mixed"].input_cost_per_mtok, snap.by_id["mixed"].output_cost_per_mtok)
+    # The list shows the group's merged overrides over its first member LiteLLM knows.
+    assert listed == pytest.approx((20.0, 0.6))
+    assert snap.member_prices["mixed-0"] == pytest.approx((0.15, 0.6))
+    assert snap.member_prices["mixed-1"] == pytest.approx((20.0, 60.0))
+    assert snap.member_prices["mixed-2"] == pytest.approx(listed)
+    assert snap.dearest["mixed"] == pytest.approx((20.0, 60.0))
+
+
 def test_categories_and_search(snapshot: Snapshot) -> None:
     cats = categories(snapshot.models)
     assert set(cats["provider:openai"]) == {"mini", "o1", "embed"}

@@ -1,0 +1,29 @@
+"""What calls cost, read from the catalogue's current snapshot (the limiter's price book)."""
+
+from __future__ import annotations
+
+from app.catalogue.catalogue import Catalogue, Prices
+
+_UNKNOWN: Prices = (None, None)
+
+
+class CataloguePrices:
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+
+    def reserved(self, model: str) -> Prices:
+        """The dearest prices a call to the public name ``model`` can be charged at: its group's
+        dearest member's."""
+        snapshot = self._catalogue.current()
+        return snapshot.dearest.get(model, _UNKNOWN) if snapshot is not None else _UNKNOWN
+
+    def charged(self, model: str, deployment: str | None) -> Prices:
+        """The prices of the deployment that answered; the public name's listed ones when none did
+        (or it is gone from the configuration)."""
+        snapshot = self._catalogue.current()
+        if snapshot is None:
+            return _UNKNOWN
+        if deployment is not None and (prices := snapshot.member_prices.get(deployment)) is not None:
+            return prices
+        info = snapshot.by_id.get(model)
+        return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else _UNKNOWN
