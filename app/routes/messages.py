@@ -34,9 +34,9 @@ from app.api.messages.tokens import count_input_tokens
 from app.api.status_window import client_gone, open_window
 from app.config.settings import Settings
 from app.core.context import context_of
-from app.domain.chat_request import ChatCompletionInput
+from app.domain.chat_request import ChatCompletionInput, one_message_input
 from app.domain.chunks import Chunk
-from app.domain.errors import GatewayError, InvalidRequest, ModelNotAllowed, PayloadTooLarge, public_error
+from app.domain.errors import GatewayError, InvalidRequest, PayloadTooLarge, public_error
 from app.domain.events import CLIENT_DISCONNECTED
 from app.domain.ids import random_hex
 from app.limits.limiter import estimate_tokens
@@ -154,13 +154,19 @@ class MessagesController(Controller):
         settings = chat_context.settings
         chat_body = to_chat_body(parsed, body, passthrough=passthrough_for(settings, parsed.model), stream=False)
         model = chat_context.chat.resolve(parsed.model)
-        if not chat_context.caller.policy.allows(model):
-            raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
-        dep = settings.deployment(model)
-        litellm_model = dep.litellm_model if dep is not None else model
-        # Tokenizing a large body is CPU work (and the first call loads the tokenizer's files).
-        tokens = await asyncio.to_thread(count_input_tokens, litellm_model, chat_body)
-        return Response(content={"input_tokens": tokens}, headers=_id_headers(request))
+        # Free of charge, but a request like any other for the key's limits: tokenizing a large body
+        # is the gateway's CPU (and the first call loads the tokenizer's files), so a key's requests
+        # a minute and in flight bound it (404, 403 and 429 as for a message).
+        admission = await chat_context.chat.admit(one_message_input(model, ""), chat_context.caller)
+        try:
+            dep = settings.deployment(model)
+            litellm_model = dep.litellm_model if dep is not None else model
+            tokens = await asyncio.to_thread(count_input_tokens, litellm_model, chat_body)
+        finally:
+            if admission is not None:
+                admission.settle(model, None)
+        headers = _id_headers(request) | (admission.headers if admission is not None else {})
+        return Response(content={"input_tokens": tokens}, headers=headers)
 
 
 def _id_headers(request: Request[Any, Any, Any]) -> dict[str, str]:

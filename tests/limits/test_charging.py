@@ -35,6 +35,7 @@ KEYS = {
     "bigprompt": "sk-bigprompt-0123456789abcdef",
     "mixer": "sk-mixer-0123456789abcdef",
     "mixbudget": "sk-mixbudget-0123456789abcdef",
+    "counter": "sk-counter-0123456789abcdef",
 }
 ENV = {f"KEY_{name.upper()}": key for name, key in KEYS.items()}
 #: $1 a token in and out: a charge in USD reads as a token count.
@@ -97,6 +98,7 @@ def _settings(fake: FakeProvider, backend: str, redis_url: str | None) -> dict[s
         {"name": "tooltpm", "key_env": "KEY_TOOLTPM", "tokens_per_minute": 400, "models": ["held"]},
         key("mixer", models=["mixed"]),
         key("mixbudget", budget_usd=50.0, models=["mixheld"]),
+        {"name": "counter", "key_env": "KEY_COUNTER", "requests_per_minute": 2},
     ]
     return data
 
@@ -224,6 +226,26 @@ async def test_a_messages_stream_left_before_its_usage_is_charged_what_it_carrie
     charged_usd = await charge_of(charged, "messenger", "wordy", 10 * len(WORDY))
     assert 10 * len(WORDY) <= charged_usd < 10 * len(WORDY) + 50
     await in_flight_settles(charged, "messenger")
+
+
+async def test_counting_tokens_is_a_request_of_the_key_and_free(charged: ServerThread, fake: FakeProvider) -> None:
+    """Tokenizing is the gateway's own CPU: a key's ``count_tokens`` calls count against its
+    requests a minute (the Anthropic 429 past them), and cost nothing."""
+    body = {"model": "metered", "messages": [{"role": "user", "content": "how many tokens is this?"}]}
+    key = {"x-api-key": KEYS["counter"]}
+    if time.time() % 60 > 55:
+        await asyncio.sleep(61 - time.time() % 60)  # all three calls in one clock minute
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        for _ in range(2):
+            counted = await c.post("/v1/messages/count_tokens", json=body, headers=key)
+            assert counted.status_code == 200, counted.text
+            assert counted.json()["input_tokens"] > 0
+        refused = await c.post("/v1/messages/count_tokens", json=body, headers=key)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert fake.calls() == 0
+    assert charged.app.state.metrics.spend.get(("counter", "metered"), 0.0) == 0.0
+    await in_flight_settles(charged, "counter")
 
 
 async def test_the_providers_input_count_corrects_the_minutes_estimate(charged: ServerThread) -> None:
