@@ -134,6 +134,9 @@ class ChatCompletionInput(msgspec.Struct, frozen=True):
     #: (a fallback of an Anthropic model); set by the Messages route only when such a fallback exists.
     #: An error instead: the request holds what no other provider takes (a PDF), refused there.
     portable: ChatCompletionInput | InvalidRequest | None = None
+    #: The client's own body when ``body`` is a translation of it (a Messages or Responses request):
+    #: an error about a value of the translation names where the client put it.
+    client_body: dict[str, Any] | None = None
 
     @property
     def model(self) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from app.domain.errors import InvalidRequest
+from app.domain.json_path import path_of
 
 #: What LiteLLM treats as a URL to fetch (it also takes ``www.`` without a scheme), and schemes
 #: that name something to read all the same.
@@ -45,16 +46,24 @@ class UrlPolicy:
     image_schemes: tuple[str, ...] = ()  # image_url.url schemes passed on
     file_schemes: tuple[str, ...] = ()  # file.file_id schemes passed on
 
-    def check(self, messages: Any) -> None:
-        """Raise 400 ``unsupported_content`` for the first remote URL in ``messages`` not passed on."""
+    def check(self, messages: Any, client_body: dict[str, Any] | None = None) -> None:
+        """Raise 400 ``unsupported_content`` for the first remote URL in ``messages`` not passed on,
+        named where the client put it when ``messages`` are a translation of ``client_body``."""
         for path, url, kind in remote_urls(messages):
             allowed = self.image_schemes if kind == "image" else self.file_schemes if kind == "file" else ()
             if not url.lower().startswith(allowed) or not allowed:
+                param: str | None = path
+                where = f"`{path}`"
+                if client_body is not None:
+                    # The translation's indices are not the client's (a system prompt, split tool
+                    # results, a stored conversation in front): the URL is found in what it sent.
+                    param = path_of(client_body, url)
+                    where = f"`{param}`" if param is not None else "the conversation's earlier input"
                 raise InvalidRequest(
-                    f"This model's provider is not given URLs in `{path}`, and the gateway does not fetch "
+                    f"This model's provider is not given URLs in {where}, and the gateway does not fetch "
                     "them: send the content inline (a data: URL or base64 data) or use a model that takes URLs.",
                     code="unsupported_content",
-                    param=path,
+                    param=param,
                 )
 
 

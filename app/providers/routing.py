@@ -58,7 +58,7 @@ class RoutingProvider:
 
     def _check_urls(self, request: ChatCompletionInput, deployment: str) -> None:
         if request.has_parts:
-            self._url_policies.get(deployment, NO_URLS).check(request.body["messages"])
+            self._url_policies.get(deployment, NO_URLS).check(request.body["messages"], request.client_body)
 
     def _for(self, request: ChatCompletionInput, deployment: str) -> ChatCompletionInput:
         # A Messages request on an Anthropic model carries Anthropic's controls (thinking, cache

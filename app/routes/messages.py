@@ -191,7 +191,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     portable: ChatCompletionInput | InvalidRequest | None = None
     if passthrough and falls_back_elsewhere(settings, parsed.model):
         try:
-            portable = to_chat_input(to_chat_body(parsed, body, passthrough=False, stream=streaming))
+            portable = to_chat_input(to_chat_body(parsed, body, passthrough=False, stream=streaming), client_body=body)
         except InvalidRequest as exc:
             portable = exc  # content only Anthropic takes (a PDF): refused if such a fallback is reached
     chat_input = to_chat_input(
@@ -199,6 +199,7 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
         _forwarded(request) if passthrough else None,
         native_request(body, request.headers) if passthrough else None,
         portable,
+        client_body=body,
     )
     context = context_of(request.scope)
     context.model = parsed.model

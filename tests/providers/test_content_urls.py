@@ -153,6 +153,46 @@ async def test_a_url_the_provider_is_not_given_is_a_400_and_never_fetched(
     assert slow_host.connections == 0
 
 
+async def test_a_refused_url_is_named_where_the_client_put_it(server: ServerThread, fake: FakeProvider) -> None:
+    """Messages and Responses requests are translated (a system prompt in front, tool results split,
+    input items regrouped): the refusal names the client's own field, not the translation's."""
+    url = "file:///etc/passwd"
+    messages = {
+        "model": "normal",
+        "max_tokens": 10,
+        "system": "Be brief.",
+        "messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "see"}, {"type": "image", "source": {"type": "url", "url": url}}],
+            },
+        ],
+    }
+    responses = {
+        "model": "normal",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": "first"},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_file", "file_id": "https://x.invalid/a.pdf"}],
+            },
+        ],
+    }
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as c:
+        refused = await c.post("/v1/messages", json=messages)
+        assert refused.status_code == 400, refused.text
+        assert "`messages[2].content[1].source.url`" in refused.json()["error"]["message"]
+        refused = await c.post("/v1/responses", json=responses)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("unsupported_content", "input[1].content[0].file_id")
+    assert fake.requests == []
+
+
 async def test_a_url_part_over_websocket_is_an_error_frame(server: ServerThread, slow_host: SlowHost) -> None:
     from websockets.asyncio.client import connect
 

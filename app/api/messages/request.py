@@ -376,10 +376,12 @@ def to_chat_input(
     trace_headers: dict[str, str] | None = None,
     anthropic: NativeRequest | None = None,
     portable: ChatCompletionInput | InvalidRequest | None = None,
+    client_body: dict[str, Any] | None = None,
 ) -> ChatCompletionInput:
     """The translated body as the chat pipeline's request (it was built by us, from checked values);
     ``anthropic``: the request as it came, for an Anthropic deployment that takes it so;
-    ``portable``: the translation without Anthropic's controls, for a fallback that is not Anthropic's."""
+    ``portable``: the translation without Anthropic's controls, for a fallback that is not Anthropic's;
+    ``client_body``: the Messages body it translates, which errors name fields of."""
     try:
         chat = msgspec.convert(body, ChatRequest)
     except msgspec.ValidationError as exc:  # a value valid for Anthropic but not for the chat shape
@@ -388,5 +390,10 @@ def to_chat_input(
             f"Invalid request: {str(exc)[:300]}", code=param or "invalid_request", param=param
         ) from exc
     return ChatCompletionInput(
-        request=chat, body=body, trace_headers=trace_headers, anthropic=anthropic, portable=portable
+        request=chat,
+        body=body,
+        trace_headers=trace_headers,
+        anthropic=anthropic,
+        portable=portable,
+        client_body=client_body,
     )

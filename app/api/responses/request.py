@@ -413,7 +413,9 @@ def chat_request(
     if verbosity in ("low", "medium", "high"):
         body["verbosity"] = verbosity
     try:
-        return validate_chat_body(body)
+        chat = validate_chat_body(body)
     except InvalidRequest as exc:
         # A field that passed the checks above but not chat validation (a message shape): still a 400.
         raise InvalidRequest(exc.message, code=exc.code, param="input") from exc
+    # Errors about the messages name the client's input items, not the translation's messages.
+    return msgspec.structs.replace(chat, client_body={"input": create.input})
