@@ -193,6 +193,38 @@ async def test_json_keeps_anthropics_controls_and_returns_signed_thinking(
     assert message.usage.input_tokens == USAGE["input_tokens"]
 
 
+@pytest.mark.parametrize("model", [NATIVE, LITELLM])
+async def test_anthropics_own_tools_keep_their_settings(
+    client: httpx.AsyncClient, anthropic_fake: FakeAnthropic, model: str
+) -> None:
+    """A server tool's settings (``max_uses``, ``allowed_domains``, ``user_location``) and a computer
+    tool's display reach Anthropic on either path (LiteLLM's mapping reads the computer tool's
+    display from OpenAI's function shape)."""
+    search = {
+        "type": "web_search_20250305",
+        "name": "web_search",
+        "max_uses": 3,
+        "allowed_domains": ["example.com"],
+        "user_location": {"type": "approximate", "city": "Paris"},
+    }
+    computer = {"type": "computer_20250124", "name": "computer", "display_width_px": 1024, "display_height_px": 768}
+    body = {
+        "model": model,
+        "max_tokens": 100,
+        "tools": [search, computer],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    response = await client.post("/v1/messages", json=body)
+    assert response.status_code == 200, response.text
+    sent = {tool["name"]: tool for tool in anthropic_fake.requests()[-1].body["tools"]}
+    assert sent["web_search"] == search
+    assert {k: sent["computer"][k] for k in ("type", "display_width_px", "display_height_px")} == {
+        "type": "computer_20250124",
+        "display_width_px": 1024,
+        "display_height_px": 768,
+    }
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_the_stop_sequence_anthropic_reports_reaches_the_client(
     sdk: AsyncAnthropic, anthropic_fake: FakeAnthropic, stream: bool

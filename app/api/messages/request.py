@@ -273,14 +273,14 @@ def _message(message: InputMessage, where: str, passthrough: bool) -> list[dict[
     return [_assistant_message(content, where, passthrough)]
 
 
-def _tools(request: MessagesRequest, passthrough: bool) -> list[dict[str, Any]]:
+def _tools(request: MessagesRequest, raw: list[Any], passthrough: bool) -> list[dict[str, Any]]:
     tools: list[dict[str, Any]] = []
     for i, tool in enumerate(request.tools or ()):
         if tool.type not in (None, "custom"):
             # One of Anthropic's own tools (web search, code execution, computer use, ...): only
             # Anthropic can run or describe it: dropped for other providers.
             if passthrough:
-                tools.append({k: v for k, v in msgspec.structs.asdict(tool).items() if v is not None})
+                tools.append(_anthropic_tool(raw[i]))
             continue
         if tool.input_schema is None:
             raise InvalidRequest(f"`tools[{i}].input_schema` is required.", param=f"tools[{i}].input_schema")
@@ -289,6 +289,16 @@ def _tools(request: MessagesRequest, passthrough: bool) -> list[dict[str, Any]]:
             function["description"] = tool.description
         tools.append(_cached({"type": "function", "function": function}, tool, passthrough))
     return tools
+
+
+def _anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """One of Anthropic's own tools for LiteLLM's Anthropic mapping, with every field the client set
+    (``max_uses``, ``allowed_domains``, ``user_location``, ...): the mapping passes a hosted tool's
+    fields on as they are, and reads a computer tool's display from OpenAI's function shape."""
+    if str(tool.get("type")).startswith("computer_"):
+        display = {k: tool[k] for k in ("display_width_px", "display_height_px", "display_number") if k in tool}
+        return {"type": tool["type"], "function": {"name": tool.get("name", "computer"), "parameters": display}}
+    return dict(tool)
 
 
 def _tool_choice(request: MessagesRequest, body: dict[str, Any]) -> None:
@@ -339,7 +349,7 @@ def to_chat_body(
             body[name] = value
     if request.stop_sequences:
         body["stop"] = request.stop_sequences
-    tools = _tools(request, passthrough)
+    tools = _tools(request, raw.get("tools") or [], passthrough)
     if tools:
         body["tools"] = tools
         _tool_choice(request, body)
