@@ -101,10 +101,10 @@ def passthrough_for(settings: Settings, model: str) -> bool:
     return bool(group) and all(is_anthropic(dep.litellm_model) for dep in group)
 
 
-def falls_back_elsewhere(settings: Settings, model: str) -> bool:
-    """Whether one of ``model``'s fallbacks has a deployment that is not Anthropic's."""
-    fallbacks = {name for dep in settings.group(model) for name in dep.fallbacks}
-    return any(not is_anthropic(dep.litellm_model) for name in fallbacks for dep in settings.group(name))
+def elsewhere(settings: Settings, model: str) -> list[str]:
+    """The fallbacks of ``model`` that have a deployment that is not Anthropic's."""
+    fallbacks = dict.fromkeys(name for dep in settings.group(model) for name in dep.fallbacks)
+    return [name for name in fallbacks if any(not is_anthropic(dep.litellm_model) for dep in settings.group(name))]
 
 
 def _forwarded(request: Request[Any, Any, Any]) -> dict[str, str] | None:
@@ -189,9 +189,14 @@ async def create_message(request: Request[Any, Any, Any], chat_context: ChatCont
     reasoning = _reasons(request, parsed.model)
     chat_body = to_chat_body(parsed, body, passthrough=passthrough, stream=streaming, reasoning=reasoning)
     portable: ChatCompletionInput | InvalidRequest | None = None
-    if passthrough and falls_back_elsewhere(settings, parsed.model):
+    if passthrough and (others := elsewhere(settings, parsed.model)):
+        # One translation serves every such fallback: ``thinking`` becomes a reasoning effort only
+        # when each of them takes one (the others would refuse the field).
+        effort = all(_reasons(request, name) for name in others)
         try:
-            portable = to_chat_input(to_chat_body(parsed, body, passthrough=False, stream=streaming), client_body=body)
+            portable = to_chat_input(
+                to_chat_body(parsed, body, passthrough=False, stream=streaming, reasoning=effort), client_body=body
+            )
         except InvalidRequest as exc:
             portable = exc  # content only Anthropic takes (a PDF): refused if such a fallback is reached
     chat_input = to_chat_input(

@@ -78,6 +78,14 @@ def anthropic_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iter
         deployment("claude-error-first", ERROR_FIRST_MODEL),
         deployment("claude-midstream", ERROR_MIDSTREAM_MODEL),
         deployment("claude-slow", SLOW_MODEL),
+        deployment("claude-busy-thinker", OVERLOADED_MODEL, fallbacks=["thinker"]),
+        # An OpenAI-wire model that takes a reasoning effort (the catalogue's capability).
+        {
+            "name": "thinker",
+            "litellm_model": "openai/normal",
+            "api_base": fake_provider.base_url,
+            "info": {"capabilities": ["reasoning"]},
+        },
     ]
     server = ServerThread(settings_from_dict(data, ENV), environ=ENV).start(timeout=90)
     yield server
@@ -342,12 +350,21 @@ async def test_a_fallback_to_another_provider_gets_no_anthropic_controls(
     assert [seen.body["model"] for seen in anthropic_fake.requests()[before:]] == [OVERLOADED_MODEL]
     sent = fake_provider.requests[-1].body
     assert sent["model"] == "normal"
-    for field in ("thinking", "top_k", "context_management", "output_config", "thinking_blocks"):
+    for field in ("thinking", "top_k", "context_management", "output_config", "thinking_blocks", "reasoning_effort"):
         assert field not in sent, field
     assert "cache_control" not in json.dumps(sent) and "earlier thought" not in json.dumps(sent)
     assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
     assert [t["function"]["name"] for t in sent["tools"]] == ["Bash"]
     assert "anthropic-beta" not in fake_provider.requests[-1].headers  # Anthropic's header stays with it
+
+
+async def test_a_fallback_that_reasons_gets_the_thinking_as_an_effort(sdk: AsyncAnthropic, fake_provider: Any) -> None:
+    """Thinking with a 1024-token budget, Anthropic overloaded, the fallback a reasoning model: its
+    translation carries the effort a direct call to it would (``low``), not none."""
+    message = await sdk.messages.create(**conversation("claude-busy-thinker"))
+    assert message.content[-1].text == "".join(DEFAULT_CONTENT)  # type: ignore[union-attr]
+    sent = fake_provider.requests[-1].body
+    assert sent["reasoning_effort"] == "low" and "thinking" not in sent
 
 
 async def test_a_pdf_goes_to_anthropic_and_is_refused_only_by_a_fallback_that_cannot_take_it(
