@@ -173,7 +173,7 @@ async def _connect_through(
             raise ProxyError("the proxy's CONNECT reply is too long")
     status_line = reply.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
         raise ProxyError(f"the proxy sent no HTTP reply to CONNECT: {status_line[:80]!r}")
     if not 200 <= int(parts[1]) < 300:
         raise ProxyError(f"the proxy refused CONNECT {target}: {status_line[:120]}")

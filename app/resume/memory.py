@@ -47,7 +47,7 @@ def memory_limit() -> int:
     try:
         with open("/sys/fs/cgroup/memory.max") as f:
             value = f.read().strip()
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             return int(value)
     except OSError:
         pass

@@ -55,7 +55,7 @@ def parse_position(value: str | None, stream_id: str) -> int:
     if not value:
         return 0
     sid, _, seq = value.strip().rpartition(":")
-    if sid != stream_id or not seq.isdigit() or len(seq) > 12:
+    if sid != stream_id or not (seq.isascii() and seq.isdigit()) or len(seq) > 12:
         raise InvalidResumePosition(
             "The last event id must be `<stream id>:<seq>` of this stream.", param="last_event_id"
         )
@@ -116,11 +116,13 @@ class Resumes:
         if not _STREAM_ID.fullmatch(stream_id):
             raise StreamNotFound("No such stream (not a stream id of this gateway's).")
         log = self.local.get(stream_id) if self.enabled else None
+        if log is not None and log.owner != owner:  # whose it is before anything else about it
+            raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
         if self.shared is not None:
             self.shared.check_available(log)  # 503 when the shared log cannot be trusted
             if log is None:
                 return await self.shared.open(stream_id, owner, after_seq)
-        if log is None or log.owner != owner:
+        if log is None:
             raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
         if after_seq > log.last_seq and not await log.wait_for(after_seq, PAST_END_WAIT_S):
             raise InvalidResumePosition(f"Event {after_seq} is past the end of the stream's log.")

@@ -49,7 +49,7 @@ def _query_int(request: Request[Any, Any, Any], name: str, default: int | None) 
     value = request.query_params.get(name)
     if value is None or value == "":
         return default
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise InvalidRequest(f"`{name}` must be a non-negative integer.", code="invalid_parameter", param=name)
     return int(value)
 
@@ -93,7 +93,7 @@ class ResponsesController(Controller):
             last_event_id = header(request.scope, b"last-event-id")
             if after is None and last_event_id:
                 rid, _, seq = last_event_id.strip().rpartition(":")
-                if rid != response_id or not seq.isdigit() or len(seq) > 12:
+                if rid != response_id or not (seq.isascii() and seq.isdigit()) or len(seq) > 12:
                     raise InvalidResumePosition(
                         "Last-Event-ID must be `<response id>:<sequence number>` of this response.",
                         param="Last-Event-ID",

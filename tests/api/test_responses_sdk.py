@@ -257,6 +257,13 @@ async def test_resume_replays_byte_for_byte(http: httpx.AsyncClient) -> None:
     assert [b for b in by_header.text.split("\n\n") if b and not b.startswith(":")] == blocks[7:]
     past = await http.get(f"/v1/responses/{rid}", params={"stream": "true", "starting_after": "500"})
     assert past.status_code == 409
+    # Digits that are not ASCII ("²".isdigit() is true, int("²") fails) are bad positions, not 500s.
+    superscript = await http.get(f"/v1/responses/{rid}", params={"stream": "true", "starting_after": "²"})
+    assert superscript.status_code == 400 and superscript.json()["error"]["param"] == "starting_after"
+    by_bytes = await http.get(
+        f"/v1/responses/{rid}?stream=true", headers={"Last-Event-ID": f"{rid}:\xb2".encode("latin-1")}
+    )
+    assert by_bytes.status_code == 409, by_bytes.text
 
 
 async def test_resume_follows_a_live_stream(gw: GatewayProcess, http: httpx.AsyncClient) -> None:

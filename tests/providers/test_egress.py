@@ -154,6 +154,24 @@ async def test_a_refused_connect_is_a_proxy_error() -> None:
         await refusing.stop()
 
 
+async def test_a_status_of_digits_that_are_not_ascii_is_a_proxy_error() -> None:
+    """``"\xb2".isdigit()`` is true (latin-1's superscript two) and ``int`` refuses it."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 \xb2 OK\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ProxyError, match="no HTTP reply"):
+            await asyncio.wait_for(open_tunnel(parse_proxy(f"127.0.0.1:{port}"), "example.com", 443), WAIT_S)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_no_proxy_rules() -> None:
     settings = EgressSettings.from_environ(
         {

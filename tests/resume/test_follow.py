@@ -4,16 +4,20 @@ is a slow blocking read, as a Redis replay's is."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
+from typing import Any
 
 import pytest
 
+from app.api.chat.sse_replay import ReplaySseResponse
 from app.core.follow import Follower, Heartbeat
 from app.domain.chunks import Chunk
 from app.domain.errors import InvalidResumePosition
 from app.domain.events import StreamEvent
 from app.resume.log import StreamLog
 from app.resume.replay import LocalReplay
+from app.transport.disconnect import DisconnectWatch
 
 
 def chunk(seq: int) -> StreamEvent:
@@ -122,3 +126,35 @@ def test_the_heartbeat_rule_keys_on_the_later_of_a_write_and_another_sign_of_lif
     assert rule.due_in(116.0) <= 0
     rule.wrote(116.0)
     assert rule.due_in(116.0) == 15.0
+
+
+async def test_an_sse_reader_behind_a_trimmed_log_gets_an_error_event() -> None:
+    """The replay's SSE response: a reader whose client is slow falls behind a log trimmed under it,
+    and its stream ends with the contract's error event (409), not a connection cut without one."""
+    log = StreamLog("s5", "owner", max_events=3)
+    for seq in (1, 2):
+        log.append(chunk(seq))
+    bodies: list[bytes] = []
+    written, go_on = asyncio.Event(), asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            written.set()
+            await go_on.wait()  # the client reads nothing meanwhile
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never disconnects
+        raise AssertionError
+
+    response = ReplaySseResponse(LocalReplay(log, 0), DisconnectWatch(receive), {}, heartbeat_s=30)
+    replaying = asyncio.ensure_future(response.to_asgi_response()({"type": "http"}, receive, send))
+    async with asyncio.timeout(2):
+        await written.wait()
+        for seq in range(3, 10):  # the log moves on past what the reader has
+            log.append(chunk(seq))
+        go_on.set()
+        await replaying
+    assert bodies[0] == b'id: s5:1\ndata: {"n":1}\n\nid: s5:2\ndata: {"n":2}\n\n'
+    assert bodies[-1].startswith(b"id: s5:2\nevent: error\ndata: ")
+    assert json.loads(bodies[-1].split(b"data: ", 1)[1])["error"]["code"] == "invalid_resume_position"

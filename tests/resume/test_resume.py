@@ -203,6 +203,53 @@ async def test_another_key_unknown_and_bad_positions(
     assert "chat_resume_memory_bytes" in metrics
 
 
+async def test_a_position_of_digits_that_are_not_ascii_is_a_409(http: httpx.AsyncClient, server: ServerThread) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails: every such position is the contract's 409."""
+    response = await http.post("/v1/chat/completions", json=chat_body("normal", stream=True), headers=A)
+    sid = response.headers["x-stream-id"]
+    by_header = await http.get(
+        f"/v1/chat/completions/streams/{sid}", headers={**A, "Last-Event-ID": f"{sid}:\xb2".encode("latin-1")}
+    )
+    assert by_header.status_code == 409, by_header.text
+    by_query = await http.get(f"/v1/chat/completions/streams/{sid}", params={"last_event_id": f"{sid}:١٢"}, headers=A)
+    assert by_query.status_code == 409, by_query.text
+    assert by_query.json()["error"]["code"] == "invalid_resume_position"
+    async with _ws(server) as ws:
+        frame = {"type": "chat.completion.resume", "id": "u", "stream_id": sid, "last_event_id": f"{sid}:²"}
+        await ws.send(json.dumps(frame))
+        error = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+    assert (error["type"], error["id"], error["status"]) == ("error", "u", 409)
+
+
+async def test_a_websocket_resume_at_the_last_event_ends_with_it(http: httpx.AsyncClient, server: ServerThread) -> None:
+    """Nothing follows the stream's last event: an SSE resume answers 204, a socket's request its one
+    last frame, the stream's own end again (it never waits for an event that cannot come)."""
+    response = await http.post("/v1/chat/completions", json=chat_body("normal", stream=True), headers=A)
+    sid = response.headers["x-stream-id"]
+    last = seq_of(frames(response.content)[-1])
+    assert (await resume(http, sid, f"{sid}:{last}")).status_code == 204
+    async with _ws(server) as ws:
+        frame = {"type": "chat.completion.resume", "id": "e", "stream_id": sid, "last_event_id": f"{sid}:{last}"}
+        await ws.send(json.dumps(frame))
+        end = await _frames_until_end(ws, "e")
+    assert end == [{"type": "chat.completion.done", "id": "e", "finish_reason": "stop", "usage": end[0]["usage"]}]
+
+
+async def test_a_messages_stream_is_not_resumed_as_chat_chunks(http: httpx.AsyncClient, server: ServerThread) -> None:
+    """A stream replays in the API's shape it was made in: a Messages stream over SSE (Anthropic's
+    events), and over the chat socket not at all (its frames carry chat chunks)."""
+    body = {"model": "normal", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    response = await http.post("/v1/messages", json=body, headers=A)
+    sid = response.headers["x-stream-id"]
+    replayed = await resume(http, sid, None)
+    assert replayed.status_code == 200 and replayed.text == response.text
+    async with _ws(server) as ws:
+        await ws.send(json.dumps({"type": "chat.completion.resume", "id": "m", "stream_id": sid}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+    assert (error["type"], error["id"], error["status"]) == ("error", "m", 400)
+    assert error["error"]["param"] == "stream_id"
+
+
 async def test_past_the_end_of_a_live_stream_waits_for_it(http: httpx.AsyncClient, fake: FakeProvider) -> None:
     async with http.stream("POST", "/v1/chat/completions", json=chat_body("slow_gap", stream=True), headers=A) as r:
         sid = r.headers["x-stream-id"]

@@ -10,10 +10,11 @@ import pytest
 
 from app.config.settings import StreamingSettings
 from app.domain.chunks import Chunk
-from app.domain.errors import InvalidResumePosition, StreamNotFound
+from app.domain.errors import InvalidResumePosition, ResumeUnavailable, StreamNotFound
 from app.domain.events import StreamEvent
 from app.resume.log import EVENT_OVERHEAD, StreamLog
 from app.resume.memory import MemoryResumeStore, auto_budget_mb
+from app.resume.replay import Replay
 from app.resume.service import Resumes
 
 
@@ -51,6 +52,37 @@ async def test_resume_before_a_trimmed_start_or_past_the_end_is_409_and_another_
         await resumes.open("ab", "someone else", "ab:6")
     replay = await resumes.open("ab", "owner", "ab:5")
     assert [replay.take().seq for _ in range(5)] == [6, 7, 8, 9, 10]  # type: ignore[union-attr]
+
+
+class _UntrustedCopy:
+    """A shared store whose copy of every log is broken (a failed flush to Redis)."""
+
+    def begin(self, log: StreamLog) -> None: ...
+
+    def check_available(self, log: StreamLog | None) -> None:
+        raise ResumeUnavailable("the shared copy cannot be trusted")
+
+    async def open(self, stream_id: str, owner: str, after_seq: int) -> Replay:
+        raise AssertionError("not reached")
+
+    async def stop(self, stream_id: str, owner: str) -> bool:
+        return False
+
+    async def health(self) -> bool:
+        return False
+
+    async def close(self) -> None: ...
+
+
+async def test_another_keys_stream_is_a_404_before_anything_else_is_said_of_it() -> None:
+    """Whose a stream is comes first: another key learns nothing of it, not even that its shared
+    copy is broken (a 503 would say the stream exists)."""
+    resumes = Resumes(StreamingSettings(resume_max_events=5), MemoryResumeStore(60, 5, 1 << 30), _UntrustedCopy())
+    fill(resumes.local.begin("cd", "owner"), 3)
+    with pytest.raises(StreamNotFound):
+        await resumes.open("cd", "someone else", None)
+    with pytest.raises(ResumeUnavailable):
+        await resumes.open("cd", "owner", None)
 
 
 def test_over_budget_the_oldest_ended_logs_go_first() -> None:

@@ -18,7 +18,8 @@ from litestar.types import Message, Receive, Scope, Send
 from app.api.chat.sse import HELD_MAX, RAW_SEND
 from app.api.framing import framing_for
 from app.core.follow import Follower
-from app.domain.events import ClientLeft
+from app.domain.errors import GatewayError
+from app.domain.events import ClientLeft, StreamEvent
 from app.resume.replay import Replay
 from app.transport.disconnect import DisconnectWatch
 
@@ -50,8 +51,14 @@ class _ReplayASGI:
             sid = self._replay.stream_id.encode()
             framing = framing_for(self._replay.format)  # a stream replays in the API's framing it was created in
             chunk_frame = framing.chunk
+            last = 0  # the last event written
             while True:
-                events = follower.batch()
+                try:
+                    events = follower.batch()
+                except GatewayError as exc:  # the reader fell behind a log trimmed under it: told so
+                    body = framing.end(sid, StreamEvent(last, error=exc))
+                    await raw({"type": "http.response.body", "body": body, "more_body": False})
+                    return
                 if not events:
                     if await follower.wait(watch.guard()):
                         await raw({"type": "http.response.body", "body": framing.heartbeat, "more_body": True})
@@ -64,6 +71,7 @@ class _ReplayASGI:
                         await raw({"type": "http.response.body", "body": body, "more_body": False})
                         return
                     held += chunk_frame(sid, event.seq, event.chunk.raw)
+                    last = event.seq
                     if len(held) >= HELD_MAX:
                         await raw({"type": "http.response.body", "body": held, "more_body": True})
                         held = b""

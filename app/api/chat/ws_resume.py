@@ -14,11 +14,12 @@ from collections.abc import Callable
 
 from app.access.keys import Caller
 from app.api.chat.ws_writer import RequestWriter, SlowConsumer
+from app.api.framing import CHAT
 from app.core.follow import Follower
 from app.core.service import ChatService
 from app.domain.errors import GatewayError, InvalidRequest
 from app.limits.limiter import Admission
-from app.resume.service import Resumes
+from app.resume.service import Resumes, parse_position
 
 
 async def resume_on_socket(
@@ -38,7 +39,21 @@ async def resume_on_socket(
         if resumes is None:
             raise InvalidRequest("Resuming is not available on this server.")
         admission = await chat.admit_resume(caller)  # 429 when the key's stream slots are taken
-        follower = Follower(await resumes.open(stream_id, caller.scope, last_event_id))
+        replay = await resumes.open(stream_id, caller.scope, last_event_id)
+        if replay.format != CHAT:
+            replay.close()
+            # Its events are another API's (a Messages stream): they replay over SSE, in their own shape.
+            raise InvalidRequest(
+                "This stream was not made by chat completions: resume it with "
+                f"GET /v1/chat/completions/streams/{stream_id}.",
+                param="stream_id",
+            )
+        if replay.at_end and (seq := parse_position(last_event_id, stream_id)) > 0:
+            # Nothing follows that position (an SSE resume answers 204), but a request on a socket
+            # ends with one last frame: the stream's own last event, again.
+            replay.close()
+            replay = await resumes.open(stream_id, caller.scope, f"{stream_id}:{seq - 1}")
+        follower = Follower(replay)
         while True:
             events = follower.batch()
             if not events:

@@ -24,6 +24,7 @@ from app.api.responses.service import ResponseRun
 from app.api.status_window import wait_window
 from app.core.follow import Follower
 from app.core.stream import ChatStream
+from app.domain.errors import GatewayError
 from app.domain.events import CLIENT_DISCONNECTED, ClientLeft, StreamEvent
 from app.resume.replay import Replay
 from app.transport.direct_body import DirectBody
@@ -214,7 +215,11 @@ class _ReplayASGI:
             raw: Send = scope.get("state", {}).get(RAW_SEND) or send
             held = frames(rid, self._first)
             while not reader.done:
-                logged = follower.batch()
+                try:
+                    logged = follower.batch()
+                except GatewayError as exc:  # the reader fell behind a log trimmed under it: told so
+                    held += frames(rid, reader.events.finish(exc), reader.after)
+                    break
                 if not logged:
                     if held:
                         await raw({"type": "http.response.body", "body": held, "more_body": True})
