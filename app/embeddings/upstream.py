@@ -105,9 +105,11 @@ class EmbeddingsUpstream:
         from app.providers.litellm_setup import import_litellm
 
         litellm = import_litellm()
-        params: dict[str, Any] = {"model": dep.litellm_model, "input": request.input, "encoding_format": "float"}
+        params: dict[str, Any] = {"model": dep.litellm_model, "input": request.input}
         # Retries and fallbacks are the gateway's (Resilient), never the client library's as well.
-        params.update(timeout=dep.timeout_s, num_retries=0, max_retries=0)
+        # OpenAI's optional fields (``user``) go to the providers that take them and are dropped for
+        # the rest (Cohere, Gemini, Ollama, ... refuse them); the answer is floats by default.
+        params.update(timeout=dep.timeout_s, num_retries=0, max_retries=0, drop_params=True)
         if dep.api_base:
             params["api_base"] = dep.api_base
         if dep.api_key_env:

@@ -293,7 +293,7 @@ class Limiter:
         if policy.tokens_per_minute and usage is not None:
             # Output, and the input the provider counted beyond admission's estimate (images, a
             # tokenizer unlike four bytes a token): the minute holds what the call really cost.
-            tokens = int(usage.completion_tokens) + max(0, int(usage.prompt_tokens) - admission.input_tokens)
+            tokens = max(0, int(usage.completion_tokens)) + max(0, int(usage.prompt_tokens) - admission.input_tokens)
         self._backend.settle(
             Settlement(
                 admission.caller.bucket,
@@ -309,7 +309,9 @@ class Limiter:
         if usage is None or self._prices is None:
             return 0.0
         cost_in, cost_out = self._prices.charged(model, deployment)
-        return (usage.prompt_tokens * (cost_in or 0.0) + usage.completion_tokens * (cost_out or 0.0)) / 1e6
+        # The provider's counts are untrusted: a negative one must not credit the key's budget.
+        prompt, completion = max(0, usage.prompt_tokens), max(0, usage.completion_tokens)
+        return (prompt * (cost_in or 0.0) + completion * (cost_out or 0.0)) / 1e6
 
     async def health(self) -> bool:
         return await self._backend.health()

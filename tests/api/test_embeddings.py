@@ -12,11 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncOpenAI, BadRequestError, NotFoundError, PermissionDeniedError, RateLimitError
+from openai import (
+    AsyncOpenAI,
+    BadRequestError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 
 from app.config.settings import settings_from_dict
 from tests.conftest import ServerThread, settings_dict
-from tests.helpers.fake_provider import EMBED_NOT_NUMBERS, Behaviour, FakeProvider, fake_vector
+from tests.helpers.fake_provider import EMBED_BROKEN, EMBED_NOT_NUMBERS, Behaviour, FakeProvider, fake_vector
 
 KEY = "sk-embed-all-0123456789"
 LIMITED = "sk-embed-limited-0123456789"
@@ -31,6 +38,7 @@ ENV = {
     "EMB_NARROW": NARROW,
     "EMB_WIDE": WIDE,
     "EMB_SILENT": SILENT,
+    "EMB_PROVIDER_KEY": "sk-provider-0123456789",
 }
 
 
@@ -78,6 +86,27 @@ def _settings(fake: FakeProvider, fast: bool) -> Any:
             ("embed_silent", "embed_silent", 1e6, {}),
         ]
     ]
+    data["models"]["deployments"] += [
+        {
+            "name": upstream,
+            "litellm_model": f"openai/{upstream}",
+            "api_base": fake.base_url,
+            "fast_path": fast,
+            "info": embedding,
+        }
+        for upstream in EMBED_BROKEN
+    ]
+    # A provider LiteLLM reaches with its own mapping (fast_path off), which takes no `user`.
+    data["models"]["deployments"].append(
+        {
+            "name": "embed_mistral",
+            "litellm_model": "mistral/embed",
+            "api_base": fake.base_url,
+            "api_key_env": "EMB_PROVIDER_KEY",
+            "fast_path": False,
+            "info": embedding,
+        }
+    )
     unlimited = {"budget_usd": 1e9, "budget_window": "total"}
     data["keys"] = [
         {"name": "limited", "key_env": "EMB_LIMITED", "tokens_per_minute": 40},
@@ -115,7 +144,8 @@ async def test_float_batch_through_the_openai_sdk(sdk: AsyncOpenAI, fake: FakePr
     assert [d.embedding for d in result.data] == [fake_vector(x, 4) for x in inputs]
     assert result.usage.prompt_tokens == 9 and result.usage.total_tokens == 9
     sent = fake.requests[-1].body
-    assert sent["input"] == inputs and sent["dimensions"] == 4 and sent["encoding_format"] == "float"
+    assert sent["input"] == inputs and sent["dimensions"] == 4
+    assert sent.get("encoding_format", "float") == "float"  # asked for (the relay), or the default (LiteLLM)
 
 
 async def test_base64_is_the_sdk_default(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
@@ -128,6 +158,33 @@ async def test_base64_is_the_sdk_default(sdk: AsyncOpenAI, fake: FakeProvider) -
     assert isinstance(raw, str)
     data = base64.b64decode(raw)
     assert list(struct.unpack(f"<{len(data) // 4}f", data)) == floats32(fake_vector("hello base64", 8))
+
+
+async def test_openais_optional_fields_go_only_to_providers_that_take_them(
+    sdk: AsyncOpenAI, fake: FakeProvider
+) -> None:
+    """Mistral (through LiteLLM's own mapping) takes no `user`, and LiteLLM refuses to send it: the
+    call goes on without it rather than failing the client's request."""
+    result = await sdk.embeddings.create(model="embed_mistral", input="hi", user="u1", encoding_format="float")
+    assert result.data[0].embedding == fake_vector("hi", 8)
+    sent = fake.requests[-1].body
+    assert sent["input"] in ("hi", ["hi"]) and "user" not in sent
+
+
+async def test_a_broken_providers_answer_is_a_502_and_credits_nothing(
+    embed_gateway: ServerThread, sdk: AsyncOpenAI
+) -> None:
+    """Base64 that is not whole 32-bit floats, a value beyond float32's range asked for as base64:
+    the provider's fault, a 502 (they were 500s); a negative token count is read as none (it was
+    charged as a credit to the key's budget)."""
+    for model, encoding in (("embed_short_base64", "float"), ("embed_huge", "base64")):
+        with pytest.raises(InternalServerError) as failed:
+            await sdk.embeddings.create(model=model, input="x", encoding_format=encoding)  # type: ignore[arg-type]
+        assert failed.value.status_code == 502
+    result = await sdk.embeddings.create(model="embed_negative", input="x", encoding_format="float")
+    assert result.usage.prompt_tokens == 0
+    spend = embed_gateway.app.state.metrics.spend
+    assert all(usd >= 0 for usd in spend.values())
 
 
 async def test_token_arrays(sdk: AsyncOpenAI, fake: FakeProvider) -> None:

@@ -714,6 +714,13 @@ def main(argv: list[str] | None = None) -> int:
 #: An embeddings model whose answer's vectors are not arrays of numbers (a broken provider).
 EMBED_NOT_NUMBERS = "embed_not_numbers"
 NOT_NUMBERS = ["0.1", {"x": 1}]
+#: Broken providers of other kinds: base64 of 6 bytes (not whole float32s), a value beyond float32's
+#: range, and a negative token count.
+EMBED_BROKEN = {
+    "embed_short_base64": {"embedding": "AAAAAAAA"},
+    "embed_huge": {"embedding": [1e39, 0.5]},
+    "embed_negative": {"usage": {"prompt_tokens": -1_000_000, "total_tokens": -1_000_000}},
+}
 
 
 def fake_vector(item: Any, dimensions: int) -> list[float]:
@@ -751,10 +758,13 @@ async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Se
         for i, x in enumerate(items)
         for vector in [fake_vector(x, dimensions)]
     ]
+    broken = EMBED_BROKEN.get(model, {})
+    if "embedding" in broken:
+        data = [{**item, "embedding": broken["embedding"]} for item in data]
     tokens = sum(len(x) if isinstance(x, list) else 3 for x in items)
     reply: dict[str, Any] = {"object": "list", "data": data, "model": model}
     if not b.no_usage:
-        reply["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+        reply["usage"] = broken.get("usage", {"prompt_tokens": tokens, "total_tokens": tokens})
     await provider._send_recorded(record, send, 200, _json_bytes(reply), [])
 
 

@@ -137,6 +137,8 @@ def _vector(item: _Item) -> msgspec.Raw:
     raw = item.embedding
     if bytes(memoryview(raw)[:1]) == b'"':  # a provider that answered base64 anyway: its floats, as JSON
         data = base64.b64decode(msgspec.json.decode(raw, type=str), validate=True)
+        if len(data) % 4:
+            raise ValueError("a base64 embedding is not whole 32-bit floats")
         return msgspec.Raw(_encode(list(struct.unpack(f"<{len(data) // 4}f", data))))
     # An array of numbers or a ValidationError: nothing else reaches a client. ``raw`` is already
     # valid JSON (the reply's decoder checked it), so once the number bytes are taken out, ``[]`` left
@@ -153,7 +155,9 @@ def read_reply(raw: bytes) -> Embeddings:
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise UpstreamUnavailable("The provider's embeddings answer was unreadable.") from exc
     usage = reply.usage
-    return Embeddings(vectors=vectors, prompt_tokens=(usage.prompt_tokens or 0) if usage is not None else 0)
+    # A provider's count is untrusted: a negative one would credit the key's budget.
+    tokens = max(0, usage.prompt_tokens or 0) if usage is not None else 0
+    return Embeddings(vectors=vectors, prompt_tokens=tokens)
 
 
 def cached_form(embeddings: Embeddings) -> bytes:
@@ -166,7 +170,11 @@ def from_cached(raw: bytes) -> Embeddings:
 
 def _base64(vector: msgspec.Raw) -> str:
     floats = _floats.decode(vector)
-    return base64.b64encode(struct.pack(f"<{len(floats)}f", *floats)).decode("ascii")
+    try:
+        packed = struct.pack(f"<{len(floats)}f", *floats)
+    except OverflowError:  # a provider's value beyond float32's range: its answer cannot be given so
+        raise UpstreamUnavailable("The provider's embeddings do not fit 32-bit floats.") from None
+    return base64.b64encode(packed).decode("ascii")
 
 
 def render(embeddings: Embeddings, model: str, encoding_format: str) -> bytes:
