@@ -156,6 +156,9 @@ async def test_base64_is_the_sdk_default(sdk: AsyncOpenAI, fake: FakeProvider) -
     )
     raw = response.http_response.json()["data"][0]["embedding"]
     assert isinstance(raw, str)
+    # Asked of the provider as base64 (a quarter of floats' JSON) where the relay calls it; LiteLLM
+    # asks for floats.
+    assert fake.requests[-1].body.get("encoding_format") in ("base64", None)
     data = base64.b64decode(raw)
     assert list(struct.unpack(f"<{len(data) // 4}f", data)) == floats32(fake_vector("hello base64", 8))
 

@@ -9,10 +9,12 @@ uvicorn in a daemon thread with its own event loop; tests talk to it through
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -729,6 +731,10 @@ def fake_vector(item: Any, dimensions: int) -> list[float]:
     return [round(((seed * (i + 3)) % 97) / 97.0 - 0.5, 6) for i in range(dimensions)]
 
 
+def _float32_base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Send) -> None:
     """``POST /v1/embeddings``: floats per input (``dimensions``, default 8), usage = 3 tokens a
     string or the token count; an error behaviour of the model's name answers its error."""
@@ -758,6 +764,8 @@ async def _embeddings(provider: FakeProvider, scope: Scope, raw: bytes, send: Se
         for i, x in enumerate(items)
         for vector in [fake_vector(x, dimensions)]
     ]
+    if body.get("encoding_format") == "base64" and model != EMBED_NOT_NUMBERS:  # as OpenAI answers it
+        data = [{**item, "embedding": _float32_base64(item["embedding"])} for item in data]
     broken = EMBED_BROKEN.get(model, {})
     if "embedding" in broken:
         data = [{**item, "embedding": broken["embedding"]} for item in data]

@@ -94,7 +94,9 @@ def input_size(value: Any) -> tuple[int, int]:
 
 
 def upstream_body(request: EmbeddingsRequest, upstream_model: str) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": upstream_model, "input": request.input, "encoding_format": "float"}
+    # The client's format: base64 (the OpenAI SDKs' default) is about a quarter of floats' JSON, and a
+    # provider's base64 goes on as it came.
+    body: dict[str, Any] = {"model": upstream_model, "input": request.input, "encoding_format": request.encoding_format}
     if request.dimensions is not None:
         body["dimensions"] = request.dimensions
     if request.user is not None:
@@ -125,9 +127,10 @@ _NUMBER_BYTES: Final = b"0123456789.,-+eE \t\r\n"
 
 
 class Embeddings(msgspec.Struct, frozen=True):
-    """A provider's answer: each input's vector as the JSON of its floats (in input order), and its
-    input tokens. The JSON is the provider's own, checked to be an array of numbers: the float answer
-    splices it in as it came rather than formatting every float again, which cost most of a call's CPU."""
+    """A provider's answer: each input's vector (in input order) as the JSON of its floats or of its
+    base64 string (little-endian float32s), and its input tokens. The JSON is the provider's own,
+    checked to be an array of numbers or whole float32s: an answer in the same format splices it in
+    as it came rather than formatting every float again, which cost most of a call's CPU."""
 
     vectors: list[msgspec.Raw]
     prompt_tokens: int
@@ -135,11 +138,10 @@ class Embeddings(msgspec.Struct, frozen=True):
 
 def _vector(item: _Item) -> msgspec.Raw:
     raw = item.embedding
-    if bytes(memoryview(raw)[:1]) == b'"':  # a provider that answered base64 anyway: its floats, as JSON
-        data = base64.b64decode(msgspec.json.decode(raw, type=str), validate=True)
-        if len(data) % 4:
+    if bytes(memoryview(raw)[:1]) == b'"':  # base64: checked to be whole float32s, kept as it came
+        if len(base64.b64decode(msgspec.json.decode(raw, type=str), validate=True)) % 4:
             raise ValueError("a base64 embedding is not whole 32-bit floats")
-        return msgspec.Raw(_encode(list(struct.unpack(f"<{len(data) // 4}f", data))))
+        return raw
     # An array of numbers or a ValidationError: nothing else reaches a client. ``raw`` is already
     # valid JSON (the reply's decoder checked it), so once the number bytes are taken out, ``[]`` left
     # means one flat array of numbers; a quarter of the cost of decoding its floats.
@@ -168,7 +170,22 @@ def from_cached(raw: bytes) -> Embeddings:
     return msgspec.json.decode(raw, type=Embeddings)
 
 
-def _base64(vector: msgspec.Raw) -> str:
+def _is_base64(vector: msgspec.Raw) -> bool:
+    return bytes(memoryview(vector)[:1]) == b'"'
+
+
+def _floats_of(vector: msgspec.Raw) -> msgspec.Raw:
+    """A vector as the JSON of its floats."""
+    if not _is_base64(vector):
+        return vector
+    data = base64.b64decode(msgspec.json.decode(vector, type=str))
+    return msgspec.Raw(_encode(list(struct.unpack(f"<{len(data) // 4}f", data))))
+
+
+def _base64(vector: msgspec.Raw) -> str | msgspec.Raw:
+    """A vector as base64 of little-endian float32s."""
+    if _is_base64(vector):
+        return vector
     floats = _floats.decode(vector)
     try:
         packed = struct.pack(f"<{len(floats)}f", *floats)
@@ -179,11 +196,8 @@ def _base64(vector: msgspec.Raw) -> str:
 
 def render(embeddings: Embeddings, model: str, encoding_format: str) -> bytes:
     """OpenAI's ``list`` of ``embedding`` objects, under the public model name."""
-    encode = _base64 if encoding_format == "base64" else None
-    data = [
-        {"object": "embedding", "index": i, "embedding": encode(v) if encode is not None else v}
-        for i, v in enumerate(embeddings.vectors)
-    ]
+    encode = _base64 if encoding_format == "base64" else _floats_of
+    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(embeddings.vectors)]
     tokens = embeddings.prompt_tokens
     return msgspec.json.encode(
         {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
