@@ -149,6 +149,8 @@ class EmbeddingService:
             decision = NO_CACHE
             if self._cache is not None:
                 material = {"\x00api": "embeddings", "input": request.input, "dimensions": request.dimensions}
+                if request.extra:  # a provider's own field (``input_type``) changes the vectors
+                    material["extra"] = request.extra
                 key = cache_key(material, self._first[model], caller.scope)
                 decision = await self._cache.consult(key, cache_control, self._first[model].timeout_s)
             if decision.answer is not None:

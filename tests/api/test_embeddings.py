@@ -208,6 +208,23 @@ async def test_cache_answers_the_second_call(embed_gateway: ServerThread, fake: 
     assert list(struct.unpack(f"<{len(data) // 4}f", data)) == floats32(first.json()["data"][0]["embedding"])
 
 
+async def test_a_providers_own_field_reaches_it_and_keys_the_cache(
+    embed_gateway: ServerThread, fake: FakeProvider, request: pytest.FixtureRequest
+) -> None:
+    """``input_type`` (Voyage's, Cohere's) is no field of OpenAI's: a body field for the provider
+    (through the relay), and part of the cache's key, since it changes the vectors."""
+    body = {"model": "embed", "input": "typed input", "encoding_format": "float", "input_type": "query"}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=embed_gateway.base_url, timeout=10, headers=headers) as client:
+        query = await client.post("/v1/embeddings", json=body)
+        document = await client.post("/v1/embeddings", json={**body, "input_type": "document"})
+        again = await client.post("/v1/embeddings", json=body)
+    assert [r.status_code for r in (query, document, again)] == [200, 200, 200]
+    assert [r.headers["x-cache"] for r in (query, document, again)] == ["MISS", "MISS", "HIT"]
+    if "fast" in request.node.callspec.id:
+        assert [r.body["input_type"] for r in fake.requests[-2:]] == ["query", "document"]
+
+
 async def test_fallback_to_another_embedding_model(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
     result = await sdk.embeddings.create(model="embed_fallback", input="fall back", encoding_format="float")
     assert result.data[0].embedding == fake_vector("fall back", 8)

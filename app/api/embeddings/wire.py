@@ -1,8 +1,8 @@
 """OpenAI Embeddings wire types: the request, validated, and the response, rendered.
 
-The provider is always asked for floats; the gateway encodes them as base64 (little-endian
-float32, what the OpenAI SDKs decode) when the client asks for ``base64``, which the OpenAI SDKs
-do by default. So one cached answer serves both encodings.
+The relay asks the provider in the client's ``encoding_format`` (base64, little-endian float32s,
+is what the OpenAI SDKs ask for by default); a vector goes out in the format it came in when the
+client asked for that one, and is converted when not (a cached answer serves both encodings).
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ class EmbeddingsRequest(msgspec.Struct):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
     user: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    #: Fields OpenAI does not define (a provider's own, e.g. ``input_type``): body fields for the
+    #: relay's provider, never arguments of the provider layer (those are refused at parse).
+    extra: dict[str, Any] = {}
+
+
+_FIELDS: Final = frozenset(EmbeddingsRequest.__struct_fields__) - {"extra"}
 
 
 def _validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
@@ -66,10 +72,13 @@ def parse_embeddings_body(raw: bytes) -> EmbeddingsRequest:
                 code="unsupported_parameter",
                 param=name[:64],
             )
+    if "extra" in body:
+        raise InvalidRequest("`extra` is not a field of this API.", code="unsupported_parameter", param="extra")
     try:
         request = msgspec.convert(body, EmbeddingsRequest)
     except msgspec.ValidationError as exc:
         raise _validation_error(exc) from exc
+    request.extra = {k: v for k, v in body.items() if k not in _FIELDS}
     field = "input"  # a field that fails validation is its own code, as on every route
     if field not in body:
         raise InvalidRequest("Invalid request: `input` is required.", code=field, param=field)
@@ -96,7 +105,8 @@ def input_size(value: Any) -> tuple[int, int]:
 def upstream_body(request: EmbeddingsRequest, upstream_model: str) -> dict[str, Any]:
     # The client's format: base64 (the OpenAI SDKs' default) is about a quarter of floats' JSON, and a
     # provider's base64 goes on as it came.
-    body: dict[str, Any] = {"model": upstream_model, "input": request.input, "encoding_format": request.encoding_format}
+    body: dict[str, Any] = {**request.extra, "model": upstream_model, "input": request.input}
+    body["encoding_format"] = request.encoding_format
     if request.dimensions is not None:
         body["dimensions"] = request.dimensions
     if request.user is not None:
