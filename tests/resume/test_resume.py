@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.config.settings import settings_from_dict
-from tests.conftest import TEST_STREAMING, ServerThread, settings_dict
+from tests.conftest import EXTRA_BEHAVIOURS, TEST_STREAMING, ServerThread, settings_dict
 from tests.helpers.fake_provider import FakeProvider
 from tests.helpers.sse import chat_body
 
@@ -278,6 +280,38 @@ async def test_delete_stops_the_provider_and_tells_the_reader(http: httpx.AsyncC
     assert (await http.delete(f"/v1/chat/completions/streams/{sid}", headers=A)).status_code == 204
     replay = await resume(http, sid, None)
     assert b"stream_cancelled" in frames(replay.content)[-1]
+
+
+async def test_delete_stops_the_provider_while_a_slow_client_is_being_written_to(
+    server: ServerThread, http: httpx.AsyncClient, fake: FakeProvider
+) -> None:
+    """The client reads nothing, so the gateway waits on its socket, not on the provider: a DELETE
+    still ends the provider's call at once (it went on until the client's write timed out)."""
+    # 12 MB without two chunks alike (LiteLLM ends streams that repeat one), paced to last 6 s.
+    fake.set_behaviour("firehose_varied", replace(EXTRA_BEHAVIOURS["firehose_varied"], gap_s=0.002))
+    body = json.dumps(chat_body("firehose_varied", stream=True)).encode()
+    host, port = server.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, int(port))), WAIT_S)
+    # A small read limit: the reader stops reading once it holds a few KB, as a stalled client does.
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    try:
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {A['Authorization']}\r\n"
+        writer.write(f"{head}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        received = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)).lower()
+        assert b"x-stream-id: " in received, received
+        sid = received.split(b"x-stream-id: ", 1)[1][:32].decode()
+        record = fake.requests[-1]
+        await asyncio.sleep(0.5)  # the buffers between the gateway and this client fill up
+        assert record.completed_at is None
+        gone = await http.delete(f"/v1/chat/completions/streams/{sid}", headers=A)
+        assert gone.status_code == 204
+        await fake.await_disconnect(record, timeout=3)
+    finally:
+        writer.close()
+        fake.set_behaviour("firehose_varied", EXTRA_BEHAVIOURS["firehose_varied"])
 
 
 async def test_nobody_resumes_within_the_grace_the_upstream_stops(
