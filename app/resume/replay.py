@@ -62,6 +62,10 @@ class LocalReplay:
         return event
 
     async def wait(self) -> None:
+        if self._log.last_seq > self._seq:
+            # Appended since this reader's last take (while it was writing to its client): the log's
+            # next append may be a long way off, or never come (the stream has ended).
+            return
         await self._log.wait()
 
     def close(self) -> None:

@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 
 from app.api.chat.sse_replay import ReplaySseResponse
+from app.api.responses.events import ResponseEvents
+from app.api.responses.service import skeleton_of
+from app.api.responses.sse import ResponseReplay, ResponsesReplayResponse
+from app.api.responses.wire import ResponsesCreate
 from app.core.follow import Follower, Heartbeat
 from app.domain.chunks import Chunk
 from app.domain.errors import InvalidResumePosition
@@ -49,6 +53,21 @@ async def test_without_a_heartbeat_the_wait_ends_with_the_next_append() -> None:
     async with asyncio.timeout(2):
         assert await waiting is False  # no heartbeat: something may be there
     assert [e.seq for e in follower.batch()] == [1]
+    follower.close()
+
+
+async def test_what_was_appended_while_the_reader_wrote_is_not_waited_for() -> None:
+    """A reader writes its batch (its client is slow) while the stream ends: its next wait returns at
+    once, rather than at the next append, which never comes (or at a heartbeat, seconds later)."""
+    log = StreamLog("s7", "owner", max_events=100)
+    log.append(chunk(1))
+    follower = Follower(LocalReplay(log, 0), heartbeat_s=30)
+    assert [e.seq for e in follower.batch()] == [1]
+    log.append(chunk(2))  # meanwhile: the client was being written to
+    log.append(StreamEvent(3))
+    async with asyncio.timeout(1):
+        assert await follower.wait() is False
+    assert [e.seq for e in follower.batch()] == [2, 3] and follower.ended
     follower.close()
 
 
@@ -158,3 +177,40 @@ async def test_an_sse_reader_behind_a_trimmed_log_gets_an_error_event() -> None:
     assert bodies[0] == b'id: s5:1\ndata: {"n":1}\n\nid: s5:2\ndata: {"n":2}\n\n'
     assert bodies[-1].startswith(b"id: s5:2\nevent: error\ndata: ")
     assert json.loads(bodies[-1].split(b"data: ", 1)[1])["error"]["code"] == "invalid_resume_position"
+
+
+async def test_a_responses_reader_behind_a_trimmed_log_gets_a_failed_response() -> None:
+    """The same for a Responses replay: its stream ends with ``response.failed`` naming the position."""
+    log = StreamLog("s6", "owner", max_events=3)
+    text = b'{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%d"}}]}'
+    for seq in (1, 2):
+        log.append(StreamEvent(seq, Chunk(raw=text % seq)))
+    skeleton = skeleton_of(ResponsesCreate(model="m"), "resp_" + "ab" * 16, [])
+    reader = ResponseReplay(LocalReplay(log, 0), ResponseEvents(skeleton), -1)
+    bodies: list[bytes] = []
+    written, go_on = asyncio.Event(), asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            written.set()
+            await go_on.wait()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    first = reader.ready()  # what the route reads before it answers
+    response = ResponsesReplayResponse(reader, first, DisconnectWatch(receive), {}, heartbeat_s=30)
+    replaying = asyncio.ensure_future(response.to_asgi_response()({"type": "http"}, receive, send))
+    async with asyncio.timeout(2):
+        await written.wait()
+        for seq in range(3, 10):
+            log.append(StreamEvent(seq, Chunk(raw=text % seq)))
+        go_on.set()
+        await replaying
+    last = [block for block in b"".join(bodies).split(b"\n\n") if block][-1]
+    event = json.loads(last.split(b"data: ", 1)[1])
+    assert event["type"] == "response.failed"
+    # OpenAI's response error codes are a fixed set: the gateway's own code is in the message.
+    assert "(invalid_resume_position)" in event["response"]["error"]["message"]
