@@ -15,6 +15,7 @@ the dict itself travels on, so unknown fields keep their exact values.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from itertools import accumulate
 from typing import Annotated, Any, Final
 
@@ -283,4 +284,36 @@ def validate_chat_body(body: Any) -> ChatCompletionInput:
         param = param[:128] if param else None
         message = f"Invalid request: {str(exc)[:300]}"
         raise InvalidRequest(message, code=param or "invalid_request", param=param) from exc
+    _check_parts(request.messages)
     return ChatCompletionInput(request=request, body=body)
+
+
+def _url_member(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("url"), str))
+
+
+#: The member each of OpenAI's content part types needs, and what it must be. Parts of other types
+#: are the provider's to judge; these are checked because LiteLLM's translations index them
+#: blindly (a part ``{"type": "image_url"}`` without one was a KeyError there: a 502).
+_PART_MEMBERS: Final[dict[str, tuple[str, Callable[[Any], bool], str]]] = {
+    "text": ("text", lambda v: isinstance(v, str), "a string"),
+    "image_url": ("image_url", _url_member, "a URL or an object with a `url`"),
+    "input_audio": ("input_audio", lambda v: isinstance(v, dict), "an object"),
+    "file": ("file", lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_parts(messages: list[Message]) -> None:
+    for i, message in enumerate(messages):
+        content = message.content
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type")
+            rule = _PART_MEMBERS.get(kind) if isinstance(kind, str) else None
+            if rule is None:
+                continue
+            member, valid, what = rule
+            if not valid(part.get(member)):
+                param = f"messages[{i}].content[{j}].{member}"
+                raise InvalidRequest(f"Invalid request: `{param}` must be {what}.", code=param, param=param)

@@ -18,7 +18,7 @@ import msgspec
 from app.config.settings import DeploymentSettings, Settings
 from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk, Completion, usage_of
-from app.domain.errors import GatewayError
+from app.domain.errors import GatewayError, InvalidRequest
 from app.providers.anthropic_fields import ANTHROPIC_BODY_FIELDS
 from app.providers.base import asking_for_usage
 from app.providers.chunks import read_chunk
@@ -28,6 +28,8 @@ from app.providers.quoting import ProviderText
 from app.providers.translate import from_litellm
 
 litellm = import_litellm()
+
+from litellm.types.llms.openai import ValidUserMessageContentTypes  # noqa: E402  (LiteLLM is set up first)
 
 #: Body fields that are ``Router.acompletion``'s own arguments (the deployment's name, the messages,
 #: the stream flag), not parameters to pass through. The relay's set differs on purpose
@@ -99,6 +101,27 @@ def _passthrough(request: ChatCompletionInput, *, stream: bool = False, anthropi
     return fields
 
 
+#: The user content part types LiteLLM's message check lets through; it refuses any other with a
+#: bare Exception before a provider is called (that became a 502 for the client's own mistake).
+_USER_PART_TYPES = frozenset(ValidUserMessageContentTypes)
+
+
+def check_user_parts(request: ChatCompletionInput) -> None:
+    """400 ``unsupported_content`` for a user content part of a type LiteLLM does not take."""
+    for i, message in enumerate(request.request.messages):
+        if message.role != "user" or not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            kind = part.get("type")
+            if kind not in _USER_PART_TYPES:
+                param = f"messages[{i}].content[{j}].type"
+                raise InvalidRequest(
+                    f"`{param}`: {str(kind)[:64]!r} is not a content part type this model's deployment takes.",
+                    code="unsupported_content",
+                    param=param,
+                )
+
+
 def chunk_from_litellm(obj: Any) -> Chunk:
     return read_chunk(_encoder.encode(obj.model_dump(exclude_none=True)))
 
@@ -124,6 +147,7 @@ class LiteLLMProvider:
         return self._quote.quote(from_litellm(exc))
 
     async def complete(self, request: ChatCompletionInput, deployment: str) -> Completion:
+        check_user_parts(request)
         try:
             response = await self._router.acompletion(
                 model=deployment,
@@ -139,6 +163,7 @@ class LiteLLMProvider:
         return Completion(raw=_encoder.encode(data), usage=usage_of(data.get("usage")))
 
     async def stream(self, request: ChatCompletionInput, deployment: str) -> AsyncIterator[Chunk]:
+        check_user_parts(request)
         try:
             upstream = await self._router.acompletion(
                 model=deployment,

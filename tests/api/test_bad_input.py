@@ -149,6 +149,45 @@ async def test_out_of_range_temperature(client: httpx.AsyncClient, fake: FakePro
     assert fake.calls() == 0
 
 
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"type": "image_url", "text": ""}, "messages[0].content[1].image_url"),
+        ({"type": "image_url", "image_url": {"detail": "low"}}, "messages[0].content[1].image_url"),
+        ({"type": "text"}, "messages[0].content[1].text"),
+        ({"type": "text", "text": 5}, "messages[0].content[1].text"),
+        ({"type": "input_audio", "input_audio": "x"}, "messages[0].content[1].input_audio"),
+        ({"type": "file"}, "messages[0].content[1].file"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_content_part_without_what_its_type_needs(
+    client: httpx.AsyncClient, fake: FakeProvider, part: dict[str, Any], param: str, stream: bool
+) -> None:
+    """Found by fuzzing: ``{"type": "image_url"}`` without an ``image_url`` was a KeyError in
+    LiteLLM's translation (a 502); OpenAI's own part types are checked for their member."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "see"}, part]}]
+    response = await client.post(CHAT, json=chat_body(messages=messages, stream=stream))
+    assert_error(response, 400, code=param, param=param)
+    assert fake.calls() == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_content_part_of_a_type_litellm_does_not_take(
+    client: httpx.AsyncClient, gateway: ServerThread, fake: FakeProvider, stream: bool
+) -> None:
+    """Found by fuzzing: LiteLLM refuses a user part of a type it does not know with a bare Exception
+    (a 502). Through LiteLLM it is a 400 naming the part; the relay leaves the judgement to the provider."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "see"}, {"type": "x"}]}]
+    response = await client.post(CHAT, json=chat_body(messages=messages, stream=stream))
+    if gateway.app.state.settings.models.deployments[1].fast_path:
+        assert response.status_code == 200, response.text
+        assert fake.calls() == 1
+    else:
+        assert_error(response, 400, code="unsupported_content", param="messages[0].content[1].type")
+        assert fake.calls() == 0
+
+
 # ---- the model -----------------------------------------------------------------------------------
 
 
