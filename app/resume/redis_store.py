@@ -75,6 +75,11 @@ BLOCK_MS = 1000
 STALL_MARGIN_S = 5.0
 #: A position past the end waits this long for a replica that is still appending.
 PAST_END_WAIT_S = 1.0
+#: Blocking reads at once on this replica (resumers following streams that run on other replicas):
+#: each holds a Redis connection for up to BLOCK_MS. Past it a reader waits its turn, as if no event
+#: had come (its heartbeats go on), instead of each reader opening a connection until Redis's
+#: ``maxclients`` refuses them and trips the breaker that the cache and the limiter share.
+MAX_BLOCKING_READS = 256
 STOP_CHANNEL = "chat:resume:stop"
 #: A replica rewrites its liveness key this often while it runs streams; the key lives LIVENESS_TTL_S,
 #: which is the margin a busy event loop or a slow Redis reply has before followers call it dead.
@@ -157,6 +162,7 @@ class RedisResumeStore:
         settings: StreamingSettings,
         on_stop: Callable[[str], None],
         breaker: BreakerUser | None = None,
+        max_blocking_reads: int = MAX_BLOCKING_READS,
     ) -> None:
         self._ttl_ms = int(settings.resume_ttl_s * 1000)
         self._max_events = settings.resume_max_events
@@ -168,8 +174,10 @@ class RedisResumeStore:
         blocking = {
             **pool_options(BLOCK_MS / 1000 + OP_TIMEOUT_S),
             "socket_timeout": BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S,
+            "max_connections": max_blocking_reads + 1,  # the reads, and the stop channel's listener
         }
         self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
+        self._reads = asyncio.Semaphore(max_blocking_reads)
         parsed = urlparse(url)
         target = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
         # The server's shared breaker (app/redis/breakers.py); a breaker of its own when used alone.
@@ -358,8 +366,16 @@ class RedisResumeStore:
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(f"{key}:readers", b"1", px=self._readers_ms)
         await self.breaker.run(pipe.execute)
-        async with asyncio.timeout(BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S):
-            reply: Any = await self._blocking.xread({key: f"{seq}-0"}, count=512, block=BLOCK_MS)
+        try:
+            async with asyncio.timeout(BLOCK_MS / 1000):
+                await self._reads.acquire()
+        except TimeoutError:
+            return []  # every read slot was busy for a whole read's time: nothing new, as far as it knows
+        try:
+            async with asyncio.timeout(BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S):
+                reply: Any = await self._blocking.xread({key: f"{seq}-0"}, count=512, block=BLOCK_MS)
+        finally:
+            self._reads.release()
         if not reply:
             return []
         return [decode_event(entry_id, fields) for entry_id, fields in reply[0][1]]

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.config.settings import settings_from_dict
+from app.config.settings import StreamingSettings, settings_from_dict
+from app.resume.redis_store import BLOCK_MS, RedisResumeStore
 from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
 from tests.helpers.fake_provider import Behaviour, FakeProvider
@@ -272,3 +273,19 @@ async def test_a_messages_stream_replays_its_anthropic_events_on_another_replica
         while (again := await replayed()).content != original.content and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert again.content == original.content  # Anthropic's named events, byte for byte
+
+
+async def test_blocking_reads_on_a_replica_are_bounded(redis_url: str) -> None:
+    """Each resumer following a stream from another replica holds a Redis connection while it reads:
+    at most ``max_blocking_reads`` at once; the others wait their turn as if nothing had come, rather
+    than opening connections until Redis refuses them (and trips the breaker every feature shares)."""
+    store = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None, max_blocking_reads=2)
+    try:
+        started = time.monotonic()
+        reads = await asyncio.gather(*(store.read_after("e" * 32, 0) for _ in range(6)))
+        assert reads == [[]] * 6
+        assert time.monotonic() - started < 3 * BLOCK_MS / 1000  # none waited longer than a read's turn
+        pool = store._blocking.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
+    finally:
+        await store.close()
