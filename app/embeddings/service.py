@@ -71,7 +71,9 @@ def _admission_request(request: EmbeddingsRequest, estimate: int) -> ChatComplet
 class EmbeddingsCall(Protocol):
     """Whoever makes one call to one deployment (``EmbeddingsUpstream``)."""
 
-    async def embed(self, dep: DeploymentSettings, request: EmbeddingsRequest) -> Embeddings: ...
+    async def embed(
+        self, dep: DeploymentSettings, request: EmbeddingsRequest, trace: dict[str, str] | None = None
+    ) -> Embeddings: ...
 
 
 class EmbeddingService:
@@ -161,7 +163,8 @@ class EmbeddingService:
                 try:
                     with self._drain.call() if self._drain is not None else nullcontext():
                         try:
-                            embeddings = await self._call(request, model, trail)
+                            trace = Tracing.headers(span) if span is not None else None
+                            embeddings = await self._call(request, model, trail, trace)
                         except asyncio.CancelledError:
                             if self._drain is None or not self._drain.ending:
                                 raise
@@ -211,13 +214,15 @@ class EmbeddingService:
                     responded=outcome != "client_disconnected",
                 )
 
-    async def _call(self, request: EmbeddingsRequest, model: str, trail: Trail) -> Embeddings:
+    async def _call(
+        self, request: EmbeddingsRequest, model: str, trail: Trail, trace: dict[str, str] | None = None
+    ) -> Embeddings:
         upstream = self._upstream
 
         async def attempt(member: Member) -> Embeddings:
             try:
                 async with asyncio.timeout(member.dep.timeout_s):
-                    result: Embeddings = await upstream.embed(member.dep, request)
+                    result: Embeddings = await upstream.embed(member.dep, request, trace)
                     return result
             except TimeoutError as exc:
                 raise UpstreamTimeout("The provider did not answer the embeddings call in time.") from exc

@@ -33,6 +33,7 @@ class _Target(msgspec.Struct, frozen=True):
     url: URL
     request: RequestTemplate
     model: str
+    headers: dict[str, str]
 
 
 def _embeddings_url(chat_url: URL) -> URL:
@@ -58,16 +59,19 @@ class EmbeddingsUpstream:
             target = resolve_target(dep, environ)
             if target is not None:
                 url = _embeddings_url(target.url)
-                self._targets[dep.id] = _Target(url, RequestTemplate(url, target.headers), target.model)
+                self._targets[dep.id] = _Target(url, RequestTemplate(url, target.headers), target.model, target.headers)
 
     def relayed(self, deployment_id: str) -> bool:
         return deployment_id in self._targets
 
-    async def embed(self, dep: DeploymentSettings, request: EmbeddingsRequest) -> Embeddings:
+    async def embed(
+        self, dep: DeploymentSettings, request: EmbeddingsRequest, trace: dict[str, str] | None = None
+    ) -> Embeddings:
+        """One call; ``trace``: the W3C trace context for the provider's request (tracing on)."""
         target = self._targets.get(dep.id)
         if target is not None:
-            return await self._relay(target, request)
-        return await self._litellm(dep, request)
+            return await self._relay(target, request, trace)
+        return await self._litellm(dep, request, trace)
 
     def _pool(self, url: URL) -> UpstreamPool:
         origin = str(url.origin())
@@ -76,10 +80,12 @@ class EmbeddingsUpstream:
             pool = self._pools[origin] = UpstreamPool(url, egress=self._egress)
         return pool
 
-    async def _relay(self, target: _Target, request: EmbeddingsRequest) -> Embeddings:
+    async def _relay(self, target: _Target, request: EmbeddingsRequest, trace: dict[str, str] | None) -> Embeddings:
         body = msgspec.json.encode(upstream_body(request, target.model))
+        # A traced call carries its context: a template of its own (only when tracing is on).
+        template = RequestTemplate(target.url, {**target.headers, **trace}) if trace else target.request
         try:
-            response = await self._pool(target.url).post(target.request, body)
+            response = await self._pool(target.url).post(template, body)
         except TimeoutError as exc:
             raise UpstreamTimeout("The provider could not be reached in time.") from exc
         except (UpstreamConnectionError, OSError) as exc:
@@ -101,7 +107,9 @@ class EmbeddingsUpstream:
         response.release()
         return read_reply(raw)
 
-    async def _litellm(self, dep: DeploymentSettings, request: EmbeddingsRequest) -> Embeddings:
+    async def _litellm(
+        self, dep: DeploymentSettings, request: EmbeddingsRequest, trace: dict[str, str] | None
+    ) -> Embeddings:
         from app.providers.litellm_setup import import_litellm
 
         litellm = import_litellm()
@@ -123,6 +131,8 @@ class EmbeddingsUpstream:
             params["allowed_openai_params"] = ["dimensions"]
         if request.user is not None:
             params["user"] = request.user
+        if trace:
+            params["extra_headers"] = trace  # ours: clients never set this field
         try:
             response = await litellm.aembedding(**params)
         except GatewayError as exc:

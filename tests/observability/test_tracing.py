@@ -15,7 +15,8 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from tests.conftest import ServerThread, make_settings
+from app.config.settings import settings_from_dict
+from tests.conftest import ServerThread, make_settings, settings_dict
 from tests.helpers.fake_provider import FakeProvider
 from tests.helpers.sse import stream_chat
 
@@ -93,12 +94,21 @@ def receiver() -> Iterator[OtlpReceiver]:
 def traced(
     request: pytest.FixtureRequest, fake_provider: FakeProvider, receiver: OtlpReceiver
 ) -> Iterator[ServerThread]:
-    settings = make_settings(
+    data = settings_dict(
         fake_provider.base_url,
         fast_path=request.param == "fast",
         tracing={"enabled": True, "otlp_endpoint": receiver.url, "service_name": "gateway-under-test"},
     )
-    server = ServerThread(settings).start()
+    data["models"]["deployments"].append(
+        {
+            "name": "embed",
+            "litellm_model": "openai/embed",
+            "api_base": fake_provider.base_url,
+            "fast_path": request.param == "fast",
+            "info": {"mode": "embedding"},
+        }
+    )
+    server = ServerThread(settings_from_dict(data, environ={})).start()
     yield server
     server.stop()
 
@@ -150,6 +160,20 @@ async def test_json_span_and_provider_context(traced: ServerThread, fake: FakePr
     )
     assert attributes(span)["chat.outcome"] == "completed"
     assert span.span_id.hex() == sent.split("-")[2]
+
+
+async def test_an_embeddings_call_carries_the_trace_to_the_provider(
+    traced: ServerThread, fake: FakeProvider, receiver: OtlpReceiver
+) -> None:
+    async with httpx.AsyncClient(base_url=traced.base_url, timeout=10) as client:
+        response = await client.post(
+            "/v1/embeddings", json={"model": "embed", "input": "trace me"}, headers={"traceparent": TRACEPARENT}
+        )
+    assert response.status_code == 200, response.text
+    sent = fake.requests[-1].headers.get("traceparent", "")
+    assert sent.split("-")[1:2] == [TRACE_ID]  # the client's trace, under the gateway's span
+    _, span = receiver.wait_for(lambda s: s.span_id.hex() == sent.split("-")[2])
+    assert span.parent_span_id.hex() == PARENT_SPAN_ID
 
 
 async def test_error_span_has_the_error_type(traced: ServerThread, receiver: OtlpReceiver) -> None:
