@@ -39,6 +39,7 @@ ENV = {
     "EMB_WIDE": WIDE,
     "EMB_SILENT": SILENT,
     "EMB_PROVIDER_KEY": "sk-provider-0123456789",
+    "EMB_SCRIPTS": "sk-embed-scripts-0123456789",
 }
 
 
@@ -110,6 +111,7 @@ def _settings(fake: FakeProvider, fast: bool) -> Any:
     unlimited = {"budget_usd": 1e9, "budget_window": "total"}
     data["keys"] = [
         {"name": "limited", "key_env": "EMB_LIMITED", "tokens_per_minute": 40},
+        {"name": "scripts", "key_env": "EMB_SCRIPTS", "tokens_per_minute": 40},
         {"name": "chat_only", "key_env": "EMB_CHAT_ONLY", "models": ["normal"]},
         {"name": "narrow", "key_env": "EMB_NARROW", "models": ["embed_cheap_down"], **unlimited},
         {"name": "wide", "key_env": "EMB_WIDE", "models": ["embed_cheap_down", "embed_dear"], **unlimited},
@@ -299,6 +301,17 @@ async def test_allow_list_and_token_limit(embed_gateway: ServerThread, fake: Fak
         await client.embeddings.create(model="embed", input="x" * 100, encoding_format="float")  # ~26 tokens
         with pytest.raises(RateLimitError):
             await client.embeddings.create(model="embed", input="y" * 100, encoding_format="float")
+
+
+async def test_text_in_other_scripts_is_estimated_as_a_tokenizer_counts_it(embed_gateway: ServerThread) -> None:
+    """36 Chinese characters are ~48 tokens; at four bytes a token they were estimated at 28 (38 with
+    the request's wrapping) and got past a key's 40 tokens a minute. Now a token a character (47):
+    refused at admission; 100 ASCII characters (~36) still pass."""
+    base = f"{embed_gateway.base_url}/v1"
+    async with AsyncOpenAI(base_url=base, api_key=ENV["EMB_SCRIPTS"], max_retries=0, timeout=10) as client:
+        with pytest.raises(RateLimitError):
+            await client.embeddings.create(model="embed", input="字" * 36, encoding_format="float")
+        await client.embeddings.create(model="embed", input="x" * 100, encoding_format="float")  # ~26 tokens
 
 
 @pytest.mark.parametrize(
