@@ -46,18 +46,26 @@ def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
-def model_info(dep: DeploymentSettings, metadata: Mapping[str, Any] | None, provider: str | None) -> ModelInfo:
+def prices_of(dep: DeploymentSettings, metadata: Mapping[str, Any] | None) -> Prices:
+    """A deployment's prices: its own ``info`` overrides, else LiteLLM's metadata for its model."""
     meta = metadata or {}
     o = dep.info
-    mode = o.mode if o.mode is not None else meta.get("mode")
-    max_in = o.max_input_tokens if o.max_input_tokens is not None else _int_or_none(meta.get("max_input_tokens"))
-    max_out = o.max_output_tokens if o.max_output_tokens is not None else _int_or_none(meta.get("max_output_tokens"))
     cost_in = (
         o.input_cost_per_mtok if o.input_cost_per_mtok is not None else _per_mtok(meta.get("input_cost_per_token"))
     )
     cost_out = (
         o.output_cost_per_mtok if o.output_cost_per_mtok is not None else _per_mtok(meta.get("output_cost_per_token"))
     )
+    return cost_in, cost_out
+
+
+def model_info(dep: DeploymentSettings, metadata: Mapping[str, Any] | None, provider: str | None) -> ModelInfo:
+    meta = metadata or {}
+    o = dep.info
+    mode = o.mode if o.mode is not None else meta.get("mode")
+    max_in = o.max_input_tokens if o.max_input_tokens is not None else _int_or_none(meta.get("max_input_tokens"))
+    max_out = o.max_output_tokens if o.max_output_tokens is not None else _int_or_none(meta.get("max_output_tokens"))
+    cost_in, cost_out = prices_of(dep, meta)
     caps = sorted(set(o.capabilities)) if o.capabilities is not None else capabilities_of(meta)
     return ModelInfo(
         id=dep.name,
@@ -105,10 +113,10 @@ def build_snapshot(
         # charged at its own, and admission reserves at the dearest, whichever member answers.
         listed = (info.input_cost_per_mtok, info.output_cost_per_mtok)
         for member in group:
-            own = model_info(member, metadata(member.litellm_model), provider_of(member.litellm_model))
+            own_in, own_out = prices_of(member, metadata(member.litellm_model))
             member_prices[member.id] = (
-                own.input_cost_per_mtok if own.input_cost_per_mtok is not None else listed[0],
-                own.output_cost_per_mtok if own.output_cost_per_mtok is not None else listed[1],
+                own_in if own_in is not None else listed[0],
+                own_out if own_out is not None else listed[1],
             )
         members = [member_prices[member.id] for member in group]
         dearest[name] = (_most(p[0] for p in members), _most(p[1] for p in members))

@@ -149,9 +149,13 @@ class Embeddings(msgspec.Struct, frozen=True):
     prompt_tokens: int
 
 
+def _is_base64(vector: msgspec.Raw) -> bool:
+    return bytes(memoryview(vector)[:1]) == b'"'
+
+
 def _vector(item: _Item) -> msgspec.Raw:
     raw = item.embedding
-    if bytes(memoryview(raw)[:1]) == b'"':  # base64: checked to be whole float32s, kept as it came
+    if _is_base64(raw):  # checked to be whole float32s, kept as it came
         if len(base64.b64decode(msgspec.json.decode(raw, type=str), validate=True)) % 4:
             raise ValueError("a base64 embedding is not whole 32-bit floats")
         return raw
@@ -181,10 +185,6 @@ def cached_form(embeddings: Embeddings) -> bytes:
 
 def from_cached(raw: bytes) -> Embeddings:
     return msgspec.json.decode(raw, type=Embeddings)
-
-
-def _is_base64(vector: msgspec.Raw) -> bool:
-    return bytes(memoryview(vector)[:1]) == b'"'
 
 
 def _floats_of(vector: msgspec.Raw) -> msgspec.Raw:
