@@ -298,18 +298,24 @@ async def test_a_provider_without_usage_is_charged_from_the_estimate(charged: Se
     assert metrics.usage_estimates[("unmetered",)] == before + 2
 
 
+async def a_running_call_holds_the_budget(c: httpx.AsyncClient, charged: ServerThread, key: str, model: str) -> None:
+    """A call with max_tokens=60 on a $50 budget, at $1 a token, reserves over $60: while it runs the
+    key's next call is refused (budget_exceeded); then it settles, charged its usage ($7)."""
+    body = chat_body(model, stream=True) | {"max_tokens": 60}
+    async with c.stream("POST", CHAT, json=body, headers=auth(key)) as first:
+        assert first.status_code == 200
+        refused = await c.post(CHAT, json=chat_body(model) | {"max_tokens": 1}, headers=auth(key))
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "budget_exceeded"
+        await first.aread()
+    assert await charge_of(charged, key, model, 7) == pytest.approx(7.0)
+
+
 async def test_reservations_hold_the_budget_against_concurrent_calls(charged: ServerThread) -> None:
-    """$50 budget; a call with max_tokens=60 reserves over $60 at $1 a token: while it runs, the next
-    is refused; once it settles (charged its usage, $7), the next is admitted again."""
-    body = chat_body("held", stream=True) | {"max_tokens": 60}
+    """$50 budget, $1 a token: while a call that may cost over $60 runs, the next is refused; once it
+    settles, the next is admitted again."""
     async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
-        async with c.stream("POST", CHAT, json=body, headers=auth("reserve")) as first:
-            assert first.status_code == 200
-            refused = await c.post(CHAT, json=chat_body("held") | {"max_tokens": 1}, headers=auth("reserve"))
-            assert refused.status_code == 429, refused.text
-            assert refused.json()["error"]["code"] == "budget_exceeded"
-            await first.aread()
-        assert await charge_of(charged, "reserve", "held", 7) == pytest.approx(7.0)
+        await a_running_call_holds_the_budget(c, charged, "reserve", "held")
         await in_flight_settles(charged, "reserve")
         again = await c.post(CHAT, json=chat_body("held"), headers=auth("reserve"))
         assert again.status_code == 200, again.text
@@ -359,14 +365,7 @@ async def test_a_group_member_is_charged_at_its_own_prices(charged: ServerThread
 
 async def test_admission_reserves_at_a_groups_dearest_member(charged: ServerThread) -> None:
     """$50 budget on a group listed at a cent a million tokens whose answering member costs $1 a
-    token: a running call with max_tokens=60 holds the budget at the dear member's prices."""
-    body = chat_body("mixheld", stream=True) | {"max_tokens": 60}
+    token: a running call holds the budget at the dear member's prices."""
     async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
-        async with c.stream("POST", CHAT, json=body, headers=auth("mixbudget")) as first:
-            assert first.status_code == 200
-            refused = await c.post(CHAT, json=chat_body("mixheld") | {"max_tokens": 1}, headers=auth("mixbudget"))
-            assert refused.status_code == 429, refused.text
-            assert refused.json()["error"]["code"] == "budget_exceeded"
-            await first.aread()
-        assert await charge_of(charged, "mixbudget", "mixheld", 7) == pytest.approx(7.0)
+        await a_running_call_holds_the_budget(c, charged, "mixbudget", "mixheld")
     await in_flight_settles(charged, "mixbudget")

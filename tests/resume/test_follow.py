@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -147,12 +148,11 @@ def test_the_heartbeat_rule_keys_on_the_later_of_a_write_and_another_sign_of_lif
     assert rule.due_in(116.0) == 15.0
 
 
-async def test_an_sse_reader_behind_a_trimmed_log_gets_an_error_event() -> None:
-    """The replay's SSE response: a reader whose client is slow falls behind a log trimmed under it,
-    and its stream ends with the contract's error event (409), not a connection cut without one."""
-    log = StreamLog("s5", "owner", max_events=3)
-    for seq in (1, 2):
-        log.append(chunk(seq))
+async def _replayed_to_a_stalled_client(
+    response_for: Callable[[DisconnectWatch], Any], log: StreamLog, event: Callable[[int], StreamEvent]
+) -> list[bytes]:
+    """The bodies a replay's response writes to a client that stops reading after its first write
+    while the log moves on past it (events 3 to 9 appended to a log of at most 3), then reads on."""
     bodies: list[bytes] = []
     written, go_on = asyncio.Event(), asyncio.Event()
 
@@ -166,14 +166,26 @@ async def test_an_sse_reader_behind_a_trimmed_log_gets_an_error_event() -> None:
         await asyncio.Event().wait()  # the client never disconnects
         raise AssertionError
 
-    response = ReplaySseResponse(LocalReplay(log, 0), DisconnectWatch(receive), {}, heartbeat_s=30)
+    response = response_for(DisconnectWatch(receive))
     replaying = asyncio.ensure_future(response.to_asgi_response()({"type": "http"}, receive, send))
     async with asyncio.timeout(2):
         await written.wait()
-        for seq in range(3, 10):  # the log moves on past what the reader has
-            log.append(chunk(seq))
+        for seq in range(3, 10):
+            log.append(event(seq))
         go_on.set()
         await replaying
+    return bodies
+
+
+async def test_an_sse_reader_behind_a_trimmed_log_gets_an_error_event() -> None:
+    """The replay's SSE response: a reader whose client is slow falls behind a log trimmed under it,
+    and its stream ends with the contract's error event (409), not a connection cut without one."""
+    log = StreamLog("s5", "owner", max_events=3)
+    for seq in (1, 2):
+        log.append(chunk(seq))
+    bodies = await _replayed_to_a_stalled_client(
+        lambda watch: ReplaySseResponse(LocalReplay(log, 0), watch, {}, heartbeat_s=30), log, chunk
+    )
     assert bodies[0] == b'id: s5:1\ndata: {"n":1}\n\nid: s5:2\ndata: {"n":2}\n\n'
     assert bodies[-1].startswith(b"id: s5:2\nevent: error\ndata: ")
     assert json.loads(bodies[-1].split(b"data: ", 1)[1])["error"]["code"] == "invalid_resume_position"
@@ -187,28 +199,12 @@ async def test_a_responses_reader_behind_a_trimmed_log_gets_a_failed_response() 
         log.append(StreamEvent(seq, Chunk(raw=text % seq)))
     skeleton = skeleton_of(ResponsesCreate(model="m"), "resp_" + "ab" * 16, [])
     reader = ResponseReplay(LocalReplay(log, 0), ResponseEvents(skeleton), -1)
-    bodies: list[bytes] = []
-    written, go_on = asyncio.Event(), asyncio.Event()
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            bodies.append(message["body"])
-            written.set()
-            await go_on.wait()
-
-    async def receive() -> dict[str, Any]:
-        await asyncio.Event().wait()
-        raise AssertionError
-
     first = reader.ready()  # what the route reads before it answers
-    response = ResponsesReplayResponse(reader, first, DisconnectWatch(receive), {}, heartbeat_s=30)
-    replaying = asyncio.ensure_future(response.to_asgi_response()({"type": "http"}, receive, send))
-    async with asyncio.timeout(2):
-        await written.wait()
-        for seq in range(3, 10):
-            log.append(StreamEvent(seq, Chunk(raw=text % seq)))
-        go_on.set()
-        await replaying
+    bodies = await _replayed_to_a_stalled_client(
+        lambda watch: ResponsesReplayResponse(reader, first, watch, {}, heartbeat_s=30),
+        log,
+        lambda seq: StreamEvent(seq, Chunk(raw=text % seq)),
+    )
     last = [block for block in b"".join(bodies).split(b"\n\n") if block][-1]
     event = json.loads(last.split(b"data: ", 1)[1])
     assert event["type"] == "response.failed"
