@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
 
 import msgspec
@@ -129,14 +129,18 @@ class ChatService:
             raise ModelNotSupported(f"The model `{model}` is an embedding model: use /v1/embeddings.", param="model")
         return model
 
-    async def admit_unbilled(self, model: str, caller: Caller) -> None:
-        """A request that asks nothing of a provider (a prepared Responses turn): the model known
-        (404) and allowed for the key (403), counted against its requests a minute and its other
-        limits (429) as a request of an empty message, then settled at once: nothing held, nothing
-        charged, and no input of its own counted against its tokens a minute."""
+    @asynccontextmanager
+    async def unbilled(self, model: str, caller: Caller) -> AsyncIterator[Admission | None]:
+        """A request that asks nothing of a provider (a prepared Responses turn, a token count): the
+        model known (404) and allowed for the key (403), counted against its requests a minute and in
+        flight while it runs (429) as a request of an empty message, then settled: nothing charged,
+        and no input of its own counted against its tokens a minute."""
         admission = await self.admit(one_message_input(model, ""), caller)
-        if admission is not None:
-            admission.settle(model, None)
+        try:
+            yield admission
+        finally:
+            if admission is not None:
+                admission.settle(model, None)
 
     async def admit(self, request: ChatCompletionInput, caller: Caller) -> Admission | None:
         """Whether ``caller`` may make this request now: model known (404), allowed for the key (403),

@@ -34,7 +34,7 @@ from app.api.messages.tokens import count_input_tokens
 from app.api.status_window import client_gone, open_window
 from app.config.settings import Settings
 from app.core.context import context_of
-from app.domain.chat_request import ChatCompletionInput, one_message_input
+from app.domain.chat_request import ChatCompletionInput
 from app.domain.chunks import Chunk
 from app.domain.errors import GatewayError, InvalidRequest, PayloadTooLarge, public_error
 from app.domain.events import CLIENT_DISCONNECTED
@@ -157,14 +157,10 @@ class MessagesController(Controller):
         # Free of charge, but a request like any other for the key's limits: tokenizing a large body
         # is the gateway's CPU (and the first call loads the tokenizer's files), so a key's requests
         # a minute and in flight bound it (404, 403 and 429 as for a message).
-        admission = await chat_context.chat.admit(one_message_input(model, ""), chat_context.caller)
-        try:
+        async with chat_context.chat.unbilled(model, chat_context.caller) as admission:
             dep = settings.deployment(model)
             litellm_model = dep.litellm_model if dep is not None else model
             tokens = await asyncio.to_thread(count_input_tokens, litellm_model, chat_body)
-        finally:
-            if admission is not None:
-                admission.settle(model, None)
         headers = _id_headers(request) | (admission.headers if admission is not None else {})
         return Response(content={"input_tokens": tokens}, headers=headers)
 

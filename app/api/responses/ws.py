@@ -260,12 +260,12 @@ class ResponsesSocketSession:
         prepared = await self.service.prepare(create, self.caller, self.memory)
         # The model known and allowed, and counted against the key's requests a minute; its input is
         # not counted against the key's tokens (no provider reads it).
-        await self.service.chat.admit_unbilled(prepared.chat.model, self.caller)
-        run = ResponseRun(self.service, prepared, self.caller.scope)
-        events = run.events.start() + run.events.finish(None)
-        snapshot = run.events.snapshot()
-        if create.store is not False:
-            await self.service.save(run.record(snapshot))
+        async with self.service.chat.unbilled(prepared.chat.model, self.caller):
+            run = ResponseRun(self.service, prepared, self.caller.scope)
+            events = run.events.start() + run.events.finish(None)
+            snapshot = run.events.snapshot()
+            if create.store is not False:
+                await self.service.save(run.record(snapshot))
         self._remember(run, snapshot)
         self._send_all([tagged(data, tag) for _kind, _seq, data in events])
 
