@@ -7,13 +7,17 @@ Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last app
   ``XADD MAXLEN`` to ``resume_max_events``. Fields: ``c`` (a chunk's bytes, as the provider sent
   them), or ``d`` (done: finish reason and usage) or ``e`` + ``st`` (error body and status).
 - ``chat:resume:<id>:meta``: the owner (gateway key scope), the replica that runs the stream and,
-  for streams of another API than chat completions, the framing they replay in (``format``).
+  for streams of another API than chat completions, the framing they replay in (``format``);
+  ``broken`` once the copy is known to have a hole (below).
 - ``chat:resume:replica:<replica id>``: set while that replica lives (rewritten every
   ``LIVENESS_EVERY_S``, expiring after ``LIVENESS_TTL_S``).
 - ``chat:resume:<id>:readers``: set (with a short expiry) while a replica follows the stream, so
   that the replica that runs it keeps the upstream going past its detach grace.
-- channel ``chat:resume:stop``: a DELETE that reaches another replica is published there, and the
-  replica running the stream stops it.
+- ``chat:resume:<id>:stop``: set by a DELETE that reached another replica, which then publishes the id
+  on the channel ``chat:resume:stop``; the replica running the stream stops it when the message comes,
+  or, if its subscription was down when it was published (Redis's pub/sub keeps nothing for a
+  subscriber that is reconnecting), when it subscribes again and looks for the keys of the streams it
+  runs.
 
 Appending never delays the live client: ``append`` puts the event in the stream's outbox (no I/O,
 no encoding) and one flusher task per process writes every outbox in one pipelined round trip,
@@ -23,7 +27,11 @@ away: the live stream is served from memory and never waits for Redis. The circu
 refuses at once. A stream whose append was lost is marked broken: its copy in Redis has a hole, so
 it stops being appended to and its resumes answer 503 (a resume must never silently skip
 events). Streams that begin while the breaker is open are not copied at all (503 on resume).
-Resumes on any replica answer 503 while the breaker is open.
+Resumes on any replica answer 503 while the breaker is open. The other replicas learn of a broken
+copy from its meta key (``broken``), written once Redis answers again (the liveness loop retries it
+every ``LIVENESS_EVERY_S``): their resumes then answer 503 at once, and their followers end with a
+503 error event at their next silence check, rather than replaying up to the hole and waiting for the
+stall bound.
 
 A replica that dies mid-stream (SIGKILL, a lost host) stops appending, and its liveness key expires
 within ``LIVENESS_TTL_S``. A follower that has had no news for ``SILENCE_CHECK_S`` looks for that
@@ -38,16 +46,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import msgspec
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from app.config.settings import StreamingSettings
 from app.domain.chunks import Chunk, Usage
@@ -88,6 +100,12 @@ LIVENESS_TTL_S = 6.0
 #: A follower that got no event for this long checks, once a second, that the stream's replica lives.
 SILENCE_CHECK_S = 2.0
 ORPHANED = "The replica running this stream stopped; the stream cannot go on. Retry the request."
+BROKEN = "This stream's log could not be kept in the resume store."
+#: Broken copies waiting to be marked in Redis (an outage can break every stream begun meanwhile):
+#: past this many the oldest are given up on, and their resumes elsewhere fall back on the stall bound.
+MAX_UNMARKED = 100_000
+#: Marks written in one round trip, and stop keys looked up in one.
+MARK_BATCH = 1000
 
 _encode = msgspec.json.encode
 _body_decoder = msgspec.json.Decoder(ErrorBody)
@@ -130,10 +148,21 @@ def decode_event(entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEvent:
     return StreamEvent(seq, finish_reason=done.finish_reason, usage=usage)
 
 
+class _Head(NamedTuple):
+    """What a resume needs to know of a stream's copy before reading it."""
+
+    owner: str | None
+    format: str
+    first_seq: int
+    last_seq: int
+    ended: bool
+    broken: bool
+
+
 class _Outbox:
     """One stream's events not yet written to Redis: the ``SharedLog`` of its local log."""
 
-    __slots__ = ("broken", "ended", "events", "format", "owner", "started", "store", "stream_id")
+    __slots__ = ("__weakref__", "broken", "ended", "events", "format", "owner", "started", "store", "stream_id")
 
     def __init__(self, store: RedisResumeStore, stream_id: str, owner: str, format: str = "chat") -> None:
         self.store = store
@@ -146,10 +175,18 @@ class _Outbox:
         self.broken = False
 
     def append(self, event: StreamEvent) -> None:
+        if event.chunk is None:
+            self.store.ended(self)
         if self.broken:
             return
         self.events.append(event)
         self.store.dirty(self)
+
+    def mark_broken(self) -> None:
+        """Its copy has a hole: no more appends, and the other replicas are told (``broken``)."""
+        if not self.broken:
+            self.broken = True
+            self.store.broke(self)
 
     async def readers_elsewhere(self) -> bool:
         return await self.store.readers_elsewhere(self.stream_id)
@@ -174,9 +211,14 @@ class RedisResumeStore:
         blocking = {
             **pool_options(BLOCK_MS / 1000 + OP_TIMEOUT_S),
             "socket_timeout": BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S,
-            "max_connections": max_blocking_reads + 1,  # the reads, and the stop channel's listener
+            "max_connections": max_blocking_reads,
         }
         self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
+        # The stop channel's connection is never reconnected behind the listener's back (no retry):
+        # redis-py would subscribe again silently, and the stops published meanwhile would go unread.
+        # The listener sees the failure, subscribes anew and reads the stop keys (``_stops_missed``).
+        listener = {**blocking, "retry": Retry(NoBackoff(), 0), "max_connections": 1}
+        self._subscriber = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **listener))
         self._reads = asyncio.Semaphore(max_blocking_reads)
         parsed = urlparse(url)
         target = f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
@@ -190,6 +232,11 @@ class RedisResumeStore:
         self._announced_at = 0.0  # when this replica's liveness key was last written
         self._on_stop = on_stop
         self._dirty: dict[str, _Outbox] = {}
+        #: The streams this replica runs (until their last event), for the stop keys (``_stops_missed``);
+        #: weak, so that a log dropped without an end does not stay here.
+        self._running: weakref.WeakValueDictionary[str, _Outbox] = weakref.WeakValueDictionary()
+        #: Broken copies not yet marked in Redis, oldest first.
+        self._unmarked: dict[str, _Outbox] = {}
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -199,8 +246,10 @@ class RedisResumeStore:
 
     def begin(self, log: StreamLog) -> None:
         outbox = _Outbox(self, log.stream_id, log.owner, log.format)
-        outbox.broken = not self.breaker.available  # its copy would start with a hole
         log.shared = outbox
+        self._running[outbox.stream_id] = outbox
+        if not self.breaker.available:
+            outbox.mark_broken()  # its copy would start with a hole
         if self._flusher is None:
             self._wake = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -211,6 +260,14 @@ class RedisResumeStore:
             # The owner goes out now, before the first event: a resume on another replica that
             # arrives as soon as the client knows the stream id then finds it.
             self.dirty(outbox)
+
+    def ended(self, outbox: _Outbox) -> None:
+        self._running.pop(outbox.stream_id, None)
+
+    def broke(self, outbox: _Outbox) -> None:
+        self._unmarked[outbox.stream_id] = outbox
+        while len(self._unmarked) > MAX_UNMARKED:
+            del self._unmarked[next(iter(self._unmarked))]
 
     def dirty(self, outbox: _Outbox) -> None:
         self._dirty[outbox.stream_id] = outbox
@@ -227,13 +284,34 @@ class RedisResumeStore:
                 await self._flush(list(batch.values()))
 
     async def _announce_forever(self) -> None:
-        """Keep this replica's liveness key: followers end the streams of a replica whose key lapsed."""
+        """Keep this replica's liveness key: followers end the streams of a replica whose key lapsed.
+        Also marks the copies that broke since the last turn (``_mark_broken``)."""
         while True:
             if time.monotonic() - self._announced_at >= LIVENESS_EVERY_S / 2:
                 with contextlib.suppress(Exception):  # Redis away: the breaker logs it; streams break anyway
                     await self.breaker.run(self._redis.set, _replica_key(self.replica_id), b"1", px=self._liveness_ms)
                     self._announced_at = time.monotonic()
+            if self._unmarked and self.breaker.available:
+                with contextlib.suppress(Exception):  # still away: the next turn tries again
+                    await self._mark_broken()
             await asyncio.sleep(LIVENESS_EVERY_S)
+
+    async def _mark_broken(self) -> None:
+        """Write ``broken`` into the meta of copies that broke (with their owner, so that a copy that
+        never started answers 503, not 404, to its owner elsewhere)."""
+        batch = list(itertools.islice(self._unmarked.values(), MARK_BATCH))
+        pipe = self._redis.pipeline(transaction=False)
+        for outbox in batch:
+            meta_key = f"{_key(outbox.stream_id)}:meta"
+            meta: dict[Any, Any] = {"owner": outbox.owner, "replica": self.replica_id, "broken": b"1"}
+            if outbox.format != "chat":
+                meta["format"] = outbox.format
+            pipe.hset(meta_key, mapping=meta)
+            pipe.pexpire(meta_key, self._ttl_ms)
+        await self.breaker.run(pipe.execute)
+        for outbox in batch:
+            if self._unmarked.get(outbox.stream_id) is outbox:
+                del self._unmarked[outbox.stream_id]
 
     @property
     def _liveness_ms(self) -> int:
@@ -279,7 +357,7 @@ class RedisResumeStore:
             results = await self.breaker.run(pipe.execute, raise_on_error=False)
         except Exception as exc:
             for outbox, _, _ in written:
-                outbox.broken = True  # its copy has a hole now: resumes of it answer 503
+                outbox.mark_broken()  # its copy has a hole now: resumes of it answer 503
             if not isinstance(exc, BackendUnavailable):
                 logger.warning("resume_append_failed", streams=len(written), error=f"{type(exc).__name__}: {exc}"[:200])
             raise
@@ -287,7 +365,7 @@ class RedisResumeStore:
             self._announced_at = announced
         failed = [o for o, first, end in written if any(isinstance(r, Exception) for r in results[first:end])]
         for outbox in failed:
-            outbox.broken = True
+            outbox.mark_broken()
         if failed:
             error = next(r for r in results if isinstance(r, Exception))
             logger.warning("resume_append_failed", streams=len(failed), error=f"{type(error).__name__}: {error}"[:200])
@@ -298,9 +376,14 @@ class RedisResumeStore:
     async def _listen_for_stops(self) -> None:
         """Stop requests for streams of this replica (a DELETE that reached another one)."""
         while True:
-            pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._subscriber.pubsub()
             try:
                 await pubsub.subscribe(STOP_CHANNEL)
+                # Confirmed before the stop keys are read: a DELETE after that read is published to us.
+                async with asyncio.timeout(BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S):
+                    while (await pubsub.get_message(timeout=BLOCK_MS / 1000) or {}).get("type") != "subscribe":
+                        pass
+                await self._stops_missed()
                 while True:
                     message = await pubsub.get_message(timeout=BLOCK_MS / 1000)
                     if message is not None and message.get("type") == "message":
@@ -313,27 +396,33 @@ class RedisResumeStore:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
+    async def _stops_missed(self) -> None:
+        """The streams running here that a DELETE elsewhere asked to stop while this replica was not
+        subscribed (their stop keys); called once the subscription is up, so nothing falls between."""
+        running = list(self._running)
+        for start in range(0, len(running), MARK_BATCH):
+            ids = running[start : start + MARK_BATCH]
+            found: list[Any] = await self.breaker.run(self._redis.mget, [f"{_key(i)}:stop" for i in ids])
+            for stream_id, value in zip(ids, found, strict=True):
+                if value is not None:
+                    self._on_stop(stream_id)
+
     # -- reading (any replica) ---------------------------------------------------------------------
 
     def check_available(self, log: StreamLog | None) -> None:
         if not self.breaker.available:
             raise ResumeUnavailable("The resume store is unreachable; retry shortly.")
         if log is not None and log.shared is not None and log.shared.broken:
-            raise ResumeUnavailable("This stream's log could not be kept in the resume store.")
+            raise ResumeUnavailable(BROKEN)
 
-    async def _head(self, stream_id: str) -> tuple[str | None, int, int, bool]:
-        """Owner, first and last seq held, and whether the last is the stream's end."""
-        _, head = await self._head_and_format(stream_id)
-        return head
-
-    async def _head_and_format(self, stream_id: str) -> tuple[str, tuple[str | None, int, int, bool]]:
+    async def _head(self, stream_id: str) -> _Head:
         key = _key(stream_id)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hmget(f"{key}:meta", ["owner", "format"])
+        pipe.hmget(f"{key}:meta", ["owner", "format", "broken"])
         pipe.xrange(key, count=1)
         pipe.xrevrange(key, count=1)
         try:
-            (owner, format), first, last = await self.breaker.run(pipe.execute)
+            (owner, format, broken), first, last = await self.breaker.run(pipe.execute)
         except Exception as exc:
             raise ResumeUnavailable("The resume store is unreachable; retry shortly.") from exc
         first_seq = int(first[0][0].split(b"-", 1)[0]) if first else 1
@@ -341,19 +430,28 @@ class RedisResumeStore:
         if last:
             event = decode_event(*last[0])
             last_seq, ended = event.seq, event.chunk is None
-        found = owner.decode() if owner is not None else None
-        return (format.decode() if format is not None else "chat"), (found, first_seq, last_seq, ended)
+        return _Head(
+            owner.decode() if owner is not None else None,
+            format.decode() if format is not None else "chat",
+            first_seq,
+            last_seq,
+            ended,
+            broken is not None,
+        )
 
     async def open(self, stream_id: str, owner: str, after_seq: int) -> RedisReplay:
-        format, (found, first_seq, last_seq, ended) = await self._head_and_format(stream_id)
-        if found is None or found != owner:
+        head = await self._head(stream_id)
+        if head.owner is None or head.owner != owner:
             raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
-        if not ended and await self.end_if_orphaned(stream_id, last_seq):
-            _, first_seq, last_seq, ended = await self._head(stream_id)
+        if head.broken:
+            raise ResumeUnavailable(BROKEN)
+        if not head.ended and await self.end_if_orphaned(stream_id, head.last_seq):
+            head = await self._head(stream_id)
         deadline = time.monotonic() + PAST_END_WAIT_S
-        while after_seq > last_seq and not ended and time.monotonic() < deadline:
+        while after_seq > head.last_seq and not head.ended and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # another replica may still be appending it
-            _, first_seq, last_seq, ended = await self._head(stream_id)
+            head = await self._head(stream_id)
+        format, first_seq, last_seq, ended = head.format, head.first_seq, head.last_seq, head.ended
         if after_seq > last_seq:
             raise InvalidResumePosition(f"Event {after_seq} is past the end of the stream's log.")
         if after_seq < first_seq - 1:
@@ -384,11 +482,15 @@ class RedisResumeStore:
         """End the stream's log with an in-band 502 if the replica running it is gone; True if ended.
 
         ``last_seq`` is the last event the caller knows of: the end goes in right after it, and Redis
-        refuses it (an entry id not past the last) if the stream moved on meanwhile.
+        refuses it (an entry id not past the last) if the stream moved on meanwhile. A copy marked
+        broken raises ``ResumeUnavailable``: nothing more will come, and what came has a hole.
         """
         key = _key(stream_id)
         try:
-            replica: Any = await self.breaker.run(self._redis.hget, f"{key}:meta", "replica")
+            fields: Any = await self.breaker.run(self._redis.hmget, f"{key}:meta", ["replica", "broken"])
+            replica, broken = fields
+            if broken is not None:
+                raise ResumeUnavailable(BROKEN)
             if replica is None:
                 return False  # written by a replica that does not announce itself: the stall bound applies
             alive: int = await self.breaker.run(self._redis.exists, _replica_key(replica.decode()))
@@ -409,11 +511,17 @@ class RedisResumeStore:
 
     async def stop(self, stream_id: str, owner: str) -> bool:
         """DELETE on a replica that does not run the stream: tell the one that does."""
+        key = _key(stream_id)
         try:
-            found: Any = await self.breaker.run(self._redis.hget, f"{_key(stream_id)}:meta", "owner")
+            found: Any = await self.breaker.run(self._redis.hget, f"{key}:meta", "owner")
             if found is None or found.decode() != owner:
                 return False
-            await self.breaker.run(self._redis.publish, STOP_CHANNEL, stream_id)
+            # The key first: a replica whose subscription is down when the message goes out finds it
+            # when it subscribes again (``_stops_missed``).
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(f"{key}:stop", b"1", px=self._ttl_ms)
+            pipe.publish(STOP_CHANNEL, stream_id)
+            await self.breaker.run(pipe.execute)
         except BackendUnavailable as exc:
             raise ResumeUnavailable("The resume store is unreachable; retry shortly.") from exc
         return True
@@ -430,6 +538,7 @@ class RedisResumeStore:
             await self._own.aclose()
         await self._redis.aclose()
         await self._blocking.aclose()
+        await self._subscriber.aclose()
 
 
 class RedisReplay:
@@ -468,6 +577,9 @@ class RedisReplay:
                 try:
                     if await self._store.end_if_orphaned(self.stream_id, self._seq):
                         return  # the next read returns the end just written, as every reader gets it
+                except ResumeUnavailable as exc:  # the copy broke: what follows would have a hole
+                    self._fail(exc.message)
+                    return
                 except Exception:
                     self._fail("The resume store became unreachable while following the stream.")
                     return

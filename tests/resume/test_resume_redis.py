@@ -20,7 +20,11 @@ import httpx
 import pytest
 
 from app.config.settings import StreamingSettings, settings_from_dict
-from app.resume.redis_store import BLOCK_MS, RedisResumeStore
+from app.domain.chunks import Chunk
+from app.domain.errors import ResumeUnavailable, StreamNotFound
+from app.domain.events import StreamEvent
+from app.resume.log import StreamLog
+from app.resume.redis_store import BLOCK_MS, STOP_CHANNEL, RedisResumeStore
 from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
 from tests.helpers.fake_provider import Behaviour, FakeProvider
@@ -289,3 +293,133 @@ async def test_blocking_reads_on_a_replica_are_bounded(redis_url: str) -> None:
         assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
     finally:
         await store.close()
+
+
+# -- a copy that broke, a DELETE that met no subscriber (two stores on one Redis: two replicas) -------
+
+
+async def _until(check: Any, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def _chunk(seq: int) -> StreamEvent:
+    return StreamEvent(seq, Chunk(raw=b'{"n":%d}' % seq))
+
+
+async def test_a_copy_whose_last_flush_failed_is_a_503_on_the_other_replicas() -> None:
+    """The running replica's final flush meets a stalled Redis: its copy in Redis stops short of the
+    end. Once Redis answers again the copy is marked broken, so a resume on another replica is a 503
+    at once, not a replay up to the hole followed by a wait for the stall bound (over a minute)."""
+    import signal
+
+    redis = RedisServer().start()
+    a = RedisResumeStore(redis.url, StreamingSettings(), on_stop=lambda _sid: None)
+    b = RedisResumeStore(redis.url, StreamingSettings(), on_stop=lambda _sid: None)
+    sid = os.urandom(16).hex()
+    try:
+        log = StreamLog(sid, "owner", 100)
+        a.begin(log)
+        log.append(_chunk(1))
+        await _until(lambda: _opens(b, sid))
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            log.append(_chunk(2))
+            log.append(StreamEvent(3))  # the end
+            await _until(_true_when(lambda: log.shared is not None and log.shared.broken))
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        started = time.monotonic()
+        with pytest.raises(ResumeUnavailable):
+            await _until(lambda: _opens(b, sid, fails=True))
+            await b.open(sid, "owner", 0)
+        assert time.monotonic() - started < 8  # a probe, then the liveness loop's next turn
+        with pytest.raises(StreamNotFound):  # another key's stream is still a 404 first
+            await b.open(sid, "someone else", 0)
+    finally:
+        for store in (a, b):
+            await store.close()
+        redis.stop()
+
+
+async def test_a_follower_on_another_replica_ends_with_a_503_once_the_copy_is_marked_broken(redis_url: str) -> None:
+    a = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
+    b = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
+    sid = os.urandom(16).hex()
+    try:
+        log = StreamLog(sid, "owner", 100)
+        a.begin(log)
+        log.append(_chunk(1))
+        await _until(lambda: _opens(b, sid))
+        replay = await b.open(sid, "owner", 0)
+        assert log.shared is not None
+        log.shared.mark_broken()  # as a failed flush does
+        await a._mark_broken()
+        started, events = time.monotonic(), []
+        while not events or events[-1].chunk is not None:
+            assert time.monotonic() - started < WAIT_S
+            await replay.wait()
+            while (event := replay.take()) is not None:
+                events.append(event)
+        assert [e.seq for e in events] == [1, 2]
+        assert isinstance(events[-1].error, ResumeUnavailable)
+        assert "could not be kept" in events[-1].error.message
+    finally:
+        for store in (a, b):
+            await store.close()
+
+
+async def test_a_delete_published_while_the_running_replica_resubscribes_still_stops_it() -> None:
+    """Redis's pub/sub keeps nothing for a subscriber that is away: a DELETE on another replica while
+    the running replica's subscription reconnects would be lost. The stop key it leaves is found when
+    the subscription is back."""
+    redis = RedisServer().start()
+    stopped: list[str] = []
+    a = RedisResumeStore(redis.url, StreamingSettings(), on_stop=stopped.append)
+    b = RedisResumeStore(redis.url, StreamingSettings(), on_stop=lambda _sid: None)
+    sid = os.urandom(16).hex()
+    try:
+        log = StreamLog(sid, "owner", 100)
+        a.begin(log)
+        log.append(_chunk(1))
+        await _until(lambda: _opens(b, sid))
+        await _until(lambda: _subscribers(b, 1))
+        await b._redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # a reset connection, say
+        await _until(lambda: _subscribers(b, 0))
+        assert await b.stop(sid, "owner")  # published to nobody
+        await _until(_true_when(lambda: stopped == [sid]), timeout=5)
+        # A stream that ended is not stopped again when the subscription comes back another time.
+        log.append(StreamEvent(2))
+        stopped.clear()
+        await b._redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await _until(lambda: _subscribers(b, 1))
+        await asyncio.sleep(0.2)
+        assert stopped == []
+    finally:
+        for store in (a, b):
+            await store.close()
+        redis.stop()
+
+
+async def _opens(store: RedisResumeStore, sid: str, *, fails: bool = False) -> bool:
+    try:
+        (await store.open(sid, "owner", 0)).close()
+    except StreamNotFound:
+        return False
+    except ResumeUnavailable:
+        return fails
+    return not fails
+
+
+async def _subscribers(store: RedisResumeStore, count: int) -> bool:
+    reply: Any = await store._redis.pubsub_numsub(STOP_CHANNEL)
+    return bool(reply[0][1] == count)
+
+
+def _true_when(check: Any) -> Any:
+    async def probe() -> bool:
+        return bool(check())
+
+    return probe
