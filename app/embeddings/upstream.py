@@ -16,7 +16,7 @@ from yarl import URL
 
 from app.api.embeddings.wire import Embeddings, EmbeddingsRequest, read_reply, upstream_body
 from app.config.settings import DeploymentSettings
-from app.domain.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from app.domain.errors import GatewayError, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
 from app.providers.chunks import error_from_reply
 from app.providers.egress import EgressSettings
 from app.providers.quoting import ProviderText
@@ -113,6 +113,7 @@ class EmbeddingsUpstream:
         from app.providers.litellm_setup import import_litellm
 
         litellm = import_litellm()
+        _check_token_arrays(litellm, dep.litellm_model, request.input)
         params: dict[str, Any] = {"model": dep.litellm_model, "input": request.input}
         # Retries and fallbacks are the gateway's (Resilient), never the client library's as well.
         # OpenAI's optional fields (``user``) go to the providers that take them and are dropped for
@@ -146,3 +147,26 @@ class EmbeddingsUpstream:
         for pool in self._pools.values():
             await pool.aclose()
         self._pools.clear()
+
+
+#: LiteLLM providers whose embeddings API takes inputs as token arrays (OpenAI's own shape). The others
+#: take text only: LiteLLM hands them the integers anyway, and some of its translations fail in a way
+#: it reports as a connection error (Cohere's), which would be a 502 and be retried.
+_TOKEN_ARRAY_PROVIDERS = frozenset({"openai", "azure"})
+
+
+def _check_token_arrays(litellm: Any, model: str, value: Any) -> None:
+    """400 ``unsupported_content`` for token-array input to a provider that takes text only."""
+    tokens = isinstance(value, list) and any(not isinstance(item, str) for item in value)
+    if not tokens:
+        return
+    try:
+        provider = litellm.get_llm_provider(model)[1]
+    except Exception:
+        provider = model.partition("/")[0]
+    if provider not in _TOKEN_ARRAY_PROVIDERS:
+        raise InvalidRequest(
+            "`input`: this model's deployment takes text only; send strings, not token arrays.",
+            code="unsupported_content",
+            param="input",
+        )

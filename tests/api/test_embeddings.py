@@ -192,6 +192,21 @@ async def test_a_broken_providers_answer_is_a_502_and_credits_nothing(
     assert all(usd >= 0 for usd in spend.values())
 
 
+async def test_token_arrays_to_a_provider_that_takes_text_only_are_a_400(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    """Mistral, Cohere, Gemini... take strings only; LiteLLM hands them the integers anyway (and fails
+    Cohere's with what it calls a connection error: a 502, retried). Refused before any call."""
+    calls = len(fake.requests)
+    for value in ([[1, 2, 3]], [1, 2, 3]):
+        with pytest.raises(BadRequestError) as refused:
+            await sdk.embeddings.create(model="embed_mistral", input=value, encoding_format="float")  # type: ignore[arg-type]
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert (error["code"], error["param"]) == ("unsupported_content", "input")
+    assert len(fake.requests) == calls
+    result = await sdk.embeddings.create(model="embed_mistral", input=["a", "b"], encoding_format="float")
+    assert len(result.data) == 2
+
+
 async def test_token_arrays(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
     result = await sdk.embeddings.create(model="embed", input=[[1, 2, 3], [4, 5]], encoding_format="float")
     assert [d.embedding for d in result.data] == [fake_vector([1, 2, 3], 8), fake_vector([4, 5], 8)]
