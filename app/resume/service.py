@@ -115,9 +115,7 @@ class Resumes:
     async def _open(self, stream_id: str, owner: str, after_seq: int) -> Replay:
         if not _STREAM_ID.fullmatch(stream_id):
             raise StreamNotFound("No such stream (not a stream id of this gateway's).")
-        log = self.local.get(stream_id) if self.enabled else None
-        if log is not None and log.owner != owner:  # whose it is before anything else about it
-            raise StreamNotFound(f"No stream {stream_id!r} to resume (unknown, expired, or not yours).")
+        log = self._own_log(stream_id, owner)
         if self.shared is not None:
             self.shared.check_available(log)  # 503 when the shared log cannot be trusted
             if log is None:
@@ -136,14 +134,21 @@ class Resumes:
         """DELETE: stop the stream at once (its readers get ``stream_cancelled``); ended -> nothing to do."""
         if not _STREAM_ID.fullmatch(stream_id):
             raise StreamNotFound("No such stream (not a stream id of this gateway's).")
-        log = self.local.get(stream_id) if self.enabled else None
-        if log is not None and log.owner == owner:
+        log = self._own_log(stream_id, owner)
+        if log is not None:
             if log.stream is not None:
                 log.stream.stop()
             return
-        if log is None and self.shared is not None and await self.shared.stop(stream_id, owner):
+        if self.shared is not None and await self.shared.stop(stream_id, owner):
             return
         raise StreamNotFound(f"No stream {stream_id!r} to stop (unknown, expired, or not yours).")
+
+    def _own_log(self, stream_id: str, owner: str) -> StreamLog | None:
+        """The stream's local log if ``owner``'s. Another key's is answered as an unknown stream is,
+        through the shared store when there is one (its round trip, its 503 while Redis is away), so
+        that neither the answer nor its timing says the stream runs here."""
+        log = self.local.get(stream_id) if self.enabled else None
+        return log if log is not None and log.owner == owner else None
 
     def _count(self, result: str) -> None:
         if self._on_result is not None:

@@ -139,6 +139,15 @@ async def test_redis_stopped_mid_stream_live_client_finishes_and_resume_is_503(f
             assert got.status_code == 503, got.text
             assert got.json()["error"]["code"] == "resume_store_unavailable"
             assert server.app.state.metrics.resumes[("unavailable",)] == 1  # this server's one resume
+            # Another key learns nothing of the stream: it gets what a stream id nobody knows gets.
+            for method in ("GET", "DELETE"):
+                url = "/v1/chat/completions/streams/{}"
+                theirs = await http.request(method, url.format(sid), headers=B)
+                unknown = await http.request(method, url.format("f" * 32), headers=B)
+                assert (theirs.status_code, theirs.json()["error"]["code"]) == (
+                    unknown.status_code,
+                    unknown.json()["error"]["code"],
+                ), method
             # New streams still work, and the process is fine.
             ok = await http.post("/v1/chat/completions", json=chat_body("normal", stream=True), headers=A)
             assert ok.status_code == 200 and frames(ok.content)[-1].endswith(b"[DONE]\n\n")

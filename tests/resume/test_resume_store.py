@@ -57,13 +57,18 @@ async def test_resume_before_a_trimmed_start_or_past_the_end_is_409_and_another_
 class _UntrustedCopy:
     """A shared store whose copy of every log is broken (a failed flush to Redis)."""
 
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+
     def begin(self, log: StreamLog) -> None: ...
 
     def check_available(self, log: StreamLog | None) -> None:
-        raise ResumeUnavailable("the shared copy cannot be trusted")
+        if log is not None:
+            raise ResumeUnavailable("the shared copy cannot be trusted")
 
     async def open(self, stream_id: str, owner: str, after_seq: int) -> Replay:
-        raise AssertionError("not reached")
+        self.looked_up.append(stream_id)
+        raise StreamNotFound("not in the shared store (or not yours)")
 
     async def stop(self, stream_id: str, owner: str) -> bool:
         return False
@@ -77,10 +82,15 @@ class _UntrustedCopy:
 async def test_another_keys_stream_is_a_404_before_anything_else_is_said_of_it() -> None:
     """Whose a stream is comes first: another key learns nothing of it, not even that its shared
     copy is broken (a 503 would say the stream exists)."""
-    resumes = Resumes(StreamingSettings(resume_max_events=5), MemoryResumeStore(60, 5, 1 << 30), _UntrustedCopy())
+    shared = _UntrustedCopy()
+    resumes = Resumes(StreamingSettings(resume_max_events=5), MemoryResumeStore(60, 5, 1 << 30), shared)
     fill(resumes.local.begin("cd", "owner"), 3)
     with pytest.raises(StreamNotFound):
         await resumes.open("cd", "someone else", None)
+    # Answered as an unknown stream is: through the shared store (its round trip, its timing).
+    with pytest.raises(StreamNotFound):
+        await resumes.open("ef", "someone else", None)
+    assert shared.looked_up == ["cd", "ef"]
     with pytest.raises(ResumeUnavailable):
         await resumes.open("cd", "owner", None)
 
