@@ -36,6 +36,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     member_prices: dict[str, Prices] = {}
     #: Per public name: the dearest of its members' prices, which admission reserves at.
     dearest: dict[str, Prices] = {}
+    #: Per deployment id: USD a web search the provider runs for a call costs (LiteLLM's metadata).
+    search_fees: dict[str, float] = {}
 
 
 def _per_mtok(cost_per_token: Any) -> float | None:
@@ -57,6 +59,15 @@ def prices_of(dep: DeploymentSettings, metadata: Mapping[str, Any] | None) -> Pr
         o.output_cost_per_mtok if o.output_cost_per_mtok is not None else _per_mtok(meta.get("output_cost_per_token"))
     )
     return cost_in, cost_out
+
+
+def search_fee_of(metadata: Mapping[str, Any] | None) -> float | None:
+    """USD per web search the provider runs (Anthropic's web search tool), from LiteLLM's metadata:
+    its medium context size's price where it lists sizes (Anthropic's is one price for all)."""
+    fee = (metadata or {}).get("search_context_cost_per_query")
+    if isinstance(fee, dict):
+        fee = fee.get("search_context_size_medium")
+    return float(fee) if isinstance(fee, int | float) and fee >= 0 else None
 
 
 def model_info(dep: DeploymentSettings, metadata: Mapping[str, Any] | None, provider: str | None) -> ModelInfo:
@@ -100,6 +111,7 @@ def build_snapshot(
     owned_by = {}
     member_prices: dict[str, Prices] = {}
     dearest: dict[str, Prices] = {}
+    search_fees: dict[str, float] = {}
     for name, group in groups.items():
         # One entry per public name: LiteLLM's metadata of the first member it knows, under the
         # group's merged overrides.
@@ -113,7 +125,10 @@ def build_snapshot(
         # charged at its own, and admission reserves at the dearest, whichever member answers.
         listed = (info.input_cost_per_mtok, info.output_cost_per_mtok)
         for member in group:
-            own_in, own_out = prices_of(member, metadata(member.litellm_model))
+            member_metadata = metadata(member.litellm_model)
+            if (fee := search_fee_of(member_metadata)) is not None:
+                search_fees[member.id] = fee
+            own_in, own_out = prices_of(member, member_metadata)
             member_prices[member.id] = (
                 own_in if own_in is not None else listed[0],
                 own_out if own_out is not None else listed[1],
@@ -128,6 +143,7 @@ def build_snapshot(
         built_at=time.time(),
         member_prices=member_prices,
         dearest=dearest,
+        search_fees=search_fees,
     )
 
 

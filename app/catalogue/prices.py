@@ -27,3 +27,8 @@ class CataloguePrices:
             return prices
         info = snapshot.by_id.get(model)
         return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else _UNKNOWN
+
+    def search_fee(self, deployment: str | None) -> float | None:
+        """USD per web search the deployment's provider ran (None: unpriced, or none answered)."""
+        snapshot = self._catalogue.current()
+        return snapshot.search_fees.get(deployment) if snapshot is not None and deployment is not None else None

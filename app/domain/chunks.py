@@ -13,6 +13,8 @@ from app.domain.errors import GatewayError
 class Usage(msgspec.Struct, frozen=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Web searches the provider ran for the call (Anthropic's ``server_tool_use``), each priced apart.
+    web_searches: int = 0
 
 
 class Chunk(msgspec.Struct, frozen=True, gc=False):
@@ -67,7 +69,10 @@ def reaches_client(chunk: Chunk, include_usage: bool) -> bool:
 def usage_of(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
+    tools = data.get("server_tool_use")
+    searches = tools.get("web_search_requests") if isinstance(tools, dict) else None
     return Usage(
         prompt_tokens=int(data.get("prompt_tokens") or 0),
         completion_tokens=int(data.get("completion_tokens") or 0),
+        web_searches=int(searches) if isinstance(searches, int | float) else 0,
     )

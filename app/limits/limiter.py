@@ -49,6 +49,10 @@ class PriceLookup(Protocol):
         """What a call to ``model`` answered by the deployment id ``deployment`` costs (None: none answered)."""
         ...
 
+    def search_fee(self, deployment: str | None) -> float | None:
+        """USD a web search run by the provider of ``deployment`` costs (None: unpriced)."""
+        ...
+
 
 _encode = msgspec.json.Encoder().encode
 #: While the backend is down, how often a request tries it again (the others skip it).
@@ -311,7 +315,10 @@ class Limiter:
         cost_in, cost_out = self._prices.charged(model, deployment)
         # The provider's counts are untrusted: a negative one must not credit the key's budget.
         prompt, completion = max(0, usage.prompt_tokens), max(0, usage.completion_tokens)
-        return (prompt * (cost_in or 0.0) + completion * (cost_out or 0.0)) / 1e6
+        spend = (prompt * (cost_in or 0.0) + completion * (cost_out or 0.0)) / 1e6
+        if usage.web_searches > 0:  # the provider's own tool runs, priced apart from the tokens
+            spend += usage.web_searches * (self._prices.search_fee(deployment) or 0.0)
+        return spend
 
     async def health(self) -> bool:
         return await self._backend.health()

@@ -60,11 +60,16 @@ OVERLOADED: Final = 529
 _NO_RAW = msgspec.Raw(b"")
 
 
+class _ServerToolUse(msgspec.Struct):
+    web_search_requests: int | None = None
+
+
 class _Usage(msgspec.Struct):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    server_tool_use: _ServerToolUse | None = None
 
 
 class _Block(msgspec.Struct):
@@ -133,12 +138,13 @@ def _stop_fields(stop_reason: str | None, stop_sequence: str | None) -> dict[str
     return fields
 
 
-def _openai_usage(input_tokens: int, output_tokens: int, created: int, read: int) -> dict[str, Any]:
+def _openai_usage(input_tokens: int, output_tokens: int, created: int, read: int, searches: int) -> dict[str, Any]:
     """Anthropic's counts as OpenAI's usage: its ``input_tokens`` leaves out the cache's reads and
     writes, OpenAI's ``prompt_tokens`` counts them (``api/messages/events.py`` ``anthropic_usage``
-    takes them out again)."""
+    takes them out again). Web searches keep Anthropic's ``server_tool_use`` (as LiteLLM writes it):
+    each is charged apart from the tokens."""
     prompt = input_tokens + created + read
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": output_tokens,
         "total_tokens": prompt + output_tokens,
@@ -146,6 +152,14 @@ def _openai_usage(input_tokens: int, output_tokens: int, created: int, read: int
         "cache_creation_input_tokens": created,
         "cache_read_input_tokens": read,
     }
+    if searches:
+        usage["server_tool_use"] = {"web_search_requests": searches}
+    return usage
+
+
+def _searches(usage: _Usage) -> int | None:
+    tools = usage.server_tool_use
+    return tools.web_search_requests if tools is not None else None
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -193,8 +207,8 @@ class StreamReader:
         self._role = b'"role":"assistant",'  # the first delta's, then nothing
         #: Anthropic's block index -> its tool call's index, for the ``tool_use`` blocks only.
         self._tools: dict[int, int] = {}
-        #: input, output, cache creation, cache read: message_start's, then message_delta's.
-        self._usage = [0, 0, 0, 0]
+        #: input, output, cache creation, cache read, web searches: message_start's, then message_delta's.
+        self._usage = [0, 0, 0, 0, 0]
 
     def read(self, data: bytes) -> Item | Literal[False]:
         """The item ``data`` (one event's) stands for: a chunk, the end (None), an error; False for nothing."""
@@ -242,7 +256,13 @@ class StreamReader:
     def _count(self, usage: _Usage) -> None:
         counts = self._usage
         for i, value in enumerate(
-            (usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens)
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_creation_input_tokens,
+                usage.cache_read_input_tokens,
+                _searches(usage),
+            )
         ):
             if value is not None:
                 counts[i] = value
@@ -288,7 +308,6 @@ class StreamReader:
         if event.usage is not None:
             self._count(event.usage)
         delta = event.delta or _Delta()
-        input_tokens, output_tokens, created, read = self._usage
         tail = _encode(
             {
                 "index": 0,
@@ -296,7 +315,7 @@ class StreamReader:
                 **_stop_fields(delta.stop_reason, delta.stop_sequence),
             }
         )
-        usage = _encode(_openai_usage(input_tokens, output_tokens, created, read))
+        usage = _encode(_openai_usage(*self._usage))
         return read_chunk(b'%b%b],"usage":%b}' % (self._top, tail, usage))
 
 
@@ -348,6 +367,7 @@ def completion_of(raw: bytes) -> Completion:
         usage.output_tokens or 0,
         usage.cache_creation_input_tokens or 0,
         usage.cache_read_input_tokens or 0,
+        _searches(usage) or 0,
     )
     openai_usage = _openai_usage(*counts)
     answer = {
@@ -360,5 +380,5 @@ def completion_of(raw: bytes) -> Completion:
     }
     return Completion(
         raw=_encode(answer),
-        usage=Usage(prompt_tokens=openai_usage["prompt_tokens"], completion_tokens=counts[1]),
+        usage=Usage(prompt_tokens=openai_usage["prompt_tokens"], completion_tokens=counts[1], web_searches=counts[4]),
     )

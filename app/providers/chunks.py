@@ -33,9 +33,15 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
+class _ServerToolUse(msgspec.Struct):
+    web_search_requests: int | None = 0
+
+
 class _Usage(msgspec.Struct):
     prompt_tokens: int | None = 0
     completion_tokens: int | None = 0
+    #: Tools the provider ran itself (LiteLLM's and the Anthropic relay's usage carry Anthropic's).
+    server_tool_use: _ServerToolUse | None = None
 
 
 class _ChunkView(msgspec.Struct):
@@ -69,7 +75,9 @@ _encode = msgspec.json.encode
 def _usage(u: _Usage | None) -> Usage | None:
     if u is None:
         return None
-    return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0)
+    tools = u.server_tool_use
+    searches = (tools.web_search_requests or 0) if tools is not None else 0
+    return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0, web_searches=searches)
 
 
 def read_chunk(data: bytes) -> Chunk:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -231,6 +232,47 @@ async def test_anthropics_own_tools_keep_their_settings(
         "display_width_px": 1024,
         "display_height_px": 768,
     }
+
+
+@pytest.mark.parametrize("model", [NATIVE, LITELLM])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_web_searches_anthropic_ran_are_charged_at_their_price(
+    client: httpx.AsyncClient, anthropic_gateway: ServerThread, model: str, stream: bool
+) -> None:
+    """Anthropic bills each search its web search tool runs apart from the tokens ($0.01 for this
+    model in LiteLLM's metadata): the call's spend includes them, and the client's usage shows them."""
+    spend = anthropic_gateway.app.state.metrics.spend
+
+    def spent() -> float:
+        return sum(usd for (_key, name), usd in spend.items() if name == model)
+
+    async def charge(body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        before = spent()
+        response = await client.post("/v1/messages", json=body, headers={"anthropic-version": "2023-06-01"})
+        assert response.status_code == 200, response.text
+        if stream:
+            deltas = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+            usage = next(d["usage"] for d in deltas if d["type"] == "message_delta")
+        else:
+            usage = response.json()["usage"]
+        deadline = time.monotonic() + 5
+        while spent() == before:  # settled as the call closes, just after its last byte
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        return spent() - before, usage
+
+    asked: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 100,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    plain, plain_usage = await charge(asked)
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    searched, usage = await charge({**asked, "tools": [search]})
+    assert searched - plain == pytest.approx(0.01)
+    assert usage["server_tool_use"] == {"web_search_requests": 1}
+    assert "server_tool_use" not in plain_usage
 
 
 @pytest.mark.parametrize("stream", [False, True])

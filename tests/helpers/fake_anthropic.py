@@ -1,7 +1,8 @@
 """A fake Anthropic Messages API provider over real HTTP: it records what reaches it (path, headers,
 body) and answers with a thinking block (with its signature), a text block and usage that counts
 prompt-cache reads and writes, streamed as Anthropic's events (with a ``ping``) or as one message
-object; a request with ``stop_sequences`` is answered as stopped on the first of them. A few model
+object; a request with ``stop_sequences`` is answered as stopped on the first of them, one that offers
+the web search tool as having run one search (its usage's ``server_tool_use``). A few model
 names answer otherwise (``TOOL_MODEL``, ``OVERLOADED_MODEL``, ``ERROR_FIRST_MODEL``,
 ``ERROR_MIDSTREAM_MODEL``)."""
 
@@ -152,8 +153,15 @@ def _message(body: dict[str, Any]) -> dict[str, Any]:
         "model": body.get("model"),
         "content": content,
         **stop,
-        "usage": USAGE,
+        "usage": {**USAGE, **_server_tool_use(body)},
     }
+
+
+def _server_tool_use(body: dict[str, Any]) -> dict[str, Any]:
+    """One web search run when the request offers the tool (Anthropic counts them in the usage)."""
+    tools = body.get("tools") or []
+    offered = any(isinstance(t, dict) and str(t.get("type", "")).startswith("web_search_") for t in tools)
+    return {"server_tool_use": {"web_search_requests": 1}} if offered else {}
 
 
 def _tool_result(body: dict[str, Any]) -> str | None:
@@ -216,7 +224,8 @@ def _events(body: dict[str, Any]) -> list[dict[str, Any]]:
     for index, block in enumerate(message["content"]):
         events.extend(_block_events(index, block))
     stop = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
-    events.append({"type": "message_delta", "delta": stop, "usage": {"output_tokens": USAGE["output_tokens"]}})
+    usage = {"output_tokens": USAGE["output_tokens"], **_server_tool_use(body)}
+    events.append({"type": "message_delta", "delta": stop, "usage": usage})
     events.append({"type": "message_stop"})
     return events
 

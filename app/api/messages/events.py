@@ -75,12 +75,21 @@ class _PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
 
 
+class _ServerToolUse(msgspec.Struct):
+    web_search_requests: int | None = None
+
+
 class _Usage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_tokens_details: _PromptDetails | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    server_tool_use: _ServerToolUse | None = None
+
+    @property
+    def web_searches(self) -> int:
+        return (self.server_tool_use.web_search_requests or 0) if self.server_tool_use is not None else 0
 
 
 class _ChunkView(msgspec.Struct):
@@ -125,7 +134,7 @@ def stop_of(finish: str | None, named: str | int | None, sequences: Sequence[str
     return STOP_REASONS.get(finish or "stop", "end_turn"), None
 
 
-def anthropic_usage(usage: _Usage | None, *, fallback_input: int, fallback_output: int) -> dict[str, int]:
+def anthropic_usage(usage: _Usage | None, *, fallback_input: int, fallback_output: int) -> dict[str, Any]:
     """OpenAI usage -> Anthropic's: ``input_tokens`` there excludes the cache's reads and writes."""
     if usage is None:
         return {
@@ -140,18 +149,25 @@ def anthropic_usage(usage: _Usage | None, *, fallback_input: int, fallback_outpu
     read = read or 0
     created = usage.cache_creation_input_tokens or 0
     prompt = usage.prompt_tokens if usage.prompt_tokens is not None else fallback_input
-    return {
+    counts: dict[str, Any] = {
         "input_tokens": max(prompt - read - created, 0),
         "output_tokens": usage.completion_tokens if usage.completion_tokens is not None else fallback_output,
         "cache_creation_input_tokens": created,
         "cache_read_input_tokens": read,
     }
+    if usage.web_searches:
+        counts["server_tool_use"] = {"web_search_requests": usage.web_searches}
+    return counts
 
 
 def _gateway_usage(usage: _Usage | None) -> Usage | None:
     if usage is None:
         return None
-    return Usage(prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0)
+    return Usage(
+        prompt_tokens=usage.prompt_tokens or 0,
+        completion_tokens=usage.completion_tokens or 0,
+        web_searches=usage.web_searches,
+    )
 
 
 def _event(data: dict[str, Any], *, content: bool = False) -> Chunk:
