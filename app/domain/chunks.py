@@ -69,10 +69,18 @@ def reaches_client(chunk: Chunk, include_usage: bool) -> bool:
 def usage_of(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
-    tools = data.get("server_tool_use")
-    searches = tools.get("web_search_requests") if isinstance(tools, dict) else None
     return Usage(
         prompt_tokens=int(data.get("prompt_tokens") or 0),
         completion_tokens=int(data.get("completion_tokens") or 0),
-        web_searches=int(searches) if isinstance(searches, int | float) else 0,
+        web_searches=web_searches_of(data.get("server_tool_use")),
     )
+
+
+def web_searches_of(server_tool_use: Any) -> int:
+    """The web searches a usage's ``server_tool_use`` reports; 0 for anything else (a provider's
+    field in a shape of its own must not fail the stream whose usage carries it)."""
+    if isinstance(server_tool_use, dict):
+        count = server_tool_use.get("web_search_requests")
+        if type(count) is int and count > 0:
+            return count
+    return 0

@@ -28,7 +28,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from app.domain.chunks import Chunk, Completion, Item, Usage
+from app.domain.chunks import Chunk, Completion, Item, Usage, web_searches_of
 from app.domain.errors import ContextLengthExceeded, GatewayError, UpstreamOverloaded, UpstreamUnavailable
 from app.providers.chunks import read_chunk
 from app.providers.translate import from_provider_reply
@@ -60,16 +60,12 @@ OVERLOADED: Final = 529
 _NO_RAW = msgspec.Raw(b"")
 
 
-class _ServerToolUse(msgspec.Struct):
-    web_search_requests: int | None = None
-
-
 class _Usage(msgspec.Struct):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
-    server_tool_use: _ServerToolUse | None = None
+    server_tool_use: Any = None  # read by ``web_searches_of``, whatever its shape
 
 
 class _Block(msgspec.Struct):
@@ -158,8 +154,7 @@ def _openai_usage(input_tokens: int, output_tokens: int, created: int, read: int
 
 
 def _searches(usage: _Usage) -> int | None:
-    tools = usage.server_tool_use
-    return tools.web_search_requests if tools is not None else None
+    return web_searches_of(usage.server_tool_use) if usage.server_tool_use is not None else None
 
 
 # -- errors ------------------------------------------------------------------------------------

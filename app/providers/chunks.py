@@ -7,10 +7,11 @@ LiteLLM's re-encoded chunk, the cache for replayed chunks.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
-from app.domain.chunks import Chunk, Usage, estimate_text_tokens
+from app.domain.chunks import Chunk, Usage, estimate_text_tokens, web_searches_of
 from app.domain.errors import GatewayError
 from app.providers.translate import from_provider_reply
 
@@ -33,15 +34,12 @@ class _Choice(msgspec.Struct):
     finish_reason: str | None = None
 
 
-class _ServerToolUse(msgspec.Struct):
-    web_search_requests: int | None = 0
-
-
 class _Usage(msgspec.Struct):
     prompt_tokens: int | None = 0
     completion_tokens: int | None = 0
-    #: Tools the provider ran itself (LiteLLM's and the Anthropic relay's usage carry Anthropic's).
-    server_tool_use: _ServerToolUse | None = None
+    #: Tools the provider ran itself (LiteLLM's and the Anthropic relay's usage carry Anthropic's):
+    #: read leniently (``web_searches_of``), so that no shape of it fails a stream.
+    server_tool_use: Any = None
 
 
 class _ChunkView(msgspec.Struct):
@@ -75,8 +73,7 @@ _encode = msgspec.json.encode
 def _usage(u: _Usage | None) -> Usage | None:
     if u is None:
         return None
-    tools = u.server_tool_use
-    searches = (tools.web_search_requests or 0) if tools is not None else 0
+    searches = web_searches_of(u.server_tool_use) if u.server_tool_use is not None else 0
     return Usage(prompt_tokens=u.prompt_tokens or 0, completion_tokens=u.completion_tokens or 0, web_searches=searches)
 
 

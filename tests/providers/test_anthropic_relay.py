@@ -24,6 +24,7 @@ from app.domain.errors import (
 from app.providers.anthropic_chunks import StreamReader, completion_of, error_from_reply
 from app.providers.anthropic_relay import AnthropicRelay, AnthropicStream
 from app.providers.anthropic_target import anthropic_body, messages_url, resolve_anthropic_target
+from app.providers.chunks import read_chunk
 from app.providers.relay import MAX_EVENT_BYTES
 
 #: Anthropic's own events for an answer with interleaved thinking (signed), a redacted thinking
@@ -130,6 +131,27 @@ def test_the_recorded_events_become_chat_chunks() -> None:
     # signatures and redacted thinking are not, as on every path that reads chat chunks.
     assert [c.has_content for c in chunks] == [i not in (0, 3, 4, len(chunks) - 1) for i in range(len(chunks))]
     assert all(c.tokens >= 1 for c in chunks if c.has_content)
+
+
+@pytest.mark.parametrize(
+    ("reported", "searches"),
+    [({"web_search_requests": 3}, 3), ({"web_search_requests": 1.5}, 0), ("three", 0), ([3], 0), (None, 0)],
+)
+def test_web_searches_are_read_whatever_shape_the_provider_gives_them(reported: Any, searches: int) -> None:
+    """A count of web searches in the usage is charged; any other shape of the field counts none and
+    never fails the stream (it was not read at all before searches were charged)."""
+    events = [e for e in RECORDED if e["type"] != "message_delta"]
+    delta = next(e for e in RECORDED if e["type"] == "message_delta")
+    delta = {**delta, "usage": {**delta["usage"], "server_tool_use": reported}}
+    items = read_all([*events[:-1], delta, events[-1]])
+    last = next(item for item in reversed(items) if isinstance(item, Chunk))
+    assert last.usage is not None and last.usage.web_searches == searches
+    usage = json.loads(last.raw)["usage"]
+    assert usage.get("server_tool_use") == ({"web_search_requests": searches} if searches else None)
+    # The chat chunk's usage read back (the LiteLLM path's shape) counts the same.
+    assert read_chunk(last.raw).usage == last.usage
+    odd = read_chunk(b'{"choices":[],"usage":{"prompt_tokens":1,"server_tool_use":%b}}' % json.dumps(reported).encode())
+    assert odd.usage is not None and odd.usage.web_searches == searches
 
 
 def test_the_messages_route_gives_the_recorded_events_back() -> None:

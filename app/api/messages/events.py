@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import msgspec
 
-from app.domain.chunks import Chunk, Item, Usage
+from app.domain.chunks import Chunk, Item, Usage, web_searches_of
 
 _encode = msgspec.json.encode
 #: Where events are appended: a list of them, or a push's list of items.
@@ -75,21 +75,17 @@ class _PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
 
 
-class _ServerToolUse(msgspec.Struct):
-    web_search_requests: int | None = None
-
-
 class _Usage(msgspec.Struct):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_tokens_details: _PromptDetails | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
-    server_tool_use: _ServerToolUse | None = None
+    server_tool_use: Any = None
 
     @property
     def web_searches(self) -> int:
-        return (self.server_tool_use.web_search_requests or 0) if self.server_tool_use is not None else 0
+        return web_searches_of(self.server_tool_use)
 
 
 class _ChunkView(msgspec.Struct):
