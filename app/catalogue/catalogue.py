@@ -38,6 +38,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     dearest: dict[str, Prices] = {}
     #: Per deployment id: USD a web search the provider runs for a call costs (LiteLLM's metadata).
     search_fees: dict[str, float] = {}
+    #: Per public name: the dearest of its members' search fees, which admission reserves at.
+    dearest_search_fees: dict[str, float] = {}
 
 
 def _per_mtok(cost_per_token: Any) -> float | None:
@@ -112,6 +114,7 @@ def build_snapshot(
     member_prices: dict[str, Prices] = {}
     dearest: dict[str, Prices] = {}
     search_fees: dict[str, float] = {}
+    dearest_search_fees: dict[str, float] = {}
     for name, group in groups.items():
         # One entry per public name: LiteLLM's metadata of the first member it knows, under the
         # group's merged overrides.
@@ -133,6 +136,8 @@ def build_snapshot(
                 own_in if own_in is not None else listed[0],
                 own_out if own_out is not None else listed[1],
             )
+        if fees := [search_fees[member.id] for member in group if member.id in search_fees]:
+            dearest_search_fees[name] = max(fees)
         members = [member_prices[member.id] for member in group]
         dearest[name] = (_most(p[0] for p in members), _most(p[1] for p in members))
     return Snapshot(
@@ -144,6 +149,7 @@ def build_snapshot(
         member_prices=member_prices,
         dearest=dearest,
         search_fees=search_fees,
+        dearest_search_fees=dearest_search_fees,
     )
 
 

@@ -28,6 +28,11 @@ class CataloguePrices:
         info = snapshot.by_id.get(model)
         return (info.input_cost_per_mtok, info.output_cost_per_mtok) if info is not None else _UNKNOWN
 
+    def dearest_search_fee(self, model: str) -> float | None:
+        """The most a web search costs among the members of the public name ``model``."""
+        snapshot = self._catalogue.current()
+        return snapshot.dearest_search_fees.get(model) if snapshot is not None else None
+
     def search_fee(self, deployment: str | None) -> float | None:
         """USD per web search the deployment's provider ran (None: unpriced, or none answered)."""
         snapshot = self._catalogue.current()

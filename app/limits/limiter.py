@@ -53,6 +53,10 @@ class PriceLookup(Protocol):
         """USD a web search run by the provider of ``deployment`` costs (None: unpriced)."""
         ...
 
+    def dearest_search_fee(self, model: str) -> float | None:
+        """The most a web search can cost a call to the public name ``model`` (any member of its group)."""
+        ...
+
 
 _encode = msgspec.json.Encoder().encode
 #: While the backend is down, how often a request tries it again (the others skip it).
@@ -88,6 +92,29 @@ def output_cap(request: ChatCompletionInput) -> int:
     body = request.body
     cap = max(_count(body.get("max_completion_tokens")), _count(body.get("max_tokens")))
     return cap * max(1, _count(body.get("n")))
+
+
+#: Searches reserved for a web search tool that names no ``max_uses`` (the provider sets no bound of
+#: its own): LiteLLM's most for OpenAI's ``web_search_options`` (``search_context_size`` high).
+UNBOUNDED_SEARCHES = 10
+#: OpenAI's ``web_search_options.search_context_size`` as LiteLLM maps it to Anthropic's ``max_uses``.
+_SEARCHES_BY_SIZE = {"low": 1, "medium": 5, "high": 10}
+
+
+def search_cap(request: ChatCompletionInput) -> int:
+    """The web searches a request lets the provider run: each web search tool's ``max_uses`` (in the
+    client's own body for a Messages or Responses request), or OpenAI's ``web_search_options``."""
+    body = request.client_body if request.client_body is not None else request.body
+    cap = 0
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and kind.startswith("web_search"):
+            cap += _count(tool.get("max_uses")) or UNBOUNDED_SEARCHES
+    options = body.get("web_search_options")
+    if isinstance(options, dict):
+        cap += _SEARCHES_BY_SIZE.get(str(options.get("search_context_size")), UNBOUNDED_SEARCHES)
+    return cap
 
 
 class KeyRateLimited(RateLimited):
@@ -199,10 +226,14 @@ class Limiter:
         if self._prices is None:
             return 0.0
         cost_in = cost_out = 0.0
-        for model in (request.model, *reach):
+        models = (request.model, *reach)
+        for model in models:
             price_in, price_out = self._prices.reserved(model)
             cost_in, cost_out = max(cost_in, price_in or 0.0), max(cost_out, price_out or 0.0)
-        return (input_tokens * cost_in + output_cap(request) * cost_out) / 1e6
+        usd = (input_tokens * cost_in + output_cap(request) * cost_out) / 1e6
+        if searches := search_cap(request):
+            usd += searches * max((self._prices.dearest_search_fee(model) or 0.0 for model in models), default=0.0)
+        return usd
 
     async def _admit(self, caller: Caller, request: ChatCompletionInput | None, reach: Iterable[str]) -> Admission:
         policy = caller.policy

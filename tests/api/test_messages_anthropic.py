@@ -28,6 +28,7 @@ from tests.helpers.fake_anthropic import (
     PARTIAL,
     SIGNATURE,
     SLOW_MODEL,
+    STALL_PROMPT,
     TEXT,
     THINKING,
     TOOL_ID,
@@ -273,6 +274,57 @@ async def test_web_searches_anthropic_ran_are_charged_at_their_price(
     assert searched - plain == pytest.approx(0.01)
     assert usage["server_tool_use"] == {"web_search_requests": 1}
     assert "server_tool_use" not in plain_usage
+
+
+@pytest.fixture(scope="module")
+def budget_gateway(anthropic_fake: FakeAnthropic, fake_provider: Any) -> Iterator[ServerThread]:
+    data = settings_dict(fake_provider.base_url)
+    data["models"]["deployments"] += [
+        {
+            "name": NATIVE,
+            "litellm_model": "anthropic/claude-sonnet-4-5",
+            "api_base": anthropic_fake.base_url,
+            "api_key_env": "MSG_ANTHROPIC_KEY",
+        }
+    ]
+    # Five cents: a short answer's tokens fit many times over, ten searches at a cent each do not.
+    data["keys"] = [{"name": "searcher", "key_env": "MSG_SEARCHER", "budget_usd": 0.05, "budget_window": "total"}]
+    environ = {**ENV, "MSG_SEARCHER": SEARCHER}
+    server = ServerThread(settings_from_dict(data, environ), environ=environ).start(timeout=90)
+    yield server
+    server.stop()
+
+
+SEARCHER = "sk-searcher-0123456789abcdef"
+
+
+async def test_admission_reserves_the_searches_a_request_allows(budget_gateway: ServerThread) -> None:
+    """A call may run as many searches as its web search tool's ``max_uses`` (ten when it names none),
+    each billed apart: admission reserves them at their price as it reserves output tokens, so calls
+    in flight cannot search past the key's budget together."""
+    headers = {"x-api-key": SEARCHER, "anthropic-version": "2023-06-01"}
+    asked: dict[str, Any] = {"model": NATIVE, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    held = {**asked, "stream": True, "messages": [{"role": "user", "content": STALL_PROMPT}]}
+    async with httpx.AsyncClient(base_url=budget_gateway.base_url, timeout=20) as http:
+        for tools, status in (([{**search, "max_uses": 5}], 429), ([search], 429), ([{**search, "max_uses": 1}], 200)):
+            # Held in flight (Anthropic stalls): five searches are five cents, the whole budget.
+            async with http.stream("POST", "/v1/messages", json={**held, "tools": tools}, headers=headers) as first:
+                assert first.status_code == 200
+                await anext(first.aiter_lines())
+                other = await http.post("/v1/messages", json=asked, headers=headers)
+                assert other.status_code == status, (tools, other.text)
+                if status == 429:
+                    assert other.json()["error"]["type"] == "rate_limit_error"
+            await _settled(budget_gateway, "searcher")
+
+
+async def _settled(server: ServerThread, key: str) -> None:
+    backend = server.app.state.services.limiter._backend
+    deadline = time.monotonic() + 5
+    while backend.in_flight(key) != (0, 0.0, 0):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -94,7 +94,7 @@ class FakeAnthropic:
             body.get("model") in (ERROR_FIRST_MODEL, ERROR_MIDSTREAM_MODEL) and not body.get("stream")
         ):
             await _json(send, 529, OVERLOADED)
-        elif body.get("stream") and body.get("model") == SLOW_MODEL:
+        elif body.get("stream") and (body.get("model") == SLOW_MODEL or _last_text(body) == STALL_PROMPT):
             await self._stall(send, receive, body)
         elif body.get("stream"):
             await _stream(send, body)
@@ -122,6 +122,7 @@ OVERLOADED_MODEL = "overloaded"  # 529 overloaded_error
 ERROR_FIRST_MODEL = "error-first"  # a stream whose first event after message_start is an error event
 ERROR_MIDSTREAM_MODEL = "error-midstream"  # a stream that reports an error after some text
 SLOW_MODEL = "slow"  # a stream that stops after its first text until the client leaves
+STALL_PROMPT = "stall"  # a streamed request whose last message says this is answered as SLOW_MODEL's
 STALL_S = 30.0
 TOOL_ID = "toolu_fake_1"
 TOOL_INPUT = {"command": "echo hi"}
@@ -243,3 +244,9 @@ async def _json(send: Send, status: int, obj: Any) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+def _last_text(body: dict[str, Any]) -> str | None:
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages and isinstance(messages[-1], dict) else None
+    return content if isinstance(content, str) else None
