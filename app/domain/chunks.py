@@ -76,11 +76,16 @@ def usage_of(data: Any) -> Usage | None:
     )
 
 
+#: The most web searches one call's usage is believed to report: a count beyond it (a provider's
+#: garbage) is read as this, never as a number too large to price.
+MAX_WEB_SEARCHES = 10_000
+
+
 def web_searches_of(server_tool_use: Any) -> int:
     """The web searches a usage's ``server_tool_use`` reports; 0 for anything else (a provider's
     field in a shape of its own must not fail the stream whose usage carries it)."""
     if isinstance(server_tool_use, dict):
         count = server_tool_use.get("web_search_requests")
         if type(count) is int and count > 0:
-            return count
+            return min(count, MAX_WEB_SEARCHES)
     return 0

@@ -149,14 +149,15 @@ class EmbeddingsUpstream:
         self._pools.clear()
 
 
-#: LiteLLM providers whose embeddings API takes inputs as token arrays (OpenAI's own shape). The others
-#: take text only: LiteLLM hands them the integers anyway, and some of its translations fail in a way
-#: it reports as a connection error (Cohere's), which would be a 502 and be retried.
-_TOKEN_ARRAY_PROVIDERS = frozenset({"openai", "azure"})
+#: LiteLLM providers whose embeddings translation refuses token arrays itself, in a way LiteLLM
+#: reports as a connection error (a 502, retried and failed over): Cohere's. Every other provider
+#: gets the client's input and answers for itself (OpenAI-wire servers take token arrays; Gemini's and
+#: Ollama's translations, and providers that take text only, refuse them with a 400).
+_TEXT_ONLY_PROVIDERS = frozenset({"cohere", "cohere_chat"})
 
 
 def _check_token_arrays(litellm: Any, model: str, value: Any) -> None:
-    """400 ``unsupported_content`` for token-array input to a provider that takes text only."""
+    """400 ``unsupported_content`` for token-array input to a provider LiteLLM gives text only."""
     tokens = isinstance(value, list) and any(not isinstance(item, str) for item in value)
     if not tokens:
         return
@@ -164,7 +165,7 @@ def _check_token_arrays(litellm: Any, model: str, value: Any) -> None:
         provider = litellm.get_llm_provider(model)[1]
     except Exception:
         provider = model.partition("/")[0]
-    if provider not in _TOKEN_ARRAY_PROVIDERS:
+    if provider in _TEXT_ONLY_PROVIDERS:
         raise InvalidRequest(
             "`input`: this model's deployment takes text only; send strings, not token arrays.",
             code="unsupported_content",

@@ -97,13 +97,17 @@ def output_cap(request: ChatCompletionInput) -> int:
 #: Searches reserved for a web search tool that names no ``max_uses`` (the provider sets no bound of
 #: its own): LiteLLM's most for OpenAI's ``web_search_options`` (``search_context_size`` high).
 UNBOUNDED_SEARCHES = 10
+#: A client's ``max_uses`` is its own number, unchecked by the request's schema: past this it is read
+#: as this (a reservation past any budget), never as an integer too large to price.
+MAX_RESERVED_SEARCHES = 10_000
 #: OpenAI's ``web_search_options.search_context_size`` as LiteLLM maps it to Anthropic's ``max_uses``.
 _SEARCHES_BY_SIZE = {"low": 1, "medium": 5, "high": 10}
 
 
 def search_cap(request: ChatCompletionInput) -> int:
     """The web searches a request lets the provider run: each web search tool's ``max_uses`` (in the
-    client's own body for a Messages or Responses request), or OpenAI's ``web_search_options``."""
+    client's own body for a Messages request), or OpenAI's ``web_search_options``. A Responses
+    request's ``client_body`` holds its input only: its built-in search tools are never sent (0)."""
     body = request.client_body if request.client_body is not None else request.body
     cap = 0
     tools = body.get("tools")
@@ -114,7 +118,7 @@ def search_cap(request: ChatCompletionInput) -> int:
     options = body.get("web_search_options")
     if isinstance(options, dict):
         cap += _SEARCHES_BY_SIZE.get(str(options.get("search_context_size")), UNBOUNDED_SEARCHES)
-    return cap
+    return min(cap, MAX_RESERVED_SEARCHES)
 
 
 class KeyRateLimited(RateLimited):

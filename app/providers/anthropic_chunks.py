@@ -154,7 +154,11 @@ def _openai_usage(input_tokens: int, output_tokens: int, created: int, read: int
 
 
 def _searches(usage: _Usage) -> int | None:
-    return web_searches_of(usage.server_tool_use) if usage.server_tool_use is not None else None
+    """The usage's web searches; None (keep what an earlier event said) when it has none to read."""
+    tools = usage.server_tool_use
+    if not isinstance(tools, dict) or "web_search_requests" not in tools:
+        return None
+    return web_searches_of(tools)
 
 
 # -- errors ------------------------------------------------------------------------------------

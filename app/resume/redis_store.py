@@ -17,7 +17,8 @@ Layout, per stream (all keys expire ``resume_ttl_s`` after the stream's last app
   on the channel ``chat:resume:stop``; the replica running the stream stops it when the message comes,
   or, if its subscription was down when it was published (Redis's pub/sub keeps nothing for a
   subscriber that is reconnecting), when it subscribes again and looks for the keys of the streams it
-  runs.
+  runs; it also looks every ``STOP_SWEEP_S``, for a subscription that is silently dead (a half-open
+  connection never errors).
 
 Appending never delays the live client: ``append`` puts the event in the stream's outbox (no I/O,
 no encoding) and one flusher task per process writes every outbox in one pipelined round trip,
@@ -106,6 +107,8 @@ BROKEN = "This stream's log could not be kept in the resume store."
 MAX_UNMARKED = 100_000
 #: Marks written in one round trip, and stop keys looked up in one.
 MARK_BATCH = 1000
+#: How often a replica looks up the stop keys of the streams it runs whatever its subscription says.
+STOP_SWEEP_S = 10.0
 
 _encode = msgspec.json.encode
 _body_decoder = msgspec.json.Decoder(ErrorBody)
@@ -200,6 +203,7 @@ class RedisResumeStore:
         on_stop: Callable[[str], None],
         breaker: BreakerUser | None = None,
         max_blocking_reads: int = MAX_BLOCKING_READS,
+        stop_sweep_s: float = STOP_SWEEP_S,
     ) -> None:
         self._ttl_ms = int(settings.resume_ttl_s * 1000)
         self._max_events = settings.resume_max_events
@@ -214,9 +218,10 @@ class RedisResumeStore:
             "max_connections": max_blocking_reads,
         }
         self._blocking = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **blocking))
-        # The stop channel's connection is never reconnected behind the listener's back (no retry):
-        # redis-py would subscribe again silently, and the stops published meanwhile would go unread.
-        # The listener sees the failure, subscribes anew and reads the stop keys (``_stops_missed``).
+        # The stop channel's connection has no retry, so that a failure reaches the listener: with
+        # one, redis-py would reconnect and subscribe again without a word, and the stops published
+        # meanwhile would go unread. (It still reconnects once before raising; the listener then
+        # starts over on a fresh subscription and reads the stop keys, ``_stops_missed``.)
         listener = {**blocking, "retry": Retry(NoBackoff(), 0), "max_connections": 1}
         self._subscriber = aioredis.Redis(connection_pool=IdleClosingPool.from_url(url, **listener))
         self._reads = asyncio.Semaphore(max_blocking_reads)
@@ -230,6 +235,9 @@ class RedisResumeStore:
         self.breaker = breaker
         self.replica_id = os.urandom(8).hex()
         self._announced_at = 0.0  # when this replica's liveness key was last written
+        self._stop_sweep_s = stop_sweep_s
+        self._closing = False
+        self._swept_at = time.monotonic()
         self._on_stop = on_stop
         self._dirty: dict[str, _Outbox] = {}
         #: The streams this replica runs (until their last event), for the stop keys (``_stops_missed``);
@@ -291,9 +299,13 @@ class RedisResumeStore:
                 with contextlib.suppress(Exception):  # Redis away: the breaker logs it; streams break anyway
                     await self.breaker.run(self._redis.set, _replica_key(self.replica_id), b"1", px=self._liveness_ms)
                     self._announced_at = time.monotonic()
-            if self._unmarked and self.breaker.available:
-                with contextlib.suppress(Exception):  # still away: the next turn tries again
+            with contextlib.suppress(Exception):  # still away: the next turn tries again
+                while self._unmarked and self.breaker.available:  # at most MAX_UNMARKED / MARK_BATCH trips
                     await self._mark_broken()
+            if self._running and time.monotonic() - self._swept_at >= self._stop_sweep_s:
+                self._swept_at = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await self._stops_missed()
             await asyncio.sleep(LIVENESS_EVERY_S)
 
     async def _mark_broken(self) -> None:
@@ -374,8 +386,11 @@ class RedisResumeStore:
         return bool(await self.breaker.run(self._redis.exists, f"{_key(stream_id)}:readers"))
 
     async def _listen_for_stops(self) -> None:
-        """Stop requests for streams of this replica (a DELETE that reached another one)."""
-        while True:
+        """Stop requests for streams of this replica (a DELETE that reached another one).
+
+        Its loops also end on ``_closing``: a cancellation that a library swallows (Python 3.11's
+        ``wait_for`` can) must not keep the task, and the process's shutdown, going."""
+        while not self._closing:
             pubsub = self._subscriber.pubsub()
             try:
                 await pubsub.subscribe(STOP_CHANNEL)
@@ -384,10 +399,10 @@ class RedisResumeStore:
                     while (await pubsub.get_message(timeout=BLOCK_MS / 1000) or {}).get("type") != "subscribe":
                         pass
                 await self._stops_missed()
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=BLOCK_MS / 1000)
                     if message is not None and message.get("type") == "message":
-                        self._on_stop(message["data"].decode())
+                        self._stop(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -405,7 +420,13 @@ class RedisResumeStore:
             found: list[Any] = await self.breaker.run(self._redis.mget, [f"{_key(i)}:stop" for i in ids])
             for stream_id, value in zip(ids, found, strict=True):
                 if value is not None:
-                    self._on_stop(stream_id)
+                    self._stop(stream_id)
+
+    def _stop(self, stream_id: str) -> None:
+        try:
+            self._on_stop(stream_id)
+        except Exception as exc:  # one stream's failure must not stop the others' (or the listener)
+            logger.warning("resume_stop_failed", stream_id=stream_id, error=f"{type(exc).__name__}: {exc}"[:200])
 
     # -- reading (any replica) ---------------------------------------------------------------------
 
@@ -530,15 +551,22 @@ class RedisResumeStore:
         return await self.breaker.check()
 
     async def close(self) -> None:
-        for task in (self._flusher, self._listener, self._announcer):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        self._closing = True
+        tasks = [task for task in (self._flusher, self._listener, self._announcer) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=BLOCK_MS / 1000 + 2 * OP_TIMEOUT_S)  # a read in flight ends by then
+        if self._unmarked and self.breaker.available:
+            # One bounded try: a broken copy left unmarked reads as a replica gone (a 502) elsewhere.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2 * OP_TIMEOUT_S):
+                    await self._mark_broken()
         if self._own is not None:
             await self._own.aclose()
-        await self._redis.aclose()
-        await self._blocking.aclose()
-        await self._subscriber.aclose()
+        for client in (self._redis, self._blocking, self._subscriber):
+            await client.aclose()
+            await client.connection_pool.disconnect()  # a pool passed in is not the client's to close
 
 
 class RedisReplay:

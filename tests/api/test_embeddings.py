@@ -108,6 +108,17 @@ def _settings(fake: FakeProvider, fast: bool) -> Any:
             "info": embedding,
         }
     )
+    # Cohere through LiteLLM's own mapping, which takes text only.
+    data["models"]["deployments"].append(
+        {
+            "name": "embed_cohere",
+            "litellm_model": "cohere/embed-english-v3.0",
+            "api_base": fake.base_url,
+            "api_key_env": "EMB_PROVIDER_KEY",
+            "fast_path": False,
+            "info": embedding,
+        }
+    )
     unlimited = {"budget_usd": 1e9, "budget_window": "total"}
     data["keys"] = [
         {"name": "limited", "key_env": "EMB_LIMITED", "tokens_per_minute": 40},
@@ -192,19 +203,20 @@ async def test_a_broken_providers_answer_is_a_502_and_credits_nothing(
     assert all(usd >= 0 for usd in spend.values())
 
 
-async def test_token_arrays_to_a_provider_that_takes_text_only_are_a_400(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
-    """Mistral, Cohere, Gemini... take strings only; LiteLLM hands them the integers anyway (and fails
-    Cohere's with what it calls a connection error: a 502, retried). Refused before any call."""
+async def test_token_arrays_to_cohere_are_a_400(sdk: AsyncOpenAI, fake: FakeProvider) -> None:
+    """LiteLLM's Cohere mapping takes text only and refuses token arrays with what it calls a
+    connection error (a 502, retried): refused before any call. Another provider on LiteLLM's path
+    gets them and answers for itself."""
     calls = len(fake.requests)
     for value in ([[1, 2, 3]], [1, 2, 3]):
         with pytest.raises(BadRequestError) as refused:
-            await sdk.embeddings.create(model="embed_mistral", input=value, encoding_format="float")  # type: ignore[arg-type]
+            await sdk.embeddings.create(model="embed_cohere", input=value, encoding_format="float")  # type: ignore[arg-type]
         error = refused.value.body
         assert isinstance(error, dict)
         assert (error["code"], error["param"]) == ("unsupported_content", "input")
     assert len(fake.requests) == calls
-    result = await sdk.embeddings.create(model="embed_mistral", input=["a", "b"], encoding_format="float")
-    assert len(result.data) == 2
+    result = await sdk.embeddings.create(model="embed_mistral", input=[[1, 2, 3]], encoding_format="float")
+    assert result.data[0].embedding == fake_vector([1, 2, 3], 8)
 
 
 async def test_token_arrays(sdk: AsyncOpenAI, fake: FakeProvider) -> None:

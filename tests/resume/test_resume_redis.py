@@ -24,7 +24,7 @@ from app.domain.chunks import Chunk
 from app.domain.errors import ResumeUnavailable, StreamNotFound
 from app.domain.events import StreamEvent
 from app.resume.log import StreamLog
-from app.resume.redis_store import BLOCK_MS, STOP_CHANNEL, RedisResumeStore
+from app.resume.redis_store import BLOCK_MS, RedisResumeStore
 from loadtests.processes import GatewayProcess
 from tests.conftest import TEST_STREAMING, RedisServer, ServerThread, settings_dict
 from tests.helpers.fake_provider import Behaviour, FakeProvider
@@ -380,36 +380,63 @@ async def test_a_follower_on_another_replica_ends_with_a_503_once_the_copy_is_ma
             await store.close()
 
 
-async def test_a_delete_published_while_the_running_replica_resubscribes_still_stops_it() -> None:
+class _Deaf(RedisResumeStore):
+    """A replica whose stop subscription is down until ``hearing`` is set (a reconnect under way, or,
+    never set, a connection silently dead)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hearing = asyncio.Event()
+
+    async def _listen_for_stops(self) -> None:
+        await self.hearing.wait()
+        await super()._listen_for_stops()
+
+
+async def test_a_delete_published_while_the_running_replica_resubscribes_still_stops_it(redis_url: str) -> None:
     """Redis's pub/sub keeps nothing for a subscriber that is away: a DELETE on another replica while
-    the running replica's subscription reconnects would be lost. The stop key it leaves is found when
-    the subscription is back."""
-    redis = RedisServer().start()
+    the running replica's subscription is down would be lost. The stop key it leaves is read when the
+    subscription is up again."""
     stopped: list[str] = []
-    a = RedisResumeStore(redis.url, StreamingSettings(), on_stop=stopped.append)
-    b = RedisResumeStore(redis.url, StreamingSettings(), on_stop=lambda _sid: None)
+    # No sweep of the stop keys during the test: the subscription alone must find it.
+    a = _Deaf(redis_url, StreamingSettings(), on_stop=stopped.append, stop_sweep_s=3600)
+    b = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
     sid = os.urandom(16).hex()
     try:
         log = StreamLog(sid, "owner", 100)
         a.begin(log)
         log.append(_chunk(1))
         await _until(lambda: _opens(b, sid))
-        await _until(lambda: _subscribers(b, 1))
-        await b._redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")  # a reset connection, say
-        await _until(lambda: _subscribers(b, 0))
-        assert await b.stop(sid, "owner")  # published to nobody
-        await _until(_true_when(lambda: stopped == [sid]), timeout=5)
-        # A stream that ended is not stopped again when the subscription comes back another time.
-        log.append(StreamEvent(2))
-        stopped.clear()
-        await b._redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        await _until(lambda: _subscribers(b, 1))
+        assert await b.stop(sid, "owner")  # published while nobody of A's listens
         await asyncio.sleep(0.2)
         assert stopped == []
+        a.hearing.set()
+        await _until(_true_when(lambda: stopped == [sid]), timeout=5)
+        # A stream that ended is not looked up again when the subscription comes back.
+        log.append(StreamEvent(2))
+        assert sid not in a._running
     finally:
         for store in (a, b):
             await store.close()
-        redis.stop()
+
+
+async def test_a_replica_whose_subscription_is_silently_dead_still_gets_its_stops(redis_url: str) -> None:
+    """A half-open connection never errors: the listener would wait on it for good. The liveness loop
+    looks up the running streams' stop keys every ``stop_sweep_s`` anyway."""
+    stopped: list[str] = []
+    a = _Deaf(redis_url, StreamingSettings(), on_stop=stopped.append, stop_sweep_s=0.5)
+    b = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
+    sid = os.urandom(16).hex()
+    try:
+        log = StreamLog(sid, "owner", 100)
+        a.begin(log)
+        log.append(_chunk(1))
+        await _until(lambda: _opens(b, sid))
+        assert await b.stop(sid, "owner")
+        await _until(_true_when(lambda: stopped == [sid]), timeout=6)
+    finally:
+        for store in (a, b):
+            await store.close()
 
 
 async def _opens(store: RedisResumeStore, sid: str, *, fails: bool = False) -> bool:
@@ -420,11 +447,6 @@ async def _opens(store: RedisResumeStore, sid: str, *, fails: bool = False) -> b
     except ResumeUnavailable:
         return fails
     return not fails
-
-
-async def _subscribers(store: RedisResumeStore, count: int) -> bool:
-    reply: Any = await store._redis.pubsub_numsub(STOP_CHANNEL)
-    return bool(reply[0][1] == count)
 
 
 def _true_when(check: Any) -> Any:
