@@ -317,6 +317,11 @@ async def test_admission_reserves_the_searches_a_request_allows(budget_gateway: 
                 if status == 429:
                     assert other.json()["error"]["type"] == "rate_limit_error"
             await _settled(budget_gateway, "searcher")
+        # A max_uses no schema bounds: a reservation past the budget, not a number too large to price.
+        huge = {**asked, "tools": [{**search, "max_uses": 10**400}]}
+        response = await http.post("/v1/messages", json=huge, headers=headers)
+        assert response.status_code == 200, response.text  # alone in flight: admitted, as ever
+        await _settled(budget_gateway, "searcher")
 
 
 async def _settled(server: ServerThread, key: str) -> None:

@@ -135,7 +135,14 @@ def test_the_recorded_events_become_chat_chunks() -> None:
 
 @pytest.mark.parametrize(
     ("reported", "searches"),
-    [({"web_search_requests": 3}, 3), ({"web_search_requests": 1.5}, 0), ("three", 0), ([3], 0), (None, 0)],
+    [
+        ({"web_search_requests": 3}, 3),
+        ({"web_search_requests": 10**400}, 10_000),  # garbage: capped, never a number too large to price
+        ({"web_search_requests": 1.5}, 0),
+        ("three", 0),
+        ([3], 0),
+        (None, 0),
+    ],
 )
 def test_web_searches_are_read_whatever_shape_the_provider_gives_them(reported: Any, searches: int) -> None:
     """A count of web searches in the usage is charged; any other shape of the field counts none and
