@@ -81,8 +81,13 @@ def estimate_tokens(request: ChatCompletionInput) -> int:
     return size // 4 + 1
 
 
+#: The most a client's count (an output cap, a search cap) is read as: its integers may have any size,
+#: and past this one a reservation is past any budget already; never a number too large to price.
+MAX_COUNT = 1_000_000_000
+
+
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return min(value, MAX_COUNT) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def output_cap(request: ChatCompletionInput) -> int:

@@ -322,6 +322,18 @@ async def test_reservations_hold_the_budget_against_concurrent_calls(charged: Se
     await in_flight_settles(charged, "reserve")
 
 
+async def test_an_output_cap_no_model_has_is_a_reservation_not_a_500(charged: ServerThread) -> None:
+    """``max_tokens`` and ``max_completion_tokens`` are the client's integers, of any size: priced as
+    they come they overflowed a float (a 500 for a key with a budget or a token limit)."""
+    huge = 10**400
+    async with httpx.AsyncClient(base_url=charged.base_url, timeout=10) as c:
+        for key in ("reserve", "tpm"):
+            for field in ("max_tokens", "max_completion_tokens"):
+                answer = await c.post(CHAT, json=chat_body("held", **{field: huge}), headers=auth(key))
+                assert answer.status_code in (200, 429), (key, field, answer.text)
+                await in_flight_settles(charged, key)
+
+
 async def test_token_reservations_hold_the_minute(charged: ServerThread) -> None:
     """400 tokens a minute; a call with max_tokens=395 holds them while it runs."""
     # The reservation alone must leave no room for the next call's input (9 tokens): with 390, a
