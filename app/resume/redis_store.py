@@ -300,7 +300,9 @@ class RedisResumeStore:
                     await self.breaker.run(self._redis.set, _replica_key(self.replica_id), b"1", px=self._liveness_ms)
                     self._announced_at = time.monotonic()
             with contextlib.suppress(Exception):  # still away: the next turn tries again
-                while self._unmarked and self.breaker.available:  # at most MAX_UNMARKED / MARK_BATCH trips
+                for _ in range(MAX_UNMARKED // MARK_BATCH):
+                    if not self._unmarked or not self.breaker.available:
+                        break
                     await self._mark_broken()
             if self._running and time.monotonic() - self._swept_at >= self._stop_sweep_s:
                 self._swept_at = time.monotonic()
