@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -318,6 +318,26 @@ def _chunk(seq: int) -> StreamEvent:
     return StreamEvent(seq, Chunk(raw=b'{"n":%d}' % seq))
 
 
+def _store(url: str, on_stop: Callable[[str], None] = lambda _sid: None) -> RedisResumeStore:
+    return RedisResumeStore(url, StreamingSettings(), on_stop=on_stop)
+
+
+@contextlib.asynccontextmanager
+async def _running_on(a: RedisResumeStore, b: RedisResumeStore) -> AsyncIterator[tuple[str, StreamLog]]:
+    """A stream running on replica ``a`` whose first event replica ``b`` can already read; both
+    stores are closed at the end."""
+    sid = os.urandom(16).hex()
+    try:
+        log = StreamLog(sid, "owner", 100)
+        a.begin(log)
+        log.append(_chunk(1))
+        await _until(lambda: _opens(b, sid))
+        yield sid, log
+    finally:
+        for store in (a, b):
+            await store.close()
+
+
 async def test_a_copy_whose_last_flush_failed_is_a_503_on_the_other_replicas() -> None:
     """The running replica's final flush meets a stalled Redis: its copy in Redis stops short of the
     end. Once Redis answers again the copy is marked broken, so a resume on another replica is a 503
@@ -325,43 +345,30 @@ async def test_a_copy_whose_last_flush_failed_is_a_503_on_the_other_replicas() -
     import signal
 
     redis = RedisServer().start()
-    a = RedisResumeStore(redis.url, StreamingSettings(), on_stop=lambda _sid: None)
-    b = RedisResumeStore(redis.url, StreamingSettings(), on_stop=lambda _sid: None)
-    sid = os.urandom(16).hex()
+    b = _store(redis.url)
     try:
-        log = StreamLog(sid, "owner", 100)
-        a.begin(log)
-        log.append(_chunk(1))
-        await _until(lambda: _opens(b, sid))
-        os.kill(redis.proc.pid, signal.SIGSTOP)
-        try:
-            log.append(_chunk(2))
-            log.append(StreamEvent(3))  # the end
-            await _until(_true_when(lambda: log.shared is not None and log.shared.broken))
-        finally:
-            os.kill(redis.proc.pid, signal.SIGCONT)
-        started = time.monotonic()
-        with pytest.raises(ResumeUnavailable):
-            await _until(lambda: _opens(b, sid, fails=True))
-            await b.open(sid, "owner", 0)
-        assert time.monotonic() - started < 8  # a probe, then the liveness loop's next turn
-        with pytest.raises(StreamNotFound):  # another key's stream is still a 404 first
-            await b.open(sid, "someone else", 0)
+        async with _running_on(_store(redis.url), b) as (sid, log):
+            os.kill(redis.proc.pid, signal.SIGSTOP)
+            try:
+                log.append(_chunk(2))
+                log.append(StreamEvent(3))  # the end
+                await _until(_true_when(lambda: log.shared is not None and log.shared.broken))
+            finally:
+                os.kill(redis.proc.pid, signal.SIGCONT)
+            started = time.monotonic()
+            with pytest.raises(ResumeUnavailable):
+                await _until(lambda: _opens(b, sid, fails=True))
+                await b.open(sid, "owner", 0)
+            assert time.monotonic() - started < 8  # a probe, then the liveness loop's next turn
+            with pytest.raises(StreamNotFound):  # another key's stream is still a 404 first
+                await b.open(sid, "someone else", 0)
     finally:
-        for store in (a, b):
-            await store.close()
         redis.stop()
 
 
 async def test_a_follower_on_another_replica_ends_with_a_503_once_the_copy_is_marked_broken(redis_url: str) -> None:
-    a = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
-    b = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
-    sid = os.urandom(16).hex()
-    try:
-        log = StreamLog(sid, "owner", 100)
-        a.begin(log)
-        log.append(_chunk(1))
-        await _until(lambda: _opens(b, sid))
+    a, b = _store(redis_url), _store(redis_url)
+    async with _running_on(a, b) as (sid, log):
         replay = await b.open(sid, "owner", 0)
         assert log.shared is not None
         log.shared.mark_broken()  # as a failed flush does
@@ -375,9 +382,6 @@ async def test_a_follower_on_another_replica_ends_with_a_503_once_the_copy_is_ma
         assert [e.seq for e in events] == [1, 2]
         assert isinstance(events[-1].error, ResumeUnavailable)
         assert "could not be kept" in events[-1].error.message
-    finally:
-        for store in (a, b):
-            await store.close()
 
 
 class _Deaf(RedisResumeStore):
@@ -400,13 +404,8 @@ async def test_a_delete_published_while_the_running_replica_resubscribes_still_s
     stopped: list[str] = []
     # No sweep of the stop keys during the test: the subscription alone must find it.
     a = _Deaf(redis_url, StreamingSettings(), on_stop=stopped.append, stop_sweep_s=3600)
-    b = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
-    sid = os.urandom(16).hex()
-    try:
-        log = StreamLog(sid, "owner", 100)
-        a.begin(log)
-        log.append(_chunk(1))
-        await _until(lambda: _opens(b, sid))
+    b = _store(redis_url)
+    async with _running_on(a, b) as (sid, log):
         assert await b.stop(sid, "owner")  # published while nobody of A's listens
         await asyncio.sleep(0.2)
         assert stopped == []
@@ -415,9 +414,6 @@ async def test_a_delete_published_while_the_running_replica_resubscribes_still_s
         # A stream that ended is not looked up again when the subscription comes back.
         log.append(StreamEvent(2))
         assert sid not in a._running
-    finally:
-        for store in (a, b):
-            await store.close()
 
 
 async def test_a_replica_whose_subscription_is_silently_dead_still_gets_its_stops(redis_url: str) -> None:
@@ -425,18 +421,10 @@ async def test_a_replica_whose_subscription_is_silently_dead_still_gets_its_stop
     looks up the running streams' stop keys every ``stop_sweep_s`` anyway."""
     stopped: list[str] = []
     a = _Deaf(redis_url, StreamingSettings(), on_stop=stopped.append, stop_sweep_s=0.5)
-    b = RedisResumeStore(redis_url, StreamingSettings(), on_stop=lambda _sid: None)
-    sid = os.urandom(16).hex()
-    try:
-        log = StreamLog(sid, "owner", 100)
-        a.begin(log)
-        log.append(_chunk(1))
-        await _until(lambda: _opens(b, sid))
+    b = _store(redis_url)
+    async with _running_on(a, b) as (sid, _log):
         assert await b.stop(sid, "owner")
         await _until(_true_when(lambda: stopped == [sid]), timeout=6)
-    finally:
-        for store in (a, b):
-            await store.close()
 
 
 async def _opens(store: RedisResumeStore, sid: str, *, fails: bool = False) -> bool:
