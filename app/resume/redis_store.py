@@ -474,12 +474,14 @@ class RedisResumeStore:
         while after_seq > head.last_seq and not head.ended and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # another replica may still be appending it
             head = await self._head(stream_id)
-        format, first_seq, last_seq, ended = head.format, head.first_seq, head.last_seq, head.ended
-        if after_seq > last_seq:
+        if after_seq > head.last_seq:
             raise InvalidResumePosition(f"Event {after_seq} is past the end of the stream's log.")
-        if after_seq < first_seq - 1:
-            raise InvalidResumePosition(f"The stream's log starts at event {first_seq}: events before it were trimmed.")
-        return RedisReplay(self, stream_id, after_seq, at_end=ended and after_seq >= last_seq, format=format)
+        if after_seq < head.first_seq - 1:
+            raise InvalidResumePosition(
+                f"The stream's log starts at event {head.first_seq}: events before it were trimmed."
+            )
+        at_end = head.ended and after_seq >= head.last_seq
+        return RedisReplay(self, stream_id, after_seq, at_end=at_end, format=head.format)
 
     async def read_after(self, stream_id: str, seq: int) -> list[StreamEvent]:
         """Events after ``seq`` (waiting up to BLOCK_MS for some); marks this replica as a reader."""
